@@ -1,0 +1,1 @@
+//! Delivery slots, order books, double auctions, grid fees, delivery and netting.
