@@ -1,7 +1,24 @@
 //! The Gridshare meter agent: reads a solar/battery inverter and grid meter over Modbus
 //! (SunSpec or a vendor register profile), signs every reading with the meter's P-256 key and
 //! publishes it over MQTT through an on-disk outbox, so that no reading is ever lost.
+//!
+//! The path of a reading: [`transport`] (one Modbus master per bus) → [`sunspec`] or
+//! [`profile`] decoding into [`value::Scaled`] → [`device::Snapshot`] with import/export sign
+//! conventions → [`normalise`] (plausibility, never 0 for a missing value) → signed
+//! [`gridshare_core::reading::SignedReading`] → [`outbox`] (SQLite, before publishing) →
+//! [`publish`] (MQTT QoS 1, deleted on PUBACK).
 
+pub mod agent;
+pub mod broker;
+pub mod config;
+pub mod device;
+pub mod keys;
+pub mod normalise;
+pub mod outbox;
 pub mod profile;
+pub mod publish;
+pub mod register_server;
+pub mod simulator;
 pub mod sunspec;
+pub mod transport;
 pub mod value;

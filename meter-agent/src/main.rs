@@ -1,1 +1,516 @@
-fn main() {}
+//! `meter-agent`: reads an inverter or meter over Modbus, signs every reading and publishes it
+//! over MQTT. Run `meter-agent --help` for the commands.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use gridshare_core::reading::{PublicKey, SignedReading};
+use meter_agent::agent::{self, AgentStats};
+use meter_agent::config::{AgentConfig, ClockPolicy, DEFAULT_CONFIG, DeviceKind};
+use meter_agent::device::{Device, ProfileDevice, SunSpecDevice};
+use meter_agent::profile::RegisterProfile;
+use meter_agent::register_server::{Framing, RegisterServer};
+use meter_agent::simulator::{Household, SimulatedDevice};
+use meter_agent::sunspec;
+use meter_agent::transport::{ModbusLink, TransportKind};
+use meter_agent::{broker, keys};
+use tokio::sync::watch;
+
+#[derive(Parser)]
+#[command(name = "meter-agent", version, about = "Gridshare meter agent: Modbus → signed readings → MQTT, losing nothing")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Settings that override the config file.
+#[derive(clap::Args, Clone, Default)]
+struct Overrides {
+    /// Config file (TOML); see `meter-agent config`.
+    #[arg(short, long, env = "METER_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Meter id.
+    #[arg(long)]
+    meter_id: Option<String>,
+    /// Community.
+    #[arg(long)]
+    community: Option<String>,
+    /// Key file.
+    #[arg(long)]
+    key_file: Option<PathBuf>,
+    /// Data directory (outbox).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Device address host:port.
+    #[arg(long)]
+    address: Option<String>,
+    /// Transport: tcp, rtu, rtu-over-tcp.
+    #[arg(long)]
+    transport: Option<String>,
+    /// Serial port for rtu.
+    #[arg(long)]
+    serial_port: Option<String>,
+    /// Modbus unit id.
+    #[arg(long)]
+    unit_id: Option<u8>,
+    /// Built-in register profile (implies kind = profile).
+    #[arg(long)]
+    profile: Option<String>,
+    /// Broker URL.
+    #[arg(long, env = "MQTT_URL")]
+    mqtt_url: Option<String>,
+    /// Poll interval, ms.
+    #[arg(long)]
+    poll_interval_ms: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Poll the device, sign and publish readings until stopped (Ctrl-C / SIGTERM).
+    Run(Overrides),
+    /// Create the meter's signing key (PKCS#8, mode 0600) and print its public key.
+    Keygen {
+        /// Where to write the key.
+        #[arg(long, default_value = "/var/lib/gridshare/meter.key")]
+        out: PathBuf,
+        /// Replace an existing key (the meter gets a new identity).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print the public key of a key file (to register the meter).
+    Pubkey {
+        /// The key file.
+        #[arg(long, default_value = "/var/lib/gridshare/meter.key")]
+        key: PathBuf,
+    },
+    /// Print the commented default configuration.
+    Config,
+    /// List the built-in register profiles.
+    Profiles,
+    /// Connect to the device, list its SunSpec models and print every decoded value.
+    Discover(Overrides),
+    /// Check a signed reading (JSON, from a file or stdin) against a public key.
+    Verify {
+        /// Public key, hex (130 digits, from `keygen` or `pubkey`).
+        #[arg(long)]
+        public_key: String,
+        /// The reading; `-` or absent for stdin.
+        file: Option<PathBuf>,
+    },
+    /// Serve a simulated SunSpec hybrid inverter (PV, battery, grid meter) over Modbus TCP.
+    SimulateDevice {
+        /// Listen address.
+        #[arg(long, default_value = "127.0.0.1:1502")]
+        listen: SocketAddr,
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 1.0)]
+        speed: f64,
+        /// Simulated time of day to start at, hours.
+        #[arg(long, default_value_t = 11.0)]
+        start_hour: f64,
+        /// Serve RTU framing over TCP instead of Modbus TCP.
+        #[arg(long)]
+        rtu_over_tcp: bool,
+        /// PV peak power, W.
+        #[arg(long, default_value_t = 6000.0)]
+        pv_peak_w: f64,
+        /// Battery capacity, Wh (0 for none).
+        #[arg(long, default_value_t = 10000.0)]
+        battery_wh: f64,
+        /// Serial number in model 1.
+        #[arg(long, default_value = "SIM-000001")]
+        serial: String,
+    },
+    /// Everything on this machine: a simulated inverter, an embedded MQTT broker and the agent;
+    /// prints every reading as the broker delivers it, with its signature checked.
+    Demo {
+        /// Port of the embedded broker.
+        #[arg(long, default_value_t = 18830)]
+        mqtt_port: u16,
+        /// Simulated seconds per real second.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Directory for the demo's key and outbox (default: a fresh temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(dispatch(cli.command)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(o) => {
+            let config = load_config(&o)?;
+            let (tx, rx) = watch::channel(false);
+            tokio::spawn(async move {
+                wait_for_signal().await;
+                tracing::info!(target: "agent", "stopping: flushing and announcing offline");
+                let _ = tx.send(true);
+            });
+            agent::run(config, rx, Arc::new(AgentStats::default())).await?;
+        }
+        Command::Keygen { out, force } => {
+            let public = keys::generate(&out, force)?;
+            println!("wrote {} (mode 0600)", out.display());
+            print_public(&public);
+        }
+        Command::Pubkey { key } => print_public(&keys::load(&key)?.public_key()),
+        Command::Config => print!("{DEFAULT_CONFIG}"),
+        Command::Profiles => {
+            for name in RegisterProfile::builtin_names() {
+                let p = RegisterProfile::builtin(name)?;
+                println!("{name:20} {}", p.description);
+            }
+        }
+        Command::Discover(o) => discover(&load_config(&o)?).await?,
+        Command::Verify { public_key, file } => return verify(&public_key, file.as_deref()),
+        Command::SimulateDevice {
+            listen,
+            speed,
+            start_hour,
+            rtu_over_tcp,
+            pv_peak_w,
+            battery_wh,
+            serial,
+        } => {
+            let household = Household {
+                pv_peak_w,
+                battery_wh,
+                serial,
+                ..Household::default()
+            };
+            let framing = if rtu_over_tcp {
+                Framing::RtuOverTcp
+            } else {
+                Framing::Tcp
+            };
+            let server = simulate(listen, household, speed, start_hour, framing).await?;
+            println!(
+                "simulated SunSpec hybrid inverter on {} ({framing:?}, unit id 1, {speed}x time); Ctrl-C to stop",
+                server.addr
+            );
+            wait_for_signal().await;
+        }
+        Command::Demo {
+            mqtt_port,
+            speed,
+            dir,
+        } => demo(mqtt_port, speed, dir).await?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn load_config(o: &Overrides) -> anyhow::Result<AgentConfig> {
+    let mut c = match &o.config {
+        Some(path) => AgentConfig::load(path)?,
+        None => AgentConfig::default(),
+    };
+    if let Some(v) = &o.meter_id {
+        c.meter_id.clone_from(v);
+    }
+    if let Some(v) = &o.community {
+        c.community.clone_from(v);
+    }
+    if let Some(v) = &o.key_file {
+        c.key_file.clone_from(v);
+    }
+    if let Some(v) = &o.data_dir {
+        c.data_dir.clone_from(v);
+    }
+    if let Some(v) = &o.address {
+        c.modbus.address.clone_from(v);
+    }
+    if let Some(v) = &o.transport {
+        c.modbus.transport = match v.as_str() {
+            "tcp" => TransportKind::Tcp,
+            "rtu" => TransportKind::Rtu,
+            "rtu-over-tcp" => TransportKind::RtuOverTcp,
+            other => bail!("--transport {other:?}: expected tcp, rtu or rtu-over-tcp"),
+        };
+    }
+    if let Some(v) = &o.serial_port {
+        c.modbus.serial_port.clone_from(v);
+    }
+    if let Some(v) = o.unit_id {
+        c.modbus.unit_id = v;
+    }
+    if let Some(v) = &o.profile {
+        c.device.kind = DeviceKind::Profile;
+        c.device.profile = Some(v.clone());
+        c.device.profile_file = None;
+    }
+    if let Some(v) = &o.mqtt_url {
+        c.mqtt.url.clone_from(v);
+    }
+    if let Some(v) = o.poll_interval_ms {
+        c.poll_interval_ms = v;
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn print_public(public: &PublicKey) {
+    println!("key id:     {}", public.key_id());
+    println!("public key: {}", public.to_hex());
+    println!("Register this public key for your meter with your community operator.");
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn discover(config: &AgentConfig) -> anyhow::Result<()> {
+    let mut link = ModbusLink::new(config.modbus.clone());
+    let target = match config.modbus.transport {
+        TransportKind::Rtu => config.modbus.serial_port.clone(),
+        _ => config.modbus.address.clone(),
+    };
+    println!(
+        "device {target} ({:?}, unit id {})",
+        config.modbus.transport, config.modbus.unit_id
+    );
+    if config.device.kind == DeviceKind::Profile {
+        let profile = config.profile()?;
+        println!("register profile {}: {}", profile.name, profile.description);
+        let device = Device::Profile(ProfileDevice {
+            profile,
+            identity: config.identity()?,
+        });
+        let snapshot = device.poll(&mut link).await?;
+        println!("{snapshot:#?}");
+        return Ok(());
+    }
+    let map = sunspec::discover(&mut link)
+        .await
+        .with_context(|| format!("discovering SunSpec models on {target}"))?;
+    println!(
+        "SunSpec map at {} — {} models, end marker {}",
+        map.base,
+        map.models.len(),
+        if map.end_marker { "present" } else { "MISSING (tolerated)" }
+    );
+    for m in &map.models {
+        let name = sunspec::models::definition(m.id).map_or("(no definition: skipped)", |d| d.label);
+        println!("  model {:>5} at {:>5}, {:>3} registers  {name}", m.id, m.address, m.len);
+    }
+    for m in &map.models {
+        if !m.is_known() {
+            continue;
+        }
+        println!();
+        match sunspec::read_model(&mut link, *m).await {
+            Ok(block) => print!("{block}"),
+            Err(e) => println!("model {}: {e}", m.id),
+        }
+    }
+    let device = SunSpecDevice::discover(&mut link, config.device.sunspec.clone()).await?;
+    let snapshot = Device::SunSpec(device).poll(&mut link).await?;
+    println!("\nwhat a reading would carry:\n{snapshot:#?}");
+    link.disconnect().await;
+    Ok(())
+}
+
+fn verify(public_key: &str, file: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let key = PublicKey::from_hex(public_key)?;
+    let mut text = String::new();
+    match file {
+        Some(p) if p != Path::new("-") => {
+            text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+        }
+        _ => {
+            std::io::stdin().read_to_string(&mut text)?;
+        }
+    }
+    let outcome = SignedReading::from_json(text.trim()).and_then(|s| s.verify(&key).map(|()| s));
+    match outcome {
+        Ok(s) => {
+            println!(
+                "OK: meter {} seq {} signed by key {}",
+                s.reading.meter_id, s.reading.seq, s.key_id
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("NOT VERIFIED: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// Starts a simulated device and the task that advances its clock.
+async fn simulate(
+    listen: SocketAddr,
+    household: Household,
+    speed: f64,
+    start_hour: f64,
+    framing: Framing,
+) -> anyhow::Result<RegisterServer> {
+    if !(speed > 0.0 && speed <= 100_000.0) {
+        bail!("--speed must be between 0 and 100000");
+    }
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let start_ms = (start_hour.rem_euclid(24.0) * 3_600_000.0) as u64;
+    let mut device = SimulatedDevice::new(household, start_ms);
+    let server = RegisterServer::start(listen, device.bank(), 1, framing)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    const TICK_MS: u64 = 200;
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let step = (TICK_MS as f64 * speed) as u64;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        loop {
+            tick.tick().await;
+            device.advance(step);
+        }
+    });
+    Ok(server)
+}
+
+async fn demo(mqtt_port: u16, speed: f64, dir: Option<PathBuf>) -> anyhow::Result<()> {
+    let tmp;
+    let dir = match dir {
+        Some(d) => d,
+        None => {
+            tmp = std::env::temp_dir().join(format!("gridshare-demo-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    std::fs::create_dir_all(&dir)?;
+    let key_file = dir.join("meter.key");
+    let public = if key_file.exists() {
+        keys::load(&key_file)?.public_key()
+    } else {
+        keys::generate(&key_file, false)?
+    };
+    let broker_addr: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
+    broker::start_embedded(broker_addr).map_err(anyhow::Error::msg)?;
+    let device = simulate(
+        "127.0.0.1:0".parse()?,
+        Household::default(),
+        speed,
+        10.0,
+        Framing::Tcp,
+    )
+    .await?;
+    println!("Gridshare meter-agent demo");
+    println!("  simulated SunSpec hybrid inverter  modbus://{} ({speed}x time)", device.addr);
+    println!("  embedded MQTT broker               mqtt://{broker_addr}");
+    println!("  meter key                          {} (id {})", key_file.display(), public.key_id());
+    println!("  outbox                             {}", dir.join("outbox.sqlite").display());
+    println!("Readings as the broker delivers them (signature checked); Ctrl-C to stop.\n");
+
+    let mut config = AgentConfig::default();
+    config.meter_id = "demo-home-01".into();
+    config.community = "demo".into();
+    config.key_file = key_file;
+    config.data_dir.clone_from(&dir);
+    config.clock_sync = ClockPolicy::Auto;
+    config.modbus.address = device.addr.to_string();
+    config.mqtt.url = format!("mqtt://{broker_addr}");
+    let topic = format!("gridshare/v1/{}/meters/+/reading", config.community);
+
+    let mut options = rumqttc::MqttOptions::new("demo-listener", "127.0.0.1", mqtt_port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
+    client.subscribe(&topic, rumqttc::QoS::AtLeastOnce).await?;
+    let (tx, rx) = watch::channel(false);
+    let agent = tokio::spawn(agent::run(config, rx, Arc::new(AgentStats::default())));
+
+    let listen = async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Incoming::Publish(p))) => {
+                    print_reading(&p.payload, &public);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        }
+    };
+    tokio::select! {
+        () = listen => {}
+        () = wait_for_signal() => {}
+    }
+    let _ = tx.send(true);
+    agent.await??;
+    Ok(())
+}
+
+fn print_reading(payload: &[u8], public: &PublicKey) {
+    let signed = match SignedReading::from_json_bytes(payload) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("rejected: {e}");
+            return;
+        }
+    };
+    let check = match signed.verify(public) {
+        Ok(()) => "signature ok".to_owned(),
+        Err(e) => format!("REJECTED: {e}"),
+    };
+    let r = &signed.reading;
+    let show = |v: Option<u64>| v.map_or_else(|| "—".to_owned(), |v| v.to_string());
+    println!(
+        "seq {:>5}  import {:>9} Wh  export {:>9} Wh  battery +{} / -{} Wh  power {:>6} W  soc {:>6}  {check}",
+        r.seq,
+        show(r.import_wh.value()),
+        show(r.export_wh.value()),
+        show(r.battery_charge_wh.value()),
+        show(r.battery_discharge_wh.value()),
+        r.power_w.value().map_or_else(|| "—".into(), |v| v.to_string()),
+        r.soc_bp
+            .value()
+            .map_or_else(|| "—".into(), |v| format!("{}.{:02}%", v / 100, v % 100)),
+    );
+}

@@ -95,8 +95,8 @@ impl SignedReading {
                 ),
             });
         }
-        let de = &mut serde_json::Deserializer::from_slice(bytes);
-        let e: Envelope = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let e: Envelope = serde_path_to_error::deserialize(&mut de).map_err(|e| {
             // Name the offending field: "seq: invalid value: integer `-1`, expected u64 ...".
             let path = e.path().to_string();
             let inner = e.into_inner();

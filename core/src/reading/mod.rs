@@ -226,7 +226,7 @@ impl std::fmt::Display for MeterId {
 
 /// The measuring device, as it identifies itself (SunSpec model 1, or a register profile's
 /// configured identity). Each field is at most 32 bytes of UTF-8 without NUL bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct DeviceIdentity {
     /// Manufacturer (`Mn`).
     pub manufacturer: String,

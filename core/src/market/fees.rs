@@ -1,0 +1,606 @@
+//! Grid fees per market level in a hierarchy of areas, and the one rounding rule that makes
+//! every trade conserve money to the smallest token unit.
+//!
+//! A trade between a seller in area `s` and a buyer in area `b` passes through every market on
+//! the path `b → … → lowest common ancestor → … → s`, and each market on that path charges its
+//! fee (Grid Singularity's model). A fee is either a constant per kWh or a percentage of what
+//! the seller receives (non-compounded, as in GSy-e's `non_compounded_grid_fees`).
+//!
+//! # Rounding rule
+//!
+//! A trade is anchored on one side's rate: the **buyer's** rate (two-sided pay-as-bid against a
+//! resting bid, and pay-as-clear) or the **seller's** rate (a resting ask, and one-sided
+//! pay-as-offer). Every amount computed from a rate is `floor(energy_wh × rate / 1000)`, and
+//! every fee amount is floored too. The amount of the side opposite the anchor is *derived*:
+//!
+//! - buyer-anchored: `seller_receives = buyer_pays − Σ fees` (the seller gets the sub-unit
+//!   remainders of the fee floors);
+//! - seller-anchored: `buyer_pays = seller_receives + Σ fees` (the buyer keeps them).
+//!
+//! So `buyer_pays == seller_receives + Σ fees` holds exactly, as integers, for every trade.
+
+use super::order::{AccountId, AreaId};
+use super::tariff::TimeProfile;
+use serde::{Deserialize, Serialize};
+
+/// Deepest hierarchy supported: root plus seven levels below it.
+pub const MAX_AREA_DEPTH: usize = 8;
+/// Most markets a trade can cross: up seven levels, the root, down seven levels.
+pub const MAX_PATH_MARKETS: usize = 2 * MAX_AREA_DEPTH - 1;
+/// Largest percentage fee of one market, in basis points (100 %).
+pub const MAX_FEE_BASIS_POINTS: u64 = 10_000;
+
+/// A market's grid fee as it varies over slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FeeProfile {
+    /// This market charges nothing.
+    #[default]
+    Free,
+    /// A constant in token units per kWh, per slot.
+    PerKwh(TimeProfile),
+    /// A percentage of the seller's receipt in basis points (1 bp = 0.01 %), per slot.
+    Percent(TimeProfile),
+}
+
+/// One market's grid fee in one slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum GridFee {
+    /// Token units per kWh.
+    PerKwh(u64),
+    /// Basis points of the seller's receipt.
+    Percent(u64),
+}
+
+/// Why an area could not be added or a fee path could not be formed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AreaError {
+    /// The parent area does not exist.
+    #[error("parent area {0:?} does not exist; add it first")]
+    UnknownParent(AreaId),
+    /// The area is not part of this community.
+    #[error("area {0:?} does not exist in this community")]
+    UnknownArea(AreaId),
+    /// The hierarchy would be deeper than [`MAX_AREA_DEPTH`].
+    #[error("area under {0:?} would be deeper than {MAX_AREA_DEPTH} levels; flatten the hierarchy")]
+    TooDeep(AreaId),
+    /// More areas than an [`AreaId`] can number.
+    #[error("a community holds at most 65535 areas")]
+    TooManyAreas,
+    /// A percentage fee above 100 %.
+    #[error(
+        "percentage fee of {basis_points} bp in slot-profile position {position} is above {MAX_FEE_BASIS_POINTS} bp (100 %)"
+    )]
+    PercentTooLarge {
+        /// The offending value.
+        basis_points: u64,
+        /// Its index in the profile.
+        position: usize,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct AreaNode {
+    parent: Option<AreaId>,
+    depth: u8,
+    fee: FeeProfile,
+    recipient: AccountId,
+}
+
+/// The community's grid hierarchy (house → street → feeder → substation), each area a market
+/// level with a fee and the account that collects it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AreaTree {
+    nodes: Vec<AreaNode>,
+}
+
+impl AreaTree {
+    /// A tree with only its root market ([`AreaId`] 0), charging `fee` to `recipient`.
+    pub fn new(fee: FeeProfile, recipient: AccountId) -> Result<Self, AreaError> {
+        check_fee(&fee)?;
+        Ok(Self {
+            nodes: vec![AreaNode {
+                parent: None,
+                depth: 0,
+                fee,
+                recipient,
+            }],
+        })
+    }
+
+    /// The root area.
+    #[must_use]
+    pub fn root(&self) -> AreaId {
+        AreaId(0)
+    }
+
+    /// Adds a market level below `parent`; returns its id (ids are dense, in insertion order).
+    pub fn add_area(
+        &mut self,
+        parent: AreaId,
+        fee: FeeProfile,
+        recipient: AccountId,
+    ) -> Result<AreaId, AreaError> {
+        check_fee(&fee)?;
+        let parent_node = self
+            .nodes
+            .get(usize::from(parent.0))
+            .ok_or(AreaError::UnknownParent(parent))?;
+        let depth = parent_node.depth + 1;
+        if usize::from(depth) >= MAX_AREA_DEPTH {
+            return Err(AreaError::TooDeep(parent));
+        }
+        let id = u16::try_from(self.nodes.len())
+            .ok()
+            .filter(|&i| i != u16::MAX)
+            .ok_or(AreaError::TooManyAreas)?;
+        self.nodes.push(AreaNode {
+            parent: Some(parent),
+            depth,
+            fee,
+            recipient,
+        });
+        Ok(AreaId(id))
+    }
+
+    /// Number of areas.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// Always false: a tree has at least its root.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// The fees of every market in slot `slot`.
+    #[must_use]
+    pub fn slot_fees(&self, slot: u64) -> SlotFees {
+        let mut any_fee = false;
+        let nodes = self
+            .nodes
+            .iter()
+            .map(|n| {
+                let fee = match &n.fee {
+                    FeeProfile::Free => GridFee::PerKwh(0),
+                    FeeProfile::PerKwh(p) => GridFee::PerKwh(p.at(slot)),
+                    FeeProfile::Percent(p) => GridFee::Percent(p.at(slot)),
+                };
+                any_fee |= !matches!(fee, GridFee::PerKwh(0) | GridFee::Percent(0));
+                SlotNode {
+                    parent: n.parent.map_or(NO_PARENT, |p| p.0),
+                    depth: n.depth,
+                    fee,
+                    recipient: n.recipient,
+                }
+            })
+            .collect();
+        SlotFees { nodes, any_fee }
+    }
+}
+
+fn check_fee(fee: &FeeProfile) -> Result<(), AreaError> {
+    if let FeeProfile::Percent(p) = fee
+        && let Some((position, &basis_points)) = p
+            .values()
+            .iter()
+            .enumerate()
+            .find(|&(_, &v)| v > MAX_FEE_BASIS_POINTS)
+    {
+        return Err(AreaError::PercentTooLarge {
+            basis_points,
+            position,
+        });
+    }
+    Ok(())
+}
+
+const NO_PARENT: u16 = u16::MAX;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SlotNode {
+    parent: u16,
+    depth: u8,
+    fee: GridFee,
+    recipient: AccountId,
+}
+
+/// Every market's fee in one slot: computes fee paths and prices trades.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotFees {
+    nodes: Vec<SlotNode>,
+    any_fee: bool,
+}
+
+/// Which side's rate a trade is priced on; the other side's amount absorbs the rounding
+/// remainder (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PriceAnchor {
+    /// The buyer pays this rate per kWh; fees are deducted for the seller.
+    Buyer(u64),
+    /// The seller receives this rate per kWh; fees are added for the buyer.
+    Seller(u64),
+}
+
+/// The markets a trade crosses, ordered from the buyer's area to the seller's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarketPath {
+    len: u8,
+    areas: [u16; MAX_PATH_MARKETS],
+}
+
+impl MarketPath {
+    /// The areas, buyer side first.
+    pub fn areas(&self) -> impl Iterator<Item = AreaId> + '_ {
+        self.areas[..usize::from(self.len)].iter().map(|&a| AreaId(a))
+    }
+}
+
+/// What one market on the path earns from one trade.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct FeeLeg {
+    /// The market (area).
+    pub area: AreaId,
+    /// Who collects its fee.
+    pub recipient: AccountId,
+    /// The fee per kWh (floored).
+    pub rate_per_kwh: u64,
+    /// The fee for this trade's energy (floored).
+    pub amount: u64,
+}
+
+const EMPTY_LEG: FeeLeg = FeeLeg {
+    area: AreaId(0),
+    recipient: AccountId(0),
+    rate_per_kwh: 0,
+    amount: 0,
+};
+
+/// The fee legs of one trade, in path order (buyer side first), one per market crossed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeeLegs {
+    len: u8,
+    legs: [FeeLeg; MAX_PATH_MARKETS],
+}
+
+impl FeeLegs {
+    /// The legs, buyer side first.
+    #[must_use]
+    pub fn as_slice(&self) -> &[FeeLeg] {
+        &self.legs[..usize::from(self.len)]
+    }
+}
+
+/// A priced trade: both rates and all three amounts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TradeAmounts {
+    /// What the buyer pays per kWh, fees included.
+    pub buyer_rate_per_kwh: u64,
+    /// What the seller receives per kWh, fees deducted.
+    pub seller_rate_per_kwh: u64,
+    /// Tokens the buyer pays.
+    pub buyer_pays: u64,
+    /// Tokens the seller receives.
+    pub seller_receives: u64,
+    /// Tokens of grid fees, all markets together.
+    pub fees: u64,
+}
+
+/// Why a pair cannot be priced.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FeeError {
+    /// An area on the trade is not part of this community.
+    #[error(transparent)]
+    Area(#[from] AreaError),
+    /// The constant fees on the path exceed the buyer's rate, so the seller would owe money.
+    #[error("grid fees of {fees_per_kwh} per kWh exceed the buyer's rate of {rate_per_kwh} per kWh")]
+    FeesExceedRate {
+        /// Sum of constant fees along the path.
+        fees_per_kwh: u64,
+        /// The buyer's rate.
+        rate_per_kwh: u64,
+    },
+    /// An amount does not fit in the token range.
+    #[error("a trade amount does not fit in 64 bits; reduce the order's energy")]
+    Overflow,
+}
+
+/// `floor(energy_wh × rate / 1000)`: the one way an energy and a rate become tokens.
+pub fn amount_for(energy_wh: u64, rate_per_kwh: u64) -> Result<u64, FeeError> {
+    u64::try_from(u128::from(energy_wh) * u128::from(rate_per_kwh) / 1000)
+        .map_err(|_| FeeError::Overflow)
+}
+
+fn floor_mul_div(x: u64, num: u64, den: u64) -> u64 {
+    // num/den ≤ 1 at every call site, so the quotient never exceeds x and fits.
+    u64::try_from(u128::from(x) * u128::from(num) / u128::from(den.max(1))).unwrap_or(u64::MAX)
+}
+
+impl SlotFees {
+    /// A community with one free market: no fees anywhere.
+    #[must_use]
+    pub fn free(recipient: AccountId) -> Self {
+        Self {
+            nodes: vec![SlotNode {
+                parent: NO_PARENT,
+                depth: 0,
+                fee: GridFee::PerKwh(0),
+                recipient,
+            }],
+            any_fee: false,
+        }
+    }
+
+    /// Whether `area` exists.
+    #[must_use]
+    pub fn contains(&self, area: AreaId) -> bool {
+        usize::from(area.0) < self.nodes.len()
+    }
+
+    /// Whether any market charges a fee in this slot.
+    #[must_use]
+    pub fn any_fee(&self) -> bool {
+        self.any_fee
+    }
+
+    fn node(&self, area: u16) -> Result<&SlotNode, AreaError> {
+        self.nodes
+            .get(usize::from(area))
+            .ok_or(AreaError::UnknownArea(AreaId(area)))
+    }
+
+    /// The markets a trade from `seller_area` to `buyer_area` crosses, buyer side first.
+    pub fn path(&self, buyer_area: AreaId, seller_area: AreaId) -> Result<MarketPath, AreaError> {
+        let mut down = [0u16; MAX_AREA_DEPTH];
+        let mut n_down = 0usize;
+        let mut path = MarketPath {
+            len: 0,
+            areas: [0; MAX_PATH_MARKETS],
+        };
+        let mut up = 0usize;
+        let (mut x, mut y) = (buyer_area.0, seller_area.0);
+        let (mut dx, mut dy) = (self.node(x)?.depth, self.node(y)?.depth);
+        // Depth is at most MAX_AREA_DEPTH - 1, so each side pushes at most that many areas
+        // before reaching the common ancestor; the index guards only defend the invariant.
+        while x != y {
+            if dx >= dy {
+                *path.areas.get_mut(up).ok_or(AreaError::UnknownArea(AreaId(x)))? = x;
+                up += 1;
+                x = self.node(x)?.parent;
+                dx = self.node(x)?.depth;
+            } else {
+                *down.get_mut(n_down).ok_or(AreaError::UnknownArea(AreaId(y)))? = y;
+                n_down += 1;
+                y = self.node(y)?.parent;
+                dy = self.node(y)?.depth;
+            }
+        }
+        *path.areas.get_mut(up).ok_or(AreaError::UnknownArea(AreaId(x)))? = x;
+        up += 1;
+        for &a in down[..n_down].iter().rev() {
+            *path.areas.get_mut(up).ok_or(AreaError::UnknownArea(AreaId(a)))? = a;
+            up += 1;
+        }
+        path.len = u8::try_from(up).map_err(|_| AreaError::UnknownArea(buyer_area))?;
+        Ok(path)
+    }
+
+    /// Whether a bid limit in `buyer_area` and an ask limit in `seller_area` can trade: the
+    /// buyer pays at most its limit and the seller receives at least its limit after fees,
+    /// whichever side sets the price.
+    #[must_use]
+    pub fn crosses(
+        &self,
+        bid_per_kwh: u64,
+        ask_per_kwh: u64,
+        buyer_area: AreaId,
+        seller_area: AreaId,
+    ) -> bool {
+        if bid_per_kwh < ask_per_kwh {
+            return false;
+        }
+        if !self.any_fee {
+            return true;
+        }
+        let Ok(path) = self.path(buyer_area, seller_area) else {
+            return false;
+        };
+        let via_ask = self.rates(&path, PriceAnchor::Seller(ask_per_kwh));
+        let via_bid = self.rates(&path, PriceAnchor::Buyer(bid_per_kwh));
+        matches!(via_ask, Ok((b, _)) if b <= bid_per_kwh)
+            && matches!(via_bid, Ok((_, s)) if s >= ask_per_kwh)
+    }
+
+    fn sums(&self, path: &MarketPath) -> Result<(u64, u64), FeeError> {
+        let (mut per_kwh, mut pct) = (0u64, 0u64);
+        for a in path.areas() {
+            match self.node(a.0)?.fee {
+                GridFee::PerKwh(f) => per_kwh = per_kwh.checked_add(f).ok_or(FeeError::Overflow)?,
+                GridFee::Percent(p) => pct += p,
+            }
+        }
+        Ok((per_kwh, pct))
+    }
+
+    /// (buyer rate, seller rate) per kWh for `anchor` on `path`.
+    fn rates(&self, path: &MarketPath, anchor: PriceAnchor) -> Result<(u64, u64), FeeError> {
+        let (per_kwh, pct) = self.sums(path)?;
+        match anchor {
+            PriceAnchor::Buyer(p) => {
+                let base = p.checked_sub(per_kwh).ok_or(FeeError::FeesExceedRate {
+                    fees_per_kwh: per_kwh,
+                    rate_per_kwh: p,
+                })?;
+                let mut seller = base;
+                for a in path.areas() {
+                    if let GridFee::Percent(bp) = self.node(a.0)?.fee {
+                        seller -= floor_mul_div(base, bp, MAX_FEE_BASIS_POINTS + pct);
+                    }
+                }
+                Ok((p, seller))
+            }
+            PriceAnchor::Seller(s) => {
+                let mut buyer = s.checked_add(per_kwh).ok_or(FeeError::Overflow)?;
+                for a in path.areas() {
+                    if let GridFee::Percent(bp) = self.node(a.0)?.fee {
+                        buyer = buyer
+                            .checked_add(floor_mul_div(s, bp, MAX_FEE_BASIS_POINTS))
+                            .ok_or(FeeError::Overflow)?;
+                    }
+                }
+                Ok((buyer, s))
+            }
+        }
+    }
+
+    /// Prices a trade of `energy_wh` between `buyer_area` and `seller_area` at `anchor`.
+    pub fn price(
+        &self,
+        buyer_area: AreaId,
+        seller_area: AreaId,
+        energy_wh: u64,
+        anchor: PriceAnchor,
+    ) -> Result<TradeAmounts, FeeError> {
+        if !self.any_fee {
+            let rate = match anchor {
+                PriceAnchor::Buyer(r) | PriceAnchor::Seller(r) => r,
+            };
+            let amount = amount_for(energy_wh, rate)?;
+            return Ok(TradeAmounts {
+                buyer_rate_per_kwh: rate,
+                seller_rate_per_kwh: rate,
+                buyer_pays: amount,
+                seller_receives: amount,
+                fees: 0,
+            });
+        }
+        let path = self.path(buyer_area, seller_area)?;
+        self.price_on(&path, energy_wh, anchor, None)
+    }
+
+    /// The per-market fee legs of a trade, buyer side first, with its amounts (the same
+    /// computation as [`SlotFees::price`]).
+    pub fn fee_legs(
+        &self,
+        buyer_area: AreaId,
+        seller_area: AreaId,
+        energy_wh: u64,
+        anchor: PriceAnchor,
+    ) -> Result<(TradeAmounts, FeeLegs), FeeError> {
+        let path = self.path(buyer_area, seller_area)?;
+        let mut legs = FeeLegs {
+            len: path.len,
+            legs: [EMPTY_LEG; MAX_PATH_MARKETS],
+        };
+        let amounts = self.price_on(&path, energy_wh, anchor, Some(&mut legs))?;
+        Ok((amounts, legs))
+    }
+
+    /// The trade rate in each market on the path, buyer side first: the buyer's rate less the
+    /// fees of the markets already crossed (GSy-e's "trade rate per market level").
+    pub fn market_rates(
+        &self,
+        buyer_area: AreaId,
+        seller_area: AreaId,
+        anchor: PriceAnchor,
+    ) -> Result<Vec<(AreaId, u64)>, FeeError> {
+        let (amounts, legs) = self.fee_legs(buyer_area, seller_area, 1000, anchor)?;
+        let mut rate = amounts.buyer_rate_per_kwh;
+        let mut out = Vec::with_capacity(legs.as_slice().len());
+        for leg in legs.as_slice() {
+            out.push((leg.area, rate));
+            rate = rate.saturating_sub(leg.rate_per_kwh);
+        }
+        Ok(out)
+    }
+
+    fn price_on(
+        &self,
+        path: &MarketPath,
+        energy_wh: u64,
+        anchor: PriceAnchor,
+        mut legs: Option<&mut FeeLegs>,
+    ) -> Result<TradeAmounts, FeeError> {
+        let (buyer_rate, seller_rate) = self.rates(path, anchor)?;
+        let (per_kwh_total, pct) = self.sums(path)?;
+        let const_total = {
+            let mut c = 0u64;
+            for a in path.areas() {
+                if let GridFee::PerKwh(f) = self.node(a.0)?.fee {
+                    c = c
+                        .checked_add(amount_for(energy_wh, f)?)
+                        .ok_or(FeeError::Overflow)?;
+                }
+            }
+            c
+        };
+        // Percentage fees are a share of the seller's base; in a buyer-anchored trade the base
+        // is (buyer amount − constant fees) scaled by 10000 / (10000 + Σ bp), which is why the
+        // divisor differs between the two anchors.
+        let (pct_base, pct_den, anchored_amount) = match anchor {
+            PriceAnchor::Buyer(_) => {
+                let b = amount_for(energy_wh, buyer_rate)?;
+                let base = b.checked_sub(const_total).ok_or(FeeError::FeesExceedRate {
+                    fees_per_kwh: const_total,
+                    rate_per_kwh: b,
+                })?;
+                (base, MAX_FEE_BASIS_POINTS + pct, b)
+            }
+            PriceAnchor::Seller(_) => {
+                let s = amount_for(energy_wh, seller_rate)?;
+                (s, MAX_FEE_BASIS_POINTS, s)
+            }
+        };
+        let mut fees = 0u64;
+        for (i, a) in path.areas().enumerate() {
+            let node = self.node(a.0)?;
+            let (rate, amount) = match node.fee {
+                GridFee::PerKwh(f) => (f, amount_for(energy_wh, f)?),
+                GridFee::Percent(bp) => {
+                    let r = match anchor {
+                        PriceAnchor::Buyer(p) => floor_mul_div(
+                            p.saturating_sub(per_kwh_total),
+                            bp,
+                            MAX_FEE_BASIS_POINTS + pct,
+                        ),
+                        PriceAnchor::Seller(s) => floor_mul_div(s, bp, MAX_FEE_BASIS_POINTS),
+                    };
+                    (r, floor_mul_div(pct_base, bp, pct_den))
+                }
+            };
+            fees = fees.checked_add(amount).ok_or(FeeError::Overflow)?;
+            if let Some(l) = legs.as_deref_mut()
+                && let Some(slot) = l.legs.get_mut(i)
+            {
+                *slot = FeeLeg {
+                    area: a,
+                    recipient: node.recipient,
+                    rate_per_kwh: rate,
+                    amount,
+                };
+            }
+        }
+        let (buyer_pays, seller_receives) = match anchor {
+            PriceAnchor::Buyer(_) => (
+                anchored_amount,
+                anchored_amount
+                    .checked_sub(fees)
+                    .ok_or(FeeError::Overflow)?,
+            ),
+            PriceAnchor::Seller(_) => (
+                anchored_amount
+                    .checked_add(fees)
+                    .ok_or(FeeError::Overflow)?,
+                anchored_amount,
+            ),
+        };
+        Ok(TradeAmounts {
+            buyer_rate_per_kwh: buyer_rate,
+            seller_rate_per_kwh: seller_rate,
+            buyer_pays,
+            seller_receives,
+            fees,
+        })
+    }
+}

@@ -1,0 +1,304 @@
+//! Key figures per slot and over a period: traded volume, prices, self-sufficiency and
+//! self-consumption of each household and of the community, savings against buying
+//! everything from the utility, and fees collected.
+//!
+//! Ratios are kept as integer numerator/denominator pairs; floats appear only for display.
+//!
+//! - Self-consumed energy of a household: `produced − exported` (never below zero).
+//! - Community self-consumed energy: Σ household self-consumption plus the exports that other
+//!   households of the community imported in the same slot, `min(Σ exported, Σ imported)`.
+//! - Self-sufficiency = self-consumed / consumed; self-consumption = self-consumed / produced.
+//! - Savings = what the household's net import would cost with the utility alone (retail for
+//!   a net import, feed-in for a net export, floored like every amount) minus what it pays
+//!   in the settled slot (trades, fees and imbalances).
+
+use super::netting::SlotSettlement;
+use super::order::AccountId;
+use super::terms::SlotTerms;
+use super::trade::Trade;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// An exact ratio of two non-negative integers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Ratio {
+    /// Numerator.
+    pub numerator: u128,
+    /// Denominator (zero: undefined).
+    pub denominator: u128,
+}
+
+impl Ratio {
+    /// `numerator / denominator`.
+    #[must_use]
+    pub fn new(numerator: u128, denominator: u128) -> Self {
+        Self {
+            numerator,
+            denominator,
+        }
+    }
+
+    /// The ratio in basis points, rounded down; `None` when the denominator is zero.
+    #[must_use]
+    pub fn basis_points(&self) -> Option<u128> {
+        (self.denominator != 0).then(|| self.numerator.saturating_mul(10_000) / self.denominator)
+    }
+
+    /// The ratio as a float, for display only.
+    #[must_use]
+    #[allow(clippy::cast_precision_loss, reason = "display only; settled values stay integer")]
+    pub fn as_f64(&self) -> Option<f64> {
+        (self.denominator != 0).then(|| self.numerator as f64 / self.denominator as f64)
+    }
+}
+
+/// What one household's meters and inverter measured in a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HouseholdEnergy {
+    /// The household's account.
+    pub account: AccountId,
+    /// Energy produced on site (PV), Wh.
+    pub produced_wh: u64,
+    /// Energy drawn from the grid, Wh.
+    pub imported_wh: u64,
+    /// Energy fed into the grid, Wh.
+    pub exported_wh: u64,
+}
+
+/// Why key figures could not be computed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KpiError {
+    /// A household exported more than it produced and imported.
+    #[error(
+        "household {account:?} exported {exported_wh} Wh but only produced {produced_wh} Wh and imported {imported_wh} Wh; check its meters"
+    )]
+    ExportExceedsSupply {
+        /// The household.
+        account: AccountId,
+        /// Produced.
+        produced_wh: u64,
+        /// Imported.
+        imported_wh: u64,
+        /// Exported.
+        exported_wh: u64,
+    },
+}
+
+/// One household's figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct HouseholdKpis {
+    /// The household.
+    pub account: AccountId,
+    /// Consumed on site, Wh (`produced + imported − exported`).
+    pub consumed_wh: u128,
+    /// Produced on site, Wh.
+    pub produced_wh: u128,
+    /// Produced and used on site, Wh.
+    pub self_consumed_wh: u128,
+    /// What the slot would cost with the utility alone, tokens (negative: income).
+    pub utility_only_cost: i128,
+    /// What the settled slot cost, tokens (negative: income).
+    pub actual_cost: i128,
+}
+
+impl HouseholdKpis {
+    /// Self-consumed / consumed.
+    #[must_use]
+    pub fn self_sufficiency(&self) -> Ratio {
+        Ratio::new(self.self_consumed_wh, self.consumed_wh)
+    }
+
+    /// Self-consumed / produced.
+    #[must_use]
+    pub fn self_consumption(&self) -> Ratio {
+        Ratio::new(self.self_consumed_wh, self.produced_wh)
+    }
+
+    /// Savings against the utility alone, tokens.
+    #[must_use]
+    pub fn savings(&self) -> i128 {
+        self.utility_only_cost - self.actual_cost
+    }
+}
+
+/// Community totals; the same fields summed over households, with local exchange counted as
+/// self-consumption.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CommunityKpis {
+    /// Consumed, Wh.
+    pub consumed_wh: u128,
+    /// Produced, Wh.
+    pub produced_wh: u128,
+    /// Produced in the community and used in it, Wh.
+    pub self_consumed_wh: u128,
+    /// Cost with the utility alone, tokens.
+    pub utility_only_cost: i128,
+    /// Settled cost, tokens.
+    pub actual_cost: i128,
+}
+
+impl CommunityKpis {
+    /// Self-consumed / consumed.
+    #[must_use]
+    pub fn self_sufficiency(&self) -> Ratio {
+        Ratio::new(self.self_consumed_wh, self.consumed_wh)
+    }
+
+    /// Self-consumed / produced.
+    #[must_use]
+    pub fn self_consumption(&self) -> Ratio {
+        Ratio::new(self.self_consumed_wh, self.produced_wh)
+    }
+
+    /// Savings against the utility alone, tokens.
+    #[must_use]
+    pub fn savings(&self) -> i128 {
+        self.utility_only_cost - self.actual_cost
+    }
+}
+
+/// One slot's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotKpis {
+    /// Slot index.
+    pub slot: u64,
+    /// Energy traded locally, Wh.
+    pub traded_wh: u128,
+    /// The call auction's uniform price, if any.
+    pub clearing_price: Option<u64>,
+    /// Volume-weighted price buyers paid per kWh: Σ buyer amounts × 1000 / Σ Wh.
+    pub average_buyer_price: Ratio,
+    /// Grid fees collected, tokens.
+    pub fees_collected: u128,
+    /// Per household, in input order.
+    pub households: Vec<HouseholdKpis>,
+    /// Community totals.
+    pub community: CommunityKpis,
+}
+
+fn bill(net_import_wh: i128, retail: u64, feed_in: u64) -> i128 {
+    let price = if net_import_wh >= 0 { retail } else { feed_in };
+    // |net| < 2^65 and price < 2^64: the product fits in u128 after the division bound.
+    let magnitude = net_import_wh
+        .unsigned_abs()
+        .saturating_mul(u128::from(price))
+        / 1000;
+    let magnitude = i128::try_from(magnitude).unwrap_or(i128::MAX);
+    if net_import_wh >= 0 { magnitude } else { -magnitude }
+}
+
+/// Computes one slot's figures from its trades, the households' energy and the settlement.
+pub fn slot_kpis(
+    terms: &SlotTerms,
+    trades: &[Trade],
+    clearing_price: Option<u64>,
+    households: &[HouseholdEnergy],
+    settlement: &SlotSettlement,
+) -> Result<SlotKpis, KpiError> {
+    let mut community = CommunityKpis::default();
+    let (mut imported, mut exported) = (0u128, 0u128);
+    let mut out = Vec::with_capacity(households.len());
+    for h in households {
+        let supply = u128::from(h.produced_wh) + u128::from(h.imported_wh);
+        let consumed = supply.checked_sub(u128::from(h.exported_wh)).ok_or(
+            KpiError::ExportExceedsSupply {
+                account: h.account,
+                produced_wh: h.produced_wh,
+                imported_wh: h.imported_wh,
+                exported_wh: h.exported_wh,
+            },
+        )?;
+        let net = i128::from(h.imported_wh) - i128::from(h.exported_wh);
+        let k = HouseholdKpis {
+            account: h.account,
+            consumed_wh: consumed,
+            produced_wh: u128::from(h.produced_wh),
+            self_consumed_wh: u128::from(h.produced_wh.saturating_sub(h.exported_wh)),
+            utility_only_cost: bill(net, terms.band.retail_per_kwh, terms.band.feed_in_per_kwh),
+            actual_cost: -settlement.balance(h.account),
+        };
+        community.consumed_wh += k.consumed_wh;
+        community.produced_wh += k.produced_wh;
+        community.self_consumed_wh += k.self_consumed_wh;
+        community.utility_only_cost += k.utility_only_cost;
+        community.actual_cost += k.actual_cost;
+        imported += u128::from(h.imported_wh);
+        exported += u128::from(h.exported_wh);
+        out.push(k);
+    }
+    community.self_consumed_wh += imported.min(exported);
+    let traded_wh: u128 = trades.iter().map(|t| u128::from(t.energy_wh)).sum();
+    let paid: u128 = trades.iter().map(|t| u128::from(t.amounts.buyer_pays)).sum();
+    let fees: u128 = trades.iter().map(|t| u128::from(t.amounts.fees)).sum();
+    Ok(SlotKpis {
+        slot: terms.slot.index,
+        traded_wh,
+        clearing_price,
+        average_buyer_price: Ratio::new(paid.saturating_mul(1000), traded_wh),
+        fees_collected: fees,
+        households: out,
+        community,
+    })
+}
+
+/// Figures accumulated over many slots.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeriodKpis {
+    /// Slots added.
+    pub slots: u64,
+    /// Energy traded locally, Wh.
+    pub traded_wh: u128,
+    /// Σ buyer amounts of local trades, tokens.
+    pub buyers_paid: u128,
+    /// Grid fees collected, tokens.
+    pub fees_collected: u128,
+    /// Lowest and highest clearing price seen.
+    pub clearing_price_range: Option<(u64, u64)>,
+    /// Community totals.
+    pub community: CommunityKpis,
+    /// Household totals by account.
+    pub households: BTreeMap<AccountId, HouseholdKpis>,
+}
+
+impl PeriodKpis {
+    /// Adds one slot.
+    pub fn add(&mut self, slot: &SlotKpis) {
+        self.slots += 1;
+        self.traded_wh += slot.traded_wh;
+        self.buyers_paid += slot.average_buyer_price.numerator / 1000;
+        self.fees_collected += slot.fees_collected;
+        if let Some(p) = slot.clearing_price {
+            self.clearing_price_range = Some(match self.clearing_price_range {
+                None => (p, p),
+                Some((lo, hi)) => (lo.min(p), hi.max(p)),
+            });
+        }
+        let c = &mut self.community;
+        c.consumed_wh += slot.community.consumed_wh;
+        c.produced_wh += slot.community.produced_wh;
+        c.self_consumed_wh += slot.community.self_consumed_wh;
+        c.utility_only_cost += slot.community.utility_only_cost;
+        c.actual_cost += slot.community.actual_cost;
+        for h in &slot.households {
+            let acc = self.households.entry(h.account).or_insert(HouseholdKpis {
+                account: h.account,
+                consumed_wh: 0,
+                produced_wh: 0,
+                self_consumed_wh: 0,
+                utility_only_cost: 0,
+                actual_cost: 0,
+            });
+            acc.consumed_wh += h.consumed_wh;
+            acc.produced_wh += h.produced_wh;
+            acc.self_consumed_wh += h.self_consumed_wh;
+            acc.utility_only_cost += h.utility_only_cost;
+            acc.actual_cost += h.actual_cost;
+        }
+    }
+
+    /// Volume-weighted average price buyers paid per kWh over the period.
+    #[must_use]
+    pub fn average_buyer_price(&self) -> Ratio {
+        Ratio::new(self.buyers_paid.saturating_mul(1000), self.traded_wh)
+    }
+}

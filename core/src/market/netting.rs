@@ -1,0 +1,170 @@
+//! Slot settlement and netting: trades, grid fees and imbalances against the utility, reduced
+//! to one signed token amount per account that sums to exactly zero — the input of one
+//! on-chain settlement batch.
+//!
+//! Imbalance amounts follow the same rounding rule as trades: `floor(|deviation| × price /
+//! 1000)`. On a shortfall the household pays the floored amount (it keeps the sub-unit
+//! remainder); on a surplus it receives the floored amount (the utility keeps it).
+
+use super::delivery::{DeliveryError, MeterDelivery, Position, positions};
+use super::fees::FeeError;
+use super::order::{AccountId, OrderId};
+use super::terms::SlotTerms;
+use super::trade::Trade;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// One account's net token movement in a slot: positive receives, negative pays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NetBalance {
+    /// The account (household, fee recipient or utility).
+    pub account: AccountId,
+    /// Net tokens.
+    pub amount: i128,
+}
+
+/// An account's deviation settled with the utility.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ImbalanceCharge {
+    /// The account.
+    pub account: AccountId,
+    /// `delivered − traded`, Wh (positive: shortfall).
+    pub deviation_wh: i128,
+    /// Tokens the account pays the utility (negative: receives).
+    pub amount: i128,
+}
+
+/// Everything one slot settles.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotSettlement {
+    /// Slot index.
+    pub slot: u64,
+    /// Net balance of every account involved, sorted by account; sums to zero.
+    pub balances: Vec<NetBalance>,
+    /// Grid fees collected per recipient, sorted by recipient.
+    pub fees_by_recipient: Vec<(AccountId, u64)>,
+    /// Traded and delivered energy per account.
+    pub positions: Vec<Position>,
+    /// Deviations settled with the utility (accounts with zero deviation omitted).
+    pub imbalances: Vec<ImbalanceCharge>,
+    /// Σ what buyers paid.
+    pub buyers_paid: u128,
+    /// Σ what sellers received.
+    pub sellers_received: u128,
+    /// Σ grid fees.
+    pub fees: u128,
+}
+
+impl SlotSettlement {
+    /// The net balance of `account` (zero if not involved).
+    #[must_use]
+    pub fn balance(&self, account: AccountId) -> i128 {
+        self.balances
+            .binary_search_by_key(&account, |b| b.account)
+            .map_or(0, |i| self.balances[i].amount)
+    }
+}
+
+/// Why a slot could not be settled.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettlementError {
+    /// Meter data was inconsistent.
+    #[error(transparent)]
+    Delivery(#[from] DeliveryError),
+    /// A trade could not be re-priced under this slot's fees.
+    #[error("trade {bid:?}/{ask:?} cannot be priced under this slot's fees: {source}")]
+    Fees {
+        /// The trade's bid.
+        bid: OrderId,
+        /// The trade's ask.
+        ask: OrderId,
+        /// Why.
+        source: FeeError,
+    },
+    /// A trade's amounts differ from what this slot's fees give (a trade from another slot,
+    /// or altered in transit).
+    #[error(
+        "trade {bid:?}/{ask:?} carries amounts that this slot's fees do not produce; settle it with the terms of its own slot"
+    )]
+    AmountsMismatch {
+        /// The trade's bid.
+        bid: OrderId,
+        /// The trade's ask.
+        ask: OrderId,
+    },
+}
+
+/// Settles one slot: trade payments and fees, then every account's deviation against the
+/// utility at the slot's imbalance prices, netted per account.
+pub fn settle_slot(
+    trades: &[Trade],
+    deliveries: &[MeterDelivery],
+    terms: &SlotTerms,
+) -> Result<SlotSettlement, SettlementError> {
+    let mut net: BTreeMap<AccountId, i128> = BTreeMap::new();
+    let mut fees_by: BTreeMap<AccountId, u64> = BTreeMap::new();
+    let (mut paid, mut received, mut fees) = (0u128, 0u128, 0u128);
+    for t in trades {
+        let (amounts, legs) = terms
+            .fees
+            .fee_legs(t.buyer_area, t.seller_area, t.energy_wh, t.anchor)
+            .map_err(|source| SettlementError::Fees {
+                bid: t.bid,
+                ask: t.ask,
+                source,
+            })?;
+        if amounts != t.amounts {
+            return Err(SettlementError::AmountsMismatch {
+                bid: t.bid,
+                ask: t.ask,
+            });
+        }
+        *net.entry(t.buyer).or_default() -= i128::from(amounts.buyer_pays);
+        *net.entry(t.seller).or_default() += i128::from(amounts.seller_receives);
+        for leg in legs.as_slice().iter().filter(|l| l.amount > 0) {
+            *net.entry(leg.recipient).or_default() += i128::from(leg.amount);
+            let f = fees_by.entry(leg.recipient).or_default();
+            *f = f.saturating_add(leg.amount);
+        }
+        paid += u128::from(amounts.buyer_pays);
+        received += u128::from(amounts.seller_receives);
+        fees += u128::from(amounts.fees);
+    }
+    let positions = positions(trades, deliveries)?;
+    let mut imbalances = Vec::new();
+    for p in &positions {
+        let dev = p.deviation_wh();
+        if dev == 0 {
+            continue;
+        }
+        let price = if dev > 0 {
+            terms.imbalance.shortfall_per_kwh
+        } else {
+            terms.imbalance.surplus_per_kwh
+        };
+        // |dev| < 2^64 and price < 2^64, so the product fits in i128 with room to spare.
+        let magnitude = i128::try_from(dev.unsigned_abs() * u128::from(price) / 1000)
+            .unwrap_or(i128::MAX);
+        let amount = if dev > 0 { magnitude } else { -magnitude };
+        *net.entry(p.account).or_default() -= amount;
+        *net.entry(terms.utility).or_default() += amount;
+        imbalances.push(ImbalanceCharge {
+            account: p.account,
+            deviation_wh: dev,
+            amount,
+        });
+    }
+    Ok(SlotSettlement {
+        slot: terms.slot.index,
+        balances: net
+            .into_iter()
+            .map(|(account, amount)| NetBalance { account, amount })
+            .collect(),
+        fees_by_recipient: fees_by.into_iter().collect(),
+        positions,
+        imbalances,
+        buyers_paid: paid,
+        sellers_received: received,
+        fees,
+    })
+}

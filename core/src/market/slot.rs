@@ -1,0 +1,180 @@
+//! Delivery slots and their timeline: order window, gate closure, delivery, settlement.
+//!
+//! Time is passed in by the caller as Unix seconds; the market never reads a clock, so the
+//! engine (wall clock) and the simulator (simulated clock) drive the same code.
+
+use serde::{Deserialize, Serialize};
+
+/// Seconds since the Unix epoch.
+pub type UnixSeconds = i64;
+
+/// How a community cuts time into delivery slots, and when each slot's phases begin.
+///
+/// Slot `n` delivers during `[epoch + n·length, epoch + (n+1)·length)`. Its order window opens
+/// `window_opens_before_s` before delivery, its gate closes `gate_closure_before_s` before
+/// delivery, and it may be settled `settlement_after_s` after delivery ends (time for the last
+/// signed readings to arrive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotCalendar {
+    epoch_s: UnixSeconds,
+    slot_length_s: u32,
+    window_opens_before_s: u32,
+    gate_closure_before_s: u32,
+    settlement_after_s: u32,
+}
+
+/// Why a slot calendar or a slot index was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SlotError {
+    /// The slot length is outside one minute to one day.
+    #[error("slot length {0} s is outside 60..=86400 s; use e.g. 900 for 15-minute slots")]
+    SlotLength(u32),
+    /// The gate would close before the order window opens.
+    #[error(
+        "gate closure {gate_closure_before_s} s before delivery is not after the order window opening {window_opens_before_s} s before delivery; open the window earlier"
+    )]
+    WindowAfterGate {
+        /// Configured window lead.
+        window_opens_before_s: u32,
+        /// Configured gate-closure lead.
+        gate_closure_before_s: u32,
+    },
+    /// The slot index is so large its times do not fit in Unix seconds.
+    #[error("slot {0} lies beyond the representable time range")]
+    OutOfRange(u64),
+}
+
+impl SlotCalendar {
+    /// Default slot length: 15 minutes.
+    pub const DEFAULT_SLOT_LENGTH_S: u32 = 900;
+
+    /// A calendar with explicit phase leads; `epoch_s` is the start of slot 0 (choose a
+    /// midnight so that daily tariff profiles line up with slot indices).
+    pub fn new(
+        epoch_s: UnixSeconds,
+        slot_length_s: u32,
+        window_opens_before_s: u32,
+        gate_closure_before_s: u32,
+        settlement_after_s: u32,
+    ) -> Result<Self, SlotError> {
+        if !(60..=86_400).contains(&slot_length_s) {
+            return Err(SlotError::SlotLength(slot_length_s));
+        }
+        if window_opens_before_s <= gate_closure_before_s {
+            return Err(SlotError::WindowAfterGate {
+                window_opens_before_s,
+                gate_closure_before_s,
+            });
+        }
+        Ok(Self {
+            epoch_s,
+            slot_length_s,
+            window_opens_before_s,
+            gate_closure_before_s,
+            settlement_after_s,
+        })
+    }
+
+    /// 15-minute slots; the window opens 24 h ahead, the gate closes 5 min before delivery,
+    /// settlement starts 15 min after delivery ends.
+    #[must_use]
+    pub fn quarter_hourly(epoch_s: UnixSeconds) -> Self {
+        Self {
+            epoch_s,
+            slot_length_s: Self::DEFAULT_SLOT_LENGTH_S,
+            window_opens_before_s: 86_400,
+            gate_closure_before_s: 300,
+            settlement_after_s: 900,
+        }
+    }
+
+    /// Slot length in seconds.
+    #[must_use]
+    pub fn slot_length_s(&self) -> u32 {
+        self.slot_length_s
+    }
+
+    /// The timeline of slot `index`.
+    pub fn slot(&self, index: u64) -> Result<DeliverySlot, SlotError> {
+        let out = || SlotError::OutOfRange(index);
+        let offset = i64::try_from(index)
+            .ok()
+            .and_then(|i| i.checked_mul(i64::from(self.slot_length_s)))
+            .ok_or_else(out)?;
+        let delivery_start = self.epoch_s.checked_add(offset).ok_or_else(out)?;
+        let delivery_end = delivery_start
+            .checked_add(i64::from(self.slot_length_s))
+            .ok_or_else(out)?;
+        Ok(DeliverySlot {
+            index,
+            order_window_opens: delivery_start - i64::from(self.window_opens_before_s),
+            gate_closure: delivery_start - i64::from(self.gate_closure_before_s),
+            delivery_start,
+            delivery_end,
+            settlement: delivery_end
+                .checked_add(i64::from(self.settlement_after_s))
+                .ok_or_else(out)?,
+        })
+    }
+
+    /// The index of the slot being delivered at `t`, if `t` is not before slot 0.
+    #[must_use]
+    pub fn slot_delivering_at(&self, t: UnixSeconds) -> Option<u64> {
+        let since = t.checked_sub(self.epoch_s)?;
+        u64::try_from(since / i64::from(self.slot_length_s)).ok()
+    }
+}
+
+/// One delivery slot and the instants that bound its phases (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct DeliverySlot {
+    /// Slot index in its calendar; tariff and fee profiles are indexed by it.
+    pub index: u64,
+    /// Orders are accepted from here …
+    pub order_window_opens: UnixSeconds,
+    /// … until here (exclusive): the gate closure. The call auction clears here.
+    pub gate_closure: UnixSeconds,
+    /// Energy flows from here …
+    pub delivery_start: UnixSeconds,
+    /// … until here (exclusive).
+    pub delivery_end: UnixSeconds,
+    /// From here readings are complete and the slot may be settled.
+    pub settlement: UnixSeconds,
+}
+
+/// Where a slot stands at a given instant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum SlotPhase {
+    /// Orders are not yet accepted.
+    BeforeOrderWindow,
+    /// Orders are accepted, amended, cancelled.
+    OrderWindow,
+    /// Gate closed; no order changes; delivery has not started.
+    GateClosed,
+    /// Energy is being delivered.
+    Delivery,
+    /// Delivery ended; waiting for the last readings.
+    AwaitingReadings,
+    /// Ready to settle.
+    Settlement,
+}
+
+impl DeliverySlot {
+    /// The phase of this slot at `now`.
+    #[must_use]
+    pub fn phase_at(&self, now: UnixSeconds) -> SlotPhase {
+        if now < self.order_window_opens {
+            SlotPhase::BeforeOrderWindow
+        } else if now < self.gate_closure {
+            SlotPhase::OrderWindow
+        } else if now < self.delivery_start {
+            SlotPhase::GateClosed
+        } else if now < self.delivery_end {
+            SlotPhase::Delivery
+        } else if now < self.settlement {
+            SlotPhase::AwaitingReadings
+        } else {
+            SlotPhase::Settlement
+        }
+    }
+}

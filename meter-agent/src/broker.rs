@@ -1,0 +1,45 @@
+//! An MQTT broker embedded in the process (rumqttd), for `meter-agent demo` and for tests that
+//! need a real broker without installing one.
+//!
+//! rumqttd has no shutdown call: the broker lives until the process ends. Tests that need a
+//! broker outage run a Mosquitto process instead and kill it.
+
+use std::net::SocketAddr;
+
+/// Starts a broker listening on `listen` (MQTT 3.1.1) on a thread of its own.
+pub fn start_embedded(listen: SocketAddr) -> Result<(), String> {
+    let config = format!(
+        r#"
+id = 0
+[router]
+max_connections = 10010
+max_outgoing_packet_count = 200
+max_segment_size = 104857600
+max_segment_count = 10
+
+[v4.1]
+name = "v4-1"
+listen = "{listen}"
+next_connection_delay_ms = 1
+[v4.1.connections]
+connection_timeout_ms = 60000
+max_payload_size = 65536
+max_inflight_count = 200
+dynamic_filters = true
+"#
+    );
+    let config: rumqttd::Config =
+        toml::from_str(&config).map_err(|e| format!("embedded broker config: {e}"))?;
+    // Fail now if the port is taken, rather than inside the broker thread.
+    drop(std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?);
+    std::thread::Builder::new()
+        .name("mqtt-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(config);
+            if let Err(e) = broker.start() {
+                tracing::error!(target: "broker", "embedded broker stopped: {e}");
+            }
+        })
+        .map_err(|e| format!("cannot start broker thread: {e}"))?;
+    Ok(())
+}

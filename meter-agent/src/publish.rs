@@ -1,0 +1,421 @@
+//! Publishing the outbox over MQTT (QoS 1), oldest first, deleting a reading only when the
+//! broker acknowledged it.
+//!
+//! Design: every connection gets a fresh rumqttc event loop with a clean session, and on each
+//! CONNACK the publisher starts again from the oldest reading still in the outbox. rumqttc's
+//! own retransmission of unacknowledged packets is therefore never relied on: the outbox is
+//! the single source of what is still owed. A reading whose PUBACK was lost in an outage is
+//! sent again; receivers drop the duplicate by (meter, sequence number). PUBACKs carry only a
+//! packet id, so each publish is matched to its packet id through the `Outgoing::Publish`
+//! events, which rumqttc emits in the order the publishes were queued.
+
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration,
+    Transport,
+};
+use serde::Deserialize;
+use tokio::sync::{Notify, watch};
+
+use crate::outbox::Outbox;
+
+/// Broker settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// `mqtt://host:port` or, with TLS, `mqtts://host:port`.
+    pub url: String,
+    /// Client id; default `meter-agent-<meter id>`.
+    pub client_id: Option<String>,
+    /// User name, if the broker requires one.
+    pub username: Option<String>,
+    /// Password for `username`.
+    pub password: Option<String>,
+    /// PEM file with the CA certificates trusted for `mqtts://`; default: the system bundle
+    /// `/etc/ssl/certs/ca-certificates.crt`.
+    pub ca_file: Option<PathBuf>,
+    /// Topic prefix; readings go to `<prefix>/<community>/meters/<meter>/reading`.
+    pub topic_prefix: String,
+    /// MQTT keep-alive, seconds.
+    pub keep_alive_s: u64,
+    /// Readings in flight (published, not yet acknowledged).
+    pub max_inflight: u16,
+    /// First wait before reconnecting, doubled on each failure up to `reconnect_max_ms`.
+    pub reconnect_initial_ms: u64,
+    /// Longest wait between reconnection attempts.
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            client_id: None,
+            username: None,
+            password: None,
+            ca_file: None,
+            topic_prefix: "gridshare/v1".into(),
+            keep_alive_s: 30,
+            max_inflight: 32,
+            reconnect_initial_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+/// Why the broker settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum MqttConfigError {
+    /// The URL is not `mqtt://host:port` or `mqtts://host:port`.
+    #[error("mqtt.url {url:?}: {reason}")]
+    Url {
+        /// The URL given.
+        url: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The CA file cannot be read or holds no certificate.
+    #[error("mqtt.ca_file {path}: {reason}")]
+    Ca {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// The topics of one meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topics {
+    /// Signed readings (QoS 1, not retained).
+    pub reading: String,
+    /// `online` / `offline` status (retained, with the `offline` last will).
+    pub status: String,
+}
+
+impl Topics {
+    /// `<prefix>/<community>/meters/<meter>/{reading,status}`.
+    pub fn new(prefix: &str, community: &str, meter: &str) -> Self {
+        let base = format!("{prefix}/{community}/meters/{meter}");
+        Self {
+            reading: format!("{base}/reading"),
+            status: format!("{base}/status"),
+        }
+    }
+}
+
+/// Broker address parsed from `mqtt.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerUrl {
+    /// Host name or address.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Whether to use TLS.
+    pub tls: bool,
+}
+
+impl BrokerUrl {
+    /// Parses `mqtt://host[:port]` (also `tcp://`) or `mqtts://host[:port]` (also `ssl://`).
+    pub fn parse(url: &str) -> Result<Self, MqttConfigError> {
+        let bad = |reason: &str| MqttConfigError::Url {
+            url: url.to_owned(),
+            reason: reason.to_owned(),
+        };
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad("expected mqtt://host:port or mqtts://host:port"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            _ => return Err(bad("scheme must be mqtt or mqtts")),
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('/') || authority.contains('@') {
+            return Err(bad(
+                "give only host and port (credentials go in mqtt.username/password)",
+            ));
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
+                h,
+                p.parse::<u16>().map_err(|_| bad("port must be 1-65535"))?,
+            ),
+            _ => (authority, if tls { 8883 } else { 1883 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("missing host"));
+        }
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+            tls,
+        })
+    }
+}
+
+/// Counters the publisher keeps (for logs, the status topic, and tests).
+#[derive(Debug, Default)]
+pub struct PublishStats {
+    /// Readings acknowledged by the broker.
+    pub acknowledged: AtomicU64,
+    /// Successful connections.
+    pub connections: AtomicU64,
+}
+
+/// Everything the publisher needs.
+pub struct Publisher {
+    /// Broker settings.
+    pub config: MqttConfig,
+    /// The meter's topics.
+    pub topics: Topics,
+    /// Client id.
+    pub client_id: String,
+    /// Retained `online` payload.
+    pub online_payload: String,
+    /// The outbox to drain.
+    pub outbox: Outbox,
+    /// Woken when a reading was appended.
+    pub wake: Arc<Notify>,
+    /// Counters.
+    pub stats: Arc<PublishStats>,
+}
+
+const OFFLINE: &str = r#"{"state":"offline"}"#;
+
+impl Publisher {
+    fn options(&self) -> Result<MqttOptions, MqttConfigError> {
+        let url = BrokerUrl::parse(&self.config.url)?;
+        let mut options = MqttOptions::new(&self.client_id, url.host, url.port);
+        options
+            .set_keep_alive(Duration::from_secs(self.config.keep_alive_s.max(5)))
+            .set_clean_session(true)
+            .set_inflight(self.config.max_inflight.max(1))
+            .set_last_will(LastWill::new(
+                &self.topics.status,
+                OFFLINE,
+                QoS::AtLeastOnce,
+                true,
+            ));
+        if let Some(user) = &self.config.username {
+            options.set_credentials(user, self.config.password.clone().unwrap_or_default());
+        }
+        if url.tls {
+            options.set_transport(Transport::tls_with_config(tls_config(
+                self.config.ca_file.as_deref(),
+            )?));
+        }
+        Ok(options)
+    }
+
+    /// Checks the settings without connecting.
+    pub fn validate(&self) -> Result<(), MqttConfigError> {
+        self.options().map(|_| ())
+    }
+
+    /// Publishes until `shutdown` turns true; then announces `offline` and disconnects.
+    /// Whatever is not acknowledged stays in the outbox for the next run.
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), MqttConfigError> {
+        let options = self.options()?;
+        let mut backoff = self.config.reconnect_initial_ms.max(10);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let (client, eventloop) = AsyncClient::new(options.clone(), 256);
+            match self.session(&client, eventloop, &mut shutdown).await {
+                SessionEnd::Shutdown => return Ok(()),
+                SessionEnd::Lost { was_connected } => {
+                    if was_connected {
+                        backoff = self.config.reconnect_initial_ms.max(10);
+                    }
+                }
+            }
+            tracing::debug!(target: "mqtt", backoff_ms = backoff, "reconnecting after a pause");
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(backoff)) => {}
+                _ = shutdown.changed() => return Ok(()),
+            }
+            backoff = (backoff * 2).min(self.config.reconnect_max_ms.max(backoff));
+        }
+    }
+
+    async fn session(
+        &self,
+        client: &AsyncClient,
+        mut eventloop: EventLoop,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> SessionEnd {
+        let mut connected = false;
+        // Publishes queued but not yet given a packet id (None = a status message).
+        let mut queued: VecDeque<Option<u64>> = VecDeque::new();
+        let mut in_flight: HashMap<u16, Option<u64>> = HashMap::new();
+        // Highest sequence number queued in this session.
+        let mut cursor = 0u64;
+        loop {
+            tokio::select! {
+                event = eventloop.poll() => match event {
+                    Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                        tracing::info!(target: "mqtt", code = ?ack.code, "connected to broker");
+                        connected = true;
+                        self.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        if client
+                            .try_publish(&self.topics.status, QoS::AtLeastOnce, true, self.online_payload.clone())
+                            .is_ok()
+                        {
+                            queued.push_back(None);
+                        }
+                        self.fill(client, &mut queued, &in_flight, &mut cursor).await;
+                    }
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Some(entry) = queued.pop_front() {
+                            in_flight.insert(pkid, entry);
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
+                        if let Some(Some(seq)) = in_flight.remove(&ack.pkid) {
+                            match self.outbox.acknowledge(seq).await {
+                                Ok(()) => {
+                                    self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                                }
+                                Err(e) => tracing::error!(target: "mqtt", "{e}"),
+                            }
+                        }
+                        self.fill(client, &mut queued, &in_flight, &mut cursor).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        if connected {
+                            tracing::warn!(target: "mqtt", "connection to broker lost: {e}");
+                        } else {
+                            tracing::warn!(target: "mqtt", url = %self.config.url, "cannot connect to broker: {e}");
+                        }
+                        return SessionEnd::Lost { was_connected: connected };
+                    }
+                },
+                () = self.wake.notified(), if connected => {
+                    self.fill(client, &mut queued, &in_flight, &mut cursor).await;
+                }
+                _ = shutdown.changed() => {
+                    if connected {
+                        self.goodbye(client, &mut eventloop).await;
+                    }
+                    return SessionEnd::Shutdown;
+                }
+            }
+        }
+    }
+
+    /// Queues readings from the outbox until the in-flight window is full.
+    async fn fill(
+        &self,
+        client: &AsyncClient,
+        queued: &mut VecDeque<Option<u64>>,
+        in_flight: &HashMap<u16, Option<u64>>,
+        cursor: &mut u64,
+    ) {
+        let window = usize::from(self.config.max_inflight.max(1));
+        let busy = queued.len() + in_flight.len();
+        if busy >= window {
+            return;
+        }
+        let room = u32::try_from(window - busy).unwrap_or(u32::MAX);
+        let pending = match self.outbox.pending(*cursor, room).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(target: "mqtt", "{e}");
+                return;
+            }
+        };
+        for p in pending {
+            if client
+                .try_publish(&self.topics.reading, QoS::AtLeastOnce, false, p.payload)
+                .is_err()
+            {
+                // The request channel is full; the next acknowledgement continues.
+                break;
+            }
+            queued.push_back(Some(p.seq));
+            *cursor = p.seq;
+        }
+    }
+
+    async fn goodbye(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
+        // Announce a clean exit (the last will covers crashes) and give in-flight readings a
+        // moment to be acknowledged, so they are not sent twice after the restart.
+        let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, OFFLINE);
+        let _ = client.try_disconnect();
+        let drain = async {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Incoming::PubAck(_))) | Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+    }
+}
+
+enum SessionEnd {
+    Shutdown,
+    Lost { was_connected: bool },
+}
+
+fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, MqttConfigError> {
+    let path = ca_file.unwrap_or_else(|| std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let shown = path.display().to_string();
+    let ca_err = |reason: String| MqttConfigError::Ca {
+        path: shown.clone(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+        let cert = cert.map_err(|e| ca_err(format!("not a PEM certificate: {e}")))?;
+        roots
+            .add(cert)
+            .map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_err("no certificate found".into()));
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| ca_err(e.to_string()))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(TlsConfiguration::Rustls(Arc::new(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broker_urls() {
+        let u = BrokerUrl::parse("mqtt://broker.local:1884").unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), ("broker.local", 1884, false));
+        let u = BrokerUrl::parse("mqtts://broker.example").unwrap();
+        assert_eq!((u.port, u.tls), (8883, true));
+        assert_eq!(BrokerUrl::parse("tcp://127.0.0.1").unwrap().port, 1883);
+        for bad in ["broker:1883", "http://x", "mqtt://:1883", "mqtt://h:99999", "mqtt://u:p@h"] {
+            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topics_follow_the_design() {
+        let t = Topics::new("gridshare/v1", "elm-street", "home-07");
+        assert_eq!(t.reading, "gridshare/v1/elm-street/meters/home-07/reading");
+        assert_eq!(t.status, "gridshare/v1/elm-street/meters/home-07/status");
+    }
+}
