@@ -173,7 +173,7 @@ async fn eastron_profile_with_word_swapped_twin_reads_input_registers() {
     });
     let snap = device.poll(&mut l).await.unwrap();
     assert_eq!(snap.power_w, Sample::Value(-1523));
-    assert_eq!(snap.import_wh, Sample::Value(12_345.5));
+    assert_eq!(snap.import_wh, Sample::Value(12_345_500));
     assert_eq!(snap.export_wh, Sample::Value(678_500));
 
     // The same meter with swapped words, described by a profile file.
@@ -201,5 +201,5 @@ scale = 3
         identity: Default::default(),
     });
     let snap = device.poll(&mut l).await.unwrap();
-    assert_eq!(snap.import_wh, Sample::Value(12_345.5));
+    assert_eq!(snap.import_wh, Sample::Value(12_345_500));
 }
