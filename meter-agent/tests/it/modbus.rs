@@ -181,7 +181,7 @@ async fn eastron_profile_with_word_swapped_twin_reads_input_registers() {
         r#"
 name = "swapped"
 description = "SDM630 behind a gateway that swaps words"
-[[registers]]
+[[register]]
 quantity = "import_wh"
 function = "input"
 address = 0x48
