@@ -81,7 +81,11 @@ pub async fn run(
 
     let wake = Arc::new(Notify::new());
     let publisher = Publisher {
-        topics: Topics::new(&config.mqtt.topic_prefix, &config.community, meter_id.as_str()),
+        topics: Topics::new(
+            &config.mqtt.topic_prefix,
+            &config.community,
+            meter_id.as_str(),
+        ),
         client_id: config
             .mqtt
             .client_id
@@ -185,11 +189,11 @@ impl Poller {
                         failures,
                     );
                     // Log the first failure and then every tenth, not one line per second.
-                    if failures == 1 || failures % 10 == 0 {
+                    if failures == 1 || failures.is_multiple_of(10) {
                         tracing::warn!(
                             target: "agent",
                             failures,
-                            retry_in_ms = wait.as_millis() as u64,
+                            retry_in_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
                             "device poll failed: {e}"
                         );
                     }
@@ -297,6 +301,9 @@ mod tests {
         assert_eq!(backoff(500, 10_000, 2), Duration::from_millis(1000));
         assert_eq!(backoff(500, 10_000, 5), Duration::from_millis(8000));
         assert_eq!(backoff(500, 10_000, 6), Duration::from_millis(10_000));
-        assert_eq!(backoff(500, 10_000, u32::MAX), Duration::from_millis(10_000));
+        assert_eq!(
+            backoff(500, 10_000, u32::MAX),
+            Duration::from_millis(10_000)
+        );
     }
 }

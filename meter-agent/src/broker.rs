@@ -31,7 +31,10 @@ dynamic_filters = true
     let config: rumqttd::Config =
         toml::from_str(&config).map_err(|e| format!("embedded broker config: {e}"))?;
     // Fail now if the port is taken, rather than inside the broker thread.
-    drop(std::net::TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?);
+    drop(
+        std::net::TcpListener::bind(listen)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?,
+    );
     std::thread::Builder::new()
         .name("mqtt-broker".into())
         .spawn(move || {

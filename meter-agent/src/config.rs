@@ -242,9 +242,8 @@ impl AgentConfig {
                 let text = std::fs::read_to_string(path).map_err(|e| {
                     invalid("device.profile_file", format!("{}: {e}", path.display()))
                 })?;
-                RegisterProfile::from_toml(&text).map_err(|e| {
-                    invalid("device.profile_file", format!("{}: {e}", path.display()))
-                })
+                RegisterProfile::from_toml(&text)
+                    .map_err(|e| invalid("device.profile_file", format!("{}: {e}", path.display())))
             }
             (None, None) => Err(invalid(
                 "device.profile",
@@ -279,8 +278,10 @@ mod tests {
         let err = AgentConfig::parse("[modbus]\ntransport = \"udp\"\n", "x.toml").unwrap_err();
         assert!(err.to_string().contains("udp"), "{err}");
 
-        let mut c = AgentConfig::default();
-        c.meter_id = "home 1".into();
+        let c = AgentConfig {
+            meter_id: "home 1".into(),
+            ..AgentConfig::default()
+        };
         assert!(c.validate().unwrap_err().to_string().contains("meter_id"));
         let mut c = AgentConfig::default();
         c.device.kind = DeviceKind::Profile;

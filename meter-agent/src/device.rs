@@ -39,13 +39,18 @@ pub enum Sample {
 }
 
 impl Sample {
-    fn from_point(result: Result<Scaled, PointError>, convert: impl Fn(Scaled) -> Option<i64>) -> Self {
+    fn from_point(
+        result: Result<Scaled, PointError>,
+        convert: impl Fn(Scaled) -> Option<i64>,
+    ) -> Self {
         match result {
             Ok(v) => match convert(v) {
                 Some(v) => Self::Value(v),
                 None => Self::Implausible(format!("value {v} does not fit")),
             },
-            Err(PointError::NotImplemented | PointError::UnknownPoint { .. }) => Self::NotImplemented,
+            Err(PointError::NotImplemented | PointError::UnknownPoint { .. }) => {
+                Self::NotImplemented
+            }
             // SunSpec floats use NaN as "not implemented".
             Err(PointError::NotANumber) => Self::NotImplemented,
             Err(e @ PointError::NotRead { .. }) => Self::DeviceError(e.to_string()),
@@ -105,7 +110,6 @@ pub struct SunSpecOptions {
     /// `IDStr` says "discharge"/"DIS".
     pub battery_discharge_module: Option<usize>,
 }
-
 
 /// Why a poll produced nothing at all.
 #[derive(Debug, thiserror::Error)]
@@ -219,7 +223,11 @@ impl SunSpecDevice {
             }
         }
         if let Some(loc) = self.storage {
-            let point = if loc.id == STORAGE_MODEL { "ChaState" } else { "SoC" };
+            let point = if loc.id == STORAGE_MODEL {
+                "ChaState"
+            } else {
+                "SoC"
+            };
             snapshot.soc_bp = match read_or_sample(link, loc).await? {
                 Ok(storage) => Sample::from_point(storage.value(point), percent_to_bp),
                 Err(sample) => sample,
@@ -232,7 +240,11 @@ impl SunSpecDevice {
     /// as configured, or found by their `IDStr` label.
     fn battery_modules(&self, mppt: &ModelBlock) -> (Option<usize>, Option<usize>) {
         let labels: Vec<String> = (0..mppt.group_count())
-            .map(|i| mppt.group_text(i, "IDStr").unwrap_or_default().to_ascii_lowercase())
+            .map(|i| {
+                mppt.group_text(i, "IDStr")
+                    .unwrap_or_default()
+                    .to_ascii_lowercase()
+            })
             .collect();
         let discharge = labels.iter().position(|l| l.contains("dis"));
         let charge = labels

@@ -114,7 +114,10 @@ mod tests {
         assert!(matches!(generate(&path, false), Err(KeyError::Exists(_))));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
         let err = load(&path).unwrap_err();
-        assert!(matches!(err, KeyError::Permissions { mode: 0o644, .. }), "{err}");
+        assert!(
+            matches!(err, KeyError::Permissions { mode: 0o644, .. }),
+            "{err}"
+        );
         assert!(err.to_string().contains("chmod 600"));
     }
 

@@ -23,7 +23,11 @@ use meter_agent::{broker, keys};
 use tokio::sync::watch;
 
 #[derive(Parser)]
-#[command(name = "meter-agent", version, about = "Gridshare meter agent: Modbus → signed readings → MQTT, losing nothing")]
+#[command(
+    name = "meter-agent",
+    version,
+    about = "Gridshare meter agent: Modbus → signed readings → MQTT, losing nothing"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -149,6 +153,8 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| "info,rumqttd=warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colours only on a terminal: journald and log files get plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -337,11 +343,19 @@ async fn discover(config: &AgentConfig) -> anyhow::Result<()> {
         "SunSpec map at {} — {} models, end marker {}",
         map.base,
         map.models.len(),
-        if map.end_marker { "present" } else { "MISSING (tolerated)" }
+        if map.end_marker {
+            "present"
+        } else {
+            "MISSING (tolerated)"
+        }
     );
     for m in &map.models {
-        let name = sunspec::models::definition(m.id).map_or("(no definition: skipped)", |d| d.label);
-        println!("  model {:>5} at {:>5}, {:>3} registers  {name}", m.id, m.address, m.len);
+        let name =
+            sunspec::models::definition(m.id).map_or("(no definition: skipped)", |d| d.label);
+        println!(
+            "  model {:>5} at {:>5}, {:>3} registers  {name}",
+            m.id, m.address, m.len
+        );
     }
     for m in &map.models {
         if !m.is_known() {
@@ -365,7 +379,8 @@ fn verify(public_key: &str, file: Option<&Path>) -> anyhow::Result<ExitCode> {
     let mut text = String::new();
     match file {
         Some(p) if p != Path::new("-") => {
-            text = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
         }
         _ => {
             std::io::stdin().read_to_string(&mut text)?;
@@ -444,18 +459,30 @@ async fn demo(mqtt_port: u16, speed: f64, dir: Option<PathBuf>) -> anyhow::Resul
     )
     .await?;
     println!("Gridshare meter-agent demo");
-    println!("  simulated SunSpec hybrid inverter  modbus://{} ({speed}x time)", device.addr);
+    println!(
+        "  simulated SunSpec hybrid inverter  modbus://{} ({speed}x time)",
+        device.addr
+    );
     println!("  embedded MQTT broker               mqtt://{broker_addr}");
-    println!("  meter key                          {} (id {})", key_file.display(), public.key_id());
-    println!("  outbox                             {}", dir.join("outbox.sqlite").display());
+    println!(
+        "  meter key                          {} (id {})",
+        key_file.display(),
+        public.key_id()
+    );
+    println!(
+        "  outbox                             {}",
+        dir.join("outbox.sqlite").display()
+    );
     println!("Readings as the broker delivers them (signature checked); Ctrl-C to stop.\n");
 
-    let mut config = AgentConfig::default();
-    config.meter_id = "demo-home-01".into();
-    config.community = "demo".into();
-    config.key_file = key_file;
-    config.data_dir.clone_from(&dir);
-    config.clock_sync = ClockPolicy::Auto;
+    let mut config = AgentConfig {
+        meter_id: "demo-home-01".into(),
+        community: "demo".into(),
+        key_file,
+        data_dir: dir.clone(),
+        clock_sync: ClockPolicy::Auto,
+        ..AgentConfig::default()
+    };
     config.modbus.address = device.addr.to_string();
     config.mqtt.url = format!("mqtt://{broker_addr}");
     let topic = format!("gridshare/v1/{}/meters/+/reading", config.community);
@@ -508,7 +535,9 @@ fn print_reading(payload: &[u8], public: &PublicKey) {
         show(r.export_wh.value()),
         show(r.battery_charge_wh.value()),
         show(r.battery_discharge_wh.value()),
-        r.power_w.value().map_or_else(|| "—".into(), |v| v.to_string()),
+        r.power_w
+            .value()
+            .map_or_else(|| "—".into(), |v| v.to_string()),
         r.soc_bp
             .value()
             .map_or_else(|| "—".into(), |v| format!("{}.{:02}%", v / 100, v % 100)),

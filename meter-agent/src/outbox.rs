@@ -199,12 +199,13 @@ impl Outbox {
 
     /// Up to `limit` readings with a sequence number above `after`, oldest first.
     pub async fn pending(&self, after: u64, limit: u32) -> Result<Vec<Pending>, OutboxError> {
-        let rows = sqlx::query("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
-            .bind(to_i64(after))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(|e| self.err(e))?;
+        let rows =
+            sqlx::query("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
+                .bind(to_i64(after))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(|e| self.err(e))?;
         rows.into_iter()
             .map(|row| {
                 Ok(Pending {

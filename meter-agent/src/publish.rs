@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, TlsConfiguration,
-    Transport,
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
 };
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
@@ -273,23 +273,11 @@ impl Publisher {
                         }
                         self.fill(client, &mut queued, &in_flight, &mut cursor).await;
                     }
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Some(entry) = queued.pop_front() {
-                            in_flight.insert(pkid, entry);
+                    Ok(event) => {
+                        if self.track(&event, &mut queued, &mut in_flight).await {
+                            self.fill(client, &mut queued, &in_flight, &mut cursor).await;
                         }
                     }
-                    Ok(Event::Incoming(Incoming::PubAck(ack))) => {
-                        if let Some(Some(seq)) = in_flight.remove(&ack.pkid) {
-                            match self.outbox.acknowledge(seq).await {
-                                Ok(()) => {
-                                    self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
-                                }
-                                Err(e) => tracing::error!(target: "mqtt", "{e}"),
-                            }
-                        }
-                        self.fill(client, &mut queued, &in_flight, &mut cursor).await;
-                    }
-                    Ok(_) => {}
                     Err(e) => {
                         if connected {
                             tracing::warn!(target: "mqtt", "connection to broker lost: {e}");
@@ -304,11 +292,42 @@ impl Publisher {
                 }
                 _ = shutdown.changed() => {
                     if connected {
-                        self.goodbye(client, &mut eventloop).await;
+                        self.goodbye(client, &mut eventloop, &mut queued, &mut in_flight).await;
                     }
                     return SessionEnd::Shutdown;
                 }
             }
+        }
+    }
+
+    /// Follows packet ids: a queued publish gets its id when it goes out (rumqttc emits these
+    /// in queue order), and an acknowledged reading is deleted from the outbox. Returns whether
+    /// an acknowledgement made room in the window.
+    async fn track(
+        &self,
+        event: &Event,
+        queued: &mut VecDeque<Option<u64>>,
+        in_flight: &mut HashMap<u16, Option<u64>>,
+    ) -> bool {
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(entry) = queued.pop_front() {
+                    in_flight.insert(*pkid, entry);
+                }
+                false
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(Some(seq)) = in_flight.remove(&ack.pkid) {
+                    match self.outbox.acknowledge(seq).await {
+                        Ok(()) => {
+                            self.stats.acknowledged.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => tracing::error!(target: "mqtt", "{e}"),
+                    }
+                }
+                true
+            }
+            _ => false,
         }
     }
 
@@ -346,17 +365,21 @@ impl Publisher {
         }
     }
 
-    async fn goodbye(&self, client: &AsyncClient, eventloop: &mut EventLoop) {
+    async fn goodbye(
+        &self,
+        client: &AsyncClient,
+        eventloop: &mut EventLoop,
+        queued: &mut VecDeque<Option<u64>>,
+        in_flight: &mut HashMap<u16, Option<u64>>,
+    ) {
         // Announce a clean exit (the last will covers crashes) and give in-flight readings a
         // moment to be acknowledged, so they are not sent twice after the restart.
         let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, OFFLINE);
+        queued.push_back(None);
         let _ = client.try_disconnect();
         let drain = async {
-            loop {
-                match eventloop.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) | Ok(_) => {}
-                    Err(_) => break,
-                }
+            while let Ok(event) = eventloop.poll().await {
+                self.track(&event, queued, in_flight).await;
             }
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
@@ -369,7 +392,8 @@ enum SessionEnd {
 }
 
 fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, MqttConfigError> {
-    let path = ca_file.unwrap_or_else(|| std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
+    let path =
+        ca_file.unwrap_or_else(|| std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
     let shown = path.display().to_string();
     let ca_err = |reason: String| MqttConfigError::Ca {
         path: shown.clone(),
@@ -403,11 +427,20 @@ mod tests {
     #[test]
     fn broker_urls() {
         let u = BrokerUrl::parse("mqtt://broker.local:1884").unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.tls), ("broker.local", 1884, false));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.tls),
+            ("broker.local", 1884, false)
+        );
         let u = BrokerUrl::parse("mqtts://broker.example").unwrap();
         assert_eq!((u.port, u.tls), (8883, true));
         assert_eq!(BrokerUrl::parse("tcp://127.0.0.1").unwrap().port, 1883);
-        for bad in ["broker:1883", "http://x", "mqtt://:1883", "mqtt://h:99999", "mqtt://u:p@h"] {
+        for bad in [
+            "broker:1883",
+            "http://x",
+            "mqtt://:1883",
+            "mqtt://h:99999",
+            "mqtt://u:p@h",
+        ] {
             assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
         }
     }

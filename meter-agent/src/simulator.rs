@@ -248,7 +248,11 @@ impl SimulatedDevice {
             ("PV 1", self.pv_w[0], self.pv_mwh[0]),
             ("PV 2", self.pv_w[1], self.pv_mwh[1]),
             ("BAT CHARGE", self.battery_w.max(0.0), self.charge_mwh),
-            ("BAT DISCHARGE", (-self.battery_w).max(0.0), self.discharge_mwh),
+            (
+                "BAT DISCHARGE",
+                (-self.battery_w).max(0.0),
+                self.discharge_mwh,
+            ),
         ];
         for (i, (label, w, mwh)) in modules.into_iter().enumerate() {
             mppt.set_group_raw(i, "ID", i64::try_from(i + 1).unwrap_or(0))

@@ -208,7 +208,9 @@ impl ModbusLink {
             tracing::debug!(target: "modbus", transport = ?c.transport, "connected");
             self.ctx = Some(ctx);
         }
-        self.ctx.as_mut().ok_or_else(|| LinkError::Transport("not connected".into()))
+        self.ctx
+            .as_mut()
+            .ok_or_else(|| LinkError::Transport("not connected".into()))
     }
 
     /// Reads `count` registers at `address` in ONE request, so values and their scale factors

@@ -1,8 +1,7 @@
 //! The fixed binary encoding of a reading (version 1), the bytes that are signed.
 
 use super::{
-    ClockSync, DeviceIdentity, MAX_TEXT_LEN, Measured, MeterId, Reading, ReadingError,
-    ValueStatus,
+    ClockSync, DeviceIdentity, MAX_TEXT_LEN, Measured, MeterId, Reading, ReadingError, ValueStatus,
 };
 
 /// The domain tag that starts every encoded reading: `bytes32("GRIDSHARE/METER-READING")`.

@@ -226,9 +226,7 @@ impl SignedReading {
     /// SHA-256 of the encoding: the message hash that P256VERIFY takes on chain.
     pub fn digest(&self) -> [u8; 32] {
         let mut out = [0u8; 32];
-        out.copy_from_slice(
-            ring::digest::digest(&ring::digest::SHA256, &self.encoded()).as_ref(),
-        );
+        out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, &self.encoded()).as_ref());
         out
     }
 

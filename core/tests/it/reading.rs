@@ -39,7 +39,10 @@ fn committed_vectors_encode_hash_and_verify() {
             hex::encode(signed.digest()),
             case["sha256_hex"].as_str().unwrap()
         );
-        assert_eq!(signed.signature.to_hex(), case["signature_hex"].as_str().unwrap());
+        assert_eq!(
+            signed.signature.to_hex(),
+            case["signature_hex"].as_str().unwrap()
+        );
         signed.verify(&public).unwrap();
         let bytes = hex::decode(case["encoded_hex"].as_str().unwrap()).unwrap();
         assert_eq!(Reading::decode(&bytes).unwrap(), signed.reading);
@@ -56,7 +59,11 @@ fn encoding_layout_matches_the_documented_offsets() {
     assert_eq!(&bytes[..23], b"GRIDSHARE/METER-READING");
     assert_eq!(bytes[32], 1, "version");
     assert_eq!(&bytes[33..40], b"home-07");
-    assert_eq!(u64::from_be_bytes(bytes[161..169].try_into().unwrap()), 1, "seq");
+    assert_eq!(
+        u64::from_be_bytes(bytes[161..169].try_into().unwrap()),
+        1,
+        "seq"
+    );
     assert_eq!(bytes[177], ClockSync::Synchronised as u8);
     assert_eq!(bytes[178], 0, "import status ok");
     assert_eq!(
@@ -67,15 +74,17 @@ fn encoding_layout_matches_the_documented_offsets() {
         i32::from_be_bytes(bytes[215..219].try_into().unwrap()),
         -2_350
     );
-    assert_eq!(u16::from_be_bytes(bytes[220..222].try_into().unwrap()), 6_550);
+    assert_eq!(
+        u16::from_be_bytes(bytes[220..222].try_into().unwrap()),
+        6_550
+    );
 }
 
 #[test]
 fn wrong_key_is_rejected() {
     let rng = SystemRandom::new();
     let doc = vectors();
-    let signed =
-        SignedReading::from_json(&doc["vectors"][0]["envelope"].to_string()).unwrap();
+    let signed = SignedReading::from_json(&doc["vectors"][0]["envelope"].to_string()).unwrap();
     let other = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
     assert!(matches!(
         signed.verify(&other.public_key()),
@@ -212,19 +221,21 @@ fn reading() -> impl Strategy<Value = Reading> {
         measured(any::<i32>()),
         measured(0..=MAX_SOC_BP),
     )
-        .prop_map(|(id, (mn, md, sn), seq, ts, clock, (imp, exp, ch, dis), p, soc)| Reading {
-            meter_id: MeterId::new(id).unwrap(),
-            device: DeviceIdentity::new(mn, md, sn).unwrap(),
-            seq,
-            timestamp_ms: ts,
-            clock,
-            import_wh: imp,
-            export_wh: exp,
-            battery_charge_wh: ch,
-            battery_discharge_wh: dis,
-            power_w: p,
-            soc_bp: soc,
-        })
+        .prop_map(
+            |(id, (mn, md, sn), seq, ts, clock, (imp, exp, ch, dis), p, soc)| Reading {
+                meter_id: MeterId::new(id).unwrap(),
+                device: DeviceIdentity::new(mn, md, sn).unwrap(),
+                seq,
+                timestamp_ms: ts,
+                clock,
+                import_wh: imp,
+                export_wh: exp,
+                battery_charge_wh: ch,
+                battery_discharge_wh: dis,
+                power_w: p,
+                soc_bp: soc,
+            },
+        )
 }
 
 /// Changes exactly one field of the reading (index `which` modulo the field count) so that

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use gridshare_core::reading::{ValueStatus};
+use gridshare_core::reading::ValueStatus;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::register_server::{Framing, RegisterBank, RegisterServer};
 use meter_agent::sunspec::block::BlockBuilder;
@@ -19,7 +19,13 @@ async fn readings_of_the_simulated_device_arrive_signed_gap_free_and_monotonic()
     let device = simulated_device(60_000).await;
     let config = agent_config(dir.path(), "home-01", &community, device.addr, &url);
     let key = public_key(&config);
-    let mut rx = subscribe(&url, &format!("gridshare/v1/{community}/meters/#"), &format!("{community}-sub"), false).await;
+    let mut rx = subscribe(
+        &url,
+        &format!("gridshare/v1/{community}/meters/#"),
+        &format!("{community}-sub"),
+        false,
+    )
+    .await;
 
     let (stop, stopped) = watch::channel(false);
     let stats = Arc::new(AgentStats::default());
@@ -33,10 +39,19 @@ async fn readings_of_the_simulated_device_arrive_signed_gap_free_and_monotonic()
         assert_eq!(r.device.manufacturer, "Gridshare");
         assert_eq!(r.device.model, "SIM-HYBRID");
         assert_eq!(r.device.serial, "SIM-000001");
-        let (import, export) = (r.import_wh.ok_value().unwrap(), r.export_wh.ok_value().unwrap());
-        assert!(import >= last.0 && export >= last.1, "lifetime counters went backwards");
+        let (import, export) = (
+            r.import_wh.ok_value().unwrap(),
+            r.export_wh.ok_value().unwrap(),
+        );
+        assert!(
+            import >= last.0 && export >= last.1,
+            "lifetime counters went backwards"
+        );
         last = (import, export);
-        assert!(r.battery_charge_wh.ok_value().is_some(), "battery from model 160 module 3");
+        assert!(
+            r.battery_charge_wh.ok_value().is_some(),
+            "battery from model 160 module 3"
+        );
         assert!(r.battery_discharge_wh.ok_value().is_some());
         assert!(r.power_w.ok_value().is_some());
         let soc = r.soc_bp.ok_value().unwrap();
@@ -44,16 +59,39 @@ async fn readings_of_the_simulated_device_arrive_signed_gap_free_and_monotonic()
     }
     // At 11:00 with 6 kWp of PV the home exports; a minute of simulated time per tick moves
     // the export counter.
-    assert!(readings.last().unwrap().reading.export_wh.ok_value() > readings[0].reading.export_wh.ok_value());
+    assert!(
+        readings.last().unwrap().reading.export_wh.ok_value()
+            > readings[0].reading.export_wh.ok_value()
+    );
 
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     // Graceful shutdown: retained status says offline, nothing left behind.
-    let (outbox, state) = meter_agent::outbox::Outbox::open(&config.outbox_path(), &config.meter_id().unwrap()).await.unwrap();
-    assert_eq!(outbox.len().await.unwrap(), 0, "acknowledged readings are deleted");
+    let (outbox, state) =
+        meter_agent::outbox::Outbox::open(&config.outbox_path(), &config.meter_id().unwrap())
+            .await
+            .unwrap();
+    assert_eq!(
+        outbox.len().await.unwrap(),
+        0,
+        "acknowledged readings are deleted"
+    );
     assert!(state.next_seq > 20);
-    let mut status = subscribe(&url, &format!("gridshare/v1/{community}/meters/home-01/status"), &format!("{community}-status"), false).await;
-    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), status.recv()).await.unwrap().unwrap();
+    let mut status = subscribe(
+        &url,
+        &format!("gridshare/v1/{community}/meters/home-01/status"),
+        &format!("{community}-status"),
+        false,
+    )
+    .await;
+    let (_, payload) = tokio::time::timeout(Duration::from_secs(5), status.recv())
+        .await
+        .unwrap()
+        .unwrap();
     let status: serde_json::Value = serde_json::from_slice(&payload).unwrap();
     assert_eq!(status["state"], "offline");
 }
@@ -61,7 +99,10 @@ async fn readings_of_the_simulated_device_arrive_signed_gap_free_and_monotonic()
 /// Writes a meter model 203 at 40002 behind a SunS marker, with the given raw points.
 fn meter_map(bank: &RegisterBank, points: &[(&str, i64)]) {
     let mut common = BlockBuilder::new(1).unwrap();
-    common.set_text("Mn", "Test").set_text("Md", "Meter").set_text("SN", "T-1");
+    common
+        .set_text("Mn", "Test")
+        .set_text("Md", "Meter")
+        .set_text("SN", "T-1");
     let mut meter = BlockBuilder::new(203).unwrap();
     for (name, raw) in points {
         meter.set_raw(name, *raw);
@@ -85,12 +126,34 @@ async fn set_registers_not_implemented_backwards_counters_and_bad_scale_factors(
     let url = broker_url();
     let community = community("registers");
     let bank = RegisterBank::new();
-    meter_map(&bank, &[("TotWhImp", 5000), ("TotWhExp", 0), ("TotWh_SF", 0), ("W", 1234), ("W_SF", 0)]);
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank.clone(), 1, Framing::Tcp).await.unwrap();
+    meter_map(
+        &bank,
+        &[
+            ("TotWhImp", 5000),
+            ("TotWhExp", 0),
+            ("TotWh_SF", 0),
+            ("W", 1234),
+            ("W_SF", 0),
+        ],
+    );
+    let server = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        bank.clone(),
+        1,
+        Framing::Tcp,
+    )
+    .await
+    .unwrap();
     let mut config = agent_config(dir.path(), "home-02", &community, server.addr, &url);
     config.poll_interval_ms = 200;
     let key = public_key(&config);
-    let mut rx = subscribe(&url, &format!("gridshare/v1/{community}/meters/+/reading"), &format!("{community}-sub"), false).await;
+    let mut rx = subscribe(
+        &url,
+        &format!("gridshare/v1/{community}/meters/+/reading"),
+        &format!("{community}-sub"),
+        false,
+    )
+    .await;
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(agent::run(config, stopped, Arc::new(AgentStats::default())));
 
@@ -105,12 +168,31 @@ async fn set_registers_not_implemented_backwards_counters_and_bad_scale_factors(
     assert_eq!(r.soc_bp.status(), ValueStatus::NotImplemented);
 
     // The counter goes backwards: the last good value is kept and flagged.
-    meter_map(&bank, &[("TotWhImp", 4000), ("TotWh_SF", 0), ("W", 1234), ("W_SF", 0)]);
-    let r = wait_for(&mut rx, &key, |r| r.import_wh.status() == ValueStatus::Implausible).await;
+    meter_map(
+        &bank,
+        &[
+            ("TotWhImp", 4000),
+            ("TotWh_SF", 0),
+            ("W", 1234),
+            ("W_SF", 0),
+        ],
+    );
+    let r = wait_for(&mut rx, &key, |r| {
+        r.import_wh.status() == ValueStatus::Implausible
+    })
+    .await;
     assert_eq!(r.import_wh.value(), Some(5000));
 
     // A scale factor outside -10..10 is refused, not applied.
-    meter_map(&bank, &[("TotWhImp", 6000), ("TotWh_SF", 0), ("W", 1234), ("W_SF", 11)]);
+    meter_map(
+        &bank,
+        &[
+            ("TotWhImp", 6000),
+            ("TotWh_SF", 0),
+            ("W", 1234),
+            ("W_SF", 11),
+        ],
+    );
     let r = wait_for(&mut rx, &key, |r| r.import_wh.ok_value() == Some(6000)).await;
     assert_eq!(r.power_w.status(), ValueStatus::DeviceError);
 
@@ -121,7 +203,10 @@ async fn set_registers_not_implemented_backwards_counters_and_bad_scale_factors(
         tokio::spawn(async move {
             for i in 0..200u32 {
                 let (w, sf) = if i % 2 == 0 { (12340, -1) } else { (1234, 0) };
-                meter_map(&bank, &[("TotWhImp", 6000), ("TotWh_SF", 0), ("W", w), ("W_SF", sf)]);
+                meter_map(
+                    &bank,
+                    &[("TotWhImp", 6000), ("TotWh_SF", 0), ("W", w), ("W_SF", sf)],
+                );
                 tokio::time::sleep(Duration::from_millis(7)).await;
             }
         })
@@ -129,7 +214,11 @@ async fn set_registers_not_implemented_backwards_counters_and_bad_scale_factors(
     let mut checked = 0;
     while !flipper.is_finished() {
         let r = wait_for(&mut rx, &key, |_| true).await;
-        assert_eq!(r.power_w.ok_value(), Some(1234), "value and scale factor from different instants");
+        assert_eq!(
+            r.power_w.ok_value(),
+            Some(1234),
+            "value and scale factor from different instants"
+        );
         checked += 1;
     }
     assert!(checked >= 3);
@@ -144,7 +233,10 @@ async fn wait_for(
 ) -> gridshare_core::reading::Reading {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, payload) = tokio::time::timeout_at(deadline, rx.recv()).await.expect("expected reading").unwrap();
+        let (_, payload) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("expected reading")
+            .unwrap();
         let signed = gridshare_core::reading::SignedReading::from_json_bytes(&payload).unwrap();
         signed.verify(key).unwrap();
         if pred(&signed.reading) {
@@ -157,14 +249,28 @@ async fn wait_for(
 async fn agent_refuses_a_world_readable_key_and_a_bad_config() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let config = agent_config(dir.path(), "home-03", "c", "127.0.0.1:1".parse().unwrap(), "mqtt://127.0.0.1:1");
+    let config = agent_config(
+        dir.path(),
+        "home-03",
+        "c",
+        "127.0.0.1:1".parse().unwrap(),
+        "mqtt://127.0.0.1:1",
+    );
     std::fs::set_permissions(&config.key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
     let (_stop, stopped) = watch::channel(false);
-    let err = agent::run(config.clone(), stopped.clone(), Arc::new(AgentStats::default())).await.unwrap_err();
+    let err = agent::run(
+        config.clone(),
+        stopped.clone(),
+        Arc::new(AgentStats::default()),
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 
     let mut bad = config;
     bad.modbus.timeout_ms = 0;
-    let err = agent::run(bad, stopped, Arc::new(AgentStats::default())).await.unwrap_err();
+    let err = agent::run(bad, stopped, Arc::new(AgentStats::default()))
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("modbus.timeout_ms"), "{err}");
 }

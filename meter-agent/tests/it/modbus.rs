@@ -26,14 +26,30 @@ fn link(addr: std::net::SocketAddr, transport: TransportKind) -> ModbusLink {
 #[tokio::test]
 async fn rtu_over_tcp_reads_the_same_device_as_modbus_tcp() {
     let sim = SimulatedDevice::new(Household::default(), 12 * 3_600_000);
-    let tcp = RegisterServer::start("127.0.0.1:0".parse().unwrap(), sim.bank(), 1, Framing::Tcp).await.unwrap();
-    let rtu = RegisterServer::start("127.0.0.1:0".parse().unwrap(), sim.bank(), 1, Framing::RtuOverTcp).await.unwrap();
+    let tcp = RegisterServer::start("127.0.0.1:0".parse().unwrap(), sim.bank(), 1, Framing::Tcp)
+        .await
+        .unwrap();
+    let rtu = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        sim.bank(),
+        1,
+        Framing::RtuOverTcp,
+    )
+    .await
+    .unwrap();
     let mut a = link(tcp.addr, TransportKind::Tcp);
     let mut b = link(rtu.addr, TransportKind::RtuOverTcp);
-    let da = SunSpecDevice::discover(&mut a, SunSpecOptions::default()).await.unwrap();
-    let db = SunSpecDevice::discover(&mut b, SunSpecOptions::default()).await.unwrap();
+    let da = SunSpecDevice::discover(&mut a, SunSpecOptions::default())
+        .await
+        .unwrap();
+    let db = SunSpecDevice::discover(&mut b, SunSpecOptions::default())
+        .await
+        .unwrap();
     assert_eq!(da.map, db.map);
-    assert_eq!(da.map.models.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 103, 203, 160, 124]);
+    assert_eq!(
+        da.map.models.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [1, 103, 203, 160, 124]
+    );
     assert!(da.map.end_marker);
     assert_eq!(da.identity.serial, "SIM-000001");
     let sa = da.poll(&mut a).await.unwrap();
@@ -65,14 +81,21 @@ async fn discovery_at_base_zero_without_end_marker_reports_unknown_models() {
     bank.set_holding(meter_at, &[203, len(&meter)]);
     bank.set_holding(meter_at + 2, &meter);
     // No end marker: the address space simply ends (SMA, Kostal).
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank, 1, Framing::Tcp).await.unwrap();
+    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank, 1, Framing::Tcp)
+        .await
+        .unwrap();
     let mut l = link(server.addr, TransportKind::Tcp);
     let map = sunspec::discover(&mut l).await.unwrap();
     assert_eq!(map.base, 0);
     assert!(!map.end_marker);
-    assert_eq!(map.models.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 64_999, 203]);
+    assert_eq!(
+        map.models.iter().map(|m| m.id).collect::<Vec<_>>(),
+        [1, 64_999, 203]
+    );
     assert_eq!(map.unknown_models(), [64_999]);
-    let device = SunSpecDevice::discover(&mut l, SunSpecOptions::default()).await.unwrap();
+    let device = SunSpecDevice::discover(&mut l, SunSpecOptions::default())
+        .await
+        .unwrap();
     let snap = device.poll(&mut l).await.unwrap();
     // 42 × 10^3 Wh.
     assert_eq!(snap.import_wh, Sample::Value(42_000));
@@ -83,8 +106,12 @@ async fn discovery_at_base_zero_without_end_marker_reports_unknown_models() {
 async fn a_device_without_sunspec_is_named_as_such() {
     let bank = RegisterBank::new();
     bank.set_holding(40000, &[1, 2]);
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank, 1, Framing::Tcp).await.unwrap();
-    let err = sunspec::discover(&mut link(server.addr, TransportKind::Tcp)).await.unwrap_err();
+    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank, 1, Framing::Tcp)
+        .await
+        .unwrap();
+    let err = sunspec::discover(&mut link(server.addr, TransportKind::Tcp))
+        .await
+        .unwrap_err();
     assert!(matches!(err, SunSpecError::NotSunSpec(_)), "{err}");
     assert!(err.to_string().contains("wrong unit id"));
 }
@@ -93,17 +120,33 @@ async fn a_device_without_sunspec_is_named_as_such() {
 async fn exceptions_timeouts_malformed_replies_and_a_vanishing_device() {
     let bank = RegisterBank::new();
     bank.set_holding(100, &[7, 8, 9]);
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank.clone(), 1, Framing::Tcp).await.unwrap();
+    let server = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        bank.clone(),
+        1,
+        Framing::Tcp,
+    )
+    .await
+    .unwrap();
     let mut l = link(server.addr, TransportKind::Tcp);
     assert_eq!(l.read(Table::Holding, 100, 3).await.unwrap(), [7, 8, 9]);
 
     // A missing register is an exception, and the connection stays up.
     let err = l.read(Table::Holding, 200, 1).await.unwrap_err();
-    assert!(matches!(err, LinkError::Exception(ExceptionCode::IllegalDataAddress)), "{err}");
+    assert!(
+        matches!(err, LinkError::Exception(ExceptionCode::IllegalDataAddress)),
+        "{err}"
+    );
     assert!(l.is_connected());
     bank.set_fault(Fault::Exception(SERVER_DEVICE_FAILURE));
     let err = l.read(Table::Holding, 100, 3).await.unwrap_err();
-    assert!(matches!(err, LinkError::Exception(ExceptionCode::ServerDeviceFailure)), "{err}");
+    assert!(
+        matches!(
+            err,
+            LinkError::Exception(ExceptionCode::ServerDeviceFailure)
+        ),
+        "{err}"
+    );
 
     // Silence: the request times out within the configured time and the link reconnects.
     bank.set_fault(Fault::Silence);
@@ -116,7 +159,13 @@ async fn exceptions_timeouts_malformed_replies_and_a_vanishing_device() {
     // A reply whose byte count does not match.
     bank.set_fault(Fault::Malformed);
     let err = l.read(Table::Holding, 100, 3).await.unwrap_err();
-    assert!(matches!(err, LinkError::Transport(_) | LinkError::WrongCount { .. } | LinkError::Timeout(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            LinkError::Transport(_) | LinkError::WrongCount { .. } | LinkError::Timeout(_)
+        ),
+        "{err}"
+    );
 
     // The device closes the connection.
     bank.set_fault(Fault::Disconnect);
@@ -140,9 +189,20 @@ async fn exceptions_timeouts_malformed_replies_and_a_vanishing_device() {
 async fn a_model_that_answers_with_an_exception_yields_device_errors_not_zeros() {
     let sim = SimulatedDevice::new(Household::default(), 12 * 3_600_000);
     let bank = sim.bank();
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank.clone(), 1, Framing::Tcp).await.unwrap();
+    let server = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        bank.clone(),
+        1,
+        Framing::Tcp,
+    )
+    .await
+    .unwrap();
     let mut l = link(server.addr, TransportKind::Tcp);
-    let device = Device::SunSpec(SunSpecDevice::discover(&mut l, SunSpecOptions::default()).await.unwrap());
+    let device = Device::SunSpec(
+        SunSpecDevice::discover(&mut l, SunSpecOptions::default())
+            .await
+            .unwrap(),
+    );
     bank.set_fault(Fault::Exception(SERVER_DEVICE_FAILURE));
     let snap = device.poll(&mut l).await.unwrap();
     assert!(matches!(snap.import_wh, Sample::DeviceError(_)), "{snap:?}");
@@ -153,7 +213,10 @@ async fn a_model_that_answers_with_an_exception_yields_device_errors_not_zeros()
 async fn eastron_profile_with_word_swapped_twin_reads_input_registers() {
     fn f32_words(v: f32) -> [u16; 2] {
         let b = v.to_bits();
-        [u16::try_from(b >> 16).unwrap(), u16::try_from(b & 0xFFFF).unwrap()]
+        [
+            u16::try_from(b >> 16).unwrap(),
+            u16::try_from(b & 0xFFFF).unwrap(),
+        ]
     }
     let bank = RegisterBank::new();
     let profile = RegisterProfile::builtin("eastron-sdm630").unwrap();
@@ -165,7 +228,14 @@ async fn eastron_profile_with_word_swapped_twin_reads_input_registers() {
     bank.set_input(0x34, &f32_words(-1523.4));
     bank.set_input(0x48, &f32_words(12_345.5));
     bank.set_input(0x4A, &f32_words(678.5));
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank.clone(), 1, Framing::Tcp).await.unwrap();
+    let server = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        bank.clone(),
+        1,
+        Framing::Tcp,
+    )
+    .await
+    .unwrap();
     let mut l = link(server.addr, TransportKind::Tcp);
     let device = Device::Profile(ProfileDevice {
         profile,

@@ -20,11 +20,23 @@ async fn broker_outage_every_reading_arrives_exactly_once_in_order() {
     let device = simulated_device(60_000).await;
     let agent_dir = dir.path().join("agent");
     std::fs::create_dir_all(&agent_dir).unwrap();
-    let config = agent_config(&agent_dir, "home-04", &community, device.addr, &broker.url());
+    let config = agent_config(
+        &agent_dir,
+        "home-04",
+        &community,
+        device.addr,
+        &broker.url(),
+    );
     let key = public_key(&config);
     // A persistent session: what the agent publishes while the subscriber is still
     // reconnecting after the outage is kept for it, as for the market engine.
-    let mut rx = subscribe(&broker.url(), &format!("gridshare/v1/{community}/meters/+/reading"), &format!("{community}-engine"), true).await;
+    let mut rx = subscribe(
+        &broker.url(),
+        &format!("gridshare/v1/{community}/meters/+/reading"),
+        &format!("{community}-engine"),
+        true,
+    )
+    .await;
 
     let stats = Arc::new(AgentStats::default());
     let (stop, stopped) = watch::channel(false);
@@ -35,12 +47,16 @@ async fn broker_outage_every_reading_arrives_exactly_once_in_order() {
     let stored_before = stats.stored.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let stored_during = stats.stored.load(Ordering::Relaxed) - stored_before;
-    assert!(stored_during >= 5, "the agent keeps polling during the outage ({stored_during} readings)");
+    assert!(
+        stored_during >= 5,
+        "the agent keeps polling during the outage ({stored_during} readings)"
+    );
     broker.restart();
 
     // Everything stored so far, and some more, arrives once each after dedupe, in order.
     let total = usize::try_from(stats.stored.load(Ordering::Relaxed)).unwrap() + 5;
-    let mut seen: std::collections::BTreeSet<u64> = readings.iter().map(|r| r.reading.seq).collect();
+    let mut seen: std::collections::BTreeSet<u64> =
+        readings.iter().map(|r| r.reading.seq).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while readings.len() < total {
         let (_, payload) = tokio::time::timeout_at(deadline, rx.recv())
@@ -56,12 +72,24 @@ async fn broker_outage_every_reading_arrives_exactly_once_in_order() {
     assert_gap_free(&readings, 1);
 
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap().unwrap();
-    let (outbox, _) = Outbox::open(&config.outbox_path(), &config.meter_id().unwrap()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let (outbox, _) = Outbox::open(&config.outbox_path(), &config.meter_id().unwrap())
+        .await
+        .unwrap();
     assert_eq!(outbox.len().await.unwrap(), 0);
 }
 
-fn write_config(path: &std::path::Path, dir: &std::path::Path, community: &str, device: std::net::SocketAddr, mqtt: &str) {
+fn write_config(
+    path: &std::path::Path,
+    dir: &std::path::Path,
+    community: &str,
+    device: std::net::SocketAddr,
+    mqtt: &str,
+) {
     std::fs::write(
         path,
         format!(
@@ -94,7 +122,13 @@ async fn kill_9_mid_run_then_restart_leaves_no_gap_and_loses_nothing() {
     let key = meter_agent::keys::generate(&dir.path().join("meter.key"), false).unwrap();
     let config = dir.path().join("agent.toml");
     write_config(&config, dir.path(), &community, device.addr, &url);
-    let mut rx = subscribe(&url, &format!("gridshare/v1/{community}/meters/+/reading"), &format!("{community}-engine"), true).await;
+    let mut rx = subscribe(
+        &url,
+        &format!("gridshare/v1/{community}/meters/+/reading"),
+        &format!("{community}-engine"),
+        true,
+    )
+    .await;
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_meter-agent"))
             .args(["run", "--config"])
@@ -111,10 +145,14 @@ async fn kill_9_mid_run_then_restart_leaves_no_gap_and_loses_nothing() {
     agent.wait().unwrap();
 
     let mut agent = spawn();
-    let mut seen: std::collections::BTreeSet<u64> = readings.iter().map(|r| r.reading.seq).collect();
+    let mut seen: std::collections::BTreeSet<u64> =
+        readings.iter().map(|r| r.reading.seq).collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while readings.len() < 25 {
-        let (_, payload) = tokio::time::timeout_at(deadline, rx.recv()).await.expect("readings after restart").unwrap();
+        let (_, payload) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("readings after restart")
+            .unwrap();
         let signed = gridshare_core::reading::SignedReading::from_json_bytes(&payload).unwrap();
         signed.verify(&key).unwrap();
         if seen.insert(signed.reading.seq) {
@@ -124,7 +162,11 @@ async fn kill_9_mid_run_then_restart_leaves_no_gap_and_loses_nothing() {
     assert_gap_free(&readings, 1);
 
     // SIGTERM: a graceful stop that exits 0.
-    let status = Command::new("kill").arg("-TERM").arg(agent.id().to_string()).status().unwrap();
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.id().to_string())
+        .status()
+        .unwrap();
     assert!(status.success());
     let exit = agent.wait().unwrap();
     assert!(exit.success(), "agent exit after SIGTERM: {exit:?}");
@@ -132,7 +174,8 @@ async fn kill_9_mid_run_then_restart_leaves_no_gap_and_loses_nothing() {
 
 #[test]
 fn verify_command_accepts_a_good_reading_and_rejects_a_tampered_one() {
-    let vectors: serde_json::Value = serde_json::from_str(include_str!("../../../core/tests/vectors/reading-v1.json")).unwrap();
+    let vectors: serde_json::Value =
+        serde_json::from_str(include_str!("../../../core/tests/vectors/reading-v1.json")).unwrap();
     let key = vectors["public_key_sec1_hex"].as_str().unwrap();
     let good = vectors["vectors"][0]["envelope"].to_string();
     let mut tampered: serde_json::Value = vectors["vectors"][0]["envelope"].clone();
@@ -146,7 +189,12 @@ fn verify_command_accepts_a_good_reading_and_rejects_a_tampered_one() {
             .spawn()
             .unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
         child.wait_with_output().unwrap()
     };
     let ok = run(good);

@@ -135,9 +135,14 @@ pub(crate) fn assert_gap_free(readings: &[SignedReading], first: u64) {
 /// background.
 pub(crate) async fn simulated_device(speed_ms_per_tick: u64) -> RegisterServer {
     let mut device = SimulatedDevice::new(Household::default(), 11 * 3_600_000);
-    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), device.bank(), 1, Framing::Tcp)
-        .await
-        .unwrap();
+    let server = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        device.bank(),
+        1,
+        Framing::Tcp,
+    )
+    .await
+    .unwrap();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
@@ -149,19 +154,27 @@ pub(crate) async fn simulated_device(speed_ms_per_tick: u64) -> RegisterServer {
 }
 
 /// A config for a test agent: key, data dir, device, broker.
-pub(crate) fn agent_config(dir: &Path, meter: &str, community: &str, device: SocketAddr, mqtt: &str) -> AgentConfig {
+pub(crate) fn agent_config(
+    dir: &Path,
+    meter: &str,
+    community: &str,
+    device: SocketAddr,
+    mqtt: &str,
+) -> AgentConfig {
     let key_file = dir.join("meter.key");
     if !key_file.exists() {
         meter_agent::keys::generate(&key_file, false).unwrap();
     }
-    let mut c = AgentConfig::default();
-    c.meter_id = meter.into();
-    c.community = community.into();
-    c.key_file = key_file;
-    c.data_dir = dir.to_path_buf();
-    c.poll_interval_ms = 100;
-    c.backoff_initial_ms = 100;
-    c.backoff_max_ms = 1000;
+    let mut c = AgentConfig {
+        meter_id: meter.into(),
+        community: community.into(),
+        key_file,
+        data_dir: dir.to_path_buf(),
+        poll_interval_ms: 100,
+        backoff_initial_ms: 100,
+        backoff_max_ms: 1000,
+        ..AgentConfig::default()
+    };
     c.modbus.address = device.to_string();
     c.modbus.timeout_ms = 500;
     c.mqtt.url = mqtt.into();
@@ -172,7 +185,9 @@ pub(crate) fn agent_config(dir: &Path, meter: &str, community: &str, device: Soc
 
 /// The public key of a test agent.
 pub(crate) fn public_key(config: &AgentConfig) -> PublicKey {
-    meter_agent::keys::load(&config.key_file).unwrap().public_key()
+    meter_agent::keys::load(&config.key_file)
+        .unwrap()
+        .public_key()
 }
 
 /// A Mosquitto process on a free port that the test may kill: for broker outages.
@@ -187,7 +202,11 @@ fn mosquitto_bin() -> String {
     if let Ok(bin) = std::env::var("MOSQUITTO_BIN") {
         return bin;
     }
-    for candidate in ["/usr/sbin/mosquitto", "/usr/bin/mosquitto", "/usr/local/sbin/mosquitto"] {
+    for candidate in [
+        "/usr/sbin/mosquitto",
+        "/usr/bin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ] {
         if Path::new(candidate).exists() {
             return candidate.into();
         }
@@ -244,7 +263,10 @@ impl Mosquitto {
     /// Stops it (SIGTERM, so it saves its sessions) and waits until it is gone.
     pub(crate) fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
             let _ = child.wait();
         }
     }
