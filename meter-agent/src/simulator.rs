@@ -232,7 +232,18 @@ impl SimulatedDevice {
             .set_raw("WH_SF", 0)
             .set_raw("DCW", watts(pv_total))
             .set_raw("DCW_SF", 0)
-            .set_raw("St", 4);
+            .set_raw("St", 4)
+            .set_raw(
+                "A",
+                watts((pv_total - self.battery_w).abs() / 690.0 * 100.0),
+            )
+            .set_raw("A_SF", -2)
+            .set_raw("PhVphA", 2301)
+            .set_raw("PhVphB", 2298)
+            .set_raw("PhVphC", 2305)
+            .set_raw("V_SF", -1)
+            .set_raw("Hz", 5000)
+            .set_raw("Hz_SF", -2);
 
         let mut meter = builder(203, 0);
         meter
@@ -240,7 +251,15 @@ impl SimulatedDevice {
             .set_raw("W_SF", 0)
             .set_raw("TotWhImp", wh(self.import_mwh))
             .set_raw("TotWhExp", wh(self.export_mwh))
-            .set_raw("TotWh_SF", 0);
+            .set_raw("TotWh_SF", 0)
+            .set_raw("A", watts(self.grid_w().abs() / 690.0 * 100.0))
+            .set_raw("A_SF", -2)
+            .set_raw("PhVphA", 2302)
+            .set_raw("PhVphB", 2299)
+            .set_raw("PhVphC", 2304)
+            .set_raw("V_SF", -1)
+            .set_raw("Hz", 5000)
+            .set_raw("Hz_SF", -2);
 
         let mut mppt = builder(160, 4);
         mppt.set_raw("DCW_SF", 0).set_raw("DCWH_SF", 0);
@@ -316,19 +335,21 @@ mod tests {
     }
 
     #[test]
-    fn counters_advance_with_the_sun_and_energy_balances() {
-        let mut sim = SimulatedDevice::new(Household::default(), 0);
+    fn without_a_battery_nights_import_and_noons_export() {
+        let household = Household {
+            battery_wh: 0.0,
+            ..Household::default()
+        };
+        let mut sim = SimulatedDevice::new(household, 0);
         let (imp0, exp0) = sim.grid_counters_wh();
-        // Night: importing, nothing exported.
         sim.advance(4 * 3_600_000);
         let (imp1, exp1) = sim.grid_counters_wh();
-        assert!(imp1 > imp0);
-        assert_eq!(exp1, exp0);
-        // Midday: PV covers the load and fills the battery, then exports.
+        assert!(imp1 > imp0, "the night load is imported");
+        assert_eq!(exp1, exp0, "nothing exported at night");
         sim.advance(8 * 3_600_000);
         let meter = read_block(&sim.bank(), sim.layout.meter);
         assert!(meter.value("W").unwrap().mantissa < 0, "exporting at noon");
-        sim.advance(4 * 3_600_000);
+        sim.advance(2 * 3_600_000);
         let (_, exp2) = sim.grid_counters_wh();
         assert!(exp2 > exp1);
         let meter = read_block(&sim.bank(), sim.layout.meter);
@@ -336,9 +357,33 @@ mod tests {
             meter.value("TotWhExp").unwrap().floor_int().unwrap(),
             i64::try_from(exp2).unwrap()
         );
+    }
+
+    #[test]
+    fn the_battery_covers_the_night_and_fills_at_noon() {
+        let mut sim = SimulatedDevice::new(Household::default(), 0);
+        let discharged0 = sim.discharge_mwh;
+        sim.advance(4 * 3_600_000);
+        assert!(
+            sim.discharge_mwh > discharged0,
+            "the battery discharges at night"
+        );
+        let soc_night = sim.soc_wh;
+        sim.advance(8 * 3_600_000);
+        assert!(
+            sim.soc_wh > soc_night,
+            "the battery charges from the noon surplus"
+        );
         let storage = read_block(&sim.bank(), sim.layout.storage);
         let soc = storage.value("ChaState").unwrap();
         assert_eq!(soc.exponent, -1);
         assert!((0..=1000).contains(&soc.mantissa));
+        let mppt = read_block(&sim.bank(), sim.layout.mppt);
+        assert_eq!(mppt.group_count(), 4);
+        assert_eq!(mppt.group_text(2, "IDStr").unwrap(), "BAT CHARGE");
+        assert_eq!(
+            mppt.group_value(2, "DCWH").unwrap().floor_int().unwrap(),
+            i64::try_from(sim.charge_mwh / 1000).unwrap()
+        );
     }
 }
