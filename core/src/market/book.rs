@@ -19,7 +19,9 @@
 // ids to their slot, so cancel is O(1) plus one level lookup, without SipHash on the hot path.
 
 use super::fees::PriceAnchor;
-use super::order::{AccountId, AreaId, Order, OrderError, OrderId, Preference, Side};
+use super::order::{
+    AccountId, AreaId, MAX_BOOK_ORDERS, Order, OrderError, OrderId, Preference, Side,
+};
 use super::slot::UnixSeconds;
 use super::terms::SlotTerms;
 use super::trade::{MatchPass, Trade};
@@ -44,8 +46,16 @@ struct Resting {
     flags: u8,
 }
 
-/// Bytes one resting order occupies in the slab (the id index adds about 4–11 bytes).
+/// Bytes one resting order occupies in the slab (the id index adds about 5–11 bytes).
 pub const RESTING_ORDER_BYTES: usize = std::mem::size_of::<Resting>();
+
+// The 64-byte budget per resting order leaves 16 bytes for the index and the levels.
+const _: () = assert!(RESTING_ORDER_BYTES <= 48);
+
+/// Upper estimate of the bytes one price level costs in a `BTreeMap<u64, Level>`: a leaf
+/// holds up to 11 entries of 16 bytes plus ~16 bytes of header (~192 bytes) and is at least
+/// about 5/11 full, plus internal nodes.
+pub const LEVEL_BYTES_ESTIMATE: usize = 48;
 
 #[derive(Debug, Clone, Copy)]
 struct Level {
@@ -182,6 +192,24 @@ impl ContinuousBook {
         self.asks.first_key_value().map(|(&p, _)| p)
     }
 
+    /// The resting order with this id, if it is still open.
+    #[must_use]
+    pub fn get(&self, id: OrderId) -> Option<RestingOrder> {
+        self.index
+            .find(id.0, &self.slab)
+            .map(|(_, at)| self.view(at))
+    }
+
+    /// Heap bytes the book holds, from its containers' capacities: the slab, the id index,
+    /// the preference side table, and [`LEVEL_BYTES_ESTIMATE`] per price level.
+    #[must_use]
+    pub fn heap_bytes(&self) -> usize {
+        self.slab.capacity() * RESTING_ORDER_BYTES
+            + self.index.table.capacity() * std::mem::size_of::<u32>()
+            + self.partners.capacity() * (std::mem::size_of::<(OrderId, AccountId)>() + 1)
+            + (self.bids.len() + self.asks.len()) * LEVEL_BYTES_ESTIMATE
+    }
+
     /// Submits an order at time `now`; returns the trades it made.
     pub fn submit(&mut self, order: Order, now: UnixSeconds) -> Result<Vec<Trade>, OrderError> {
         let mut trades = Vec::new();
@@ -197,16 +225,24 @@ impl ContinuousBook {
         now: UnixSeconds,
         trades: &mut Vec<Trade>,
     ) -> Result<Submitted, OrderError> {
-        self.check_open(&order, now)?;
+        self.check_open(order.id, now)?;
         self.terms.validate(&order)?;
         if self.index.find(order.id.0, &self.slab).is_some() {
             return Err(OrderError::DuplicateOrderId { order: order.id });
         }
+        if self.live as u64 >= MAX_BOOK_ORDERS {
+            return Err(OrderError::BookFull {
+                order: order.id,
+                capacity: MAX_BOOK_ORDERS,
+            });
+        }
         Ok(self.place(order, trades))
     }
 
-    /// Cancels a resting order; returns what was still open.
-    pub fn cancel(&mut self, id: OrderId) -> Result<RestingOrder, OrderError> {
+    /// Cancels a resting order at time `now` (before gate closure); returns what was still
+    /// open.
+    pub fn cancel(&mut self, id: OrderId, now: UnixSeconds) -> Result<RestingOrder, OrderError> {
+        self.check_open(id, now)?;
         let (_, at) = self
             .index
             .find(id.0, &self.slab)
@@ -245,7 +281,7 @@ impl ContinuousBook {
                 green: r.flags & FLAG_GREEN != 0,
             },
         };
-        self.check_open(&order, now)?;
+        self.check_open(order.id, now)?;
         self.terms.validate(&order)?;
         if price_per_kwh == r.price && energy_wh <= r.remaining {
             self.slab[at as usize].remaining = energy_wh;
@@ -288,10 +324,10 @@ impl ContinuousBook {
         out
     }
 
-    fn check_open(&self, order: &Order, now: UnixSeconds) -> Result<(), OrderError> {
+    fn check_open(&self, order: OrderId, now: UnixSeconds) -> Result<(), OrderError> {
         if self.closed {
             return Err(OrderError::GateClosed {
-                order: order.id,
+                order,
                 slot: self.terms.slot.index,
                 now,
                 gate_closure: self.terms.slot.gate_closure,
@@ -446,7 +482,12 @@ impl ContinuousBook {
         };
         let fees = &self.terms.fees;
         if fees.any_fee()
-            && !fees.crosses(bid_price, ask_price, AreaId(buyer_area), AreaId(seller_area))
+            && !fees.crosses(
+                bid_price,
+                ask_price,
+                AreaId(buyer_area),
+                AreaId(seller_area),
+            )
         {
             return None;
         }
@@ -654,11 +695,6 @@ impl IdIndex {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn resting_order_fits_the_memory_budget() {
-        assert!(RESTING_ORDER_BYTES <= 48, "{RESTING_ORDER_BYTES}");
-    }
 
     #[test]
     fn id_index_survives_churn() {

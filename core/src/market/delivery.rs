@@ -50,13 +50,17 @@ pub enum DeliveryError {
         end_wh: u64,
     },
     /// A counter moved by more than any meter can in one slot.
-    #[error("meter {meter:?}: counter moved by more than 2^62 Wh in one slot; the readings are corrupt")]
+    #[error(
+        "meter {meter:?}: counter moved by more than 2^62 Wh in one slot; the readings are corrupt"
+    )]
     Implausible {
         /// The meter.
         meter: MeterId,
     },
     /// The same meter appears twice.
-    #[error("meter {meter:?} appears twice in one slot's deliveries; send one start/end pair per meter")]
+    #[error(
+        "meter {meter:?} appears twice in one slot's deliveries; send one start/end pair per meter"
+    )]
     DuplicateMeter {
         /// The meter.
         meter: MeterId,
@@ -129,9 +133,11 @@ pub fn positions(
     map.into_iter()
         .map(|(account, (traded, delivered))| {
             // Sums of bounded per-order and per-meter flows; beyond i64 only with corrupt data.
-            let fit = |v: i128| i64::try_from(v).map_err(|_| DeliveryError::Implausible {
-                meter: MeterId(account.0),
-            });
+            let fit = |v: i128| {
+                i64::try_from(v).map_err(|_| DeliveryError::Implausible {
+                    meter: MeterId(account.0),
+                })
+            };
             Ok(Position {
                 account,
                 traded_wh: fit(traded)?,

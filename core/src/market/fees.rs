@@ -10,14 +10,23 @@
 //!
 //! A trade is anchored on one side's rate: the **buyer's** rate (two-sided pay-as-bid against a
 //! resting bid, and pay-as-clear) or the **seller's** rate (a resting ask, and one-sided
-//! pay-as-offer). Every amount computed from a rate is `floor(energy_wh × rate / 1000)`, and
-//! every fee amount is floored too. The amount of the side opposite the anchor is *derived*:
+//! pay-as-offer).
 //!
-//! - buyer-anchored: `seller_receives = buyer_pays − Σ fees` (the seller gets the sub-unit
-//!   remainders of the fee floors);
-//! - seller-anchored: `buyer_pays = seller_receives + Σ fees` (the buyer keeps them).
+//! 1. Each market's fee is first a *rate* per kWh: the constant, or for a percentage
+//!    `floor(seller_rate × bp / 10000)` (seller-anchored) or
+//!    `floor((buyer_rate − Σ constants) × bp / (10000 + Σ bp))` (buyer-anchored), rounded
+//!    down to whole price units. The other side's rate is the anchor ∓ Σ fee rates.
+//! 2. Every amount is `floor(energy_wh × rate / 1000)`: the anchored side's amount and each
+//!    fee amount.
+//! 3. The amount of the side opposite the anchor is *derived*: buyer-anchored,
+//!    `seller_receives = buyer_pays − Σ fees` (the seller gets the sub-unit remainders of the
+//!    fee floors); seller-anchored, `buyer_pays = seller_receives + Σ fees` (the buyer keeps
+//!    them).
 //!
-//! So `buyer_pays == seller_receives + Σ fees` holds exactly, as integers, for every trade.
+//! So `buyer_pays == seller_receives + Σ fees` holds exactly, as integers, for every trade, and
+//! because a sum of floors never exceeds the floor of the sum, a buyer never pays more than
+//! `floor(energy × its limit / 1000)` and a seller never receives less than
+//! `floor(energy × its limit / 1000)`.
 
 use super::order::{AccountId, AreaId};
 use super::tariff::TimeProfile;
@@ -63,6 +72,14 @@ pub enum AreaError {
     /// The hierarchy would be deeper than [`MAX_AREA_DEPTH`].
     #[error("area under {0:?} would be deeper than {MAX_AREA_DEPTH} levels; flatten the hierarchy")]
     TooDeep(AreaId),
+    /// A configured area list is not a tree.
+    #[error(
+        "area at position {position}: the first area must be the root (no parent) and every other must name an earlier area as parent"
+    )]
+    NotATree {
+        /// Position in the configured list.
+        position: usize,
+    },
     /// More areas than an [`AreaId`] can number.
     #[error("a community holds at most 65535 areas")]
     TooManyAreas,
@@ -78,7 +95,7 @@ pub enum AreaError {
     },
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct AreaNode {
     parent: Option<AreaId>,
     depth: u8,
@@ -89,8 +106,62 @@ struct AreaNode {
 /// The community's grid hierarchy (house → street → feeder → substation), each area a market
 /// level with a fee and the account that collects it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<AreaSpec>", into = "Vec<AreaSpec>")]
 pub struct AreaTree {
     nodes: Vec<AreaNode>,
+}
+
+/// One area as configured: the first is the root (no parent), every other names an earlier
+/// area as its parent. This is the serialized form of an [`AreaTree`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AreaSpec {
+    /// The parent area (none for the root).
+    pub parent: Option<AreaId>,
+    /// The area's market fee.
+    #[serde(default)]
+    pub fee: FeeProfile,
+    /// Who collects it.
+    pub recipient: AccountId,
+}
+
+impl TryFrom<Vec<AreaSpec>> for AreaTree {
+    type Error = AreaError;
+
+    fn try_from(specs: Vec<AreaSpec>) -> Result<Self, AreaError> {
+        let mut specs = specs.into_iter().enumerate();
+        let mut tree = match specs.next() {
+            Some((
+                _,
+                AreaSpec {
+                    parent: None,
+                    fee,
+                    recipient,
+                },
+            )) => Self::new(fee, recipient)?,
+            _ => return Err(AreaError::NotATree { position: 0 }),
+        };
+        for (position, spec) in specs {
+            let parent = spec
+                .parent
+                .filter(|p| usize::from(p.0) < position)
+                .ok_or(AreaError::NotATree { position })?;
+            tree.add_area(parent, spec.fee, spec.recipient)?;
+        }
+        Ok(tree)
+    }
+}
+
+impl From<AreaTree> for Vec<AreaSpec> {
+    fn from(tree: AreaTree) -> Self {
+        tree.nodes
+            .into_iter()
+            .map(|n| AreaSpec {
+                parent: n.parent,
+                fee: n.fee,
+                recipient: n.recipient,
+            })
+            .collect()
+    }
 }
 
 impl AreaTree {
@@ -233,7 +304,9 @@ pub struct MarketPath {
 impl MarketPath {
     /// The areas, buyer side first.
     pub fn areas(&self) -> impl Iterator<Item = AreaId> + '_ {
-        self.areas[..usize::from(self.len)].iter().map(|&a| AreaId(a))
+        self.areas[..usize::from(self.len)]
+            .iter()
+            .map(|&a| AreaId(a))
     }
 }
 
@@ -294,7 +367,9 @@ pub enum FeeError {
     #[error(transparent)]
     Area(#[from] AreaError),
     /// The constant fees on the path exceed the buyer's rate, so the seller would owe money.
-    #[error("grid fees of {fees_per_kwh} per kWh exceed the buyer's rate of {rate_per_kwh} per kWh")]
+    #[error(
+        "grid fees of {fees_per_kwh} per kWh exceed the buyer's rate of {rate_per_kwh} per kWh"
+    )]
     FeesExceedRate {
         /// Sum of constant fees along the path.
         fees_per_kwh: u64,
@@ -308,8 +383,13 @@ pub enum FeeError {
 
 /// `floor(energy_wh × rate / 1000)`: the one way an energy and a rate become tokens.
 pub fn amount_for(energy_wh: u64, rate_per_kwh: u64) -> Result<u64, FeeError> {
-    u64::try_from(u128::from(energy_wh) * u128::from(rate_per_kwh) / 1000)
-        .map_err(|_| FeeError::Overflow)
+    // The 64-bit path is the common case and avoids a slow 128-bit division; both give the
+    // same floor.
+    match energy_wh.checked_mul(rate_per_kwh) {
+        Some(product) => Ok(product / 1000),
+        None => u64::try_from(u128::from(energy_wh) * u128::from(rate_per_kwh) / 1000)
+            .map_err(|_| FeeError::Overflow),
+    }
 }
 
 fn floor_mul_div(x: u64, num: u64, den: u64) -> u64 {
@@ -365,21 +445,32 @@ impl SlotFees {
         // before reaching the common ancestor; the index guards only defend the invariant.
         while x != y {
             if dx >= dy {
-                *path.areas.get_mut(up).ok_or(AreaError::UnknownArea(AreaId(x)))? = x;
+                *path
+                    .areas
+                    .get_mut(up)
+                    .ok_or(AreaError::UnknownArea(AreaId(x)))? = x;
                 up += 1;
                 x = self.node(x)?.parent;
                 dx = self.node(x)?.depth;
             } else {
-                *down.get_mut(n_down).ok_or(AreaError::UnknownArea(AreaId(y)))? = y;
+                *down
+                    .get_mut(n_down)
+                    .ok_or(AreaError::UnknownArea(AreaId(y)))? = y;
                 n_down += 1;
                 y = self.node(y)?.parent;
                 dy = self.node(y)?.depth;
             }
         }
-        *path.areas.get_mut(up).ok_or(AreaError::UnknownArea(AreaId(x)))? = x;
+        *path
+            .areas
+            .get_mut(up)
+            .ok_or(AreaError::UnknownArea(AreaId(x)))? = x;
         up += 1;
         for &a in down[..n_down].iter().rev() {
-            *path.areas.get_mut(up).ok_or(AreaError::UnknownArea(AreaId(a)))? = a;
+            *path
+                .areas
+                .get_mut(up)
+                .ok_or(AreaError::UnknownArea(AreaId(a)))? = a;
             up += 1;
         }
         path.len = u8::try_from(up).map_err(|_| AreaError::UnknownArea(buyer_area))?;
@@ -408,8 +499,8 @@ impl SlotFees {
         };
         let via_ask = self.rates(&path, PriceAnchor::Seller(ask_per_kwh));
         let via_bid = self.rates(&path, PriceAnchor::Buyer(bid_per_kwh));
-        matches!(via_ask, Ok((b, _)) if b <= bid_per_kwh)
-            && matches!(via_bid, Ok((_, s)) if s >= ask_per_kwh)
+        matches!(via_ask, Ok((b, _, _)) if b <= bid_per_kwh)
+            && matches!(via_bid, Ok((_, s, _)) if s >= ask_per_kwh)
     }
 
     fn sums(&self, path: &MarketPath) -> Result<(u64, u64), FeeError> {
@@ -423,38 +514,56 @@ impl SlotFees {
         Ok((per_kwh, pct))
     }
 
-    /// (buyer rate, seller rate) per kWh for `anchor` on `path`.
-    fn rates(&self, path: &MarketPath, anchor: PriceAnchor) -> Result<(u64, u64), FeeError> {
+    /// (buyer rate, seller rate, fee rate of each market on the path) per kWh for `anchor`.
+    fn rates(
+        &self,
+        path: &MarketPath,
+        anchor: PriceAnchor,
+    ) -> Result<(u64, u64, [u64; MAX_PATH_MARKETS]), FeeError> {
         let (per_kwh, pct) = self.sums(path)?;
+        let mut fee_rates = [0u64; MAX_PATH_MARKETS];
         match anchor {
             PriceAnchor::Buyer(p) => {
+                // Percentages are shares of the seller's rate s, and p = s·(1 + Σbp/10000) +
+                // Σconstant, so each percentage fee is (p − Σconstant)·bp / (10000 + Σbp).
                 let base = p.checked_sub(per_kwh).ok_or(FeeError::FeesExceedRate {
                     fees_per_kwh: per_kwh,
                     rate_per_kwh: p,
                 })?;
                 let mut seller = base;
-                for a in path.areas() {
-                    if let GridFee::Percent(bp) = self.node(a.0)?.fee {
-                        seller -= floor_mul_div(base, bp, MAX_FEE_BASIS_POINTS + pct);
-                    }
+                for (rate, a) in fee_rates.iter_mut().zip(path.areas()) {
+                    *rate = match self.node(a.0)?.fee {
+                        GridFee::PerKwh(f) => f,
+                        GridFee::Percent(bp) => {
+                            let r = floor_mul_div(base, bp, MAX_FEE_BASIS_POINTS + pct);
+                            seller -= r;
+                            r
+                        }
+                    };
                 }
-                Ok((p, seller))
+                Ok((p, seller, fee_rates))
             }
             PriceAnchor::Seller(s) => {
-                let mut buyer = s.checked_add(per_kwh).ok_or(FeeError::Overflow)?;
-                for a in path.areas() {
-                    if let GridFee::Percent(bp) = self.node(a.0)?.fee {
-                        buyer = buyer
-                            .checked_add(floor_mul_div(s, bp, MAX_FEE_BASIS_POINTS))
-                            .ok_or(FeeError::Overflow)?;
-                    }
+                let mut buyer = s;
+                for (rate, a) in fee_rates.iter_mut().zip(path.areas()) {
+                    *rate = match self.node(a.0)?.fee {
+                        GridFee::PerKwh(f) => f,
+                        GridFee::Percent(bp) => floor_mul_div(s, bp, MAX_FEE_BASIS_POINTS),
+                    };
+                    buyer = buyer.checked_add(*rate).ok_or(FeeError::Overflow)?;
                 }
-                Ok((buyer, s))
+                Ok((buyer, s, fee_rates))
             }
         }
     }
 
     /// Prices a trade of `energy_wh` between `buyer_area` and `seller_area` at `anchor`.
+    ///
+    /// Fee rates per kWh: a constant as is; a percentage `floor(seller_rate × bp / 10000)`
+    /// when seller-anchored, `floor((buyer_rate − Σ constants) × bp / (10000 + Σ bp))` when
+    /// buyer-anchored. Amounts: `floor(energy_wh × rate / 1000)` for the anchored side and
+    /// each fee; the other side is derived (`seller = buyer − Σ fees` or
+    /// `buyer = seller + Σ fees`), so it takes the rounding remainder.
     pub fn price(
         &self,
         buyer_area: AreaId,
@@ -522,78 +631,33 @@ impl SlotFees {
         anchor: PriceAnchor,
         mut legs: Option<&mut FeeLegs>,
     ) -> Result<TradeAmounts, FeeError> {
-        let (buyer_rate, seller_rate) = self.rates(path, anchor)?;
-        let (per_kwh_total, pct) = self.sums(path)?;
-        let const_total = {
-            let mut c = 0u64;
-            for a in path.areas() {
-                if let GridFee::PerKwh(f) = self.node(a.0)?.fee {
-                    c = c
-                        .checked_add(amount_for(energy_wh, f)?)
-                        .ok_or(FeeError::Overflow)?;
-                }
-            }
-            c
-        };
-        // Percentage fees are a share of the seller's base; in a buyer-anchored trade the base
-        // is (buyer amount − constant fees) scaled by 10000 / (10000 + Σ bp), which is why the
-        // divisor differs between the two anchors.
-        let (pct_base, pct_den, anchored_amount) = match anchor {
-            PriceAnchor::Buyer(_) => {
-                let b = amount_for(energy_wh, buyer_rate)?;
-                let base = b.checked_sub(const_total).ok_or(FeeError::FeesExceedRate {
-                    fees_per_kwh: const_total,
-                    rate_per_kwh: b,
-                })?;
-                (base, MAX_FEE_BASIS_POINTS + pct, b)
-            }
-            PriceAnchor::Seller(_) => {
-                let s = amount_for(energy_wh, seller_rate)?;
-                (s, MAX_FEE_BASIS_POINTS, s)
-            }
-        };
+        let (buyer_rate, seller_rate, fee_rates) = self.rates(path, anchor)?;
         let mut fees = 0u64;
-        for (i, a) in path.areas().enumerate() {
-            let node = self.node(a.0)?;
-            let (rate, amount) = match node.fee {
-                GridFee::PerKwh(f) => (f, amount_for(energy_wh, f)?),
-                GridFee::Percent(bp) => {
-                    let r = match anchor {
-                        PriceAnchor::Buyer(p) => floor_mul_div(
-                            p.saturating_sub(per_kwh_total),
-                            bp,
-                            MAX_FEE_BASIS_POINTS + pct,
-                        ),
-                        PriceAnchor::Seller(s) => floor_mul_div(s, bp, MAX_FEE_BASIS_POINTS),
-                    };
-                    (r, floor_mul_div(pct_base, bp, pct_den))
-                }
-            };
+        for ((i, a), &rate) in path.areas().enumerate().zip(&fee_rates) {
+            let amount = amount_for(energy_wh, rate)?;
             fees = fees.checked_add(amount).ok_or(FeeError::Overflow)?;
             if let Some(l) = legs.as_deref_mut()
                 && let Some(slot) = l.legs.get_mut(i)
             {
                 *slot = FeeLeg {
                     area: a,
-                    recipient: node.recipient,
+                    recipient: self.node(a.0)?.recipient,
                     rate_per_kwh: rate,
                     amount,
                 };
             }
         }
+        // Σ floor(e·fᵢ/1000) ≤ floor(e·Σfᵢ/1000): the fees never exceed the anchored amount's
+        // share, so neither subtraction nor the bounds on the limits can fail.
         let (buyer_pays, seller_receives) = match anchor {
-            PriceAnchor::Buyer(_) => (
-                anchored_amount,
-                anchored_amount
-                    .checked_sub(fees)
-                    .ok_or(FeeError::Overflow)?,
-            ),
-            PriceAnchor::Seller(_) => (
-                anchored_amount
-                    .checked_add(fees)
-                    .ok_or(FeeError::Overflow)?,
-                anchored_amount,
-            ),
+            PriceAnchor::Buyer(_) => {
+                let b = amount_for(energy_wh, buyer_rate)?;
+                (b, b.checked_sub(fees).ok_or(FeeError::Overflow)?)
+            }
+            PriceAnchor::Seller(_) => {
+                let s = amount_for(energy_wh, seller_rate)?;
+                (s.checked_add(fees).ok_or(FeeError::Overflow)?, s)
+            }
         };
         Ok(TradeAmounts {
             buyer_rate_per_kwh: buyer_rate,
@@ -602,5 +666,124 @@ impl SlotFees {
             seller_receives,
             fees,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn tree() -> (AreaTree, [AreaId; 4]) {
+        let c = |v| FeeProfile::PerKwh(TimeProfile::constant(v));
+        let mut t = AreaTree::new(c(2), AccountId(0)).unwrap();
+        let n1 = t.add_area(t.root(), c(1), AccountId(1)).unwrap();
+        let n2 = t.add_area(t.root(), c(1), AccountId(2)).unwrap();
+        let h1 = t.add_area(n1, FeeProfile::Free, AccountId(3)).unwrap();
+        let h2 = t.add_area(n2, FeeProfile::Free, AccountId(4)).unwrap();
+        (t, [n1, n2, h1, h2])
+    }
+
+    #[test]
+    fn path_runs_buyer_up_to_the_common_ancestor_and_down_to_the_seller() {
+        let (t, [n1, n2, h1, h2]) = tree();
+        let f = t.slot_fees(0);
+        let p: Vec<AreaId> = f.path(h1, h2).unwrap().areas().collect();
+        assert_eq!(p, [h1, n1, AreaId(0), n2, h2]);
+        let p: Vec<AreaId> = f.path(h1, n1).unwrap().areas().collect();
+        assert_eq!(p, [h1, n1]);
+        let p: Vec<AreaId> = f.path(h2, h2).unwrap().areas().collect();
+        assert_eq!(p, [h2]);
+        assert!(f.path(h1, AreaId(99)).is_err());
+    }
+
+    #[test]
+    fn rounding_remainder_goes_to_the_derived_side() {
+        let (t, [_, _, h1, h2]) = tree();
+        let f = t.slot_fees(0);
+        // 333 Wh at 30/kWh: buyer floor(9.99) = 9; fees floor(0.333)+floor(0.666)+floor(0.333)
+        // = 0; the seller receives 9, the whole remainder.
+        let a = f.price(h1, h2, 333, PriceAnchor::Buyer(30)).unwrap();
+        assert_eq!((a.buyer_pays, a.fees, a.seller_receives), (9, 0, 9));
+        let a = f.price(h1, h2, 1500, PriceAnchor::Seller(10)).unwrap();
+        assert_eq!(
+            (a.seller_receives, a.fees, a.buyer_pays),
+            (15, 1 + 3 + 1, 20)
+        );
+    }
+
+    #[test]
+    fn constant_fees_above_the_rate_cannot_be_priced() {
+        let (t, [_, _, h1, h2]) = tree();
+        assert!(matches!(
+            t.slot_fees(0).price(h1, h2, 1000, PriceAnchor::Buyer(3)),
+            Err(FeeError::FeesExceedRate {
+                fees_per_kwh: 4,
+                rate_per_kwh: 3
+            })
+        ));
+        assert!(!t.slot_fees(0).crosses(13, 10, h1, h2));
+        assert!(t.slot_fees(0).crosses(14, 10, h1, h2));
+    }
+
+    #[test]
+    fn tree_rejects_bad_shapes() {
+        let mut t = AreaTree::new(FeeProfile::Free, AccountId(0)).unwrap();
+        assert_eq!(
+            t.add_area(AreaId(5), FeeProfile::Free, AccountId(0)),
+            Err(AreaError::UnknownParent(AreaId(5)))
+        );
+        let mut parent = t.root();
+        for _ in 1..MAX_AREA_DEPTH {
+            parent = t.add_area(parent, FeeProfile::Free, AccountId(0)).unwrap();
+        }
+        assert_eq!(
+            t.add_area(parent, FeeProfile::Free, AccountId(0)),
+            Err(AreaError::TooDeep(parent))
+        );
+        let too_much = FeeProfile::Percent(TimeProfile::repeating(vec![10, 10_001]).unwrap());
+        assert_eq!(
+            AreaTree::new(too_much, AccountId(0)),
+            Err(AreaError::PercentTooLarge {
+                basis_points: 10_001,
+                position: 1
+            })
+        );
+    }
+
+    #[test]
+    fn configured_trees_round_trip_and_malformed_ones_are_rejected() {
+        let (t, _) = tree();
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(serde_json::from_str::<AreaTree>(&json).unwrap(), t);
+        let looped = r#"[{"parent":null,"recipient":0},{"parent":1,"recipient":0}]"#;
+        assert!(serde_json::from_str::<AreaTree>(looped).is_err());
+        let rootless = r#"[{"parent":0,"recipient":0}]"#;
+        assert!(serde_json::from_str::<AreaTree>(rootless).is_err());
+        let pct = r#"[{"parent":null,"fee":{"Percent":[20000]},"recipient":0}]"#;
+        assert!(serde_json::from_str::<AreaTree>(pct).is_err());
+        let two_fees = FeeProfile::PerKwh(TimeProfile::repeating(vec![1, 5]).unwrap());
+        let t = AreaTree::new(two_fees, AccountId(0)).unwrap();
+        let price = |slot| {
+            t.slot_fees(slot)
+                .price(AreaId(0), AreaId(0), 1000, PriceAnchor::Buyer(30))
+        };
+        assert_eq!(price(0).unwrap().fees, 1);
+        assert_eq!(price(1).unwrap().fees, 5);
+        assert_eq!(price(2).unwrap().fees, 1);
+    }
+
+    #[test]
+    fn deepest_paths_fit() {
+        let mut t = AreaTree::new(FeeProfile::Free, AccountId(0)).unwrap();
+        let (mut a, mut b) = (t.root(), t.root());
+        for _ in 1..MAX_AREA_DEPTH {
+            a = t.add_area(a, FeeProfile::Free, AccountId(0)).unwrap();
+            b = t.add_area(b, FeeProfile::Free, AccountId(0)).unwrap();
+        }
+        assert_eq!(
+            t.slot_fees(0).path(a, b).unwrap().areas().count(),
+            MAX_PATH_MARKETS
+        );
     }
 }

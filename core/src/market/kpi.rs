@@ -46,7 +46,10 @@ impl Ratio {
 
     /// The ratio as a float, for display only.
     #[must_use]
-    #[allow(clippy::cast_precision_loss, reason = "display only; settled values stay integer")]
+    #[allow(
+        clippy::cast_precision_loss,
+        reason = "display only; settled values stay integer"
+    )]
     pub fn as_f64(&self) -> Option<f64> {
         (self.denominator != 0).then(|| self.numerator as f64 / self.denominator as f64)
     }
@@ -166,6 +169,8 @@ pub struct SlotKpis {
     pub traded_wh: u128,
     /// The call auction's uniform price, if any.
     pub clearing_price: Option<u64>,
+    /// Σ what buyers paid for local trades, tokens.
+    pub buyers_paid: u128,
     /// Volume-weighted price buyers paid per kWh: Σ buyer amounts × 1000 / Σ Wh.
     pub average_buyer_price: Ratio,
     /// Grid fees collected, tokens.
@@ -184,7 +189,11 @@ fn bill(net_import_wh: i128, retail: u64, feed_in: u64) -> i128 {
         .saturating_mul(u128::from(price))
         / 1000;
     let magnitude = i128::try_from(magnitude).unwrap_or(i128::MAX);
-    if net_import_wh >= 0 { magnitude } else { -magnitude }
+    if net_import_wh >= 0 {
+        magnitude
+    } else {
+        -magnitude
+    }
 }
 
 /// Computes one slot's figures from its trades, the households' energy and the settlement.
@@ -200,14 +209,15 @@ pub fn slot_kpis(
     let mut out = Vec::with_capacity(households.len());
     for h in households {
         let supply = u128::from(h.produced_wh) + u128::from(h.imported_wh);
-        let consumed = supply.checked_sub(u128::from(h.exported_wh)).ok_or(
-            KpiError::ExportExceedsSupply {
-                account: h.account,
-                produced_wh: h.produced_wh,
-                imported_wh: h.imported_wh,
-                exported_wh: h.exported_wh,
-            },
-        )?;
+        let consumed =
+            supply
+                .checked_sub(u128::from(h.exported_wh))
+                .ok_or(KpiError::ExportExceedsSupply {
+                    account: h.account,
+                    produced_wh: h.produced_wh,
+                    imported_wh: h.imported_wh,
+                    exported_wh: h.exported_wh,
+                })?;
         let net = i128::from(h.imported_wh) - i128::from(h.exported_wh);
         let k = HouseholdKpis {
             account: h.account,
@@ -228,12 +238,16 @@ pub fn slot_kpis(
     }
     community.self_consumed_wh += imported.min(exported);
     let traded_wh: u128 = trades.iter().map(|t| u128::from(t.energy_wh)).sum();
-    let paid: u128 = trades.iter().map(|t| u128::from(t.amounts.buyer_pays)).sum();
+    let paid: u128 = trades
+        .iter()
+        .map(|t| u128::from(t.amounts.buyer_pays))
+        .sum();
     let fees: u128 = trades.iter().map(|t| u128::from(t.amounts.fees)).sum();
     Ok(SlotKpis {
         slot: terms.slot.index,
         traded_wh,
         clearing_price,
+        buyers_paid: paid,
         average_buyer_price: Ratio::new(paid.saturating_mul(1000), traded_wh),
         fees_collected: fees,
         households: out,
@@ -265,7 +279,7 @@ impl PeriodKpis {
     pub fn add(&mut self, slot: &SlotKpis) {
         self.slots += 1;
         self.traded_wh += slot.traded_wh;
-        self.buyers_paid += slot.average_buyer_price.numerator / 1000;
+        self.buyers_paid += slot.buyers_paid;
         self.fees_collected += slot.fees_collected;
         if let Some(p) = slot.clearing_price {
             self.clearing_price_range = Some(match self.clearing_price_range {
@@ -300,5 +314,24 @@ impl PeriodKpis {
     #[must_use]
     pub fn average_buyer_price(&self) -> Ratio {
         Ratio::new(self.buyers_paid.saturating_mul(1000), self.traded_wh)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ratios_are_exact_and_undefined_over_zero() {
+        assert_eq!(Ratio::new(1, 3).basis_points(), Some(3_333));
+        assert_eq!(Ratio::new(1, 0).basis_points(), None);
+        assert_eq!(Ratio::new(1, 4).as_f64(), Some(0.25));
+    }
+
+    #[test]
+    fn utility_bill_floors_like_every_amount() {
+        assert_eq!(bill(1_500, 33, 5), 49);
+        assert_eq!(bill(-1_500, 33, 5), -7);
+        assert_eq!(bill(0, 33, 5), 0);
     }
 }

@@ -17,18 +17,38 @@
 //!
 //! # Mechanisms
 //!
-//! - **Continuous double auction** ([`ContinuousBook`], [`ContinuousKind::TwoSided`]):
-//!   price-time priority; a trade happens at the resting order's limit (pay-as-bid).
-//! - **Call auction** ([`CallAuction`], [`clear_call_auction`]): at gate closure, one uniform
-//!   price per slot (pay-as-clear) chosen by a [`PriceRule`] — midpoint, k-factor (k = 0.5 by
-//!   default), marginal bid or marginal ask — from the volume-maximising marginal pair, within
-//!   `[max(marginal ask, feed-in), min(marginal bid, retail)]`. Ties are broken by price, then
-//!   submission sequence, then order id.
-//! - **One-sided pay-as-offer** ([`ContinuousKind::PayAsOffer`]): sellers post offers; a buyer
-//!   takes the cheapest offers; the seller receives its offer and the buyer pays offer + fees.
+//! [`Community::open_slot`] opens a [`SlotMarket`] with the community's [`Mechanism`]; the
+//! engine and the simulator submit, amend and cancel through it and call
+//! [`SlotMarket::close_gate`] at gate closure, which yields a [`GateClosure`].
 //!
-//! In every mechanism, a preference pass (preferred partner; green-only bids with green asks)
-//! runs before the standard pass, and an owner never trades with itself.
+//! - **Continuous double auction** ([`ContinuousBook`], [`ContinuousKind::TwoSided`]):
+//!   an incoming order sweeps the other side from the best price while prices cross, with
+//!   price-time priority, and trades at the **resting** order's limit (pay-as-bid): against
+//!   a resting ask the seller receives its ask and fees are added for the buyer; against a
+//!   resting bid the buyer pays its bid and fees are deducted for the seller. Partial fills
+//!   rest; [`ContinuousBook::amend`] keeps priority only when the energy shrinks at the same
+//!   price; [`ContinuousBook::close_gate`] expires what is left.
+//! - **Call auction** ([`CallAuction`], [`clear_call_auction`]): orders collect until gate
+//!   closure and clear once at ONE uniform price per slot (pay-as-clear). Bids are ranked by
+//!   price descending, asks ascending, equal prices by submission sequence then order id —
+//!   the only tie-break, so arrival order matters only through the sequence. Walking both
+//!   rankings while bid ≥ ask gives the largest volume any single price clears and its
+//!   marginal pair; the [`PriceRule`] — midpoint, k-factor (k = 0.5 by default, Power TAC),
+//!   marginal bid (GSy-e), marginal ask — picks the price, rounded down and clamped into
+//!   `[max(marginal ask, feed-in), min(marginal bid, retail)]`. Every order willing to trade
+//!   at that price is then paired in priority order, so the long side is rationed by
+//!   priority.
+//! - **One-sided pay-as-offer** ([`ContinuousKind::PayAsOffer`]): sellers post offers; a bid
+//!   takes the cheapest offers and never rests; the seller receives its offer and the buyer
+//!   pays offer + fees.
+//!
+//! In every mechanism a preference pass (preferred partner; green-only bids with green asks)
+//! runs before the standard pass. A pair never trades when both orders have the same owner
+//! (self-trade prevention), when a green-only bid meets an ask that is not green, or when the
+//! grid fees on its path would take the buyer above or the seller below its limit; such
+//! orders rest (continuous) or stay unmatched (call auction), so after every operation no two
+//! resting orders could trade: the book is never crossed. Preferences shape the pairing, not
+//! the uniform price.
 //!
 //! # Grid fees and the rounding rule
 //!
@@ -39,12 +59,19 @@
 //! (pay-as-bid against a resting bid, pay-as-clear) or the seller's (a resting ask,
 //! pay-as-offer).
 //!
-//! **Rounding rule:** every amount is `floor(energy_wh × rate_per_kwh / 1000)` and every fee
-//! amount is floored; the side opposite the anchor is derived by subtraction (buyer-anchored:
-//! `seller = buyer − Σ fees`, the seller gets the sub-unit remainders) or addition
-//! (seller-anchored: `buyer = seller + Σ fees`, the buyer keeps them). Hence
-//! `buyer_pays == seller_receives + Σ fees` exactly for every trade, and a slot's
-//! [`settle_slot`] netting sums to zero.
+//! **Rounding rule** (see [`SlotFees::price`]): each market's fee is first a rate
+//! per kWh rounded down to a whole price unit (a constant fee already is one); every amount
+//! is then `floor(energy_wh × rate_per_kwh / 1000)` — the anchored side's amount and each
+//! fee amount — and the side opposite the anchor is derived: buyer-anchored,
+//! `seller = buyer − Σ fees` (the seller gets the sub-unit remainders); seller-anchored,
+//! `buyer = seller + Σ fees` (the buyer keeps them). Hence `buyer_pays == seller_receives +
+//! Σ fees` exactly for every trade, no buyer pays more than `floor(energy × bid / 1000)`, no
+//! seller receives less than `floor(energy × ask / 1000)`, and a slot's [`settle_slot`]
+//! netting sums to zero. Imbalances with the utility are floored the same way.
+//!
+//! For example, 1 500 Wh sold at 10 per kWh across markets charging 1, 2 and 1 per kWh:
+//! the seller receives `floor(1500 × 10 / 1000) = 15`, the fees are `1 + 3 + 1 = 5`
+//! (each `floor(1500 × f / 1000)`), and the buyer pays `15 + 5 = 20`.
 //!
 //! # Worked example (Grid Singularity's grid-fee scenario)
 //!
@@ -114,30 +141,35 @@ mod kpi;
 mod netting;
 mod order;
 mod slot;
+mod slot_market;
 mod tariff;
 mod terms;
 mod trade;
 
-pub use book::{ContinuousBook, ContinuousKind, RESTING_ORDER_BYTES, RestingOrder, Submitted};
+pub use book::{
+    ContinuousBook, ContinuousKind, LEVEL_BYTES_ESTIMATE, RESTING_ORDER_BYTES, RestingOrder,
+    Submitted,
+};
 pub use call::{
     AuctionEntry, CallAuction, ClearingError, ClearingResult, MAX_SKIPS_PER_ORDER, PriceRule,
     Unmatched, clear_call_auction,
 };
 pub use delivery::{DeliveryError, MeterCounters, MeterDelivery, Position, positions};
 pub use fees::{
-    AreaError, AreaTree, FeeError, FeeLeg, FeeLegs, FeeProfile, GridFee, MAX_AREA_DEPTH,
+    AreaError, AreaSpec, AreaTree, FeeError, FeeLeg, FeeLegs, FeeProfile, GridFee, MAX_AREA_DEPTH,
     MAX_FEE_BASIS_POINTS, MAX_PATH_MARKETS, MarketPath, PriceAnchor, SlotFees, TradeAmounts,
     amount_for,
 };
 pub use kpi::{
-    CommunityKpis, HouseholdEnergy, HouseholdKpis, KpiError, PeriodKpis, Ratio, SlotKpis,
-    slot_kpis,
+    CommunityKpis, HouseholdEnergy, HouseholdKpis, KpiError, PeriodKpis, Ratio, SlotKpis, slot_kpis,
 };
 pub use netting::{ImbalanceCharge, NetBalance, SettlementError, SlotSettlement, settle_slot};
 pub use order::{
-    AccountId, AreaId, MAX_ORDER_ENERGY_WH, MeterId, Order, OrderError, OrderId, Preference, Side,
+    AccountId, AreaId, MAX_BOOK_ORDERS, MAX_ORDER_ENERGY_WH, MeterId, Order, OrderError, OrderId,
+    Preference, Side,
 };
 pub use slot::{DeliverySlot, SlotCalendar, SlotError, SlotPhase, UnixSeconds};
+pub use slot_market::{GateClosure, SlotMarket};
 pub use tariff::{
     ImbalancePrices, SlotImbalancePrices, Tariff, TariffBand, TariffError, TimeProfile,
 };

@@ -143,8 +143,8 @@ pub fn settle_slot(
             terms.imbalance.surplus_per_kwh
         };
         // |dev| < 2^64 and price < 2^64, so the product fits in i128 with room to spare.
-        let magnitude = i128::try_from(dev.unsigned_abs() * u128::from(price) / 1000)
-            .unwrap_or(i128::MAX);
+        let magnitude =
+            i128::try_from(dev.unsigned_abs() * u128::from(price) / 1000).unwrap_or(i128::MAX);
         let amount = if dev > 0 { magnitude } else { -magnitude };
         *net.entry(p.account).or_default() -= amount;
         *net.entry(terms.utility).or_default() += amount;

@@ -39,6 +39,9 @@ pub enum Side {
 /// amount product inside `u128`.
 pub const MAX_ORDER_ENERGY_WH: u64 = 1 << 40;
 
+/// Most orders one slot's book can hold (they are indexed by `u32`).
+pub const MAX_BOOK_ORDERS: u64 = (u32::MAX - 1) as u64;
+
 /// Optional wishes attached to an order, honoured in a preference pass before the standard pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Preference {
@@ -200,9 +203,7 @@ pub enum OrderError {
         order: OrderId,
     },
     /// No live order has this id (never submitted, already filled, cancelled or expired).
-    #[error(
-        "no open order {order:?} in this slot; it may have been filled, cancelled or expired"
-    )]
+    #[error("no open order {order:?} in this slot; it may have been filled, cancelled or expired")]
     UnknownOrder {
         /// The id asked for.
         order: OrderId,
@@ -214,6 +215,14 @@ pub enum OrderError {
         order: OrderId,
         /// The unknown area.
         area: AreaId,
+    },
+    /// The slot's book holds as many orders as it can index.
+    #[error("order {order:?}: this slot's book is full ({capacity} orders); try a later slot")]
+    BookFull {
+        /// The rejected order.
+        order: OrderId,
+        /// Orders a book can hold, [`MAX_BOOK_ORDERS`].
+        capacity: u64,
     },
     /// Energy × price does not fit the token amount range.
     #[error(

@@ -15,12 +15,37 @@ pub type UnixSeconds = i64;
 /// delivery, and it may be settled `settlement_after_s` after delivery ends (time for the last
 /// signed readings to arrive).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "RawSlotCalendar")]
 pub struct SlotCalendar {
     epoch_s: UnixSeconds,
     slot_length_s: u32,
     window_opens_before_s: u32,
     gate_closure_before_s: u32,
     settlement_after_s: u32,
+}
+
+/// The serialized form, checked by [`SlotCalendar::new`] on the way in.
+#[derive(Deserialize)]
+struct RawSlotCalendar {
+    epoch_s: UnixSeconds,
+    slot_length_s: u32,
+    window_opens_before_s: u32,
+    gate_closure_before_s: u32,
+    settlement_after_s: u32,
+}
+
+impl TryFrom<RawSlotCalendar> for SlotCalendar {
+    type Error = SlotError;
+
+    fn try_from(r: RawSlotCalendar) -> Result<Self, SlotError> {
+        Self::new(
+            r.epoch_s,
+            r.slot_length_s,
+            r.window_opens_before_s,
+            r.gate_closure_before_s,
+            r.settlement_after_s,
+        )
+    }
 }
 
 /// Why a slot calendar or a slot index was rejected.
@@ -105,10 +130,11 @@ impl SlotCalendar {
         let delivery_end = delivery_start
             .checked_add(i64::from(self.slot_length_s))
             .ok_or_else(out)?;
+        let before = |lead: u32| delivery_start.checked_sub(i64::from(lead)).ok_or_else(out);
         Ok(DeliverySlot {
             index,
-            order_window_opens: delivery_start - i64::from(self.window_opens_before_s),
-            gate_closure: delivery_start - i64::from(self.gate_closure_before_s),
+            order_window_opens: before(self.window_opens_before_s)?,
+            gate_closure: before(self.gate_closure_before_s)?,
             delivery_start,
             delivery_end,
             settlement: delivery_end
@@ -121,7 +147,10 @@ impl SlotCalendar {
     #[must_use]
     pub fn slot_delivering_at(&self, t: UnixSeconds) -> Option<u64> {
         let since = t.checked_sub(self.epoch_s)?;
-        u64::try_from(since / i64::from(self.slot_length_s)).ok()
+        // Negative offsets are before slot 0; try_from rejects them.
+        u64::try_from(since)
+            .ok()
+            .map(|s| s / u64::from(self.slot_length_s))
     }
 }
 
@@ -176,5 +205,43 @@ impl DeliverySlot {
         } else {
             SlotPhase::Settlement
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn quarter_hour_timeline() {
+        let c = SlotCalendar::quarter_hourly(1_000_000);
+        let s = c.slot(4).unwrap();
+        assert_eq!(s.delivery_start, 1_000_000 + 3_600);
+        assert_eq!(s.delivery_end, s.delivery_start + 900);
+        assert_eq!(s.gate_closure, s.delivery_start - 300);
+        assert_eq!(s.order_window_opens, s.delivery_start - 86_400);
+        assert_eq!(s.settlement, s.delivery_end + 900);
+        assert_eq!(c.slot_delivering_at(s.delivery_start + 899), Some(4));
+        assert_eq!(c.slot_delivering_at(999_999), None);
+    }
+
+    #[test]
+    fn bad_calendars_and_slots_are_rejected() {
+        assert_eq!(
+            SlotCalendar::new(0, 30, 600, 0, 0),
+            Err(SlotError::SlotLength(30))
+        );
+        assert!(matches!(
+            SlotCalendar::new(0, 900, 300, 300, 0),
+            Err(SlotError::WindowAfterGate { .. })
+        ));
+        let c = SlotCalendar::new(i64::MAX - 1_000, 900, 900, 0, 0).unwrap();
+        assert_eq!(c.slot(u64::MAX), Err(SlotError::OutOfRange(u64::MAX)));
+        assert_eq!(c.slot(2), Err(SlotError::OutOfRange(2)));
+        let c = SlotCalendar::new(i64::MIN, 900, 900, 0, 0).unwrap();
+        assert_eq!(c.slot(0), Err(SlotError::OutOfRange(0)));
+        let zero_length = r#"{"epoch_s":0,"slot_length_s":0,"window_opens_before_s":9,"gate_closure_before_s":0,"settlement_after_s":0}"#;
+        assert!(serde_json::from_str::<SlotCalendar>(zero_length).is_err());
     }
 }

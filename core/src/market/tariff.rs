@@ -8,8 +8,23 @@ use serde::{Deserialize, Serialize};
 /// One value is a constant; 96 values with 15-minute slots and a midnight calendar epoch are a
 /// daily profile; 35 040 values cover a year.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "Vec<u64>", into = "Vec<u64>")]
 pub struct TimeProfile {
     values: Vec<u64>,
+}
+
+impl TryFrom<Vec<u64>> for TimeProfile {
+    type Error = TariffError;
+
+    fn try_from(values: Vec<u64>) -> Result<Self, TariffError> {
+        Self::repeating(values)
+    }
+}
+
+impl From<TimeProfile> for Vec<u64> {
+    fn from(p: TimeProfile) -> Self {
+        p.values
+    }
 }
 
 /// Why a tariff or time profile was rejected.
@@ -58,11 +73,11 @@ impl TimeProfile {
     /// The value in slot `slot`.
     #[must_use]
     pub fn at(&self, slot: u64) -> u64 {
-        // `values` is never empty (both constructors guarantee it), and the remainder is below
-        // `len`, so it fits in usize.
+        // Every constructor (and deserialization) rejects an empty profile; the checked
+        // remainder only keeps this total. The remainder is below `len`, so it fits in usize.
         let len = self.values.len() as u64;
-        let i = usize::try_from(slot % len).unwrap_or(0);
-        self.values.get(i).copied().unwrap_or(0)
+        let i = slot.checked_rem(len).and_then(|i| usize::try_from(i).ok());
+        i.and_then(|i| self.values.get(i)).copied().unwrap_or(0)
     }
 }
 
@@ -147,5 +162,36 @@ impl ImbalancePrices {
                 .as_ref()
                 .map_or(band.feed_in_per_kwh, |p| p.at(slot)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn profiles_repeat_and_bands_are_checked() {
+        let p = TimeProfile::repeating(vec![1, 2, 3]).unwrap();
+        assert_eq!((p.at(0), p.at(4), p.at(u64::MAX)), (1, 2, 1));
+        assert_eq!(
+            TimeProfile::repeating(vec![]),
+            Err(TariffError::EmptyProfile)
+        );
+        let t = Tariff {
+            retail: TimeProfile::repeating(vec![30, 10]).unwrap(),
+            feed_in: TimeProfile::constant(12),
+        };
+        assert_eq!(t.band(0).unwrap().retail_per_kwh, 30);
+        assert!(matches!(
+            t.band(1),
+            Err(TariffError::FeedInAboveRetail { slot: 1, .. })
+        ));
+        let imbalance = ImbalancePrices {
+            shortfall: Some(TimeProfile::constant(50)),
+            surplus: None,
+        };
+        let p = imbalance.at(0, t.band(0).unwrap());
+        assert_eq!((p.shortfall_per_kwh, p.surplus_per_kwh), (50, 12));
     }
 }

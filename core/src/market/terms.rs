@@ -2,7 +2,7 @@
 
 use super::call::PriceRule;
 use super::fees::{AreaTree, SlotFees};
-use super::order::{AccountId, MAX_ORDER_ENERGY_WH, Order, OrderError, Side};
+use super::order::{AccountId, MAX_ORDER_ENERGY_WH, Order, OrderError, OrderId, Side};
 use super::slot::{DeliverySlot, SlotCalendar, SlotError, UnixSeconds};
 use super::tariff::{ImbalancePrices, SlotImbalancePrices, Tariff, TariffBand, TariffError};
 use serde::{Deserialize, Serialize};
@@ -127,11 +127,12 @@ impl SlotTerms {
         Ok(())
     }
 
-    /// Checks that an order (or an amend) arriving at `now` is inside the order window.
-    pub fn check_window(&self, order: &Order, now: UnixSeconds) -> Result<(), OrderError> {
+    /// Checks that an order, amend or cancel for `order` arriving at `now` is inside the
+    /// order window.
+    pub fn check_window(&self, order: OrderId, now: UnixSeconds) -> Result<(), OrderError> {
         if now < self.slot.order_window_opens {
             return Err(OrderError::WindowNotOpen {
-                order: order.id,
+                order,
                 slot: self.slot.index,
                 now,
                 opens_at: self.slot.order_window_opens,
@@ -139,7 +140,7 @@ impl SlotTerms {
         }
         if now >= self.slot.gate_closure {
             return Err(OrderError::GateClosed {
-                order: order.id,
+                order,
                 slot: self.slot.index,
                 now,
                 gate_closure: self.slot.gate_closure,

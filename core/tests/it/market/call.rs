@@ -12,7 +12,10 @@ fn entries(orders: &[Order]) -> Vec<AuctionEntry> {
     orders
         .iter()
         .enumerate()
-        .map(|(i, &order)| AuctionEntry { order, sequence: u64::try_from(i).unwrap() })
+        .map(|(i, &order)| AuctionEntry {
+            order,
+            sequence: u64::try_from(i).unwrap(),
+        })
         .collect()
 }
 
@@ -32,7 +35,12 @@ fn every_price_rule_on_the_same_book() {
     let price = |rule| clear_call_auction(&e, &terms, rule).unwrap().clearing_price;
     // Marginal pair: ask 16, bid 20.
     assert_eq!(price(PriceRule::Midpoint), Some(18));
-    assert_eq!(price(PriceRule::KFactor { basis_points: 2_500 }), Some(17));
+    assert_eq!(
+        price(PriceRule::KFactor {
+            basis_points: 2_500
+        }),
+        Some(17)
+    );
     assert_eq!(price(PriceRule::MarginalBid), Some(20));
     assert_eq!(price(PriceRule::MarginalAsk), Some(16));
     let r = clear_call_auction(&e, &terms, PriceRule::default()).unwrap();
@@ -68,7 +76,10 @@ fn equal_prices_are_rationed_by_sequence_then_id() {
     assert_eq!(r.trades[0].energy_wh, 600);
     assert_eq!(r.trades[1].energy_wh, 400);
     // Same sequence: the smaller id wins.
-    let same: Vec<AuctionEntry> = orders.iter().map(|&order| AuctionEntry { order, sequence: 0 }).collect();
+    let same: Vec<AuctionEntry> = orders
+        .iter()
+        .map(|&order| AuctionEntry { order, sequence: 0 })
+        .collect();
     let r = clear_call_auction(&same, &terms, PriceRule::default()).unwrap();
     assert_eq!(r.trades[0].bid, OrderId(5));
 }
@@ -83,7 +94,10 @@ fn self_trade_is_skipped_and_energy_goes_elsewhere() {
     ];
     let r = clear_call_auction(&entries(&orders), &terms, PriceRule::default()).unwrap();
     assert_eq!(r.trades.len(), 1);
-    assert_eq!((r.trades[0].ask, r.trades[0].seller), (OrderId(2), AccountId(2)));
+    assert_eq!(
+        (r.trades[0].ask, r.trades[0].seller),
+        (OrderId(2), AccountId(2))
+    );
     assert!(r.trades.iter().all(|t| t.buyer != t.seller));
 }
 
@@ -99,7 +113,10 @@ fn preferences_pair_first_without_changing_the_price() {
     let r = clear_call_auction(&entries(&orders), &terms, PriceRule::default()).unwrap();
     assert_eq!(r.clearing_price, Some(21));
     let first = r.trades[0];
-    assert_eq!((first.bid, first.ask, first.pass), (OrderId(4), OrderId(1), MatchPass::PreferredPartner));
+    assert_eq!(
+        (first.bid, first.ask, first.pass),
+        (OrderId(4), OrderId(1), MatchPass::PreferredPartner)
+    );
     assert_eq!((r.trades[1].bid, r.trades[1].ask), (OrderId(3), OrderId(2)));
     assert!(r.trades.iter().all(|t| t.amounts.buyer_rate_per_kwh == 21));
 }
@@ -114,7 +131,10 @@ fn green_only_bid_takes_only_green_energy() {
     ];
     let r = clear_call_auction(&entries(&orders), &terms, PriceRule::default()).unwrap();
     assert_eq!(r.trades.len(), 1);
-    assert_eq!((r.trades[0].ask, r.trades[0].energy_wh, r.trades[0].pass), (OrderId(2), 300, MatchPass::Green));
+    assert_eq!(
+        (r.trades[0].ask, r.trades[0].energy_wh, r.trades[0].pass),
+        (OrderId(2), 300, MatchPass::Green)
+    );
 }
 
 #[test]
@@ -125,10 +145,16 @@ fn lifecycle_cancel_amend_and_duplicates() {
     for o in book() {
         a.submit(o, now).unwrap();
     }
-    assert_eq!(a.submit(book()[0], now), Err(OrderError::DuplicateOrderId { order: OrderId(1) }));
+    assert_eq!(
+        a.submit(book()[0], now),
+        Err(OrderError::DuplicateOrderId { order: OrderId(1) })
+    );
     a.cancel(OrderId(2), now).unwrap();
     a.amend(OrderId(4), 25, 500, now).unwrap();
-    assert!(matches!(a.amend(OrderId(4), 25, 500, terms.slot.gate_closure), Err(OrderError::GateClosed { .. })));
+    assert!(matches!(
+        a.amend(OrderId(4), 25, 500, terms.slot.gate_closure),
+        Err(OrderError::GateClosed { .. })
+    ));
     assert_eq!(a.len(), 3);
     let r = a.clear();
     // Ask 10 (1000 Wh) against bids 30 (1000) and 25 (500): 1000 Wh, marginal pair (10, 30).
@@ -138,6 +164,68 @@ fn lifecycle_cancel_amend_and_duplicates() {
     let dup = entries(&[book()[0], book()[0]]);
     assert_eq!(
         clear_call_auction(&dup, &terms, PriceRule::default()),
-        Err(ClearingError::Order(OrderError::DuplicateOrderId { order: OrderId(1) }))
+        Err(ClearingError::Order(OrderError::DuplicateOrderId {
+            order: OrderId(1)
+        }))
     );
+}
+
+#[test]
+fn every_mechanism_through_the_slot_market() {
+    use gridshare_core::market::{AreaTree, FeeProfile, Mechanism, Side};
+    let expected = [
+        // (mechanism, traded Wh, price the buyer paid per kWh, clearing price)
+        (Mechanism::ContinuousDoubleAuction, 600, 12, None),
+        (Mechanism::PayAsOffer, 600, 12, None),
+        (
+            Mechanism::CallAuction(PriceRule::Midpoint),
+            600,
+            21,
+            Some(21),
+        ),
+    ];
+    for (mechanism, wh, rate, clearing) in expected {
+        let mut community = super::community(
+            AreaTree::new(FeeProfile::Free, super::OPERATOR).unwrap(),
+            40,
+            5,
+        );
+        community.mechanism = mechanism;
+        let mut market = community.open_slot(super::SLOT).unwrap();
+        let now = open_time(market.terms());
+        let mut trades = market
+            .submit(Order::ask(OrderId(1), AccountId(1), HOME, 12, 600), now)
+            .unwrap();
+        trades.extend(
+            market
+                .submit(Order::bid(OrderId(2), AccountId(2), HOME, 30, 1000), now)
+                .unwrap(),
+        );
+        market
+            .submit(Order::ask(OrderId(3), AccountId(3), HOME, 35, 100), now)
+            .unwrap();
+        market.cancel(OrderId(3), now).unwrap();
+        let closed = market.close_gate();
+        trades.extend(closed.trades.iter().copied());
+        assert_eq!(
+            trades.iter().map(|t| t.energy_wh).sum::<u64>(),
+            wh,
+            "{mechanism:?}"
+        );
+        assert!(
+            trades.iter().all(|t| t.amounts.buyer_rate_per_kwh == rate),
+            "{mechanism:?}"
+        );
+        assert_eq!(closed.clearing_price, clearing);
+        // The bid's 400 Wh rest is unmatched, except in pay-as-offer where it never rested.
+        let rest: Vec<(OrderId, Side, u64)> = closed
+            .unmatched
+            .iter()
+            .map(|u| (u.order, u.side, u.energy_wh))
+            .collect();
+        match mechanism {
+            Mechanism::PayAsOffer => assert!(rest.is_empty()),
+            _ => assert_eq!(rest, [(OrderId(2), Side::Buy, 400)], "{mechanism:?}"),
+        }
+    }
 }

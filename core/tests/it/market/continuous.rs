@@ -41,9 +41,17 @@ fn price_then_time_priority_and_resting_price() {
     // Cheapest first, earlier first at equal price, each at its own (resting) price.
     assert_eq!(
         fills,
-        [(OrderId(2), 500, 18), (OrderId(3), 500, 18), (OrderId(1), 200, 20)]
+        [
+            (OrderId(2), 500, 18),
+            (OrderId(3), 500, 18),
+            (OrderId(1), 200, 20)
+        ]
     );
-    assert!(trades.iter().all(|t| matches!(t.anchor, PriceAnchor::Seller(_))));
+    assert!(
+        trades
+            .iter()
+            .all(|t| matches!(t.anchor, PriceAnchor::Seller(_)))
+    );
     assert_eq!(book.resting_orders()[0].remaining_wh, 300);
     assert_eq!(book.best_ask(), Some(20));
     assert_eq!(book.best_bid(), None);
@@ -64,10 +72,10 @@ fn incoming_ask_trades_at_the_resting_bid() {
 fn cancel_removes_and_unknown_cancel_is_rejected() {
     let (mut book, now) = book();
     book.submit(ask(1, A, 20, 500), now).unwrap();
-    assert_eq!(book.cancel(OrderId(1)).unwrap().remaining_wh, 500);
+    assert_eq!(book.cancel(OrderId(1), now).unwrap().remaining_wh, 500);
     assert!(book.is_empty());
     assert_eq!(
-        book.cancel(OrderId(1)),
+        book.cancel(OrderId(1), now),
         Err(OrderError::UnknownOrder { order: OrderId(1) })
     );
     assert!(book.submit(bid(2, B, 30, 500), now).unwrap().is_empty());
@@ -117,18 +125,30 @@ fn preferred_partner_goes_before_better_prices() {
     let (mut book, now) = book();
     book.submit(ask(1, A, 10, 500), now).unwrap();
     book.submit(ask(2, B, 20, 500), now).unwrap();
-    let t = book.submit(bid(3, C, 30, 700).with_partner(B), now).unwrap();
-    assert_eq!((t[0].ask, t[0].pass, t[0].energy_wh), (OrderId(2), MatchPass::PreferredPartner, 500));
-    assert_eq!((t[1].ask, t[1].pass, t[1].energy_wh), (OrderId(1), MatchPass::Standard, 200));
+    let t = book
+        .submit(bid(3, C, 30, 700).with_partner(B), now)
+        .unwrap();
+    assert_eq!(
+        (t[0].ask, t[0].pass, t[0].energy_wh),
+        (OrderId(2), MatchPass::PreferredPartner, 500)
+    );
+    assert_eq!(
+        (t[1].ask, t[1].pass, t[1].energy_wh),
+        (OrderId(1), MatchPass::Standard, 200)
+    );
 }
 
 #[test]
 fn resting_preference_is_honoured_when_the_partner_arrives() {
     let (mut book, now) = book();
     book.submit(bid(1, A, 30, 500), now).unwrap();
-    book.submit(bid(2, B, 25, 500).with_partner(C), now).unwrap();
+    book.submit(bid(2, B, 25, 500).with_partner(C), now)
+        .unwrap();
     let t = book.submit(ask(3, C, 20, 500), now).unwrap();
-    assert_eq!((t[0].bid, t[0].pass), (OrderId(2), MatchPass::PreferredPartner));
+    assert_eq!(
+        (t[0].bid, t[0].pass),
+        (OrderId(2), MatchPass::PreferredPartner)
+    );
 }
 
 #[test]
@@ -151,7 +171,9 @@ fn pay_as_offer_bids_take_offers_and_never_rest() {
     book.submit(ask(1, A, 12, 500), now).unwrap();
     book.submit(ask(2, B, 15, 500), now).unwrap();
     let mut trades = Vec::new();
-    let s = book.submit_into(bid(3, C, 40, 1200), now, &mut trades).unwrap();
+    let s = book
+        .submit_into(bid(3, C, 40, 1200), now, &mut trades)
+        .unwrap();
     assert_eq!((s.traded_wh, s.resting_wh, s.dropped_wh), (1000, 0, 200));
     assert_eq!(trades[0].amounts.buyer_rate_per_kwh, 12);
     assert_eq!(trades[1].amounts.buyer_rate_per_kwh, 15);
@@ -165,7 +187,10 @@ fn timeline_gate_closure_and_window() {
     assert_eq!(slot.phase_at(slot.gate_closure - 1), SlotPhase::OrderWindow);
     assert_eq!(slot.phase_at(slot.gate_closure), SlotPhase::GateClosed);
     assert_eq!(slot.phase_at(slot.delivery_start), SlotPhase::Delivery);
-    assert_eq!(slot.phase_at(slot.delivery_end), SlotPhase::AwaitingReadings);
+    assert_eq!(
+        slot.phase_at(slot.delivery_end),
+        SlotPhase::AwaitingReadings
+    );
     assert_eq!(slot.phase_at(slot.settlement), SlotPhase::Settlement);
     assert_eq!(
         book.submit(bid(1, A, 20, 1), slot.gate_closure),
@@ -180,8 +205,10 @@ fn timeline_gate_closure_and_window() {
         book.submit(bid(1, A, 20, 1), slot.order_window_opens - 1),
         Err(OrderError::WindowNotOpen { .. })
     ));
-    book.submit(bid(1, A, 20, 100), slot.order_window_opens).unwrap();
-    book.submit(ask(2, B, 30, 50), slot.gate_closure - 1).unwrap();
+    book.submit(bid(1, A, 20, 100), slot.order_window_opens)
+        .unwrap();
+    book.submit(ask(2, B, 30, 50), slot.gate_closure - 1)
+        .unwrap();
     let expired = book.close_gate();
     assert_eq!(expired.len(), 2);
     assert!(book.is_empty());
@@ -196,13 +223,24 @@ fn invalid_orders_are_rejected_with_a_reason() {
     let (mut book, now) = book();
     assert_eq!(
         book.submit(bid(1, A, 41, 1), now),
-        Err(OrderError::PriceAboveRetail { order: OrderId(1), price_per_kwh: 41, retail_per_kwh: 40 })
+        Err(OrderError::PriceAboveRetail {
+            order: OrderId(1),
+            price_per_kwh: 41,
+            retail_per_kwh: 40
+        })
     );
     assert_eq!(
         book.submit(ask(1, A, 4, 1), now),
-        Err(OrderError::PriceBelowFeedIn { order: OrderId(1), price_per_kwh: 4, feed_in_per_kwh: 5 })
+        Err(OrderError::PriceBelowFeedIn {
+            order: OrderId(1),
+            price_per_kwh: 4,
+            feed_in_per_kwh: 5
+        })
     );
-    assert_eq!(book.submit(ask(1, A, 10, 0), now), Err(OrderError::ZeroEnergy { order: OrderId(1) }));
+    assert_eq!(
+        book.submit(ask(1, A, 10, 0), now),
+        Err(OrderError::ZeroEnergy { order: OrderId(1) })
+    );
     assert!(matches!(
         book.submit(ask(1, A, 10, u64::MAX), now),
         Err(OrderError::EnergyTooLarge { .. })
@@ -216,7 +254,11 @@ fn invalid_orders_are_rejected_with_a_reason() {
         book.submit(ask(1, B, 10, 1), now),
         Err(OrderError::DuplicateOrderId { order: OrderId(1) })
     );
-    let msg = OrderError::PriceAboveRetail { order: OrderId(1), price_per_kwh: 41, retail_per_kwh: 40 }
-        .to_string();
+    let msg = OrderError::PriceAboveRetail {
+        order: OrderId(1),
+        price_per_kwh: 41,
+        retail_per_kwh: 40,
+    }
+    .to_string();
     assert!(msg.contains("at most 40"), "{msg}");
 }

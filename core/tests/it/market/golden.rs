@@ -21,7 +21,14 @@ fn rates(terms: &SlotTerms, t: &Trade, buyer: AreaId, seller: AreaId) -> Vec<u64
 }
 
 /// Load bid rests first, PV offer arrives: trade at the resting bid (pay-as-bid).
-fn continuous(terms: SlotTerms, h1: AreaId, h2: AreaId, kind: ContinuousKind, bid: u64, ask: u64) -> Trade {
+fn continuous(
+    terms: SlotTerms,
+    h1: AreaId,
+    h2: AreaId,
+    kind: ContinuousKind,
+    bid: u64,
+    ask: u64,
+) -> Trade {
     let now = open_time(&terms);
     let mut book = ContinuousBook::new(terms, kind);
     let (first, second) = (
@@ -54,8 +61,12 @@ fn gsy_constant_fees_pay_as_clear() {
     let (terms, h1, h2) = gsy_terms(per_kwh, 2, 1, 30);
     let now = open_time(&terms);
     let mut auction = CallAuction::new(terms.clone(), PriceRule::MarginalBid);
-    auction.submit(Order::bid(OrderId(1), LOAD, h1, 30, 1000), now).unwrap();
-    auction.submit(Order::ask(OrderId(2), PV, h2, 10, 1000), now).unwrap();
+    auction
+        .submit(Order::bid(OrderId(1), LOAD, h1, 30, 1000), now)
+        .unwrap();
+    auction
+        .submit(Order::ask(OrderId(2), PV, h2, 10, 1000), now)
+        .unwrap();
     let result = auction.clear();
     assert_eq!(result.clearing_price, Some(30));
     assert_eq!(result.trades.len(), 1);
@@ -69,7 +80,14 @@ fn gsy_constant_fees_one_sided_pay_as_offer() {
     let (terms, h1, h2) = gsy_terms(per_kwh, 2, 1, 30);
     let t = continuous(terms.clone(), h1, h2, ContinuousKind::PayAsOffer, 30, 10);
     assert_eq!(rates(&terms, &t, h1, h2), [14, 14, 13, 11, 10]);
-    assert_eq!((t.amounts.buyer_pays, t.amounts.seller_receives, t.amounts.fees), (14, 10, 4));
+    assert_eq!(
+        (
+            t.amounts.buyer_pays,
+            t.amounts.seller_receives,
+            t.amounts.fees
+        ),
+        (14, 10, 4)
+    );
 }
 
 /// The percentage variant (`non_compounded_grid_fees.py`): 5 % / 10 % / 5 %. Prices in
@@ -77,13 +95,39 @@ fn gsy_constant_fees_one_sided_pay_as_offer() {
 #[test]
 fn gsy_percentage_fees() {
     let (terms, h1, h2) = gsy_terms(percent, 1_000, 500, 3_000);
-    let t = continuous(terms.clone(), h1, h2, ContinuousKind::TwoSided, 3_000, 1_000);
-    assert_eq!(rates(&terms, &t, h1, h2), [3_000, 3_000, 2_875, 2_625, 2_500]);
-    assert_eq!((t.amounts.buyer_pays, t.amounts.seller_receives), (3_000, 2_500));
+    let t = continuous(
+        terms.clone(),
+        h1,
+        h2,
+        ContinuousKind::TwoSided,
+        3_000,
+        1_000,
+    );
+    assert_eq!(
+        rates(&terms, &t, h1, h2),
+        [3_000, 3_000, 2_875, 2_625, 2_500]
+    );
+    assert_eq!(
+        (t.amounts.buyer_pays, t.amounts.seller_receives),
+        (3_000, 2_500)
+    );
 
-    let t = continuous(terms.clone(), h1, h2, ContinuousKind::PayAsOffer, 3_000, 1_000);
-    assert_eq!(rates(&terms, &t, h1, h2), [1_200, 1_200, 1_150, 1_050, 1_000]);
-    assert_eq!((t.amounts.buyer_pays, t.amounts.seller_receives), (1_200, 1_000));
+    let t = continuous(
+        terms.clone(),
+        h1,
+        h2,
+        ContinuousKind::PayAsOffer,
+        3_000,
+        1_000,
+    );
+    assert_eq!(
+        rates(&terms, &t, h1, h2),
+        [1_200, 1_200, 1_150, 1_050, 1_000]
+    );
+    assert_eq!(
+        (t.amounts.buyer_pays, t.amounts.seller_receives),
+        (1_200, 1_000)
+    );
 }
 
 /// Fees above the spread: a 13 ct bid and a 10 ct offer cannot trade across 4 ct of fees.
@@ -92,13 +136,26 @@ fn gsy_fees_wider_than_the_spread_prevent_the_trade() {
     let (terms, h1, h2) = gsy_terms(per_kwh, 2, 1, 30);
     let now = open_time(&terms);
     let mut book = ContinuousBook::new(terms, ContinuousKind::TwoSided);
-    assert!(book.submit(Order::bid(OrderId(1), LOAD, h1, 13, 1000), now).unwrap().is_empty());
-    assert!(book.submit(Order::ask(OrderId(2), PV, h2, 10, 1000), now).unwrap().is_empty());
+    assert!(
+        book.submit(Order::bid(OrderId(1), LOAD, h1, 13, 1000), now)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        book.submit(Order::ask(OrderId(2), PV, h2, 10, 1000), now)
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(book.len(), 2);
     // At 14 the seller can receive exactly its 10.
-    let t = book.submit(Order::bid(OrderId(3), LOAD, h1, 14, 1000), now).unwrap();
+    let t = book
+        .submit(Order::bid(OrderId(3), LOAD, h1, 14, 1000), now)
+        .unwrap();
     assert_eq!(t.len(), 1);
-    assert_eq!((t[0].amounts.buyer_pays, t[0].amounts.seller_receives), (14, 10));
+    assert_eq!(
+        (t[0].amounts.buyer_pays, t[0].amounts.seller_receives),
+        (14, 10)
+    );
 }
 
 /// Power TAC prices in currency units with two decimals: 20.5 is 2050 here; MWh are 10^6 Wh.
@@ -112,13 +169,31 @@ fn power_tac(asks: &[(u64, u64)], bids: &[(u64, u64)]) -> gridshare_core::market
     for &(energy, price) in asks {
         id += 1;
         auction
-            .submit(Order::ask(OrderId(id), AccountId(100 + u32::try_from(id).unwrap()), AreaId(0), price, energy), now)
+            .submit(
+                Order::ask(
+                    OrderId(id),
+                    AccountId(100 + u32::try_from(id).unwrap()),
+                    AreaId(0),
+                    price,
+                    energy,
+                ),
+                now,
+            )
             .unwrap();
     }
     for &(energy, price) in bids {
         id += 1;
         auction
-            .submit(Order::bid(OrderId(id), AccountId(200 + u32::try_from(id).unwrap()), AreaId(0), price, energy), now)
+            .submit(
+                Order::bid(
+                    OrderId(id),
+                    AccountId(200 + u32::try_from(id).unwrap()),
+                    AreaId(0),
+                    price,
+                    energy,
+                ),
+                now,
+            )
             .unwrap();
     }
     auction.clear()
@@ -133,11 +208,18 @@ fn power_tac_one_ask_one_bid_clears_at_the_midpoint() {
 
 #[test]
 fn power_tac_one_ask_two_bids_clears_at_20_5() {
-    let r = power_tac(&[(MWH, 2_000)], &[(6 * MWH / 10, 2_200), (6 * MWH / 10, 2_100)]);
+    let r = power_tac(
+        &[(MWH, 2_000)],
+        &[(6 * MWH / 10, 2_200), (6 * MWH / 10, 2_100)],
+    );
     assert_eq!(r.clearing_price, Some(2_050));
     // b2 (22) gets 0.6 MWh, b1 (21) gets 0.4 and keeps 0.2 unmatched.
     let got = |bid: u64| -> u64 {
-        r.trades.iter().filter(|t| t.bid == OrderId(bid)).map(|t| t.energy_wh).sum()
+        r.trades
+            .iter()
+            .filter(|t| t.bid == OrderId(bid))
+            .map(|t| t.energy_wh)
+            .sum()
     };
     assert_eq!(got(2), 6 * MWH / 10);
     assert_eq!(got(3), 4 * MWH / 10);

@@ -53,10 +53,18 @@ fn gsy_terms(
     retail: u64,
 ) -> (SlotTerms, AreaId, AreaId) {
     let mut areas = AreaTree::new(fee(grid), OPERATOR).unwrap();
-    let n1 = areas.add_area(areas.root(), fee(neighbourhood), AccountId(901)).unwrap();
-    let n2 = areas.add_area(areas.root(), fee(neighbourhood), AccountId(902)).unwrap();
-    let house1 = areas.add_area(n1, FeeProfile::Free, AccountId(903)).unwrap();
-    let house2 = areas.add_area(n2, FeeProfile::Free, AccountId(904)).unwrap();
+    let n1 = areas
+        .add_area(areas.root(), fee(neighbourhood), AccountId(901))
+        .unwrap();
+    let n2 = areas
+        .add_area(areas.root(), fee(neighbourhood), AccountId(902))
+        .unwrap();
+    let house1 = areas
+        .add_area(n1, FeeProfile::Free, AccountId(903))
+        .unwrap();
+    let house2 = areas
+        .add_area(n2, FeeProfile::Free, AccountId(904))
+        .unwrap();
     let terms = community(areas, retail, 0).terms(SLOT).unwrap();
     (terms, house1, house2)
 }

@@ -5,10 +5,11 @@
 use super::{OPERATOR, SLOT, community, open_time, per_kwh, percent};
 use gridshare_core::market::{
     AccountId, AreaId, AreaTree, AuctionEntry, ContinuousBook, ContinuousKind, FeeProfile,
-    MeterCounters, MeterDelivery, MeterId, Order, OrderId, PriceAnchor, PriceRule, Side,
-    SlotTerms, Trade, amount_for, clear_call_auction, settle_slot,
+    MeterCounters, MeterDelivery, MeterId, Order, OrderId, PriceAnchor, PriceRule, Side, SlotTerms,
+    Trade, amount_for, clear_call_auction, settle_slot,
 };
 use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
 use std::collections::HashMap;
 
 const RETAIL: u64 = 40;
@@ -18,8 +19,12 @@ const OWNERS: u32 = 6;
 /// Fee setups: none; constant fees; percentage fees; each on a 7-area tree
 /// (root, two neighbourhoods, two houses under each).
 fn arb_terms() -> impl Strategy<Value = SlotTerms> {
-    (0u8..3, prop::array::uniform3(0u64..4), prop::array::uniform3(0u64..1500)).prop_map(
-        |(kind, constant, bp)| {
+    (
+        0u8..3,
+        prop::array::uniform3(0u64..4),
+        prop::array::uniform3(0u64..1500),
+    )
+        .prop_map(|(kind, constant, bp)| {
             let fee = |i: usize| match kind {
                 0 => FeeProfile::Free,
                 1 => per_kwh(constant[i]),
@@ -27,14 +32,17 @@ fn arb_terms() -> impl Strategy<Value = SlotTerms> {
             };
             let mut areas = AreaTree::new(fee(0), OPERATOR).unwrap();
             for n in 0..2u32 {
-                let nb = areas.add_area(areas.root(), fee(1), AccountId(901 + n)).unwrap();
+                let nb = areas
+                    .add_area(areas.root(), fee(1), AccountId(901 + n))
+                    .unwrap();
                 for h in 0..2u32 {
-                    areas.add_area(nb, fee(2), AccountId(910 + 2 * n + h)).unwrap();
+                    areas
+                        .add_area(nb, fee(2), AccountId(910 + 2 * n + h))
+                        .unwrap();
                 }
             }
             community(areas, RETAIL, FEED_IN).terms(SLOT).unwrap()
-        },
-    )
+        })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -58,20 +66,28 @@ fn arb_spec() -> impl Strategy<Value = OrderSpec> {
         prop::option::weighted(0.1, 0..OWNERS),
         prop::bool::weighted(0.15),
     )
-        .prop_map(|(owner, area, buy, price, energy, partner, green)| OrderSpec {
-            owner,
-            area,
-            buy,
-            price,
-            energy,
-            partner,
-            green,
-        })
+        .prop_map(
+            |(owner, area, buy, price, energy, partner, green)| OrderSpec {
+                owner,
+                area,
+                buy,
+                price,
+                energy,
+                partner,
+                green,
+            },
+        )
 }
 
 fn order(id: u64, s: &OrderSpec) -> Order {
     let make = if s.buy { Order::bid } else { Order::ask };
-    let mut o = make(OrderId(id), AccountId(s.owner), AreaId(s.area), s.price, s.energy);
+    let mut o = make(
+        OrderId(id),
+        AccountId(s.owner),
+        AreaId(s.area),
+        s.price,
+        s.energy,
+    );
     o.preference.preferred_partner = s.partner.map(AccountId);
     o.preference.green = s.green;
     o
@@ -94,36 +110,70 @@ fn arb_op() -> impl Strategy<Value = Op> {
 
 /// Checks one trade against the limits of its two orders and the tariff band, and the
 /// money identity.
-fn check_trade(terms: &SlotTerms, t: &Trade, bid: &Order, ask: &Order) -> Result<(), TestCaseError> {
+fn check_trade(
+    terms: &SlotTerms,
+    t: &Trade,
+    bid: &Order,
+    ask: &Order,
+) -> Result<(), TestCaseError> {
     let a = t.amounts;
     prop_assert!(t.energy_wh > 0);
     prop_assert_ne!(t.buyer, t.seller, "self-trade");
     prop_assert_eq!(a.buyer_pays, a.seller_receives + a.fees, "money leaked");
-    prop_assert!(a.buyer_rate_per_kwh <= bid.price_per_kwh, "buyer above its limit: {:?}", t);
-    prop_assert!(a.seller_rate_per_kwh >= ask.price_per_kwh, "seller below its limit: {:?}", t);
+    prop_assert!(
+        a.buyer_rate_per_kwh <= bid.price_per_kwh,
+        "buyer above its limit: {:?}",
+        t
+    );
+    prop_assert!(
+        a.seller_rate_per_kwh >= ask.price_per_kwh,
+        "seller below its limit: {:?}",
+        t
+    );
     prop_assert!(terms.band.feed_in_per_kwh <= a.seller_rate_per_kwh);
     prop_assert!(a.buyer_rate_per_kwh <= terms.band.retail_per_kwh);
     prop_assert!(a.buyer_pays <= amount_for(t.energy_wh, bid.price_per_kwh).unwrap());
-    prop_assert!(!bid.preference.green || ask.preference.green, "green-only bid got grey energy");
+    prop_assert!(a.seller_receives >= amount_for(t.energy_wh, ask.price_per_kwh).unwrap());
+    prop_assert!(
+        !bid.preference.green || ask.preference.green,
+        "green-only bid got grey energy"
+    );
     // Re-pricing gives the same amounts (what settlement relies on).
-    let again = terms.fees.price(t.buyer_area, t.seller_area, t.energy_wh, t.anchor).unwrap();
+    let again = terms
+        .fees
+        .price(t.buyer_area, t.seller_area, t.energy_wh, t.anchor)
+        .unwrap();
     prop_assert_eq!(again, a);
     Ok(())
 }
 
-fn check_netting(terms: &SlotTerms, trades: &[Trade], imports: &[(u32, u64, u64)]) -> Result<(), TestCaseError> {
+fn check_netting(
+    terms: &SlotTerms,
+    trades: &[Trade],
+    imports: &[(u32, u64, u64)],
+) -> Result<(), TestCaseError> {
     let deliveries: Vec<MeterDelivery> = imports
         .iter()
         .enumerate()
         .map(|(i, &(owner, imp, exp))| MeterDelivery {
             meter: MeterId(u32::try_from(i).unwrap()),
             account: AccountId(owner),
-            start: MeterCounters { import_wh: 5, export_wh: 7 },
-            end: MeterCounters { import_wh: 5 + imp, export_wh: 7 + exp },
+            start: MeterCounters {
+                import_wh: 5,
+                export_wh: 7,
+            },
+            end: MeterCounters {
+                import_wh: 5 + imp,
+                export_wh: 7 + exp,
+            },
         })
         .collect();
     let s = settle_slot(trades, &deliveries, terms).unwrap();
-    prop_assert_eq!(s.balances.iter().map(|b| b.amount).sum::<i128>(), 0, "netting does not sum to zero");
+    prop_assert_eq!(
+        s.balances.iter().map(|b| b.amount).sum::<i128>(),
+        0,
+        "netting does not sum to zero"
+    );
     prop_assert_eq!(s.buyers_paid, s.sellers_received + s.fees);
     let fee_total: u64 = s.fees_by_recipient.iter().map(|f| f.1).sum();
     prop_assert_eq!(u128::from(fee_total), s.fees);
@@ -139,7 +189,12 @@ fn arb_meters() -> impl Strategy<Value = Vec<(u32, u64, u64)>> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 1500, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 4000,
+        // Failing seeds are kept beside this file (tests/it/market/properties.*).
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
 
     /// Continuous books (both kinds) under random submit/cancel/amend sequences.
     #[test]
@@ -173,7 +228,7 @@ proptest! {
                 }
                 Op::Cancel(i) if !ids.is_empty() => {
                     let id = ids[i % ids.len()];
-                    if let Ok(r) = book.cancel(id) {
+                    if let Ok(r) = book.cancel(id, now) {
                         *gone.entry(id).or_default() += r.remaining_wh;
                     }
                 }
@@ -352,9 +407,13 @@ fn arb_rule() -> impl Strategy<Value = PriceRule> {
 }
 
 fn plain_terms() -> SlotTerms {
-    community(AreaTree::new(FeeProfile::Free, OPERATOR).unwrap(), RETAIL, FEED_IN)
-        .terms(SLOT)
-        .unwrap()
+    community(
+        AreaTree::new(FeeProfile::Free, OPERATOR).unwrap(),
+        RETAIL,
+        FEED_IN,
+    )
+    .terms(SLOT)
+    .unwrap()
 }
 
 fn to_entries(specs: &[OrderSpec]) -> Vec<AuctionEntry> {
@@ -363,11 +422,19 @@ fn to_entries(specs: &[OrderSpec]) -> Vec<AuctionEntry> {
         .enumerate()
         .map(|(i, s)| {
             let n = u64::try_from(i).unwrap();
-            AuctionEntry { order: order(n, s), sequence: n }
+            AuctionEntry {
+                order: order(n, s),
+                sequence: n,
+            }
         })
         .collect()
 }
 
 fn price_of(entries: &[AuctionEntry], id: OrderId) -> u64 {
-    entries.iter().find(|e| e.order.id == id).unwrap().order.price_per_kwh
+    entries
+        .iter()
+        .find(|e| e.order.id == id)
+        .unwrap()
+        .order
+        .price_per_kwh
 }

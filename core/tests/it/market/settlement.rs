@@ -15,8 +15,14 @@ fn delivery(meter: u32, account: AccountId, import_wh: u64, export_wh: u64) -> M
     MeterDelivery {
         meter: MeterId(meter),
         account,
-        start: MeterCounters { import_wh: 10_000, export_wh: 20_000 },
-        end: MeterCounters { import_wh: 10_000 + import_wh, export_wh: 20_000 + export_wh },
+        start: MeterCounters {
+            import_wh: 10_000,
+            export_wh: 20_000,
+        },
+        end: MeterCounters {
+            import_wh: 10_000 + import_wh,
+            export_wh: 20_000 + export_wh,
+        },
     }
 }
 
@@ -25,8 +31,11 @@ fn imbalances_settle_with_the_utility_and_netting_sums_to_zero() {
     let terms = flat_terms(40, 5);
     let now = open_time(&terms);
     let mut book = ContinuousBook::new(terms.clone(), ContinuousKind::TwoSided);
-    book.submit(Order::ask(OrderId(1), B, AreaId(0), 20, 1000), now).unwrap();
-    let trades = book.submit(Order::bid(OrderId(2), A, AreaId(0), 20, 1000), now).unwrap();
+    book.submit(Order::ask(OrderId(1), B, AreaId(0), 20, 1000), now)
+        .unwrap();
+    let trades = book
+        .submit(Order::bid(OrderId(2), A, AreaId(0), 20, 1000), now)
+        .unwrap();
     let deliveries = [
         delivery(1, A, 1500, 0), // bought 1000, used 1500: 500 Wh short at 40
         delivery(2, B, 0, 800),  // sold 1000, delivered 800: 200 Wh short at 40
@@ -41,9 +50,24 @@ fn imbalances_settle_with_the_utility_and_netting_sums_to_zero() {
     assert_eq!(s.imbalances.len(), 3);
 
     let households = [
-        HouseholdEnergy { account: A, produced_wh: 0, imported_wh: 1500, exported_wh: 0 },
-        HouseholdEnergy { account: B, produced_wh: 800, imported_wh: 0, exported_wh: 800 },
-        HouseholdEnergy { account: C, produced_wh: 300, imported_wh: 0, exported_wh: 300 },
+        HouseholdEnergy {
+            account: A,
+            produced_wh: 0,
+            imported_wh: 1500,
+            exported_wh: 0,
+        },
+        HouseholdEnergy {
+            account: B,
+            produced_wh: 800,
+            imported_wh: 0,
+            exported_wh: 800,
+        },
+        HouseholdEnergy {
+            account: C,
+            produced_wh: 300,
+            imported_wh: 0,
+            exported_wh: 300,
+        },
     ];
     let k = slot_kpis(&terms, &trades, None, &households, &s).unwrap();
     assert_eq!(k.traded_wh, 1000);
@@ -65,7 +89,10 @@ fn imbalances_settle_with_the_utility_and_netting_sums_to_zero() {
     assert_eq!(period.slots, 2);
     assert_eq!(period.traded_wh, 2000);
     assert_eq!(period.community.savings(), 56);
-    assert_eq!(period.average_buyer_price().basis_points(), Some(20 * 10_000));
+    assert_eq!(
+        period.average_buyer_price().basis_points(),
+        Some(20 * 10_000)
+    );
 }
 
 #[test]
@@ -73,8 +100,11 @@ fn fees_are_paid_to_each_market_on_the_path() {
     let (terms, h1, h2) = gsy_terms(per_kwh, 2, 1, 30);
     let now = open_time(&terms);
     let mut book = ContinuousBook::new(terms.clone(), ContinuousKind::TwoSided);
-    book.submit(Order::bid(OrderId(1), A, h1, 30, 2000), now).unwrap();
-    let trades = book.submit(Order::ask(OrderId(2), B, h2, 10, 2000), now).unwrap();
+    book.submit(Order::bid(OrderId(1), A, h1, 30, 2000), now)
+        .unwrap();
+    let trades = book
+        .submit(Order::ask(OrderId(2), B, h2, 10, 2000), now)
+        .unwrap();
     let deliveries = [delivery(1, A, 2000, 0), delivery(2, B, 0, 2000)];
     let s = settle_slot(&trades, &deliveries, &terms).unwrap();
     assert_eq!(s.balance(A), -60);
@@ -94,21 +124,48 @@ fn bad_meter_data_and_foreign_trades_are_rejected() {
     backwards.end.import_wh = 9_000;
     assert!(matches!(
         settle_slot(&[], &[backwards], &terms),
-        Err(SettlementError::Delivery(DeliveryError::CounterWentBackwards { .. }))
+        Err(SettlementError::Delivery(
+            DeliveryError::CounterWentBackwards { .. }
+        ))
     ));
     assert!(matches!(
         settle_slot(&[], &[delivery(1, A, 1, 0), delivery(1, B, 1, 0)], &terms),
-        Err(SettlementError::Delivery(DeliveryError::DuplicateMeter { .. }))
+        Err(SettlementError::Delivery(
+            DeliveryError::DuplicateMeter { .. }
+        ))
     ));
     // A trade priced under fees does not settle in a fee-free slot.
     let (fee_terms, h1, h2) = gsy_terms(per_kwh, 2, 1, 30);
     let now = open_time(&fee_terms);
     let mut book = ContinuousBook::new(fee_terms, ContinuousKind::TwoSided);
-    book.submit(Order::bid(OrderId(1), A, h1, 30, 1000), now).unwrap();
-    let trades = book.submit(Order::ask(OrderId(2), B, h2, 10, 1000), now).unwrap();
+    book.submit(Order::bid(OrderId(1), A, h1, 30, 1000), now)
+        .unwrap();
+    let trades = book
+        .submit(Order::ask(OrderId(2), B, h2, 10, 1000), now)
+        .unwrap();
     let three_areas = super::gsy_terms(per_kwh, 0, 0, 30).0;
     assert!(matches!(
         settle_slot(&trades, &[], &three_areas),
         Err(SettlementError::AmountsMismatch { .. })
     ));
+}
+
+#[test]
+fn configured_imbalance_prices_replace_the_tariffs() {
+    use gridshare_core::market::{AreaTree, FeeProfile, ImbalancePrices, TimeProfile};
+    let mut community = super::community(AreaTree::new(FeeProfile::Free, OPERATOR).unwrap(), 40, 5);
+    community.imbalance = ImbalancePrices {
+        shortfall: Some(TimeProfile::constant(60)),
+        surplus: Some(TimeProfile::constant(2)),
+    };
+    let terms = community.terms(super::SLOT).unwrap();
+    let s = settle_slot(
+        &[],
+        &[delivery(1, A, 1000, 0), delivery(2, B, 0, 1000)],
+        &terms,
+    )
+    .unwrap();
+    assert_eq!(s.balance(A), -60);
+    assert_eq!(s.balance(B), 2);
+    assert_eq!(s.balance(UTILITY), 58);
 }

@@ -1,0 +1,130 @@
+//! One slot's market, whatever mechanism the community chose: the engine and the simulator
+//! drive this type, so switching mechanism is a configuration change, not a code change.
+
+use super::book::{ContinuousBook, ContinuousKind};
+use super::call::{CallAuction, Unmatched};
+use super::order::{Order, OrderError, OrderId};
+use super::slot::UnixSeconds;
+use super::terms::{Community, Mechanism, SlotTerms, TermsError};
+use super::trade::Trade;
+use serde::{Deserialize, Serialize};
+
+/// An open slot's market.
+#[derive(Debug, Clone)]
+pub enum SlotMarket {
+    /// Continuous double auction or one-sided pay-as-offer: trades happen on submission.
+    Continuous(ContinuousBook),
+    /// Call auction: orders collect until gate closure, then clear once.
+    Call(CallAuction),
+}
+
+/// What closing a slot's gate produces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GateClosure {
+    /// Slot index.
+    pub slot: u64,
+    /// Trades made at gate closure: all of a call auction's trades; none for continuous
+    /// mechanisms, whose trades were returned as they happened.
+    pub trades: Vec<Trade>,
+    /// The call auction's uniform price, if it cleared anything.
+    pub clearing_price: Option<u64>,
+    /// Energy left on orders that expire now; it falls back to the utility through delivery.
+    pub unmatched: Vec<Unmatched>,
+}
+
+impl Community {
+    /// Opens slot `index` with the community's mechanism.
+    pub fn open_slot(&self, index: u64) -> Result<SlotMarket, TermsError> {
+        let terms = self.terms(index)?;
+        Ok(match self.mechanism {
+            Mechanism::ContinuousDoubleAuction => {
+                SlotMarket::Continuous(ContinuousBook::new(terms, ContinuousKind::TwoSided))
+            }
+            Mechanism::PayAsOffer => {
+                SlotMarket::Continuous(ContinuousBook::new(terms, ContinuousKind::PayAsOffer))
+            }
+            Mechanism::CallAuction(rule) => SlotMarket::Call(CallAuction::new(terms, rule)),
+        })
+    }
+}
+
+impl SlotMarket {
+    /// The slot's terms.
+    #[must_use]
+    pub fn terms(&self) -> &SlotTerms {
+        match self {
+            Self::Continuous(b) => b.terms(),
+            Self::Call(a) => a.terms(),
+        }
+    }
+
+    /// Submits an order at `now`; returns the trades it made at once (never any in a call
+    /// auction).
+    pub fn submit(&mut self, order: Order, now: UnixSeconds) -> Result<Vec<Trade>, OrderError> {
+        match self {
+            Self::Continuous(b) => b.submit(order, now),
+            Self::Call(a) => a.submit(order, now).map(|()| Vec::new()),
+        }
+    }
+
+    /// Cancels an open order at `now`.
+    pub fn cancel(&mut self, id: OrderId, now: UnixSeconds) -> Result<(), OrderError> {
+        match self {
+            Self::Continuous(b) => b.cancel(id, now).map(|_| ()),
+            Self::Call(a) => a.cancel(id, now).map(|_| ()),
+        }
+    }
+
+    /// Changes an open order's price and energy at `now` (see [`ContinuousBook::amend`] and
+    /// [`CallAuction::amend`] for priority); returns the trades it made at once.
+    pub fn amend(
+        &mut self,
+        id: OrderId,
+        price_per_kwh: u64,
+        energy_wh: u64,
+        now: UnixSeconds,
+    ) -> Result<Vec<Trade>, OrderError> {
+        match self {
+            Self::Continuous(b) => {
+                let mut trades = Vec::new();
+                b.amend(id, price_per_kwh, energy_wh, now, &mut trades)?;
+                Ok(trades)
+            }
+            Self::Call(a) => a
+                .amend(id, price_per_kwh, energy_wh, now)
+                .map(|()| Vec::new()),
+        }
+    }
+
+    /// Closes the gate: clears a call auction, expires every open order.
+    #[must_use]
+    pub fn close_gate(self) -> GateClosure {
+        match self {
+            Self::Continuous(mut b) => GateClosure {
+                slot: b.terms().slot.index,
+                trades: Vec::new(),
+                clearing_price: None,
+                unmatched: b
+                    .close_gate()
+                    .into_iter()
+                    .map(|r| Unmatched {
+                        order: r.id,
+                        owner: r.owner,
+                        side: r.side,
+                        energy_wh: r.remaining_wh,
+                    })
+                    .collect(),
+            },
+            Self::Call(a) => {
+                let slot = a.terms().slot.index;
+                let r = a.clear();
+                GateClosure {
+                    slot,
+                    trades: r.trades,
+                    clearing_price: r.clearing_price,
+                    unmatched: r.unmatched,
+                }
+            }
+        }
+    }
+}
