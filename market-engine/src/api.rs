@@ -1,0 +1,430 @@
+//! The HTTP API (axum): accounts, sessions and API tokens, meters and their readings, plus
+//! `/metrics` (Prometheus text), `/healthz` and the OpenAPI document at `/openapi.json`.
+//!
+//! Errors are turned into responses in one place ([`ApiError`]): a status code and a JSON
+//! body `{"error": "..."}` that says what was wrong.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use gridshare_core::reading::{MeterId, PublicKey};
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::ingest::{IngestMetrics, KeyRegistry, Rejection};
+use crate::pipeline::now_ms;
+use crate::store::{AccountRow, Store, StoreError};
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "gridshare_session";
+const SESSION_MS: u64 = 7 * 24 * 3_600_000;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub store: Store,
+    /// Registered meter keys (the ingest reads them).
+    pub keys: KeyRegistry,
+    /// Ingest counters.
+    pub ingest: Arc<IngestMetrics>,
+}
+
+/// An error turned into a response.
+#[derive(Debug)]
+pub enum ApiError {
+    /// 400: the request is malformed or a value is out of range.
+    BadRequest(String),
+    /// 401: no valid session or token.
+    Unauthorized,
+    /// 403: authenticated, but not allowed to touch this.
+    Forbidden(String),
+    /// 404.
+    NotFound(String),
+    /// 409: the name or id is taken.
+    Conflict(String),
+    /// 500: the database failed.
+    Internal(String),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            other => {
+                tracing::error!(target: "api", "{other}");
+                Self::Internal("database error".into())
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, message) = match self {
+            Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Unauthorized => (
+                StatusCode::UNAUTHORIZED,
+                "log in (POST /api/v1/sessions) or send an API token as `Authorization: Bearer <token>`".into(),
+            ),
+            Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
+            Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
+            Self::Conflict(m) => (StatusCode::CONFLICT, m),
+            Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
+        };
+        (status, Json(json!({ "error": message }))).into_response()
+    }
+}
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/api/v1/accounts", post(create_account))
+        .route("/api/v1/sessions", post(login))
+        .route("/api/v1/tokens", post(create_token))
+        .route("/api/v1/me", get(me))
+        .route("/api/v1/meters", post(register_meter).get(my_meters))
+        .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi))
+        .with_state(state)
+}
+
+fn random_token() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 32];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| ApiError::Internal("no randomness".into()))?;
+    Ok(hex::encode(bytes))
+}
+
+fn token_hash(token: &str) -> String {
+    hex::encode(ring::digest::digest(
+        &ring::digest::SHA256,
+        token.as_bytes(),
+    ))
+}
+
+/// The authenticated account, from the session cookie or a bearer token.
+pub struct Authenticated(pub AccountRow);
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers).or_else(|| cookie(&parts.headers, SESSION_COOKIE));
+        let Some(token) = token else {
+            return Err(ApiError::Unauthorized);
+        };
+        state
+            .store
+            .account_by_credential(&token_hash(&token), now_ms())
+            .await?
+            .map(Authenticated)
+            .ok_or(ApiError::Unauthorized)
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == name).then(|| v.to_owned())
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Credentials {
+    name: String,
+    password: String,
+}
+
+fn check_credentials(c: &Credentials) -> Result<(), ApiError> {
+    let name_ok = (3..=64).contains(&c.name.len())
+        && c.name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.' | '@'));
+    if !name_ok {
+        return Err(ApiError::BadRequest(
+            "name: 3-64 characters of A-Z a-z 0-9 - _ . @".into(),
+        ));
+    }
+    if c.password.len() < 10 || c.password.len() > 1024 {
+        return Err(ApiError::BadRequest(
+            "password: 10 to 1024 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn json_body<T>(
+    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
+) -> Result<T, ApiError> {
+    body.map(|Json(v)| v)
+        .map_err(|e| ApiError::BadRequest(e.body_text()))
+}
+
+async fn create_account(
+    State(state): State<AppState>,
+    body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let c = json_body(body)?;
+    check_credentials(&c)?;
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| ApiError::Internal("no randomness".into()))?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let password = c.password.clone();
+    // Argon2id is deliberately slow: off the async workers.
+    let hash = tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let id = state
+        .store
+        .create_account(&c.name, &hash, "household", now_ms())
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "id": id, "name": c.name })),
+    ))
+}
+
+async fn login(
+    State(state): State<AppState>,
+    body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let c = json_body(body)?;
+    let account = state.store.account_by_name(&c.name).await?;
+    let Some(account) = account else {
+        return Err(ApiError::Unauthorized);
+    };
+    let stored = account.password_hash.clone();
+    let password = c.password;
+    let ok = tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&stored)
+            .map(|h| {
+                Argon2::default()
+                    .verify_password(password.as_bytes(), &h)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    if !ok {
+        return Err(ApiError::Unauthorized);
+    }
+    let token = random_token()?;
+    state
+        .store
+        .insert_credential(
+            &token_hash(&token),
+            account.id,
+            "session",
+            "login",
+            Some(now_ms() + SESSION_MS),
+        )
+        .await?;
+    let cookie = format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_MS / 1000
+    );
+    Ok((
+        [(header::SET_COOKIE, cookie)],
+        Json(json!({ "account": account.name, "token": token })),
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenRequest {
+    label: String,
+}
+
+async fn create_token(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = json_body(body)?;
+    if req.label.is_empty() || req.label.len() > 64 {
+        return Err(ApiError::BadRequest("label: 1 to 64 characters".into()));
+    }
+    let token = random_token()?;
+    state
+        .store
+        .insert_credential(
+            &token_hash(&token),
+            account.id,
+            "api_token",
+            &req.label,
+            None,
+        )
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "token": token, "label": req.label })),
+    ))
+}
+
+async fn me(Authenticated(account): Authenticated) -> Json<serde_json::Value> {
+    Json(json!({ "id": account.id, "name": account.name, "role": account.role }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MeterRequest {
+    meter_id: String,
+    public_key: String,
+}
+
+async fn register_meter(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<MeterRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = json_body(body)?;
+    let meter = MeterId::new(req.meter_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let key = PublicKey::from_hex(&req.public_key)
+        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
+    state
+        .store
+        .register_meter(
+            meter.as_str(),
+            account.id,
+            &key.to_hex(),
+            &key.key_id().to_string(),
+            now_ms(),
+        )
+        .await?;
+    state.keys.insert(meter.as_str(), key);
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "meter_id": meter.as_str(), "key_id": key.key_id().to_string() })),
+    ))
+}
+
+async fn my_meters(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let meters: Vec<_> = state
+        .store
+        .meters()
+        .await?
+        .into_iter()
+        .filter(|m| m.account_id == account.id)
+        .map(|m| json!({ "meter_id": m.meter_id, "public_key": m.public_key }))
+        .collect();
+    Ok(Json(json!({ "meters": meters })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Page {
+    #[serde(default)]
+    after: u64,
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+async fn meter_readings(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if page.limit == 0 || page.limit > 1000 {
+        return Err(ApiError::BadRequest("limit: 1 to 1000".into()));
+    }
+    match state.store.meter_owner(&meter_id).await? {
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "meter {meter_id:?} is not registered"
+            )));
+        }
+        Some(owner) if owner != account.id => {
+            return Err(ApiError::Forbidden(format!(
+                "meter {meter_id:?} belongs to another account"
+            )));
+        }
+        Some(_) => {}
+    }
+    let readings: Vec<serde_json::Value> = state
+        .store
+        .readings(&meter_id, page.after, page.limit)
+        .await?
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    Ok(Json(json!({ "meter_id": meter_id, "readings": readings })))
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let m = &state.ingest;
+    let mut out = String::new();
+    out.push_str("# HELP gridshare_readings_accepted_total Signed readings verified and stored.\n");
+    out.push_str("# TYPE gridshare_readings_accepted_total counter\n");
+    out.push_str(&format!(
+        "gridshare_readings_accepted_total {}\n",
+        m.accepted.load(Ordering::Relaxed)
+    ));
+    out.push_str("# HELP gridshare_readings_duplicate_total Exact re-deliveries dropped.\n");
+    out.push_str("# TYPE gridshare_readings_duplicate_total counter\n");
+    out.push_str(&format!(
+        "gridshare_readings_duplicate_total {}\n",
+        m.duplicates.load(Ordering::Relaxed)
+    ));
+    out.push_str("# HELP gridshare_readings_rejected_total Readings rejected, by reason.\n");
+    out.push_str("# TYPE gridshare_readings_rejected_total counter\n");
+    for reason in Rejection::ALL {
+        out.push_str(&format!(
+            "gridshare_readings_rejected_total{{reason=\"{}\"}} {}\n",
+            reason.as_str(),
+            m.rejected(reason)
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn openapi() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        include_str!("../openapi.json"),
+    )
+}

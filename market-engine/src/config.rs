@@ -1,0 +1,202 @@
+//! The engine's configuration: TOML, every key optional, the commented default embedded in the
+//! binary (`market-engine config` prints it).
+
+use std::net::SocketAddr;
+
+use serde::Deserialize;
+
+/// The commented default configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("../market-engine.toml");
+
+/// Everything the engine needs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// The community this engine runs.
+    pub community: String,
+    /// HTTP settings.
+    pub http: HttpConfig,
+    /// Database settings.
+    pub database: DatabaseConfig,
+    /// Broker settings.
+    pub mqtt: MqttConfig,
+    /// Ingest limits.
+    pub ingest: IngestConfig,
+}
+
+/// HTTP settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+}
+
+/// Database settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DatabaseConfig {
+    /// `sqlite://path` or `postgres://...`.
+    pub url: String,
+}
+
+/// Broker settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Address of the embedded broker; empty for none.
+    pub embedded_listen: String,
+    /// The broker to subscribe to.
+    pub url: String,
+    /// User name.
+    pub username: Option<String>,
+    /// Password.
+    pub password: Option<String>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+}
+
+/// Ingest limits.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest accepted clock skew into the future, ms.
+    pub max_future_skew_ms: u64,
+    /// Largest accepted age of a reading when it arrives, ms.
+    pub max_age_ms: u64,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            community: "demo".into(),
+            http: HttpConfig::default(),
+            database: DatabaseConfig::default(),
+            mqtt: MqttConfig::default(),
+            ingest: IngestConfig::default(),
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: ([127, 0, 0, 1], 8080).into(),
+        }
+    }
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://gridshare-engine.sqlite".into(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        Self {
+            embedded_listen: "127.0.0.1:1883".into(),
+            url: "mqtt://127.0.0.1:1883".into(),
+            username: None,
+            password: None,
+            topic_prefix: "gridshare/v1".into(),
+        }
+    }
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        Self {
+            max_future_skew_ms: 30_000,
+            max_age_ms: 7 * 24 * 3_600_000,
+        }
+    }
+}
+
+/// A configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("config {path}: {message}")]
+pub struct ConfigError {
+    /// The file.
+    pub path: String,
+    /// What is wrong, naming the key.
+    pub message: String,
+}
+
+impl EngineConfig {
+    /// Parses TOML (`path` only names it in errors).
+    pub fn parse(text: &str, path: &str) -> Result<Self, ConfigError> {
+        let config: Self = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        gridshare_core::reading::MeterId::new(self.community.clone()).map_err(|e| {
+            format!(
+                "community: {}",
+                e.to_string().replace("meter_id", "community")
+            )
+        })?;
+        if !self.mqtt.embedded_listen.is_empty() {
+            self.mqtt
+                .embedded_listen
+                .parse::<SocketAddr>()
+                .map_err(|e| format!("mqtt.embedded_listen: {e} (expected ip:port or empty)"))?;
+        }
+        broker_host_port(&self.mqtt.url).map_err(|e| format!("mqtt.url: {e}"))?;
+        if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
+        {
+            return Err("database.url: expected sqlite://path or postgres://...".into());
+        }
+        Ok(())
+    }
+}
+
+/// Host and port of `mqtt://host:port`.
+pub fn broker_host_port(url: &str) -> Result<(String, u16), String> {
+    let rest = url
+        .strip_prefix("mqtt://")
+        .or_else(|| url.strip_prefix("tcp://"))
+        .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
+    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
+    let port = port
+        .trim_end_matches('/')
+        .parse()
+        .map_err(|_| format!("{url:?}: port must be 1-65535"))?;
+    if host.is_empty() {
+        return Err(format!("{url:?}: missing host"));
+    }
+    Ok((host.to_owned(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commented_default_is_the_default() {
+        assert_eq!(
+            EngineConfig::parse(DEFAULT_CONFIG, "default").unwrap(),
+            EngineConfig::default()
+        );
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = EngineConfig::parse("[http]\nlisten = \"nowhere\"\n", "e.toml").unwrap_err();
+        assert!(err.to_string().contains("listen"), "{err}");
+        let err = EngineConfig::parse("[mqtt]\nurl = \"http://x\"\n", "e.toml").unwrap_err();
+        assert!(err.to_string().contains("mqtt.url"), "{err}");
+        let err = EngineConfig::parse("[database]\nurl = \"mysql://x\"\n", "e.toml").unwrap_err();
+        assert!(err.to_string().contains("database.url"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! The Gridshare market engine: one binary per community that ingests signed meter readings
+//! over MQTT, keeps accounts and meters, and serves the HTTP API.
+//!
+//! - [`ingest`]: the checks every reading passes, and why one is rejected;
+//! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
+//! - [`store`]: SQLite or PostgreSQL through one code path;
+//! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
+//! - [`server`]: everything wired together, with graceful shutdown.
+
+pub mod api;
+pub mod config;
+pub mod ingest;
+pub mod pipeline;
+pub mod server;
+pub mod store;

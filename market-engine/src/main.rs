@@ -1,0 +1,114 @@
+//! `market-engine`: a neighbourhood's exchange as one binary. `market-engine --help` lists
+//! the commands.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use market_engine::config::{DEFAULT_CONFIG, EngineConfig};
+use market_engine::server::Engine;
+
+#[derive(Parser)]
+#[command(
+    name = "market-engine",
+    version,
+    about = "Gridshare market engine: signed readings in, a neighbourhood market out"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the engine until Ctrl-C / SIGTERM.
+    Serve {
+        /// Config file (TOML); see `market-engine config`.
+        #[arg(short, long, env = "MARKET_ENGINE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Database URL (overrides the file).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// HTTP listen address (overrides the file).
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+    },
+    /// Print the commented default configuration.
+    Config,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rumqttd=warn".into()),
+        )
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Config => print!("{DEFAULT_CONFIG}"),
+        Command::Serve {
+            config,
+            database_url,
+            listen,
+        } => {
+            let mut c = match config {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+                    EngineConfig::parse(&text, &path.display().to_string())?
+                }
+                None => EngineConfig::default(),
+            };
+            if let Some(url) = database_url {
+                c.database.url = url;
+            }
+            if let Some(addr) = listen {
+                c.http.listen = addr;
+            }
+            let engine = Engine::start(&c).await?;
+            println!(
+                "market engine for community {:?}: http://{}",
+                c.community, engine.http
+            );
+            shutdown_signal().await;
+            tracing::info!(target: "engine", "stopping");
+            engine.stop().await;
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! The ingest pipeline: MQTT subscription → checks on the blocking pool → batched storage →
+//! acknowledgement to the broker.
+//!
+//! Design: the subscription uses a persistent session and manual acknowledgements. A reading
+//! is acknowledged (PUBACK) only after the transaction that stored it committed, so a crash of
+//! the engine between receipt and storage makes the broker deliver the reading again instead
+//! of losing it; the duplicate check makes the redelivery harmless.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::ingest::{Checker, IngestMetrics, Rejected, Rejection};
+use crate::store::{Store, Stored};
+
+/// Largest number of readings stored in one transaction.
+const BATCH: usize = 512;
+
+/// Where the engine subscribes.
+#[derive(Debug, Clone)]
+pub struct Subscription {
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Credentials.
+    pub credentials: Option<(String, String)>,
+    /// Client id (stable, so the broker keeps the session across restarts).
+    pub client_id: String,
+    /// Topic filter.
+    pub filter: String,
+}
+
+/// A reading accepted and stored, for the live stream.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    /// The meter.
+    pub meter_id: String,
+    /// Its sequence number.
+    pub seq: u64,
+    /// The envelope.
+    pub envelope: String,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Runs the ingest until `shutdown` turns true.
+pub async fn run(
+    subscription: Subscription,
+    checker: Checker,
+    store: Store,
+    metrics: Arc<IngestMetrics>,
+    live: broadcast::Sender<Accepted>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut options = MqttOptions::new(
+        &subscription.client_id,
+        &subscription.host,
+        subscription.port,
+    );
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_clean_session(false)
+        .set_manual_acks(true)
+        // Larger than any envelope, so that an oversize message is rejected by the checks
+        // (and recorded) instead of breaking the connection again on every redelivery.
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(1000);
+    if let Some((user, password)) = &subscription.credentials {
+        options.set_credentials(user, password);
+    }
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    let (tx, rx) = mpsc::channel::<Publish>(8192);
+    let worker = tokio::spawn(store_batches(
+        rx,
+        client.clone(),
+        checker,
+        store,
+        metrics,
+        live,
+    ));
+    loop {
+        tokio::select! {
+            event = eventloop.poll() => match event {
+                Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
+                    tracing::info!(target: "ingest", session = ack.session_present, "connected to broker");
+                    if !ack.session_present
+                        && let Err(e) = client.subscribe(&subscription.filter, QoS::AtLeastOnce).await
+                    {
+                        tracing::error!(target: "ingest", "subscribe failed: {e}");
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    if tx.send(p).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(target: "ingest", "broker connection: {e}; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+    drop(tx);
+    let _ = worker.await;
+    let _ = client.try_disconnect();
+}
+
+async fn store_batches(
+    mut rx: mpsc::Receiver<Publish>,
+    client: AsyncClient,
+    checker: Checker,
+    store: Store,
+    metrics: Arc<IngestMetrics>,
+    live: broadcast::Sender<Accepted>,
+) {
+    let mut last = HashMap::new();
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let publishes = std::mem::take(&mut batch);
+        let received = now_ms();
+        let check = checker.clone();
+        // Signature checks are CPU work: keep them off the async workers.
+        let checked = tokio::task::spawn_blocking(move || {
+            let results: Vec<_> = publishes
+                .iter()
+                .map(|p| check.check(&p.topic, &p.payload, received))
+                .collect();
+            (publishes, results)
+        })
+        .await;
+        let Ok((publishes, results)) = checked else {
+            tracing::error!(target: "ingest", "checker task failed");
+            continue;
+        };
+        let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
+        for result in results {
+            match result {
+                Ok(signed) => accepted.push(signed),
+                Err(r) => rejected.push(r),
+            }
+        }
+        // Store until it works: a reading is acknowledged to the broker only once stored.
+        let outcomes = loop {
+            match store.store_readings(&accepted, received, &mut last).await {
+                Ok(outcomes) => break outcomes,
+                Err(e) => {
+                    tracing::error!(target: "ingest", "storing readings failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        for (signed, outcome) in accepted.iter().zip(outcomes) {
+            let meter = signed.reading.meter_id.to_string();
+            match outcome {
+                Stored::Inserted => {
+                    metrics.accepted.fetch_add(1, Ordering::Relaxed);
+                    let _ = live.send(Accepted {
+                        meter_id: meter,
+                        seq: signed.reading.seq,
+                        envelope: signed.to_json(),
+                    });
+                }
+                Stored::Duplicate => {
+                    metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+                }
+                Stored::Conflicting => rejected.push(Rejected {
+                    reason: Rejection::ConflictingDuplicate,
+                    detail: format!(
+                        "sequence number {} was already stored with different content",
+                        signed.reading.seq
+                    ),
+                    meter: Some(meter),
+                }),
+                Stored::CounterRollback => rejected.push(Rejected {
+                    reason: Rejection::CounterRollback,
+                    detail: format!(
+                        "a lifetime counter of sequence number {} is below an earlier reading's",
+                        signed.reading.seq
+                    ),
+                    meter: Some(meter),
+                }),
+            }
+        }
+        for r in &rejected {
+            metrics.reject(r.reason);
+            tracing::debug!(target: "ingest", reason = r.reason.as_str(), meter = ?r.meter, "rejected: {}", r.detail);
+        }
+        if !rejected.is_empty()
+            && let Err(e) = store.record_rejections(&rejected, received).await
+        {
+            tracing::error!(target: "ingest", "recording rejections failed: {e}");
+        }
+        for p in &publishes {
+            if let Err(e) = client.ack(p).await {
+                tracing::warn!(target: "ingest", "acknowledgement not sent: {e}");
+            }
+        }
+    }
+}

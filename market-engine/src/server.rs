@@ -1,0 +1,151 @@
+//! The engine wired together: database, key registry, embedded broker, ingest, HTTP API.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use gridshare_core::reading::PublicKey;
+use tokio::sync::{broadcast, watch};
+
+use crate::api::{AppState, router};
+use crate::config::{EngineConfig, broker_host_port};
+use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
+use crate::pipeline::{self, Subscription};
+use crate::store::{Store, StoreError};
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The database.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The HTTP listener.
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The embedded broker or the broker URL.
+    #[error("mqtt: {0}")]
+    Mqtt(String),
+    /// A stored meter key is unusable (a corrupted database).
+    #[error("meter {meter}: stored public key is invalid: {reason}")]
+    StoredKey {
+        /// The meter.
+        meter: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A running engine.
+pub struct Engine {
+    /// Where the HTTP API listens.
+    pub http: SocketAddr,
+    /// Ingest counters.
+    pub ingest: Arc<IngestMetrics>,
+    /// The database.
+    pub store: Store,
+    /// Registered keys.
+    pub keys: KeyRegistry,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Starts everything; returns once the HTTP API listens and the ingest runs.
+    pub async fn start(config: &EngineConfig) -> Result<Self, ServeError> {
+        let store = Store::open(&config.database.url).await?;
+        let keys = KeyRegistry::default();
+        for meter in store.meters().await? {
+            let key =
+                PublicKey::from_hex(&meter.public_key).map_err(|e| ServeError::StoredKey {
+                    meter: meter.meter_id.clone(),
+                    reason: e.to_string(),
+                })?;
+            keys.insert(&meter.meter_id, key);
+        }
+        if !config.mqtt.embedded_listen.is_empty() {
+            let addr: SocketAddr = config
+                .mqtt
+                .embedded_listen
+                .parse()
+                .map_err(|e| ServeError::Mqtt(format!("mqtt.embedded_listen: {e}")))?;
+            meter_agent::broker::start_embedded(addr).map_err(ServeError::Mqtt)?;
+        }
+        let (host, port) = broker_host_port(&config.mqtt.url).map_err(ServeError::Mqtt)?;
+        let (shutdown, stopped) = watch::channel(false);
+        let ingest = Arc::new(IngestMetrics::default());
+        let (live, _) = broadcast::channel(1024);
+        let subscription = Subscription {
+            host,
+            port,
+            credentials: config
+                .mqtt
+                .username
+                .clone()
+                .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
+            client_id: format!("market-engine-{}", config.community),
+            filter: format!(
+                "{}/{}/meters/+/reading",
+                config.mqtt.topic_prefix, config.community
+            ),
+        };
+        let checker = Checker {
+            registry: keys.clone(),
+            max_future_skew_ms: config.ingest.max_future_skew_ms,
+            max_age_ms: config.ingest.max_age_ms,
+        };
+        let mut tasks = vec![tokio::spawn(pipeline::run(
+            subscription,
+            checker,
+            store.clone(),
+            ingest.clone(),
+            live,
+            stopped.clone(),
+        ))];
+        let listener = tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .map_err(|source| ServeError::Listen {
+                addr: config.http.listen,
+                source,
+            })?;
+        let http = listener.local_addr().map_err(|source| ServeError::Listen {
+            addr: config.http.listen,
+            source,
+        })?;
+        let app = router(AppState {
+            store: store.clone(),
+            keys: keys.clone(),
+            ingest: ingest.clone(),
+        });
+        let mut http_stop = stopped;
+        tasks.push(tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = http_stop.changed().await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(target: "api", "http server: {e}");
+            }
+        }));
+        tracing::info!(target: "engine", %http, community = %config.community, "market engine running");
+        Ok(Self {
+            http,
+            ingest,
+            store,
+            keys,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// Stops the ingest (after storing and acknowledging what it holds) and the HTTP API.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.store.close().await;
+    }
+}

@@ -1,0 +1,465 @@
+//! The engine's database: SQLite by default (a file, WAL, `synchronous = FULL` so that
+//! whatever the engine acknowledged survives a crash or a power cut), PostgreSQL by URL — the
+//! same code through sqlx's `Any` driver, with one migration set per dialect.
+
+use std::collections::HashMap;
+
+use gridshare_core::reading::SignedReading;
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{AnyPool, Executor, Row};
+
+use crate::ingest::Rejected;
+
+/// Why the database failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A query or the connection failed.
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be created or upgraded.
+    #[error("database migration: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The URL names no supported database.
+    #[error("database url {0:?}: expected sqlite://path or postgres://...")]
+    Url(String),
+    /// A unique name or id is already taken.
+    #[error("{0} already exists")]
+    Conflict(String),
+}
+
+/// Which SQL dialect is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite.
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// What became of one reading offered for storage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// New, stored.
+    Inserted,
+    /// Already stored with the same content (an agent re-sent it).
+    Duplicate,
+    /// Already stored with different content.
+    Conflicting,
+    /// A lifetime counter is lower than in an earlier reading of the meter (or higher than in
+    /// a later one).
+    CounterRollback,
+}
+
+/// A registered meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MeterRow {
+    /// The meter id.
+    pub meter_id: String,
+    /// Its owner.
+    pub account_id: i64,
+    /// SEC1 hex of its public key.
+    pub public_key: String,
+}
+
+/// An account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountRow {
+    /// Id.
+    pub id: i64,
+    /// Login name.
+    pub name: String,
+    /// Argon2id PHC string.
+    pub password_hash: String,
+    /// `household` or `operator`.
+    pub role: String,
+}
+
+/// Counters of a stored reading, to check monotonicity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Counters {
+    seq: u64,
+    values: [Option<i64>; 4],
+}
+
+impl Counters {
+    fn of(r: &SignedReading) -> Self {
+        let v = |m: gridshare_core::reading::Measured<u64>| {
+            m.ok_value().map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+        };
+        let r = &r.reading;
+        Self {
+            seq: r.seq,
+            values: [
+                v(r.import_wh),
+                v(r.export_wh),
+                v(r.battery_charge_wh),
+                v(r.battery_discharge_wh),
+            ],
+        }
+    }
+
+    /// Whether `later` (a higher sequence number) has no counter below `self`'s.
+    fn precedes(&self, later: &Counters) -> bool {
+        self.values
+            .iter()
+            .zip(&later.values)
+            .all(|(a, b)| match (a, b) {
+                (Some(a), Some(b)) => a <= b,
+                _ => true,
+            })
+    }
+}
+
+/// The database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Url(url.to_owned()));
+        };
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
+                format!("{url}?mode=rwc")
+            }
+            _ => url.to_owned(),
+        };
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                        conn.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
+        }
+        Ok(Self { pool, backend })
+    }
+
+    /// The dialect.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Creates an account; `Conflict` if the name is taken.
+    pub async fn create_account(
+        &self,
+        name: &str,
+        password_hash: &str,
+        role: &str,
+        now_ms: u64,
+    ) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO accounts (name, password_hash, role, created_ms) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO NOTHING RETURNING id",
+        )
+        .bind(name)
+        .bind(password_hash)
+        .bind(role)
+        .bind(i64_of(now_ms))
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| r.get::<i64, _>(0))
+            .ok_or_else(|| StoreError::Conflict(format!("account {name:?}")))
+    }
+
+    /// An account by login name.
+    pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
+        let row = sqlx::query("SELECT id, name, password_hash, role FROM accounts WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| AccountRow {
+            id: r.get(0),
+            name: r.get(1),
+            password_hash: r.get(2),
+            role: r.get(3),
+        }))
+    }
+
+    /// Stores a credential (session or API token) by the hash of its secret.
+    pub async fn insert_credential(
+        &self,
+        token_hash: &str,
+        account_id: i64,
+        kind: &str,
+        label: &str,
+        expires_ms: Option<u64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO credentials (token_hash, account_id, kind, label, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token_hash)
+        .bind(account_id)
+        .bind(kind)
+        .bind(label)
+        .bind(expires_ms.map(i64_of))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The account behind a valid, unexpired credential.
+    pub async fn account_by_credential(
+        &self,
+        token_hash: &str,
+        now_ms: u64,
+    ) -> Result<Option<AccountRow>, StoreError> {
+        let row = sqlx::query(
+            "SELECT a.id, a.name, a.password_hash, a.role FROM credentials c \
+             JOIN accounts a ON a.id = c.account_id \
+             WHERE c.token_hash = $1 AND (c.expires_ms IS NULL OR c.expires_ms > $2)",
+        )
+        .bind(token_hash)
+        .bind(i64_of(now_ms))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| AccountRow {
+            id: r.get(0),
+            name: r.get(1),
+            password_hash: r.get(2),
+            role: r.get(3),
+        }))
+    }
+
+    /// Registers a meter; `Conflict` if the id is taken.
+    pub async fn register_meter(
+        &self,
+        meter_id: &str,
+        account_id: i64,
+        public_key: &str,
+        key_id: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO meters (meter_id, account_id, public_key, key_id, created_ms) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (meter_id) DO NOTHING",
+        )
+        .bind(meter_id)
+        .bind(account_id)
+        .bind(public_key)
+        .bind(key_id)
+        .bind(i64_of(now_ms))
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("meter {meter_id:?}")));
+        }
+        Ok(())
+    }
+
+    /// Every registered meter (to load the key registry at start).
+    pub async fn meters(&self) -> Result<Vec<MeterRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT meter_id, account_id, public_key FROM meters ORDER BY meter_id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| MeterRow {
+                meter_id: r.get(0),
+                account_id: r.get(1),
+                public_key: r.get(2),
+            })
+            .collect())
+    }
+
+    /// The meter's owner, if registered.
+    pub async fn meter_owner(&self, meter_id: &str) -> Result<Option<i64>, StoreError> {
+        let row = sqlx::query("SELECT account_id FROM meters WHERE meter_id = $1")
+            .bind(meter_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Stores a batch of verified readings in one transaction, checking duplicates and
+    /// lifetime counters against what is stored. Returns one outcome per reading.
+    pub async fn store_readings(
+        &self,
+        batch: &[SignedReading],
+        received_ms: u64,
+        last: &mut HashMap<String, (u64, [Option<i64>; 4])>,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        for signed in batch {
+            let r = &signed.reading;
+            let meter = r.meter_id.as_str();
+            let this = Counters::of(signed);
+            let digest = hex::encode(signed.digest());
+            let cached = last.get(meter).map(|(seq, values)| Counters {
+                seq: *seq,
+                values: *values,
+            });
+            let outcome = match cached {
+                // The common case: the next reading of a meter whose last reading is known.
+                Some(prev) if r.seq > prev.seq => {
+                    if prev.precedes(&this) {
+                        None
+                    } else {
+                        Some(Stored::CounterRollback)
+                    }
+                }
+                _ => {
+                    let existing =
+                        sqlx::query("SELECT digest FROM readings WHERE meter_id = $1 AND seq = $2")
+                            .bind(meter)
+                            .bind(i64_of(r.seq))
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    match existing {
+                        Some(row) if row.get::<String, _>(0) == digest => Some(Stored::Duplicate),
+                        Some(_) => Some(Stored::Conflicting),
+                        None => {
+                            let neighbours = self.neighbours(&mut tx, meter, r.seq).await?;
+                            let ok = neighbours.0.is_none_or(|p| p.precedes(&this))
+                                && neighbours.1.is_none_or(|n| this.precedes(&n));
+                            (!ok).then_some(Stored::CounterRollback)
+                        }
+                    }
+                }
+            };
+            if let Some(outcome) = outcome {
+                outcomes.push(outcome);
+                continue;
+            }
+            let value = |m: gridshare_core::reading::Measured<u64>| m.value().map(i64_of);
+            sqlx::query(
+                "INSERT INTO readings (meter_id, seq, timestamp_ms, received_ms, import_wh, \
+                 export_wh, battery_charge_wh, battery_discharge_wh, power_w, soc_bp, digest, \
+                 envelope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            )
+            .bind(meter)
+            .bind(i64_of(r.seq))
+            .bind(i64_of(r.timestamp_ms))
+            .bind(i64_of(received_ms))
+            .bind(value(r.import_wh))
+            .bind(value(r.export_wh))
+            .bind(value(r.battery_charge_wh))
+            .bind(value(r.battery_discharge_wh))
+            .bind(r.power_w.value().map(i64::from))
+            .bind(r.soc_bp.value().map(i64::from))
+            .bind(&digest)
+            .bind(signed.to_json())
+            .execute(&mut *tx)
+            .await?;
+            if cached.is_none_or(|c| r.seq > c.seq) {
+                last.insert(meter.to_owned(), (this.seq, this.values));
+            }
+            outcomes.push(Stored::Inserted);
+        }
+        tx.commit().await?;
+        Ok(outcomes)
+    }
+
+    async fn neighbours(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        meter: &str,
+        seq: u64,
+    ) -> Result<(Option<Counters>, Option<Counters>), StoreError> {
+        let to_counters = |r: sqlx::any::AnyRow| Counters {
+            seq: u64::try_from(r.get::<i64, _>(0)).unwrap_or(0),
+            values: [r.get(1), r.get(2), r.get(3), r.get(4)],
+        };
+        let before = sqlx::query(
+            "SELECT seq, import_wh, export_wh, battery_charge_wh, battery_discharge_wh \
+             FROM readings WHERE meter_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(meter)
+        .bind(i64_of(seq))
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(to_counters);
+        let after = sqlx::query(
+            "SELECT seq, import_wh, export_wh, battery_charge_wh, battery_discharge_wh \
+             FROM readings WHERE meter_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT 1",
+        )
+        .bind(meter)
+        .bind(i64_of(seq))
+        .fetch_optional(&mut **tx)
+        .await?
+        .map(to_counters);
+        Ok((before, after))
+    }
+
+    /// Records rejected messages (the audit trail of bad input).
+    pub async fn record_rejections(
+        &self,
+        rejected: &[Rejected],
+        received_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for r in rejected {
+            sqlx::query(
+                "INSERT INTO rejections (received_ms, meter_id, reason, detail) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(i64_of(received_ms))
+            .bind(r.meter.as_deref())
+            .bind(r.reason.as_str())
+            .bind(&r.detail)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stored readings of a meter with a sequence number above `after`, oldest first.
+    pub async fn readings(
+        &self,
+        meter_id: &str,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT envelope FROM readings WHERE meter_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(meter_id)
+        .bind(i64_of(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    }
+
+    /// Counts of stored readings and rejections by reason (for tests and audits).
+    pub async fn rejection_reasons(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT reason, COUNT(*) FROM rejections GROUP BY reason ORDER BY reason")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

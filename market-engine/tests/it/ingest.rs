@@ -1,0 +1,298 @@
+//! Readings from a real meter agent reach the database; bad input is rejected with its reason
+//! and disturbs nothing else. On SQLite and on PostgreSQL.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gridshare_core::reading::{
+    ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading, SignedReading,
+};
+use market_engine::ingest::Rejection;
+use market_engine::server::Engine;
+use meter_agent::agent::{self, AgentStats};
+use meter_agent::config::AgentConfig;
+use meter_agent::register_server::{Framing, RegisterServer};
+use meter_agent::simulator::{Household, SimulatedDevice};
+use ring::rand::SystemRandom;
+use rumqttc::{AsyncClient, MqttOptions, QoS};
+use tokio::sync::watch;
+
+use crate::{databases, engine_config, unique};
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..300 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_meter_agent_feeds_the_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()) {
+        let community = unique("e2e");
+        let config = engine_config(&community, &url);
+        let engine = Engine::start(&config).await.unwrap();
+
+        // The household: a simulated inverter and a real agent with its own key.
+        let mut device = SimulatedDevice::new(Household::default(), 12 * 3_600_000);
+        let server = RegisterServer::start(
+            "127.0.0.1:0".parse().unwrap(),
+            device.bank(),
+            1,
+            Framing::Tcp,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                device.advance(60_000);
+            }
+        });
+        let agent_dir = tempfile::tempdir().unwrap();
+        let key_file = agent_dir.path().join("meter.key");
+        let public = meter_agent::keys::generate(&key_file, false).unwrap();
+        let meter = unique("m");
+        let meter = &meter[meter.len().saturating_sub(32)..];
+        let account = engine
+            .store
+            .create_account(&unique("home"), "unused-hash", "household", 0)
+            .await
+            .unwrap();
+        engine
+            .store
+            .register_meter(
+                meter,
+                account,
+                &public.to_hex(),
+                &public.key_id().to_string(),
+                0,
+            )
+            .await
+            .unwrap();
+        engine.keys.insert(meter, public);
+
+        let mut agent_config = AgentConfig {
+            meter_id: meter.into(),
+            community: community.clone(),
+            key_file,
+            data_dir: agent_dir.path().to_path_buf(),
+            poll_interval_ms: 100,
+            ..AgentConfig::default()
+        };
+        agent_config.modbus.address = server.addr.to_string();
+        agent_config.mqtt.url = config.mqtt.url.clone();
+        let (stop, stopped) = watch::channel(false);
+        let agent = tokio::spawn(agent::run(
+            agent_config,
+            stopped,
+            Arc::new(AgentStats::default()),
+        ));
+
+        let ingest = engine.ingest.clone();
+        wait_until("15 accepted readings", || {
+            ingest.accepted.load(Ordering::Relaxed) >= 15
+        })
+        .await;
+        let stored = engine.store.readings(meter, 0, 1000).await.unwrap();
+        assert!(stored.len() >= 15, "{url}: {} stored", stored.len());
+        for (i, envelope) in stored.iter().enumerate() {
+            let signed = SignedReading::from_json(envelope).unwrap();
+            signed.verify(&public).unwrap();
+            assert_eq!(
+                signed.reading.seq,
+                i as u64 + 1,
+                "{url}: stored in sequence"
+            );
+        }
+        stop.send(true).unwrap();
+        agent.await.unwrap().unwrap();
+        engine.stop().await;
+    }
+}
+
+fn reading(meter: &str, seq: u64, import_wh: u64, timestamp_ms: u64) -> Reading {
+    Reading {
+        meter_id: MeterId::new(meter).unwrap(),
+        device: DeviceIdentity::new("Test", "Meter", "T-1").unwrap(),
+        seq,
+        timestamp_ms,
+        clock: ClockSync::Synchronised,
+        import_wh: Measured::ok(import_wh),
+        export_wh: Measured::ok(500),
+        battery_charge_wh: Measured::not_implemented(),
+        battery_discharge_wh: Measured::not_implemented(),
+        power_w: Measured::ok(250),
+        soc_bp: Measured::not_implemented(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()) {
+        let community = unique("bad");
+        let config = engine_config(&community, &url);
+        let engine = Engine::start(&config).await.unwrap();
+        let rng = SystemRandom::new();
+        let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+        let intruder =
+            MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+        let meter = unique("m");
+        let meter = meter[meter.len().saturating_sub(32)..].to_owned();
+        let account = engine
+            .store
+            .create_account(&unique("home"), "h", "household", 0)
+            .await
+            .unwrap();
+        let public = key.public_key();
+        engine
+            .store
+            .register_meter(
+                &meter,
+                account,
+                &public.to_hex(),
+                &public.key_id().to_string(),
+                0,
+            )
+            .await
+            .unwrap();
+        engine.keys.insert(&meter, public);
+
+        let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
+        let mut options = MqttOptions::new(unique("publisher"), host, port);
+        options.set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut events) = AsyncClient::new(options, 100);
+        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let topic = |m: &str| format!("gridshare/v1/{community}/meters/{m}/reading");
+        let now = market_engine::pipeline::now_ms();
+        let publish = |t: String, payload: Vec<u8>| {
+            let client = client.clone();
+            async move {
+                client
+                    .publish(t, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap()
+            }
+        };
+        let good = |seq, import| key.sign(reading(&meter, seq, import, now), &rng).unwrap();
+
+        // Accepted: seq 1 and 2.
+        publish(topic(&meter), good(1, 1000).to_json().into_bytes()).await;
+        publish(topic(&meter), good(2, 1100).to_json().into_bytes()).await;
+        let ingest = engine.ingest.clone();
+        wait_until("two accepted", || {
+            ingest.accepted.load(Ordering::Relaxed) == 2
+        })
+        .await;
+
+        let mut forged = good(3, 1200);
+        forged.reading.import_wh = Measured::ok(999_999);
+        let cases: Vec<(String, Vec<u8>, Rejection)> = vec![
+            (
+                topic(&meter),
+                forged.to_json().into_bytes(),
+                Rejection::BadSignature,
+            ),
+            (
+                topic(&meter),
+                intruder
+                    .sign(reading(&meter, 3, 1200, now), &rng)
+                    .unwrap()
+                    .to_json()
+                    .into_bytes(),
+                Rejection::WrongKey,
+            ),
+            // Same sequence number as an accepted reading, other content.
+            (
+                topic(&meter),
+                good(2, 1150).to_json().into_bytes(),
+                Rejection::ConflictingDuplicate,
+            ),
+            (
+                topic(&meter),
+                good(4, 900).to_json().into_bytes(),
+                Rejection::CounterRollback,
+            ),
+            (
+                topic("nobody"),
+                key.sign(reading("nobody", 1, 1, now), &rng)
+                    .unwrap()
+                    .to_json()
+                    .into_bytes(),
+                Rejection::UnknownMeter,
+            ),
+            (topic(&meter), vec![b'x'; 10_000], Rejection::Oversize),
+            (
+                topic(&meter),
+                b"{\"format\":\"gridshare-reading/1\",".to_vec(),
+                Rejection::Malformed,
+            ),
+            (
+                topic(&meter),
+                b"\xff\xfe not json".to_vec(),
+                Rejection::Malformed,
+            ),
+            (
+                topic("someone-else"),
+                good(5, 1300).to_json().into_bytes(),
+                Rejection::TopicMismatch,
+            ),
+            (
+                topic(&meter),
+                key.sign(reading(&meter, 6, 1300, now + 3_600_000), &rng)
+                    .unwrap()
+                    .to_json()
+                    .into_bytes(),
+                Rejection::FromTheFuture,
+            ),
+            (
+                topic(&meter),
+                key.sign(reading(&meter, 7, 1300, now - 30 * 24 * 3_600_000), &rng)
+                    .unwrap()
+                    .to_json()
+                    .into_bytes(),
+                Rejection::TooOld,
+            ),
+        ];
+        for (t, payload, reason) in &cases {
+            publish(t.clone(), payload.clone()).await;
+            let ingest = engine.ingest.clone();
+            let reason = *reason;
+            wait_until(reason.as_str(), move || ingest.rejected(reason) == 1).await;
+        }
+        // An exact re-delivery is a duplicate, not an error.
+        publish(topic(&meter), good(1, 1000).to_json().into_bytes()).await;
+        let ingest = engine.ingest.clone();
+        wait_until("duplicate", || {
+            ingest.duplicates.load(Ordering::Relaxed) == 1
+        })
+        .await;
+
+        // Nothing else was disturbed: the next good reading is accepted.
+        publish(topic(&meter), good(3, 1200).to_json().into_bytes()).await;
+        let ingest = engine.ingest.clone();
+        wait_until("third accepted", || {
+            ingest.accepted.load(Ordering::Relaxed) == 3
+        })
+        .await;
+        let stored = engine.store.readings(&meter, 0, 100).await.unwrap();
+        assert_eq!(stored.len(), 3, "{url}");
+        // Every rejection is recorded with its reason.
+        let recorded = engine.store.rejection_reasons().await.unwrap();
+        for (_, _, reason) in &cases {
+            assert!(
+                recorded
+                    .iter()
+                    .any(|(r, n)| r == reason.as_str() && *n >= 1),
+                "{url}: {reason:?} not recorded in {recorded:?}"
+            );
+        }
+        engine.stop().await;
+    }
+}

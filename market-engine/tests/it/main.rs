@@ -1,0 +1,68 @@
+//! Integration tests of the market engine against real peers: an MQTT broker (embedded, or
+//! Mosquitto via `GRIDSHARE_TEST_MQTT_URL`), SQLite and PostgreSQL
+//! (`GRIDSHARE_TEST_POSTGRES_URL`), and a real meter agent reading a simulated device.
+
+// Tests unwrap freely: a panic is a test failure with its location.
+#![allow(
+    clippy::unwrap_used,
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss
+)]
+
+mod api;
+mod ingest;
+
+use std::net::TcpListener;
+
+use market_engine::config::EngineConfig;
+
+/// A free TCP port on loopback.
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A unique name for this test run (tests share PostgreSQL and the broker across runs).
+pub(crate) fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{name}-{}-{nanos}", std::process::id())
+}
+
+/// The databases every storage test runs on: SQLite always, PostgreSQL when
+/// `GRIDSHARE_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
+pub(crate) fn databases(dir: &std::path::Path) -> Vec<String> {
+    let mut urls = vec![format!("sqlite://{}", dir.join("engine.sqlite").display())];
+    if let Ok(url) = std::env::var("GRIDSHARE_TEST_POSTGRES_URL") {
+        urls.push(url);
+    }
+    urls
+}
+
+/// An engine config on free ports: the embedded broker, or the external one named by
+/// `GRIDSHARE_TEST_MQTT_URL`.
+pub(crate) fn engine_config(community: &str, database_url: &str) -> EngineConfig {
+    let mut c = EngineConfig {
+        community: community.into(),
+        ..EngineConfig::default()
+    };
+    c.database.url = database_url.into();
+    c.http.listen = ([127, 0, 0, 1], 0).into();
+    match std::env::var("GRIDSHARE_TEST_MQTT_URL") {
+        Ok(url) => {
+            c.mqtt.embedded_listen = String::new();
+            c.mqtt.url = url;
+        }
+        Err(_) => {
+            let port = free_port();
+            c.mqtt.embedded_listen = format!("127.0.0.1:{port}");
+            c.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+        }
+    }
+    c
+}
