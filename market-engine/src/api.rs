@@ -12,7 +12,7 @@ use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, Salt
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use gridshare_core::reading::{MeterId, PublicKey};
 use ring::rand::{SecureRandom, SystemRandom};
@@ -20,6 +20,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::ingest::{IngestMetrics, KeyRegistry, Rejection};
+use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
 use crate::store::{AccountRow, Store, StoreError};
 
@@ -36,6 +37,44 @@ pub struct AppState {
     pub keys: KeyRegistry,
     /// Ingest counters.
     pub ingest: Arc<IngestMetrics>,
+    /// The market.
+    pub market: Arc<Market>,
+    /// Order-rate limits per account.
+    pub limits: Arc<RateLimits>,
+}
+
+/// A token bucket per account for the order endpoints: `burst` requests at once, refilled at
+/// `per_second`. Protects the book from one runaway bot.
+#[derive(Debug)]
+pub struct RateLimits {
+    per_second: f64,
+    burst: f64,
+    buckets: std::sync::Mutex<std::collections::HashMap<i64, (f64, std::time::Instant)>>,
+}
+
+impl RateLimits {
+    /// Limits of `per_second` sustained and `burst` at once.
+    pub fn new(per_second: f64, burst: f64) -> Self {
+        Self {
+            per_second,
+            burst,
+            buckets: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn take(&self, account: i64) -> Result<(), ApiError> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = buckets.entry(account).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*last).as_secs_f64() * self.per_second).min(self.burst);
+        *last = now;
+        if *tokens < 1.0 {
+            return Err(ApiError::TooManyRequests);
+        }
+        *tokens -= 1.0;
+        Ok(())
+    }
 }
 
 /// An error turned into a response.
@@ -51,6 +90,10 @@ pub enum ApiError {
     NotFound(String),
     /// 409: the name or id is taken.
     Conflict(String),
+    /// 422: well-formed, but the market's rules refuse it (gate closed, price out of band).
+    Unprocessable(String),
+    /// 429: the account's order rate limit is exhausted.
+    TooManyRequests,
     /// 500: the database failed.
     Internal(String),
 }
@@ -67,6 +110,17 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<MarketError> for ApiError {
+    fn from(e: MarketError) -> Self {
+        match e {
+            MarketError::Order(e) => Self::Unprocessable(e.to_string()),
+            MarketError::Slot(m) => Self::Unprocessable(m),
+            MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
+            MarketError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
@@ -78,6 +132,11 @@ impl IntoResponse for ApiError {
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
+            Self::Unprocessable(m) => (StatusCode::UNPROCESSABLE_ENTITY, m),
+            Self::TooManyRequests => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "order rate limit reached for this account; slow down".into(),
+            ),
             Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
         (status, Json(json!({ "error": message }))).into_response()
@@ -93,6 +152,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me", get(me))
         .route("/api/v1/meters", post(register_meter).get(my_meters))
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
+        .route("/api/v1/orders", post(place_order))
+        .route(
+            "/api/v1/orders/{order_id}",
+            delete(cancel_order).patch(amend_order),
+        )
+        .route("/api/v1/slots/current", get(current_slot))
+        .route("/api/v1/slots/{slot}", get(slot_info))
+        .route("/api/v1/balance", get(balance))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
@@ -389,6 +456,150 @@ async fn meter_readings(
         .filter_map(|e| serde_json::from_str(e).ok())
         .collect();
     Ok(Json(json!({ "meter_id": meter_id, "readings": readings })))
+}
+
+fn now_s() -> i64 {
+    i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OrderRequest {
+    meter_id: String,
+    slot: u64,
+    side: OrderSide,
+    energy_wh: u64,
+    price_per_kwh: u64,
+}
+
+fn trade_json(t: &gridshare_core::market::Trade) -> serde_json::Value {
+    json!({
+        "bid": t.bid.0, "ask": t.ask.0, "energy_wh": t.energy_wh,
+        "buyer_pays": t.amounts.buyer_pays, "seller_receives": t.amounts.seller_receives,
+        "fees": t.amounts.fees, "buyer_rate_per_kwh": t.amounts.buyer_rate_per_kwh,
+        "seller_rate_per_kwh": t.amounts.seller_rate_per_kwh,
+    })
+}
+
+async fn place_order(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<OrderRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.limits.take(account.id)?;
+    let req = json_body(body)?;
+    match state.store.meter_owner(&req.meter_id).await? {
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "meter {:?} is not registered",
+                req.meter_id
+            )));
+        }
+        Some(owner) if owner != account.id => {
+            return Err(ApiError::Forbidden(format!(
+                "meter {:?} belongs to another account: you can only trade for your own meters",
+                req.meter_id
+            )));
+        }
+        Some(_) => {}
+    }
+    let slot = req.slot;
+    let new = NewOrder {
+        account: account.id,
+        meter: req.meter_id,
+        slot,
+        side: req.side,
+        price_per_kwh: req.price_per_kwh,
+        energy_wh: req.energy_wh,
+    };
+    let (id, trades) = state.market.submit(&new, now_s()).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            json!({ "order_id": id, "slot": slot, "trades": trades.iter().map(trade_json).collect::<Vec<_>>() }),
+        ),
+    ))
+}
+
+async fn cancel_order(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(order_id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    state.limits.take(account.id)?;
+    state.market.cancel(account.id, order_id, now_s()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AmendRequest {
+    energy_wh: u64,
+    price_per_kwh: u64,
+}
+
+async fn amend_order(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(order_id): Path<u64>,
+    body: Result<Json<AmendRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.limits.take(account.id)?;
+    let req = json_body(body)?;
+    let trades = state
+        .market
+        .amend(
+            account.id,
+            order_id,
+            req.price_per_kwh,
+            req.energy_wh,
+            now_s(),
+        )
+        .await?;
+    Ok(Json(
+        json!({ "order_id": order_id, "trades": trades.iter().map(trade_json).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn current_slot(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let calendar = &state.market.community().calendar;
+    let now = now_s();
+    let slot = calendar
+        .slot_delivering_at(now)
+        .ok_or_else(|| ApiError::Internal("clock before the calendar's epoch".into()))?;
+    let next = calendar
+        .slot(slot + 1)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(
+        json!({ "now_s": now, "delivering": slot, "next": next }),
+    ))
+}
+
+async fn slot_info(
+    State(state): State<AppState>,
+    Path(slot): Path<u64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let terms = state
+        .market
+        .community()
+        .terms(slot)
+        .map_err(|e| ApiError::BadRequest(format!("slot {slot}: {e}")))?;
+    let (status, clearing_price) = state.market.slot_status(slot).await?;
+    let trades = state.market.trades(slot).await?;
+    Ok(Json(json!({
+        "slot": terms.slot, "status": status, "clearing_price": clearing_price,
+        "retail_per_kwh": terms.band.retail_per_kwh, "feed_in_per_kwh": terms.band.feed_in_per_kwh,
+        "traded_wh": trades.iter().map(|t| t.energy_wh).sum::<u64>(),
+        "trades": trades.iter().map(trade_json).collect::<Vec<_>>(),
+    })))
+}
+
+async fn balance(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let balance = state.market.balance(account.id).await?;
+    Ok(Json(json!({ "account": account.name, "balance": balance })))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -22,6 +22,8 @@ pub struct EngineConfig {
     pub mqtt: MqttConfig,
     /// Ingest limits.
     pub ingest: IngestConfig,
+    /// The market's rules.
+    pub market: crate::market::MarketConfig,
 }
 
 /// HTTP settings.
@@ -74,6 +76,7 @@ impl Default for EngineConfig {
             database: DatabaseConfig::default(),
             mqtt: MqttConfig::default(),
             ingest: IngestConfig::default(),
+            market: crate::market::MarketConfig::default(),
         }
     }
 }
@@ -153,6 +156,7 @@ impl EngineConfig {
                 .map_err(|e| format!("mqtt.embedded_listen: {e} (expected ip:port or empty)"))?;
         }
         broker_host_port(&self.mqtt.url).map_err(|e| format!("mqtt.url: {e}"))?;
+        self.market.community()?;
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
         {
             return Err("database.url: expected sqlite://path or postgres://...".into());

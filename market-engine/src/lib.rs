@@ -3,6 +3,8 @@
 //!
 //! - [`ingest`]: the checks every reading passes, and why one is rejected;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
+//! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
+//!   settlement;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
 //! - [`server`]: everything wired together, with graceful shutdown.
@@ -10,6 +12,7 @@
 pub mod api;
 pub mod config;
 pub mod ingest;
+pub mod market;
 pub mod pipeline;
 pub mod server;
 pub mod store;

@@ -62,7 +62,9 @@ pub async fn run(
     metrics: Arc<IngestMetrics>,
     live: broadcast::Sender<Accepted>,
     mut shutdown: watch::Receiver<bool>,
+    subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
+    let mut subscribed = Some(subscribed);
     let mut options = MqttOptions::new(
         &subscription.client_id,
         &subscription.host,
@@ -94,10 +96,18 @@ pub async fn run(
             event = eventloop.poll() => match event {
                 Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
                     tracing::info!(target: "ingest", session = ack.session_present, "connected to broker");
-                    if !ack.session_present
-                        && let Err(e) = client.subscribe(&subscription.filter, QoS::AtLeastOnce).await
-                    {
+                    if ack.session_present {
+                        // The broker kept the subscription (and queued what arrived meanwhile).
+                        if let Some(s) = subscribed.take() {
+                            let _ = s.send(());
+                        }
+                    } else if let Err(e) = client.subscribe(&subscription.filter, QoS::AtLeastOnce).await {
                         tracing::error!(target: "ingest", "subscribe failed: {e}");
+                    }
+                }
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    if let Some(s) = subscribed.take() {
+                        let _ = s.send(());
                     }
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {

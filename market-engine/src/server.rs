@@ -6,9 +6,10 @@ use std::sync::Arc;
 use gridshare_core::reading::PublicKey;
 use tokio::sync::{broadcast, watch};
 
-use crate::api::{AppState, router};
+use crate::api::{AppState, RateLimits, router};
 use crate::config::{EngineConfig, broker_host_port};
 use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
+use crate::market::Market;
 use crate::pipeline::{self, Subscription};
 use crate::store::{Store, StoreError};
 
@@ -29,6 +30,9 @@ pub enum ServeError {
     /// The embedded broker or the broker URL.
     #[error("mqtt: {0}")]
     Mqtt(String),
+    /// The market settings or the order log.
+    #[error("market: {0}")]
+    Market(String),
     /// A stored meter key is unusable (a corrupted database).
     #[error("meter {meter}: stored public key is invalid: {reason}")]
     StoredKey {
@@ -49,6 +53,8 @@ pub struct Engine {
     pub store: Store,
     /// Registered keys.
     pub keys: KeyRegistry,
+    /// The market.
+    pub market: Arc<Market>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -97,6 +103,7 @@ impl Engine {
             max_future_skew_ms: config.ingest.max_future_skew_ms,
             max_age_ms: config.ingest.max_age_ms,
         };
+        let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let mut tasks = vec![tokio::spawn(pipeline::run(
             subscription,
             checker,
@@ -104,7 +111,16 @@ impl Engine {
             ingest.clone(),
             live,
             stopped.clone(),
+            subscribed_tx,
         ))];
+        // Readings published before the subscription exists would be lost by the broker, so
+        // the engine reports "running" only once it is subscribed (or says why not).
+        if tokio::time::timeout(std::time::Duration::from_secs(10), subscribed)
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "ingest", url = %config.mqtt.url, "not yet subscribed to the broker; readings are taken in as soon as it answers");
+        }
         let listener = tokio::net::TcpListener::bind(config.http.listen)
             .await
             .map_err(|source| ServeError::Listen {
@@ -115,10 +131,19 @@ impl Engine {
             addr: config.http.listen,
             source,
         })?;
+        let community = config.market.community().map_err(ServeError::Market)?;
+        let market = Arc::new(
+            Market::open(community, store.clone())
+                .await
+                .map_err(|e| ServeError::Market(e.to_string()))?,
+        );
+        tasks.push(tokio::spawn(schedule(market.clone(), shutdown.subscribe())));
         let app = router(AppState {
             store: store.clone(),
             keys: keys.clone(),
             ingest: ingest.clone(),
+            market: market.clone(),
+            limits: Arc::new(RateLimits::new(200.0, 400.0)),
         });
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {
@@ -131,6 +156,7 @@ impl Engine {
         }));
         tracing::info!(target: "engine", %http, community = %config.community, "market engine running");
         Ok(Self {
+            market,
             http,
             ingest,
             store,
@@ -147,5 +173,24 @@ impl Engine {
             let _ = task.await;
         }
         self.store.close().await;
+    }
+}
+
+/// Drives the slot timeline on wall-clock time: closes gates and settles delivered slots.
+async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let now = i64::try_from(crate::pipeline::now_ms() / 1000).unwrap_or(i64::MAX);
+        if let Err(e) = market.close_due_gates(now).await {
+            tracing::error!(target: "market", "gate closure failed (retrying): {e}");
+        }
+        if let Err(e) = market.settle_due(now).await {
+            tracing::error!(target: "market", "settlement failed (retrying): {e}");
+        }
     }
 }

@@ -160,6 +160,11 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
+    /// The connection pool, for the market's queries.
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// The dialect.
     pub fn backend(&self) -> Backend {
         self.backend

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use market_engine::api::{AppState, router};
+use market_engine::api::{AppState, RateLimits, router};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
+use market_engine::market::{Market, MarketConfig};
 use market_engine::store::Store;
 use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::{databases, unique};
 
-async fn call(
+pub(crate) async fn call(
     app: &axum::Router,
     method: &str,
     uri: &str,
@@ -48,13 +49,17 @@ async fn call(
 #[tokio::test]
 async fn accounts_meters_and_privacy() {
     let dir = tempfile::tempdir().unwrap();
-    for url in databases(dir.path()) {
+    for url in databases(dir.path()).await {
         let store = Store::open(&url).await.unwrap();
         let keys = KeyRegistry::default();
+        let community = MarketConfig::default().community().unwrap();
+        let market = Arc::new(Market::open(community, store.clone()).await.unwrap());
         let app = router(AppState {
             store,
             keys: keys.clone(),
             ingest: Arc::new(IngestMetrics::default()),
+            market,
+            limits: Arc::new(RateLimits::new(100.0, 100.0)),
         });
         let alice = unique("alice");
         let bob = unique("bob");

@@ -33,7 +33,7 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_meter_agent_feeds_the_engine() {
     let dir = tempfile::tempdir().unwrap();
-    for url in databases(dir.path()) {
+    for url in databases(dir.path()).await {
         let community = unique("e2e");
         let config = engine_config(&community, &url);
         let engine = Engine::start(&config).await.unwrap();
@@ -135,7 +135,7 @@ fn reading(meter: &str, seq: u64, import_wh: u64, timestamp_ms: u64) -> Reading 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    for url in databases(dir.path()) {
+    for url in databases(dir.path()).await {
         let community = unique("bad");
         let config = engine_config(&community, &url);
         let engine = Engine::start(&config).await.unwrap();

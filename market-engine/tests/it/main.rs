@@ -11,6 +11,7 @@
 
 mod api;
 mod ingest;
+mod market;
 
 use std::net::TcpListener;
 
@@ -35,11 +36,23 @@ pub(crate) fn unique(name: &str) -> String {
 }
 
 /// The databases every storage test runs on: SQLite always, PostgreSQL when
-/// `GRIDSHARE_TEST_POSTGRES_URL` is set (`.ci/run` sets it).
-pub(crate) fn databases(dir: &std::path::Path) -> Vec<String> {
+/// `GRIDSHARE_TEST_POSTGRES_URL` is set (`.ci/run` sets it). Each test gets a schema of its
+/// own on the shared server, so runs never see each other's slots.
+pub(crate) async fn databases(dir: &std::path::Path) -> Vec<String> {
     let mut urls = vec![format!("sqlite://{}", dir.join("engine.sqlite").display())];
     if let Ok(url) = std::env::var("GRIDSHARE_TEST_POSTGRES_URL") {
-        urls.push(url);
+        sqlx::any::install_default_drivers();
+        let schema = unique("t").replace('-', "_");
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)
+            .await
+            .unwrap();
+        // The name is generated here, not user input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let sep = if url.contains('?') { '&' } else { '?' };
+        urls.push(format!("{url}{sep}options=-c%20search_path%3D{schema}"));
     }
     urls
 }

@@ -1,0 +1,689 @@
+//! The community's market: the `core` mechanisms per delivery slot, an order log on disk, and
+//! the scheduler that closes gates and settles delivered slots on wall-clock time.
+//!
+//! Design: every accepted submit, cancel and amend is appended to `order_events` in the same
+//! transaction as the trades it made, before the client hears "accepted". The books of open
+//! slots live in memory and are rebuilt after a restart by replaying the log through the same
+//! deterministic `core` code — so an acknowledged order survives `kill -9` and a continuous
+//! trade is never applied twice (the replay re-creates it; only the original is stored).
+
+use std::collections::{BTreeMap, HashMap};
+
+use gridshare_core::market::{
+    AccountId, AreaId, AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism, MeterCounters,
+    MeterDelivery, MeterId, Order, OrderError, OrderId, PriceRule, SlotCalendar, SlotMarket,
+    Tariff, TimeProfile, Trade, settle_slot,
+};
+use serde::Deserialize;
+use sqlx::{AnyPool, Row};
+use tokio::sync::Mutex;
+
+use crate::store::{Store, StoreError};
+
+/// The utility, counterparty of last resort.
+pub const UTILITY: AccountId = AccountId(u32::MAX);
+/// The grid operator, who receives the community's grid fee.
+pub const GRID_OPERATOR: AccountId = AccountId(u32::MAX - 1);
+
+/// Market settings of the community.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketConfig {
+    /// `call` (uniform price at gate closure), `continuous` (pay-as-bid) or `pay-as-offer`.
+    pub mechanism: String,
+    /// For `call`: `midpoint`, `k-factor`, `marginal-bid` or `marginal-ask`.
+    pub price_rule: String,
+    /// For `k-factor`: k in basis points (5000 = 0.5).
+    pub k_basis_points: u16,
+    /// Slot length, seconds.
+    pub slot_length_s: u32,
+    /// The order window opens this long before delivery.
+    pub window_opens_before_s: u32,
+    /// Gate closure this long before delivery.
+    pub gate_closure_before_s: u32,
+    /// Settlement this long after delivery ends (readings must have arrived).
+    pub settlement_after_s: u32,
+    /// Retail tariff, token units per kWh: the price ceiling.
+    pub retail_per_kwh: u64,
+    /// Feed-in tariff, token units per kWh: the price floor.
+    pub feed_in_per_kwh: u64,
+    /// Grid fee of the community's market, token units per kWh.
+    pub grid_fee_per_kwh: u64,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            mechanism: "call".into(),
+            price_rule: "k-factor".into(),
+            k_basis_points: 5000,
+            slot_length_s: 900,
+            window_opens_before_s: 86_400,
+            gate_closure_before_s: 300,
+            settlement_after_s: 900,
+            retail_per_kwh: 30_000,
+            feed_in_per_kwh: 8_000,
+            grid_fee_per_kwh: 1_000,
+        }
+    }
+}
+
+impl MarketConfig {
+    /// The `core` community these settings describe.
+    pub fn community(&self) -> Result<Community, String> {
+        let mechanism = match self.mechanism.as_str() {
+            "continuous" => Mechanism::ContinuousDoubleAuction,
+            "pay-as-offer" => Mechanism::PayAsOffer,
+            "call" => Mechanism::CallAuction(match self.price_rule.as_str() {
+                "midpoint" => PriceRule::Midpoint,
+                "k-factor" => PriceRule::KFactor {
+                    basis_points: self.k_basis_points,
+                },
+                "marginal-bid" => PriceRule::MarginalBid,
+                "marginal-ask" => PriceRule::MarginalAsk,
+                other => {
+                    return Err(format!(
+                        "market.price_rule {other:?}: expected midpoint, k-factor, marginal-bid or marginal-ask"
+                    ));
+                }
+            }),
+            other => {
+                return Err(format!(
+                    "market.mechanism {other:?}: expected call, continuous or pay-as-offer"
+                ));
+            }
+        };
+        if self.k_basis_points > 10_000 {
+            return Err("market.k_basis_points: at most 10000 (k = 1)".into());
+        }
+        if self.feed_in_per_kwh > self.retail_per_kwh {
+            return Err("market.feed_in_per_kwh must not exceed market.retail_per_kwh".into());
+        }
+        let calendar = SlotCalendar::new(
+            0,
+            self.slot_length_s,
+            self.window_opens_before_s,
+            self.gate_closure_before_s,
+            self.settlement_after_s,
+        )
+        .map_err(|e| format!("market: {e}"))?;
+        let fee = if self.grid_fee_per_kwh == 0 {
+            FeeProfile::Free
+        } else {
+            FeeProfile::PerKwh(TimeProfile::constant(self.grid_fee_per_kwh))
+        };
+        let areas = AreaTree::new(fee, GRID_OPERATOR).map_err(|e| format!("market: {e}"))?;
+        Ok(Community {
+            calendar,
+            tariff: Tariff::flat(self.retail_per_kwh, self.feed_in_per_kwh),
+            imbalance: ImbalancePrices::default(),
+            areas,
+            utility: UTILITY,
+            mechanism,
+        })
+    }
+}
+
+/// Buy or sell, as the API spells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrderSide {
+    /// A bid.
+    Buy,
+    /// An ask.
+    Sell,
+}
+
+impl OrderSide {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Buy => "buy",
+            Self::Sell => "sell",
+        }
+    }
+}
+
+/// An order as a client places it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    /// The account that pays or is paid.
+    pub account: i64,
+    /// The meter that delivers or takes the energy (owned by the account).
+    pub meter: String,
+    /// Delivery slot index.
+    pub slot: u64,
+    /// Buy or sell.
+    pub side: OrderSide,
+    /// Limit price, token units per kWh.
+    pub price_per_kwh: u64,
+    /// Energy, Wh.
+    pub energy_wh: u64,
+}
+
+/// Why the market refused a request.
+#[derive(Debug, thiserror::Error)]
+pub enum MarketError {
+    /// The `core` rules refused the order (gate closed, price outside the band, ...).
+    #[error(transparent)]
+    Order(#[from] OrderError),
+    /// The slot cannot be traded (outside the calendar, already closed).
+    #[error("{0}")]
+    Slot(String),
+    /// No such order, or not the caller's.
+    #[error("order {0} not found among your open orders")]
+    UnknownOrder(u64),
+    /// The database failed; the slot's book was rebuilt from the log.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for MarketError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Store(StoreError::Database(e))
+    }
+}
+
+struct OrderInfo {
+    slot: u64,
+    account: i64,
+}
+
+struct Books {
+    open: BTreeMap<u64, SlotMarket>,
+    orders: HashMap<u64, OrderInfo>,
+    next_order_id: u64,
+}
+
+/// The market of one community.
+pub struct Market {
+    community: Community,
+    store: Store,
+    books: Mutex<Books>,
+}
+
+fn account_id(id: i64) -> Result<AccountId, MarketError> {
+    u32::try_from(id)
+        .ok()
+        .filter(|v| *v < GRID_OPERATOR.0)
+        .map(AccountId)
+        .ok_or_else(|| MarketError::Slot(format!("account id {id} out of range")))
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+impl Market {
+    /// The market, with the books of open slots rebuilt from the order log.
+    pub async fn open(community: Community, store: Store) -> Result<Self, MarketError> {
+        let market = Self {
+            community,
+            store,
+            books: Mutex::new(Books {
+                open: BTreeMap::new(),
+                orders: HashMap::new(),
+                next_order_id: 1,
+            }),
+        };
+        {
+            let pool = market.store.pool();
+            let max: Option<i64> = sqlx::query("SELECT MAX(order_id) FROM order_events")
+                .fetch_one(pool)
+                .await?
+                .get(0);
+            let mut books = market.books.lock().await;
+            books.next_order_id = max.map_or(1, |m| u64_of(m) + 1);
+            let slots: Vec<i64> = sqlx::query(
+                "SELECT DISTINCT slot FROM order_events WHERE slot NOT IN (SELECT slot FROM slots) ORDER BY slot",
+            )
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .map(|r| r.get(0))
+            .collect();
+            for slot in slots {
+                market.replay(&mut books, u64_of(slot)).await?;
+            }
+        }
+        Ok(market)
+    }
+
+    /// The community's rules.
+    pub fn community(&self) -> &Community {
+        &self.community
+    }
+
+    /// Rebuilds one slot's book from the log.
+    async fn replay(&self, books: &mut Books, slot: u64) -> Result<(), MarketError> {
+        let mut book = self
+            .community
+            .open_slot(slot)
+            .map_err(|e| MarketError::Slot(e.to_string()))?;
+        books.orders.retain(|_, o| o.slot != slot);
+        let events = sqlx::query(
+            "SELECT order_id, kind, account_id, side, price_per_kwh, energy_wh, at_s \
+             FROM order_events WHERE slot = $1 ORDER BY seq",
+        )
+        .bind(i64_of(slot))
+        .fetch_all(self.store.pool())
+        .await?;
+        for e in events {
+            let id = u64_of(e.get(0));
+            let kind: String = e.get(1);
+            let account: i64 = e.get(2);
+            let side: String = e.get(3);
+            let price = u64_of(e.get(4));
+            let energy = u64_of(e.get(5));
+            let at: i64 = e.get(6);
+            // Each event was accepted once by the same deterministic code; it is accepted again.
+            let outcome = match kind.as_str() {
+                "submit" => {
+                    let owner = account_id(account)?;
+                    let order = if side == "buy" {
+                        Order::bid(OrderId(id), owner, AreaId(0), price, energy)
+                    } else {
+                        Order::ask(OrderId(id), owner, AreaId(0), price, energy)
+                    };
+                    books.orders.insert(id, OrderInfo { slot, account });
+                    book.submit(order, at).map(drop)
+                }
+                "cancel" => book.cancel(OrderId(id), at),
+                _ => book.amend(OrderId(id), price, energy, at).map(drop),
+            };
+            if let Err(e) = outcome {
+                tracing::error!(target: "market", slot, order = id, "replayed event refused: {e}");
+            }
+        }
+        books.open.insert(slot, book);
+        Ok(())
+    }
+
+    /// Places an order (the caller has checked that the meter belongs to the account).
+    /// Returns the order id and the trades it made at once (continuous mechanisms).
+    pub async fn submit(
+        &self,
+        new: &NewOrder,
+        now_s: i64,
+    ) -> Result<(u64, Vec<Trade>), MarketError> {
+        let NewOrder {
+            account,
+            ref meter,
+            slot,
+            side,
+            price_per_kwh,
+            energy_wh,
+        } = *new;
+        let owner = account_id(account)?;
+        let mut books = self.books.lock().await;
+        if let std::collections::btree_map::Entry::Vacant(entry) = books.open.entry(slot) {
+            if self.slot_closed(slot).await? {
+                return Err(MarketError::Slot(format!(
+                    "slot {slot}: gate already closed"
+                )));
+            }
+            let book = self
+                .community
+                .open_slot(slot)
+                .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+            entry.insert(book);
+        }
+        let id = books.next_order_id;
+        let order = match side {
+            OrderSide::Buy => Order::bid(OrderId(id), owner, AreaId(0), price_per_kwh, energy_wh),
+            OrderSide::Sell => Order::ask(OrderId(id), owner, AreaId(0), price_per_kwh, energy_wh),
+        };
+        let book = books
+            .open
+            .get_mut(&slot)
+            .ok_or_else(|| MarketError::Slot(format!("slot {slot} is not open")))?;
+        let trades = book.submit(order, now_s)?;
+        let stored = async {
+            let mut tx = self.store.pool().begin().await?;
+            log_event(
+                &mut tx,
+                slot,
+                id,
+                "submit",
+                account,
+                meter,
+                side.as_str(),
+                price_per_kwh,
+                energy_wh,
+                now_s,
+            )
+            .await?;
+            for t in &trades {
+                store_trade(&mut tx, slot, t).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = stored {
+            // The book has the order, the disk does not: rebuild the book from the disk.
+            self.replay(&mut books, slot).await?;
+            return Err(e.into());
+        }
+        books.next_order_id += 1;
+        books.orders.insert(id, OrderInfo { slot, account });
+        Ok((id, trades))
+    }
+
+    /// Cancels one of `account`'s open orders.
+    pub async fn cancel(&self, account: i64, order: u64, now_s: i64) -> Result<(), MarketError> {
+        let mut books = self.books.lock().await;
+        let slot = match books.orders.get(&order) {
+            Some(info) if info.account == account => info.slot,
+            _ => return Err(MarketError::UnknownOrder(order)),
+        };
+        let book = books
+            .open
+            .get_mut(&slot)
+            .ok_or(MarketError::UnknownOrder(order))?;
+        book.cancel(OrderId(order), now_s)?;
+        let stored = async {
+            let mut tx = self.store.pool().begin().await?;
+            log_event(&mut tx, slot, order, "cancel", account, "", "", 0, 0, now_s).await?;
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = stored {
+            self.replay(&mut books, slot).await?;
+            return Err(e.into());
+        }
+        books.orders.remove(&order);
+        Ok(())
+    }
+
+    /// Amends one of `account`'s open orders (it loses time priority if price or size grows).
+    pub async fn amend(
+        &self,
+        account: i64,
+        order: u64,
+        price_per_kwh: u64,
+        energy_wh: u64,
+        now_s: i64,
+    ) -> Result<Vec<Trade>, MarketError> {
+        let mut books = self.books.lock().await;
+        let slot = match books.orders.get(&order) {
+            Some(info) if info.account == account => info.slot,
+            _ => return Err(MarketError::UnknownOrder(order)),
+        };
+        let book = books
+            .open
+            .get_mut(&slot)
+            .ok_or(MarketError::UnknownOrder(order))?;
+        let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
+        let stored = async {
+            let mut tx = self.store.pool().begin().await?;
+            log_event(
+                &mut tx,
+                slot,
+                order,
+                "amend",
+                account,
+                "",
+                "",
+                price_per_kwh,
+                energy_wh,
+                now_s,
+            )
+            .await?;
+            for t in &trades {
+                store_trade(&mut tx, slot, t).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if let Err(e) = stored {
+            self.replay(&mut books, slot).await?;
+            return Err(e.into());
+        }
+        Ok(trades)
+    }
+
+    async fn slot_closed(&self, slot: u64) -> Result<bool, MarketError> {
+        Ok(sqlx::query("SELECT 1 FROM slots WHERE slot = $1")
+            .bind(i64_of(slot))
+            .fetch_optional(self.store.pool())
+            .await?
+            .is_some())
+    }
+
+    /// Closes the gate of every open slot whose gate closure has passed: the call auction
+    /// clears, remaining orders expire. Returns the slots closed.
+    pub async fn close_due_gates(&self, now_s: i64) -> Result<Vec<u64>, MarketError> {
+        let mut books = self.books.lock().await;
+        let due: Vec<u64> = books
+            .open
+            .iter()
+            .filter(|(_, b)| b.terms().slot.gate_closure <= now_s)
+            .map(|(s, _)| *s)
+            .collect();
+        for slot in &due {
+            let Some(book) = books.open.remove(slot) else {
+                continue;
+            };
+            let closure = book.close_gate();
+            let mut tx = self.store.pool().begin().await?;
+            for t in &closure.trades {
+                store_trade(&mut tx, *slot, t).await?;
+            }
+            sqlx::query(
+                "INSERT INTO slots (slot, status, clearing_price) VALUES ($1, 'closed', $2)",
+            )
+            .bind(i64_of(*slot))
+            .bind(closure.clearing_price.map(i64_of))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            books.orders.retain(|_, o| o.slot != *slot);
+            tracing::info!(
+                target: "market",
+                slot,
+                trades = closure.trades.len(),
+                clearing_price = ?closure.clearing_price,
+                "gate closed"
+            );
+        }
+        Ok(due)
+    }
+
+    /// Settles every closed slot whose settlement time has passed: delivery from the meters'
+    /// signed counters, imbalances against the utility, one net amount per account in the
+    /// ledger. Returns the slots settled.
+    pub async fn settle_due(&self, now_s: i64) -> Result<Vec<u64>, MarketError> {
+        let pool = self.store.pool();
+        let closed: Vec<u64> =
+            sqlx::query("SELECT slot FROM slots WHERE status = 'closed' ORDER BY slot")
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| u64_of(r.get(0)))
+                .collect();
+        let mut settled = Vec::new();
+        for slot in closed {
+            let terms = self
+                .community
+                .terms(slot)
+                .map_err(|e| MarketError::Slot(e.to_string()))?;
+            if terms.slot.settlement > now_s {
+                continue;
+            }
+            let trades = load_trades(pool, slot).await?;
+            let deliveries = self
+                .deliveries(pool, terms.slot.delivery_start, terms.slot.delivery_end)
+                .await?;
+            let settlement = settle_slot(&trades, &deliveries, &terms)
+                .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+            let mut tx = pool.begin().await?;
+            for b in &settlement.balances {
+                let amount = i64::try_from(b.amount)
+                    .map_err(|_| MarketError::Slot(format!("slot {slot}: amount out of range")))?;
+                let account = match b.account {
+                    UTILITY => -1,
+                    GRID_OPERATOR => -2,
+                    AccountId(a) => i64::from(a),
+                };
+                sqlx::query("INSERT INTO ledger (slot, account_id, amount) VALUES ($1, $2, $3)")
+                    .bind(i64_of(slot))
+                    .bind(account)
+                    .bind(amount)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            // Only a slot still 'closed' is settled: a second settler changes nothing.
+            let done = sqlx::query(
+                "UPDATE slots SET status = 'settled' WHERE slot = $1 AND status = 'closed'",
+            )
+            .bind(i64_of(slot))
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() == 1 {
+                tx.commit().await?;
+                settled.push(slot);
+                tracing::info!(target: "market", slot, accounts = settlement.balances.len(), "slot settled");
+            }
+        }
+        Ok(settled)
+    }
+
+    async fn deliveries(
+        &self,
+        pool: &AnyPool,
+        start_s: i64,
+        end_s: i64,
+    ) -> Result<Vec<MeterDelivery>, MarketError> {
+        let meters = self.store.meters().await?;
+        let mut out = Vec::new();
+        for (index, meter) in meters.iter().enumerate() {
+            let at = |t: i64| {
+                sqlx::query(
+                    "SELECT import_wh, export_wh FROM readings WHERE meter_id = $1 AND timestamp_ms <= $2 \
+                     AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
+                     ORDER BY timestamp_ms DESC LIMIT 1",
+                )
+                .bind(meter.meter_id.clone())
+                .bind(t.saturating_mul(1000))
+                .fetch_optional(pool)
+            };
+            let (Some(start), Some(end)) = (at(start_s).await?, at(end_s).await?) else {
+                continue;
+            };
+            let counters = |r: &sqlx::any::AnyRow| MeterCounters {
+                import_wh: u64_of(r.get(0)),
+                export_wh: u64_of(r.get(1)),
+            };
+            out.push(MeterDelivery {
+                meter: MeterId(u32::try_from(index).unwrap_or(u32::MAX)),
+                account: account_id(meter.account_id)?,
+                start: counters(&start),
+                end: counters(&end),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Net balance of an account over all settled slots.
+    pub async fn balance(&self, account: i64) -> Result<i64, MarketError> {
+        let row = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger WHERE account_id = $1",
+        )
+        .bind(account)
+        .fetch_one(self.store.pool())
+        .await?;
+        Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// Trades of a slot (as stored).
+    pub async fn trades(&self, slot: u64) -> Result<Vec<Trade>, MarketError> {
+        load_trades(self.store.pool(), slot).await
+    }
+
+    /// Status and clearing price of a slot: `open`, `closed` or `settled`.
+    pub async fn slot_status(&self, slot: u64) -> Result<(String, Option<u64>), MarketError> {
+        let row = sqlx::query("SELECT status, clearing_price FROM slots WHERE slot = $1")
+            .bind(i64_of(slot))
+            .fetch_optional(self.store.pool())
+            .await?;
+        Ok(match row {
+            Some(r) => (r.get(0), r.get::<Option<i64>, _>(1).map(u64_of)),
+            None => ("open".into(), None),
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn log_event(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    slot: u64,
+    order: u64,
+    kind: &str,
+    account: i64,
+    meter: &str,
+    side: &str,
+    price: u64,
+    energy: u64,
+    at_s: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO order_events (slot, order_id, kind, account_id, meter_id, side, price_per_kwh, energy_wh, at_s) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(i64_of(slot))
+    .bind(i64_of(order))
+    .bind(kind)
+    .bind(account)
+    .bind(meter)
+    .bind(side)
+    .bind(i64_of(price))
+    .bind(i64_of(energy))
+    .bind(at_s)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn store_trade(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    slot: u64,
+    t: &Trade,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO trades (slot, bid_order, ask_order, buyer, seller, energy_wh, buyer_pays, \
+         seller_receives, fees, buyer_rate, seller_rate, trade_json) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+    )
+    .bind(i64_of(slot))
+    .bind(i64_of(t.bid.0))
+    .bind(i64_of(t.ask.0))
+    .bind(i64::from(t.buyer.0))
+    .bind(i64::from(t.seller.0))
+    .bind(i64_of(t.energy_wh))
+    .bind(i64_of(t.amounts.buyer_pays))
+    .bind(i64_of(t.amounts.seller_receives))
+    .bind(i64_of(t.amounts.fees))
+    .bind(i64_of(t.amounts.buyer_rate_per_kwh))
+    .bind(i64_of(t.amounts.seller_rate_per_kwh))
+    .bind(serde_json::to_string(t).unwrap_or_default())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+async fn load_trades(pool: &AnyPool, slot: u64) -> Result<Vec<Trade>, MarketError> {
+    let rows = sqlx::query("SELECT trade_json FROM trades WHERE slot = $1 ORDER BY id")
+        .bind(i64_of(slot))
+        .fetch_all(pool)
+        .await?;
+    rows.into_iter()
+        .map(|r| {
+            serde_json::from_str::<Trade>(&r.get::<String, _>(0)).map_err(|e| {
+                MarketError::Slot(format!("slot {slot}: stored trade unreadable: {e}"))
+            })
+        })
+        .collect()
+}

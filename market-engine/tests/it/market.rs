@@ -1,0 +1,286 @@
+//! Orders through the API into the `core` auction, gate closure, settlement against signed
+//! readings, and the order log that survives a restart. On SQLite and PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use gridshare_core::reading::{ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading};
+use market_engine::api::{AppState, RateLimits, router};
+use market_engine::ingest::{IngestMetrics, KeyRegistry};
+use market_engine::market::{GRID_OPERATOR, Market, MarketConfig, UTILITY};
+use market_engine::store::Store;
+use ring::rand::SystemRandom;
+use serde_json::json;
+use sqlx::Row;
+
+use crate::api::call;
+use crate::{databases, unique};
+
+fn now_s() -> i64 {
+    i64::try_from(market_engine::pipeline::now_ms() / 1000).unwrap()
+}
+
+async fn login(app: &axum::Router, name: &str) -> String {
+    let creds = json!({"name": name, "password": "correct horse battery"});
+    let (s, _, _) = call(app, "POST", "/api/v1/accounts", None, Some(creds.clone())).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (_, body, _) = call(app, "POST", "/api/v1/sessions", None, Some(creds)).await;
+    body["token"].as_str().unwrap().to_owned()
+}
+
+fn signed(
+    key: &MeterKey,
+    meter: &str,
+    seq: u64,
+    ts_s: i64,
+    import: u64,
+    export: u64,
+) -> gridshare_core::reading::SignedReading {
+    let reading = Reading {
+        meter_id: MeterId::new(meter).unwrap(),
+        device: DeviceIdentity::default(),
+        seq,
+        timestamp_ms: u64::try_from(ts_s).unwrap() * 1000,
+        clock: ClockSync::Synchronised,
+        import_wh: Measured::ok(import),
+        export_wh: Measured::ok(export),
+        battery_charge_wh: Measured::not_implemented(),
+        battery_discharge_wh: Measured::not_implemented(),
+        power_w: Measured::not_implemented(),
+        soc_bp: Measured::not_implemented(),
+    };
+    key.sign(reading, &SystemRandom::new()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let config = MarketConfig::default();
+        let market = Arc::new(
+            Market::open(config.community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let app = router(AppState {
+            store: store.clone(),
+            keys: KeyRegistry::default(),
+            ingest: Arc::new(IngestMetrics::default()),
+            market: market.clone(),
+            limits: Arc::new(RateLimits::new(100.0, 100.0)),
+        });
+        let alice = login(&app, &unique("alice")).await;
+        let bob = login(&app, &unique("bob")).await;
+        let rng = SystemRandom::new();
+        let mut keys = HashMap::new();
+        let mut meters = HashMap::new();
+        for (who, token) in [("a", &alice), ("b", &bob)] {
+            let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+            let meter = unique(who);
+            let meter = meter[meter.len().saturating_sub(30)..].to_owned();
+            let (s, _, _) = call(
+                &app,
+                "POST",
+                "/api/v1/meters",
+                Some(token),
+                Some(json!({"meter_id": meter, "public_key": key.public_key().to_hex()})),
+            )
+            .await;
+            assert_eq!(s, StatusCode::CREATED);
+            keys.insert(who, key);
+            meters.insert(who, meter);
+        }
+        // A slot whose order window is open now.
+        let community = market.community().clone();
+        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+        let terms = community.terms(slot).unwrap();
+        let order = |meter: &str, side: &str, wh: i64, price: i64| json!({"meter_id": meter, "slot": slot, "side": side, "energy_wh": wh, "price_per_kwh": price});
+
+        // Bad orders are refused with their reason; nothing else changes.
+        let (s, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&meters["b"], "sell", 1000, 10_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        let (s, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&meters["a"], "sell", -5, 10_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, _, _) = call(&app, "POST", "/api/v1/orders", Some(&alice), Some(json!({"meter_id": meters["a"], "slot": slot, "side": "sell", "energy_wh": 1e30, "price_per_kwh": 10_000}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&meters["a"], "sell", 0, 10_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+        let (s, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&meters["a"], "sell", 1000, 50_000)),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "price above retail: {body}"
+        );
+        let (s, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order("no-such-meter", "sell", 1000, 10_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // Alice sells 1 kWh at ≥ 10, Bob buys 1.5 kWh at ≤ 25 (thousandths of a token per kWh).
+        let (s, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&meters["a"], "sell", 1000, 10_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let (s, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&bob),
+            Some(order(&meters["b"], "buy", 1500, 25_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let bob_order = body["order_id"].as_u64().unwrap();
+        // Bob's order is not Alice's to cancel.
+        let (s, _, _) = call(
+            &app,
+            "DELETE",
+            &format!("/api/v1/orders/{bob_order}"),
+            Some(&alice),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+
+        // A restart before gate closure: the book comes back from the order log.
+        drop(app);
+        drop(market);
+        let market = Arc::new(
+            Market::open(community.clone(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let closed = market
+            .close_due_gates(terms.slot.gate_closure)
+            .await
+            .unwrap();
+        assert_eq!(closed, vec![slot]);
+        let trades = market.trades(slot).await.unwrap();
+        assert_eq!(trades.len(), 1);
+        let t = trades[0];
+        assert_eq!(t.energy_wh, 1000);
+        assert_eq!(
+            t.amounts.buyer_pays,
+            t.amounts.seller_receives + t.amounts.fees
+        );
+        let (status, price) = market.slot_status(slot).await.unwrap();
+        assert_eq!(status, "closed");
+        // k = 0.5 between the marginal ask 10 000 and bid 25 000 (fees ride on top for the seller).
+        assert!(price.unwrap() >= 10_000 && price.unwrap() <= 25_000);
+        // The gate is closed: no more orders for this slot.
+        let app = router(AppState {
+            store: store.clone(),
+            keys: KeyRegistry::default(),
+            ingest: Arc::new(IngestMetrics::default()),
+            market: market.clone(),
+            limits: Arc::new(RateLimits::new(100.0, 100.0)),
+        });
+        let (s, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&meters["a"], "sell", 1000, 10_000)),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(body["error"].as_str().unwrap().contains("gate"), "{body}");
+
+        // Delivery: Alice exports 1.2 kWh, Bob imports 1.5 kWh in the slot (signed readings).
+        let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
+        let readings = vec![
+            signed(&keys["a"], &meters["a"], 1, start - 1, 5_000, 20_000),
+            signed(&keys["a"], &meters["a"], 2, end, 5_000, 21_200),
+            signed(&keys["b"], &meters["b"], 1, start, 9_000, 100),
+            signed(&keys["b"], &meters["b"], 2, end - 1, 10_500, 100),
+        ];
+        let mut last = HashMap::new();
+        store.store_readings(&readings, 0, &mut last).await.unwrap();
+        assert!(
+            market
+                .settle_due(terms.slot.settlement - 1)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not before settlement time"
+        );
+        assert_eq!(
+            market.settle_due(terms.slot.settlement).await.unwrap(),
+            vec![slot]
+        );
+        assert!(
+            market
+                .settle_due(terms.slot.settlement + 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "settled once"
+        );
+        let rows = sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1")
+            .bind(i64::try_from(slot).unwrap())
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+        let total: i64 = rows.iter().map(|r| r.get::<i64, _>(1)).sum();
+        assert_eq!(total, 0, "{url}: money is neither created nor destroyed");
+        let (_, a, _) = call(&app, "GET", "/api/v1/balance", Some(&alice), None).await;
+        let (_, b, _) = call(&app, "GET", "/api/v1/balance", Some(&bob), None).await;
+        let (a, b) = (
+            a["balance"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("{url}: {a}")),
+            b["balance"].as_i64().unwrap(),
+        );
+        // Alice: her trade plus 200 Wh of surplus sold to the utility at feed-in (8 000/kWh).
+        assert_eq!(a, i64::try_from(t.amounts.seller_receives).unwrap() + 1_600);
+        // Bob: his trade plus 500 Wh of shortfall bought from the utility at retail (30 000/kWh).
+        assert_eq!(b, -(i64::try_from(t.amounts.buyer_pays).unwrap() + 15_000));
+        let operator: i64 = rows
+            .iter()
+            .filter(|r| r.get::<i64, _>(0) == -2)
+            .map(|r| r.get::<i64, _>(1))
+            .sum();
+        assert_eq!(operator, i64::try_from(t.amounts.fees).unwrap());
+        let _ = (UTILITY, GRID_OPERATOR);
+    }
+}
