@@ -250,27 +250,34 @@ fn json_body<T>(
         .map_err(|e| ApiError::BadRequest(e.body_text()))
 }
 
+/// Hashes a password with Argon2id and a random salt (PHC string format).
+pub async fn hash_password(password: &str) -> Result<String, String> {
+    let mut salt = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut salt)
+        .map_err(|_| "no randomness".to_owned())?;
+    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
+    let password = password.to_owned();
+    // Argon2id is deliberately slow: off the async workers.
+    tokio::task::spawn_blocking(move || {
+        Argon2::default()
+            .hash_password(password.as_bytes(), &salt)
+            .map(|h| h.to_string())
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
 async fn create_account(
     State(state): State<AppState>,
     body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
     let c = json_body(body)?;
     check_credentials(&c)?;
-    let mut salt = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| ApiError::Internal("no randomness".into()))?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let password = c.password.clone();
-    // Argon2id is deliberately slow: off the async workers.
-    let hash = tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let hash = hash_password(&c.password)
+        .await
+        .map_err(ApiError::Internal)?;
     let id = state
         .store
         .create_account(&c.name, &hash, "household", now_ms())

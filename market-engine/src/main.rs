@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+mod demo;
 use market_engine::config::{DEFAULT_CONFIG, EngineConfig};
 use market_engine::server::Engine;
 
@@ -35,6 +37,25 @@ enum Command {
     },
     /// Print the commented default configuration.
     Config,
+    /// The engine plus a simulated neighbourhood (simulated inverters read by real meter
+    /// agents, each home trading its forecast surplus or need), in 60-second slots.
+    Demo {
+        /// Number of homes.
+        #[arg(long, default_value_t = 12)]
+        homes: usize,
+        /// HTTP listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Port of the embedded MQTT broker.
+        #[arg(long, default_value_t = 18830)]
+        mqtt_port: u16,
+        /// Simulated seconds per real second in the homes' inverters.
+        #[arg(long, default_value_t = 60.0)]
+        speed: f64,
+        /// Directory for the database and keys (default: a new temporary directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +87,31 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Config => print!("{DEFAULT_CONFIG}"),
+        Command::Demo {
+            homes,
+            listen,
+            mqtt_port,
+            speed,
+            dir,
+        } => {
+            if !(1..=200).contains(&homes) {
+                anyhow::bail!("--homes must be between 1 and 200");
+            }
+            if !(speed > 0.0 && speed <= 10_000.0) {
+                anyhow::bail!("--speed must be between 0 and 10000");
+            }
+            let dir = dir.unwrap_or_else(|| {
+                std::env::temp_dir().join(format!("gridshare-engine-demo-{}", std::process::id()))
+            });
+            let options = demo::DemoOptions {
+                homes,
+                listen,
+                mqtt_port,
+                speed,
+                dir,
+            };
+            demo::run(options, shutdown_signal()).await?;
+        }
         Command::Serve {
             config,
             database_url,

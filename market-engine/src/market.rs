@@ -342,7 +342,7 @@ impl Market {
             .ok_or_else(|| MarketError::Slot(format!("slot {slot} is not open")))?;
         let trades = book.submit(order, now_s)?;
         let stored = async {
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.begin().await?;
             log_event(
                 &mut tx,
                 slot,
@@ -385,7 +385,7 @@ impl Market {
             .ok_or(MarketError::UnknownOrder(order))?;
         book.cancel(OrderId(order), now_s)?;
         let stored = async {
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.begin().await?;
             log_event(&mut tx, slot, order, "cancel", account, "", "", 0, 0, now_s).await?;
             tx.commit().await
         }
@@ -418,7 +418,7 @@ impl Market {
             .ok_or(MarketError::UnknownOrder(order))?;
         let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
         let stored = async {
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.begin().await?;
             log_event(
                 &mut tx,
                 slot,
@@ -468,7 +468,7 @@ impl Market {
                 continue;
             };
             let closure = book.close_gate();
-            let mut tx = self.store.pool().begin().await?;
+            let mut tx = self.store.begin().await?;
             for t in &closure.trades {
                 store_trade(&mut tx, *slot, t).await?;
             }
@@ -519,7 +519,7 @@ impl Market {
                 .await?;
             let settlement = settle_slot(&trades, &deliveries, &terms)
                 .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
-            let mut tx = pool.begin().await?;
+            let mut tx = self.store.begin().await?;
             for b in &settlement.balances {
                 let amount = i64::try_from(b.amount)
                     .map_err(|_| MarketError::Slot(format!("slot {slot}: amount out of range")))?;

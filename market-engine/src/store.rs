@@ -160,6 +160,16 @@ impl Store {
         Ok(Self { pool, backend })
     }
 
+    /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN
+    /// IMMEDIATE`): a deferred transaction that reads and then writes fails with "database is
+    /// locked" when another connection wrote in between.
+    pub async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.pool.begin().await,
+        }
+    }
+
     /// The connection pool, for the market's queries.
     pub fn pool(&self) -> &AnyPool {
         &self.pool
@@ -311,7 +321,7 @@ impl Store {
         received_ms: u64,
         last: &mut HashMap<String, (u64, [Option<i64>; 4])>,
     ) -> Result<Vec<Stored>, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         for signed in batch {
             let r = &signed.reading;
@@ -414,13 +424,32 @@ impl Store {
         Ok((before, after))
     }
 
+    /// Average grid power (W, positive = import) over the meter's last `n` readings that carry
+    /// one, or `None` without readings.
+    pub async fn recent_power(&self, meter_id: &str, n: u32) -> Result<Option<i64>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT power_w FROM readings WHERE meter_id = $1 AND power_w IS NOT NULL \
+             ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(meter_id)
+        .bind(i64::from(n))
+        .fetch_all(&self.pool)
+        .await?;
+        let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        if count == 0 {
+            return Ok(None);
+        }
+        let sum: i64 = rows.iter().map(|r| r.get::<i64, _>(0)).sum();
+        Ok(Some(sum / count))
+    }
+
     /// Records rejected messages (the audit trail of bad input).
     pub async fn record_rejections(
         &self,
         rejected: &[Rejected],
         received_ms: u64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for r in rejected {
             sqlx::query(
                 "INSERT INTO rejections (received_ms, meter_id, reason, detail) VALUES ($1, $2, $3, $4)",

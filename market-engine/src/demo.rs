@@ -1,0 +1,298 @@
+//! `market-engine demo`: the engine plus a simulated neighbourhood on this machine. Each home
+//! is a simulated SunSpec hybrid inverter served over Modbus TCP on loopback and read by a real
+//! meter agent, which signs its readings and publishes them to the engine's embedded broker.
+//! Each home also runs a trading rule — sell the forecast surplus, buy the forecast need, from
+//! the meter's own recent readings — so orders, auctions, trades and settlement follow within
+//! a minute or two.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use meter_agent::agent::{self, AgentStats};
+use meter_agent::config::AgentConfig;
+use meter_agent::register_server::{Framing, RegisterServer};
+use meter_agent::simulator::{Household, SimulatedDevice};
+use tokio::sync::watch;
+
+use market_engine::config::EngineConfig;
+use market_engine::ingest::IngestMetrics;
+use market_engine::market::{Market, NewOrder, OrderSide};
+use market_engine::pipeline::now_ms;
+use market_engine::server::Engine;
+use market_engine::store::Store;
+
+/// Demo settings.
+#[derive(Debug, Clone)]
+pub(crate) struct DemoOptions {
+    /// Number of homes.
+    pub(crate) homes: usize,
+    /// HTTP listen address of the engine.
+    pub(crate) listen: std::net::SocketAddr,
+    /// Port of the embedded MQTT broker.
+    pub(crate) mqtt_port: u16,
+    /// Simulated seconds per real second in the homes' devices.
+    pub(crate) speed: f64,
+    /// Directory for the database and the meters' keys.
+    pub(crate) dir: PathBuf,
+}
+
+/// One simulated home's trading rule: sell the surplus above what it needs, buy what it needs,
+/// at prices between the feed-in and retail tariffs.
+#[derive(Debug, Clone, Copy)]
+struct TradingRule {
+    /// Asks at least this much per kWh.
+    sell_at: u64,
+    /// Bids at most this much per kWh.
+    buy_at: u64,
+}
+
+fn now_s() -> i64 {
+    i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX)
+}
+
+/// Runs the demo until Ctrl-C (the future `stop` resolves).
+pub(crate) async fn run(
+    options: DemoOptions,
+    stop: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&options.dir)?;
+    let mut config = EngineConfig {
+        community: "demo".into(),
+        ..EngineConfig::default()
+    };
+    config.http.listen = options.listen;
+    config.database.url = format!("sqlite://{}", options.dir.join("engine.sqlite").display());
+    config.mqtt.embedded_listen = format!("127.0.0.1:{}", options.mqtt_port);
+    config.mqtt.url = format!("mqtt://127.0.0.1:{}", options.mqtt_port);
+    // Short slots so the whole timeline passes in about two minutes.
+    config.market.slot_length_s = 60;
+    config.market.window_opens_before_s = 600;
+    config.market.gate_closure_before_s = 10;
+    config.market.settlement_after_s = 10;
+    let engine = Engine::start(&config).await?;
+    let market = engine.market.clone();
+    let community = market.community().clone();
+
+    println!(
+        "Gridshare market engine demo: {} homes, 60-second delivery slots",
+        options.homes
+    );
+    println!(
+        "  API        http://{}   (OpenAPI: /openapi.json, metrics: /metrics)",
+        engine.http
+    );
+    println!("  broker     mqtt://127.0.0.1:{}", options.mqtt_port);
+    println!("  database   {}", config.database.url);
+    println!(
+        "  log in as  home-01 … home-{:02} with password \"demo-password\"",
+        options.homes
+    );
+    println!();
+
+    let (stop_agents, agents_stopped) = watch::channel(false);
+    let mut agents = Vec::new();
+    let mut homes = Vec::new();
+    for i in 0..options.homes {
+        let name = format!("home-{:02}", i + 1);
+        let account = match engine.store.account_by_name(&name).await? {
+            Some(a) => a.id,
+            None => {
+                let hash = market_engine::api::hash_password("demo-password")
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                engine
+                    .store
+                    .create_account(&name, &hash, "household", now_ms())
+                    .await?
+            }
+        };
+        // A mix: most homes have PV, every third a battery, some only consume.
+        let household = Household {
+            pv_peak_w: if i % 4 == 3 {
+                0.0
+            } else {
+                3000.0 + 700.0 * (i % 5) as f64
+            },
+            battery_wh: if i % 3 == 0 { 8000.0 } else { 0.0 },
+            base_load_w: 250.0 + 40.0 * (i % 6) as f64,
+            seed: i as u64 + 1,
+            serial: format!("SIM-{:06}", i + 1),
+            ..Household::default()
+        };
+        let mut device = SimulatedDevice::new(household, 10 * 3_600_000);
+        let server =
+            RegisterServer::start("127.0.0.1:0".parse()?, device.bank(), 1, Framing::Tcp).await?;
+        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+        let step = (200.0 * options.speed) as u64;
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(200));
+            loop {
+                tick.tick().await;
+                device.advance(step);
+            }
+        });
+        let key_file = options.dir.join(format!("{name}.key"));
+        let public = if key_file.exists() {
+            meter_agent::keys::load(&key_file)?.public_key()
+        } else {
+            meter_agent::keys::generate(&key_file, false)?
+        };
+        if engine.store.meter_owner(&name).await?.is_none() {
+            engine
+                .store
+                .register_meter(
+                    &name,
+                    account,
+                    &public.to_hex(),
+                    &public.key_id().to_string(),
+                    now_ms(),
+                )
+                .await?;
+        }
+        engine.keys.insert(&name, public);
+        let mut agent_config = AgentConfig {
+            meter_id: name.clone(),
+            community: config.community.clone(),
+            key_file,
+            data_dir: options.dir.join(&name),
+            poll_interval_ms: 2000,
+            ..AgentConfig::default()
+        };
+        agent_config.modbus.address = server.addr.to_string();
+        agent_config.mqtt.url = config.mqtt.url.clone();
+        agents.push(tokio::spawn(agent::run(
+            agent_config,
+            agents_stopped.clone(),
+            Arc::new(AgentStats::default()),
+        )));
+        let spread = community
+            .tariff
+            .band(0)
+            .map(|b| b.retail_per_kwh - b.feed_in_per_kwh)
+            .unwrap_or(0);
+        let feed_in = community
+            .tariff
+            .band(0)
+            .map(|b| b.feed_in_per_kwh)
+            .unwrap_or(0);
+        let rule = TradingRule {
+            sell_at: feed_in + spread * (20 + 5 * (i as u64 % 6)) / 100,
+            buy_at: feed_in + spread * (45 + 6 * (i as u64 % 7)) / 100,
+        };
+        homes.push((name, account, rule));
+    }
+
+    let trader = tokio::spawn(trade_loop(market.clone(), engine.store.clone(), homes));
+    let reporter = tokio::spawn(report_loop(market.clone(), engine.ingest.clone()));
+    stop.await;
+    trader.abort();
+    reporter.abort();
+    let _ = stop_agents.send(true);
+    for a in agents {
+        let _ = a.await;
+    }
+    engine.stop().await;
+    Ok(())
+}
+
+/// Every few seconds, each home places one order for the next slot whose gate is still open,
+/// sized from the average power of its last readings.
+async fn trade_loop(market: Arc<Market>, store: Store, homes: Vec<(String, i64, TradingRule)>) {
+    let calendar = market.community().calendar;
+    let mut ordered: std::collections::HashSet<(u64, String)> = Default::default();
+    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    loop {
+        tick.tick().await;
+        let now = now_s();
+        let Some(current) = calendar.slot_delivering_at(now) else {
+            continue;
+        };
+        let Some(slot) = (current + 1..current + 3)
+            .find(|s| calendar.slot(*s).is_ok_and(|d| d.gate_closure > now + 2))
+        else {
+            continue;
+        };
+        for (meter, account, rule) in &homes {
+            if ordered.contains(&(slot, meter.clone())) {
+                continue;
+            }
+            let Ok(power) = store.recent_power(meter, 5).await else {
+                continue;
+            };
+            let Some(avg_w) = power else { continue };
+            // Energy over one slot at the recent average power, W × s / 3600 = Wh.
+            let slot_s = i64::from(calendar.slot_length_s());
+            let energy_wh = u64::try_from((avg_w.abs() * slot_s) / 3600).unwrap_or(0);
+            if energy_wh == 0 {
+                continue;
+            }
+            let (side, price) = if avg_w < 0 {
+                (OrderSide::Sell, rule.sell_at)
+            } else {
+                (OrderSide::Buy, rule.buy_at)
+            };
+            let order = NewOrder {
+                account: *account,
+                meter: meter.clone(),
+                slot,
+                side,
+                price_per_kwh: price,
+                energy_wh,
+            };
+            match market.submit(&order, now).await {
+                Ok(_) => {
+                    ordered.insert((slot, meter.clone()));
+                }
+                Err(e) => tracing::warn!(target: "demo", %meter, "order refused: {e}"),
+            }
+        }
+        ordered.retain(|(s, _)| *s + 5 > slot);
+    }
+}
+
+async fn report_loop(market: Arc<Market>, ingest: Arc<IngestMetrics>) {
+    let calendar = market.community().calendar;
+    let mut reported_closed = 0;
+    let mut reported_settled = 0;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let accepted = ingest.accepted.load(Ordering::Relaxed);
+        let now = now_s();
+        let current = calendar.slot_delivering_at(now).unwrap_or(0);
+        println!(
+            "[{}] slot {current} delivering · {accepted} signed readings verified and stored",
+            chrono_like(now)
+        );
+        for slot in current.saturating_sub(5)..=current {
+            let Ok((status, price)) = market.slot_status(slot).await else {
+                continue;
+            };
+            let Ok(trades) = market.trades(slot).await else {
+                continue;
+            };
+            let volume: u64 = trades.iter().map(|t| t.energy_wh).sum();
+            if status == "closed" && slot > reported_closed {
+                reported_closed = slot;
+                println!(
+                    "        gate closed for slot {slot}: {} trades, {volume} Wh, clearing price {}",
+                    trades.len(),
+                    price.map_or("none".into(), |p| format!("{p} per kWh"))
+                );
+            }
+            if status == "settled" && slot > reported_settled {
+                reported_settled = slot;
+                println!(
+                    "        slot {slot} settled against the signed meter readings (GET /api/v1/balance)"
+                );
+            }
+        }
+    }
+}
+
+fn chrono_like(now_s: i64) -> String {
+    let s = now_s.rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
