@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod crash;
 mod ingest;
 mod market;
 

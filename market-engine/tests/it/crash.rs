@@ -1,0 +1,308 @@
+//! `kill -9` of the engine binary while orders and readings flow; after the restart every
+//! order the clients were told was accepted is in the order log, and every reading the meter
+//! agent signed is stored once, gap-free.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use meter_agent::agent::{self, AgentStats};
+use meter_agent::config::AgentConfig;
+use meter_agent::register_server::{Framing, RegisterServer};
+use meter_agent::simulator::{Household, SimulatedDevice};
+use serde_json::{Value, json};
+use sqlx::Row;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::watch;
+
+use crate::free_port;
+
+/// One HTTP/1.1 request over a fresh connection; `None` when the server is not there.
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Option<(u16, Value)> {
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let body = body.map(Value::to_string).unwrap_or_default();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response);
+    let status = text.split(' ').nth(1)?.parse().ok()?;
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+}
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn mosquitto(dir: &Path) -> (Process, u16) {
+    let port = free_port();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+    )
+    .unwrap();
+    let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| {
+        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("mosquitto")
+            .to_owned()
+    });
+    let process = Process(
+        Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto must be installed for the crash test (or set MOSQUITTO_BIN)"),
+    );
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return (process, port);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("mosquitto did not start");
+}
+
+async fn start_engine(config: &Path, http_port: u16) -> Process {
+    let process = Process(
+        Command::new(env!("CARGO_BIN_EXE_market-engine"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for _ in 0..200 {
+        if let Some((200, _)) = http(http_port, "GET", "/healthz", None, None).await {
+            return process;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("engine did not come up");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, mqtt_port) = mosquitto(dir.path());
+    let http_port = free_port();
+    let db = dir.path().join("engine.sqlite");
+    let config = dir.path().join("engine.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "community = \"crash\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[database]\nurl = \"sqlite://{}\"\n[mqtt]\nembedded_listen = \"\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n",
+            db.display()
+        ),
+    )
+    .unwrap();
+    let mut engine = start_engine(&config, http_port).await;
+
+    let creds = json!({"name": "crash-home", "password": "correct horse battery"});
+    assert_eq!(
+        http(http_port, "POST", "/api/v1/accounts", None, Some(&creds))
+            .await
+            .unwrap()
+            .0,
+        201
+    );
+    let (_, login) = http(http_port, "POST", "/api/v1/sessions", None, Some(&creds))
+        .await
+        .unwrap();
+    let token = login["token"].as_str().unwrap().to_owned();
+    let agent_dir = tempfile::tempdir().unwrap();
+    let key_file = agent_dir.path().join("meter.key");
+    let public = meter_agent::keys::generate(&key_file, false).unwrap();
+    let meter = json!({"meter_id": "crash-meter", "public_key": public.to_hex()});
+    assert_eq!(
+        http(
+            http_port,
+            "POST",
+            "/api/v1/meters",
+            Some(&token),
+            Some(&meter)
+        )
+        .await
+        .unwrap()
+        .0,
+        201
+    );
+
+    // Readings flow: a simulated inverter read by a real agent.
+    let mut device = SimulatedDevice::new(Household::default(), 12 * 3_600_000);
+    let server = RegisterServer::start(
+        "127.0.0.1:0".parse().unwrap(),
+        device.bank(),
+        1,
+        Framing::Tcp,
+    )
+    .await
+    .unwrap();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            device.advance(60_000);
+        }
+    });
+    let mut agent_config = AgentConfig {
+        meter_id: "crash-meter".into(),
+        community: "crash".into(),
+        key_file,
+        data_dir: agent_dir.path().to_path_buf(),
+        poll_interval_ms: 100,
+        ..AgentConfig::default()
+    };
+    agent_config.modbus.address = server.addr.to_string();
+    agent_config.mqtt.url = format!("mqtt://127.0.0.1:{mqtt_port}");
+    let (stop_agent, agent_stopped) = watch::channel(false);
+    let agent = tokio::spawn(agent::run(
+        agent_config.clone(),
+        agent_stopped,
+        Arc::new(AgentStats::default()),
+    ));
+
+    // Orders flow: every order the engine answered 201 for is recorded.
+    let (_, current) = http(http_port, "GET", "/api/v1/slots/current", None, None)
+        .await
+        .unwrap();
+    let slot = current["delivering"].as_u64().unwrap() + 3;
+    let acknowledged = Arc::new(Mutex::new(Vec::new()));
+    let (stop_orders, orders_stopped) = watch::channel(false);
+    let orders = {
+        let acknowledged = acknowledged.clone();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let mut i = 0u64;
+            while !*orders_stopped.borrow() {
+                i += 1;
+                let side = if i.is_multiple_of(2) { "buy" } else { "sell" };
+                let price = if side == "buy" { 12_000 } else { 20_000 };
+                let order = json!({"meter_id": "crash-meter", "slot": slot, "side": side, "energy_wh": i, "price_per_kwh": price});
+                match http(
+                    http_port,
+                    "POST",
+                    "/api/v1/orders",
+                    Some(&token),
+                    Some(&order),
+                )
+                .await
+                {
+                    Some((201, body)) => acknowledged
+                        .lock()
+                        .unwrap()
+                        .push(body["order_id"].as_u64().unwrap()),
+                    Some(_) | None => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        })
+    };
+
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    engine.0.kill().unwrap(); // SIGKILL, mid-flow
+    engine.0.wait().unwrap();
+    let acked_before_crash = acknowledged.lock().unwrap().len();
+    assert!(
+        acked_before_crash >= 10,
+        "orders flowed before the crash ({acked_before_crash})"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let engine = start_engine(&config, http_port).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop_orders.send(true).unwrap();
+    orders.await.unwrap();
+    let _ = stop_agent.send(true);
+    agent.await.unwrap().unwrap();
+
+    // The agent's outbox is empty: the broker has everything; give the engine time to store it.
+    let (outbox, state) = meter_agent::outbox::Outbox::open(
+        &agent_config.outbox_path(),
+        &agent_config.meter_id().unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(outbox.len().await.unwrap(), 0);
+    let signed = state.next_seq - 1;
+    let store = market_engine::store::Store::open(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let mut stored: Vec<i64> = Vec::new();
+    for _ in 0..100 {
+        stored =
+            sqlx::query("SELECT seq FROM readings WHERE meter_id = 'crash-meter' ORDER BY seq")
+                .fetch_all(store.pool())
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|r| r.get(0))
+                .collect();
+        if u64::try_from(stored.len()).unwrap() == signed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let expected: Vec<i64> = (1..=i64::try_from(signed).unwrap()).collect();
+    assert_eq!(
+        stored, expected,
+        "every signed reading stored once, gap-free"
+    );
+
+    let logged: BTreeSet<u64> =
+        sqlx::query("SELECT order_id FROM order_events WHERE kind = 'submit'")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| u64::try_from(r.get::<i64, _>(0)).unwrap())
+            .collect();
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > acked_before_crash,
+        "orders were accepted again after the restart"
+    );
+    for id in &acknowledged {
+        assert!(logged.contains(id), "acknowledged order {id} lost");
+    }
+    let unique: BTreeSet<_> = acknowledged.iter().collect();
+    assert_eq!(
+        unique.len(),
+        acknowledged.len(),
+        "no order id handed out twice"
+    );
+
+    // A graceful stop exits cleanly.
+    let status = Command::new("kill")
+        .arg("-TERM")
+        .arg(engine.0.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut engine = engine;
+    assert!(engine.0.wait().unwrap().success());
+}
