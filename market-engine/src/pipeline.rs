@@ -145,20 +145,35 @@ async fn store_batches(
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         let publishes = std::mem::take(&mut batch);
         let received = now_ms();
-        let check = checker.clone();
-        // Signature checks are CPU work: keep them off the async workers.
-        let checked = tokio::task::spawn_blocking(move || {
-            let results: Vec<_> = publishes
-                .iter()
-                .map(|p| check.check(&p.topic, &p.payload, received))
-                .collect();
-            (publishes, results)
-        })
-        .await;
-        let Ok((publishes, results)) = checked else {
-            tracing::error!(target: "ingest", "checker task failed");
-            continue;
-        };
+        // Signature checks are CPU work: keep them off the async workers, spread over the
+        // cores.
+        let parts = std::thread::available_parallelism().map_or(1, usize::from);
+        let chunk = publishes.len().div_ceil(parts).max(1);
+        let mut jobs = Vec::new();
+        let mut rest = publishes;
+        while !rest.is_empty() {
+            let tail = rest.split_off(chunk.min(rest.len()));
+            let part = std::mem::replace(&mut rest, tail);
+            let check = checker.clone();
+            jobs.push(tokio::task::spawn_blocking(move || {
+                let results: Vec<_> = part
+                    .iter()
+                    .map(|p| check.check(&p.topic, &p.payload, received))
+                    .collect();
+                (part, results)
+            }));
+        }
+        let mut publishes = Vec::new();
+        let mut results = Vec::new();
+        for job in jobs {
+            match job.await {
+                Ok((part, checked)) => {
+                    publishes.extend(part);
+                    results.extend(checked);
+                }
+                Err(e) => tracing::error!(target: "ingest", "checker task failed: {e}"),
+            }
+        }
         let mut accepted = Vec::new();
         let mut rejected = Vec::new();
         for result in results {

@@ -1,0 +1,345 @@
+//! The embedded chain: the committed bytecode executed in-process by `revm` at the Osaka
+//! hardfork (so the P256VERIFY precompile exists), one block per transaction, state written to
+//! a file after every transaction so a demo survives a restart.
+
+use super::{Chain, ChainError, TxOutcome};
+use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
+use revm::context::{BlockEnv, CfgEnv, TxEnv};
+use revm::context_interface::result::{ExecutionResult, Output};
+use revm::database::{Cache, CacheDB, EmptyDB};
+use revm::primitives::TxKind;
+use revm::primitives::hardfork::SpecId;
+use revm::{Context, ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Osaka's per-transaction gas cap (EIP-7825).
+const TX_GAS_LIMIT: u64 = 1 << 24;
+/// A mainnet-sized block.
+const BLOCK_GAS_LIMIT: u64 = 60_000_000;
+/// Identifies the state file format.
+const STATE_FORMAT: &str = "gridshare-embedded-chain/1";
+
+/// Chain id of a fresh embedded chain (anvil's default, so signatures made for one verify on
+/// the other in tests).
+pub const DEFAULT_CHAIN_ID: u64 = 31_337;
+
+/// An in-process EVM chain; cheap to clone (clones share the state).
+#[derive(Clone)]
+pub struct EmbeddedChain {
+    inner: Arc<Mutex<EmbeddedState>>,
+}
+
+impl std::fmt::Debug for EmbeddedChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedChain").finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Snapshot {
+    format: String,
+    chain_id: u64,
+    block_number: u64,
+    timestamp: u64,
+    clock_offset: u64,
+    wall_clock: bool,
+    cache: Cache,
+}
+
+struct EmbeddedState {
+    db: CacheDB<EmptyDB>,
+    chain_id: u64,
+    block_number: u64,
+    /// Timestamp of the latest block.
+    timestamp: u64,
+    /// Seconds added to the wall clock by [`Chain::advance_time`].
+    clock_offset: u64,
+    /// Whether block time follows the wall clock; if not, each block is one second after the
+    /// last (deterministic runs: gas reports, simulations).
+    wall_clock: bool,
+    path: Option<PathBuf>,
+}
+
+impl EmbeddedChain {
+    /// A fresh chain kept in memory only.
+    pub fn in_memory() -> Self {
+        Self::from_state(EmbeddedState {
+            db: CacheDB::new(EmptyDB::new()),
+            chain_id: DEFAULT_CHAIN_ID,
+            block_number: 0,
+            timestamp: unix_now(),
+            clock_offset: 0,
+            wall_clock: true,
+            path: None,
+        })
+    }
+
+    /// A fresh in-memory chain whose clock starts at `timestamp` and moves one second per block
+    /// (plus [`Chain::advance_time`]), independent of the wall clock: runs are reproducible.
+    pub fn with_fixed_clock(timestamp: u64) -> Self {
+        Self::from_state(EmbeddedState {
+            db: CacheDB::new(EmptyDB::new()),
+            chain_id: DEFAULT_CHAIN_ID,
+            block_number: 0,
+            timestamp,
+            clock_offset: 0,
+            wall_clock: false,
+            path: None,
+        })
+    }
+
+    /// Opens the chain persisted at `path`, or starts a fresh one that will be saved there.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, ChainError> {
+        let path = path.as_ref().to_path_buf();
+        let state_error = |reason: String| ChainError::State {
+            path: path.display().to_string(),
+            reason,
+        };
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let snapshot: Snapshot =
+                    serde_json::from_slice(&bytes).map_err(|e| state_error(e.to_string()))?;
+                if snapshot.format != STATE_FORMAT {
+                    return Err(state_error(format!(
+                        "format {:?}, expected {STATE_FORMAT:?}",
+                        snapshot.format
+                    )));
+                }
+                let mut db = CacheDB::new(EmptyDB::new());
+                db.cache = snapshot.cache;
+                Ok(Self::from_state(EmbeddedState {
+                    db,
+                    chain_id: snapshot.chain_id,
+                    block_number: snapshot.block_number,
+                    timestamp: snapshot.timestamp,
+                    clock_offset: snapshot.clock_offset,
+                    wall_clock: snapshot.wall_clock,
+                    path: Some(path),
+                }))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let chain = Self::in_memory();
+                chain.lock()?.path = Some(path);
+                Ok(chain)
+            }
+            Err(e) => Err(state_error(e.to_string())),
+        }
+    }
+
+    /// Chain id reported to contracts (`block.chainid`).
+    pub fn chain_id(&self) -> Result<u64, ChainError> {
+        Ok(self.lock()?.chain_id)
+    }
+
+    fn from_state(state: EmbeddedState) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(state)),
+        }
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, EmbeddedState>, ChainError> {
+        self.inner
+            .lock()
+            .map_err(|_| ChainError::Evm("embedded chain state poisoned by a panic".into()))
+    }
+
+    /// Runs `f` on the state in a blocking thread: EVM execution and the state file write are
+    /// CPU and disk work that must not stall the async runtime.
+    async fn with_state<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut EmbeddedState) -> Result<T, ChainError> + Send + 'static,
+    ) -> Result<T, ChainError> {
+        let chain = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut state = chain.lock()?;
+            f(&mut state)
+        })
+        .await
+        .map_err(|e| ChainError::Evm(format!("embedded chain task failed: {e}")))?
+    }
+}
+
+impl EmbeddedState {
+    fn execute(
+        &mut self,
+        from: Address,
+        kind: TxKind,
+        data: Bytes,
+        commit: bool,
+    ) -> Result<(ExecutionResult, u64), ChainError> {
+        let nonce = self
+            .db
+            .load_account(from)
+            .map(|a| a.info.nonce)
+            .unwrap_or_default();
+        let (number, timestamp) = if commit {
+            let wall = if self.wall_clock {
+                unix_now() + self.clock_offset
+            } else {
+                0
+            };
+            let next = wall.max(self.timestamp + 1);
+            (self.block_number + 1, next)
+        } else {
+            (self.block_number, self.timestamp)
+        };
+        let tx = TxEnv::builder()
+            .caller(from)
+            .kind(kind)
+            .data(data)
+            .nonce(nonce)
+            .gas_limit(TX_GAS_LIMIT)
+            .gas_price(0)
+            .chain_id(Some(self.chain_id))
+            .build_fill();
+        let mut cfg = CfgEnv::new_with_spec(SpecId::OSAKA);
+        cfg.chain_id = self.chain_id;
+        let block = BlockEnv {
+            number: U256::from(number),
+            timestamp: U256::from(timestamp),
+            gas_limit: BLOCK_GAS_LIMIT,
+            basefee: 0,
+            ..Default::default()
+        };
+        let mut evm = Context::mainnet()
+            .with_db(&mut self.db)
+            .with_cfg(cfg)
+            .with_block(block)
+            .build_mainnet();
+        let result = if commit {
+            evm.transact_commit(tx)
+        } else {
+            evm.transact(tx).map(|r| r.result)
+        }
+        .map_err(|e| ChainError::Evm(e.to_string()))?;
+        if commit {
+            self.block_number = number;
+            self.timestamp = timestamp;
+            // Logs are returned to the caller; the chain does not keep them.
+            self.db.cache.logs.clear();
+        }
+        Ok((result, nonce))
+    }
+
+    fn persist(&self) -> Result<(), ChainError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let state_error = |reason: String| ChainError::State {
+            path: path.display().to_string(),
+            reason,
+        };
+        let snapshot = Snapshot {
+            format: STATE_FORMAT.into(),
+            chain_id: self.chain_id,
+            block_number: self.block_number,
+            timestamp: self.timestamp,
+            clock_offset: self.clock_offset,
+            wall_clock: self.wall_clock,
+            cache: self.db.cache.clone(),
+        };
+        let bytes = serde_json::to_vec(&snapshot).map_err(|e| state_error(e.to_string()))?;
+        // Write-then-rename, so a crash mid-write leaves the previous state intact.
+        let tmp = path.with_extension("tmp");
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)
+        };
+        write().map_err(|e| state_error(e.to_string()))
+    }
+}
+
+impl Chain for EmbeddedChain {
+    async fn send(
+        &self,
+        from: Address,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        self.with_state(move |state| {
+            let kind = to.map_or(TxKind::Create, TxKind::Call);
+            let (result, nonce) = state.execute(from, kind, data, true)?;
+            // A reverted transaction still happened (nonce, block): persist either way.
+            state.persist()?;
+            let tx_hash = keccak256(
+                [
+                    state.block_number.to_be_bytes().as_slice(),
+                    from.as_slice(),
+                    nonce.to_be_bytes().as_slice(),
+                ]
+                .concat(),
+            );
+            outcome(result, tx_hash, state.block_number)
+        })
+        .await
+    }
+
+    async fn call(&self, from: Address, to: Address, data: Bytes) -> Result<Bytes, ChainError> {
+        self.with_state(move |state| {
+            let (result, _) = state.execute(from, TxKind::Call(to), data, false)?;
+            match result {
+                ExecutionResult::Success { output, .. } => Ok(output.into_data()),
+                ExecutionResult::Revert { output, .. } => {
+                    Err(ChainError::Reverted { data: output })
+                }
+                ExecutionResult::Halt { reason, .. } => {
+                    Err(ChainError::Halted(format!("{reason:?}")))
+                }
+            }
+        })
+        .await
+    }
+
+    async fn timestamp(&self) -> Result<u64, ChainError> {
+        Ok(self.lock()?.timestamp)
+    }
+
+    async fn advance_time(&self, seconds: u64) -> Result<(), ChainError> {
+        self.with_state(move |state| {
+            state.clock_offset += seconds;
+            state.timestamp += seconds;
+            state.persist()
+        })
+        .await
+    }
+
+    async fn prepare_account(&self, _account: Address) -> Result<(), ChainError> {
+        // Gas is free on the embedded chain (base fee and gas price are zero).
+        Ok(())
+    }
+}
+
+fn outcome(
+    result: ExecutionResult,
+    tx_hash: B256,
+    block_number: u64,
+) -> Result<TxOutcome, ChainError> {
+    let gas_used = result.tx_gas_used();
+    match result {
+        ExecutionResult::Success { logs, output, .. } => Ok(TxOutcome {
+            tx_hash,
+            block_number,
+            gas_used,
+            contract_address: match output {
+                Output::Create(_, address) => address,
+                Output::Call(_) => None,
+            },
+            logs,
+        }),
+        ExecutionResult::Revert { output, .. } => Err(ChainError::Reverted { data: output }),
+        ExecutionResult::Halt { reason, .. } => Err(ChainError::Halted(format!("{reason:?}"))),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}

@@ -1,0 +1,167 @@
+//! Deploys the network token, the settlement contract and the meter staking contract from the
+//! committed bytecode, on any [`Chain`].
+
+use crate::bindings::{GridToken, MeterStaking, Settlement};
+use crate::chain::{Chain, ChainError};
+use alloy::primitives::{Address, Bytes, U256, address, hex};
+use alloy::sol_types::SolConstructor;
+
+/// Parameters of `MeterStaking`, fixed at deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StakingParams {
+    /// Stake (network token units) a meter needs to sell and to earn rewards.
+    pub min_stake: U256,
+    /// Seconds between an unstake request and the withdrawal.
+    pub unbonding_period: u64,
+    /// Unix time (seconds) at which epoch 0 starts.
+    pub genesis: u64,
+    /// Epoch length, seconds.
+    pub epoch_duration: u64,
+    /// Seconds after an epoch during which its energy can be proven.
+    pub proof_window: u64,
+    /// Tokens emitted in epoch 0.
+    pub initial_emission: U256,
+    /// Epochs between halvings of the emission.
+    pub halving_epochs: u64,
+    /// Part of the stake a fraud proof takes, basis points.
+    pub slash_bps: u16,
+    /// Part of the slashed amount paid to the reporter, basis points.
+    pub reporter_bps: u16,
+}
+
+impl StakingParams {
+    /// A day-long epoch, a week of unbonding, 100 tokens minimum stake, 10 000 tokens emitted
+    /// in the first epoch halving every 180 epochs, half the stake slashed, a tenth of that to
+    /// the reporter. Amounts assume 18 decimals.
+    pub fn daily(genesis: u64) -> Self {
+        let token = U256::from(10u64).pow(U256::from(18u64));
+        Self {
+            min_stake: token * U256::from(100u64),
+            unbonding_period: 7 * 86_400,
+            genesis,
+            epoch_duration: 86_400,
+            proof_window: 86_400,
+            initial_emission: token * U256::from(10_000u64),
+            halving_epochs: 180,
+            slash_bps: 5_000,
+            reporter_bps: 1_000,
+        }
+    }
+
+    fn config(&self) -> MeterStaking::Config {
+        MeterStaking::Config {
+            minStake: self.min_stake,
+            unbondingPeriod: self.unbonding_period,
+            genesis: self.genesis,
+            epochDuration: self.epoch_duration,
+            proofWindow: self.proof_window,
+            initialEmission: self.initial_emission,
+            halvingEpochs: self.halving_epochs,
+            slashBps: self.slash_bps,
+            reporterBps: self.reporter_bps,
+        }
+    }
+}
+
+/// Addresses of a deployed set of contracts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deployment {
+    /// The network token (stake and rewards).
+    pub network_token: Address,
+    /// The payment token settlement is denominated in.
+    pub payment_token: Address,
+    /// The settlement contract.
+    pub settlement: Address,
+    /// Meter registry, staking, rewards and fraud proofs.
+    pub staking: Address,
+}
+
+impl Deployment {
+    /// Deploys everything from `deployer`, who becomes the settlement owner and receives the
+    /// network token's whole `supply`. `payment_token` is an existing ERC-20 (a stablecoin on
+    /// a real chain); `None` deploys a second `GridToken` with the same supply as a stand-in,
+    /// for demos and tests.
+    pub async fn deploy<C: Chain>(
+        chain: &C,
+        deployer: Address,
+        operator: Address,
+        payment_token: Option<Address>,
+        supply: U256,
+        params: &StakingParams,
+    ) -> Result<Self, ChainError> {
+        let token_args = GridToken::constructorCall {
+            treasury: deployer,
+            supply,
+        };
+        let network_token =
+            create(chain, deployer, &GridToken::BYTECODE, token_args.clone()).await?;
+        let payment_token = match payment_token {
+            Some(address) => address,
+            None => create(chain, deployer, &GridToken::BYTECODE, token_args).await?,
+        };
+        let settlement = create(
+            chain,
+            deployer,
+            &Settlement::BYTECODE,
+            Settlement::constructorCall {
+                token: payment_token,
+                owner_: deployer,
+                operator_: operator,
+            },
+        )
+        .await?;
+        let staking = create(
+            chain,
+            deployer,
+            &MeterStaking::BYTECODE,
+            MeterStaking::constructorCall {
+                token_: network_token,
+                c: params.config(),
+            },
+        )
+        .await?;
+        Ok(Self {
+            network_token,
+            payment_token,
+            settlement,
+            staking,
+        })
+    }
+}
+
+async fn create<C: Chain, A: SolConstructor>(
+    chain: &C,
+    deployer: Address,
+    bytecode: &Bytes,
+    args: A,
+) -> Result<Address, ChainError> {
+    let mut data = bytecode.to_vec();
+    data.extend_from_slice(&args.abi_encode());
+    let outcome = chain.send(deployer, None, Bytes::from(data)).await?;
+    outcome
+        .contract_address
+        .ok_or_else(|| ChainError::Protocol("deployment receipt without a contract address".into()))
+}
+
+/// The P256VERIFY precompile (EIP-7951; RIP-7212 on L2s).
+pub const P256VERIFY: Address = address!("0000000000000000000000000000000000000100");
+
+/// One valid P256VERIFY input: `sha256 ‖ r ‖ s ‖ x ‖ y` of the first committed reading
+/// vector (`core/tests/vectors/reading-v1.json`).
+const P256_PROBE: [u8; 160] = hex!(
+    "eef64159237ee27b41bf58cd5eb166e56500ead71f0d67af5de9a3eb4b0615a7"
+    "17dae86df2d5fd91abb57725afde796c341ff49257bd024557b57b37f3b64775"
+    "376d5674477b879a36773d39fffc3a46e03ff42bf8cf25cb0db2a62a7f114a36"
+    "b8c40dcabb653ce15fb38375b87b2b76746fb24c9faa326d9ec34eeffca661bf"
+    "57ce689a0902fdd8fbcb73e30b9ba92153fddda8055d923090a9f9505a992daa"
+);
+
+/// Whether the chain has the P256VERIFY precompile. Without it the contracts still deploy,
+/// but reject every signed reading (the call returns nothing), so rewards and fraud proofs
+/// would be dead: check before deploying.
+pub async fn p256_precompile_available<C: Chain>(chain: &C) -> Result<bool, ChainError> {
+    let out = chain
+        .call(Address::ZERO, P256VERIFY, Bytes::from_static(&P256_PROBE))
+        .await?;
+    Ok(out.len() == 32 && out[31] == 1 && out[..31].iter().all(|b| *b == 0))
+}

@@ -1,0 +1,29 @@
+//! Gridshare's on-chain half, seen from Rust: typed bindings to the committed contract
+//! artifacts, the two chain backends the engine settles through, and the settlement outbox.
+//!
+//! - [`bindings`]: `sol!` types generated from `contracts/artifacts/*.json` (ABI and bytecode
+//!   compiled by the pinned solc-js; CI fails if they drift from `contracts/src`).
+//! - [`chain`]: the [`Chain`] trait — send a transaction, make a call, read the clock — with
+//!   [`EmbeddedChain`] (the same bytecode in-process on `revm`, state persisted to a file) and
+//!   [`RpcChain`] (any EVM node over JSON-RPC through `alloy`).
+//! - [`settlement`]: [`SettlementBackend`], the interface the market engine uses, implemented
+//!   once over any [`Chain`]; [`EmbeddedBackend`] and [`RpcBackend`] are its two backends.
+//! - [`batch`]: a slot's net deltas and the Merkle tree of its trades and readings.
+//! - [`outbox`]: batches written to SQLite before they are sent, retried with backoff,
+//!   confirmed by receipt, never sent twice.
+//! - [`deploy`]: deploys the token, settlement and staking contracts on any [`Chain`].
+
+pub mod batch;
+pub mod bindings;
+pub mod chain;
+pub mod deploy;
+pub mod outbox;
+pub mod settlement;
+
+pub use batch::{BatchError, MerkleTree, NetDelta, SettlementBatch, TradeLeaf};
+pub use chain::{Chain, ChainError, ChainExt, EmbeddedChain, RpcChain, TxOutcome};
+pub use deploy::{Deployment, P256VERIFY, StakingParams, p256_precompile_available};
+pub use outbox::{OutboxEntry, OutboxError, OutboxStatus, RetryPolicy, SettlementOutbox};
+pub use settlement::{
+    ChainSettlement, EmbeddedBackend, RpcBackend, SettlementBackend, SettlementReceipt,
+};

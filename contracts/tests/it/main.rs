@@ -1,0 +1,9 @@
+//! Integration tests of the Gridshare contracts. Every behaviour test runs twice, on the
+//! embedded `revm` chain and on anvil (`--hardfork osaka`), through the same code.
+
+mod gas;
+mod harness;
+mod outbox;
+mod readings;
+mod settlement;
+mod staking;

@@ -1,0 +1,133 @@
+//! Signed readings verified and stored per second through a real MQTT broker, SQLite storage.
+//!
+//! ```sh
+//! cargo bench --bench ingest                                   # embedded broker
+//! cargo bench --bench ingest -- mqtt://127.0.0.1:1883          # Mosquitto
+//! ```
+//!
+//! Pre-signs readings of 100 meters, publishes them as fast as the broker takes them (QoS 1)
+//! and measures until the engine has verified and stored the last one.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use gridshare_core::reading::{ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading};
+use market_engine::config::{EngineConfig, broker_host_port};
+use market_engine::server::Engine;
+use ring::rand::SystemRandom;
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+const METERS: u64 = 100;
+const PER_METER: u64 = 300;
+
+#[tokio::main]
+async fn main() {
+    let external = std::env::args().skip(1).find(|a| a.starts_with("mqtt://"));
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut config = EngineConfig {
+        community: format!("bench{}", std::process::id()),
+        ..EngineConfig::default()
+    };
+    config.database.url = format!("sqlite://{}", dir.path().join("bench.sqlite").display());
+    config.http.listen = ([127, 0, 0, 1], 0).into();
+    match &external {
+        Some(url) => {
+            config.mqtt.embedded_listen = String::new();
+            config.mqtt.url = url.clone();
+        }
+        None => {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("free port")
+                .port();
+            config.mqtt.embedded_listen = format!("127.0.0.1:{port}");
+            config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+        }
+    }
+    let engine = Engine::start(&config).await.expect("engine");
+    let account = engine
+        .store
+        .create_account("bench", "x", "household", 0)
+        .await
+        .expect("account");
+    let rng = SystemRandom::new();
+    let now = market_engine::pipeline::now_ms();
+    let mut messages = Vec::new();
+    for m in 0..METERS {
+        let key =
+            MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).expect("rng"), &rng).expect("key");
+        let id = format!("bench-{m:03}");
+        let public = key.public_key();
+        engine
+            .store
+            .register_meter(
+                &id,
+                account,
+                &public.to_hex(),
+                &public.key_id().to_string(),
+                0,
+            )
+            .await
+            .expect("meter");
+        engine.keys.insert(&id, public);
+        for seq in 1..=PER_METER {
+            let reading = Reading {
+                meter_id: MeterId::new(id.clone()).expect("id"),
+                device: DeviceIdentity::new("Bench", "Meter", &id).expect("identity"),
+                seq,
+                timestamp_ms: now - (PER_METER - seq) * 1000,
+                clock: ClockSync::Synchronised,
+                import_wh: Measured::ok(1_000_000 + seq * 3),
+                export_wh: Measured::ok(2_000_000 + seq),
+                battery_charge_wh: Measured::not_implemented(),
+                battery_discharge_wh: Measured::not_implemented(),
+                power_w: Measured::ok(-1200),
+                soc_bp: Measured::not_implemented(),
+            };
+            let topic = format!("gridshare/v1/{}/meters/{id}/reading", config.community);
+            messages.push((topic, key.sign(reading, &rng).expect("sign").to_json()));
+        }
+    }
+    // Interleave meters as real traffic does.
+    messages.sort_by_key(|(topic, json)| (json.len() % 7, topic.len()));
+    let total = messages.len() as u64;
+    let (host, port) = broker_host_port(&config.mqtt.url).expect("url");
+    let mut options = MqttOptions::new("bench-publisher", host, port);
+    options
+        .set_inflight(1000)
+        .set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 10_000);
+    tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Incoming::Disconnect)) | Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(100)).await
+                }
+                Ok(_) => {}
+            }
+        }
+    });
+    let started = Instant::now();
+    for (topic, payload) in messages {
+        client
+            .publish(topic, QoS::AtLeastOnce, false, payload)
+            .await
+            .expect("publish");
+    }
+    while engine.ingest.accepted.load(Ordering::Relaxed) < total {
+        if started.elapsed() > Duration::from_secs(300) {
+            panic!(
+                "only {} of {total} stored after 300 s",
+                engine.ingest.accepted.load(Ordering::Relaxed)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "{total} signed readings of {METERS} meters verified and stored in {secs:.2} s: {:.0} readings/s ({})",
+        total as f64 / secs,
+        external.as_deref().unwrap_or("embedded broker")
+    );
+    engine.stop().await;
+}
