@@ -160,6 +160,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/slots/current", get(current_slot))
         .route("/api/v1/slots/{slot}", get(slot_info))
         .route("/api/v1/balance", get(balance))
+        .route("/api/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
@@ -634,6 +635,31 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         ));
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Server-Sent Events: every reading stored, order accepted and trade made, as JSON
+/// (`{"type": "reading" | "order" | "trades", ...}`), for dashboards and the web app.
+async fn stream(
+    State(state): State<AppState>,
+) -> axum::response::sse::Sse<
+    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+> {
+    let rx = state.market.live().subscribe();
+    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok(event) => {
+                    let data = serde_json::to_string(&event).unwrap_or_default();
+                    let sse = axum::response::sse::Event::default().data(data);
+                    return Some((Ok(sse), rx));
+                }
+                // A slow client skips what it missed rather than holding the engine back.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
 }
 
 async fn healthz() -> &'static str {

@@ -32,6 +32,10 @@ pub struct EngineConfig {
 pub struct HttpConfig {
     /// Listen address.
     pub listen: SocketAddr,
+    /// Sustained order requests (place, amend, cancel) per second and account.
+    pub orders_per_second: u32,
+    /// Order requests an account may send at once.
+    pub orders_burst: u32,
 }
 
 /// Database settings.
@@ -85,6 +89,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: ([127, 0, 0, 1], 8080).into(),
+            orders_per_second: 200,
+            orders_burst: 400,
         }
     }
 }

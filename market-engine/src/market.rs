@@ -16,7 +16,9 @@ use gridshare_core::market::{
 };
 use serde::Deserialize;
 use sqlx::{AnyPool, Row};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, broadcast};
+
+use crate::pipeline::LiveEvent;
 
 use crate::store::{Store, StoreError};
 
@@ -199,6 +201,7 @@ pub struct Market {
     community: Community,
     store: Store,
     books: Mutex<Books>,
+    live: broadcast::Sender<LiveEvent>,
 }
 
 fn account_id(id: i64) -> Result<AccountId, MarketError> {
@@ -221,6 +224,7 @@ impl Market {
     /// The market, with the books of open slots rebuilt from the order log.
     pub async fn open(community: Community, store: Store) -> Result<Self, MarketError> {
         let market = Self {
+            live: broadcast::channel(1024).0,
             community,
             store,
             books: Mutex::new(Books {
@@ -250,6 +254,11 @@ impl Market {
             }
         }
         Ok(market)
+    }
+
+    /// The live event stream (orders, trades; the ingest adds readings).
+    pub fn live(&self) -> broadcast::Sender<LiveEvent> {
+        self.live.clone()
     }
 
     /// The community's rules.
@@ -369,6 +378,13 @@ impl Market {
         }
         books.next_order_id += 1;
         books.orders.insert(id, OrderInfo { slot, account });
+        let _ = self.live.send(LiveEvent::Order {
+            slot,
+            side: side.as_str(),
+            energy_wh,
+            price_per_kwh,
+        });
+        self.announce_trades(slot, &trades, None);
         Ok((id, trades))
     }
 
@@ -445,6 +461,17 @@ impl Market {
         Ok(trades)
     }
 
+    fn announce_trades(&self, slot: u64, trades: &[Trade], clearing_price: Option<u64>) {
+        if !trades.is_empty() {
+            let _ = self.live.send(LiveEvent::Trades {
+                slot,
+                count: trades.len(),
+                energy_wh: trades.iter().map(|t| t.energy_wh).sum(),
+                clearing_price,
+            });
+        }
+    }
+
     async fn slot_closed(&self, slot: u64) -> Result<bool, MarketError> {
         Ok(sqlx::query("SELECT 1 FROM slots WHERE slot = $1")
             .bind(i64_of(slot))
@@ -481,6 +508,7 @@ impl Market {
             .await?;
             tx.commit().await?;
             books.orders.retain(|_, o| o.slot != *slot);
+            self.announce_trades(*slot, &closure.trades, closure.clearing_price);
             tracing::info!(
                 target: "market",
                 slot,

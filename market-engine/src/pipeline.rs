@@ -35,15 +35,45 @@ pub struct Subscription {
     pub filter: String,
 }
 
-/// A reading accepted and stored, for the live stream.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    /// The meter.
-    pub meter_id: String,
-    /// Its sequence number.
-    pub seq: u64,
-    /// The envelope.
-    pub envelope: String,
+/// What the live stream (`/api/v1/stream`) carries.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum LiveEvent {
+    /// A reading was verified and stored.
+    Reading {
+        /// The meter.
+        meter_id: String,
+        /// Its sequence number.
+        seq: u64,
+        /// Lifetime import, Wh, if the reading carries it.
+        import_wh: Option<u64>,
+        /// Lifetime export, Wh, if the reading carries it.
+        export_wh: Option<u64>,
+        /// Grid power, W, if the reading carries it.
+        power_w: Option<i32>,
+    },
+    /// An order was accepted (no owner: the book is public, its participants are not).
+    Order {
+        /// Slot.
+        slot: u64,
+        /// `buy` or `sell`.
+        side: &'static str,
+        /// Energy, Wh.
+        energy_wh: u64,
+        /// Limit, per kWh.
+        price_per_kwh: u64,
+    },
+    /// Trades were made (continuously, or at gate closure).
+    Trades {
+        /// Slot.
+        slot: u64,
+        /// Number of trades.
+        count: usize,
+        /// Energy traded, Wh.
+        energy_wh: u64,
+        /// The uniform price, for a call auction.
+        clearing_price: Option<u64>,
+    },
 }
 
 /// Milliseconds since the Unix epoch.
@@ -60,7 +90,7 @@ pub async fn run(
     checker: Checker,
     store: Store,
     metrics: Arc<IngestMetrics>,
-    live: broadcast::Sender<Accepted>,
+    live: broadcast::Sender<LiveEvent>,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -138,7 +168,7 @@ async fn store_batches(
     checker: Checker,
     store: Store,
     metrics: Arc<IngestMetrics>,
-    live: broadcast::Sender<Accepted>,
+    live: broadcast::Sender<LiveEvent>,
 ) {
     let mut last = HashMap::new();
     let mut batch = Vec::with_capacity(BATCH);
@@ -197,10 +227,13 @@ async fn store_batches(
             match outcome {
                 Stored::Inserted => {
                     metrics.accepted.fetch_add(1, Ordering::Relaxed);
-                    let _ = live.send(Accepted {
+                    let r = &signed.reading;
+                    let _ = live.send(LiveEvent::Reading {
                         meter_id: meter,
-                        seq: signed.reading.seq,
-                        envelope: signed.to_json(),
+                        seq: r.seq,
+                        import_wh: r.import_wh.ok_value(),
+                        export_wh: r.export_wh.ok_value(),
+                        power_w: r.power_w.ok_value(),
                     });
                 }
                 Stored::Duplicate => {

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use gridshare_core::reading::PublicKey;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
 use crate::api::{AppState, RateLimits, router};
 use crate::config::{EngineConfig, broker_host_port};
@@ -83,7 +83,13 @@ impl Engine {
         let (host, port) = broker_host_port(&config.mqtt.url).map_err(ServeError::Mqtt)?;
         let (shutdown, stopped) = watch::channel(false);
         let ingest = Arc::new(IngestMetrics::default());
-        let (live, _) = broadcast::channel(1024);
+        let community = config.market.community().map_err(ServeError::Market)?;
+        let market = Arc::new(
+            Market::open(community, store.clone())
+                .await
+                .map_err(|e| ServeError::Market(e.to_string()))?,
+        );
+        let live = market.live();
         let subscription = Subscription {
             host,
             port,
@@ -131,19 +137,16 @@ impl Engine {
             addr: config.http.listen,
             source,
         })?;
-        let community = config.market.community().map_err(ServeError::Market)?;
-        let market = Arc::new(
-            Market::open(community, store.clone())
-                .await
-                .map_err(|e| ServeError::Market(e.to_string()))?,
-        );
         tasks.push(tokio::spawn(schedule(market.clone(), shutdown.subscribe())));
         let app = router(AppState {
             store: store.clone(),
             keys: keys.clone(),
             ingest: ingest.clone(),
             market: market.clone(),
-            limits: Arc::new(RateLimits::new(200.0, 400.0)),
+            limits: Arc::new(RateLimits::new(
+                f64::from(config.http.orders_per_second),
+                f64::from(config.http.orders_burst),
+            )),
         });
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {

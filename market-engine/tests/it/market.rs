@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::http::StatusCode;
+use futures_util::StreamExt;
 use gridshare_core::reading::{ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading};
 use market_engine::api::{AppState, RateLimits, router};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
@@ -13,6 +14,7 @@ use market_engine::store::Store;
 use ring::rand::SystemRandom;
 use serde_json::json;
 use sqlx::Row;
+use tower::ServiceExt;
 
 use crate::api::call;
 use crate::{databases, unique};
@@ -151,6 +153,22 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         .await;
         assert_eq!(s, StatusCode::NOT_FOUND);
 
+        // The live stream (Server-Sent Events) announces accepted orders.
+        let stream = app
+            .clone()
+            .oneshot(
+                axum::http::Request::get("/api/v1/stream")
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.headers()[axum::http::header::CONTENT_TYPE],
+            "text/event-stream"
+        );
+        let mut events = stream.into_body().into_data_stream();
+
         // Alice sells 1 kWh at ≥ 10, Bob buys 1.5 kWh at ≤ 25 (thousandths of a token per kWh).
         let (s, body, _) = call(
             &app,
@@ -171,6 +189,14 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         .await;
         assert_eq!(s, StatusCode::CREATED, "{body}");
         let bob_order = body["order_id"].as_u64().unwrap();
+        let first = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        let first = String::from_utf8(first.to_vec()).unwrap();
+        assert!(first.starts_with("data: {\"type\":\"order\""), "{first}");
+        assert!(first.contains("\"energy_wh\":1000"), "{first}");
         // Bob's order is not Alice's to cancel.
         let (s, _, _) = call(
             &app,

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Order placement over HTTP under load: starts a release market engine (SQLite, embedded
+# broker), creates an account, a meter and an API token, then runs wrk for DURATION seconds
+# with CONNECTIONS connections posting orders. Prints wrk's throughput and latency percentiles.
+#
+#   scripts/bench-orders.sh [DURATION] [CONNECTIONS]
+#
+# Needs wrk (apt-get install wrk).
+set -euo pipefail
+duration=${1:-20}
+connections=${2:-32}
+cd "$(dirname "$0")/.."
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gridshare-target}"
+cargo build --workspace --release --quiet
+bin="$CARGO_TARGET_DIR/release/market-engine"
+dir=$(mktemp -d)
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+http=$(free_port); mqtt=$(free_port)
+cat > "$dir/engine.toml" <<TOML
+community = "bench"
+[http]
+listen = "127.0.0.1:$http"
+orders_per_second = 1000000
+orders_burst = 1000000
+[database]
+url = "sqlite://$dir/engine.sqlite"
+[mqtt]
+embedded_listen = "127.0.0.1:$mqtt"
+url = "mqtt://127.0.0.1:$mqtt"
+TOML
+RUST_LOG=warn "$bin" serve --config "$dir/engine.toml" > /dev/null 2>&1 &
+engine=$!
+trap 'kill $engine 2>/dev/null; rm -rf "$dir"' EXIT
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" > /dev/null && break; sleep 0.1; done
+api="http://127.0.0.1:$http/api/v1"
+curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/accounts" > /dev/null
+session=$(curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+token=$(curl -sf -H "authorization: Bearer $session" -H 'content-type: application/json' -d '{"label":"wrk"}' "$api/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+key=$("$CARGO_TARGET_DIR/release/meter-agent" keygen --out "$dir/meter.key" | awk '/public key/ {print $3}')
+curl -sf -H "authorization: Bearer $token" -H 'content-type: application/json' -d "{\"meter_id\":\"bench-meter\",\"public_key\":\"$key\"}" "$api/meters" > /dev/null
+slot=$(curl -sf "$api/slots/current" | python3 -c 'import json,sys; print(json.load(sys.stdin)["delivering"] + 4)')
+TOKEN=$token METER=bench-meter SLOT=$slot wrk -t2 -c"$connections" -d"${duration}s" --latency \
+  -s market-engine/bench/orders.lua "http://127.0.0.1:$http"
+python3 - "$dir/engine.sqlite" <<'PY'
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1])
+print("orders in the order log:", c.execute("select count(*) from order_events").fetchone()[0])
+PY
