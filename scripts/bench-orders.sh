@@ -27,6 +27,8 @@ url = "sqlite://$dir/engine.sqlite"
 [mqtt]
 embedded_listen = "127.0.0.1:$mqtt"
 url = "mqtt://127.0.0.1:$mqtt"
+[chain]
+backend = "none"
 TOML
 RUST_LOG=warn "$bin" serve --config "$dir/engine.toml" > /dev/null 2>&1 &
 engine=$!

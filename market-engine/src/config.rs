@@ -24,6 +24,8 @@ pub struct EngineConfig {
     pub ingest: IngestConfig,
     /// The market's rules.
     pub market: crate::market::MarketConfig,
+    /// Where settled slots go.
+    pub chain: crate::chain::ChainConfig,
 }
 
 /// HTTP settings.
@@ -81,6 +83,7 @@ impl Default for EngineConfig {
             mqtt: MqttConfig::default(),
             ingest: IngestConfig::default(),
             market: crate::market::MarketConfig::default(),
+            chain: crate::chain::ChainConfig::default(),
         }
     }
 }

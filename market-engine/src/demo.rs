@@ -66,6 +66,8 @@ pub(crate) async fn run(
     config.database.url = format!("sqlite://{}", options.dir.join("engine.sqlite").display());
     config.mqtt.embedded_listen = format!("127.0.0.1:{}", options.mqtt_port);
     config.mqtt.url = format!("mqtt://127.0.0.1:{}", options.mqtt_port);
+    config.chain.state_file = options.dir.join("chain.json");
+    config.chain.outbox_file = options.dir.join("settlement-outbox.sqlite");
     // Short slots so the whole timeline passes in about two minutes.
     config.market.slot_length_s = 60;
     config.market.window_opens_before_s = 600;
@@ -85,6 +87,10 @@ pub(crate) async fn run(
     );
     println!("  broker     mqtt://127.0.0.1:{}", options.mqtt_port);
     println!("  database   {}", config.database.url);
+    println!(
+        "  chain      embedded EVM (revm), state {}",
+        config.chain.state_file.display()
+    );
     println!(
         "  log in as  home-01 … home-{:02} with password \"demo-password\"",
         options.homes

@@ -5,11 +5,14 @@
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
 //! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
 //!   settlement;
+//! - [`chain`]: settled slots as batches through the settlement outbox to the embedded
+//!   chain or a JSON-RPC node;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
 //! - [`server`]: everything wired together, with graceful shutdown.
 
 pub mod api;
+pub mod chain;
 pub mod config;
 pub mod ingest;
 pub mod market;

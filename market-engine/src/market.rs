@@ -162,6 +162,19 @@ pub struct NewOrder {
     pub energy_wh: u64,
 }
 
+/// A settled slot, as it goes on chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SettledSlot {
+    /// Slot index (the batch id on chain).
+    pub slot: u64,
+    /// Net amount per account id (−1 utility, −2 grid operator); sums to zero.
+    pub balances: Vec<(i64, i64)>,
+    /// The slot's trades.
+    pub trades: Vec<Trade>,
+    /// SHA-256 (hex) of the readings the delivery check used.
+    pub reading_digests: Vec<String>,
+}
+
 /// Why the market refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum MarketError {
@@ -542,7 +555,7 @@ impl Market {
                 continue;
             }
             let trades = load_trades(pool, slot).await?;
-            let deliveries = self
+            let (deliveries, digests) = self
                 .deliveries(pool, terms.slot.delivery_start, terms.slot.delivery_end)
                 .await?;
             let settlement = settle_slot(&trades, &deliveries, &terms)
@@ -560,6 +573,13 @@ impl Market {
                     .bind(i64_of(slot))
                     .bind(account)
                     .bind(amount)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            for digest in &digests {
+                sqlx::query("INSERT INTO slot_readings (slot, digest) VALUES ($1, $2)")
+                    .bind(i64_of(slot))
+                    .bind(digest)
                     .execute(&mut *tx)
                     .await?;
             }
@@ -584,13 +604,14 @@ impl Market {
         pool: &AnyPool,
         start_s: i64,
         end_s: i64,
-    ) -> Result<Vec<MeterDelivery>, MarketError> {
+    ) -> Result<(Vec<MeterDelivery>, Vec<String>), MarketError> {
         let meters = self.store.meters().await?;
         let mut out = Vec::new();
+        let mut digests = Vec::new();
         for (index, meter) in meters.iter().enumerate() {
             let at = |t: i64| {
                 sqlx::query(
-                    "SELECT import_wh, export_wh FROM readings WHERE meter_id = $1 AND timestamp_ms <= $2 \
+                    "SELECT import_wh, export_wh, digest FROM readings WHERE meter_id = $1 AND timestamp_ms <= $2 \
                      AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
                      ORDER BY timestamp_ms DESC LIMIT 1",
                 )
@@ -611,8 +632,64 @@ impl Market {
                 start: counters(&start),
                 end: counters(&end),
             });
+            digests.push(start.get::<String, _>(2));
+            digests.push(end.get::<String, _>(2));
+        }
+        digests.sort();
+        digests.dedup();
+        Ok((out, digests))
+    }
+
+    /// Settled slots not yet handed to the chain: each with its net amounts per account
+    /// (households by id; −1 the utility, −2 the grid operator), its trades and the digests of
+    /// the readings its delivery check used.
+    pub async fn unqueued_settlements(&self) -> Result<Vec<SettledSlot>, MarketError> {
+        let pool = self.store.pool();
+        let slots: Vec<u64> = sqlx::query(
+            "SELECT slot FROM slots WHERE status = 'settled' \
+             AND slot NOT IN (SELECT slot FROM chain_batches) ORDER BY slot",
+        )
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| u64_of(r.get(0)))
+        .collect();
+        let mut out = Vec::new();
+        for slot in slots {
+            let balances =
+                sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1 ORDER BY id")
+                    .bind(i64_of(slot))
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+                    .collect();
+            let reading_digests =
+                sqlx::query("SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest")
+                    .bind(i64_of(slot))
+                    .fetch_all(pool)
+                    .await?
+                    .into_iter()
+                    .map(|r| r.get::<String, _>(0))
+                    .collect();
+            out.push(SettledSlot {
+                slot,
+                balances,
+                trades: load_trades(pool, slot).await?,
+                reading_digests,
+            });
         }
         Ok(out)
+    }
+
+    /// Records that a settled slot is in the settlement outbox.
+    pub async fn mark_queued(&self, slot: u64, now_ms: u64) -> Result<(), MarketError> {
+        sqlx::query("INSERT INTO chain_batches (slot, queued_ms) VALUES ($1, $2) ON CONFLICT (slot) DO NOTHING")
+            .bind(i64_of(slot))
+            .bind(i64_of(now_ms))
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
     }
 
     /// Net balance of an account over all settled slots.

@@ -7,6 +7,7 @@ use gridshare_core::reading::PublicKey;
 use tokio::sync::watch;
 
 use crate::api::{AppState, RateLimits, router};
+use crate::chain::ChainSettler;
 use crate::config::{EngineConfig, broker_host_port};
 use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
 use crate::market::Market;
@@ -138,6 +139,16 @@ impl Engine {
             source,
         })?;
         tasks.push(tokio::spawn(schedule(market.clone(), shutdown.subscribe())));
+        if let Some(settler) = ChainSettler::open(&config.chain)
+            .await
+            .map_err(ServeError::Market)?
+        {
+            tasks.push(tokio::spawn(settle_on_chain(
+                market.clone(),
+                settler,
+                shutdown.subscribe(),
+            )));
+        }
         let app = router(AppState {
             store: store.clone(),
             keys: keys.clone(),
@@ -194,6 +205,47 @@ async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {
         }
         if let Err(e) = market.settle_due(now).await {
             tracing::error!(target: "market", "settlement failed (retrying): {e}");
+        }
+    }
+}
+
+/// Hands settled slots to the settlement outbox and flushes it; runs apart from the scheduler
+/// so a slow or unreachable chain never delays gate closures.
+async fn settle_on_chain(
+    market: Arc<Market>,
+    settler: ChainSettler,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        match market.unqueued_settlements().await {
+            Ok(settled) => {
+                for s in settled {
+                    match settler.enqueue(&s).await {
+                        Ok(()) => {
+                            if let Err(e) =
+                                market.mark_queued(s.slot, crate::pipeline::now_ms()).await
+                            {
+                                tracing::error!(target: "chain", slot = s.slot, "{e}");
+                            }
+                        }
+                        Err(e) => {
+                            tracing::error!(target: "chain", slot = s.slot, "batch not queued: {e}")
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::error!(target: "chain", "{e}"),
+        }
+        match settler.flush().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(target: "chain", batches = n, "settled on chain"),
+            Err(e) => tracing::warn!(target: "chain", "settlement pending: {e}"),
         }
     }
 }

@@ -118,7 +118,7 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     std::fs::write(
         &config,
         format!(
-            "community = \"crash\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[database]\nurl = \"sqlite://{}\"\n[mqtt]\nembedded_listen = \"\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n",
+            "community = \"crash\"\n[http]\nlisten = \"127.0.0.1:{http_port}\"\n[database]\nurl = \"sqlite://{}\"\n[mqtt]\nembedded_listen = \"\"\nurl = \"mqtt://127.0.0.1:{mqtt_port}\"\n[chain]\nbackend = \"none\"\n",
             db.display()
         ),
     )

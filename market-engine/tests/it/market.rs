@@ -308,5 +308,122 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             .sum();
         assert_eq!(operator, i64::try_from(t.amounts.fees).unwrap());
         let _ = (UTILITY, GRID_OPERATOR);
+
+        // On chain: the settled slot becomes one batch through the settlement outbox, on the
+        // embedded chain and (when GRIDSHARE_TEST_ANVIL_URL names one) on anvil.
+        let settled = market.unqueued_settlements().await.unwrap();
+        assert_eq!(settled.len(), 1);
+        let batch = market_engine::chain::batch_of(&settled[0]).unwrap();
+        for settler in settlers(dir.path(), &url, &settled[0]).await {
+            settler.enqueue(&settled[0]).await.unwrap();
+            settler.enqueue(&settled[0]).await.unwrap(); // idempotent
+            assert_eq!(settler.flush().await.unwrap(), 1);
+            assert_eq!(settler.flush().await.unwrap(), 0, "never sent twice");
+            assert_eq!(settler.settled_root(slot).await.unwrap(), Some(batch.root));
+            let alice_id = ledger_account(&store, &rows, a).await;
+            let on_chain = settler.balance(alice_id).await.unwrap();
+            assert_eq!(
+                on_chain,
+                alloy::primitives::U256::from(u64::try_from(a).unwrap()),
+                "alice's credit on chain"
+            );
+        }
+        market.mark_queued(slot, 0).await.unwrap();
+        assert!(market.unqueued_settlements().await.unwrap().is_empty());
     }
+}
+
+/// The account whose ledger amount in this slot is `amount`.
+async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64) -> i64 {
+    rows.iter()
+        .find(|r| r.get::<i64, _>(1) == amount)
+        .map(|r| r.get::<i64, _>(0))
+        .unwrap()
+}
+
+/// The chain backends to settle on: the embedded chain always, anvil when
+/// `GRIDSHARE_TEST_ANVIL_URL` is set. On anvil the contracts are deployed fresh and the
+/// debited accounts deposit first, as households would.
+async fn settlers(
+    dir: &std::path::Path,
+    db: &str,
+    settled: &market_engine::market::SettledSlot,
+) -> Vec<market_engine::chain::ChainSettler> {
+    use alloy::primitives::U256;
+    use gridshare_contracts::bindings::{GridToken, Settlement};
+    use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
+    use gridshare_contracts::deploy::{Deployment, StakingParams};
+    use market_engine::chain::{ChainConfig, ChainSettler, account_address};
+
+    let tag = if db.starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "pg"
+    };
+    let embedded = ChainConfig {
+        backend: "embedded".into(),
+        state_file: dir.join(format!("chain-{tag}.json")),
+        outbox_file: dir.join(format!("outbox-embedded-{tag}.sqlite")),
+        ..ChainConfig::default()
+    };
+    let mut out = vec![ChainSettler::open(&embedded).await.unwrap().unwrap()];
+    if let Ok(url) = std::env::var("GRIDSHARE_TEST_ANVIL_URL") {
+        // anvil's first development account.
+        let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+        let signer: alloy::signers::local::PrivateKeySigner = key.parse().unwrap();
+        let operator = signer.address();
+        let chain = RpcChain::connect(&url, Some(signer)).unwrap();
+        let now = chain.timestamp().await.unwrap();
+        let supply = U256::from(10u64).pow(U256::from(30u64));
+        let d = Deployment::deploy(
+            &chain,
+            operator,
+            operator,
+            None,
+            supply,
+            &StakingParams::daily(now),
+        )
+        .await
+        .unwrap();
+        chain
+            .transact(
+                operator,
+                d.payment_token,
+                GridToken::approveCall {
+                    spender: d.settlement,
+                    value: U256::MAX,
+                },
+            )
+            .await
+            .unwrap();
+        for (account, amount) in &settled.balances {
+            if *amount < 0 {
+                chain
+                    .transact(
+                        operator,
+                        d.settlement,
+                        Settlement::depositForCall {
+                            account: account_address(*account),
+                            amount: U256::from(amount.unsigned_abs()),
+                        },
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        let rpc = ChainConfig {
+            backend: "rpc".into(),
+            rpc_url: url,
+            settlement_address: d.settlement.to_string(),
+            outbox_file: dir.join(format!("outbox-rpc-{tag}.sqlite")),
+            ..ChainConfig::default()
+        };
+        out.push(
+            ChainSettler::open_with_key(&rpc, Some(key.into()))
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    out
 }
