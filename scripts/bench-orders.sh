@@ -38,7 +38,7 @@ api="http://127.0.0.1:$http/api/v1"
 curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/accounts" > /dev/null
 session=$(curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 token=$(curl -sf -H "authorization: Bearer $session" -H 'content-type: application/json' -d '{"label":"wrk"}' "$api/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-key=$("$CARGO_TARGET_DIR/release/meter-agent" keygen --out "$dir/meter.key" | awk '/public key/ {print $3}')
+key=$("$CARGO_TARGET_DIR/release/meter-agent" keygen --out "$dir/meter.key" | awk '/^public key:/ {print $3}')
 curl -sf -H "authorization: Bearer $token" -H 'content-type: application/json' -d "{\"meter_id\":\"bench-meter\",\"public_key\":\"$key\"}" "$api/meters" > /dev/null
 slot=$(curl -sf "$api/slots/current" | python3 -c 'import json,sys; print(json.load(sys.stdin)["delivering"] + 4)')
 TOKEN=$token METER=bench-meter SLOT=$slot wrk -t2 -c"$connections" -d"${duration}s" --latency \
