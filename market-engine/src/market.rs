@@ -16,7 +16,7 @@ use gridshare_core::market::{
 };
 use serde::Deserialize;
 use sqlx::{AnyPool, Row};
-use tokio::sync::{Mutex, broadcast};
+use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 
 use crate::pipeline::LiveEvent;
 
@@ -198,6 +198,103 @@ impl From<sqlx::Error> for MarketError {
     }
 }
 
+/// One entry of the order log, as written.
+#[derive(Debug, Clone)]
+struct LogEntry {
+    order: u64,
+    kind: &'static str,
+    account: i64,
+    meter: String,
+    side: &'static str,
+    price: u64,
+    energy: u64,
+    at_s: i64,
+}
+
+/// What the log writer commits for one request, in the order requests took the book lock.
+#[derive(Debug)]
+enum LogWrite {
+    /// An order event and the trades it made.
+    Event {
+        slot: u64,
+        entry: LogEntry,
+        trades: Vec<Trade>,
+    },
+    /// A gate closure: the call auction's trades and the slot's row.
+    Closure {
+        slot: u64,
+        trades: Vec<Trade>,
+        clearing_price: Option<u64>,
+    },
+}
+
+struct LogJob {
+    write: LogWrite,
+    done: oneshot::Sender<Result<(), String>>,
+}
+
+/// Largest number of requests committed in one transaction.
+const GROUP_COMMIT: usize = 256;
+
+/// Design: group commit. Requests are applied to the in-memory book under the lock and queued
+/// here in that same order; one transaction commits every queued request, then each caller is
+/// answered. One fsync serves many orders, and the log order is the order the book saw. A failed
+/// transaction fails every request still queued, so nothing after a failure is committed
+/// before the callers have rebuilt their books from the log.
+async fn log_writer(store: Store, mut rx: mpsc::Receiver<LogJob>) {
+    let mut jobs = Vec::with_capacity(GROUP_COMMIT);
+    while rx.recv_many(&mut jobs, GROUP_COMMIT).await > 0 {
+        let result = commit(&store, &jobs).await;
+        let failed = result.is_err();
+        let outcome = result.map_err(|e| e.to_string());
+        for job in jobs.drain(..) {
+            let _ = job.done.send(outcome.clone());
+        }
+        if failed {
+            while let Ok(job) = rx.try_recv() {
+                let _ = job
+                    .done
+                    .send(Err("an earlier order-log write failed; retry".into()));
+            }
+        }
+    }
+}
+
+async fn commit(store: &Store, jobs: &[LogJob]) -> Result<(), sqlx::Error> {
+    let mut tx = store.begin().await?;
+    for job in jobs {
+        match &job.write {
+            LogWrite::Event {
+                slot,
+                entry,
+                trades,
+            } => {
+                log_event(&mut tx, *slot, entry).await?;
+                for t in trades {
+                    store_trade(&mut tx, *slot, t).await?;
+                }
+            }
+            LogWrite::Closure {
+                slot,
+                trades,
+                clearing_price,
+            } => {
+                for t in trades {
+                    store_trade(&mut tx, *slot, t).await?;
+                }
+                sqlx::query(
+                    "INSERT INTO slots (slot, status, clearing_price) VALUES ($1, 'closed', $2)",
+                )
+                .bind(i64_of(*slot))
+                .bind(clearing_price.map(i64_of))
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    tx.commit().await
+}
+
 struct OrderInfo {
     slot: u64,
     account: i64,
@@ -215,6 +312,7 @@ pub struct Market {
     store: Store,
     books: Mutex<Books>,
     live: broadcast::Sender<LiveEvent>,
+    log: mpsc::Sender<LogJob>,
 }
 
 fn account_id(id: i64) -> Result<AccountId, MarketError> {
@@ -236,7 +334,10 @@ fn u64_of(v: i64) -> u64 {
 impl Market {
     /// The market, with the books of open slots rebuilt from the order log.
     pub async fn open(community: Community, store: Store) -> Result<Self, MarketError> {
+        let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
+        tokio::spawn(log_writer(store.clone(), log_rx));
         let market = Self {
+            log,
             live: broadcast::channel(1024).0,
             community,
             store,
@@ -363,34 +464,27 @@ impl Market {
             .get_mut(&slot)
             .ok_or_else(|| MarketError::Slot(format!("slot {slot} is not open")))?;
         let trades = book.submit(order, now_s)?;
-        let stored = async {
-            let mut tx = self.store.begin().await?;
-            log_event(
-                &mut tx,
+        let entry = LogEntry {
+            order: id,
+            kind: "submit",
+            account,
+            meter: meter.clone(),
+            side: side.as_str(),
+            price: price_per_kwh,
+            energy: energy_wh,
+            at_s: now_s,
+        };
+        let pending = self
+            .queue(LogWrite::Event {
                 slot,
-                id,
-                "submit",
-                account,
-                meter,
-                side.as_str(),
-                price_per_kwh,
-                energy_wh,
-                now_s,
-            )
+                entry,
+                trades: trades.clone(),
+            })
             .await?;
-            for t in &trades {
-                store_trade(&mut tx, slot, t).await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = stored {
-            // The book has the order, the disk does not: rebuild the book from the disk.
-            self.replay(&mut books, slot).await?;
-            return Err(e.into());
-        }
         books.next_order_id += 1;
         books.orders.insert(id, OrderInfo { slot, account });
+        drop(books);
+        self.committed(slot, pending).await?;
         let _ = self.live.send(LiveEvent::Order {
             slot,
             side: side.as_str(),
@@ -413,18 +507,26 @@ impl Market {
             .get_mut(&slot)
             .ok_or(MarketError::UnknownOrder(order))?;
         book.cancel(OrderId(order), now_s)?;
-        let stored = async {
-            let mut tx = self.store.begin().await?;
-            log_event(&mut tx, slot, order, "cancel", account, "", "", 0, 0, now_s).await?;
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = stored {
-            self.replay(&mut books, slot).await?;
-            return Err(e.into());
-        }
+        let entry = LogEntry {
+            order,
+            kind: "cancel",
+            account,
+            meter: String::new(),
+            side: "",
+            price: 0,
+            energy: 0,
+            at_s: now_s,
+        };
+        let pending = self
+            .queue(LogWrite::Event {
+                slot,
+                entry,
+                trades: Vec::new(),
+            })
+            .await?;
         books.orders.remove(&order);
-        Ok(())
+        drop(books);
+        self.committed(slot, pending).await
     }
 
     /// Amends one of `account`'s open orders (it loses time priority if price or size grows).
@@ -446,31 +548,25 @@ impl Market {
             .get_mut(&slot)
             .ok_or(MarketError::UnknownOrder(order))?;
         let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
-        let stored = async {
-            let mut tx = self.store.begin().await?;
-            log_event(
-                &mut tx,
+        let entry = LogEntry {
+            order,
+            kind: "amend",
+            account,
+            meter: String::new(),
+            side: "",
+            price: price_per_kwh,
+            energy: energy_wh,
+            at_s: now_s,
+        };
+        let pending = self
+            .queue(LogWrite::Event {
                 slot,
-                order,
-                "amend",
-                account,
-                "",
-                "",
-                price_per_kwh,
-                energy_wh,
-                now_s,
-            )
+                entry,
+                trades: trades.clone(),
+            })
             .await?;
-            for t in &trades {
-                store_trade(&mut tx, slot, t).await?;
-            }
-            tx.commit().await
-        }
-        .await;
-        if let Err(e) = stored {
-            self.replay(&mut books, slot).await?;
-            return Err(e.into());
-        }
+        drop(books);
+        self.committed(slot, pending).await?;
         Ok(trades)
     }
 
@@ -483,6 +579,36 @@ impl Market {
                 clearing_price,
             });
         }
+    }
+
+    /// Queues a write (call with the book lock held, so the log keeps the book's order).
+    async fn queue(
+        &self,
+        write: LogWrite,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, MarketError> {
+        let (done, rx) = oneshot::channel();
+        self.log
+            .send(LogJob { write, done })
+            .await
+            .map_err(|_| MarketError::Slot("the order log writer stopped".into()))?;
+        Ok(rx)
+    }
+
+    /// Waits for a queued write; on failure rebuilds the slot's book from the log.
+    async fn committed(
+        &self,
+        slot: u64,
+        rx: oneshot::Receiver<Result<(), String>>,
+    ) -> Result<(), MarketError> {
+        let outcome = rx
+            .await
+            .unwrap_or_else(|_| Err("the order log writer stopped".into()));
+        if let Err(e) = outcome {
+            let mut books = self.books.lock().await;
+            self.replay(&mut books, slot).await?;
+            return Err(MarketError::Slot(format!("order not stored: {e}")));
+        }
+        Ok(())
     }
 
     async fn slot_closed(&self, slot: u64) -> Result<bool, MarketError> {
@@ -508,18 +634,23 @@ impl Market {
                 continue;
             };
             let closure = book.close_gate();
-            let mut tx = self.store.begin().await?;
-            for t in &closure.trades {
-                store_trade(&mut tx, *slot, t).await?;
+            let pending = self
+                .queue(LogWrite::Closure {
+                    slot: *slot,
+                    trades: closure.trades.clone(),
+                    clearing_price: closure.clearing_price,
+                })
+                .await?;
+            // Holding the lock: no order for this slot can slip in while its closure commits.
+            let outcome = pending
+                .await
+                .unwrap_or_else(|_| Err("the order log writer stopped".into()));
+            if let Err(e) = outcome {
+                self.replay(&mut books, *slot).await?;
+                return Err(MarketError::Slot(format!(
+                    "slot {slot}: gate closure not stored: {e}"
+                )));
             }
-            sqlx::query(
-                "INSERT INTO slots (slot, status, clearing_price) VALUES ($1, 'closed', $2)",
-            )
-            .bind(i64_of(*slot))
-            .bind(closure.clearing_price.map(i64_of))
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
             books.orders.retain(|_, o| o.slot != *slot);
             self.announce_trades(*slot, &closure.trades, closure.clearing_price);
             tracing::info!(
@@ -721,32 +852,24 @@ impl Market {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn log_event(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     slot: u64,
-    order: u64,
-    kind: &str,
-    account: i64,
-    meter: &str,
-    side: &str,
-    price: u64,
-    energy: u64,
-    at_s: i64,
+    e: &LogEntry,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO order_events (slot, order_id, kind, account_id, meter_id, side, price_per_kwh, energy_wh, at_s) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
     .bind(i64_of(slot))
-    .bind(i64_of(order))
-    .bind(kind)
-    .bind(account)
-    .bind(meter)
-    .bind(side)
-    .bind(i64_of(price))
-    .bind(i64_of(energy))
-    .bind(at_s)
+    .bind(i64_of(e.order))
+    .bind(e.kind)
+    .bind(e.account)
+    .bind(e.meter.as_str())
+    .bind(e.side)
+    .bind(i64_of(e.price))
+    .bind(i64_of(e.energy))
+    .bind(e.at_s)
     .execute(&mut **tx)
     .await?;
     Ok(())
