@@ -8,6 +8,7 @@
 //! trade is never applied twice (the replay re-creates it; only the original is stored).
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use gridshare_core::market::{
     AccountId, AreaId, AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism, MeterCounters,
@@ -162,6 +163,25 @@ pub struct NewOrder {
     pub energy_wh: u64,
 }
 
+/// Counters of the market, exported on `/metrics`.
+#[derive(Debug, Default)]
+pub struct MarketMetrics {
+    /// Orders accepted (on disk).
+    pub orders_accepted: AtomicU64,
+    /// Orders, cancels and amends refused by the market rules.
+    pub orders_rejected: AtomicU64,
+    /// Trades made.
+    pub trades: AtomicU64,
+    /// Gate closures.
+    pub gate_closures: AtomicU64,
+    /// Time spent clearing at gate closure, microseconds in total.
+    pub gate_closure_micros: AtomicU64,
+    /// Slots settled in the ledger.
+    pub slots_settled: AtomicU64,
+    /// Seconds from the latest settled slot's settlement time to its settlement (lag).
+    pub settlement_lag_s: AtomicU64,
+}
+
 /// A settled slot, as it goes on chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SettledSlot {
@@ -313,6 +333,8 @@ pub struct Market {
     books: Mutex<Books>,
     live: broadcast::Sender<LiveEvent>,
     log: mpsc::Sender<LogJob>,
+    /// Counters for `/metrics`.
+    pub metrics: MarketMetrics,
 }
 
 fn account_id(id: i64) -> Result<AccountId, MarketError> {
@@ -337,6 +359,7 @@ impl Market {
         let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
         tokio::spawn(log_writer(store.clone(), log_rx));
         let market = Self {
+            metrics: MarketMetrics::default(),
             log,
             live: broadcast::channel(1024).0,
             community,
@@ -463,7 +486,13 @@ impl Market {
             .open
             .get_mut(&slot)
             .ok_or_else(|| MarketError::Slot(format!("slot {slot} is not open")))?;
-        let trades = book.submit(order, now_s)?;
+        let trades = match book.submit(order, now_s) {
+            Ok(t) => t,
+            Err(e) => {
+                self.metrics.orders_rejected.fetch_add(1, Ordering::Relaxed);
+                return Err(e.into());
+            }
+        };
         let entry = LogEntry {
             order: id,
             kind: "submit",
@@ -485,6 +514,7 @@ impl Market {
         books.orders.insert(id, OrderInfo { slot, account });
         drop(books);
         self.committed(slot, pending).await?;
+        self.metrics.orders_accepted.fetch_add(1, Ordering::Relaxed);
         let _ = self.live.send(LiveEvent::Order {
             slot,
             side: side.as_str(),
@@ -571,6 +601,10 @@ impl Market {
     }
 
     fn announce_trades(&self, slot: u64, trades: &[Trade], clearing_price: Option<u64>) {
+        self.metrics.trades.fetch_add(
+            u64::try_from(trades.len()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         if !trades.is_empty() {
             let _ = self.live.send(LiveEvent::Trades {
                 slot,
@@ -633,7 +667,13 @@ impl Market {
             let Some(book) = books.open.remove(slot) else {
                 continue;
             };
+            let started = std::time::Instant::now();
             let closure = book.close_gate();
+            self.metrics.gate_closures.fetch_add(1, Ordering::Relaxed);
+            self.metrics.gate_closure_micros.fetch_add(
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
             let pending = self
                 .queue(LogWrite::Closure {
                     slot: *slot,
@@ -724,6 +764,11 @@ impl Market {
             if done.rows_affected() == 1 {
                 tx.commit().await?;
                 settled.push(slot);
+                self.metrics.slots_settled.fetch_add(1, Ordering::Relaxed);
+                self.metrics.settlement_lag_s.store(
+                    u64::try_from(now_s - terms.slot.settlement).unwrap_or(0),
+                    Ordering::Relaxed,
+                );
                 tracing::info!(target: "market", slot, accounts = settlement.balances.len(), "slot settled");
             }
         }

@@ -223,6 +223,10 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         assert_eq!(closed, vec![slot]);
         let trades = market.trades(slot).await.unwrap();
         assert_eq!(trades.len(), 1);
+        let counted =
+            |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(counted(&market.metrics.gate_closures), 1);
+        assert_eq!(counted(&market.metrics.trades), 1);
         let t = trades[0];
         assert_eq!(t.energy_wh, 1000);
         assert_eq!(
