@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
+use meter_agent::register_server::Framing;
+use meter_agent::simulator::Household;
 use tokio::sync::watch;
 
 use market_engine::config::EngineConfig;
@@ -127,18 +127,15 @@ pub(crate) async fn run(
             serial: format!("SIM-{:06}", i + 1),
             ..Household::default()
         };
-        let mut device = SimulatedDevice::new(household, 10 * 3_600_000);
-        let server =
-            RegisterServer::start("127.0.0.1:0".parse()?, device.bank(), 1, Framing::Tcp).await?;
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let step = (200.0 * options.speed) as u64;
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(200));
-            loop {
-                tick.tick().await;
-                device.advance(step);
-            }
-        });
+        let server = meter_agent::simulator::serve(
+            household,
+            10 * 3_600_000,
+            "127.0.0.1:0".parse()?,
+            Framing::Tcp,
+            200,
+            options.speed,
+        )
+        .await?;
         let key_file = options.dir.join(format!("{name}.key"));
         let public = if key_file.exists() {
             meter_agent::keys::load(&key_file)?.public_key()

@@ -16,7 +16,7 @@ use meter_agent::config::{AgentConfig, ClockPolicy, DEFAULT_CONFIG, DeviceKind};
 use meter_agent::device::{Device, ProfileDevice, SunSpecDevice};
 use meter_agent::profile::RegisterProfile;
 use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
+use meter_agent::simulator::{self, Household};
 use meter_agent::sunspec;
 use meter_agent::transport::{ModbusLink, TransportKind};
 use meter_agent::{broker, keys};
@@ -415,21 +415,9 @@ async fn simulate(
     }
     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let start_ms = (start_hour.rem_euclid(24.0) * 3_600_000.0) as u64;
-    let mut device = SimulatedDevice::new(household, start_ms);
-    let server = RegisterServer::start(listen, device.bank(), 1, framing)
+    simulator::serve(household, start_ms, listen, framing, 200, speed)
         .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
-    const TICK_MS: u64 = 200;
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-    let step = (TICK_MS as f64 * speed) as u64;
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
-        loop {
-            tick.tick().await;
-            device.advance(step);
-        }
-    });
-    Ok(server)
+        .with_context(|| format!("cannot listen on {listen}"))
 }
 
 async fn demo(mqtt_port: u16, speed: f64, dir: Option<PathBuf>) -> anyhow::Result<()> {

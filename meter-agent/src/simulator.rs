@@ -15,7 +15,7 @@ use std::f64::consts::PI;
 
 use serde::Deserialize;
 
-use crate::register_server::RegisterBank;
+use crate::register_server::{Framing, RegisterBank, RegisterServer};
 use crate::sunspec::block::BlockBuilder;
 use crate::sunspec::discovery::{END_MODEL_ID, SUNS_MARKER};
 
@@ -307,6 +307,33 @@ impl SimulatedDevice {
             }
         });
     }
+}
+
+/// Serves a simulated device over TCP on `listen` (unit id 1) and advances its clock in the
+/// background: every `tick_ms` of wall-clock time, by `tick_ms × speed` of simulated time.
+/// The device lives until the runtime ends; [`RegisterServer::stop`] stops serving it.
+pub async fn serve(
+    household: Household,
+    start_ms: u64,
+    listen: std::net::SocketAddr,
+    framing: Framing,
+    tick_ms: u64,
+    speed: f64,
+) -> std::io::Result<RegisterServer> {
+    let mut device = SimulatedDevice::new(household, start_ms);
+    let server = RegisterServer::start(listen, device.bank(), 1, framing).await?;
+    // A bounded, positive speed (checked by the callers' argument parsing) times a tick of
+    // milliseconds fits easily in a u64.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let step = (tick_ms as f64 * speed.max(0.0)) as u64;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(tick_ms.max(1)));
+        loop {
+            tick.tick().await;
+            device.advance(step);
+        }
+    });
+    Ok(server)
 }
 
 fn builder(id: u16, groups: usize) -> BlockBuilder {

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
+use meter_agent::register_server::Framing;
+use meter_agent::simulator::Household;
 use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -156,21 +156,16 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     );
 
     // Readings flow: a simulated inverter read by a real agent.
-    let mut device = SimulatedDevice::new(Household::default(), 12 * 3_600_000);
-    let server = RegisterServer::start(
+    let server = meter_agent::simulator::serve(
+        Household::default(),
+        12 * 3_600_000,
         "127.0.0.1:0".parse().unwrap(),
-        device.bank(),
-        1,
         Framing::Tcp,
+        50,
+        1200.0,
     )
     .await
     .unwrap();
-    tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            device.advance(60_000);
-        }
-    });
     let mut agent_config = AgentConfig {
         meter_id: "crash-meter".into(),
         community: "crash".into(),

@@ -12,8 +12,8 @@ use market_engine::ingest::Rejection;
 use market_engine::server::Engine;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
+use meter_agent::register_server::Framing;
+use meter_agent::simulator::Household;
 use ring::rand::SystemRandom;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::sync::watch;
@@ -39,21 +39,16 @@ async fn a_real_meter_agent_feeds_the_engine() {
         let engine = Engine::start(&config).await.unwrap();
 
         // The household: a simulated inverter and a real agent with its own key.
-        let mut device = SimulatedDevice::new(Household::default(), 12 * 3_600_000);
-        let server = RegisterServer::start(
+        let server = meter_agent::simulator::serve(
+            Household::default(),
+            12 * 3_600_000,
             "127.0.0.1:0".parse().unwrap(),
-            device.bank(),
-            1,
             Framing::Tcp,
+            50,
+            1200.0,
         )
         .await
         .unwrap();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                device.advance(60_000);
-            }
-        });
         let agent_dir = tempfile::tempdir().unwrap();
         let key_file = agent_dir.path().join("meter.key");
         let public = meter_agent::keys::generate(&key_file, false).unwrap();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use gridshare_core::reading::{PublicKey, SignedReading};
 use meter_agent::config::AgentConfig;
 use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
+use meter_agent::simulator::Household;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
 
@@ -134,23 +134,16 @@ pub(crate) fn assert_gap_free(readings: &[SignedReading], first: u64) {
 /// A simulated hybrid inverter served over Modbus TCP, time advancing `speed`× in the
 /// background.
 pub(crate) async fn simulated_device(speed_ms_per_tick: u64) -> RegisterServer {
-    let mut device = SimulatedDevice::new(Household::default(), 11 * 3_600_000);
-    let server = RegisterServer::start(
+    meter_agent::simulator::serve(
+        Household::default(),
+        11 * 3_600_000,
         "127.0.0.1:0".parse().unwrap(),
-        device.bank(),
-        1,
         Framing::Tcp,
+        50,
+        speed_ms_per_tick as f64 / 50.0,
     )
     .await
-    .unwrap();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(50));
-        loop {
-            tick.tick().await;
-            device.advance(speed_ms_per_tick);
-        }
-    });
-    server
+    .unwrap()
 }
 
 /// A config for a test agent: key, data dir, device, broker.
