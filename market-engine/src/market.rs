@@ -231,6 +231,29 @@ struct LogEntry {
     at_s: i64,
 }
 
+impl LogEntry {
+    /// A cancel or amend of an existing order (side and meter are the original order's).
+    fn change(
+        order: u64,
+        kind: &'static str,
+        account: i64,
+        price: u64,
+        energy: u64,
+        at_s: i64,
+    ) -> Self {
+        Self {
+            order,
+            kind,
+            account,
+            meter: String::new(),
+            side: "",
+            price,
+            energy,
+            at_s,
+        }
+    }
+}
+
 /// What the log writer commits for one request, in the order requests took the book lock.
 #[derive(Debug)]
 enum LogWrite {
@@ -503,13 +526,7 @@ impl Market {
             energy: energy_wh,
             at_s: now_s,
         };
-        let pending = self
-            .queue(LogWrite::Event {
-                slot,
-                entry,
-                trades: trades.clone(),
-            })
-            .await?;
+        let pending = self.queue_event(slot, entry, trades.clone()).await?;
         books.next_order_id += 1;
         books.orders.insert(id, OrderInfo { slot, account });
         drop(books);
@@ -537,22 +554,12 @@ impl Market {
             .get_mut(&slot)
             .ok_or(MarketError::UnknownOrder(order))?;
         book.cancel(OrderId(order), now_s)?;
-        let entry = LogEntry {
-            order,
-            kind: "cancel",
-            account,
-            meter: String::new(),
-            side: "",
-            price: 0,
-            energy: 0,
-            at_s: now_s,
-        };
         let pending = self
-            .queue(LogWrite::Event {
+            .queue_event(
                 slot,
-                entry,
-                trades: Vec::new(),
-            })
+                LogEntry::change(order, "cancel", account, 0, 0, now_s),
+                Vec::new(),
+            )
             .await?;
         books.orders.remove(&order);
         drop(books);
@@ -578,22 +585,12 @@ impl Market {
             .get_mut(&slot)
             .ok_or(MarketError::UnknownOrder(order))?;
         let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
-        let entry = LogEntry {
-            order,
-            kind: "amend",
-            account,
-            meter: String::new(),
-            side: "",
-            price: price_per_kwh,
-            energy: energy_wh,
-            at_s: now_s,
-        };
         let pending = self
-            .queue(LogWrite::Event {
+            .queue_event(
                 slot,
-                entry,
-                trades: trades.clone(),
-            })
+                LogEntry::change(order, "amend", account, price_per_kwh, energy_wh, now_s),
+                trades.clone(),
+            )
             .await?;
         drop(books);
         self.committed(slot, pending).await?;
@@ -626,6 +623,21 @@ impl Market {
             .await
             .map_err(|_| MarketError::Slot("the order log writer stopped".into()))?;
         Ok(rx)
+    }
+
+    /// Queues an order event and the trades it made.
+    async fn queue_event(
+        &self,
+        slot: u64,
+        entry: LogEntry,
+        trades: Vec<Trade>,
+    ) -> Result<oneshot::Receiver<Result<(), String>>, MarketError> {
+        self.queue(LogWrite::Event {
+            slot,
+            entry,
+            trades,
+        })
+        .await
     }
 
     /// Waits for a queued write; on failure rebuilds the slot's book from the log.

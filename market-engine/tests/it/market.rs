@@ -197,6 +197,29 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let first = String::from_utf8(first.to_vec()).unwrap();
         assert!(first.starts_with("data: {\"type\":\"order\""), "{first}");
         assert!(first.contains("\"energy_wh\":1000"), "{first}");
+        // Bob lowers his limit; the amend goes through the order log like the order did.
+        let (s, body, _) = call(
+            &app,
+            "PATCH",
+            &format!("/api/v1/orders/{bob_order}"),
+            Some(&bob),
+            Some(json!({"energy_wh": 1500, "price_per_kwh": 24_000})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (s, _, _) = call(
+            &app,
+            "PATCH",
+            &format!("/api/v1/orders/{bob_order}"),
+            Some(&alice),
+            Some(json!({"energy_wh": 1, "price_per_kwh": 24_000})),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "nobody amends another account's order"
+        );
         // Bob's order is not Alice's to cancel.
         let (s, _, _) = call(
             &app,
