@@ -159,6 +159,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/slots/current", get(current_slot))
         .route("/api/v1/slots/{slot}", get(slot_info))
+        .route("/api/v1/slots/{slot}/book", get(slot_book))
         .route("/api/v1/balance", get(balance))
         .route("/api/v1/stream", get(stream))
         .route("/metrics", get(metrics))
@@ -600,6 +601,19 @@ async fn slot_info(
         "traded_wh": trades.iter().map(|t| t.energy_wh).sum::<u64>(),
         "trades": trades.iter().map(trade_json).collect::<Vec<_>>(),
     })))
+}
+
+async fn slot_book(
+    State(state): State<AppState>,
+    Path(slot): Path<u64>,
+) -> Json<serde_json::Value> {
+    let depth = state.market.depth(slot).await;
+    let level = |(price, wh, orders): &(u64, u64, u32)| json!({"price_per_kwh": price, "energy_wh": wh, "orders": orders});
+    Json(json!({
+        "slot": slot,
+        "bids": depth.bids.iter().map(level).collect::<Vec<_>>(),
+        "asks": depth.asks.iter().map(level).collect::<Vec<_>>(),
+    }))
 }
 
 async fn balance(

@@ -11,9 +11,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gridshare_core::market::{
-    AccountId, AreaId, AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism, MeterCounters,
-    MeterDelivery, MeterId, Order, OrderError, OrderId, PriceRule, SlotCalendar, SlotMarket,
-    Tariff, TimeProfile, Trade, settle_slot,
+    AccountId, AreaId, AreaTree, BookDepth, Community, FeeProfile, ImbalancePrices, Mechanism,
+    MeterCounters, MeterDelivery, MeterId, Order, OrderError, OrderId, PriceRule, SlotCalendar,
+    SlotMarket, Tariff, TimeProfile, Trade, settle_slot,
 };
 use serde::Deserialize;
 use sqlx::{AnyPool, Row};
@@ -889,6 +889,17 @@ impl Market {
         .fetch_one(self.store.pool())
         .await?;
         Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// The open book of a slot, aggregated per price level (empty once its gate closed).
+    pub async fn depth(&self, slot: u64) -> BookDepth {
+        self.books
+            .lock()
+            .await
+            .open
+            .get(&slot)
+            .map(SlotMarket::depth)
+            .unwrap_or_default()
     }
 
     /// Trades of a slot (as stored).

@@ -153,6 +153,11 @@ impl CallAuction {
         self.entries.is_empty()
     }
 
+    /// The open orders, in submission order.
+    pub fn orders(&self) -> impl Iterator<Item = &Order> {
+        self.entries.iter().map(|e| &e.order)
+    }
+
     /// Accepts an order arriving at `now`.
     pub fn submit(&mut self, order: Order, now: UnixSeconds) -> Result<(), OrderError> {
         self.terms.check_window(order.id, now)?;

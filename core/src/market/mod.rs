@@ -169,7 +169,7 @@ pub use order::{
     Preference, Side,
 };
 pub use slot::{DeliverySlot, SlotCalendar, SlotError, SlotPhase, UnixSeconds};
-pub use slot_market::{GateClosure, SlotMarket};
+pub use slot_market::{BookDepth, GateClosure, SlotMarket};
 pub use tariff::{
     ImbalancePrices, SlotImbalancePrices, Tariff, TariffBand, TariffError, TimeProfile,
 };

@@ -3,7 +3,7 @@
 
 use super::book::{ContinuousBook, ContinuousKind};
 use super::call::{CallAuction, Unmatched};
-use super::order::{Order, OrderError, OrderId};
+use super::order::{Order, OrderError, OrderId, Side};
 use super::slot::UnixSeconds;
 use super::terms::{Community, Mechanism, SlotTerms, TermsError};
 use super::trade::Trade;
@@ -48,7 +48,60 @@ impl Community {
     }
 }
 
+/// Open energy per price level on each side of a slot's book: bids from the highest price down,
+/// asks from the lowest up. Owners are not shown: the book is public, its participants are not.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BookDepth {
+    /// `(price per kWh, open Wh, orders)` of the bids, best first.
+    pub bids: Vec<(u64, u64, u32)>,
+    /// `(price per kWh, open Wh, orders)` of the asks, best first.
+    pub asks: Vec<(u64, u64, u32)>,
+}
+
+fn levels(orders: impl Iterator<Item = (u64, u64)>, descending: bool) -> Vec<(u64, u64, u32)> {
+    let mut by_price: std::collections::BTreeMap<u64, (u64, u32)> =
+        std::collections::BTreeMap::new();
+    for (price, wh) in orders {
+        let level = by_price.entry(price).or_default();
+        level.0 = level.0.saturating_add(wh);
+        level.1 = level.1.saturating_add(1);
+    }
+    let mut out: Vec<_> = by_price
+        .into_iter()
+        .map(|(p, (wh, n))| (p, wh, n))
+        .collect();
+    if descending {
+        out.reverse();
+    }
+    out
+}
+
 impl SlotMarket {
+    /// The open orders aggregated per price level.
+    #[must_use]
+    pub fn depth(&self) -> BookDepth {
+        let open: Vec<(Side, u64, u64)> = match self {
+            Self::Continuous(book) => book
+                .resting_orders()
+                .into_iter()
+                .map(|o| (o.side, o.price_per_kwh, o.remaining_wh))
+                .collect(),
+            Self::Call(auction) => auction
+                .orders()
+                .map(|o| (o.side, o.price_per_kwh, o.energy_wh))
+                .collect(),
+        };
+        let side = |want: Side| {
+            open.iter()
+                .filter(move |(s, _, _)| *s == want)
+                .map(|(_, p, wh)| (*p, *wh))
+        };
+        BookDepth {
+            bids: levels(side(Side::Buy), true),
+            asks: levels(side(Side::Sell), false),
+        }
+    }
+
     /// The slot's terms.
     #[must_use]
     pub fn terms(&self) -> &SlotTerms {

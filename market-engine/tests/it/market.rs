@@ -197,6 +197,19 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let first = String::from_utf8(first.to_vec()).unwrap();
         assert!(first.starts_with("data: {\"type\":\"order\""), "{first}");
         assert!(first.contains("\"energy_wh\":1000"), "{first}");
+        // The public book shows both orders per price level, without their owners.
+        let (s, book, _) = call(
+            &app,
+            "GET",
+            &format!("/api/v1/slots/{slot}/book"),
+            None,
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(book["bids"][0]["energy_wh"], 1500, "{book}");
+        assert_eq!(book["asks"][0]["price_per_kwh"], 10_000, "{book}");
+        assert!(!book.to_string().contains("account"));
         // Bob lowers his limit; the amend goes through the order log like the order did.
         let (s, body, _) = call(
             &app,

@@ -3,8 +3,9 @@
 
 use super::{SLOT, flat_terms, open_time};
 use gridshare_core::market::{
-    AccountId, AreaId, ContinuousBook, ContinuousKind, MatchPass, Order, OrderError, OrderId,
-    PriceAnchor, SlotPhase,
+    AccountId, AreaId, AreaTree, Community, ContinuousBook, ContinuousKind, FeeProfile,
+    ImbalancePrices, MatchPass, Mechanism, Order, OrderError, OrderId, PriceAnchor, PriceRule,
+    Side, SlotCalendar, SlotPhase, Tariff,
 };
 
 const A: AccountId = AccountId(1);
@@ -261,4 +262,58 @@ fn invalid_orders_are_rejected_with_a_reason() {
     }
     .to_string();
     assert!(msg.contains("at most 40"), "{msg}");
+}
+
+#[test]
+fn depth_aggregates_open_energy_per_price_level_best_first() {
+    let community = community_for_depth();
+    let slot = community.calendar.slot_delivering_at(0).unwrap_or(0) + 10;
+    let now = community.terms(slot).unwrap().slot.gate_closure - 100;
+    for mechanism in [
+        Mechanism::ContinuousDoubleAuction,
+        Mechanism::CallAuction(PriceRule::default()),
+    ] {
+        let mut c = community.clone();
+        c.mechanism = mechanism;
+        let mut market = c.open_slot(slot).unwrap();
+        let o = |id, side, price, wh| {
+            if side == Side::Buy {
+                Order::bid(OrderId(id), AccountId(id as u32), AreaId(0), price, wh)
+            } else {
+                Order::ask(OrderId(id), AccountId(id as u32), AreaId(0), price, wh)
+            }
+        };
+        // Bids below every ask: nothing trades, everything rests.
+        for order in [
+            o(1, Side::Buy, 12_000, 100),
+            o(2, Side::Buy, 14_000, 200),
+            o(3, Side::Buy, 12_000, 50),
+            o(4, Side::Sell, 20_000, 300),
+            o(5, Side::Sell, 18_000, 10),
+        ] {
+            assert!(market.submit(order, now).unwrap().is_empty());
+        }
+        let depth = market.depth();
+        assert_eq!(
+            depth.bids,
+            vec![(14_000, 200, 1), (12_000, 150, 2)],
+            "{mechanism:?}"
+        );
+        assert_eq!(
+            depth.asks,
+            vec![(18_000, 10, 1), (20_000, 300, 1)],
+            "{mechanism:?}"
+        );
+    }
+}
+
+fn community_for_depth() -> Community {
+    Community {
+        calendar: SlotCalendar::new(0, 900, 86_400, 300, 900).unwrap(),
+        tariff: Tariff::flat(30_000, 8_000),
+        imbalance: ImbalancePrices::default(),
+        areas: AreaTree::new(FeeProfile::Free, AccountId(u32::MAX - 1)).unwrap(),
+        utility: AccountId(u32::MAX),
+        mechanism: Mechanism::ContinuousDoubleAuction,
+    }
 }
