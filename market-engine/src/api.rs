@@ -152,6 +152,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/me", get(me))
         .route("/api/v1/meters", post(register_meter).get(my_meters))
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
+        .route(
+            "/api/v1/meters/{meter_id}/rule",
+            get(get_rule).put(put_rule).delete(delete_rule),
+        )
         .route("/api/v1/orders", post(place_order))
         .route(
             "/api/v1/orders/{order_id}",
@@ -622,6 +626,113 @@ async fn balance(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let balance = state.market.balance(account.id).await?;
     Ok(Json(json!({ "account": account.name, "balance": balance })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleRequest {
+    sell_at_least_per_kwh: Option<u64>,
+    buy_at_most_per_kwh: Option<u64>,
+    keep_battery_above_bp: Option<u16>,
+}
+
+async fn own_meter(state: &AppState, account: &AccountRow, meter_id: &str) -> Result<(), ApiError> {
+    match state.store.meter_owner(meter_id).await? {
+        None => Err(ApiError::NotFound(format!(
+            "meter {meter_id:?} is not registered"
+        ))),
+        Some(owner) if owner != account.id => Err(ApiError::Forbidden(format!(
+            "meter {meter_id:?} belongs to another account"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
+fn rule_json(rule: &crate::store::TradingRule) -> serde_json::Value {
+    json!({
+        "meter_id": rule.meter_id,
+        "sell_at_least_per_kwh": rule.sell_at_least,
+        "buy_at_most_per_kwh": rule.buy_at_most,
+        "keep_battery_above_bp": rule.keep_battery_above_bp,
+    })
+}
+
+async fn put_rule(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+    body: Result<Json<RuleRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let req = json_body(body)?;
+    own_meter(&state, &account, &meter_id).await?;
+    if req.sell_at_least_per_kwh.is_none() && req.buy_at_most_per_kwh.is_none() {
+        return Err(ApiError::BadRequest(
+            "give sell_at_least_per_kwh, buy_at_most_per_kwh or both (DELETE removes the rule)"
+                .into(),
+        ));
+    }
+    let community = state.market.community();
+    let slot = community.calendar.slot_delivering_at(now_s()).unwrap_or(0);
+    let band = community
+        .tariff
+        .band(slot)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    for (name, price) in [
+        ("sell_at_least_per_kwh", req.sell_at_least_per_kwh),
+        ("buy_at_most_per_kwh", req.buy_at_most_per_kwh),
+    ] {
+        if let Some(p) = price
+            && !(band.feed_in_per_kwh..=band.retail_per_kwh).contains(&p)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{name}: {p} is outside the tariff band {}..={} (feed-in..retail)",
+                band.feed_in_per_kwh, band.retail_per_kwh
+            )));
+        }
+    }
+    if req.keep_battery_above_bp.is_some_and(|bp| bp > 10_000) {
+        return Err(ApiError::BadRequest(
+            "keep_battery_above_bp: at most 10000 (100 %)".into(),
+        ));
+    }
+    let rule = crate::store::TradingRule {
+        meter_id,
+        account_id: account.id,
+        sell_at_least: req.sell_at_least_per_kwh,
+        buy_at_most: req.buy_at_most_per_kwh,
+        keep_battery_above_bp: req.keep_battery_above_bp,
+    };
+    state.store.set_rule(&rule, now_ms()).await?;
+    Ok(Json(rule_json(&rule)))
+}
+
+async fn get_rule(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    own_meter(&state, &account, &meter_id).await?;
+    let rules = state.store.rules().await?;
+    let rule = rules
+        .iter()
+        .find(|r| r.meter_id == meter_id)
+        .ok_or_else(|| ApiError::NotFound(format!("meter {meter_id:?} has no trading rule")))?;
+    Ok(Json(rule_json(rule)))
+}
+
+async fn delete_rule(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    own_meter(&state, &account, &meter_id).await?;
+    if state.store.delete_rule(&meter_id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!(
+            "meter {meter_id:?} has no trading rule"
+        )))
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

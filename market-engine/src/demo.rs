@@ -1,9 +1,9 @@
 //! `market-engine demo`: the engine plus a simulated neighbourhood on this machine. Each home
 //! is a simulated SunSpec hybrid inverter served over Modbus TCP on loopback and read by a real
 //! meter agent, which signs its readings and publishes them to the engine's embedded broker.
-//! Each home also runs a trading rule — sell the forecast surplus, buy the forecast need, from
-//! the meter's own recent readings — so orders, auctions, trades and settlement follow within
-//! a minute or two.
+//! Each home also has an automatic trading rule (the engine's `autotrade`: sell the forecast
+//! surplus, buy the forecast need, from the meter's own recent readings), so orders, auctions,
+//! trades and settlement follow within a minute or two.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,10 +18,10 @@ use tokio::sync::watch;
 
 use market_engine::config::EngineConfig;
 use market_engine::ingest::IngestMetrics;
-use market_engine::market::{Market, NewOrder, OrderSide};
+use market_engine::market::Market;
 use market_engine::pipeline::now_ms;
 use market_engine::server::Engine;
-use market_engine::store::Store;
+use market_engine::store::TradingRule;
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -36,16 +36,6 @@ pub(crate) struct DemoOptions {
     pub(crate) speed: f64,
     /// Directory for the database and the meters' keys.
     pub(crate) dir: PathBuf,
-}
-
-/// One simulated home's trading rule: sell the surplus above what it needs, buy what it needs,
-/// at prices between the feed-in and retail tariffs.
-#[derive(Debug, Clone, Copy)]
-struct TradingRule {
-    /// Asks at least this much per kWh.
-    sell_at: u64,
-    /// Bids at most this much per kWh.
-    buy_at: u64,
 }
 
 fn now_s() -> i64 {
@@ -99,7 +89,6 @@ pub(crate) async fn run(
 
     let (stop_agents, agents_stopped) = watch::channel(false);
     let mut agents = Vec::new();
-    let mut homes = Vec::new();
     for i in 0..options.homes {
         let name = format!("home-{:02}", i + 1);
         let account = match engine.store.account_by_name(&name).await? {
@@ -170,27 +159,22 @@ pub(crate) async fn run(
             agents_stopped.clone(),
             Arc::new(AgentStats::default()),
         )));
-        let spread = community
-            .tariff
-            .band(0)
-            .map(|b| b.retail_per_kwh - b.feed_in_per_kwh)
-            .unwrap_or(0);
-        let feed_in = community
-            .tariff
-            .band(0)
-            .map(|b| b.feed_in_per_kwh)
-            .unwrap_or(0);
+        // Each home trades by an automatic rule, as a household would set it in the app.
+        let band = community.tariff.band(0)?;
+        let spread = band.retail_per_kwh - band.feed_in_per_kwh;
+        let step = i as u64;
         let rule = TradingRule {
-            sell_at: feed_in + spread * (20 + 5 * (i as u64 % 6)) / 100,
-            buy_at: feed_in + spread * (45 + 6 * (i as u64 % 7)) / 100,
+            meter_id: name.clone(),
+            account_id: account,
+            sell_at_least: Some(band.feed_in_per_kwh + spread * (20 + 5 * (step % 6)) / 100),
+            buy_at_most: Some(band.feed_in_per_kwh + spread * (45 + 6 * (step % 7)) / 100),
+            keep_battery_above_bp: (i % 3 == 0).then_some(3_000),
         };
-        homes.push((name, account, rule));
+        engine.store.set_rule(&rule, now_ms()).await?;
     }
 
-    let trader = tokio::spawn(trade_loop(market.clone(), engine.store.clone(), homes));
     let reporter = tokio::spawn(report_loop(market.clone(), engine.ingest.clone()));
     stop.await;
-    trader.abort();
     reporter.abort();
     let _ = stop_agents.send(true);
     for a in agents {
@@ -198,61 +182,6 @@ pub(crate) async fn run(
     }
     engine.stop().await;
     Ok(())
-}
-
-/// Every few seconds, each home places one order for the next slot whose gate is still open,
-/// sized from the average power of its last readings.
-async fn trade_loop(market: Arc<Market>, store: Store, homes: Vec<(String, i64, TradingRule)>) {
-    let calendar = market.community().calendar;
-    let mut ordered: std::collections::HashSet<(u64, String)> = Default::default();
-    let mut tick = tokio::time::interval(Duration::from_secs(3));
-    loop {
-        tick.tick().await;
-        let now = now_s();
-        let Some(current) = calendar.slot_delivering_at(now) else {
-            continue;
-        };
-        let Some(slot) = (current + 1..current + 3)
-            .find(|s| calendar.slot(*s).is_ok_and(|d| d.gate_closure > now + 2))
-        else {
-            continue;
-        };
-        for (meter, account, rule) in &homes {
-            if ordered.contains(&(slot, meter.clone())) {
-                continue;
-            }
-            let Ok(power) = store.recent_power(meter, 5).await else {
-                continue;
-            };
-            let Some(avg_w) = power else { continue };
-            // Energy over one slot at the recent average power, W × s / 3600 = Wh.
-            let slot_s = i64::from(calendar.slot_length_s());
-            let energy_wh = u64::try_from((avg_w.abs() * slot_s) / 3600).unwrap_or(0);
-            if energy_wh == 0 {
-                continue;
-            }
-            let (side, price) = if avg_w < 0 {
-                (OrderSide::Sell, rule.sell_at)
-            } else {
-                (OrderSide::Buy, rule.buy_at)
-            };
-            let order = NewOrder {
-                account: *account,
-                meter: meter.clone(),
-                slot,
-                side,
-                price_per_kwh: price,
-                energy_wh,
-            };
-            match market.submit(&order, now).await {
-                Ok(_) => {
-                    ordered.insert((slot, meter.clone()));
-                }
-                Err(e) => tracing::warn!(target: "demo", %meter, "order refused: {e}"),
-            }
-        }
-        ordered.retain(|(s, _)| *s + 5 > slot);
-    }
 }
 
 async fn report_loop(market: Arc<Market>, ingest: Arc<IngestMetrics>) {

@@ -3,6 +3,7 @@
 //!
 //! - [`ingest`]: the checks every reading passes, and why one is rejected;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
+//! - [`autotrade`]: households' automatic trading rules;
 //! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
 //!   settlement;
 //! - [`chain`]: settled slots as batches through the settlement outbox to the embedded
@@ -12,6 +13,7 @@
 //! - [`server`]: everything wired together, with graceful shutdown.
 
 pub mod api;
+pub mod autotrade;
 pub mod chain;
 pub mod config;
 pub mod ingest;

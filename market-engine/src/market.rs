@@ -128,7 +128,7 @@ impl MarketConfig {
 }
 
 /// Buy or sell, as the API spells it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OrderSide {
     /// A bid.

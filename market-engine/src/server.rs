@@ -139,6 +139,11 @@ impl Engine {
             source,
         })?;
         tasks.push(tokio::spawn(schedule(market.clone(), shutdown.subscribe())));
+        tasks.push(tokio::spawn(crate::autotrade::run(
+            market.clone(),
+            store.clone(),
+            shutdown.subscribe(),
+        )));
         if let Some(settler) = ChainSettler::open(&config.chain)
             .await
             .map_err(ServeError::Market)?

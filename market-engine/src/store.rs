@@ -74,6 +74,21 @@ pub struct AccountRow {
     pub role: String,
 }
 
+/// A household's automatic trading rule for one meter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TradingRule {
+    /// The meter.
+    pub meter_id: String,
+    /// Its owner.
+    pub account_id: i64,
+    /// Sell the forecast surplus, asking at least this per kWh (none: never sell).
+    pub sell_at_least: Option<u64>,
+    /// Buy the forecast need, bidding at most this per kWh (none: never buy).
+    pub buy_at_most: Option<u64>,
+    /// Sell nothing while the battery is below this state of charge, basis points.
+    pub keep_battery_above_bp: Option<u16>,
+}
+
 /// Counters of a stored reading, to check monotonicity.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Counters {
@@ -422,6 +437,82 @@ impl Store {
         .await?
         .map(to_counters);
         Ok((before, after))
+    }
+
+    /// Sets (replaces) a meter's trading rule.
+    pub async fn set_rule(&self, rule: &TradingRule, now_ms: u64) -> Result<(), StoreError> {
+        let opt = |v: Option<u64>| v.map(i64_of);
+        sqlx::query(
+            "INSERT INTO trading_rules (meter_id, account_id, sell_at_least, buy_at_most, keep_battery_above, updated_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (meter_id) DO UPDATE SET \
+             account_id = excluded.account_id, sell_at_least = excluded.sell_at_least, \
+             buy_at_most = excluded.buy_at_most, keep_battery_above = excluded.keep_battery_above, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(rule.meter_id.as_str())
+        .bind(rule.account_id)
+        .bind(opt(rule.sell_at_least))
+        .bind(opt(rule.buy_at_most))
+        .bind(rule.keep_battery_above_bp.map(i64::from))
+        .bind(i64_of(now_ms))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a meter's trading rule; whether there was one.
+    pub async fn delete_rule(&self, meter_id: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("DELETE FROM trading_rules WHERE meter_id = $1")
+            .bind(meter_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Every trading rule.
+    pub async fn rules(&self) -> Result<Vec<TradingRule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT meter_id, account_id, sell_at_least, buy_at_most, keep_battery_above \
+             FROM trading_rules ORDER BY meter_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let u = |v: Option<i64>| v.and_then(|v| u64::try_from(v).ok());
+        Ok(rows
+            .into_iter()
+            .map(|r| TradingRule {
+                meter_id: r.get(0),
+                account_id: r.get(1),
+                sell_at_least: u(r.get(2)),
+                buy_at_most: u(r.get(3)),
+                keep_battery_above_bp: r
+                    .get::<Option<i64>, _>(4)
+                    .and_then(|v| u16::try_from(v).ok()),
+            })
+            .collect())
+    }
+
+    /// Whether the meter already has an order in the slot's log (rules place one per slot).
+    pub async fn has_order(&self, meter_id: &str, slot: u64) -> Result<bool, StoreError> {
+        Ok(sqlx::query(
+            "SELECT 1 FROM order_events WHERE slot = $1 AND meter_id = $2 AND kind = 'submit' LIMIT 1",
+        )
+        .bind(i64_of(slot))
+        .bind(meter_id)
+        .fetch_optional(&self.pool)
+        .await?
+        .is_some())
+    }
+
+    /// The battery state of charge of the meter's latest reading that carries one, basis points.
+    pub async fn latest_soc(&self, meter_id: &str) -> Result<Option<u16>, StoreError> {
+        let row = sqlx::query(
+            "SELECT soc_bp FROM readings WHERE meter_id = $1 AND soc_bp IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(meter_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| u16::try_from(r.get::<i64, _>(0)).ok()))
     }
 
     /// Average grid power (W, positive = import) over the meter's last `n` readings that carry

@@ -373,6 +373,111 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let market = Arc::new(
+            Market::open(MarketConfig::default().community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let app = router(AppState {
+            store: store.clone(),
+            keys: KeyRegistry::default(),
+            ingest: Arc::new(IngestMetrics::default()),
+            market: market.clone(),
+            limits: Arc::new(RateLimits::new(100.0, 100.0)),
+        });
+        let carol = login(&app, &unique("carol")).await;
+        let dave = login(&app, &unique("dave")).await;
+        let rng = SystemRandom::new();
+        let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+        let meter = unique("c");
+        let meter = meter[meter.len().saturating_sub(30)..].to_owned();
+        let (s, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/meters",
+            Some(&carol),
+            Some(json!({"meter_id": meter, "public_key": key.public_key().to_hex()})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let rule_path = format!("/api/v1/meters/{meter}/rule");
+        let rule = json!({"sell_at_least_per_kwh": 12_000, "buy_at_most_per_kwh": 25_000, "keep_battery_above_bp": 2_000});
+        let (s, _, _) = call(&app, "PUT", &rule_path, Some(&dave), Some(rule.clone())).await;
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "nobody sets a rule for another account's meter"
+        );
+        let (s, body, _) = call(
+            &app,
+            "PUT",
+            &rule_path,
+            Some(&carol),
+            Some(json!({"sell_at_least_per_kwh": 99_000})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(
+            body["error"].as_str().unwrap().contains("tariff band"),
+            "{body}"
+        );
+        let (s, _, _) = call(&app, "PUT", &rule_path, Some(&carol), Some(json!({}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        let (s, body, _) = call(&app, "PUT", &rule_path, Some(&carol), Some(rule)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (_, got, _) = call(&app, "GET", &rule_path, Some(&carol), None).await;
+        assert_eq!(got["keep_battery_above_bp"], 2_000);
+
+        // Carol's last readings: exporting 3.6 kW with the battery at 80 %.
+        let now = now_s();
+        let readings: Vec<_> = (1..=5)
+            .map(|seq| {
+                let mut r = signed(
+                    &key,
+                    &meter,
+                    seq,
+                    now - 10 + i64::try_from(seq).unwrap(),
+                    1_000,
+                    2_000 + seq * 10,
+                )
+                .reading;
+                r.power_w = Measured::ok(-3_600);
+                r.soc_bp = Measured::ok(8_000);
+                key.sign(r, &rng).unwrap()
+            })
+            .collect();
+        store
+            .store_readings(&readings, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            market_engine::autotrade::trade_once(&market, &store, now).await,
+            1
+        );
+        assert_eq!(
+            market_engine::autotrade::trade_once(&market, &store, now).await,
+            0,
+            "one order per slot"
+        );
+        let calendar = market.community().calendar;
+        let slot = (calendar.slot_delivering_at(now).unwrap() + 1..)
+            .find(|s| calendar.slot(*s).unwrap().gate_closure > now + 2)
+            .unwrap();
+        let depth = market.depth(slot).await;
+        // 3.6 kW over a 15-minute slot = 900 Wh, offered at the rule's floor.
+        assert_eq!(depth.asks, vec![(12_000, 900, 1)], "{url}");
+        let (s, _, _) = call(&app, "DELETE", &rule_path, Some(&carol), None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT);
+        let (s, _, _) = call(&app, "GET", &rule_path, Some(&carol), None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+}
+
 /// The account whose ledger amount in this slot is `amount`.
 async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64) -> i64 {
     rows.iter()
