@@ -349,6 +349,25 @@ struct Books {
     next_order_id: u64,
 }
 
+impl Books {
+    /// The slot and book of one of `account`'s open orders.
+    fn owned_open_order(
+        &mut self,
+        account: i64,
+        order: u64,
+    ) -> Result<(u64, &mut SlotMarket), MarketError> {
+        let slot = match self.orders.get(&order) {
+            Some(info) if info.account == account => info.slot,
+            _ => return Err(MarketError::UnknownOrder(order)),
+        };
+        let book = self
+            .open
+            .get_mut(&slot)
+            .ok_or(MarketError::UnknownOrder(order))?;
+        Ok((slot, book))
+    }
+}
+
 /// The market of one community.
 pub struct Market {
     community: Community,
@@ -545,14 +564,7 @@ impl Market {
     /// Cancels one of `account`'s open orders.
     pub async fn cancel(&self, account: i64, order: u64, now_s: i64) -> Result<(), MarketError> {
         let mut books = self.books.lock().await;
-        let slot = match books.orders.get(&order) {
-            Some(info) if info.account == account => info.slot,
-            _ => return Err(MarketError::UnknownOrder(order)),
-        };
-        let book = books
-            .open
-            .get_mut(&slot)
-            .ok_or(MarketError::UnknownOrder(order))?;
+        let (slot, book) = books.owned_open_order(account, order)?;
         book.cancel(OrderId(order), now_s)?;
         let pending = self
             .queue_event(
@@ -576,14 +588,7 @@ impl Market {
         now_s: i64,
     ) -> Result<Vec<Trade>, MarketError> {
         let mut books = self.books.lock().await;
-        let slot = match books.orders.get(&order) {
-            Some(info) if info.account == account => info.slot,
-            _ => return Err(MarketError::UnknownOrder(order)),
-        };
-        let book = books
-            .open
-            .get_mut(&slot)
-            .ok_or(MarketError::UnknownOrder(order))?;
+        let (slot, book) = books.owned_open_order(account, order)?;
         let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
         let pending = self
             .queue_event(

@@ -23,6 +23,17 @@ fn now_s() -> i64 {
     i64::try_from(market_engine::pipeline::now_ms() / 1000).unwrap()
 }
 
+/// The API over `store` and `market`, as the engine serves it.
+fn api(store: &Store, market: &Arc<Market>) -> axum::Router {
+    router(AppState {
+        store: store.clone(),
+        keys: KeyRegistry::default(),
+        ingest: Arc::new(IngestMetrics::default()),
+        market: market.clone(),
+        limits: Arc::new(RateLimits::new(100.0, 100.0)),
+    })
+}
+
 async fn login(app: &axum::Router, name: &str) -> String {
     let creds = json!({"name": name, "password": "correct horse battery"});
     let (s, _, _) = call(app, "POST", "/api/v1/accounts", None, Some(creds.clone())).await;
@@ -66,13 +77,7 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 .await
                 .unwrap(),
         );
-        let app = router(AppState {
-            store: store.clone(),
-            keys: KeyRegistry::default(),
-            ingest: Arc::new(IngestMetrics::default()),
-            market: market.clone(),
-            limits: Arc::new(RateLimits::new(100.0, 100.0)),
-        });
+        let app = api(&store, &market);
         let alice = login(&app, &unique("alice")).await;
         let bob = login(&app, &unique("bob")).await;
         let rng = SystemRandom::new();
@@ -274,13 +279,7 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         // k = 0.5 between the marginal ask 10 000 and bid 25 000 (fees ride on top for the seller).
         assert!(price.unwrap() >= 10_000 && price.unwrap() <= 25_000);
         // The gate is closed: no more orders for this slot.
-        let app = router(AppState {
-            store: store.clone(),
-            keys: KeyRegistry::default(),
-            ingest: Arc::new(IngestMetrics::default()),
-            market: market.clone(),
-            limits: Arc::new(RateLimits::new(100.0, 100.0)),
-        });
+        let app = api(&store, &market);
         let (s, body, _) = call(
             &app,
             "POST",
@@ -383,13 +382,7 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
                 .await
                 .unwrap(),
         );
-        let app = router(AppState {
-            store: store.clone(),
-            keys: KeyRegistry::default(),
-            ingest: Arc::new(IngestMetrics::default()),
-            market: market.clone(),
-            limits: Arc::new(RateLimits::new(100.0, 100.0)),
-        });
+        let app = api(&store, &market);
         let carol = login(&app, &unique("carol")).await;
         let dave = login(&app, &unique("dave")).await;
         let rng = SystemRandom::new();
