@@ -165,6 +165,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/slots/{slot}", get(slot_info))
         .route("/api/v1/slots/{slot}/book", get(slot_book))
         .route("/api/v1/balance", get(balance))
+        .route(
+            "/api/v1/market/settings",
+            get(get_settings).put(put_settings),
+        )
         .route("/api/v1/stream", get(stream))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -733,6 +737,60 @@ async fn delete_rule(
             "meter {meter_id:?} has no trading rule"
         )))
     }
+}
+
+async fn get_settings(State(state): State<AppState>) -> Json<serde_json::Value> {
+    let versions: Vec<_> = state
+        .market
+        .settings()
+        .into_iter()
+        .map(|(from_slot, settings)| json!({ "from_slot": from_slot, "settings": settings }))
+        .collect();
+    Json(json!({ "versions": versions }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SettingsRequest {
+    mechanism: String,
+    price_rule: String,
+    k_basis_points: u16,
+    retail_per_kwh: u64,
+    feed_in_per_kwh: u64,
+    grid_fee_per_kwh: u64,
+}
+
+/// The community operator changes tariffs, fees or the mechanism; the change takes effect from
+/// the first slot whose order window has not opened, so no open order changes terms.
+async fn put_settings(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<SettingsRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if account.role != "operator" {
+        return Err(ApiError::Forbidden(
+            "only the community operator changes market settings".into(),
+        ));
+    }
+    let req = json_body(body)?;
+    let settings = crate::market::MarketConfig {
+        mechanism: req.mechanism,
+        price_rule: req.price_rule,
+        k_basis_points: req.k_basis_points,
+        retail_per_kwh: req.retail_per_kwh,
+        feed_in_per_kwh: req.feed_in_per_kwh,
+        grid_fee_per_kwh: req.grid_fee_per_kwh,
+        ..crate::market::MarketConfig::default()
+    };
+    let from_slot = state
+        .market
+        .change_settings(settings, now_s())
+        .await
+        .map_err(|e| match e {
+            MarketError::Slot(m) => ApiError::BadRequest(m),
+            other => other.into(),
+        })?;
+    Ok(Json(json!({ "from_slot": from_slot })))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

@@ -37,6 +37,20 @@ enum Command {
     },
     /// Print the commented default configuration.
     Config,
+    /// Create the community operator's account (or make an existing account the operator).
+    /// The password is read from $GRIDSHARE_OPERATOR_PASSWORD, else from the first line of
+    /// standard input.
+    Operator {
+        /// Config file (TOML), for the database.
+        #[arg(short, long, env = "MARKET_ENGINE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Database URL (overrides the file).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        /// The operator's login name.
+        #[arg(long)]
+        name: String,
+    },
     /// The engine plus a simulated neighbourhood (simulated inverters read by real meter
     /// agents, each home trading its forecast surplus or need), in 60-second slots.
     Demo {
@@ -87,6 +101,40 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Config => print!("{DEFAULT_CONFIG}"),
+        Command::Operator {
+            config,
+            database_url,
+            name,
+        } => {
+            let mut c = load(config.as_deref())?;
+            if let Some(url) = database_url {
+                c.database.url = url;
+            }
+            let store = market_engine::store::Store::open(&c.database.url).await?;
+            if store.set_role(&name, "operator").await? {
+                println!("{name} is now the community operator");
+            } else {
+                let password = match std::env::var("GRIDSHARE_OPERATOR_PASSWORD") {
+                    Ok(p) => p,
+                    Err(_) => {
+                        let mut line = String::new();
+                        std::io::stdin().read_line(&mut line)?;
+                        line.trim_end_matches(['\r', '\n']).to_owned()
+                    }
+                };
+                if password.len() < 10 {
+                    anyhow::bail!("the operator's password needs at least 10 characters");
+                }
+                let hash = market_engine::api::hash_password(&password)
+                    .await
+                    .map_err(anyhow::Error::msg)?;
+                store
+                    .create_account(&name, &hash, "operator", market_engine::pipeline::now_ms())
+                    .await?;
+                println!("created the community operator {name}");
+            }
+            store.close().await;
+        }
         Command::Demo {
             homes,
             listen,
@@ -117,14 +165,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             database_url,
             listen,
         } => {
-            let mut c = match config {
-                Some(path) => {
-                    let text = std::fs::read_to_string(&path)
-                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-                    EngineConfig::parse(&text, &path.display().to_string())?
-                }
-                None => EngineConfig::default(),
-            };
+            let mut c = load(config.as_deref())?;
             if let Some(url) = database_url {
                 c.database.url = url;
             }
@@ -142,6 +183,17 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<EngineConfig> {
+    Ok(match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+            EngineConfig::parse(&text, &path.display().to_string())?
+        }
+        None => EngineConfig::default(),
+    })
 }
 
 async fn shutdown_signal() {

@@ -29,7 +29,7 @@ pub const UTILITY: AccountId = AccountId(u32::MAX);
 pub const GRID_OPERATOR: AccountId = AccountId(u32::MAX - 1);
 
 /// Market settings of the community.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketConfig {
     /// `call` (uniform price at gate closure), `continuous` (pay-as-bid) or `pay-as-offer`.
@@ -370,7 +370,8 @@ impl Books {
 
 /// The market of one community.
 pub struct Market {
-    community: Community,
+    /// The rules by the slot they take effect from, ascending; the first applies from slot 0.
+    versions: std::sync::RwLock<Vec<(u64, MarketConfig, Community)>>,
     store: Store,
     books: Mutex<Books>,
     live: broadcast::Sender<LiveEvent>,
@@ -398,13 +399,36 @@ fn u64_of(v: i64) -> u64 {
 impl Market {
     /// The market, with the books of open slots rebuilt from the order log.
     pub async fn open(community: Community, store: Store) -> Result<Self, MarketError> {
+        Self::open_with(MarketConfig::default(), community, store).await
+    }
+
+    /// The market with the rules of `config` (and the operator's later changes from the
+    /// database), books of open slots rebuilt from the order log.
+    pub async fn open_with(
+        config: MarketConfig,
+        community: Community,
+        store: Store,
+    ) -> Result<Self, MarketError> {
+        let mut versions = vec![(0, config, community)];
+        let rows =
+            sqlx::query("SELECT from_slot, settings FROM market_settings ORDER BY from_slot")
+                .fetch_all(store.pool())
+                .await?;
+        for row in rows {
+            let text: String = row.get(1);
+            let settings: MarketConfig = serde_json::from_str(&text).map_err(|e| {
+                MarketError::Slot(format!("stored market settings unreadable: {e}"))
+            })?;
+            let community = settings.community().map_err(MarketError::Slot)?;
+            versions.push((u64_of(row.get(0)), settings, community));
+        }
         let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
         tokio::spawn(log_writer(store.clone(), log_rx));
         let market = Self {
+            versions: std::sync::RwLock::new(versions),
             metrics: MarketMetrics::default(),
             log,
             live: broadcast::channel(1024).0,
-            community,
             store,
             books: Mutex::new(Books {
                 open: BTreeMap::new(),
@@ -441,14 +465,75 @@ impl Market {
     }
 
     /// The community's rules.
-    pub fn community(&self) -> &Community {
-        &self.community
+    pub fn community(&self) -> Community {
+        self.community_for(u64::MAX)
+    }
+
+    /// The rules that govern `slot`.
+    pub fn community_for(&self, slot: u64) -> Community {
+        let versions = self.versions.read().unwrap_or_else(|e| e.into_inner());
+        // The configured rules sit at slot 0 from `open_with` on, so a version always applies.
+        let (_, _, community) = versions
+            .iter()
+            .rev()
+            .find(|(from, _, _)| *from <= slot)
+            .unwrap_or(&versions[0]);
+        community.clone()
+    }
+
+    /// The settings now in force and those scheduled, as `(from slot, settings)`.
+    pub fn settings(&self) -> Vec<(u64, MarketConfig)> {
+        self.versions
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(from, config, _)| (*from, config.clone()))
+            .collect()
+    }
+
+    /// Sets new market rules (the community operator's call). The calendar stays as it is;
+    /// tariffs, fees and mechanism change from the first slot whose order window has not opened
+    /// yet, which is returned.
+    pub async fn change_settings(
+        &self,
+        mut settings: MarketConfig,
+        now_s: i64,
+    ) -> Result<u64, MarketError> {
+        let current = self.community();
+        let calendar = current.calendar;
+        let base = self
+            .settings()
+            .last()
+            .map(|(_, c)| c.clone())
+            .unwrap_or_default();
+        settings.slot_length_s = base.slot_length_s;
+        settings.window_opens_before_s = base.window_opens_before_s;
+        settings.gate_closure_before_s = base.gate_closure_before_s;
+        settings.settlement_after_s = base.settlement_after_s;
+        let community = settings.community().map_err(MarketError::Slot)?;
+        let horizon = now_s.saturating_add(i64::from(settings.window_opens_before_s));
+        let from = calendar.slot_delivering_at(horizon).map_or(0, |s| s + 1);
+        let text =
+            serde_json::to_string(&settings).map_err(|e| MarketError::Slot(e.to_string()))?;
+        sqlx::query(
+            "INSERT INTO market_settings (from_slot, settings, created_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (from_slot) DO UPDATE SET settings = excluded.settings, created_ms = excluded.created_ms",
+        )
+        .bind(i64_of(from))
+        .bind(text)
+        .bind(now_s.saturating_mul(1000))
+        .execute(self.store.pool())
+        .await?;
+        let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
+        versions.retain(|(f, _, _)| *f < from);
+        versions.push((from, settings, community));
+        Ok(from)
     }
 
     /// Rebuilds one slot's book from the log.
     async fn replay(&self, books: &mut Books, slot: u64) -> Result<(), MarketError> {
         let mut book = self
-            .community
+            .community_for(slot)
             .open_slot(slot)
             .map_err(|e| MarketError::Slot(e.to_string()))?;
         books.orders.retain(|_, o| o.slot != slot);
@@ -514,7 +599,7 @@ impl Market {
                 )));
             }
             let book = self
-                .community
+                .community_for(slot)
                 .open_slot(slot)
                 .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
             entry.insert(book);
@@ -736,7 +821,7 @@ impl Market {
         let mut settled = Vec::new();
         for slot in closed {
             let terms = self
-                .community
+                .community_for(slot)
                 .terms(slot)
                 .map_err(|e| MarketError::Slot(e.to_string()))?;
             if terms.slot.settlement > now_s {

@@ -86,7 +86,7 @@ impl Engine {
         let ingest = Arc::new(IngestMetrics::default());
         let community = config.market.community().map_err(ServeError::Market)?;
         let market = Arc::new(
-            Market::open(community, store.clone())
+            Market::open_with(config.market.clone(), community, store.clone())
                 .await
                 .map_err(|e| ServeError::Market(e.to_string()))?,
         );

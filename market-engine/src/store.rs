@@ -217,6 +217,16 @@ impl Store {
             .ok_or_else(|| StoreError::Conflict(format!("account {name:?}")))
     }
 
+    /// Gives an existing account a role (`household` or `operator`); whether it exists.
+    pub async fn set_role(&self, name: &str, role: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE accounts SET role = $1 WHERE name = $2")
+            .bind(role)
+            .bind(name)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// An account by login name.
     pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
         let row = sqlx::query("SELECT id, name, password_hash, role FROM accounts WHERE name = $1")

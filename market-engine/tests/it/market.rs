@@ -471,6 +471,111 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let market = Arc::new(
+            Market::open(MarketConfig::default().community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let app = api(&store, &market);
+        let household = login(&app, &unique("erin")).await;
+        let operator_name = unique("operator");
+        let hash = market_engine::api::hash_password("operator password")
+            .await
+            .unwrap();
+        store
+            .create_account(&operator_name, &hash, "operator", 0)
+            .await
+            .unwrap();
+        let (_, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/sessions",
+            None,
+            Some(json!({"name": operator_name, "password": "operator password"})),
+        )
+        .await;
+        let operator = body["token"].as_str().unwrap().to_owned();
+
+        let change = json!({"mechanism": "call", "price_rule": "midpoint", "k_basis_points": 5000, "retail_per_kwh": 32_000, "feed_in_per_kwh": 7_000, "grid_fee_per_kwh": 1_500});
+        let (s, _, _) = call(
+            &app,
+            "PUT",
+            "/api/v1/market/settings",
+            Some(&household),
+            Some(change.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "only the operator sets tariffs");
+        let (s, body, _) = call(&app, "PUT", "/api/v1/market/settings", Some(&operator), Some(json!({"mechanism": "call", "price_rule": "midpoint", "k_basis_points": 5000, "retail_per_kwh": 5_000, "feed_in_per_kwh": 7_000, "grid_fee_per_kwh": 0}))).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "feed-in above retail: {body}");
+        let (s, body, _) = call(
+            &app,
+            "PUT",
+            "/api/v1/market/settings",
+            Some(&operator),
+            Some(change),
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let from = body["from_slot"].as_u64().unwrap();
+
+        // Slots whose window is open keep their terms; later ones get the new tariffs.
+        let now = now_s();
+        let open_slot = market.community().calendar.slot_delivering_at(now).unwrap() + 2;
+        assert!(open_slot < from);
+        assert_eq!(
+            market
+                .community_for(open_slot)
+                .terms(open_slot)
+                .unwrap()
+                .band
+                .retail_per_kwh,
+            30_000
+        );
+        assert_eq!(
+            market
+                .community_for(from)
+                .terms(from)
+                .unwrap()
+                .band
+                .retail_per_kwh,
+            32_000
+        );
+        let (_, listed, _) = call(&app, "GET", "/api/v1/market/settings", None, None).await;
+        assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
+
+        // The change survives a restart.
+        drop(app);
+        drop(market);
+        let market = Market::open(MarketConfig::default().community().unwrap(), store.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            market
+                .community_for(from)
+                .terms(from)
+                .unwrap()
+                .band
+                .feed_in_per_kwh,
+            7_000
+        );
+        assert_eq!(
+            market
+                .community_for(from - 1)
+                .terms(from - 1)
+                .unwrap()
+                .band
+                .feed_in_per_kwh,
+            8_000
+        );
+    }
+}
+
 /// The account whose ledger amount in this slot is `amount`.
 async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64) -> i64 {
     rows.iter()
