@@ -125,6 +125,52 @@ impl Counters {
     }
 }
 
+/// Rows per multi-row INSERT (12 parameters each, well below every backend's limit).
+const INSERT_CHUNK: usize = 64;
+
+async fn insert_readings(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    rows: &[(&SignedReading, String)],
+    received_ms: u64,
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        // `$n` placeholders, which SQLite and PostgreSQL both take (sqlx's `Any` query builder
+        // writes `?`, which PostgreSQL does not). The text depends only on the chunk's length.
+        let values: Vec<String> = (0..chunk.len())
+            .map(|row| {
+                let cols: Vec<String> = (1..=12).map(|c| format!("${}", row * 12 + c)).collect();
+                format!("({})", cols.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO readings (meter_id, seq, timestamp_ms, received_ms, import_wh, \
+             export_wh, battery_charge_wh, battery_discharge_wh, power_w, soc_bp, digest, envelope) \
+             VALUES {}",
+            values.join(", ")
+        );
+        let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (signed, digest) in chunk {
+            let r = &signed.reading;
+            let value = |m: gridshare_core::reading::Measured<u64>| m.value().map(i64_of);
+            insert = insert
+                .bind(r.meter_id.to_string())
+                .bind(i64_of(r.seq))
+                .bind(i64_of(r.timestamp_ms))
+                .bind(i64_of(received_ms))
+                .bind(value(r.import_wh))
+                .bind(value(r.export_wh))
+                .bind(value(r.battery_charge_wh))
+                .bind(value(r.battery_discharge_wh))
+                .bind(r.power_w.value().map(i64::from))
+                .bind(r.soc_bp.value().map(i64::from))
+                .bind(digest.clone())
+                .bind(signed.to_json());
+        }
+        insert.execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -348,6 +394,9 @@ impl Store {
     ) -> Result<Vec<Stored>, StoreError> {
         let mut tx = self.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
+        // Accepted readings are inserted many rows per statement: one round trip to the
+        // database thread per chunk instead of per reading.
+        let mut pending: Vec<(&SignedReading, String)> = Vec::new();
         for signed in batch {
             let r = &signed.reading;
             let meter = r.meter_id.as_str();
@@ -367,6 +416,9 @@ impl Store {
                     }
                 }
                 _ => {
+                    // This check reads what is stored: store what is pending first.
+                    insert_readings(&mut tx, &pending, received_ms).await?;
+                    pending.clear();
                     let existing =
                         sqlx::query("SELECT digest FROM readings WHERE meter_id = $1 AND seq = $2")
                             .bind(meter)
@@ -389,31 +441,13 @@ impl Store {
                 outcomes.push(outcome);
                 continue;
             }
-            let value = |m: gridshare_core::reading::Measured<u64>| m.value().map(i64_of);
-            sqlx::query(
-                "INSERT INTO readings (meter_id, seq, timestamp_ms, received_ms, import_wh, \
-                 export_wh, battery_charge_wh, battery_discharge_wh, power_w, soc_bp, digest, \
-                 envelope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
-            )
-            .bind(meter)
-            .bind(i64_of(r.seq))
-            .bind(i64_of(r.timestamp_ms))
-            .bind(i64_of(received_ms))
-            .bind(value(r.import_wh))
-            .bind(value(r.export_wh))
-            .bind(value(r.battery_charge_wh))
-            .bind(value(r.battery_discharge_wh))
-            .bind(r.power_w.value().map(i64::from))
-            .bind(r.soc_bp.value().map(i64::from))
-            .bind(&digest)
-            .bind(signed.to_json())
-            .execute(&mut *tx)
-            .await?;
+            pending.push((signed, digest));
             if cached.is_none_or(|c| r.seq > c.seq) {
                 last.insert(meter.to_owned(), (this.seq, this.values));
             }
             outcomes.push(Stored::Inserted);
         }
+        insert_readings(&mut tx, &pending, received_ms).await?;
         tx.commit().await?;
         Ok(outcomes)
     }
