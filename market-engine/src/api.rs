@@ -165,6 +165,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/slots/{slot}", get(slot_info))
         .route("/api/v1/slots/{slot}/book", get(slot_book))
         .route("/api/v1/balance", get(balance))
+        .route("/api/v1/settlements", get(settlements))
         .route(
             "/api/v1/market/settings",
             get(get_settings).put(put_settings),
@@ -737,6 +738,29 @@ async fn delete_rule(
             "meter {meter_id:?} has no trading rule"
         )))
     }
+}
+
+async fn settlements(
+    State(state): State<AppState>,
+    page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if page.limit == 0 || page.limit > 1000 {
+        return Err(ApiError::BadRequest("limit: 1 to 1000".into()));
+    }
+    let batches: Vec<_> = state
+        .market
+        .settlements(page.after, page.limit)
+        .await?
+        .into_iter()
+        .map(|(slot, accounts, debits, queued_ms)| {
+            json!({
+                "slot": slot, "batch_id": slot, "accounts": accounts, "total_debits": debits,
+                "queued_for_chain_ms": queued_ms,
+            })
+        })
+        .collect();
+    Ok(Json(json!({ "settlements": batches })))
 }
 
 async fn get_settings(State(state): State<AppState>) -> Json<serde_json::Value> {

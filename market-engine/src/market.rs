@@ -960,6 +960,31 @@ impl Market {
         Ok(out)
     }
 
+    /// Settled slots after `after`, oldest first: `(slot, accounts in the batch, total
+    /// debits, queued for the chain at ms)`.
+    pub async fn settlements(
+        &self,
+        after: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, i64, i64, Option<i64>)>, MarketError> {
+        let rows = sqlx::query(
+            "SELECT s.slot, CAST(COUNT(l.id) AS BIGINT), \
+             CAST(COALESCE(SUM(CASE WHEN l.amount < 0 THEN -l.amount ELSE 0 END), 0) AS BIGINT), \
+             MAX(c.queued_ms) \
+             FROM slots s LEFT JOIN ledger l ON l.slot = s.slot \
+             LEFT JOIN chain_batches c ON c.slot = s.slot \
+             WHERE s.status = 'settled' AND s.slot > $1 GROUP BY s.slot ORDER BY s.slot LIMIT $2",
+        )
+        .bind(i64_of(after))
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (u64_of(r.get(0)), r.get(1), r.get(2), r.get(3)))
+            .collect())
+    }
+
     /// Records that a settled slot is in the settlement outbox.
     pub async fn mark_queued(&self, slot: u64, now_ms: u64) -> Result<(), MarketError> {
         sqlx::query("INSERT INTO chain_batches (slot, queued_ms) VALUES ($1, $2) ON CONFLICT (slot) DO NOTHING")

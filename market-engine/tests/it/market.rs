@@ -369,6 +369,15 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         }
         market.mark_queued(slot, 0).await.unwrap();
         assert!(market.unqueued_settlements().await.unwrap().is_empty());
+        let (s, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let entry = &listed["settlements"][0];
+        assert_eq!(entry["slot"], slot, "{listed}");
+        assert_eq!(entry["queued_for_chain_ms"], 0);
+        assert_eq!(
+            entry["total_debits"], -b,
+            "bob's debit is the slot's only one"
+        );
     }
 }
 
