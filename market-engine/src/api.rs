@@ -439,6 +439,19 @@ struct Page {
     limit: u32,
 }
 
+impl Page {
+    /// The query's page, with `limit` in 1..=1000.
+    fn checked(
+        page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<Page, ApiError> {
+        let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+        if page.limit == 0 || page.limit > 1000 {
+            return Err(ApiError::BadRequest("limit: 1 to 1000".into()));
+        }
+        Ok(page)
+    }
+}
+
 fn default_limit() -> u32 {
     100
 }
@@ -449,23 +462,8 @@ async fn meter_readings(
     Path(meter_id): Path<String>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if page.limit == 0 || page.limit > 1000 {
-        return Err(ApiError::BadRequest("limit: 1 to 1000".into()));
-    }
-    match state.store.meter_owner(&meter_id).await? {
-        None => {
-            return Err(ApiError::NotFound(format!(
-                "meter {meter_id:?} is not registered"
-            )));
-        }
-        Some(owner) if owner != account.id => {
-            return Err(ApiError::Forbidden(format!(
-                "meter {meter_id:?} belongs to another account"
-            )));
-        }
-        Some(_) => {}
-    }
+    let page = Page::checked(page)?;
+    own_meter(&state, &account, &meter_id).await?;
     let readings: Vec<serde_json::Value> = state
         .store
         .readings(&meter_id, page.after, page.limit)
@@ -506,21 +504,7 @@ async fn place_order(
 ) -> Result<impl IntoResponse, ApiError> {
     state.limits.take(account.id)?;
     let req = json_body(body)?;
-    match state.store.meter_owner(&req.meter_id).await? {
-        None => {
-            return Err(ApiError::NotFound(format!(
-                "meter {:?} is not registered",
-                req.meter_id
-            )));
-        }
-        Some(owner) if owner != account.id => {
-            return Err(ApiError::Forbidden(format!(
-                "meter {:?} belongs to another account: you can only trade for your own meters",
-                req.meter_id
-            )));
-        }
-        Some(_) => {}
-    }
+    own_meter(&state, &account, &req.meter_id).await?;
     let slot = req.slot;
     let new = NewOrder {
         account: account.id,
@@ -647,7 +631,7 @@ async fn own_meter(state: &AppState, account: &AccountRow, meter_id: &str) -> Re
             "meter {meter_id:?} is not registered"
         ))),
         Some(owner) if owner != account.id => Err(ApiError::Forbidden(format!(
-            "meter {meter_id:?} belongs to another account"
+            "meter {meter_id:?} belongs to another account: you can only read, trade and set rules for your own meters"
         ))),
         Some(_) => Ok(()),
     }
@@ -744,10 +728,7 @@ async fn settlements(
     State(state): State<AppState>,
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let Query(page) = page.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    if page.limit == 0 || page.limit > 1000 {
-        return Err(ApiError::BadRequest("limit: 1 to 1000".into()));
-    }
+    let page = Page::checked(page)?;
     let batches: Vec<_> = state
         .market
         .settlements(page.after, page.limit)
