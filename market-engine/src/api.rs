@@ -116,6 +116,8 @@ impl From<MarketError> for ApiError {
             MarketError::Order(e) => Self::Unprocessable(e.to_string()),
             MarketError::Slot(m) => Self::Unprocessable(m),
             MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
+            MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),
+            MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),
             MarketError::Store(e) => e.into(),
         }
     }
@@ -165,6 +167,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/slots/{slot}", get(slot_info))
         .route("/api/v1/slots/{slot}/book", get(slot_book))
         .route("/api/v1/balance", get(balance))
+        .route("/api/v1/funding", get(funding))
+        .route("/api/v1/withdrawals", post(withdraw))
+        .route("/api/v1/accounts/{name}/deposits", post(deposit))
         .route("/api/v1/settlements", get(settlements))
         .route(
             "/api/v1/market/settings",
@@ -613,8 +618,122 @@ async fn balance(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let balance = state.market.balance(account.id).await?;
-    Ok(Json(json!({ "account": account.name, "balance": balance })))
+    let settled = state.market.balance(account.id).await?;
+    Ok(Json(funds_json(
+        &account.name,
+        state.market.funds(account.id).await,
+        Some(settled),
+    )))
+}
+
+fn funds_json(
+    account: &str,
+    funds: crate::market::FundsView,
+    settled: Option<i64>,
+) -> serde_json::Value {
+    let mut body = json!({
+        "account": account, "balance": funds.balance, "held_by_bids": funds.held_by_bids,
+        "held_by_purchases": funds.held_by_purchases, "available": funds.available,
+    });
+    if let Some(settled) = settled {
+        body["settled"] = json!(settled);
+        body["deposits"] = json!(funds.balance.saturating_sub(settled));
+    }
+    body
+}
+
+/// A deposit or a withdrawal.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FundingRequest {
+    /// Token units, more than zero.
+    amount: u64,
+    /// An idempotency key: a retried request with the same reference changes nothing.
+    reference: Option<String>,
+}
+
+impl FundingRequest {
+    fn checked(self, kind: &str) -> Result<(i64, String), ApiError> {
+        let amount = i64::try_from(self.amount)
+            .ok()
+            .filter(|a| *a > 0)
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "amount: a {kind} is between 1 and {} token units",
+                    i64::MAX
+                ))
+            })?;
+        let reference = match self.reference {
+            Some(r) if r.is_empty() || r.len() > 128 || r.chars().any(char::is_control) => {
+                return Err(ApiError::BadRequest(
+                    "reference: 1 to 128 printable characters".into(),
+                ));
+            }
+            Some(r) => r,
+            None => format!("{kind}-{}", random_token()?),
+        };
+        Ok((amount, reference))
+    }
+}
+
+/// The community operator records money a household paid in (a bank transfer, a token
+/// deposit on chain); the household may spend it on bids.
+async fn deposit(
+    State(state): State<AppState>,
+    Authenticated(operator): Authenticated,
+    Path(name): Path<String>,
+    body: Result<Json<FundingRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    if operator.role != "operator" {
+        return Err(ApiError::Forbidden(
+            "only the community operator records deposits".into(),
+        ));
+    }
+    let (amount, reference) = json_body(body)?.checked("deposit")?;
+    let account = state
+        .store
+        .account_by_name(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no account named {name:?}")))?;
+    let funds = state
+        .market
+        .fund(account.id, amount, &reference, now_ms())
+        .await?;
+    let mut body = funds_json(&account.name, funds, None);
+    body["reference"] = json!(reference);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// A household takes money out: at most what it has available.
+async fn withdraw(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<FundingRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    state.limits.take(account.id)?;
+    let (amount, reference) = json_body(body)?.checked("withdrawal")?;
+    let funds = state
+        .market
+        .fund(account.id, -amount, &reference, now_ms())
+        .await?;
+    let mut body = funds_json(&account.name, funds, None);
+    body["reference"] = json!(reference);
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+/// The account's deposits and withdrawals, newest first.
+async fn funding(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let entries: Vec<_> = state
+        .market
+        .funding(account.id, 100)
+        .await?
+        .into_iter()
+        .map(|(amount, reference, at_ms)| json!({"amount": amount, "reference": reference, "at_ms": at_ms}))
+        .collect();
+    Ok(Json(json!({ "account": account.name, "funding": entries })))
 }
 
 #[derive(Deserialize)]

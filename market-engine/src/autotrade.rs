@@ -1,7 +1,9 @@
 //! Automatic trading rules: "sell my surplus at no less than X, buy what I need at no more than
 //! Y, keep the battery above Z %". Every few seconds, for the next slot whose gate is still open,
-//! each meter with a rule gets at most one order, sized from a forecast — the average grid power
-//! of its own last signed readings over the slot's length.
+//! each meter with a rule gets at most one order, sized from a forecast — the meter's average
+//! net grid power over the last slot's length of its own signed counters (persistence, the
+//! usual baseline for very short-term forecasts) — and, for a bid, no larger than the
+//! account's available funds pay for.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,8 +14,8 @@ use crate::market::{Market, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
 use crate::store::{Store, TradingRule};
 
-/// Readings averaged for the forecast.
-const FORECAST_READINGS: u32 = 5;
+/// Power samples averaged for the forecast when a meter has no two counter readings yet.
+const FALLBACK_SAMPLES: u32 = 5;
 
 /// The order a rule places for a meter whose recent average grid power is `avg_w` (positive =
 /// import) and whose battery is at `soc_bp`, for a slot of `slot_s` seconds — or none.
@@ -48,9 +50,12 @@ pub fn order_for(
     })
 }
 
-/// Places the rules' orders until `stop` turns true.
+/// Places the rules' orders until `stop` turns true: a round every tenth of a slot, between one
+/// and three seconds apart.
 pub async fn run(market: Arc<Market>, store: Store, mut stop: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(Duration::from_secs(3));
+    let slot_s = market.community().calendar.slot_length_s();
+    let every = Duration::from_secs(u64::from(slot_s / 10).clamp(1, 3));
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -110,7 +115,7 @@ async fn place(
         return Ok(false);
     }
     let Some(avg_w) = store
-        .recent_power(&rule.meter_id, FORECAST_READINGS)
+        .recent_grid_power(&rule.meter_id, u64::from(slot_s) * 1000, FALLBACK_SAMPLES)
         .await
         .map_err(|e| e.to_string())?
     else {
@@ -120,9 +125,23 @@ async fn place(
         .latest_soc(&rule.meter_id)
         .await
         .map_err(|e| e.to_string())?;
-    let Some(order) = order_for(rule, avg_w, soc, slot, slot_s) else {
+    let Some(mut order) = order_for(rule, avg_w, soc, slot, slot_s) else {
         return Ok(false);
     };
+    if order.side == OrderSide::Buy {
+        // Buy no more than the account's available funds pay for at the rule's price.
+        let available = u64::try_from(market.available(rule.account_id).await).unwrap_or(0);
+        let affordable =
+            u64::try_from(u128::from(available) * 1000 / u128::from(order.price_per_kwh.max(1)))
+                .unwrap_or(u64::MAX);
+        if affordable == 0 {
+            return Err(format!(
+                "the forecast need is {} Wh but no funds are available (deposit first)",
+                order.energy_wh
+            ));
+        }
+        order.energy_wh = order.energy_wh.min(affordable);
+    }
     market
         .submit(&order, now)
         .await

@@ -3,7 +3,7 @@
 //! meter agent, which signs its readings and publishes them to the engine's embedded broker.
 //! Each home also has an automatic trading rule (the engine's `autotrade`: sell the forecast
 //! surplus, buy the forecast need, from the meter's own recent readings), so orders, auctions,
-//! trades and settlement follow within a minute or two.
+//! trades and settlement follow within a minute.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +38,12 @@ pub(crate) struct DemoOptions {
     pub(crate) dir: PathBuf,
 }
 
+/// Delivery slot length of the demo, seconds.
+const SLOT_S: u32 = 15;
+
+/// What each home has paid in to trade with, token units (a month of retail-priced imports).
+const OPENING_DEPOSIT: i64 = 10_000_000;
+
 fn now_s() -> i64 {
     i64::try_from(now_ms() / 1000).unwrap_or(i64::MAX)
 }
@@ -58,18 +64,21 @@ pub(crate) async fn run(
     config.mqtt.url = format!("mqtt://127.0.0.1:{}", options.mqtt_port);
     config.chain.state_file = options.dir.join("chain.json");
     config.chain.outbox_file = options.dir.join("settlement-outbox.sqlite");
-    // Short slots so the whole timeline passes in about two minutes.
-    config.market.slot_length_s = 60;
+    // Accelerated time: a 15-second slot is a quarter of an hour of the homes' simulated day
+    // (at the default speed of 60), so orders, trades and the first settlement all come
+    // within a minute.
+    config.market.slot_length_s = SLOT_S;
     config.market.window_opens_before_s = 600;
-    config.market.gate_closure_before_s = 10;
-    config.market.settlement_after_s = 10;
+    config.market.gate_closure_before_s = 3;
+    config.market.settlement_after_s = 4;
     let engine = Engine::start(&config).await?;
     let market = engine.market.clone();
     let community = market.community().clone();
 
     println!(
-        "Gridshare market engine demo: {} homes, 60-second delivery slots",
-        options.homes
+        "Gridshare market engine demo: {} homes, {SLOT_S}-second delivery slots \
+         (simulated time runs {}x faster in the homes)",
+        options.homes, options.speed
     );
     println!(
         "  API        http://{}   (OpenAPI: /openapi.json, metrics: /metrics)",
@@ -103,6 +112,10 @@ pub(crate) async fn run(
                     .await?
             }
         };
+        // Idempotent by its reference: a demo restarted in the same directory pays in once.
+        market
+            .fund(account, OPENING_DEPOSIT, "demo-opening-deposit", now_ms())
+            .await?;
         // A mix: most homes have PV, every third a battery, some only consume.
         let household = Household {
             pv_peak_w: if i % 4 == 3 {
@@ -149,7 +162,7 @@ pub(crate) async fn run(
             community: config.community.clone(),
             key_file,
             data_dir: options.dir.join(&name),
-            poll_interval_ms: 2000,
+            poll_interval_ms: 1000,
             ..AgentConfig::default()
         };
         agent_config.modbus.address = server.addr.to_string();
@@ -216,8 +229,19 @@ async fn report_loop(market: Arc<Market>, ingest: Arc<IngestMetrics>) {
             }
             if status == "settled" && slot > reported_settled {
                 reported_settled = slot;
+                let moved = market
+                    .settlements(slot.saturating_sub(1), 1)
+                    .await
+                    .ok()
+                    .and_then(|s| {
+                        s.first()
+                            .map(|(_, accounts, debits, _)| (*accounts, *debits))
+                    })
+                    .unwrap_or_default();
                 println!(
-                    "        slot {slot} settled against the signed meter readings (GET /api/v1/balance)"
+                    "        slot {slot} settled against the signed meter readings: {} accounts, \
+                     {} token units paid (GET /api/v1/settlements, /api/v1/balance)",
+                    moved.0, moved.1
                 );
             }
         }

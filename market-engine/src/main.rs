@@ -52,7 +52,8 @@ enum Command {
         name: String,
     },
     /// The engine plus a simulated neighbourhood (simulated inverters read by real meter
-    /// agents, each home trading its forecast surplus or need), in 60-second slots.
+    /// agents, each home trading its forecast surplus or need), in 15-second slots of
+    /// accelerated time.
     Demo {
         /// Number of homes.
         #[arg(long, default_value_t = 12)]

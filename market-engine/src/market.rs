@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gridshare_core::market::{
     AccountId, AreaId, AreaTree, BookDepth, Community, FeeProfile, ImbalancePrices, Mechanism,
-    MeterCounters, MeterDelivery, MeterId, Order, OrderError, OrderId, PriceRule, SlotCalendar,
-    SlotMarket, Tariff, TimeProfile, Trade, settle_slot,
+    MeterCounters, MeterDelivery, MeterId, Order, OrderError, OrderId, PriceRule, Side,
+    SlotCalendar, SlotMarket, Tariff, TimeProfile, Trade, amount_for, settle_slot,
 };
 use serde::Deserialize;
 use sqlx::{AnyPool, Row};
@@ -195,6 +195,19 @@ pub struct SettledSlot {
     pub reading_digests: Vec<String>,
 }
 
+/// An account's money: what it has, what its orders and purchases hold, what it may spend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct FundsView {
+    /// Deposits less withdrawals plus the settled ledger, token units.
+    pub balance: i64,
+    /// Held by open bids (their open energy at their limit price).
+    pub held_by_bids: u64,
+    /// Held by trades bought in slots not yet settled.
+    pub held_by_purchases: u64,
+    /// What new bids and withdrawals may use: balance less both holds.
+    pub available: i64,
+}
+
 /// Why the market refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum MarketError {
@@ -207,6 +220,20 @@ pub enum MarketError {
     /// No such order, or not the caller's.
     #[error("order {0} not found among your open orders")]
     UnknownOrder(u64),
+    /// The account cannot pay for what it asks.
+    #[error(
+        "insufficient funds: this needs {need} token units, the account has {available} available \
+         (deposits and settled balance, less what open bids and unsettled purchases hold)"
+    )]
+    InsufficientFunds {
+        /// What the bid could cost at its limit price (or the withdrawal), token units.
+        need: u64,
+        /// What the account may still spend, token units.
+        available: i64,
+    },
+    /// A deposit or withdrawal with a reference already used for a different amount.
+    #[error("reference {0:?} was already used for a different amount")]
+    ReferenceReused(String),
     /// The database failed; the slot's book was rebuilt from the log.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -341,12 +368,81 @@ async fn commit(store: &Store, jobs: &[LogJob]) -> Result<(), sqlx::Error> {
 struct OrderInfo {
     slot: u64,
     account: i64,
+    /// What the order holds of the account's funds: the most its open energy can cost (bids).
+    held: u64,
+}
+
+/// What each account may spend. Design: kept in memory beside the books and changed under the
+/// same lock, so a bid is checked against exactly the funds the orders before it left; rebuilt
+/// from the database (funding, ledger, trades) and the order log after a restart.
+#[derive(Debug, Default)]
+struct Funds {
+    /// Deposits less withdrawals plus settled ledger amounts, per account.
+    balance: HashMap<i64, i64>,
+    /// Held per account: by open bids plus by purchases in slots not yet settled.
+    held: HashMap<i64, u64>,
+    /// What each buyer's trades cost, per slot not yet settled.
+    bought: BTreeMap<u64, HashMap<i64, u64>>,
+}
+
+/// A bid's most possible cost: its open energy at its limit price (which includes the fees,
+/// and of which each trade pays at most its floor).
+fn bid_cost(price_per_kwh: u64, energy_wh: u64) -> u64 {
+    amount_for(energy_wh, price_per_kwh).unwrap_or(u64::MAX)
+}
+
+impl Funds {
+    fn available(&self, account: i64) -> i64 {
+        let balance = i128::from(self.balance.get(&account).copied().unwrap_or(0));
+        let held = i128::from(self.held.get(&account).copied().unwrap_or(0));
+        i64::try_from(balance - held).unwrap_or(i64::MIN)
+    }
+
+    /// Refuses `need` if the account cannot cover it on top of what it already holds.
+    fn check(&self, account: i64, need: u64) -> Result<(), MarketError> {
+        let available = self.available(account);
+        if need > 0 && i128::from(need) > i128::from(available) {
+            return Err(MarketError::InsufficientFunds { need, available });
+        }
+        Ok(())
+    }
+
+    fn hold(&mut self, account: i64, old: u64, new: u64) {
+        let held = self.held.entry(account).or_default();
+        *held = held.saturating_sub(old).saturating_add(new);
+    }
+
+    fn bought(&mut self, slot: u64, trades: &[Trade]) {
+        for t in trades {
+            let buyer = i64::from(t.buyer.0);
+            *self
+                .bought
+                .entry(slot)
+                .or_default()
+                .entry(buyer)
+                .or_default() += t.amounts.buyer_pays;
+            self.hold(buyer, 0, t.amounts.buyer_pays);
+        }
+    }
+
+    /// Forgets a slot's purchases (settled, or about to be reloaded).
+    fn release_bought(&mut self, slot: u64) {
+        for (account, cost) in self.bought.remove(&slot).unwrap_or_default() {
+            self.hold(account, cost, 0);
+        }
+    }
+
+    fn credit(&mut self, account: i64, amount: i64) {
+        let balance = self.balance.entry(account).or_default();
+        *balance = balance.saturating_add(amount);
+    }
 }
 
 struct Books {
     open: BTreeMap<u64, SlotMarket>,
     orders: HashMap<u64, OrderInfo>,
     next_order_id: u64,
+    funds: Funds,
 }
 
 impl Books {
@@ -365,6 +461,57 @@ impl Books {
             .get_mut(&slot)
             .ok_or(MarketError::UnknownOrder(order))?;
         Ok((slot, book))
+    }
+
+    /// Starts tracking an accepted order (its hold is set by [`Books::refresh_hold`]).
+    fn track(&mut self, order: u64, slot: u64, account: i64) {
+        self.orders.insert(
+            order,
+            OrderInfo {
+                slot,
+                account,
+                held: 0,
+            },
+        );
+    }
+
+    /// Sets what an order holds from the book's view of it: a bid's open energy at its limit
+    /// price, nothing for an ask or an order no longer open.
+    fn refresh_hold(&mut self, order: u64) {
+        let Some(info) = self.orders.get_mut(&order) else {
+            return;
+        };
+        let new = self
+            .open
+            .get(&info.slot)
+            .and_then(|b| b.open_order(OrderId(order)))
+            .filter(|(side, _, _)| *side == Side::Buy)
+            .map_or(0, |(_, price, wh)| bid_cost(price, wh));
+        self.funds.hold(info.account, info.held, new);
+        info.held = new;
+    }
+
+    /// After an event in `slot`: the holds of the order and of every bid its trades filled,
+    /// and the purchases.
+    fn after_event(&mut self, slot: u64, order: u64, trades: &[Trade]) {
+        self.refresh_hold(order);
+        for t in trades {
+            self.refresh_hold(t.bid.0);
+        }
+        self.funds.bought(slot, trades);
+    }
+
+    /// Drops a slot's orders and their holds (gate closed, or the slot is being replayed).
+    fn drop_orders(&mut self, slot: u64) {
+        let funds = &mut self.funds;
+        self.orders.retain(|_, o| {
+            if o.slot == slot {
+                funds.hold(o.account, o.held, 0);
+                false
+            } else {
+                true
+            }
+        });
     }
 }
 
@@ -434,6 +581,7 @@ impl Market {
                 open: BTreeMap::new(),
                 orders: HashMap::new(),
                 next_order_id: 1,
+                funds: Funds::default(),
             }),
         };
         {
@@ -444,16 +592,41 @@ impl Market {
                 .get(0);
             let mut books = market.books.lock().await;
             books.next_order_id = max.map_or(1, |m| u64_of(m) + 1);
-            let slots: Vec<i64> = sqlx::query(
-                "SELECT DISTINCT slot FROM order_events WHERE slot NOT IN (SELECT slot FROM slots) ORDER BY slot",
+            let balances = sqlx::query(
+                "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM \
+                 (SELECT account_id, amount FROM funding \
+                  UNION ALL SELECT account_id, amount FROM ledger WHERE account_id >= 0) AS f \
+                 GROUP BY account_id",
             )
             .fetch_all(pool)
+            .await?;
+            for row in balances {
+                books.funds.credit(row.get(0), row.get(1));
+            }
+            let slots = |sql: &'static str| async move {
+                Ok::<_, sqlx::Error>(
+                    sqlx::query(sql)
+                        .fetch_all(pool)
+                        .await?
+                        .into_iter()
+                        .map(|r| u64_of(r.get(0)))
+                        .collect::<Vec<u64>>(),
+                )
+            };
+            for slot in slots(
+                "SELECT DISTINCT slot FROM trades WHERE slot NOT IN \
+                 (SELECT slot FROM slots WHERE status = 'settled')",
+            )
             .await?
-            .into_iter()
-            .map(|r| r.get(0))
-            .collect();
-            for slot in slots {
-                market.replay(&mut books, u64_of(slot)).await?;
+            {
+                market.reload_bought(&mut books, slot).await?;
+            }
+            for slot in slots(
+                "SELECT DISTINCT slot FROM order_events WHERE slot NOT IN (SELECT slot FROM slots) ORDER BY slot",
+            )
+            .await?
+            {
+                market.replay(&mut books, slot).await?;
             }
         }
         Ok(market)
@@ -530,13 +703,21 @@ impl Market {
         Ok(from)
     }
 
-    /// Rebuilds one slot's book from the log.
+    /// Reloads what a slot's stored trades cost their buyers.
+    async fn reload_bought(&self, books: &mut Books, slot: u64) -> Result<(), MarketError> {
+        books.funds.release_bought(slot);
+        let trades = load_trades(self.store.pool(), slot).await?;
+        books.funds.bought(slot, &trades);
+        Ok(())
+    }
+
+    /// Rebuilds one slot's book, its orders' holds and its purchases from the log.
     async fn replay(&self, books: &mut Books, slot: u64) -> Result<(), MarketError> {
         let mut book = self
             .community_for(slot)
             .open_slot(slot)
             .map_err(|e| MarketError::Slot(e.to_string()))?;
-        books.orders.retain(|_, o| o.slot != slot);
+        books.drop_orders(slot);
         let events = sqlx::query(
             "SELECT order_id, kind, account_id, side, price_per_kwh, energy_wh, at_s \
              FROM order_events WHERE slot = $1 ORDER BY seq",
@@ -561,7 +742,7 @@ impl Market {
                     } else {
                         Order::ask(OrderId(id), owner, AreaId(0), price, energy)
                     };
-                    books.orders.insert(id, OrderInfo { slot, account });
+                    books.track(id, slot, account);
                     book.submit(order, at).map(drop)
                 }
                 "cancel" => book.cancel(OrderId(id), at),
@@ -572,7 +753,16 @@ impl Market {
             }
         }
         books.open.insert(slot, book);
-        Ok(())
+        let ids: Vec<u64> = books
+            .orders
+            .iter()
+            .filter(|(_, o)| o.slot == slot)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            books.refresh_hold(id);
+        }
+        self.reload_bought(books, slot).await
     }
 
     /// Places an order (the caller has checked that the meter belongs to the account).
@@ -604,6 +794,14 @@ impl Market {
                 .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
             entry.insert(book);
         }
+        if side == OrderSide::Buy
+            && let Err(e) = books
+                .funds
+                .check(account, bid_cost(price_per_kwh, energy_wh))
+        {
+            self.metrics.orders_rejected.fetch_add(1, Ordering::Relaxed);
+            return Err(e);
+        }
         let id = books.next_order_id;
         let order = match side {
             OrderSide::Buy => Order::bid(OrderId(id), owner, AreaId(0), price_per_kwh, energy_wh),
@@ -632,7 +830,8 @@ impl Market {
         };
         let pending = self.queue_event(slot, entry, trades.clone()).await?;
         books.next_order_id += 1;
-        books.orders.insert(id, OrderInfo { slot, account });
+        books.track(id, slot, account);
+        books.after_event(slot, id, &trades);
         drop(books);
         self.committed(slot, pending).await?;
         self.metrics.orders_accepted.fetch_add(1, Ordering::Relaxed);
@@ -658,6 +857,7 @@ impl Market {
                 Vec::new(),
             )
             .await?;
+        books.refresh_hold(order);
         books.orders.remove(&order);
         drop(books);
         self.committed(slot, pending).await
@@ -673,6 +873,12 @@ impl Market {
         now_s: i64,
     ) -> Result<Vec<Trade>, MarketError> {
         let mut books = self.books.lock().await;
+        let (_, book) = books.owned_open_order(account, order)?;
+        if let Some((Side::Buy, _, _)) = book.open_order(OrderId(order)) {
+            let held = books.orders.get(&order).map_or(0, |o| o.held);
+            let more = bid_cost(price_per_kwh, energy_wh).saturating_sub(held);
+            books.funds.check(account, more)?;
+        }
         let (slot, book) = books.owned_open_order(account, order)?;
         let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
         let pending = self
@@ -682,6 +888,7 @@ impl Market {
                 trades.clone(),
             )
             .await?;
+        books.after_event(slot, order, &trades);
         drop(books);
         self.committed(slot, pending).await?;
         Ok(trades)
@@ -793,7 +1000,8 @@ impl Market {
                     "slot {slot}: gate closure not stored: {e}"
                 )));
             }
-            books.orders.retain(|_, o| o.slot != *slot);
+            books.drop_orders(*slot);
+            books.funds.bought(*slot, &closure.trades);
             self.announce_trades(*slot, &closure.trades, closure.clearing_price);
             tracing::info!(
                 target: "market",
@@ -833,6 +1041,9 @@ impl Market {
                 .await?;
             let settlement = settle_slot(&trades, &deliveries, &terms)
                 .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+            // The books lock before the transaction (the order every writer takes them in):
+            // no bid sees the slot both held and settled.
+            let mut books = self.books.lock().await;
             let mut tx = self.store.begin().await?;
             for b in &settlement.balances {
                 let amount = i64::try_from(b.amount)
@@ -865,6 +1076,17 @@ impl Market {
             .await?;
             if done.rows_affected() == 1 {
                 tx.commit().await?;
+                books.funds.release_bought(slot);
+                for b in &settlement.balances {
+                    if let AccountId(a) = b.account
+                        && b.account != UTILITY
+                        && b.account != GRID_OPERATOR
+                    {
+                        books
+                            .funds
+                            .credit(i64::from(a), i64::try_from(b.amount).unwrap_or(0));
+                    }
+                }
                 settled.push(slot);
                 self.metrics.slots_settled.fetch_add(1, Ordering::Relaxed);
                 self.metrics.settlement_lag_s.store(
@@ -1004,6 +1226,92 @@ impl Market {
         .fetch_one(self.store.pool())
         .await?;
         Ok(row.try_get::<i64, _>(0)?)
+    }
+
+    /// An account's money as the market sees it.
+    pub async fn funds(&self, account: i64) -> FundsView {
+        let books = self.books.lock().await;
+        let funds = &books.funds;
+        let unsettled: u64 = funds.bought.values().filter_map(|m| m.get(&account)).sum();
+        let held = funds.held.get(&account).copied().unwrap_or(0);
+        FundsView {
+            balance: funds.balance.get(&account).copied().unwrap_or(0),
+            held_by_bids: held.saturating_sub(unsettled),
+            held_by_purchases: unsettled,
+            available: funds.available(account),
+        }
+    }
+
+    /// What `account` may still spend on bids.
+    pub async fn available(&self, account: i64) -> i64 {
+        self.books.lock().await.funds.available(account)
+    }
+
+    /// Credits a deposit (positive `amount`) or debits a withdrawal (negative, refused beyond
+    /// what is available). A `reference` already used by the account for the same amount
+    /// changes nothing (a retried request); for another amount it is refused. Returns the
+    /// account's funds afterwards.
+    pub async fn fund(
+        &self,
+        account: i64,
+        amount: i64,
+        reference: &str,
+        now_ms: u64,
+    ) -> Result<FundsView, MarketError> {
+        if amount == 0 {
+            return Err(MarketError::Slot("amount must not be zero".into()));
+        }
+        {
+            let mut books = self.books.lock().await;
+            let pool = self.store.pool();
+            let existing =
+                sqlx::query("SELECT amount FROM funding WHERE account_id = $1 AND reference = $2")
+                    .bind(account)
+                    .bind(reference)
+                    .fetch_optional(pool)
+                    .await?;
+            match existing {
+                Some(row) if row.get::<i64, _>(0) == amount => {}
+                Some(_) => return Err(MarketError::ReferenceReused(reference.to_owned())),
+                None => {
+                    if amount < 0 {
+                        books.funds.check(account, amount.unsigned_abs())?;
+                    }
+                    sqlx::query(
+                        "INSERT INTO funding (account_id, amount, reference, created_ms) \
+                         VALUES ($1, $2, $3, $4)",
+                    )
+                    .bind(account)
+                    .bind(amount)
+                    .bind(reference)
+                    .bind(i64_of(now_ms))
+                    .execute(pool)
+                    .await?;
+                    books.funds.credit(account, amount);
+                    tracing::info!(target: "market", account, amount, reference, "funds moved");
+                }
+            }
+        }
+        Ok(self.funds(account).await)
+    }
+
+    /// An account's deposits and withdrawals, newest first: `(amount, reference, at ms)`.
+    pub async fn funding(
+        &self,
+        account: i64,
+        limit: u32,
+    ) -> Result<Vec<(i64, String, i64)>, MarketError> {
+        Ok(sqlx::query(
+            "SELECT amount, reference, created_ms FROM funding WHERE account_id = $1 \
+             ORDER BY id DESC LIMIT $2",
+        )
+        .bind(account)
+        .bind(i64::from(limit))
+        .fetch_all(self.store.pool())
+        .await?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect())
     }
 
     /// The open book of a slot, aggregated per price level (empty once its gate closed).

@@ -559,15 +559,52 @@ impl Store {
         Ok(row.and_then(|r| u16::try_from(r.get::<i64, _>(0)).ok()))
     }
 
-    /// Average grid power (W, positive = import) over the meter's last `n` readings that carry
-    /// one, or `None` without readings.
-    pub async fn recent_power(&self, meter_id: &str, n: u32) -> Result<Option<i64>, StoreError> {
+    /// Average grid power (W, positive = import) over the meter's last `window_ms` of signed
+    /// counters: the net imported energy between the newest reading and the oldest one in the
+    /// window, over the time between them. This is what the meter will be settled on (and it
+    /// holds in accelerated time, where counters run faster than the clock). With fewer than
+    /// two such readings, the average of the last `fallback` power samples; `None` without
+    /// either.
+    pub async fn recent_grid_power(
+        &self,
+        meter_id: &str,
+        window_ms: u64,
+        fallback: u32,
+    ) -> Result<Option<i64>, StoreError> {
+        let newest = sqlx::query(
+            "SELECT timestamp_ms, import_wh, export_wh FROM readings WHERE meter_id = $1 \
+             AND import_wh IS NOT NULL AND export_wh IS NOT NULL ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(meter_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        if let Some(newest) = newest {
+            let t1: i64 = newest.get(0);
+            let oldest = sqlx::query(
+                "SELECT timestamp_ms, import_wh, export_wh FROM readings WHERE meter_id = $1 \
+                 AND import_wh IS NOT NULL AND export_wh IS NOT NULL AND timestamp_ms >= $2 \
+                 ORDER BY timestamp_ms ASC LIMIT 1",
+            )
+            .bind(meter_id)
+            .bind(t1.saturating_sub(i64_of(window_ms)))
+            .fetch_one(&self.pool)
+            .await?;
+            let t0: i64 = oldest.get(0);
+            if t1 > t0 {
+                let net = |r: &sqlx::any::AnyRow| {
+                    i128::from(r.get::<i64, _>(1)) - i128::from(r.get::<i64, _>(2))
+                };
+                // Wh over ms to W: × 3 600 000.
+                let watts = (net(&newest) - net(&oldest)) * 3_600_000 / i128::from(t1 - t0);
+                return Ok(Some(i64::try_from(watts).unwrap_or(0)));
+            }
+        }
         let rows = sqlx::query(
             "SELECT power_w FROM readings WHERE meter_id = $1 AND power_w IS NOT NULL \
              ORDER BY seq DESC LIMIT $2",
         )
         .bind(meter_id)
-        .bind(i64::from(n))
+        .bind(i64::from(fallback))
         .fetch_all(&self.pool)
         .await?;
         let count = i64::try_from(rows.len()).unwrap_or(i64::MAX);

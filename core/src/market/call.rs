@@ -158,6 +158,12 @@ impl CallAuction {
         self.entries.iter().map(|e| &e.order)
     }
 
+    /// The open order with this id.
+    #[must_use]
+    pub fn get(&self, id: OrderId) -> Option<&Order> {
+        self.index.get(&id).map(|&i| &self.entries[i].order)
+    }
+
     /// Accepts an order arriving at `now`.
     pub fn submit(&mut self, order: Order, now: UnixSeconds) -> Result<(), OrderError> {
         self.terms.check_window(order.id, now)?;

@@ -51,8 +51,8 @@ impl TryFrom<RawSlotCalendar> for SlotCalendar {
 /// Why a slot calendar or a slot index was rejected.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SlotError {
-    /// The slot length is outside one minute to one day.
-    #[error("slot length {0} s is outside 60..=86400 s; use e.g. 900 for 15-minute slots")]
+    /// The slot length is outside ten seconds to one day.
+    #[error("slot length {0} s is outside 10..=86400 s; use e.g. 900 for 15-minute slots")]
     SlotLength(u32),
     /// The gate would close before the order window opens.
     #[error(
@@ -72,6 +72,8 @@ pub enum SlotError {
 impl SlotCalendar {
     /// Default slot length: 15 minutes.
     pub const DEFAULT_SLOT_LENGTH_S: u32 = 900;
+    /// Shortest slot: ten seconds, for accelerated time.
+    pub const MIN_SLOT_LENGTH_S: u32 = 10;
 
     /// A calendar with explicit phase leads; `epoch_s` is the start of slot 0 (choose a
     /// midnight so that daily tariff profiles line up with slot indices).
@@ -82,7 +84,9 @@ impl SlotCalendar {
         gate_closure_before_s: u32,
         settlement_after_s: u32,
     ) -> Result<Self, SlotError> {
-        if !(60..=86_400).contains(&slot_length_s) {
+        // Below a minute only makes sense in accelerated time (the demo, tests); real markets
+        // run 5- to 60-minute slots.
+        if !(Self::MIN_SLOT_LENGTH_S..=86_400).contains(&slot_length_s) {
             return Err(SlotError::SlotLength(slot_length_s));
         }
         if window_opens_before_s <= gate_closure_before_s {
@@ -229,8 +233,8 @@ mod tests {
     #[test]
     fn bad_calendars_and_slots_are_rejected() {
         assert_eq!(
-            SlotCalendar::new(0, 30, 600, 0, 0),
-            Err(SlotError::SlotLength(30))
+            SlotCalendar::new(0, 9, 600, 0, 0),
+            Err(SlotError::SlotLength(9))
         );
         assert!(matches!(
             SlotCalendar::new(0, 900, 300, 300, 0),

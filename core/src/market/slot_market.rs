@@ -102,6 +102,20 @@ impl SlotMarket {
         }
     }
 
+    /// An open order's side, limit price per kWh and energy still open (Wh); `None` once it
+    /// is filled, cancelled or was never here.
+    #[must_use]
+    pub fn open_order(&self, id: OrderId) -> Option<(Side, u64, u64)> {
+        match self {
+            Self::Continuous(book) => book
+                .get(id)
+                .map(|o| (o.side, o.price_per_kwh, o.remaining_wh)),
+            Self::Call(auction) => auction
+                .get(id)
+                .map(|o| (o.side, o.price_per_kwh, o.energy_wh)),
+        }
+    }
+
     /// The slot's terms.
     #[must_use]
     pub fn terms(&self) -> &SlotTerms {

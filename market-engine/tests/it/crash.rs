@@ -123,16 +123,29 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
         ),
     )
     .unwrap();
+    // The household exists and has paid in before the engine starts, so its bids flow too.
+    {
+        let store = market_engine::store::Store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        let hash = market_engine::api::hash_password("correct horse battery")
+            .await
+            .unwrap();
+        let id = store
+            .create_account("crash-home", &hash, "household", 0)
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO funding (account_id, amount, reference, created_ms) VALUES ($1, $2, 'opening', 0)")
+            .bind(id)
+            .bind(1_000_000_000_000i64)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        store.close().await;
+    }
     let mut engine = start_engine(&config, http_port).await;
 
     let creds = json!({"name": "crash-home", "password": "correct horse battery"});
-    assert_eq!(
-        http(http_port, "POST", "/api/v1/accounts", None, Some(&creds))
-            .await
-            .unwrap()
-            .0,
-        201
-    );
     let (_, login) = http(http_port, "POST", "/api/v1/sessions", None, Some(&creds))
         .await
         .unwrap();
@@ -290,6 +303,23 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
         acknowledged.len(),
         "no order id handed out twice"
     );
+    // The restarted engine holds for every logged bid exactly its cost: funds are rebuilt
+    // from the order log, nothing held twice or forgotten.
+    let (_, funds) = http(http_port, "GET", "/api/v1/balance", Some(&token), None)
+        .await
+        .unwrap();
+    let bids: i64 = sqlx::query(
+        "SELECT energy_wh, price_per_kwh FROM order_events WHERE kind = 'submit' AND side = 'buy'",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|r| r.get::<i64, _>(0) * r.get::<i64, _>(1) / 1000)
+    .sum();
+    assert!(bids > 0, "bids were accepted");
+    assert_eq!(funds["held_by_bids"], bids, "{funds}");
+    assert_eq!(funds["available"], 1_000_000_000_000i64 - bids, "{funds}");
 
     // A graceful stop exits cleanly.
     let status = Command::new("kill")

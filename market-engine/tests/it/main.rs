@@ -11,6 +11,7 @@
 
 mod api;
 mod crash;
+mod funds;
 mod ingest;
 mod market;
 

@@ -34,6 +34,63 @@ fn api(store: &Store, market: &Arc<Market>) -> axum::Router {
     })
 }
 
+/// Calls the API and checks the status; returns the body.
+async fn expect(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<serde_json::Value>,
+    status: StatusCode,
+) -> serde_json::Value {
+    let (s, body, _) = call(app, method, path, token, body).await;
+    assert_eq!(s, status, "{method} {path}: {body}");
+    body
+}
+
+/// A new meter key, registered for the account behind `token` under a unique id.
+async fn new_meter(app: &axum::Router, token: &str, prefix: &str) -> (MeterKey, String) {
+    let rng = SystemRandom::new();
+    let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+    let meter = unique(prefix);
+    let meter = meter[meter.len().saturating_sub(30)..].to_owned();
+    let body = json!({"meter_id": meter, "public_key": key.public_key().to_hex()});
+    expect(
+        app,
+        "POST",
+        "/api/v1/meters",
+        Some(token),
+        Some(body),
+        StatusCode::CREATED,
+    )
+    .await;
+    (key, meter)
+}
+
+/// `(balance, held by bids, held by purchases, available)` from `GET /api/v1/balance`.
+async fn funds_of(app: &axum::Router, token: &str) -> (i64, i64, i64, i64) {
+    let body = expect(
+        app,
+        "GET",
+        "/api/v1/balance",
+        Some(token),
+        None,
+        StatusCode::OK,
+    )
+    .await;
+    let field = |name: &str| {
+        body[name]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{name}: {body}"))
+    };
+    (
+        field("balance"),
+        field("held_by_bids"),
+        field("held_by_purchases"),
+        field("available"),
+    )
+}
+
 async fn login(app: &axum::Router, name: &str) -> String {
     let creds = json!({"name": name, "password": "correct horse battery"});
     let (s, _, _) = call(app, "POST", "/api/v1/accounts", None, Some(creds.clone())).await;
@@ -79,23 +136,15 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         );
         let app = api(&store, &market);
         let alice = login(&app, &unique("alice")).await;
-        let bob = login(&app, &unique("bob")).await;
-        let rng = SystemRandom::new();
+        let bob_name = unique("bob");
+        let bob = login(&app, &bob_name).await;
+        let operator_name = unique("operator");
+        let operator = login(&app, &operator_name).await;
+        assert!(store.set_role(&operator_name, "operator").await.unwrap());
         let mut keys = HashMap::new();
         let mut meters = HashMap::new();
         for (who, token) in [("a", &alice), ("b", &bob)] {
-            let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
-            let meter = unique(who);
-            let meter = meter[meter.len().saturating_sub(30)..].to_owned();
-            let (s, _, _) = call(
-                &app,
-                "POST",
-                "/api/v1/meters",
-                Some(token),
-                Some(json!({"meter_id": meter, "public_key": key.public_key().to_hex()})),
-            )
-            .await;
-            assert_eq!(s, StatusCode::CREATED);
+            let (key, meter) = new_meter(&app, token, who).await;
             keys.insert(who, key);
             meters.insert(who, meter);
         }
@@ -184,16 +233,137 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         )
         .await;
         assert_eq!(s, StatusCode::CREATED, "{body}");
-        let (s, body, _) = call(
+        // Bob has paid nothing in: his bid is refused, with what it needs.
+        let bid = order(&meters["b"], "buy", 1500, 25_000);
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let body = expect(
             &app,
             "POST",
             "/api/v1/orders",
             Some(&bob),
-            Some(order(&meters["b"], "buy", 1500, 25_000)),
+            Some(bid.clone()),
+            unprocessable,
         )
         .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("insufficient funds") && error.contains("37500"),
+            "{error}"
+        );
+        // Only the operator records deposits; a retried deposit (same reference) counts once.
+        let deposits = format!("/api/v1/accounts/{bob_name}/deposits");
+        let deposit =
+            |amount: i64, reference: &str| Some(json!({"amount": amount, "reference": reference}));
+        expect(
+            &app,
+            "POST",
+            &deposits,
+            Some(&alice),
+            deposit(40_000, "bank-transfer-1"),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        for _ in 0..2 {
+            let body = expect(
+                &app,
+                "POST",
+                &deposits,
+                Some(&operator),
+                deposit(40_000, "bank-transfer-1"),
+                StatusCode::CREATED,
+            )
+            .await;
+            assert_eq!(body["available"], 40_000, "{body}");
+        }
+        expect(
+            &app,
+            "POST",
+            &deposits,
+            Some(&operator),
+            deposit(50_000, "bank-transfer-1"),
+            StatusCode::CONFLICT,
+        )
+        .await;
+        for bad in [
+            json!({"amount": 0}),
+            json!({"amount": -5}),
+            json!({"amount": 10, "reference": ""}),
+        ] {
+            expect(
+                &app,
+                "POST",
+                &deposits,
+                Some(&operator),
+                Some(bad),
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
+        }
+        let nobody = "/api/v1/accounts/nobody-here/deposits";
+        expect(
+            &app,
+            "POST",
+            nobody,
+            Some(&operator),
+            deposit(10, "x"),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        let body = expect(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&bob),
+            Some(bid),
+            StatusCode::CREATED,
+        )
+        .await;
         let bob_order = body["order_id"].as_u64().unwrap();
+        assert_eq!(funds_of(&app, &bob).await, (40_000, 37_500, 0, 2_500));
+        // A second bid beyond what is left is refused; a withdrawal beyond it too.
+        let small = order(&meters["b"], "buy", 200, 25_000);
+        expect(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&bob),
+            Some(small),
+            unprocessable,
+        )
+        .await;
+        let out = |amount: i64| Some(json!({ "amount": amount }));
+        expect(
+            &app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&bob),
+            out(2_501),
+            unprocessable,
+        )
+        .await;
+        expect(
+            &app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&bob),
+            out(1_000),
+            StatusCode::CREATED,
+        )
+        .await;
+        let listed = expect(
+            &app,
+            "GET",
+            "/api/v1/funding",
+            Some(&bob),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(listed["funding"][0]["amount"], -1_000, "{listed}");
+        assert_eq!(
+            listed["funding"][1]["reference"], "bank-transfer-1",
+            "{listed}"
+        );
         let first = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
             .await
             .unwrap()
@@ -225,6 +395,11 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         )
         .await;
         assert_eq!(s, StatusCode::OK, "{body}");
+        assert_eq!(funds_of(&app, &bob).await, (39_000, 36_000, 0, 3_000));
+        // Growing the bid needs the difference: 2 kWh at 25 needs 14 000 more, 3 000 are left.
+        let grown = json!({"energy_wh": 2000, "price_per_kwh": 25_000});
+        let path = format!("/api/v1/orders/{bob_order}");
+        expect(&app, "PATCH", &path, Some(&bob), Some(grown), unprocessable).await;
         let (s, _, _) = call(
             &app,
             "PATCH",
@@ -257,6 +432,13 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 .await
                 .unwrap(),
         );
+        let bob_id = store.account_by_name(&bob_name).await.unwrap().unwrap().id;
+        let held = market.funds(bob_id).await;
+        assert_eq!(
+            (held.balance, held.held_by_bids, held.available),
+            (39_000, 36_000, 3_000),
+            "{url}: funds and holds are rebuilt after a restart"
+        );
         let closed = market
             .close_due_gates(terms.slot.gate_closure)
             .await
@@ -270,6 +452,12 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         assert_eq!(counted(&market.metrics.trades), 1);
         let t = trades[0];
         assert_eq!(t.energy_wh, 1000);
+        // The bid's hold became what the trade costs, until the slot settles.
+        let held = market.funds(bob_id).await;
+        assert_eq!(
+            (held.held_by_bids, held.held_by_purchases),
+            (0, t.amounts.buyer_pays)
+        );
         assert_eq!(
             t.amounts.buyer_pays,
             t.amounts.seller_receives + t.amounts.fees
@@ -330,12 +518,16 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         assert_eq!(total, 0, "{url}: money is neither created nor destroyed");
         let (_, a, _) = call(&app, "GET", "/api/v1/balance", Some(&alice), None).await;
         let (_, b, _) = call(&app, "GET", "/api/v1/balance", Some(&bob), None).await;
+        let bob_funds = funds_of(&app, &bob).await;
         let (a, b) = (
-            a["balance"]
+            a["settled"]
                 .as_i64()
                 .unwrap_or_else(|| panic!("{url}: {a}")),
-            b["balance"].as_i64().unwrap(),
+            b["settled"].as_i64().unwrap(),
         );
+        // Settled: nothing held any more; the balance is what he paid in less what he owes,
+        // below zero by the imbalance (energy he used without buying it is charged regardless).
+        assert_eq!(bob_funds, (39_000 + b, 0, 0, 39_000 + b), "{url}");
         // Alice: her trade plus 200 Wh of surplus sold to the utility at feed-in (8 000/kWh).
         assert_eq!(a, i64::try_from(t.amounts.seller_receives).unwrap() + 1_600);
         // Bob: his trade plus 500 Wh of shortfall bought from the utility at retail (30 000/kWh).
@@ -393,20 +585,10 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
         );
         let app = api(&store, &market);
         let carol = login(&app, &unique("carol")).await;
-        let dave = login(&app, &unique("dave")).await;
+        let dave_name = unique("dave");
+        let dave = login(&app, &dave_name).await;
         let rng = SystemRandom::new();
-        let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
-        let meter = unique("c");
-        let meter = meter[meter.len().saturating_sub(30)..].to_owned();
-        let (s, _, _) = call(
-            &app,
-            "POST",
-            "/api/v1/meters",
-            Some(&carol),
-            Some(json!({"meter_id": meter, "public_key": key.public_key().to_hex()})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED);
+        let (key, meter) = new_meter(&app, &carol, "c").await;
         let rule_path = format!("/api/v1/meters/{meter}/rule");
         let rule = json!({"sell_at_least_per_kwh": 12_000, "buy_at_most_per_kwh": 25_000, "keep_battery_above_bp": 2_000});
         let (s, _, _) = call(&app, "PUT", &rule_path, Some(&dave), Some(rule.clone())).await;
@@ -435,7 +617,8 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
         let (_, got, _) = call(&app, "GET", &rule_path, Some(&carol), None).await;
         assert_eq!(got["keep_battery_above_bp"], 2_000);
 
-        // Carol's last readings: exporting 3.6 kW with the battery at 80 %.
+        // Carol's last readings: her export counter says 3.6 kW (1 Wh a second), with the
+        // battery at 80 %. The counters decide, not the momentary power sample.
         let now = now_s();
         let readings: Vec<_> = (1..=5)
             .map(|seq| {
@@ -445,10 +628,10 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
                     seq,
                     now - 10 + i64::try_from(seq).unwrap(),
                     1_000,
-                    2_000 + seq * 10,
+                    2_000 + seq,
                 )
                 .reading;
-                r.power_w = Measured::ok(-3_600);
+                r.power_w = Measured::ok(-500);
                 r.soc_bp = Measured::ok(8_000);
                 key.sign(r, &rng).unwrap()
             })
@@ -473,6 +656,46 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
         let depth = market.depth(slot).await;
         // 3.6 kW over a 15-minute slot = 900 Wh, offered at the rule's floor.
         assert_eq!(depth.asks, vec![(12_000, 900, 1)], "{url}");
+
+        // Dave imports 7.2 kW by his counters: his rule buys only what his funds pay for.
+        let (dave_key, dave_meter) = new_meter(&app, &dave, "d").await;
+        let rule = Some(json!({"buy_at_most_per_kwh": 25_000}));
+        let path = format!("/api/v1/meters/{dave_meter}/rule");
+        expect(&app, "PUT", &path, Some(&dave), rule, StatusCode::OK).await;
+        let readings: Vec<_> = (1..=3)
+            .map(|seq| {
+                signed(
+                    &dave_key,
+                    &dave_meter,
+                    seq,
+                    now - 10 + i64::try_from(seq).unwrap(),
+                    5_000 + 2 * seq,
+                    0,
+                )
+            })
+            .collect();
+        store
+            .store_readings(&readings, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            market_engine::autotrade::trade_once(&market, &store, now).await,
+            0,
+            "no funds, no bid"
+        );
+        let dave_id = store.account_by_name(&dave_name).await.unwrap().unwrap().id;
+        market.fund(dave_id, 10_000, "opening", 0).await.unwrap();
+        assert_eq!(
+            market_engine::autotrade::trade_once(&market, &store, now).await,
+            1
+        );
+        // 1 800 Wh needed; 10 000 token units buy 400 Wh at 25 000 per kWh.
+        assert_eq!(
+            market.depth(slot).await.bids,
+            vec![(25_000, 400, 1)],
+            "{url}"
+        );
+        assert_eq!(market.available(dave_id).await, 0);
         let (s, _, _) = call(&app, "DELETE", &rule_path, Some(&carol), None).await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         let (s, _, _) = call(&app, "GET", &rule_path, Some(&carol), None).await;

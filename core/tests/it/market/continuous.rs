@@ -304,6 +304,27 @@ fn depth_aggregates_open_energy_per_price_level_best_first() {
             vec![(18_000, 10, 1), (20_000, 300, 1)],
             "{mechanism:?}"
         );
+        assert_eq!(
+            market.open_order(OrderId(2)),
+            Some((Side::Buy, 14_000, 200))
+        );
+        assert_eq!(market.open_order(OrderId(9)), None);
+        if mechanism == Mechanism::ContinuousDoubleAuction {
+            // A partial fill leaves the rest open; the filled order is gone.
+            let trades = market.submit(o(6, Side::Sell, 13_000, 250), now).unwrap();
+            assert_eq!(trades.len(), 1);
+            assert_eq!(market.open_order(OrderId(2)), None);
+            assert_eq!(
+                market.open_order(OrderId(1)),
+                Some((Side::Buy, 12_000, 100))
+            );
+            assert_eq!(
+                market.open_order(OrderId(6)),
+                Some((Side::Sell, 13_000, 50))
+            );
+        }
+        market.cancel(OrderId(1), now).unwrap();
+        assert_eq!(market.open_order(OrderId(1)), None);
     }
 }
 
