@@ -882,10 +882,17 @@ struct SettingsRequest {
     retail_per_kwh: u64,
     feed_in_per_kwh: u64,
     grid_fee_per_kwh: u64,
+    /// The slot timeline; each keeps its current value when absent.
+    window_opens_before_s: Option<u32>,
+    gate_closure_before_s: Option<u32>,
+    settlement_after_s: Option<u32>,
+    /// Accepted only as the current length (slot indices count slots of it).
+    slot_length_s: Option<u32>,
 }
 
-/// The community operator changes tariffs, fees or the mechanism; the change takes effect from
-/// the first slot whose order window has not opened, so no open order changes terms.
+/// The community operator changes tariffs, fees, the mechanism or the slot timeline; the change
+/// takes effect from the first slot whose order window has not opened, so no open order changes
+/// terms.
 async fn put_settings(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
@@ -897,6 +904,12 @@ async fn put_settings(
         ));
     }
     let req = json_body(body)?;
+    let current = state
+        .market
+        .settings()
+        .last()
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default();
     let settings = crate::market::MarketConfig {
         mechanism: req.mechanism,
         price_rule: req.price_rule,
@@ -904,7 +917,14 @@ async fn put_settings(
         retail_per_kwh: req.retail_per_kwh,
         feed_in_per_kwh: req.feed_in_per_kwh,
         grid_fee_per_kwh: req.grid_fee_per_kwh,
-        ..crate::market::MarketConfig::default()
+        slot_length_s: req.slot_length_s.unwrap_or(current.slot_length_s),
+        window_opens_before_s: req
+            .window_opens_before_s
+            .unwrap_or(current.window_opens_before_s),
+        gate_closure_before_s: req
+            .gate_closure_before_s
+            .unwrap_or(current.gate_closure_before_s),
+        settlement_after_s: req.settlement_after_s.unwrap_or(current.settlement_after_s),
     };
     let from_slot = state
         .market

@@ -664,12 +664,13 @@ impl Market {
             .collect()
     }
 
-    /// Sets new market rules (the community operator's call). The calendar stays as it is;
-    /// tariffs, fees and mechanism change from the first slot whose order window has not opened
-    /// yet, which is returned.
+    /// Sets new market rules (the community operator's call): tariffs, fees, mechanism and the
+    /// slot timeline (when the order window opens, gate closure, settlement) change from the
+    /// first slot whose order window has not opened yet under the old rules or the new ones,
+    /// which is returned. The slot length stays: slot indices count slots of that length.
     pub async fn change_settings(
         &self,
-        mut settings: MarketConfig,
+        settings: MarketConfig,
         now_s: i64,
     ) -> Result<u64, MarketError> {
         let current = self.community();
@@ -679,12 +680,19 @@ impl Market {
             .last()
             .map(|(_, c)| c.clone())
             .unwrap_or_default();
-        settings.slot_length_s = base.slot_length_s;
-        settings.window_opens_before_s = base.window_opens_before_s;
-        settings.gate_closure_before_s = base.gate_closure_before_s;
-        settings.settlement_after_s = base.settlement_after_s;
+        if settings.slot_length_s != base.slot_length_s {
+            return Err(MarketError::Slot(format!(
+                "market.slot_length_s: the community's slots are {} s long and slot indices count \
+                 them, so the length cannot change; a new community (its own database) can have \
+                 another",
+                base.slot_length_s
+            )));
+        }
         let community = settings.community().map_err(MarketError::Slot)?;
-        let horizon = now_s.saturating_add(i64::from(settings.window_opens_before_s));
+        let lead = settings
+            .window_opens_before_s
+            .max(base.window_opens_before_s);
+        let horizon = now_s.saturating_add(i64::from(lead));
         let from = calendar.slot_delivering_at(horizon).map_or(0, |s| s + 1);
         let text =
             serde_json::to_string(&settings).map_err(|e| MarketError::Slot(e.to_string()))?;

@@ -669,3 +669,48 @@ impl Store {
         self.pool.close().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The two dialects' migrations are one schema: they may differ only in how an
+    /// auto-incrementing key is spelled. A change made to one and not the other fails here.
+    #[test]
+    fn postgres_migrations_are_the_sqlite_ones_with_bigserial_keys() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let names = |d: &str| -> Vec<String> {
+            let mut v: Vec<String> = std::fs::read_dir(dir.join(d))
+                .map(|entries| {
+                    entries
+                        .filter_map(Result::ok)
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            v.sort();
+            v
+        };
+        let sqlite = names("sqlite");
+        assert!(!sqlite.is_empty());
+        assert_eq!(
+            sqlite,
+            names("postgres"),
+            "the same migrations in both dialects"
+        );
+        for name in sqlite {
+            let read =
+                |d: &str| std::fs::read_to_string(dir.join(d).join(&name)).unwrap_or_default();
+            let normalise = |text: String| {
+                text.replace("INTEGER PRIMARY KEY AUTOINCREMENT", "<serial key>")
+                    .replace("BIGSERIAL PRIMARY KEY", "<serial key>")
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            };
+            assert_eq!(
+                normalise(read("sqlite")),
+                normalise(read("postgres")),
+                "{name} differs between the dialects beyond the key type"
+            );
+        }
+    }
+}

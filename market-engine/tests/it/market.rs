@@ -733,7 +733,7 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
         .await;
         let operator = body["token"].as_str().unwrap().to_owned();
 
-        let change = json!({"mechanism": "call", "price_rule": "midpoint", "k_basis_points": 5000, "retail_per_kwh": 32_000, "feed_in_per_kwh": 7_000, "grid_fee_per_kwh": 1_500});
+        let change = json!({"mechanism": "call", "price_rule": "midpoint", "k_basis_points": 5000, "retail_per_kwh": 32_000, "feed_in_per_kwh": 7_000, "grid_fee_per_kwh": 1_500, "gate_closure_before_s": 600});
         let (s, _, _) = call(
             &app,
             "PUT",
@@ -745,6 +745,21 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
         assert_eq!(s, StatusCode::FORBIDDEN, "only the operator sets tariffs");
         let (s, body, _) = call(&app, "PUT", "/api/v1/market/settings", Some(&operator), Some(json!({"mechanism": "call", "price_rule": "midpoint", "k_basis_points": 5000, "retail_per_kwh": 5_000, "feed_in_per_kwh": 7_000, "grid_fee_per_kwh": 0}))).await;
         assert_eq!(s, StatusCode::BAD_REQUEST, "feed-in above retail: {body}");
+        let mut other_length = change.clone();
+        other_length["slot_length_s"] = json!(300);
+        let body = expect(
+            &app,
+            "PUT",
+            "/api/v1/market/settings",
+            Some(&operator),
+            Some(other_length),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        assert!(
+            body["error"].as_str().unwrap().contains("slot_length_s"),
+            "{body}"
+        );
         let (s, body, _) = call(
             &app,
             "PUT",
@@ -778,6 +793,12 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
                 .retail_per_kwh,
             32_000
         );
+        // So does the timeline: gate closure 10 minutes ahead from `from` on, 5 before it.
+        let lead = |slot: u64| {
+            let t = market.community_for(slot).terms(slot).unwrap().slot;
+            t.delivery_start - t.gate_closure
+        };
+        assert_eq!((lead(open_slot), lead(from)), (300, 600));
         let (_, listed, _) = call(&app, "GET", "/api/v1/market/settings", None, None).await;
         assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
 
