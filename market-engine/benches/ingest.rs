@@ -1,12 +1,14 @@
 //! Signed readings verified and stored per second through a real MQTT broker, SQLite storage.
 //!
 //! ```sh
-//! cargo bench --bench ingest                                   # embedded broker
-//! cargo bench --bench ingest -- mqtt://127.0.0.1:1883          # Mosquitto
+//! scripts/bench-ingest.sh                                      # embedded broker
+//! scripts/bench-ingest.sh mosquitto                            # a Mosquitto it starts
+//! cargo bench --workspace --bench ingest -- mqtt://host:1883   # any broker
 //! ```
 //!
-//! Pre-signs readings of 100 meters, publishes them as fast as the broker takes them (QoS 1)
-//! and measures until the engine has verified and stored the last one.
+//! Pre-signs readings of 100 meters, publishes them as fast as the broker takes them (QoS 1),
+//! every meter in sequence and all meters interleaved, and measures until the engine has
+//! verified and stored the last one.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -86,11 +88,17 @@ async fn main() {
                 soc_bp: Measured::not_implemented(),
             };
             let topic = format!("gridshare/v1/{}/meters/{id}/reading", config.community);
-            messages.push((topic, key.sign(reading, &rng).expect("sign").to_json()));
+            messages.push((
+                seq,
+                m,
+                topic,
+                key.sign(reading, &rng).expect("sign").to_json(),
+            ));
         }
     }
-    // Interleave meters as real traffic does.
-    messages.sort_by_key(|(topic, json)| (json.len() % 7, topic.len()));
+    // Interleave meters as real traffic does: every meter publishes its readings in sequence,
+    // all meters at once.
+    messages.sort_by_key(|(seq, m, _, _)| (*seq, *m));
     let total = messages.len() as u64;
     let (host, port) = broker_host_port(&config.mqtt.url).expect("url");
     let mut options = MqttOptions::new("bench-publisher", host, port);
@@ -109,7 +117,7 @@ async fn main() {
         }
     });
     let started = Instant::now();
-    for (topic, payload) in messages {
+    for (_, _, topic, payload) in messages {
         client
             .publish(topic, QoS::AtLeastOnce, false, payload)
             .await

@@ -14,6 +14,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, watch};
 
+use gridshare_core::reading::SignedReading;
+
 use crate::ingest::{Checker, IngestMetrics, Rejected, Rejection};
 use crate::store::{Store, Stored};
 
@@ -112,11 +114,16 @@ pub async fn run(
         options.set_credentials(user, password);
     }
     let (client, mut eventloop) = AsyncClient::new(options, 4096);
-    let (tx, rx) = mpsc::channel::<Publish>(8192);
+    // Unbounded on purpose: the broker bounds what is in flight (QoS 1 messages not yet
+    // acknowledged), and this loop must never stop polling the connection, which is also what
+    // carries the acknowledgements out. A bounded channel that fills would stall both.
+    let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+    // Two stages, so that one batch is checked while the one before is being stored.
+    let (checked_tx, checked_rx) = mpsc::channel::<CheckedBatch>(2);
+    let checking = tokio::spawn(check_batches(rx, checker, checked_tx));
     let worker = tokio::spawn(store_batches(
-        rx,
+        checked_rx,
         client.clone(),
-        checker,
         store,
         metrics,
         live,
@@ -141,7 +148,7 @@ pub async fn run(
                     }
                 }
                 Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    if tx.send(p).await.is_err() {
+                    if tx.send(p).is_err() {
                         break;
                     }
                 }
@@ -158,29 +165,33 @@ pub async fn run(
         }
     }
     drop(tx);
+    let _ = checking.await;
     let _ = worker.await;
     let _ = client.try_disconnect();
 }
 
-async fn store_batches(
-    mut rx: mpsc::Receiver<Publish>,
-    client: AsyncClient,
+/// A batch of received messages with the outcome of their checks, in arrival order.
+struct CheckedBatch {
+    publishes: Vec<Publish>,
+    accepted: Vec<SignedReading>,
+    rejected: Vec<Rejected>,
+    received: u64,
+}
+
+/// Stage one: takes up to [`BATCH`] received messages at a time and checks them (parse,
+/// registered key, signature, clock) on the blocking pool, spread over the cores.
+async fn check_batches(
+    mut rx: mpsc::UnboundedReceiver<Publish>,
     checker: Checker,
-    store: Store,
-    metrics: Arc<IngestMetrics>,
-    live: broadcast::Sender<LiveEvent>,
+    out: mpsc::Sender<CheckedBatch>,
 ) {
-    let mut last = HashMap::new();
+    let parts = std::thread::available_parallelism().map_or(1, usize::from);
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        let publishes = std::mem::take(&mut batch);
         let received = now_ms();
-        // Signature checks are CPU work: keep them off the async workers, spread over the
-        // cores.
-        let parts = std::thread::available_parallelism().map_or(1, usize::from);
-        let chunk = publishes.len().div_ceil(parts).max(1);
+        let chunk = batch.len().div_ceil(parts).max(1);
         let mut jobs = Vec::new();
-        let mut rest = publishes;
+        let mut rest = std::mem::take(&mut batch);
         while !rest.is_empty() {
             let tail = rest.split_off(chunk.min(rest.len()));
             let part = std::mem::replace(&mut rest, tail);
@@ -193,25 +204,50 @@ async fn store_batches(
                 (part, results)
             }));
         }
-        let mut publishes = Vec::new();
-        let mut results = Vec::new();
+        let mut checked = CheckedBatch {
+            publishes: Vec::new(),
+            accepted: Vec::new(),
+            rejected: Vec::new(),
+            received,
+        };
         for job in jobs {
             match job.await {
-                Ok((part, checked)) => {
-                    publishes.extend(part);
-                    results.extend(checked);
+                Ok((part, results)) => {
+                    checked.publishes.extend(part);
+                    for result in results {
+                        match result {
+                            Ok(signed) => checked.accepted.push(signed),
+                            Err(r) => checked.rejected.push(r),
+                        }
+                    }
                 }
+                // The part's messages stay unacknowledged; the broker delivers them again.
                 Err(e) => tracing::error!(target: "ingest", "checker task failed: {e}"),
             }
         }
-        let mut accepted = Vec::new();
-        let mut rejected = Vec::new();
-        for result in results {
-            match result {
-                Ok(signed) => accepted.push(signed),
-                Err(r) => rejected.push(r),
-            }
+        if out.send(checked).await.is_err() {
+            return;
         }
+    }
+}
+
+/// Stage two: stores each checked batch in one transaction, records rejections, then
+/// acknowledges the batch's messages to the broker.
+async fn store_batches(
+    mut rx: mpsc::Receiver<CheckedBatch>,
+    client: AsyncClient,
+    store: Store,
+    metrics: Arc<IngestMetrics>,
+    live: broadcast::Sender<LiveEvent>,
+) {
+    let mut last = HashMap::new();
+    while let Some(batch) = rx.recv().await {
+        let CheckedBatch {
+            publishes,
+            accepted,
+            mut rejected,
+            received,
+        } = batch;
         // Store until it works: a reading is acknowledged to the broker only once stored.
         let outcomes = loop {
             match store.store_readings(&accepted, received, &mut last).await {
