@@ -47,7 +47,7 @@ async fn http(
     Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-struct Process(Child);
+pub(crate) struct Process(Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -56,12 +56,13 @@ impl Drop for Process {
     }
 }
 
-fn mosquitto(dir: &Path) -> (Process, u16) {
+/// A Mosquitto process on a free port, with `extra` lines of configuration.
+pub(crate) fn mosquitto_with(dir: &Path, extra: &str) -> (Process, u16) {
     let port = free_port();
     let conf = dir.join("mosquitto.conf");
     std::fs::write(
         &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}"),
     )
     .unwrap();
     let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| {
@@ -87,6 +88,10 @@ fn mosquitto(dir: &Path) -> (Process, u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("mosquitto did not start");
+}
+
+fn mosquitto(dir: &Path) -> (Process, u16) {
+    mosquitto_with(dir, "")
 }
 
 async fn start_engine(config: &Path, http_port: u16) -> Process {

@@ -59,18 +59,7 @@ async fn a_real_meter_agent_feeds_the_engine() {
             .create_account(&unique("home"), "unused-hash", "household", 0)
             .await
             .unwrap();
-        engine
-            .store
-            .register_meter(
-                meter,
-                account,
-                &public.to_hex(),
-                &public.key_id().to_string(),
-                0,
-            )
-            .await
-            .unwrap();
-        engine.keys.insert(meter, public);
+        register(&engine, meter, account, public).await;
 
         let mut agent_config = AgentConfig {
             meter_id: meter.into(),
@@ -111,6 +100,35 @@ async fn a_real_meter_agent_feeds_the_engine() {
     }
 }
 
+/// Registers `meter` of `account` with its public key (store and the engine's registry).
+async fn register(
+    engine: &Engine,
+    meter: &str,
+    account: i64,
+    public: gridshare_core::reading::PublicKey,
+) {
+    engine
+        .store
+        .register_meter(
+            meter,
+            account,
+            &public.to_hex(),
+            &public.key_id().to_string(),
+            0,
+        )
+        .await
+        .unwrap();
+    engine.keys.insert(meter, public);
+}
+
+/// A new meter key, registered with the engine for `meter` of `account`.
+async fn registered_key(engine: &Engine, meter: &str, account: i64) -> MeterKey {
+    let rng = SystemRandom::new();
+    let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+    register(engine, meter, account, key.public_key()).await;
+    key
+}
+
 fn reading(meter: &str, seq: u64, import_wh: u64, timestamp_ms: u64) -> Reading {
     Reading {
         meter_id: MeterId::new(meter).unwrap(),
@@ -135,7 +153,6 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
         let config = engine_config(&community, &url);
         let engine = Engine::start(&config).await.unwrap();
         let rng = SystemRandom::new();
-        let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
         let intruder =
             MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
         let meter = unique("m");
@@ -145,19 +162,7 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
             .create_account(&unique("home"), "h", "household", 0)
             .await
             .unwrap();
-        let public = key.public_key();
-        engine
-            .store
-            .register_meter(
-                &meter,
-                account,
-                &public.to_hex(),
-                &public.key_id().to_string(),
-                0,
-            )
-            .await
-            .unwrap();
-        engine.keys.insert(&meter, public);
+        let key = registered_key(&engine, &meter, account).await;
 
         let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
         let mut options = MqttOptions::new(unique("publisher"), host, port);
@@ -290,4 +295,66 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
         }
         engine.stop().await;
     }
+}
+
+/// A broker that lets many readings be in flight to the engine (Mosquitto configured as the
+/// README recommends) must never stall it: the engine keeps polling the connection, which also
+/// carries its acknowledgements, however many readings wait to be checked and stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_readings_in_flight_never_stall_the_engine() {
+    const METERS: u64 = 20;
+    const PER_METER: u64 = 1_000;
+    let dir = tempfile::tempdir().unwrap();
+    let (_broker, port) = crate::crash::mosquitto_with(
+        dir.path(),
+        "max_inflight_messages 1000\nmax_queued_messages 0\n",
+    );
+    let community = unique("flood");
+    let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
+    let mut config = engine_config(&community, &url);
+    config.mqtt.embedded_listen = String::new();
+    config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+    let engine = Engine::start(&config).await.unwrap();
+    let account = engine
+        .store
+        .create_account("flood", "unused-hash", "household", 0)
+        .await
+        .unwrap();
+    let rng = SystemRandom::new();
+    let now = market_engine::pipeline::now_ms();
+    let mut messages = Vec::new();
+    for m in 0..METERS {
+        let meter = format!("flood-{m:02}");
+        let key = registered_key(&engine, &meter, account).await;
+        for seq in 1..=PER_METER {
+            let r = reading(&meter, seq, 1_000 + seq, now - (PER_METER - seq) * 100);
+            messages.push((seq, m, meter.clone(), key.sign(r, &rng).unwrap().to_json()));
+        }
+    }
+    messages.sort_by_key(|(seq, m, _, _)| (*seq, *m));
+    let mut options = MqttOptions::new(unique("flooder"), "127.0.0.1", port);
+    options.set_inflight(1000);
+    let (client, mut events) = AsyncClient::new(options, 10_000);
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    for (_, _, meter, json) in messages {
+        let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
+        client
+            .publish(topic, QoS::AtLeastOnce, false, json)
+            .await
+            .unwrap();
+    }
+    let total = METERS * PER_METER;
+    for _ in 0..1200 {
+        if engine.ingest.accepted.load(Ordering::Relaxed) >= total {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        engine.ingest.accepted.load(Ordering::Relaxed),
+        total,
+        "every reading stored, none stuck behind a stalled connection"
+    );
+    poller.abort();
+    engine.stop().await;
 }
