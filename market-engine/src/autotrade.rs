@@ -135,10 +135,16 @@ async fn place(
             u64::try_from(u128::from(available) * 1000 / u128::from(order.price_per_kwh.max(1)))
                 .unwrap_or(u64::MAX);
         if affordable == 0 {
-            return Err(format!(
-                "the forecast need is {} Wh but no funds are available (deposit first)",
-                order.energy_wh
-            ));
+            // Not an error of the engine's: the household has to pay in. Quiet, since the
+            // rule is looked at every few seconds.
+            tracing::debug!(
+                target: "autotrade",
+                meter = %rule.meter_id,
+                slot,
+                need_wh = order.energy_wh,
+                "no bid: no funds available"
+            );
+            return Ok(false);
         }
         order.energy_wh = order.energy_wh.min(affordable);
     }
