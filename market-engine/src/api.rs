@@ -695,9 +695,19 @@ async fn deposit(
         .account_by_name(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no account named {name:?}")))?;
+    move_funds(&state, &account, amount, &reference).await
+}
+
+/// Books a deposit (positive) or withdrawal (negative) and answers with the account's funds.
+async fn move_funds(
+    state: &AppState,
+    account: &AccountRow,
+    amount: i64,
+    reference: &str,
+) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
     let funds = state
         .market
-        .fund(account.id, amount, &reference, now_ms())
+        .fund(account.id, amount, reference, now_ms())
         .await?;
     let mut body = funds_json(&account.name, funds, None);
     body["reference"] = json!(reference);
@@ -712,13 +722,7 @@ async fn withdraw(
 ) -> Result<impl IntoResponse, ApiError> {
     state.limits.take(account.id)?;
     let (amount, reference) = json_body(body)?.checked("withdrawal")?;
-    let funds = state
-        .market
-        .fund(account.id, -amount, &reference, now_ms())
-        .await?;
-    let mut body = funds_json(&account.name, funds, None);
-    body["reference"] = json!(reference);
-    Ok((StatusCode::CREATED, Json(body)))
+    move_funds(&state, &account, -amount, &reference).await
 }
 
 /// The account's deposits and withdrawals, newest first.

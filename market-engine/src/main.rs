@@ -77,9 +77,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                // rumqttd logs every client's disconnect at ERROR (`connection-stop`,
-                // `router-drop`); the broker's real failures are reported by our own code.
-                .unwrap_or_else(|_| "info,rumqttd=warn,rumqttd::server::broker=off".into()),
+                .unwrap_or_else(|_| meter_agent::broker::DEFAULT_LOG_FILTER.into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)

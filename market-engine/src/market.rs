@@ -603,17 +603,8 @@ impl Market {
             for row in balances {
                 books.funds.credit(row.get(0), row.get(1));
             }
-            let slots = |sql: &'static str| async move {
-                Ok::<_, sqlx::Error>(
-                    sqlx::query(sql)
-                        .fetch_all(pool)
-                        .await?
-                        .into_iter()
-                        .map(|r| u64_of(r.get(0)))
-                        .collect::<Vec<u64>>(),
-                )
-            };
-            for slot in slots(
+            for slot in slot_list(
+                pool,
                 "SELECT DISTINCT slot FROM trades WHERE slot NOT IN \
                  (SELECT slot FROM slots WHERE status = 'settled')",
             )
@@ -621,7 +612,8 @@ impl Market {
             {
                 market.reload_bought(&mut books, slot).await?;
             }
-            for slot in slots(
+            for slot in slot_list(
+                pool,
                 "SELECT DISTINCT slot FROM order_events WHERE slot NOT IN (SELECT slot FROM slots) ORDER BY slot",
             )
             .await?
@@ -1027,13 +1019,11 @@ impl Market {
     /// ledger. Returns the slots settled.
     pub async fn settle_due(&self, now_s: i64) -> Result<Vec<u64>, MarketError> {
         let pool = self.store.pool();
-        let closed: Vec<u64> =
-            sqlx::query("SELECT slot FROM slots WHERE status = 'closed' ORDER BY slot")
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| u64_of(r.get(0)))
-                .collect();
+        let closed = slot_list(
+            pool,
+            "SELECT slot FROM slots WHERE status = 'closed' ORDER BY slot",
+        )
+        .await?;
         let mut settled = Vec::new();
         for slot in closed {
             let terms = self
@@ -1153,15 +1143,12 @@ impl Market {
     /// the readings its delivery check used.
     pub async fn unqueued_settlements(&self) -> Result<Vec<SettledSlot>, MarketError> {
         let pool = self.store.pool();
-        let slots: Vec<u64> = sqlx::query(
+        let slots = slot_list(
+            pool,
             "SELECT slot FROM slots WHERE status = 'settled' \
              AND slot NOT IN (SELECT slot FROM chain_batches) ORDER BY slot",
         )
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| u64_of(r.get(0)))
-        .collect();
+        .await?;
         let mut out = Vec::new();
         for slot in slots {
             let balances =
@@ -1349,6 +1336,16 @@ impl Market {
             None => ("open".into(), None),
         })
     }
+}
+
+/// The slot indices a query selects (its first column).
+async fn slot_list(pool: &AnyPool, sql: &'static str) -> Result<Vec<u64>, sqlx::Error> {
+    Ok(sqlx::query(sql)
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| u64_of(r.get(0)))
+        .collect())
 }
 
 async fn log_event(

@@ -74,6 +74,18 @@ pub struct AccountRow {
     pub role: String,
 }
 
+impl AccountRow {
+    /// From a row selecting `id, name, password_hash, role` in that order.
+    fn of(r: &sqlx::any::AnyRow) -> Self {
+        Self {
+            id: r.get(0),
+            name: r.get(1),
+            password_hash: r.get(2),
+            role: r.get(3),
+        }
+    }
+}
+
 /// A household's automatic trading rule for one meter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TradingRule {
@@ -279,12 +291,7 @@ impl Store {
             .bind(name)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|r| AccountRow {
-            id: r.get(0),
-            name: r.get(1),
-            password_hash: r.get(2),
-            role: r.get(3),
-        }))
+        Ok(row.map(|r| AccountRow::of(&r)))
     }
 
     /// Stores a credential (session or API token) by the hash of its secret.
@@ -325,12 +332,7 @@ impl Store {
         .bind(i64_of(now_ms))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| AccountRow {
-            id: r.get(0),
-            name: r.get(1),
-            password_hash: r.get(2),
-            role: r.get(3),
-        }))
+        Ok(row.map(|r| AccountRow::of(&r)))
     }
 
     /// Registers a meter; `Conflict` if the id is taken.

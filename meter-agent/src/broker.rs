@@ -6,6 +6,11 @@
 
 use std::net::SocketAddr;
 
+/// The default log filter of the binaries that may run this broker. rumqttd logs every client's
+/// disconnect at ERROR (`connection-stop`, `router-drop`), so those lines are off; the broker's
+/// real failures are reported by our own code.
+pub const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
+
 /// Starts a broker listening on `listen` (MQTT 3.1.1) on a thread of its own.
 pub fn start_embedded(listen: SocketAddr) -> Result<(), String> {
     let config = format!(
