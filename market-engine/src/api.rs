@@ -24,6 +24,8 @@ use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
 use crate::store::{AccountRow, Store, StoreError};
 
+pub mod history;
+
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "gridshare_session";
 const SESSION_MS: u64 = 7 * 24 * 3_600_000;
@@ -179,6 +181,8 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .merge(history::routes())
+        .merge(crate::web::router())
         .with_state(state)
 }
 

@@ -81,6 +81,10 @@ pub(crate) async fn run(
         options.homes, options.speed
     );
     println!(
+        "  web app    http://{}/   (open it in a browser)",
+        engine.http
+    );
+    println!(
         "  API        http://{}   (OpenAPI: /openapi.json, metrics: /metrics)",
         engine.http
     );

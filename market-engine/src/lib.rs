@@ -10,7 +10,8 @@
 //!   chain or a JSON-RPC node;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
-//! - [`server`]: everything wired together, with graceful shutdown.
+//! - [`server`]: everything wired together, with graceful shutdown;
+//! - [`web`]: the neighbourhood web app, served from inside the binary at `/`.
 
 pub mod api;
 pub mod autotrade;
@@ -21,3 +22,4 @@ pub mod market;
 pub mod pipeline;
 pub mod server;
 pub mod store;
+pub mod web;

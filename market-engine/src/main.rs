@@ -178,6 +178,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 "market engine for community {:?}: http://{}",
                 c.community, engine.http
             );
+            println!("  web app: http://{}/ (open it in a browser)", engine.http);
             shutdown_signal().await;
             tracing::info!(target: "engine", "stopping");
             engine.stop().await;

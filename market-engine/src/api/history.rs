@@ -1,0 +1,654 @@
+//! What the web app (and any dashboard) reads beyond single resources: the slot timeline with
+//! tariffs and clearing prices over a range, a household's energy and money per slot (with what
+//! the utility alone would have cost, also as CSV), its open orders, the neighbourhood's power
+//! now and energy today (anonymised), and the operator's view of rejected readings.
+//!
+//! Design: every figure is computed from what the engine already records — signed counters at
+//! slot boundaries (the same rule settlement uses: the last reading at or before the boundary),
+//! the trades table, the ledger and the order log — so the app shows nothing the settlement
+//! would not agree with.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gridshare_core::market::amount_for;
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::Row;
+
+use super::{ApiError, AppState, Authenticated, now_s};
+use crate::market::MarketConfig;
+use crate::pipeline::now_ms;
+use crate::store::AccountRow;
+
+/// Most slots one range request may cover: a year of 15-minute slots.
+pub const MAX_SLOTS: u64 = 35_136;
+
+/// The routes of this module (merged into [`super::router`]).
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/slots", get(slots))
+        .route("/api/v1/my/slots", get(my_slots))
+        .route("/api/v1/my/orders", get(my_orders))
+        .route("/api/v1/my/power", get(my_power))
+        .route("/api/v1/neighbourhood", get(neighbourhood))
+        .route("/api/v1/operator/rejections", get(rejections))
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn u64_of(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// A range of slots, `from..=to`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RangeQuery {
+    from: u64,
+    to: u64,
+    /// `json` (default) or `csv` (my slots only).
+    format: Option<String>,
+}
+
+impl RangeQuery {
+    fn checked(
+        q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<RangeQuery, ApiError> {
+        let Query(q) = q.map_err(|e| {
+            ApiError::BadRequest(format!(
+                "{}; give from and to as slot indices (GET /api/v1/slots/current)",
+                e.body_text()
+            ))
+        })?;
+        if q.to < q.from {
+            return Err(ApiError::BadRequest(format!(
+                "to: {} is before from ({})",
+                q.to, q.from
+            )));
+        }
+        if q.to - q.from >= MAX_SLOTS {
+            return Err(ApiError::BadRequest(format!(
+                "to: at most {MAX_SLOTS} slots per request (a year of 15-minute slots)"
+            )));
+        }
+        match q.format.as_deref() {
+            None | Some("json" | "csv") => Ok(q),
+            Some(other) => Err(ApiError::BadRequest(format!(
+                "format: {other:?} is neither json nor csv"
+            ))),
+        }
+    }
+}
+
+/// The settings that govern `slot`, from the versions `(from slot, settings)` oldest first.
+fn settings_for(versions: &[(u64, MarketConfig)], slot: u64) -> MarketConfig {
+    versions
+        .iter()
+        .rev()
+        .find(|(from, _)| *from <= slot)
+        .or(versions.first())
+        .map(|(_, c)| c.clone())
+        .unwrap_or_default()
+}
+
+/// Status and clearing price of the slots in a range that closed (the rest are open).
+async fn slot_rows(
+    state: &AppState,
+    from: u64,
+    to: u64,
+) -> Result<HashMap<u64, (String, Option<u64>)>, ApiError> {
+    let rows = sqlx::query(
+        "SELECT slot, status, clearing_price FROM slots WHERE slot >= $1 AND slot <= $2",
+    )
+    .bind(i64_of(from))
+    .bind(i64_of(to))
+    .fetch_all(state.store.pool())
+    .await
+    .map_err(db)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| {
+            (
+                u64_of(r.get(0)),
+                (r.get(1), r.get::<Option<i64>, _>(2).map(u64_of)),
+            )
+        })
+        .collect())
+}
+
+fn db(e: sqlx::Error) -> ApiError {
+    ApiError::from(crate::store::StoreError::Database(e))
+}
+
+/// Per slot of a range: the timeline, status, clearing price, tariffs, grid fee and traded
+/// energy. Public: the market's terms and results are no one's secret.
+async fn slots(
+    State(state): State<AppState>,
+    q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let q = RangeQuery::checked(q)?;
+    let versions = state.market.settings();
+    let status = slot_rows(&state, q.from, q.to).await?;
+    let traded = sqlx::query(
+        "SELECT slot, CAST(SUM(energy_wh) AS BIGINT), CAST(COUNT(*) AS BIGINT) FROM trades \
+         WHERE slot >= $1 AND slot <= $2 GROUP BY slot",
+    )
+    .bind(i64_of(q.from))
+    .bind(i64_of(q.to))
+    .fetch_all(state.store.pool())
+    .await
+    .map_err(db)?
+    .into_iter()
+    .map(|r| (u64_of(r.get(0)), (u64_of(r.get(1)), u64_of(r.get(2)))))
+    .collect::<HashMap<_, _>>();
+    let mut out = Vec::new();
+    for slot in q.from..=q.to {
+        let config = settings_for(&versions, slot);
+        let timeline = state
+            .market
+            .community_for(slot)
+            .calendar
+            .slot(slot)
+            .map_err(|e| ApiError::BadRequest(format!("slot {slot}: {e}")))?;
+        let (status, price) = status.get(&slot).cloned().unwrap_or(("open".into(), None));
+        let (traded_wh, trades) = traded.get(&slot).copied().unwrap_or((0, 0));
+        out.push(json!({
+            "slot": slot,
+            "window_opens_s": timeline.order_window_opens,
+            "gate_closure_s": timeline.gate_closure,
+            "delivery_start_s": timeline.delivery_start,
+            "delivery_end_s": timeline.delivery_end,
+            "settlement_s": timeline.settlement,
+            "status": status,
+            "clearing_price": price,
+            "retail_per_kwh": config.retail_per_kwh,
+            "feed_in_per_kwh": config.feed_in_per_kwh,
+            "grid_fee_per_kwh": config.grid_fee_per_kwh,
+            "mechanism": config.mechanism,
+            "traded_wh": traded_wh,
+            "trades": trades,
+        }));
+    }
+    Ok(Json(json!({ "now_s": now_s(), "slots": out })))
+}
+
+/// Lifetime import and export counters of one reading.
+type Counters = (u64, u64);
+
+/// Import and export of `meter` per slot of `from..=to` (slot boundaries every `length_s`
+/// seconds from slot 0 at the Unix epoch): the counters of the last reading at or before each
+/// boundary, as settlement takes them. A slot without a reading on both sides has none.
+async fn meter_energy(
+    state: &AppState,
+    meter: &str,
+    from: u64,
+    to: u64,
+    length_s: u64,
+) -> Result<BTreeMap<u64, Counters>, ApiError> {
+    let start_ms = i64_of(from.saturating_mul(length_s).saturating_mul(1000));
+    let end_ms = i64_of(
+        to.saturating_add(1)
+            .saturating_mul(length_s)
+            .saturating_mul(1000),
+    );
+    let pool = state.store.pool();
+    let before = sqlx::query(
+        "SELECT timestamp_ms, import_wh, export_wh FROM readings WHERE meter_id = $1 \
+         AND timestamp_ms <= $2 AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
+         ORDER BY timestamp_ms DESC LIMIT 1",
+    )
+    .bind(meter)
+    .bind(start_ms)
+    .fetch_optional(pool)
+    .await
+    .map_err(db)?;
+    let inside = sqlx::query(
+        "SELECT timestamp_ms, import_wh, export_wh FROM readings WHERE meter_id = $1 \
+         AND timestamp_ms > $2 AND timestamp_ms <= $3 \
+         AND import_wh IS NOT NULL AND export_wh IS NOT NULL ORDER BY timestamp_ms",
+    )
+    .bind(meter)
+    .bind(start_ms)
+    .bind(end_ms)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let row = |r: &sqlx::any::AnyRow| {
+        (
+            r.get::<i64, _>(0),
+            (u64_of(r.get(1)), u64_of(r.get(2))),
+        )
+    };
+    // Counters at each boundary: walk the readings once.
+    let mut out = BTreeMap::new();
+    let mut last: Option<Counters> = before.as_ref().map(|r| row(r).1);
+    let mut readings = inside.iter().map(row).peekable();
+    let mut at_start = last;
+    for slot in from..=to {
+        let boundary = i64_of(
+            slot.saturating_add(1)
+                .saturating_mul(length_s)
+                .saturating_mul(1000),
+        );
+        while let Some((ts, c)) = readings.peek().copied() {
+            if ts > boundary {
+                break;
+            }
+            last = Some(c);
+            readings.next();
+        }
+        if let (Some(s), Some(e)) = (at_start, last) {
+            out.insert(
+                slot,
+                (e.0.saturating_sub(s.0), e.1.saturating_sub(s.1)),
+            );
+        }
+        at_start = last;
+    }
+    Ok(out)
+}
+
+/// One household slot, as the app and the CSV show it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct MySlot {
+    slot: u64,
+    start_s: i64,
+    import_wh: Option<u64>,
+    export_wh: Option<u64>,
+    bought_wh: u64,
+    sold_wh: u64,
+    paid: u64,
+    received: u64,
+    fees: u64,
+    settled: Option<i64>,
+    utility_only: Option<i64>,
+}
+
+async fn my_meter_ids(state: &AppState, account: &AccountRow) -> Result<Vec<String>, ApiError> {
+    Ok(state
+        .store
+        .meters()
+        .await?
+        .into_iter()
+        .filter(|m| m.account_id == account.id)
+        .map(|m| m.meter_id)
+        .collect())
+}
+
+/// Per slot of a range, for the caller's account: metered import and export (all its meters),
+/// energy bought and sold, what the trades paid and received, the grid fees in what it paid,
+/// the settled net amount (once settled) and what the utility alone would have cost
+/// (`import × retail − export × feed-in`, each by the engine's one rounding rule). As JSON or,
+/// with `format=csv`, as a CSV file.
+async fn my_slots(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = RangeQuery::checked(q)?;
+    let versions = state.market.settings();
+    let length_s = u64::from(settings_for(&versions, q.from).slot_length_s);
+    let mut rows: BTreeMap<u64, MySlot> = (q.from..=q.to)
+        .map(|slot| {
+            (
+                slot,
+                MySlot {
+                    slot,
+                    start_s: i64_of(slot.saturating_mul(length_s)),
+                    ..MySlot::default()
+                },
+            )
+        })
+        .collect();
+    for meter in my_meter_ids(&state, &account).await? {
+        for (slot, (import, export)) in
+            meter_energy(&state, &meter, q.from, q.to, length_s).await?
+        {
+            if let Some(row) = rows.get_mut(&slot) {
+                row.import_wh = Some(row.import_wh.unwrap_or(0) + import);
+                row.export_wh = Some(row.export_wh.unwrap_or(0) + export);
+            }
+        }
+    }
+    let pool = state.store.pool();
+    let trades = sqlx::query(
+        "SELECT slot, buyer, seller, energy_wh, buyer_pays, seller_receives, fees FROM trades \
+         WHERE slot >= $1 AND slot <= $2 AND (buyer = $3 OR seller = $3)",
+    )
+    .bind(i64_of(q.from))
+    .bind(i64_of(q.to))
+    .bind(account.id)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    for t in trades {
+        let Some(row) = rows.get_mut(&u64_of(t.get(0))) else {
+            continue;
+        };
+        let (buyer, seller): (i64, i64) = (t.get(1), t.get(2));
+        let energy = u64_of(t.get(3));
+        if buyer == account.id {
+            row.bought_wh += energy;
+            row.paid += u64_of(t.get(4));
+            row.fees += u64_of(t.get(6));
+        }
+        if seller == account.id {
+            row.sold_wh += energy;
+            row.received += u64_of(t.get(5));
+        }
+    }
+    let ledger = sqlx::query(
+        "SELECT l.slot, CAST(SUM(l.amount) AS BIGINT) FROM ledger l \
+         WHERE l.account_id = $1 AND l.slot >= $2 AND l.slot <= $3 GROUP BY l.slot",
+    )
+    .bind(account.id)
+    .bind(i64_of(q.from))
+    .bind(i64_of(q.to))
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    for r in ledger {
+        if let Some(row) = rows.get_mut(&u64_of(r.get(0))) {
+            row.settled = Some(r.get(1));
+        }
+    }
+    for row in rows.values_mut() {
+        let (Some(import), Some(export)) = (row.import_wh, row.export_wh) else {
+            continue;
+        };
+        let c = settings_for(&versions, row.slot);
+        let cost = amount_for(import, c.retail_per_kwh).unwrap_or(u64::MAX);
+        let credit = amount_for(export, c.feed_in_per_kwh).unwrap_or(u64::MAX);
+        row.utility_only = Some(i64_of(cost) - i64_of(credit));
+    }
+    if q.format.as_deref() == Some("csv") {
+        let mut csv = String::from(
+            "slot,start_utc_s,import_wh,export_wh,bought_wh,sold_wh,paid,received,fees,settled,utility_only\n",
+        );
+        let opt = |v: Option<String>| v.unwrap_or_default();
+        for r in rows.values() {
+            csv.push_str(&format!(
+                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                r.slot,
+                r.start_s,
+                opt(r.import_wh.map(|v| v.to_string())),
+                opt(r.export_wh.map(|v| v.to_string())),
+                r.bought_wh,
+                r.sold_wh,
+                r.paid,
+                r.received,
+                r.fees,
+                opt(r.settled.map(|v| v.to_string())),
+                opt(r.utility_only.map(|v| v.to_string())),
+            ));
+        }
+        let file = format!(
+            "attachment; filename=\"gridshare-{}-slots-{}-{}.csv\"",
+            account.name, q.from, q.to
+        );
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+                (header::CONTENT_DISPOSITION, file),
+            ],
+            csv,
+        )
+            .into_response());
+    }
+    Ok(Json(json!({
+        "account": account.name,
+        "slot_length_s": length_s,
+        "slots": rows.into_values().collect::<Vec<_>>(),
+    }))
+    .into_response())
+}
+
+/// The caller's orders that are still open: in slots whose gate has not closed, not
+/// cancelled, with the price and energy of their latest amend, less what they traded since
+/// (continuous mechanisms trade before gate closure).
+async fn my_orders(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pool = state.store.pool();
+    let events = sqlx::query(
+        "SELECT e.order_id, e.kind, e.slot, e.meter_id, e.side, e.price_per_kwh, e.energy_wh, e.at_s \
+         FROM order_events e WHERE e.account_id = $1 \
+         AND e.slot NOT IN (SELECT slot FROM slots) ORDER BY e.seq",
+    )
+    .bind(account.id)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut open: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
+    let mut amended: HashMap<u64, bool> = HashMap::new();
+    for e in events {
+        let id = u64_of(e.get(0));
+        let kind: String = e.get(1);
+        match kind.as_str() {
+            "submit" => {
+                open.insert(
+                    id,
+                    json!({
+                        "order_id": id, "slot": u64_of(e.get(2)), "meter_id": e.get::<String, _>(3),
+                        "side": e.get::<String, _>(4), "price_per_kwh": u64_of(e.get(5)),
+                        "energy_wh": u64_of(e.get(6)), "placed_s": e.get::<i64, _>(7),
+                    }),
+                );
+            }
+            "cancel" => {
+                open.remove(&id);
+            }
+            _ => {
+                if let Some(o) = open.get_mut(&id) {
+                    o["price_per_kwh"] = json!(u64_of(e.get(5)));
+                    o["energy_wh"] = json!(u64_of(e.get(6)));
+                    amended.insert(id, true);
+                }
+            }
+        }
+    }
+    // Energy already traded (continuous mechanisms) is no longer open. An amend restates the
+    // open energy, so only orders never amended subtract their trades.
+    let ids: Vec<u64> = open.keys().copied().collect();
+    for id in ids {
+        if amended.contains_key(&id) {
+            continue;
+        }
+        let traded: i64 = sqlx::query(
+            "SELECT CAST(COALESCE(SUM(energy_wh), 0) AS BIGINT) FROM trades \
+             WHERE (bid_order = $1 AND buyer = $2) OR (ask_order = $1 AND seller = $2)",
+        )
+        .bind(i64_of(id))
+        .bind(account.id)
+        .fetch_one(pool)
+        .await
+        .map_err(db)?
+        .get(0);
+        if let Some(o) = open.get_mut(&id) {
+            let left = o["energy_wh"].as_u64().unwrap_or(0).saturating_sub(u64_of(traded));
+            if left == 0 {
+                open.remove(&id);
+            } else {
+                o["energy_wh"] = json!(left);
+            }
+        }
+    }
+    Ok(Json(
+        json!({ "orders": open.into_values().collect::<Vec<_>>() }),
+    ))
+}
+
+/// How far back the battery's power is averaged from its counters.
+const BATTERY_WINDOW_MS: i64 = 60_000;
+
+/// Each of the caller's meters now: its latest reading (grid power, state of charge, lifetime
+/// counters, when it was taken) and the battery's average power over the last minute of signed
+/// counters (positive = charging), for the live power-flow picture.
+async fn my_power(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let pool = state.store.pool();
+    let mut meters = Vec::new();
+    for meter in my_meter_ids(&state, &account).await? {
+        let latest = sqlx::query(
+            "SELECT seq, timestamp_ms, power_w, soc_bp, import_wh, export_wh, battery_charge_wh, \
+             battery_discharge_wh FROM readings WHERE meter_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(&meter)
+        .fetch_optional(pool)
+        .await
+        .map_err(db)?;
+        let Some(r) = latest else {
+            meters.push(json!({ "meter_id": meter, "reading": null }));
+            continue;
+        };
+        let ts: i64 = r.get(1);
+        let (charge, discharge): (Option<i64>, Option<i64>) = (r.get(6), r.get(7));
+        let mut battery_w = None;
+        if let (Some(c1), Some(d1)) = (charge, discharge) {
+            let old = sqlx::query(
+                "SELECT timestamp_ms, battery_charge_wh, battery_discharge_wh FROM readings \
+                 WHERE meter_id = $1 AND timestamp_ms >= $2 AND battery_charge_wh IS NOT NULL \
+                 AND battery_discharge_wh IS NOT NULL ORDER BY timestamp_ms LIMIT 1",
+            )
+            .bind(&meter)
+            .bind(ts - BATTERY_WINDOW_MS)
+            .fetch_optional(pool)
+            .await
+            .map_err(db)?;
+            if let Some(o) = old {
+                let t0: i64 = o.get(0);
+                if ts > t0 {
+                    let net = (c1 - o.get::<i64, _>(1)) - (d1 - o.get::<i64, _>(2));
+                    // Wh over ms to W.
+                    battery_w = Some(net.saturating_mul(3_600_000) / (ts - t0));
+                }
+            }
+        }
+        meters.push(json!({
+            "meter_id": meter,
+            "reading": {
+                "seq": r.get::<i64, _>(0), "timestamp_ms": ts,
+                "power_w": r.get::<Option<i64>, _>(2), "soc_bp": r.get::<Option<i64>, _>(3),
+                "import_wh": r.get::<Option<i64>, _>(4), "export_wh": r.get::<Option<i64>, _>(5),
+            },
+            "battery_w": battery_w,
+        }));
+    }
+    Ok(Json(json!({ "now_ms": now_ms(), "meters": meters })))
+}
+
+/// Readings younger than this count as "now" on the neighbourhood page.
+const NOW_WINDOW_MS: u64 = 120_000;
+
+/// The neighbourhood at a glance, anonymised: each meter's latest grid power (no ids, sorted),
+/// and per slot of the last day of slots the community's metered import and export, the part of
+/// the imports its own exports could cover (`min(Σ export, Σ import)` per slot) and what it
+/// traded locally.
+async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let pool = state.store.pool();
+    let now = now_ms();
+    let since = i64_of(now.saturating_sub(NOW_WINDOW_MS));
+    let latest = sqlx::query(
+        "SELECT r.power_w FROM readings r JOIN (SELECT meter_id, MAX(seq) AS seq FROM readings \
+         WHERE timestamp_ms >= $1 GROUP BY meter_id) m ON m.meter_id = r.meter_id AND m.seq = r.seq \
+         WHERE r.power_w IS NOT NULL",
+    )
+    .bind(since)
+    .fetch_all(pool)
+    .await
+    .map_err(db)?;
+    let mut powers: Vec<i64> = latest.iter().map(|r| r.get::<i64, _>(0)).collect();
+    powers.sort_unstable();
+    let versions = state.market.settings();
+    let now_s = now_s();
+    let length = u64::from(settings_for(&versions, u64::MAX).slot_length_s.max(1));
+    let current = u64_of(now_s) / length;
+    // A day of slots, at most 96 (a day of quarter hours; fewer, longer slots for longer ones).
+    let count = (86_400 / length).clamp(1, 96);
+    let from = current.saturating_sub(count);
+    let to = current.saturating_sub(1);
+    let mut per_slot: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
+    for meter in state.store.meters().await? {
+        for (slot, (import, export)) in meter_energy(&state, &meter.meter_id, from, to, length).await? {
+            let e = per_slot.entry(slot).or_default();
+            e.0 += import;
+            e.1 += export;
+        }
+    }
+    let traded = sqlx::query(
+        "SELECT CAST(COALESCE(SUM(energy_wh), 0) AS BIGINT) FROM trades WHERE slot >= $1 AND slot <= $2",
+    )
+    .bind(i64_of(from))
+    .bind(i64_of(to))
+    .fetch_one(pool)
+    .await
+    .map_err(db)?
+    .get::<i64, _>(0);
+    let import: u64 = per_slot.values().map(|v| v.0).sum();
+    let export: u64 = per_slot.values().map(|v| v.1).sum();
+    let covered: u64 = per_slot.values().map(|(i, e)| (*i).min(*e)).sum();
+    Ok(Json(json!({
+        "now": {
+            "meters": powers.len(),
+            "producing": powers.iter().filter(|p| **p < 0).count(),
+            "consuming": powers.iter().filter(|p| **p > 0).count(),
+            "power_w": powers,
+            "import_w": powers.iter().filter(|p| **p > 0).sum::<i64>(),
+            "export_w": -powers.iter().filter(|p| **p < 0).sum::<i64>(),
+        },
+        "day": {
+            "from_slot": from, "to_slot": to,
+            "import_wh": import, "export_wh": export,
+            "covered_locally_wh": covered,
+            "from_utility_wh": import - covered,
+            "traded_wh": u64_of(traded),
+            "self_sufficiency_bp": if import == 0 { None } else { Some(covered * 10_000 / import) },
+            "slots": per_slot.iter().map(|(s, (i, e))| json!({"slot": s, "import_wh": i, "export_wh": e})).collect::<Vec<_>>(),
+        },
+    })))
+}
+
+/// The operator's audit of bad input: rejected readings counted by reason, and the latest 50
+/// with their meter and detail.
+async fn rejections(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if account.role != "operator" {
+        return Err(ApiError::Forbidden(
+            "only the community operator sees rejected readings".into(),
+        ));
+    }
+    let by_reason: Vec<_> = state
+        .store
+        .rejection_reasons()
+        .await?
+        .into_iter()
+        .map(|(reason, count)| json!({"reason": reason, "count": count}))
+        .collect();
+    let latest: Vec<_> = sqlx::query(
+        "SELECT received_ms, meter_id, reason, detail FROM rejections ORDER BY id DESC LIMIT 50",
+    )
+    .fetch_all(state.store.pool())
+    .await
+    .map_err(db)?
+    .into_iter()
+    .map(|r| {
+        json!({
+            "received_ms": r.get::<i64, _>(0), "meter_id": r.get::<Option<String>, _>(1),
+            "reason": r.get::<String, _>(2), "detail": r.get::<String, _>(3),
+        })
+    })
+    .collect();
+    Ok(Json(json!({ "by_reason": by_reason, "latest": latest })))
+}

@@ -1,0 +1,176 @@
+// Home: live power at my meter as a flow picture, today's energy by slot, and money today,
+// yesterday and this month against what the utility alone would have cost.
+import { get } from '../api.js';
+import { t } from '../i18n.js';
+import { h, s, watts, wh, money, pct, time, figures, loadUplot, chartWidth } from '../ui.js';
+import { subscribe, onConnection } from '../live.js';
+
+/** The slot being delivered now and the slot length, from the engine. */
+export async function clock() {
+  const c = await get('/slots/current');
+  const length = c.next.delivery_end - c.next.delivery_start;
+  return { now: c.now_s, current: c.delivering, length };
+}
+
+/**
+ * Slot ranges: today (since midnight UTC, at most 96 slots: in accelerated demos a "day" is
+ * 96 slots), the same length before it, and this month (at most 2976 slots).
+ */
+export function ranges({ now, current, length }) {
+  const day = Math.floor(now / 86400) * 86400;
+  const d = new Date(now * 1000);
+  const month = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1) / 1000;
+  const today = { from: Math.max(Math.floor(day / length), current - 95), to: current };
+  const n = today.to - today.from + 1;
+  return {
+    today, accelerated: today.from !== Math.floor(day / length),
+    yesterday: { from: today.from - n, to: today.from - 1 },
+    month: { from: Math.max(Math.floor(month / length), current - 2975), to: current },
+  };
+}
+
+export function totals(rows) {
+  const sum = (k) => rows.reduce((a, r) => a + (r[k] || 0), 0);
+  const settledRows = rows.filter((r) => r.settled !== null && r.settled !== undefined);
+  const net = settledRows.reduce((a, r) => a + r.settled, 0);
+  const utility = settledRows.reduce((a, r) => a + (r.utility_only || 0), 0);
+  return { import: sum('import_wh'), export: sum('export_wh'), bought: sum('bought_wh'), sold: sum('sold_wh'), net, utility, saved: utility + net, settled: settledRows.length };
+}
+
+function flowPicture() {
+  const wire = (id, d) => s('path', { id, class: 'wire', d });
+  const node = (x, label, valueId, subId) => s('g', {},
+    s('circle', { class: 'node', cx: x, cy: 70, r: 44 }),
+    s('text', { x, y: 58, 'text-anchor': 'middle' }, label),
+    s('text', { x, y: 78, 'text-anchor': 'middle', id: valueId }, '–'),
+    subId ? s('text', { x, y: 96, 'text-anchor': 'middle', id: subId, class: 'small' }, '') : null);
+  return s('svg', { class: 'flow', viewBox: '0 0 460 150', role: 'img', 'aria-labelledby': 'flow-title flow-desc' },
+    s('title', { id: 'flow-title' }, t('power_now')),
+    s('desc', { id: 'flow-desc' }, ''),
+    wire('wire-grid', 'M 96 70 L 184 70'), wire('wire-batt', 'M 276 70 L 364 70'),
+    node(50, t('grid'), 'v-grid', 'v-grid-dir'), node(230, t('home'), 'v-home', 'v-home-dir'), node(410, t('battery'), 'v-batt', 'v-soc'));
+}
+
+export async function render(main, ctx) {
+  const { meters } = await get('/meters');
+  if (meters.length === 0) {
+    main.append(h('h1', {}, t('nav_home')), h('section', { class: 'card' }, h('p', {}, t('no_meters')), h('a', { href: '#/account' }, t('link_meter'))));
+    return null;
+  }
+  let meter = meters[0].meter_id;
+  const picker = meters.length > 1 ? h('label', {}, `${t('meter')} `, h('select', { id: 'meter-pick', onchange: (e) => { meter = e.target.value; refreshPower(); } }, meters.map((m) => h('option', { value: m.meter_id }, m.meter_id)))) : null;
+  const dot = h('span', { class: 'live-dot', 'aria-hidden': 'true' });
+  const liveText = h('span', { id: 'live-state' }, '');
+  const lastReading = h('span', { id: 'last-reading' }, '–');
+  const liveCount = h('span', { id: 'live-count' }, '0');
+  const chartBox = h('div', { class: 'chart', id: 'energy-chart' });
+  const money$ = h('div', { id: 'money' });
+  const shares = h('div', { id: 'shares' });
+  main.append(h('h1', {}, t('nav_home')), h('div', { class: 'grid' },
+    h('section', { class: 'card', 'aria-labelledby': 'power-h' },
+      h('h2', { id: 'power-h' }, t('power_now'), ' ', picker),
+      flowPicture(),
+      h('p', { class: 'small muted' }, dot, liveText, ' · ', t('last_reading'), ' ', lastReading, ' · ', t('live_readings'), ' ', liveCount),
+      h('p', { class: 'hint' }, t('flow_hint'))),
+    h('section', { class: 'card', 'aria-labelledby': 'money-h' }, h('h2', { id: 'money-h' }, t('money')), money$, shares),
+    h('section', { class: 'card wide', 'aria-labelledby': 'energy-h' }, h('h2', { id: 'energy-h' }, t('energy_by_slot')), chartBox, h('p', { class: 'hint', id: 'energy-hint' }))));
+
+  const stopConn = onConnection((on) => { dot.classList.toggle('on', on); liveText.textContent = on ? t('live') : t('offline'); });
+
+  let count = 0;
+  let powerTimer = null;
+  let lastPower = null;
+  async function refreshPower() {
+    powerTimer = null;
+    const now = await get('/my/power');
+    const m = now.meters.find((x) => x.meter_id === meter);
+    if (!m || !m.reading) { lastReading.textContent = t('no_readings_yet'); return; }
+    showPower(m.reading.power_w, m.battery_w, m.reading.soc_bp, m.reading.timestamp_ms);
+  }
+  function showPower(grid, battery, soc, tsMs) {
+    lastPower = { grid, battery, soc };
+    const set = (id, v) => { const el = main.querySelector(`#${id}`); if (el) el.textContent = v; };
+    set('v-grid', grid == null ? '–' : watts(Math.abs(grid)));
+    set('v-grid-dir', grid == null ? '' : grid > 0 ? t('importing') : grid < 0 ? t('exporting') : '');
+    // The battery's direction comes from its signed counters; its state of charge from the
+    // reading. (Its power is not shown: counters of an accelerated simulation run faster
+    // than the clock, and the reading carries no battery power.)
+    const dir = battery == null ? null : battery > 0 ? t('charging') : battery < 0 ? t('discharging') : t('idle');
+    set('v-batt', soc == null ? t('none') : `${Math.round(soc / 100)} %`);
+    set('v-soc', dir || '');
+    set('v-home', meter);
+    set('v-home-dir', grid == null ? '' : grid > 0 ? t('need') : grid < 0 ? t('surplus') : t('balanced'));
+    const wg = main.querySelector('#wire-grid');
+    wg.classList.toggle('active', !!grid);
+    wg.classList.toggle('rev', grid < 0);
+    const wb = main.querySelector('#wire-batt');
+    wb.classList.toggle('active', !!battery);
+    wb.classList.toggle('rev', battery < 0);
+    main.querySelector('#flow-desc').textContent = t('flow_desc', { grid: grid == null ? '–' : `${watts(Math.abs(grid))} ${grid > 0 ? t('importing') : grid < 0 ? t('exporting') : ''}`, battery: `${soc == null ? '–' : `${Math.round(soc / 100)} %`} ${dir || ''}` });
+    if (tsMs) lastReading.textContent = time(tsMs / 1000);
+  }
+  const stopLive = subscribe((e) => {
+    if (e.type === 'reading' && e.meter_id === meter) {
+      count += 1;
+      liveCount.textContent = String(count);
+      if (e.power_w !== null && e.power_w !== undefined) showPower(e.power_w, lastPower && lastPower.battery, lastPower && lastPower.soc, e.timestamp_ms || Date.now());
+      if (!powerTimer) powerTimer = setTimeout(refreshPower, 2000);
+    }
+    if (e.type === 'trades' || e.type === 'settled') scheduleSlots();
+  });
+
+  let plot = null;
+  let slotsTimer = null;
+  let refreshes = 0;
+  let Y = null;
+  let M = null;
+  const scheduleSlots = () => { if (!slotsTimer) slotsTimer = setTimeout(() => { slotsTimer = null; refreshSlots(); }, 1500); };
+  async function refreshSlots() {
+    const c = await clock();
+    const r = ranges(c);
+    // The month and the previous day change slowly: fetched on the first draw and every
+    // tenth refresh (a month of slots means every reading of the month on the engine's side).
+    const full = refreshes++ % 10 === 0;
+    const [today, yesterday, month] = await Promise.all([
+      get(`/my/slots?from=${r.today.from}&to=${r.today.to}`),
+      full ? get(`/my/slots?from=${r.yesterday.from}&to=${r.yesterday.to}`) : null,
+      full ? get(`/my/slots?from=${r.month.from}&to=${r.month.to}`) : null,
+    ]);
+    if (full) { Y = totals(yesterday.slots); M = totals(month.slots); }
+    const T = totals(today.slots);
+    const col = (x) => [money(-x.net || 0), money(x.utility), h('span', { class: x.saved >= 0 ? 'pos' : 'neg' }, money(x.saved))];
+    money$.replaceChildren(h('div', { class: 'scroll' }, h('table', { id: 'money-table' },
+      h('caption', { class: 'sr-only' }, t('money')),
+      h('thead', {}, h('tr', {}, h('td', {}), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('last_96') : t('today')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('previous_96') : t('yesterday')), h('th', { scope: 'col', class: 'num' }, t('this_month')))),
+      h('tbody', {}, [[t('paid_net'), 0], [t('utility_alone'), 1], [t('saved'), 2]].map(([label, i]) => h('tr', {}, h('th', { scope: 'row' }, label), [T, Y, M].map((x) => h('td', { class: 'num' }, col(x)[i]))))))),
+    h('p', { class: 'hint' }, t('money_hint')));
+    shares.replaceChildren(figures([
+      [t('bought_locally'), `${wh(T.bought)} (${pct(T.bought, T.import)})`, 'share-bought'],
+      [t('sold_locally'), `${wh(T.sold)} (${pct(T.sold, T.export)})`, 'share-sold'],
+    ]));
+    await drawChart(today.slots, r.accelerated);
+  }
+  async function drawChart(rows, accelerated) {
+    const uPlot = await loadUplot();
+    const xs = rows.map((x) => x.start_s);
+    const data = [xs, rows.map((x) => x.import_wh), rows.map((x) => (x.export_wh == null ? null : -x.export_wh)), rows.map((x) => x.bought_wh || null), rows.map((x) => (x.sold_wh ? -x.sold_wh : null))];
+    main.querySelector('#energy-hint').textContent = `${accelerated ? t('last_96_hint') : ''} ${t('energy_hint')}`;
+    if (plot) { plot.setData(data); return; }
+    const bars = uPlot.paths.bars({ size: [0.8, 40] });
+    plot = new uPlot({
+      width: chartWidth(chartBox), height: 240,
+      scales: { x: { time: true } },
+      axes: [{}, { values: (u, v) => v.map((x) => `${x} Wh`), size: 70 }],
+      series: [{ label: t('time') },
+        { label: t('import'), stroke: '#b45309', fill: 'rgba(180,83,9,.45)', paths: bars },
+        { label: t('export'), stroke: '#15803d', fill: 'rgba(21,128,61,.45)', paths: bars },
+        { label: t('bought'), stroke: '#1e40af', width: 2 },
+        { label: t('sold'), stroke: '#7c3aed', width: 2 }],
+    }, data, chartBox);
+  }
+  const onResize = () => plot && plot.setSize({ width: chartWidth(chartBox), height: 240 });
+  window.addEventListener('resize', onResize);
+  await Promise.all([refreshPower(), refreshSlots()]);
+  const every = setInterval(refreshSlots, 15000);
+  return () => { stopLive(); stopConn(); clearInterval(every); clearTimeout(powerTimer); clearTimeout(slotsTimer); window.removeEventListener('resize', onResize); if (plot) plot.destroy(); };
+}

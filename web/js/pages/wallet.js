@@ -1,0 +1,56 @@
+// Wallet: balance, what bids and purchases hold, what is available; deposits and
+// withdrawals; my settled slots and their batches on chain.
+import { get, post } from '../api.js';
+import { t } from '../i18n.js';
+import { h, field, form, submitting, showError, table, toast, money, wh, dateTime, figures } from '../ui.js';
+import { subscribe } from '../live.js';
+import { clock } from './home.js';
+
+export async function render(main) {
+  const funds = h('div', { id: 'funds' });
+  const funding = h('div', { id: 'funding' });
+  const settled = h('div', { id: 'settlements' });
+  const amount = h('input', { type: 'number', min: 1, step: 1, inputmode: 'numeric', required: true });
+  const wf = form({ id: 'withdraw-form' }, field('amount', t('amount'), amount, t('withdraw_hint')), h('div', {}, h('button', { type: 'submit' }, t('withdraw'))));
+  wf.addEventListener('submit', (e) => {
+    e.preventDefault();
+    submitting(wf, async () => {
+      const a = Number(amount.value);
+      if (!Number.isInteger(a) || a < 1) return showError(wf, 'amount', t('amount_invalid'));
+      await post('/withdrawals', { amount: a });
+      toast(t('withdrawn', { amount: money(a) }));
+      wf.reset();
+      await refresh();
+    }, (err) => (/amount|insufficient/i.test(err.message) ? 'amount' : null));
+  });
+  main.append(h('h1', {}, t('nav_wallet')), h('div', { class: 'grid' },
+    h('section', { class: 'card', 'aria-labelledby': 'funds-h' }, h('h2', { id: 'funds-h' }, t('funds')), funds),
+    h('section', { class: 'card', 'aria-labelledby': 'wd-h' }, h('h2', { id: 'wd-h' }, t('withdraw')), wf),
+    h('section', { class: 'card wide', 'aria-labelledby': 'set-h' }, h('h2', { id: 'set-h' }, t('settlements')), h('p', { class: 'hint' }, t('settlements_hint')), settled),
+    h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding)));
+
+  async function refresh() {
+    const c = await clock();
+    const from = Math.max(0, c.current - 95);
+    const [b, f, mine, batches] = await Promise.all([get('/balance'), get('/funding'), get(`/my/slots?from=${from}&to=${c.current}`), get(`/settlements?after=${Math.max(0, from - 1)}&limit=200`)]);
+    funds.replaceChildren(figures([
+      [t('balance'), money(b.balance), 'f-balance'], [t('held_by_bids'), money(b.held_by_bids), 'f-bids'],
+      [t('held_by_purchases'), money(b.held_by_purchases), 'f-purchases'], [t('available'), money(b.available), 'f-available']]),
+    h('p', { class: 'hint' }, t('funds_hint')));
+    funding.replaceChildren(f.funding.length === 0 ? h('p', { class: 'muted' }, t('none')) : table(t('deposits_withdrawals'), [t('when'), t('kind'), t('amount'), t('reference')],
+      f.funding.map((x) => [dateTime(x.at_ms), x.amount > 0 ? t('deposit') : t('withdrawal'), money(Math.abs(x.amount)), x.reference]), [2]));
+    const queued = new Map(batches.settlements.map((x) => [x.slot, x]));
+    const rows = mine.slots.filter((x) => x.settled !== null && x.settled !== undefined).reverse();
+    settled.replaceChildren(rows.length === 0 ? h('p', { class: 'muted' }, t('no_settlements')) : table(t('settlements'), [t('slot'), t('net_amount'), t('utility_alone'), t('import'), t('export'), t('bought'), t('sold'), t('on_chain')],
+      rows.map((x) => {
+        const q = queued.get(x.slot);
+        return { attrs: { 'data-slot': x.slot }, cells: [String(x.slot), h('span', { class: x.settled >= 0 ? 'pos' : 'neg' }, money(x.settled)), money(x.utility_only == null ? null : -x.utility_only), wh(x.import_wh), wh(x.export_wh), wh(x.bought_wh), wh(x.sold_wh),
+          q && q.queued_for_chain_ms ? `${t('batch')} ${q.batch_id} · ${dateTime(q.queued_for_chain_ms)}` : h('span', { class: 'pill pending' }, t('pending'))] };
+      }), [1, 2, 3, 4, 5, 6]));
+  }
+  await refresh();
+  let pending = null;
+  const stop = subscribe((e) => { if ((e.type === 'trades' || e.type === 'settled') && !pending) pending = setTimeout(() => { pending = null; refresh(); }, 1000); });
+  const tick = setInterval(refresh, 10000);
+  return () => { stop(); clearInterval(tick); clearTimeout(pending); };
+}
