@@ -72,13 +72,22 @@ async function render() {
   const main = document.getElementById('main');
   const mod = await pages[name].load();
   if (seq !== renderSeq) return;
-  main.replaceChildren();
+  // Each page draws into a view of its own: a page still loading when the user moves on
+  // writes into its detached view, never into the next page.
+  const view = h('div', { class: 'view' });
+  main.replaceChildren(view);
   document.title = `${t(`nav_${name}`)} · Gridshare`;
+  let done = null;
   try {
-    cleanup = (await mod.render(main, ctx, name)) || null;
+    done = (await mod.render(view, ctx, name)) || null;
   } catch (err) {
-    main.replaceChildren(h('p', { class: 'form-error', role: 'alert' }, err.message));
+    if (seq === renderSeq) view.replaceChildren(h('p', { class: 'form-error', role: 'alert' }, err.message));
   }
+  if (seq !== renderSeq) {
+    if (done) done();
+    return;
+  }
+  cleanup = done;
   if (seq === renderSeq && render.focusMain) main.focus({ preventScroll: false });
   render.focusMain = true;
 }

@@ -134,7 +134,8 @@ export const figures = (pairs, attrs) => h('dl', { class: 'figures', ...attrs },
 
 /** A table from header cells and rows of cells; numeric columns right-aligned. */
 export function table(caption, heads, rows, numeric = []) {
-  return h('div', { class: 'scroll' }, h('table', {},
+  // A table wider than a phone scrolls sideways; the region takes focus so a keyboard can.
+  return h('div', { class: 'scroll', tabindex: 0, role: 'group', 'aria-label': caption || null }, h('table', {},
     caption ? h('caption', { class: 'sr-only' }, caption) : null,
     h('thead', {}, h('tr', {}, heads.map((x, i) => h('th', { scope: 'col', class: numeric.includes(i) ? 'num' : null }, x)))),
     h('tbody', {}, rows.map((r) => h('tr', r.attrs || {}, (r.cells || r).map((c, i) => h('td', { class: numeric.includes(i) ? 'num' : null }, c)))))));

@@ -14,6 +14,7 @@ mod crash;
 mod funds;
 mod ingest;
 mod market;
+mod web;
 
 use std::net::TcpListener;
 

@@ -108,7 +108,7 @@ async function loadTokens(el) {
     return;
   }
   const tokens = list.tokens || [];
-  el.replaceChildren(tokens.length === 0 ? h('p', { class: 'muted' }, t('no_tokens')) : table(t('api_tokens'), [t('label'), t('expires'), ''],
+  el.replaceChildren(tokens.length === 0 ? h('p', { class: 'muted' }, t('no_tokens')) : table(t('api_tokens'), [t('label'), t('expires'), t('actions')],
     tokens.map((tk) => [tk.label, tk.expires_ms ? dateTime(tk.expires_ms) : '–',
       h('button', { type: 'button', class: 'danger', 'aria-label': t('revoke_named', { label: tk.label }), onclick: async () => {
         try { await api('DELETE', `/tokens/${encodeURIComponent(tk.id)}`); await loadTokens(el); } catch (err) { toast(err.message); }

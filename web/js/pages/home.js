@@ -139,7 +139,7 @@ export async function render(main, ctx) {
     if (full) { Y = totals(yesterday.slots); M = totals(month.slots); }
     const T = totals(today.slots);
     const col = (x) => [money(-x.net || 0), money(x.utility), h('span', { class: x.saved >= 0 ? 'pos' : 'neg' }, money(x.saved))];
-    money$.replaceChildren(h('div', { class: 'scroll' }, h('table', { id: 'money-table' },
+    money$.replaceChildren(h('div', { class: 'scroll', tabindex: 0, role: 'group', 'aria-label': t('money') }, h('table', { id: 'money-table' },
       h('caption', { class: 'sr-only' }, t('money')),
       h('thead', {}, h('tr', {}, h('td', {}), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('last_96') : t('today')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('previous_96') : t('yesterday')), h('th', { scope: 'col', class: 'num' }, t('this_month')))),
       h('tbody', {}, [[t('paid_net'), 0], [t('utility_alone'), 1], [t('saved'), 2]].map(([label, i]) => h('tr', {}, h('th', { scope: 'row' }, label), [T, Y, M].map((x) => h('td', { class: 'num' }, col(x)[i]))))))),

@@ -98,9 +98,12 @@ export async function render(main) {
 
   async function refreshSlots() {
     const c = await clock();
-    const res = await get(`/slots?from=${Math.max(0, c.current - 1)}&to=${c.current + AHEAD}`);
+    // Orders may go to any slot whose window is open (up to a day of slots ahead); the
+    // timeline shows the next few.
+    const res = await get(`/slots?from=${Math.max(0, c.current - 1)}&to=${c.current + AHEAD + 88}`);
     state.now = res.now_s;
     state.slots = res.slots;
+    const shown = res.slots.slice(0, AHEAD + 2);
     state.length = c.length;
     const open = res.slots.filter((x) => phase(x, res.now_s) === 'window' && x.gate_closure_s - res.now_s >= 2);
     const keep = slotSel.value;
@@ -109,7 +112,7 @@ export async function render(main) {
     else if (open.length) slotSel.value = String(open[Math.min(1, open.length - 1)].slot);
     state.selected = Number(slotSel.value);
     timeline.replaceChildren(table(t('next_slots'), [t('slot'), t('delivery'), t('phase'), t('gate_closure'), t('band'), t('grid_fee'), t('clearing_price'), t('traded')],
-      res.slots.map((x) => {
+      shown.map((x) => {
         const p = phase(x, res.now_s);
         return { attrs: { 'data-slot': x.slot }, cells: [String(x.slot), `${time(x.delivery_start_s)}–${time(x.delivery_end_s)}`, h('span', { class: `pill ${p === 'window' ? 'open' : p === 'settled' ? 'settled' : 'closed'}` }, t(`phase_${p}`)),
           time(x.gate_closure_s), `${num(x.feed_in_per_kwh)}–${num(x.retail_per_kwh)}`, num(x.grid_fee_per_kwh), x.clearing_price == null ? '–' : num(x.clearing_price), wh(x.traded_wh)] };
@@ -136,7 +139,7 @@ export async function render(main) {
     const key = JSON.stringify(list);
     if (key === lastOrders) return;
     lastOrders = key;
-    orders.replaceChildren(list.length === 0 ? h('p', { class: 'muted' }, t('no_open_orders')) : table(t('my_open_orders'), [t('order'), t('slot'), t('side'), t('energy'), t('price'), ''],
+    orders.replaceChildren(list.length === 0 ? h('p', { class: 'muted' }, t('no_open_orders')) : table(t('my_open_orders'), [t('order'), t('slot'), t('side'), t('energy'), t('price'), t('actions')],
       list.map((o) => ({ attrs: { 'data-order': o.order_id }, cells: [String(o.order_id), String(o.slot), t(o.side), wh(o.energy_wh), perKwh(o.price_per_kwh), orderActions(o)] })), [3, 4]));
   }
 

@@ -91,7 +91,7 @@ export async function render(main) {
       return;
     }
     const meters = list.meters || [];
-    metersBox.replaceChildren(meters.length === 0 ? h('p', { class: 'muted' }, t('none')) : table(t('members_meters'), [t('account'), t('meter'), t('status'), t('capacity'), ''],
+    metersBox.replaceChildren(meters.length === 0 ? h('p', { class: 'muted' }, t('none')) : table(t('members_meters'), [t('account'), t('meter'), t('status'), t('capacity'), t('actions')],
       meters.map((m) => [m.owner || m.account || '–', m.meter_id, h('span', { class: `pill ${m.status}` }, t(`status_${m.status}`)),
         m.export_capacity_w != null ? `${num(m.export_capacity_w)} / ${num(m.import_capacity_w)} W` : '–', m.status === 'pending' ? approveForm(m) : ''])));
   }

@@ -1,0 +1,233 @@
+// End to end: the real `market-engine demo` binary (engine, embedded broker, twelve simulated
+// homes read by real meter agents) driven through Debian's Chromium with playwright-core.
+// Every page is checked with axe-core and photographed at desktop and phone width into
+// web/screenshots/.
+//
+// The engine binary: $GRIDSHARE_ENGINE_BIN, else $CARGO_TARGET_DIR/debug/market-engine (built
+// by `cargo build --workspace`).
+import { test, before, after, afterEach } from 'node:test';
+import assert from 'node:assert/strict';
+import { generateKeyPairSync } from 'node:crypto';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+import { startDemo, launch, checkA11y, shoot, web } from './harness.js';
+
+let demo;
+let browser;
+
+before(async () => {
+  demo = await startDemo();
+  browser = await launch();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (demo) await demo.stop();
+});
+
+/** A new page in a fresh context (its own cookies), at desktop width. */
+async function fresh() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-GB' });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+  return page;
+}
+
+/** Script errors of the app in any page: none may happen (checked after each test). */
+const pageErrors = [];
+afterEach(() => {
+  const errors = pageErrors.splice(0);
+  assert.deepEqual(errors, [], `errors in the app's scripts:\n${errors.join('\n')}`);
+});
+
+async function signIn(page, name, password) {
+  await page.goto(`${demo.url}#/signin`);
+  await page.locator('#signin-form').getByLabel('Name').fill(name);
+  await page.locator('#signin-form').getByLabel('Password').fill(password);
+  await page.locator('#signin-form').getByRole('button', { name: 'Sign in' }).click();
+}
+
+/** The error line of field `name` in `form` (a locator). */
+const errorOf = (form, name) => form.locator(`[data-error-for="${name}"]`);
+
+/** An uncompressed SEC1 P-256 public key, as `meter-agent keygen` prints it. */
+function p256PublicKeyHex() {
+  const { publicKey } = generateKeyPairSync('ec', { namedCurve: 'P-256' });
+  const jwk = publicKey.export({ format: 'jwk' });
+  const hex = (b64) => Buffer.from(b64, 'base64url').toString('hex').padStart(64, '0');
+  return `04${hex(jwk.x)}${hex(jwk.y)}`;
+}
+
+test('sign up, then link a meter: a malformed key, an off-curve key and a taken meter id are each shown by their field', async () => {
+  const page = await fresh();
+  await page.goto(`${demo.url}#/signup`);
+  const form = page.locator('#signup-form');
+  const name = `newcomer-${process.pid}`;
+  await form.getByLabel('Name').fill(name);
+  await form.getByLabel('Password').fill('short');
+  await form.getByRole('button', { name: 'Create account' }).click();
+  await assert.doesNotReject(errorOf(form, 'password').filter({ hasText: '12' }).waitFor());
+  await form.getByLabel('Password').fill('a long enough passphrase');
+  await form.getByRole('button', { name: 'Create account' }).click();
+  await page.locator('#link-meter').waitFor();
+  assert.match(await page.locator('#who').innerText(), new RegExp(name));
+
+  const link = page.locator('#link-meter');
+  await link.getByLabel('Meter id').fill(`m-${process.pid}`);
+  await link.getByLabel('Public key').fill('04abcd');
+  await link.getByRole('button', { name: 'Link a meter' }).click();
+  await errorOf(link, 'public_key').filter({ hasText: '130 hexadecimal' }).waitFor();
+  assert.equal(await link.getByLabel('Public key').getAttribute('aria-invalid'), 'true');
+  // 130 hex digits, but not a point on the curve: the engine refuses it, shown by the field.
+  await link.getByLabel('Public key').fill(`04${'00'.repeat(64)}`);
+  await link.getByRole('button', { name: 'Link a meter' }).click();
+  await errorOf(link, 'public_key').filter({ hasText: /key/i }).waitFor();
+  // A meter id someone else has: refused (409), shown by the id.
+  await link.getByLabel('Meter id').fill('home-01');
+  await link.getByLabel('Public key').fill(p256PublicKeyHex());
+  await link.getByRole('button', { name: 'Link a meter' }).click();
+  await errorOf(link, 'meter_id').filter({ hasText: /already/ }).waitFor();
+  await link.getByLabel('Meter id').fill(`m-${process.pid}`);
+  await link.getByRole('button', { name: 'Link a meter' }).click();
+  await page.locator('#meters table').getByText(`m-${process.pid}`).waitFor();
+  await page.context().close();
+});
+
+test('a wrong password is shown by the password field; a demo home sees live readings arrive', async () => {
+  const page = await fresh();
+  await signIn(page, 'home-02', 'not-the-password');
+  const form = page.locator('#signin-form');
+  await errorOf(form, 'password').filter({ hasText: 'Wrong name or password' }).waitFor();
+  assert.equal(await form.getByLabel('Password').getAttribute('aria-invalid'), 'true');
+  await signIn(page, 'home-02', 'demo-password');
+  await page.locator('#live-count').waitFor();
+  // Readings arrive over the live stream without a reload.
+  await page.waitForFunction(() => Number(document.querySelector('#live-count').textContent) >= 2, null, { timeout: 20_000 });
+  await page.waitForFunction(() => document.querySelector('#v-grid').textContent !== '–', null, { timeout: 20_000 });
+  await page.context().close();
+});
+
+test('market: an invalid order and an over-budget bid are shown by their field; an offer trades after gate closure and its settlement reaches the wallet', async () => {
+  const page = await fresh();
+  await signIn(page, 'home-03', 'demo-password');
+  await page.locator('#live-count').waitFor();
+  await page.goto(`${demo.url}#/market`);
+  const form = page.locator('#order-form');
+  await form.getByLabel('Delivery slot').locator('option').first().waitFor({ state: 'attached' });
+
+  // A price above the retail tariff.
+  await form.getByLabel('Sell').check();
+  await form.getByLabel('Energy (Wh)').fill('200');
+  await form.getByLabel(/Limit price/).fill('999999');
+  await form.getByRole('button', { name: 'Place a bid or an offer' }).click();
+  await errorOf(form, 'price_per_kwh').filter({ hasText: /between/ }).waitFor();
+  // A bid the account cannot pay for: the engine refuses it with what it needs.
+  await form.getByLabel('Buy').check();
+  await form.getByLabel('Energy (Wh)').fill('5000000');
+  await form.getByLabel(/Limit price/).fill('30000');
+  await form.getByRole('button', { name: 'Place a bid or an offer' }).click();
+  await errorOf(form, 'energy_wh').filter({ hasText: /insufficient funds/ }).waitFor();
+  assert.equal(await form.getByLabel('Energy (Wh)').getAttribute('aria-invalid'), 'true');
+
+  // An offer at the feed-in tariff (the lowest ask there can be) in the next slot whose gate
+  // is at least 4 s away.
+  const slot = await page.evaluate(async () => {
+    const current = await (await fetch('/api/v1/slots/current')).json();
+    const res = await (await fetch(`/api/v1/slots?from=${current.delivering}&to=${current.delivering + 6}`)).json();
+    return res.slots.find((s) => s.status === 'open' && s.window_opens_s <= res.now_s && s.gate_closure_s - res.now_s >= 4);
+  });
+  assert.ok(slot, 'an open slot');
+  await form.getByLabel('Delivery slot').selectOption(String(slot.slot));
+  await form.getByLabel('Sell').check();
+  await form.getByLabel('Energy (Wh)').fill('150');
+  await form.getByLabel(/Limit price/).fill(String(slot.feed_in_per_kwh));
+  await form.getByRole('button', { name: 'Place a bid or an offer' }).click();
+  const row = page.locator(`#my-orders tr[data-slot]`).filter({ hasText: String(slot.slot) });
+  await page.locator('#my-orders').getByText(String(slot.slot)).waitFor({ timeout: 10_000 });
+  assert.ok(row);
+  // After gate closure the offer has traded (the trade shows in "My trades").
+  const traded = page.locator(`#my-trades tr[data-slot="${slot.slot}"]`);
+  await traded.waitFor({ timeout: 60_000 });
+  assert.match(await traded.innerText(), /Wh/);
+  // The slot settles against the signed readings; the wallet lists it.
+  await page.goto(`${demo.url}#/wallet`);
+  await page.locator(`#settlements tr[data-slot="${slot.slot}"]`).waitFor({ timeout: 90_000 });
+  await page.context().close();
+});
+
+test('every page passes axe-core and is photographed at desktop and phone width', async () => {
+  const dir = join(web, 'screenshots');
+  mkdirSync(dir, { recursive: true });
+  const pages = [
+    ['signin', null], ['signup', null], ['prices', null], ['neighbourhood', null],
+    ['home', 'home-02'], ['market', 'home-02'], ['wallet', 'home-02'], ['account', 'home-02'],
+    ['operator', 'operator'],
+  ];
+  const failures = [];
+  for (const [viewport, size] of [['desktop', { width: 1280, height: 900 }], ['phone', { width: 390, height: 844 }]]) {
+    for (const [name, who] of pages) {
+      const context = await browser.newContext({ viewport: size, locale: 'en-GB', bypassCSP: true, isMobile: viewport === 'phone', hasTouch: viewport === 'phone' });
+      const page = await context.newPage();
+      if (who) {
+        await signIn(page, who, who === 'operator' ? demo.operatorPassword : 'demo-password');
+        await page.locator('#sign-out').waitFor();
+      }
+      await page.goto(`${demo.url}#/${name === 'home' ? '' : name}`);
+      await page.locator('main h1').waitFor();
+      await page.waitForLoadState('networkidle').catch(() => {});
+      // Charts and tables fill in after their data arrives.
+      await page.waitForTimeout(1200);
+      const violations = await checkA11y(page);
+      for (const v of violations) failures.push(`${name} (${viewport}): ${v.id}: ${v.help} — ${v.nodes.map((n) => n.target.join(' ')).slice(0, 3).join('; ')}`);
+      await shoot(page, join(dir, `${name}-${viewport}.png`));
+      await context.close();
+    }
+  }
+  assert.deepEqual(failures, [], failures.join('\n'));
+});
+
+test('German: the same pages speak German from the one catalogue', async () => {
+  const page = await fresh();
+  await page.goto(`${demo.url}#/signin`);
+  await page.locator('#lang').selectOption('de');
+  await page.locator('main h1', { hasText: 'Anmelden' }).waitFor();
+  assert.equal(await page.evaluate(() => document.documentElement.lang), 'de');
+  await page.context().close();
+});
+
+test('the operator changes the grid fee; a household sees the new band from the slot it applies to', async () => {
+  const op = await fresh();
+  await signIn(op, 'operator', demo.operatorPassword);
+  await op.locator('#sign-out').waitFor();
+  await op.goto(`${demo.url}#/operator`);
+  const settings = op.locator('#settings-form');
+  await settings.getByLabel('Grid fee').fill('2500');
+  await settings.getByRole('button', { name: 'Save settings' }).click();
+  const result = op.locator('#settings-result').filter({ hasText: 'Applies from slot' });
+  await result.waitFor();
+  const from = Number(/slot (\d+)/.exec(await result.innerText())[1]);
+  await op.context().close();
+
+  const page = await fresh();
+  await signIn(page, 'home-05', 'demo-password');
+  await page.locator('#live-count').waitFor();
+  await page.goto(`${demo.url}#/market`);
+  const order = page.locator('#order-form');
+  const slotSelect = order.getByLabel('Delivery slot');
+  // The slot opens for orders within a slot length or so; the select lists it then.
+  await slotSelect.locator(`option[value="${from}"]`).waitFor({ state: 'attached', timeout: 60_000 });
+  await slotSelect.selectOption(String(from));
+  await page.locator('#band').filter({ hasText: 'grid fee 2,500 per kWh' }).waitFor();
+  await slotSelect.selectOption(String(from - 1));
+  await page.locator('#band').filter({ hasText: 'grid fee 1,000 per kWh' }).waitFor();
+  await page.context().close();
+});
+
+test('sign out ends the session on the engine, not only in the page', async () => {
+  const page = await fresh();
+  await signIn(page, 'home-06', 'demo-password');
+  await page.locator('#sign-out').click();
+  await page.locator('#signin-form').waitFor();
+  assert.equal(await page.evaluate(async () => (await fetch('/api/v1/me')).status), 401);
+  await page.context().close();
+});
