@@ -56,7 +56,11 @@ pub static ASSETS: &[Asset] = &[
     asset!("/js/pages/market.js", "js/pages/market.js", JS),
     asset!("/js/pages/wallet.js", "js/pages/wallet.js", JS),
     asset!("/js/pages/prices.js", "js/pages/prices.js", JS),
-    asset!("/js/pages/neighbourhood.js", "js/pages/neighbourhood.js", JS),
+    asset!(
+        "/js/pages/neighbourhood.js",
+        "js/pages/neighbourhood.js",
+        JS
+    ),
     asset!("/js/pages/operator.js", "js/pages/operator.js", JS),
     asset!("/vendor/uPlot.iife.min.js", "vendor/uPlot.iife.min.js", JS),
     asset!(
@@ -162,7 +166,10 @@ mod tests {
     fn gzip_is_chosen_only_when_accepted() {
         let with = |v: &str| {
             let mut h = HeaderMap::new();
-            h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(v).expect("ascii"));
+            h.insert(
+                header::ACCEPT_ENCODING,
+                HeaderValue::from_str(v).expect("ascii"),
+            );
             accepts_gzip(&h)
         };
         assert!(with("gzip, deflate, br"));

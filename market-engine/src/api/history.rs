@@ -220,12 +220,7 @@ async fn meter_energy(
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    let row = |r: &sqlx::any::AnyRow| {
-        (
-            r.get::<i64, _>(0),
-            (u64_of(r.get(1)), u64_of(r.get(2))),
-        )
-    };
+    let row = |r: &sqlx::any::AnyRow| (r.get::<i64, _>(0), (u64_of(r.get(1)), u64_of(r.get(2))));
     // Counters at each boundary: walk the readings once.
     let mut out = BTreeMap::new();
     let mut last: Option<Counters> = before.as_ref().map(|r| row(r).1);
@@ -245,10 +240,7 @@ async fn meter_energy(
             readings.next();
         }
         if let (Some(s), Some(e)) = (at_start, last) {
-            out.insert(
-                slot,
-                (e.0.saturating_sub(s.0), e.1.saturating_sub(s.1)),
-            );
+            out.insert(slot, (e.0.saturating_sub(s.0), e.1.saturating_sub(s.1)));
         }
         at_start = last;
     }
@@ -308,8 +300,7 @@ async fn my_slots(
         })
         .collect();
     for meter in my_meter_ids(&state, &account).await? {
-        for (slot, (import, export)) in
-            meter_energy(&state, &meter, q.from, q.to, length_s).await?
+        for (slot, (import, export)) in meter_energy(&state, &meter, q.from, q.to, length_s).await?
         {
             if let Some(row) = rows.get_mut(&slot) {
                 row.import_wh = Some(row.import_wh.unwrap_or(0) + import);
@@ -473,7 +464,10 @@ async fn my_orders(
         .map_err(db)?
         .get(0);
         if let Some(o) = open.get_mut(&id) {
-            let left = o["energy_wh"].as_u64().unwrap_or(0).saturating_sub(u64_of(traded));
+            let left = o["energy_wh"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(u64_of(traded));
             if left == 0 {
                 open.remove(&id);
             } else {
@@ -579,7 +573,9 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
     let to = current.saturating_sub(1);
     let mut per_slot: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     for meter in state.store.meters().await? {
-        for (slot, (import, export)) in meter_energy(&state, &meter.meter_id, from, to, length).await? {
+        for (slot, (import, export)) in
+            meter_energy(&state, &meter.meter_id, from, to, length).await?
+        {
             let e = per_slot.entry(slot).or_default();
             e.0 += import;
             e.1 += export;
@@ -612,7 +608,7 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
             "covered_locally_wh": covered,
             "from_utility_wh": import - covered,
             "traded_wh": u64_of(traded),
-            "self_sufficiency_bp": if import == 0 { None } else { Some(covered * 10_000 / import) },
+            "self_sufficiency_bp": (covered * 10_000).checked_div(import),
             "slots": per_slot.iter().map(|(s, (i, e))| json!({"slot": s, "import_wh": i, "export_wh": e})).collect::<Vec<_>>(),
         },
     })))

@@ -63,9 +63,8 @@ async fn get_json(app: &axum::Router, uri: &str, cookie: Option<&str>) -> (Statu
     let (s, _, body) = send(app, "GET", uri, cookie, None).await;
     (
         s,
-        serde_json::from_slice(&body).unwrap_or(Value::String(
-            String::from_utf8_lossy(&body).into_owned(),
-        )),
+        serde_json::from_slice(&body)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&body).into_owned())),
     )
 }
 
@@ -132,7 +131,10 @@ async fn the_web_app_is_served_from_the_binary_over_http() {
     let index = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../web/index.html")).unwrap();
     let (head, body) = raw("GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into()).await;
     assert!(head.starts_with("http/1.1 200"), "{head}");
-    assert!(head.contains("content-type: text/html; charset=utf-8"), "{head}");
+    assert!(
+        head.contains("content-type: text/html; charset=utf-8"),
+        "{head}"
+    );
     assert!(head.contains("cache-control: no-cache"), "{head}");
     assert!(head.contains("content-security-policy:"), "{head}");
     assert!(!head.contains("content-encoding"), "{head}");
@@ -175,7 +177,8 @@ async fn the_web_app_is_served_from_the_binary_over_http() {
         );
         assert_eq!(body, asset.body, "{}", asset.path);
     }
-    let (head, _) = raw("GET /js/nope.js HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into()).await;
+    let (head, _) =
+        raw("GET /js/nope.js HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".into()).await;
     assert!(head.starts_with("http/1.1 404"), "{head}");
     server.abort();
 }
@@ -238,11 +241,21 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
             assert!(body["error"].is_string(), "{body}");
         }
-        let (s, _) = get_json(&app, &format!("/api/v1/my/slots?from={slot}&to={slot}"), None).await;
+        let (s, _) = get_json(
+            &app,
+            &format!("/api/v1/my/slots?from={slot}&to={slot}"),
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
 
         // The slot timeline with its terms.
-        let (s, body) = get_json(&app, &format!("/api/v1/slots?from={slot}&to={}", slot + 1), None).await;
+        let (s, body) = get_json(
+            &app,
+            &format!("/api/v1/slots?from={slot}&to={}", slot + 1),
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK, "{body}");
         let first = &body["slots"][0];
         assert_eq!(first["slot"], slot);
@@ -256,17 +269,52 @@ async fn history_follows_readings_orders_trades_and_settlement() {
 
         // Open orders: placed, amended, cancelled; nobody sees another's.
         let order = |meter: &str, side: &str, wh: u64, price: u64| json!({"meter_id": meter, "slot": slot, "side": side, "energy_wh": wh, "price_per_kwh": price});
-        let (s, _, b) = send(&app, "POST", "/api/v1/orders", Some(&alice), Some(order(&keys["a"].1, "sell", 1_000, 10_000))).await;
+        let (s, _, b) = send(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&keys["a"].1, "sell", 1_000, 10_000)),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
         let ask: Value = serde_json::from_slice(&b).unwrap();
-        let (s, _, b) = send(&app, "POST", "/api/v1/orders", Some(&alice), Some(order(&keys["a"].1, "sell", 300, 20_000))).await;
+        let (s, _, b) = send(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&alice),
+            Some(order(&keys["a"].1, "sell", 300, 20_000)),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED);
         let spare: Value = serde_json::from_slice(&b).unwrap();
-        let (s, _, _) = send(&app, "POST", "/api/v1/orders", Some(&bob), Some(order(&keys["b"].1, "buy", 1_500, 25_000))).await;
+        let (s, _, _) = send(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&bob),
+            Some(order(&keys["b"].1, "buy", 1_500, 25_000)),
+        )
+        .await;
         assert_eq!(s, StatusCode::CREATED);
-        let (s, _, _) = send(&app, "PATCH", &format!("/api/v1/orders/{}", ask["order_id"]), Some(&alice), Some(json!({"energy_wh": 800, "price_per_kwh": 11_000}))).await;
+        let (s, _, _) = send(
+            &app,
+            "PATCH",
+            &format!("/api/v1/orders/{}", ask["order_id"]),
+            Some(&alice),
+            Some(json!({"energy_wh": 800, "price_per_kwh": 11_000})),
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
-        let (s, _, _) = send(&app, "DELETE", &format!("/api/v1/orders/{}", spare["order_id"]), Some(&alice), None).await;
+        let (s, _, _) = send(
+            &app,
+            "DELETE",
+            &format!("/api/v1/orders/{}", spare["order_id"]),
+            Some(&alice),
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::NO_CONTENT);
         let (_, mine) = get_json(&app, "/api/v1/my/orders", Some(&alice)).await;
         let orders = mine["orders"].as_array().unwrap();
@@ -294,15 +342,30 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             signed(kb, mb, 2, e_ms, 5_900, 0, 3_600),
         ];
         let outcomes = store
-            .store_readings(&readings, market_engine::pipeline::now_ms(), &mut HashMap::new())
+            .store_readings(
+                &readings,
+                market_engine::pipeline::now_ms(),
+                &mut HashMap::new(),
+            )
             .await
             .unwrap();
-        assert!(outcomes.iter().all(|o| *o == market_engine::store::Stored::Inserted));
+        assert!(
+            outcomes
+                .iter()
+                .all(|o| *o == market_engine::store::Stored::Inserted)
+        );
 
         // Gate closure: the call auction trades 800 Wh; then settlement against the readings.
-        market.close_due_gates(terms.slot.gate_closure).await.unwrap();
+        market
+            .close_due_gates(terms.slot.gate_closure)
+            .await
+            .unwrap();
         let (_, mine) = get_json(&app, "/api/v1/my/orders", Some(&alice)).await;
-        assert_eq!(mine["orders"].as_array().unwrap().len(), 0, "a closed gate leaves no open order");
+        assert_eq!(
+            mine["orders"].as_array().unwrap().len(),
+            0,
+            "a closed gate leaves no open order"
+        );
         market.settle_due(terms.slot.settlement).await.unwrap();
 
         let range = format!("/api/v1/my/slots?from={}&to={slot}", slot - 1);
@@ -325,28 +388,56 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             "SELECT CAST(SUM(amount) AS BIGINT) FROM ledger WHERE slot = $1 AND account_id = $2",
         )
         .bind(i64::try_from(slot).unwrap())
-        .bind(store.account_by_name(&alice_name).await.unwrap().unwrap().id)
+        .bind(
+            store
+                .account_by_name(&alice_name)
+                .await
+                .unwrap()
+                .unwrap()
+                .id,
+        )
         .fetch_one(store.pool())
         .await
         .unwrap();
         assert_eq!(row["settled"], settled, "the ledger's net amount");
-        assert!(body["slots"][0]["import_wh"].is_null(), "no reading before the first slot's start");
+        assert!(
+            body["slots"][0]["import_wh"].is_null(),
+            "no reading before the first slot's start"
+        );
         let (_, body) = get_json(&app, &range, Some(&bob)).await;
         assert_eq!(body["slots"][1]["import_wh"], 900);
         assert_eq!(body["slots"][1]["bought_wh"], 800);
         assert!(body["slots"][1]["paid"].as_u64().unwrap() > 0);
 
         // The same as CSV, for a spreadsheet.
-        let (s, headers, csv) = send(&app, "GET", &format!("{range}&format=csv"), Some(&alice), None).await;
+        let (s, headers, csv) = send(
+            &app,
+            "GET",
+            &format!("{range}&format=csv"),
+            Some(&alice),
+            None,
+        )
+        .await;
         assert_eq!(s, StatusCode::OK);
         assert_eq!(headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
-        assert!(headers[header::CONTENT_DISPOSITION].to_str().unwrap().contains("attachment"));
+        assert!(
+            headers[header::CONTENT_DISPOSITION]
+                .to_str()
+                .unwrap()
+                .contains("attachment")
+        );
         let csv = String::from_utf8(csv).unwrap();
         let lines: Vec<&str> = csv.lines().collect();
         assert_eq!(lines.len(), 3, "{csv}");
         assert!(lines[0].starts_with("slot,start_utc_s,import_wh,export_wh,bought_wh,sold_wh"));
-        assert!(lines[2].starts_with(&format!("{slot},{start},50,700,0,800,")), "{csv}");
-        assert!(lines[2].ends_with(&format!(",{settled},{utility}")), "{csv}");
+        assert!(
+            lines[2].starts_with(&format!("{slot},{start},50,700,0,800,")),
+            "{csv}"
+        );
+        assert!(
+            lines[2].ends_with(&format!(",{settled},{utility}")),
+            "{csv}"
+        );
 
         // The slot after gate closure: status and clearing price, traded energy.
         let (_, body) = get_json(&app, &format!("/api/v1/slots?from={slot}&to={slot}"), None).await;
