@@ -465,6 +465,19 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         let (s, body) = get_json(&app, "/api/v1/operator/rejections", Some(&operator)).await;
         assert_eq!(s, StatusCode::OK, "{body}");
         assert!(body["by_reason"].is_array() && body["latest"].is_array());
+
+        // Every route added for the app is in the OpenAPI document.
+        let (_, doc) = get_json(&app, "/openapi.json", None).await;
+        for path in [
+            "/api/v1/slots",
+            "/api/v1/my/slots",
+            "/api/v1/my/orders",
+            "/api/v1/my/power",
+            "/api/v1/neighbourhood",
+            "/api/v1/operator/rejections",
+        ] {
+            assert!(doc["paths"][path]["get"].is_object(), "{path} in /openapi.json");
+        }
         store.close().await;
     }
 }
