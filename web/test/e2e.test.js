@@ -141,14 +141,20 @@ test('market: an invalid order and an over-budget bid are shown by their field; 
   await form.getByLabel('Sell').check();
   await form.getByLabel('Energy (Wh)').fill('150');
   await form.getByLabel(/Limit price/).fill(String(slot.feed_in_per_kwh));
+  const placed = page.waitForResponse((r) => r.url().endsWith('/api/v1/orders') && r.request().method() === 'POST');
   await form.getByRole('button', { name: 'Place a bid or an offer' }).click();
-  const row = page.locator(`#my-orders tr[data-slot]`).filter({ hasText: String(slot.slot) });
-  await page.locator('#my-orders').getByText(String(slot.slot)).waitFor({ timeout: 10_000 });
-  assert.ok(row);
-  // After gate closure the offer has traded (the trade shows in "My trades").
+  const { order_id: orderId } = await (await placed).json();
+  // The offer is listed among my open orders (the home's rule may have its own in the slot).
+  await page.locator(`#my-orders tr[data-order="${orderId}"]`).waitFor({ timeout: 10_000 });
+  // After gate closure the offer has traded: the slot's trades name it, and "My trades" shows
+  // the slot with energy sold.
   const traded = page.locator(`#my-trades tr[data-slot="${slot.slot}"]`);
   await traded.waitFor({ timeout: 60_000 });
-  assert.match(await traded.innerText(), /Wh/);
+  const trades = await page.evaluate(async (s) => (await (await fetch(`/api/v1/slots/${s}`)).json()).trades, slot.slot);
+  const mine = trades.filter((t) => t.ask === orderId);
+  assert.ok(mine.length > 0, `offer ${orderId} traded in slot ${slot.slot}: ${JSON.stringify(trades)}`);
+  assert.ok(!(await page.locator(`#my-orders tr[data-order="${orderId}"]`).count()), 'no longer open');
+  assert.doesNotMatch(await traded.locator('td').nth(1).innerText(), /^0 Wh$/);
   // The slot settles against the signed readings; the wallet lists it.
   await page.goto(`${demo.url}#/wallet`);
   await page.locator(`#settlements tr[data-slot="${slot.slot}"]`).waitFor({ timeout: 90_000 });

@@ -57,7 +57,10 @@ export async function startDemo({ homes = 12 } = {}) {
   child.stderr.on('data', (d) => { log += d; });
   const url = await new Promise((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`the demo printed no web address in 60 s:\n${out}\n${log}`)), 60_000);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`the demo printed no web address in 60 s:\n${out}\n${log}`));
+    }, 60_000);
     child.stdout.on('data', (d) => {
       out += d;
       const m = /web app\s+(http:\/\/\S+)/.exec(out);

@@ -53,7 +53,7 @@ fn u64_of(v: i64) -> u64 {
 struct RangeQuery {
     from: u64,
     to: u64,
-    /// `json` (default) or `csv` (my slots only).
+    /// `json` (default), or for my slots `csv` (a file) or `totals` (sums over the range).
     format: Option<String>,
 }
 
@@ -79,9 +79,9 @@ impl RangeQuery {
             )));
         }
         match q.format.as_deref() {
-            None | Some("json" | "csv") => Ok(q),
+            None | Some("json" | "csv" | "totals") => Ok(q),
             Some(other) => Err(ApiError::BadRequest(format!(
-                "format: {other:?} is neither json nor csv"
+                "format: {other:?} is not json, csv or totals"
             ))),
         }
     }
@@ -277,8 +277,8 @@ async fn my_meter_ids(state: &AppState, account: &AccountRow) -> Result<Vec<Stri
 /// Per slot of a range, for the caller's account: metered import and export (all its meters),
 /// energy bought and sold, what the trades paid and received, the grid fees in what it paid,
 /// the settled net amount (once settled) and what the utility alone would have cost
-/// (`import × retail − export × feed-in`, each by the engine's one rounding rule). As JSON or,
-/// with `format=csv`, as a CSV file.
+/// (`import × retail − export × feed-in`, each by the engine's one rounding rule). As JSON,
+/// with `format=csv` as a CSV file, with `format=totals` as the sums over the range.
 async fn my_slots(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
@@ -358,6 +358,23 @@ async fn my_slots(
         let cost = amount_for(import, c.retail_per_kwh).unwrap_or(u64::MAX);
         let credit = amount_for(export, c.feed_in_per_kwh).unwrap_or(u64::MAX);
         row.utility_only = Some(i64_of(cost) - i64_of(credit));
+    }
+    if q.format.as_deref() == Some("totals") {
+        // The sums over the range; money only over settled slots, so what was paid and what
+        // the utility alone would have cost compare like with like.
+        let settled: Vec<&MySlot> = rows.values().filter(|r| r.settled.is_some()).collect();
+        let sum = |f: fn(&MySlot) -> u64| rows.values().map(f).sum::<u64>();
+        return Ok(Json(json!({
+            "account": account.name, "from": q.from, "to": q.to, "slot_length_s": length_s,
+            "import_wh": sum(|r| r.import_wh.unwrap_or(0)),
+            "export_wh": sum(|r| r.export_wh.unwrap_or(0)),
+            "bought_wh": sum(|r| r.bought_wh), "sold_wh": sum(|r| r.sold_wh),
+            "paid": sum(|r| r.paid), "received": sum(|r| r.received), "fees": sum(|r| r.fees),
+            "settled_slots": settled.len(),
+            "settled": settled.iter().filter_map(|r| r.settled).sum::<i64>(),
+            "utility_only": settled.iter().filter_map(|r| r.utility_only).sum::<i64>(),
+        }))
+        .into_response());
     }
     if q.format.as_deref() == Some("csv") {
         let mut csv = String::from(

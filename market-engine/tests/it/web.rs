@@ -409,6 +409,15 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         assert_eq!(body["slots"][1]["bought_wh"], 800);
         assert!(body["slots"][1]["paid"].as_u64().unwrap() > 0);
 
+        // Sums over the range, money over settled slots only.
+        let (s, totals) = get_json(&app, &format!("{range}&format=totals"), Some(&alice)).await;
+        assert_eq!(s, StatusCode::OK, "{totals}");
+        assert_eq!(totals["export_wh"], 700);
+        assert_eq!(totals["sold_wh"], 800);
+        assert_eq!(totals["settled_slots"], 1);
+        assert_eq!(totals["settled"], settled);
+        assert_eq!(totals["utility_only"], utility);
+
         // The same as CSV, for a spreadsheet.
         let (s, headers, csv) = send(
             &app,
@@ -476,7 +485,10 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             "/api/v1/neighbourhood",
             "/api/v1/operator/rejections",
         ] {
-            assert!(doc["paths"][path]["get"].is_object(), "{path} in /openapi.json");
+            assert!(
+                doc["paths"][path]["get"].is_object(),
+                "{path} in /openapi.json"
+            );
         }
         store.close().await;
     }

@@ -37,6 +37,11 @@ export function totals(rows) {
   return { import: sum('import_wh'), export: sum('export_wh'), bought: sum('bought_wh'), sold: sum('sold_wh'), net, utility, saved: utility + net, settled: settledRows.length };
 }
 
+/** The engine's sums (`format=totals`) in the shape of `totals`. */
+export function fromTotals(x) {
+  return { import: x.import_wh, export: x.export_wh, bought: x.bought_wh, sold: x.sold_wh, net: x.settled, utility: x.utility_only, saved: x.utility_only + x.settled, settled: x.settled_slots };
+}
+
 function flowPicture() {
   const wire = (id, d) => s('path', { id, class: 'wire', d });
   const node = (x, label, valueId, subId) => s('g', {},
@@ -133,10 +138,10 @@ export async function render(main, ctx) {
     const full = refreshes++ % 10 === 0;
     const [today, yesterday, month] = await Promise.all([
       get(`/my/slots?from=${r.today.from}&to=${r.today.to}`),
-      full ? get(`/my/slots?from=${r.yesterday.from}&to=${r.yesterday.to}`) : null,
-      full ? get(`/my/slots?from=${r.month.from}&to=${r.month.to}`) : null,
+      full ? get(`/my/slots?from=${r.yesterday.from}&to=${r.yesterday.to}&format=totals`) : null,
+      full ? get(`/my/slots?from=${r.month.from}&to=${r.month.to}&format=totals`) : null,
     ]);
-    if (full) { Y = totals(yesterday.slots); M = totals(month.slots); }
+    if (full) { Y = fromTotals(yesterday); M = fromTotals(month); }
     const T = totals(today.slots);
     const col = (x) => [money(-x.net || 0), money(x.utility), h('span', { class: x.saved >= 0 ? 'pos' : 'neg' }, money(x.saved))];
     money$.replaceChildren(h('div', { class: 'scroll', tabindex: 0, role: 'group', 'aria-label': t('money') }, h('table', { id: 'money-table' },

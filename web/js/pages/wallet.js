@@ -4,7 +4,7 @@ import { get, post } from '../api.js';
 import { t } from '../i18n.js';
 import { h, field, form, submitting, showError, table, toast, money, wh, dateTime, figures } from '../ui.js';
 import { subscribe } from '../live.js';
-import { clock } from './home.js';
+import { clock, ranges } from './home.js';
 
 export async function render(main) {
   const funds = h('div', { id: 'funds' });
@@ -27,10 +27,15 @@ export async function render(main) {
     h('section', { class: 'card', 'aria-labelledby': 'funds-h' }, h('h2', { id: 'funds-h' }, t('funds')), funds),
     h('section', { class: 'card', 'aria-labelledby': 'wd-h' }, h('h2', { id: 'wd-h' }, t('withdraw')), wf),
     h('section', { class: 'card wide', 'aria-labelledby': 'set-h' }, h('h2', { id: 'set-h' }, t('settlements')), h('p', { class: 'hint' }, t('settlements_hint')), settled),
-    h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding)));
+    h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding),
+    h('section', { class: 'card wide', 'aria-labelledby': 'csv-h' }, h('h2', { id: 'csv-h' }, t('export_csv')), csv)));
 
+  const csv = h('p', { id: 'csv' });
   async function refresh() {
     const c = await clock();
+    const r = ranges(c);
+    const link = (range, label) => h('a', { href: `/api/v1/my/slots?from=${range.from}&to=${range.to}&format=csv`, download: '' }, label);
+    csv.replaceChildren(t('export_csv_hint'), ' ', link(r.today, r.accelerated ? t('last_96') : t('today')), ' · ', link(r.month, t('this_month')));
     const from = Math.max(0, c.current - 95);
     const [b, f, mine, batches] = await Promise.all([get('/balance'), get('/funding'), get(`/my/slots?from=${from}&to=${c.current}`), get(`/settlements?after=${Math.max(0, from - 1)}&limit=200`)]);
     funds.replaceChildren(figures([
