@@ -25,6 +25,7 @@ use crate::pipeline::now_ms;
 use crate::store::{AccountRow, Store, StoreError};
 
 pub mod history;
+pub mod proof;
 
 /// Name of the session cookie.
 pub const SESSION_COOKIE: &str = "gridshare_session";
@@ -182,6 +183,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
         .merge(history::routes())
+        .merge(proof::routes())
         .merge(crate::web::router())
         .with_state(state)
 }

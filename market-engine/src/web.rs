@@ -51,6 +51,7 @@ pub static ASSETS: &[Asset] = &[
     asset!("/js/i18n.js", "js/i18n.js", JS),
     asset!("/js/ui.js", "js/ui.js", JS),
     asset!("/js/live.js", "js/live.js", JS),
+    asset!("/js/merkle.js", "js/merkle.js", JS),
     asset!("/js/pages/account.js", "js/pages/account.js", JS),
     asset!("/js/pages/home.js", "js/pages/home.js", JS),
     asset!("/js/pages/market.js", "js/pages/market.js", JS),

@@ -1,7 +1,7 @@
 // The string catalogue: English and German from one table. `t(key, {vars})` fills `{var}`.
 // The language is the user's choice (kept in localStorage), else the browser's.
 const en = {
-  skip: 'Skip to content', units: 'units', actions: 'Actions', export_csv: 'Export my slots', export_csv_hint: 'Energy, trades and money per slot as a CSV file:',
+  skip: 'Skip to content', units: 'units', actions: 'Actions', export_csv: 'Export my slots', export_csv_hint: 'Energy, trades and money per slot as a CSV file:', inclusion: 'In the batch root?', check: 'Check', check_slot: 'Check that my trades of slot {slot} are in its batch', included: '✓ {n} trade(s) included in root {root}', not_included: '✗ not included in the batch root', no_trades_short: 'no trades',
   nav_home: 'Home', nav_market: 'Market', nav_wallet: 'Wallet', nav_prices: 'Prices', nav_neighbourhood: 'Neighbourhood', nav_operator: 'Operator', nav_account: 'Account', nav_signin: 'Sign in', nav_signup: 'Sign up',
   sign_in: 'Sign in', sign_out: 'Sign out', sign_up: 'Sign up', create_account: 'Create account', no_account: 'No account yet?', have_account: 'Already have an account?',
   demo_hint: 'In the demo, sign in as home-01 … home-12 with the password demo-password.',
@@ -63,7 +63,7 @@ const en = {
 };
 
 const de = {
-  skip: 'Zum Inhalt springen', units: 'Einheiten', actions: 'Aktionen', export_csv: 'Meine Slots exportieren', export_csv_hint: 'Energie, Geschäfte und Geld je Slot als CSV-Datei:',
+  skip: 'Zum Inhalt springen', units: 'Einheiten', actions: 'Aktionen', export_csv: 'Meine Slots exportieren', export_csv_hint: 'Energie, Geschäfte und Geld je Slot als CSV-Datei:', inclusion: 'In der Batch-Wurzel?', check: 'Prüfen', check_slot: 'Prüfen, ob meine Geschäfte von Slot {slot} in seinem Batch sind', included: '✓ {n} Geschäft(e) in Wurzel {root} enthalten', not_included: '✗ nicht in der Batch-Wurzel enthalten', no_trades_short: 'keine Geschäfte',
   nav_home: 'Start', nav_market: 'Markt', nav_wallet: 'Geldbörse', nav_prices: 'Preise', nav_neighbourhood: 'Nachbarschaft', nav_operator: 'Betreiber', nav_account: 'Konto', nav_signin: 'Anmelden', nav_signup: 'Registrieren',
   sign_in: 'Anmelden', sign_out: 'Abmelden', sign_up: 'Registrieren', create_account: 'Konto anlegen', no_account: 'Noch kein Konto?', have_account: 'Schon ein Konto?',
   demo_hint: 'In der Demo als home-01 … home-12 mit dem Passwort demo-password anmelden.',

@@ -107,7 +107,7 @@ test('a wrong password is shown by the password field; a demo home sees live rea
   await page.context().close();
 });
 
-test('market: an invalid order and an over-budget bid are shown by their field; an offer trades after gate closure and its settlement reaches the wallet', async () => {
+test('market: an invalid order and an over-budget bid are shown by their field; an offer trades after gate closure, its settlement reaches the wallet and the browser finds it in the batch root', async () => {
   const page = await fresh();
   await signIn(page, 'home-03', 'demo-password');
   await page.locator('#live-count').waitFor();
@@ -157,7 +157,11 @@ test('market: an invalid order and an over-budget bid are shown by their field; 
   assert.doesNotMatch(await traded.locator('td').nth(1).innerText(), /^0 Wh$/);
   // The slot settles against the signed readings; the wallet lists it.
   await page.goto(`${demo.url}#/wallet`);
-  await page.locator(`#settlements tr[data-slot="${slot.slot}"]`).waitFor({ timeout: 90_000 });
+  const settledRow = page.locator(`#settlements tr[data-slot="${slot.slot}"]`);
+  await settledRow.waitFor({ timeout: 90_000 });
+  // The browser checks that the trades are in the batch's Merkle root (keccak256 in the page).
+  await settledRow.getByRole('button', { name: /Check that my trades/ }).click();
+  await settledRow.locator('.inclusion').filter({ hasText: /✓ \d+ trade\(s\) included in root 0x/ }).waitFor({ timeout: 15_000 });
   await page.context().close();
 });
 

@@ -475,6 +475,81 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         assert_eq!(s, StatusCode::OK, "{body}");
         assert!(body["by_reason"].is_array() && body["latest"].is_array());
 
+        // Inclusion proofs of my trades against the settled batch's root.
+        let proof_path = format!("/api/v1/my/settlements/{slot}/proof");
+        let (s, _) = get_json(&app, &proof_path, None).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, body) = get_json(
+            &app,
+            &format!("/api/v1/my/settlements/{}/proof", slot + 5),
+            Some(&alice),
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::NOT_FOUND,
+            "an unsettled slot has no root: {body}"
+        );
+        for (cookie, side) in [(&alice, "sell"), (&bob, "buy")] {
+            let (s, body) = get_json(&app, &proof_path, Some(cookie)).await;
+            assert_eq!(s, StatusCode::OK, "{body}");
+            assert_eq!(body["batch_id"], slot);
+            let root: alloy::primitives::B256 = body["root"].as_str().unwrap().parse().unwrap();
+            let trades = body["trades"].as_array().unwrap();
+            assert_eq!(trades.len(), 1, "{body}");
+            let t = &trades[0];
+            assert_eq!(t["side"], side);
+            let leaf = gridshare_contracts::TradeLeaf::Trade {
+                batch_id: slot,
+                buyer: t["buyer"].as_str().unwrap().parse().unwrap(),
+                seller: t["seller"].as_str().unwrap().parse().unwrap(),
+                energy_wh: t["energy_wh"].as_u64().unwrap(),
+                amount: t["amount"].as_str().unwrap().parse().unwrap(),
+            }
+            .hash();
+            assert_eq!(t["leaf"].as_str().unwrap(), leaf.to_string());
+            let proof: Vec<alloy::primitives::B256> = t["proof"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p.as_str().unwrap().parse().unwrap())
+                .collect();
+            assert!(gridshare_contracts::MerkleTree::verify(root, leaf, &proof));
+            // A trade with another amount is not in the root.
+            let forged = gridshare_contracts::TradeLeaf::Trade {
+                batch_id: slot,
+                buyer: t["buyer"].as_str().unwrap().parse().unwrap(),
+                seller: t["seller"].as_str().unwrap().parse().unwrap(),
+                energy_wh: t["energy_wh"].as_u64().unwrap(),
+                amount: alloy::primitives::U256::from(1u8),
+            }
+            .hash();
+            assert!(!gridshare_contracts::MerkleTree::verify(
+                root, forged, &proof
+            ));
+        }
+        let settled_slot = market_engine::market::SettledSlot {
+            slot,
+            balances: Vec::new(),
+            trades: market.trades(slot).await.unwrap(),
+            reading_digests: sqlx::query_scalar(
+                "SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest",
+            )
+            .bind(i64::try_from(slot).unwrap())
+            .fetch_all(store.pool())
+            .await
+            .unwrap(),
+        };
+        let (_, body) = get_json(&app, &proof_path, Some(&alice)).await;
+        assert_eq!(
+            body["root"].as_str().unwrap(),
+            market_engine::chain::batch_of(&settled_slot)
+                .unwrap()
+                .root
+                .to_string(),
+            "the root of the batch the engine sends to the chain"
+        );
+
         // Every route added for the app is in the OpenAPI document.
         let (_, doc) = get_json(&app, "/openapi.json", None).await;
         for path in [
@@ -484,6 +559,7 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             "/api/v1/my/power",
             "/api/v1/neighbourhood",
             "/api/v1/operator/rejections",
+            "/api/v1/my/settlements/{slot}/proof",
         ] {
             assert!(
                 doc["paths"][path]["get"].is_object(),

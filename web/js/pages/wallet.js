@@ -10,6 +10,7 @@ export async function render(main) {
   const funds = h('div', { id: 'funds' });
   const funding = h('div', { id: 'funding' });
   const settled = h('div', { id: 'settlements' });
+  const csv = h('p', { id: 'csv' });
   const amount = h('input', { type: 'number', min: 1, step: 1, inputmode: 'numeric', required: true });
   const wf = form({ id: 'withdraw-form' }, field('amount', t('amount'), amount, t('withdraw_hint')), h('div', {}, h('button', { type: 'submit' }, t('withdraw'))));
   wf.addEventListener('submit', (e) => {
@@ -30,7 +31,6 @@ export async function render(main) {
     h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding),
     h('section', { class: 'card wide', 'aria-labelledby': 'csv-h' }, h('h2', { id: 'csv-h' }, t('export_csv')), csv)));
 
-  const csv = h('p', { id: 'csv' });
   async function refresh() {
     const c = await clock();
     const r = ranges(c);
@@ -46,12 +46,32 @@ export async function render(main) {
       f.funding.map((x) => [dateTime(x.at_ms), x.amount > 0 ? t('deposit') : t('withdrawal'), money(Math.abs(x.amount)), x.reference]), [2]));
     const queued = new Map(batches.settlements.map((x) => [x.slot, x]));
     const rows = mine.slots.filter((x) => x.settled !== null && x.settled !== undefined).reverse();
-    settled.replaceChildren(rows.length === 0 ? h('p', { class: 'muted' }, t('no_settlements')) : table(t('settlements'), [t('slot'), t('net_amount'), t('utility_alone'), t('import'), t('export'), t('bought'), t('sold'), t('on_chain')],
+    settled.replaceChildren(rows.length === 0 ? h('p', { class: 'muted' }, t('no_settlements')) : table(t('settlements'), [t('slot'), t('net_amount'), t('utility_alone'), t('import'), t('export'), t('bought'), t('sold'), t('on_chain'), t('inclusion')],
       rows.map((x) => {
         const q = queued.get(x.slot);
         return { attrs: { 'data-slot': x.slot }, cells: [String(x.slot), h('span', { class: x.settled >= 0 ? 'pos' : 'neg' }, money(x.settled)), money(x.utility_only == null ? null : -x.utility_only), wh(x.import_wh), wh(x.export_wh), wh(x.bought_wh), wh(x.sold_wh),
-          q && q.queued_for_chain_ms ? `${t('batch')} ${q.batch_id} · ${dateTime(q.queued_for_chain_ms)}` : h('span', { class: 'pill pending' }, t('pending'))] };
+          q && q.queued_for_chain_ms ? `${t('batch')} ${q.batch_id} · ${dateTime(q.queued_for_chain_ms)}` : h('span', { class: 'pill pending' }, t('pending')),
+          x.bought_wh || x.sold_wh ? inclusionCell(x.slot) : t('no_trades_short')] };
       }), [1, 2, 3, 4, 5, 6]));
+  }
+  // Inclusion checks done in this page, kept across refreshes of the table.
+  const checks = new Map();
+  function inclusionCell(slot) {
+    const out = h('span', { class: 'inclusion', 'aria-live': 'polite' }, checks.get(slot) || '');
+    const button = h('button', { type: 'button', class: 'secondary', 'aria-label': t('check_slot', { slot }), onclick: async () => {
+      button.disabled = true;
+      try {
+        const [{ checkInclusion }, answer] = await Promise.all([import('../merkle.js'), get(`/my/settlements/${slot}/proof`)]);
+        const results = checkInclusion(answer);
+        const ok = results.length > 0 && results.every((r) => r.leafMatches && r.included);
+        checks.set(slot, ok ? t('included', { n: results.length, root: `${answer.root.slice(0, 10)}…` }) : t('not_included'));
+      } catch (err) {
+        checks.set(slot, err.message);
+      }
+      out.textContent = checks.get(slot);
+      button.disabled = false;
+    } }, t('check'));
+    return h('span', {}, button, ' ', out);
   }
   await refresh();
   let pending = null;

@@ -1,0 +1,139 @@
+//! Proof that a household's trades are in a settled slot's batch: the batch's Merkle root and,
+//! for each of the caller's trades, its leaf fields and the sibling path, so that the browser
+//! (or anyone) recomputes the leaf hash and the root without trusting the engine's word for it.
+//!
+//! Design: the batch is rebuilt from the database by [`crate::chain::batch_of`], the function
+//! that builds what goes on chain, and the proofs come from a tree over leaves built here the
+//! same way; the two roots must agree, so a divergence is an error, never a wrong proof.
+
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use gridshare_contracts::{MerkleTree, TradeLeaf};
+use serde_json::json;
+use sqlx::Row;
+
+use super::{ApiError, AppState, Authenticated};
+use crate::chain::{account_address, batch_of};
+use crate::market::SettledSlot;
+
+/// The routes of this module (merged into [`super::router`]).
+pub(super) fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/my/settlements/{slot}/proof", get(proof))
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn db(e: sqlx::Error) -> ApiError {
+    ApiError::from(crate::store::StoreError::Database(e))
+}
+
+/// The slot as settled: ledger amounts, trades, and the digests of the readings its delivery
+/// check used.
+async fn settled_slot(state: &AppState, slot: u64) -> Result<Option<SettledSlot>, ApiError> {
+    let pool = state.store.pool();
+    let (status, _) = state.market.slot_status(slot).await?;
+    if status != "settled" {
+        return Ok(None);
+    }
+    let balances = sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1 ORDER BY id")
+        .bind(i64_of(slot))
+        .fetch_all(pool)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+        .collect();
+    let reading_digests =
+        sqlx::query("SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest")
+            .bind(i64_of(slot))
+            .fetch_all(pool)
+            .await
+            .map_err(db)?
+            .into_iter()
+            .map(|r| r.get::<String, _>(0))
+            .collect();
+    Ok(Some(SettledSlot {
+        slot,
+        balances,
+        trades: state.market.trades(slot).await?,
+        reading_digests,
+    }))
+}
+
+/// The caller's trades in a settled slot with their Merkle proofs against the batch root.
+async fn proof(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(slot): Path<u64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let settled = settled_slot(&state, slot).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "slot {slot} is not settled (yet): its batch has no root"
+        ))
+    })?;
+    let batch = batch_of(&settled).map_err(ApiError::Internal)?;
+    let mut leaves = Vec::new();
+    let mut mine = Vec::new();
+    for t in &settled.trades {
+        let (buyer, seller) = (i64::from(t.buyer.0), i64::from(t.seller.0));
+        let leaf = TradeLeaf::Trade {
+            batch_id: slot,
+            buyer: account_address(buyer),
+            seller: account_address(seller),
+            energy_wh: t.energy_wh,
+            amount: alloy::primitives::U256::from(t.amounts.buyer_pays),
+        }
+        .hash();
+        if buyer == account.id || seller == account.id {
+            mine.push((leaves.len(), t, leaf));
+        }
+        leaves.push(leaf);
+    }
+    for digest in &settled.reading_digests {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(digest, &mut bytes)
+            .map_err(|e| ApiError::Internal(format!("reading digest {digest:?}: {e}")))?;
+        leaves.push(
+            TradeLeaf::Reading {
+                batch_id: slot,
+                digest: bytes.into(),
+            }
+            .hash(),
+        );
+    }
+    let count = leaves.len();
+    let tree = MerkleTree::new(leaves)
+        .ok_or_else(|| ApiError::Internal(format!("slot {slot}: an empty batch")))?;
+    if tree.root() != batch.root {
+        tracing::error!(target: "api", slot, "proof tree and batch disagree on the root");
+        return Err(ApiError::Internal(format!(
+            "slot {slot}: the batch root could not be reproduced"
+        )));
+    }
+    let trades: Vec<_> = mine
+        .into_iter()
+        .map(|(index, t, leaf)| {
+            let proof = tree.proof(index).unwrap_or_default();
+            json!({
+                "side": if i64::from(t.buyer.0) == account.id { "buy" } else { "sell" },
+                "buyer": account_address(i64::from(t.buyer.0)).to_string(),
+                "seller": account_address(i64::from(t.seller.0)).to_string(),
+                "energy_wh": t.energy_wh,
+                "amount": t.amounts.buyer_pays.to_string(),
+                "leaf": leaf.to_string(),
+                "proof": proof.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "slot": slot,
+        "batch_id": batch.id,
+        "root": batch.root.to_string(),
+        "leaves": count,
+        "account_address": account_address(account.id).to_string(),
+        "trades": trades,
+    })))
+}
