@@ -101,8 +101,10 @@ export async function render(main, ctx) {
     // reading. (Its power is not shown: counters of an accelerated simulation run faster
     // than the clock, and the reading carries no battery power.)
     const dir = battery == null ? null : battery > 0 ? t('charging') : battery < 0 ? t('discharging') : t('idle');
-    set('v-batt', soc == null ? t('none') : `${Math.round(soc / 100)} %`);
-    set('v-soc', dir || '');
+    // A meter whose battery reads 0 % and never moved has no battery to show.
+    const noBattery = soc == null || (soc === 0 && !battery);
+    set('v-batt', noBattery ? t('none') : `${Math.round(soc / 100)} %`);
+    set('v-soc', noBattery ? '' : dir || '');
     set('v-home', meter);
     set('v-home-dir', grid == null ? '' : grid > 0 ? t('need') : grid < 0 ? t('surplus') : t('balanced'));
     const wg = main.querySelector('#wire-grid');
@@ -143,7 +145,9 @@ export async function render(main, ctx) {
     ]);
     if (full) { Y = fromTotals(yesterday); M = fromTotals(month); }
     const T = totals(today.slots);
-    const col = (x) => [money(-x.net || 0), money(x.utility), h('span', { class: x.saved >= 0 ? 'pos' : 'neg' }, money(x.saved))];
+    // Signed as the household sees it: positive = earned, negative = paid.
+    const signed = (v) => h('span', { class: v > 0 ? 'pos' : v < 0 ? 'neg' : null }, `${v > 0 ? '+' : ''}${money(v || 0)}`);
+    const col = (x) => [signed(x.net), signed(-x.utility || 0), signed(x.saved)];
     money$.replaceChildren(h('div', { class: 'scroll', tabindex: 0, role: 'group', 'aria-label': t('money') }, h('table', { id: 'money-table' },
       h('caption', { class: 'sr-only' }, t('money')),
       h('thead', {}, h('tr', {}, h('td', {}), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('last_96') : t('today')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('previous_96') : t('yesterday')), h('th', { scope: 'col', class: 'num' }, t('this_month')))),
