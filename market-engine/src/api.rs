@@ -612,11 +612,11 @@ impl FundingRequest {
     fn checked(self, kind: &str) -> Result<(i64, String), ApiError> {
         let amount = i64::try_from(self.amount)
             .ok()
-            .filter(|a| *a > 0)
+            .filter(|a| (1..=crate::market::MAX_BALANCE).contains(a))
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "amount: a {kind} is between 1 and {} token units",
-                    i64::MAX
+                    crate::market::MAX_BALANCE
                 ))
             })?;
         let reference = match self.reference {

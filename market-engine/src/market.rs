@@ -1425,6 +1425,11 @@ impl Market {
         .collect())
     }
 
+    /// How many slots have an open book (orders accepted, gate not yet closed).
+    pub async fn open_books(&self) -> usize {
+        self.books.lock().await.open.len()
+    }
+
     /// The open book of a slot, aggregated per price level (empty once its gate closed).
     pub async fn depth(&self, slot: u64) -> BookDepth {
         self.books

@@ -47,7 +47,7 @@ async fn http(
     Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
 }
 
-pub(crate) struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {

@@ -11,10 +11,12 @@
 
 mod api;
 mod crash;
+mod demo;
 mod funds;
 mod ingest;
 mod market;
 mod meters;
+mod money;
 
 use std::net::TcpListener;
 

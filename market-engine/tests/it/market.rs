@@ -55,7 +55,7 @@ pub(crate) async fn expect(
 }
 
 /// A new meter key, registered for the account behind `token` under a unique id.
-async fn new_meter(
+pub(crate) async fn new_meter(
     app: &axum::Router,
     store: &Store,
     token: &str,
