@@ -80,8 +80,7 @@ async fn a_refused_order_leaves_no_book_behind() {
         let app = api(&store, &market);
         let name = unique("spammer");
         let token = login(&app, &name).await;
-        let (key, meter) = crate::market::new_meter(&app, &store, &token, "s").await;
-        drop(key);
+        let (_, meter) = crate::market::new_meter(&app, &store, &token, "s").await;
         let now = community.calendar.slot_delivering_at(now_s()).unwrap();
         let refused = [
             (now - 3, "past"),
