@@ -14,10 +14,11 @@ use axum::http::{HeaderMap, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gridshare_core::reading::{MeterId, PublicKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::json;
+
+mod meters;
 
 use crate::ingest::{IngestMetrics, KeyRegistry, Rejection};
 use crate::market::{Market, MarketError, NewOrder, OrderSide};
@@ -44,6 +45,8 @@ pub struct AppState {
     pub market: Arc<Market>,
     /// Order-rate limits per account.
     pub limits: Arc<RateLimits>,
+    /// Meters an account may register.
+    pub meters_per_account: u32,
 }
 
 /// A token bucket per account for the order endpoints: `burst` requests at once, refilled at
@@ -121,6 +124,7 @@ impl From<MarketError> for ApiError {
             MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
             MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),
             MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),
+            MarketError::OutOfRange(m) => Self::Unprocessable(m),
             MarketError::Store(e) => e.into(),
         }
     }
@@ -155,7 +159,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/sessions", post(login))
         .route("/api/v1/tokens", post(create_token))
         .route("/api/v1/me", get(me))
-        .route("/api/v1/meters", post(register_meter).get(my_meters))
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
         .route(
             "/api/v1/meters/{meter_id}/rule",
@@ -182,6 +185,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .merge(meters::routes())
         .merge(history::routes())
         .merge(proof::routes())
         .merge(crate::web::router())
@@ -391,54 +395,6 @@ async fn create_token(
 
 async fn me(Authenticated(account): Authenticated) -> Json<serde_json::Value> {
     Json(json!({ "id": account.id, "name": account.name, "role": account.role }))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MeterRequest {
-    meter_id: String,
-    public_key: String,
-}
-
-async fn register_meter(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-    body: Result<Json<MeterRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let req = json_body(body)?;
-    let meter = MeterId::new(req.meter_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let key = PublicKey::from_hex(&req.public_key)
-        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
-    state
-        .store
-        .register_meter(
-            meter.as_str(),
-            account.id,
-            &key.to_hex(),
-            &key.key_id().to_string(),
-            now_ms(),
-        )
-        .await?;
-    state.keys.insert(meter.as_str(), key);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "meter_id": meter.as_str(), "key_id": key.key_id().to_string() })),
-    ))
-}
-
-async fn my_meters(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let meters: Vec<_> = state
-        .store
-        .meters()
-        .await?
-        .into_iter()
-        .filter(|m| m.account_id == account.id)
-        .map(|m| json!({ "meter_id": m.meter_id, "public_key": m.public_key }))
-        .collect();
-    Ok(Json(json!({ "meters": meters })))
 }
 
 #[derive(Deserialize)]
@@ -662,11 +618,11 @@ impl FundingRequest {
     fn checked(self, kind: &str) -> Result<(i64, String), ApiError> {
         let amount = i64::try_from(self.amount)
             .ok()
-            .filter(|a| *a > 0)
+            .filter(|a| (1..=crate::market::MAX_BALANCE).contains(a))
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "amount: a {kind} is between 1 and {} token units",
-                    i64::MAX
+                    crate::market::MAX_BALANCE
                 ))
             })?;
         let reference = match self.reference {

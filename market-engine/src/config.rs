@@ -38,6 +38,8 @@ pub struct HttpConfig {
     pub orders_per_second: u32,
     /// Order requests an account may send at once.
     pub orders_burst: u32,
+    /// Meters one account may register (pending or approved).
+    pub meters_per_account: u32,
 }
 
 /// Database settings.
@@ -94,6 +96,7 @@ impl Default for HttpConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             orders_per_second: 200,
             orders_burst: 400,
+            meters_per_account: 10,
         }
     }
 }

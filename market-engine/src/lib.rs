@@ -3,6 +3,7 @@
 //!
 //! - [`ingest`]: the checks every reading passes, and why one is rejected;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
+//! - [`meters`]: registration by a household, approval by the community operator;
 //! - [`autotrade`]: households' automatic trading rules;
 //! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
 //!   settlement;
@@ -19,6 +20,7 @@ pub mod chain;
 pub mod config;
 pub mod ingest;
 pub mod market;
+pub mod meters;
 pub mod pipeline;
 pub mod server;
 pub mod store;

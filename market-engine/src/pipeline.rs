@@ -14,9 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use gridshare_core::reading::SignedReading;
-
-use crate::ingest::{Checker, IngestMetrics, Rejected, Rejection};
+use crate::ingest::{Accepted, Checker, IngestMetrics, Rejected};
 use crate::store::{Store, Stored};
 
 /// Largest number of readings stored in one transaction.
@@ -41,8 +39,11 @@ pub struct Subscription {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
-    /// A reading was verified and stored.
+    /// A reading was verified and stored. Only its owner's stream carries it.
     Reading {
+        /// The meter's owner (not sent: the stream is filtered by it).
+        #[serde(skip)]
+        account: i64,
         /// The meter.
         meter_id: String,
         /// Its sequence number.
@@ -53,9 +54,20 @@ pub enum LiveEvent {
         export_wh: Option<u64>,
         /// Grid power, W, if the reading carries it.
         power_w: Option<i32>,
+        /// Battery state of charge, basis points, if the reading carries it.
+        soc_bp: Option<u16>,
+        /// Device time of the reading, ms since the epoch.
+        timestamp_ms: u64,
     },
-    /// An order was accepted (no owner: the book is public, its participants are not).
+    /// An order was accepted. Everyone sees the book's side, size and price; only the
+    /// owner's stream also carries the order id.
     Order {
+        /// The owner (not sent).
+        #[serde(skip)]
+        account: i64,
+        /// The order id, on the owner's stream only (`None` on the public stream).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        order_id: Option<u64>,
         /// Slot.
         slot: u64,
         /// `buy` or `sell`.
@@ -76,7 +88,22 @@ pub enum LiveEvent {
         /// The uniform price, for a call auction.
         clearing_price: Option<u64>,
     },
+    /// What the neighbourhood's meters report together, anonymised: sums over the latest
+    /// reading of every meter heard from in the last minute, sent only when at least
+    /// [`crate::pipeline::MIN_METERS_IN_AGGREGATE`] meters contribute.
+    Neighbourhood {
+        /// Meters contributing.
+        meters: usize,
+        /// Sum of grid import power, W.
+        import_w: u64,
+        /// Sum of grid export power, W.
+        export_w: u64,
+    },
 }
+
+/// Fewest meters whose powers the public stream sums: fewer would let a neighbour read one
+/// household's consumption from the aggregate.
+pub const MIN_METERS_IN_AGGREGATE: usize = 3;
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
@@ -173,7 +200,7 @@ pub async fn run(
 /// A batch of received messages with the outcome of their checks, in arrival order.
 struct CheckedBatch {
     publishes: Vec<Publish>,
-    accepted: Vec<SignedReading>,
+    accepted: Vec<Accepted>,
     rejected: Vec<Rejected>,
     received: u64,
 }
@@ -216,7 +243,7 @@ async fn check_batches(
                     checked.publishes.extend(part);
                     for result in results {
                         match result {
-                            Ok(signed) => checked.accepted.push(signed),
+                            Ok(accepted) => checked.accepted.push(accepted),
                             Err(r) => checked.rejected.push(r),
                         }
                     }
@@ -258,37 +285,38 @@ async fn store_batches(
                 }
             }
         };
-        for (signed, outcome) in accepted.iter().zip(outcomes) {
+        for (accepted, outcome) in accepted.iter().zip(outcomes) {
+            let signed = &accepted.signed;
             let meter = signed.reading.meter_id.to_string();
             match outcome {
                 Stored::Inserted => {
                     metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let r = &signed.reading;
                     let _ = live.send(LiveEvent::Reading {
+                        account: accepted.account,
                         meter_id: meter,
                         seq: r.seq,
                         import_wh: r.import_wh.ok_value(),
                         export_wh: r.export_wh.ok_value(),
                         power_w: r.power_w.ok_value(),
+                        soc_bp: r.soc_bp.ok_value(),
+                        timestamp_ms: r.timestamp_ms,
                     });
                 }
                 Stored::Duplicate => {
                     metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
                 Stored::Conflicting => rejected.push(Rejected {
-                    reason: Rejection::ConflictingDuplicate,
+                    reason: crate::ingest::Rejection::ConflictingDuplicate,
                     detail: format!(
                         "sequence number {} was already stored with different content",
                         signed.reading.seq
                     ),
                     meter: Some(meter),
                 }),
-                Stored::CounterRollback => rejected.push(Rejected {
-                    reason: Rejection::CounterRollback,
-                    detail: format!(
-                        "a lifetime counter of sequence number {} is below an earlier reading's",
-                        signed.reading.seq
-                    ),
+                Stored::Implausible(reason, detail) => rejected.push(Rejected {
+                    reason,
+                    detail,
                     meter: Some(meter),
                 }),
             }

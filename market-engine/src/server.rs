@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gridshare_core::reading::PublicKey;
 use tokio::sync::watch;
 
 use crate::api::{AppState, RateLimits, router};
@@ -34,14 +33,6 @@ pub enum ServeError {
     /// The market settings or the order log.
     #[error("market: {0}")]
     Market(String),
-    /// A stored meter key is unusable (a corrupted database).
-    #[error("meter {meter}: stored public key is invalid: {reason}")]
-    StoredKey {
-        /// The meter.
-        meter: String,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// A running engine.
@@ -64,15 +55,7 @@ impl Engine {
     /// Starts everything; returns once the HTTP API listens and the ingest runs.
     pub async fn start(config: &EngineConfig) -> Result<Self, ServeError> {
         let store = Store::open(&config.database.url).await?;
-        let keys = KeyRegistry::default();
-        for meter in store.meters().await? {
-            let key =
-                PublicKey::from_hex(&meter.public_key).map_err(|e| ServeError::StoredKey {
-                    meter: meter.meter_id.clone(),
-                    reason: e.to_string(),
-                })?;
-            keys.insert(&meter.meter_id, key);
-        }
+        let keys = crate::meters::load_registry(&store).await?;
         if !config.mqtt.embedded_listen.is_empty() {
             let addr: SocketAddr = config
                 .mqtt
@@ -163,6 +146,7 @@ impl Engine {
                 f64::from(config.http.orders_per_second),
                 f64::from(config.http.orders_burst),
             )),
+            meters_per_account: config.http.meters_per_account,
         });
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {

@@ -60,6 +60,7 @@ async fn accounts_meters_and_privacy() {
             ingest: Arc::new(IngestMetrics::default()),
             market,
             limits: Arc::new(RateLimits::new(100.0, 100.0)),
+            meters_per_account: 10,
         });
         let alice = unique("alice");
         let bob = unique("bob");

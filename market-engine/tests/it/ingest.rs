@@ -100,25 +100,16 @@ async fn a_real_meter_agent_feeds_the_engine() {
     }
 }
 
-/// Registers `meter` of `account` with its public key (store and the engine's registry).
+/// Registers `meter` of `account` with its public key and approves it for the simulated
+/// inverter.
 async fn register(
     engine: &Engine,
     meter: &str,
     account: i64,
     public: gridshare_core::reading::PublicKey,
 ) {
-    engine
-        .store
-        .register_meter(
-            meter,
-            account,
-            &public.to_hex(),
-            &public.key_id().to_string(),
-            0,
-        )
-        .await
-        .unwrap();
-    engine.keys.insert(meter, public);
+    let device = crate::simulated_device("SIM-000001");
+    crate::register_approved(&engine.store, &engine.keys, meter, account, public, &device).await;
 }
 
 /// A new meter key, registered with the engine for `meter` of `account`.
@@ -132,7 +123,7 @@ async fn registered_key(engine: &Engine, meter: &str, account: i64) -> MeterKey 
 fn reading(meter: &str, seq: u64, import_wh: u64, timestamp_ms: u64) -> Reading {
     Reading {
         meter_id: MeterId::new(meter).unwrap(),
-        device: DeviceIdentity::new("Test", "Meter", "T-1").unwrap(),
+        device: crate::simulated_device("SIM-000001"),
         seq,
         timestamp_ms,
         clock: ClockSync::Synchronised,
@@ -180,7 +171,12 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
                     .unwrap()
             }
         };
-        let good = |seq, import| key.sign(reading(&meter, seq, import, now), &rng).unwrap();
+        // A reading a second, as an agent would send them.
+        let at = |seq: u64| now - 100_000 + seq * 1000;
+        let good = |seq, import| {
+            key.sign(reading(&meter, seq, import, at(seq)), &rng)
+                .unwrap()
+        };
 
         // Accepted: seq 1 and 2.
         publish(topic(&meter), good(1, 1000).to_json().into_bytes()).await;
@@ -260,6 +256,65 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
                 Rejection::TooOld,
             ),
         ];
+        // Regressions of issue 10: a meter nobody approved, a device other than the approved
+        // one, counters faster than the capacity, time backwards, a sequence number beyond
+        // what the database stores (once stored clipped, then failing a whole batch).
+        let pending_meter = format!("p{}", &meter[1..]);
+        let pending_key =
+            MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+        market_engine::meters::register(
+            &engine.store,
+            &engine.keys,
+            account,
+            &pending_meter,
+            &pending_key.public_key().to_hex(),
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+        let mut other_device = reading(&meter, 8, 1300, at(8));
+        other_device.device = DeviceIdentity::new("Gridshare", "SIM-HYBRID", "SIM-999999").unwrap();
+        let mut huge_seq = reading(&meter, u64::MAX - 1, 1300, at(9));
+        huge_seq.seq = u64::try_from(i64::MAX).unwrap() + 1;
+        let cases: Vec<(String, Vec<u8>, Rejection)> = cases
+            .into_iter()
+            .chain([
+                (
+                    topic(&pending_meter),
+                    pending_key
+                        .sign(reading(&pending_meter, 1, 1, now), &rng)
+                        .unwrap()
+                        .to_json()
+                        .into_bytes(),
+                    Rejection::NotApproved,
+                ),
+                (
+                    topic(&meter),
+                    key.sign(other_device, &rng).unwrap().to_json().into_bytes(),
+                    Rejection::WrongDevice,
+                ),
+                (
+                    // 10^9 Wh a second later: beyond any approved capacity.
+                    topic(&meter),
+                    good(10, 1_000_001_100).to_json().into_bytes(),
+                    Rejection::ExceedsCapacity,
+                ),
+                (
+                    topic(&meter),
+                    key.sign(reading(&meter, 11, 1200, at(1) - 5_000), &rng)
+                        .unwrap()
+                        .to_json()
+                        .into_bytes(),
+                    Rejection::ClockRollback,
+                ),
+                (
+                    topic(&meter),
+                    key.sign(huge_seq, &rng).unwrap().to_json().into_bytes(),
+                    Rejection::InvalidField,
+                ),
+            ])
+            .collect();
         for (t, payload, reason) in &cases {
             publish(t.clone(), payload.clone()).await;
             let ingest = engine.ingest.clone();

@@ -27,6 +27,7 @@ fn app(store: &Store, market: &Arc<Market>) -> axum::Router {
         ingest: Arc::new(IngestMetrics::default()),
         market: market.clone(),
         limits: Arc::new(RateLimits::new(100.0, 100.0)),
+        meters_per_account: 10,
     })
 }
 
@@ -211,6 +212,15 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             let body = json!({"meter_id": meter, "public_key": key.public_key().to_hex()});
             let (s, _, b) = send(&app, "POST", "/api/v1/meters", Some(cookie), Some(body)).await;
             assert_eq!(s, StatusCode::CREATED, "{}", String::from_utf8_lossy(&b));
+            // Its readings count once the operator approves it.
+            crate::approve(
+                &store,
+                &KeyRegistry::default(),
+                &meter,
+                &DeviceIdentity::default(),
+                market_engine::meters::MAX_CAPACITY_W,
+            )
+            .await;
             keys.insert(who, (key, meter));
         }
         let deposit = json!({"amount": 1_000_000, "reference": "bank-1"});
@@ -343,7 +353,7 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         ];
         let outcomes = store
             .store_readings(
-                &readings,
+                &crate::accepted(&readings),
                 market_engine::pipeline::now_ms(),
                 &mut HashMap::new(),
             )
