@@ -90,6 +90,8 @@ test('sign up, then link a meter: a malformed key, an off-curve key and a taken 
   await link.getByLabel('Meter id').fill(`m-${process.pid}`);
   await link.getByRole('button', { name: 'Link a meter' }).click();
   await page.locator('#meters table').getByText(`m-${process.pid}`).waitFor();
+  // Its readings count once the operator approves it (the operator test below does).
+  await page.locator('#meters tr', { hasText: `m-${process.pid}` }).getByText('waiting for approval').waitFor();
   await page.context().close();
 });
 
@@ -205,7 +207,7 @@ test('German: the same pages speak German from the one catalogue', async () => {
   await page.context().close();
 });
 
-test('the operator changes the grid fee; a household sees the new band from the slot it applies to', async () => {
+test('the operator changes the grid fee (a household sees the new band from the slot it applies to) and approves a newcomer\'s meter', async () => {
   const op = await fresh();
   await signIn(op, 'operator', demo.operatorPassword);
   await op.locator('#sign-out').waitFor();
@@ -216,6 +218,19 @@ test('the operator changes the grid fee; a household sees the new band from the 
   const result = op.locator('#settings-result').filter({ hasText: 'Applies from slot' });
   await result.waitFor();
   const from = Number(/slot (\d+)/.exec(await result.innerText())[1]);
+
+  // The newcomer's meter (linked in the first test) waits for approval; the operator approves
+  // it with its rated capacity and installed device.
+  const meterId = `m-${process.pid}`;
+  const row = op.locator('#op-meters tr', { hasText: meterId });
+  await row.getByText('Approve m-').click();
+  await row.getByLabel(`Export capacity of ${meterId} (W)`).fill('5000');
+  await row.getByLabel(`Import capacity of ${meterId} (W)`).fill('10000');
+  await row.getByLabel('Manufacturer').fill('Fronius');
+  await row.getByLabel('Model').fill('Symo GEN24');
+  await row.getByLabel('Serial number').fill('SN-4711');
+  await row.getByRole('button', { name: 'Approve', exact: true }).click();
+  await op.locator('#op-meters tr', { hasText: meterId }).getByText('approved').waitFor();
   await op.context().close();
 
   const page = await fresh();

@@ -5,7 +5,7 @@ import { api, get, post } from '../api.js';
 import { t } from '../i18n.js';
 import { h, field, form, submitting, showError, table, toast, time, wh, money, perKwh, num } from '../ui.js';
 import { subscribe } from '../live.js';
-import { clock } from './home.js';
+import { clock, ranges } from './home.js';
 
 const AHEAD = 8;
 
@@ -193,7 +193,36 @@ export async function render(main) {
         refreshRule();
       }, (err) => (/sell/.test(err.message) ? 'sell_at_least_per_kwh' : /buy/.test(err.message) ? 'buy_at_most_per_kwh' : /battery/.test(err.message) ? 'keep_battery_above_bp' : null));
     });
-    ruleBox.replaceChildren(rf);
+    const preview = h('p', { id: 'rule-preview', 'aria-live': 'polite' });
+    ruleBox.replaceChildren(rf, h('h3', {}, t('rule_preview')), preview, h('p', { class: 'hint' }, t('rule_preview_hint')));
+    // What the rule would have done over the previous day of slots, from my own metered
+    // slots (the rule's persistence forecast: each slot like the one before it) and each
+    // slot's clearing price.
+    const c = await clock();
+    const r = ranges(c);
+    const [mine, market] = await Promise.all([get(`/my/slots?from=${r.yesterday.from - 1}&to=${r.yesterday.to}`), get(`/slots?from=${r.yesterday.from}&to=${r.yesterday.to}`)]);
+    const byIndex = new Map(mine.slots.map((x) => [x.slot, x]));
+    const showPreview = () => {
+      const sellAt = sell.value === '' ? null : Number(sell.value);
+      const buyAt = buy.value === '' ? null : Number(buy.value);
+      const p = { sold: 0, sellSlots: 0, sellCleared: 0, bought: 0, buySlots: 0, buyCleared: 0, earned: 0, paid: 0 };
+      for (const sl of market.slots) {
+        const before = byIndex.get(sl.slot - 1);
+        if (!before || before.import_wh == null) continue;
+        const net = before.import_wh - before.export_wh;
+        const price = sl.clearing_price;
+        if (net < 0 && sellAt != null) {
+          p.sellSlots += 1; p.sold += -net;
+          if (price != null && price >= sellAt) { p.sellCleared += 1; p.earned += Math.floor((-net * price) / 1000); }
+        } else if (net > 0 && buyAt != null) {
+          p.buySlots += 1; p.bought += net;
+          if (price != null && price <= buyAt) { p.buyCleared += 1; p.paid += Math.floor((net * price) / 1000); }
+        }
+      }
+      preview.textContent = t('rule_preview_text', { sellSlots: p.sellSlots, sold: wh(p.sold), sellCleared: p.sellCleared, earned: money(p.earned), buySlots: p.buySlots, bought: wh(p.bought), buyCleared: p.buyCleared, paid: money(p.paid) });
+    };
+    [sell, buy].forEach((el) => el.addEventListener('input', showPreview));
+    showPreview();
   }
   meterSel.addEventListener('change', refreshRule);
 

@@ -112,10 +112,22 @@ export async function render(main) {
           body[k] = el.type === 'number' ? Number(el.value) : el.value.trim();
         }
         const res = await post(`/meters/${encodeURIComponent(m.meter_id)}/approval`, body);
-        out.replaceChildren(h('p', {}, t('mqtt_once')), h('code', { class: 'secret' }, `${res.mqtt_username || res.username} / ${res.mqtt_password || res.password}`));
-      });
+        const user = res.mqtt_username || (res.mqtt && res.mqtt.username);
+        const pass = res.mqtt_password || (res.mqtt && res.mqtt.password);
+        toast(t('meter_approved', { meter: m.meter_id }));
+        if (user && pass) {
+          // Shown once: kept on screen until the operator reloads the list.
+          out.replaceChildren(h('p', {}, t('mqtt_once')), h('code', { class: 'secret' }, `${user} / ${pass}`));
+          return;
+        }
+        await loadMeters();
+      }, (err) => { const m2 = /^([a-z_]+)/.exec(err.message); return m2 && inputs[m2[1]] ? m2[1] : null; });
     });
-    return h('details', {}, h('summary', {}, t('approve')), f);
+    const refuse = h('button', { type: 'button', class: 'danger', onclick: async () => {
+      try { await api('DELETE', `/meters/${encodeURIComponent(m.meter_id)}`); toast(t('meter_refused', { meter: m.meter_id })); } catch (err) { toast(err.message); }
+      await loadMeters();
+    } }, t('refuse_named', { meter: m.meter_id }));
+    return h('div', {}, h('details', {}, h('summary', {}, t('approve_named', { meter: m.meter_id })), f), refuse);
   }
 
   async function loadRejections() {
