@@ -256,3 +256,19 @@ test('sign out ends the session on the engine, not only in the page', async () =
   assert.equal(await page.evaluate(async () => (await fetch('/api/v1/me')).status), 401);
   await page.context().close();
 });
+
+test('the string catalogue: English and German have the same keys, and every key the app uses exists', async () => {
+  const { readFileSync, readdirSync } = await import('node:fs');
+  globalThis.localStorage = { getItem: () => null, setItem: () => {} };
+  globalThis.navigator = { language: 'en' };
+  const { catalogues } = await import('../js/i18n.js');
+  const en = Object.keys(catalogues.en).sort();
+  assert.deepEqual(Object.keys(catalogues.de).sort(), en, 'German has exactly the English keys');
+  const files = ['main.js', 'ui.js', ...readdirSync(join(web, 'js/pages')).map((f) => `pages/${f}`)];
+  const used = new Set();
+  for (const f of files) {
+    for (const m of readFileSync(join(web, 'js', f), 'utf8').matchAll(/\bt\('([a-z_0-9-]+)'/g)) used.add(m[1]);
+  }
+  assert.ok(used.size > 100, `found the keys in use (${used.size})`);
+  assert.deepEqual([...used].filter((k) => !(k in catalogues.en)), [], 'keys used but missing from the catalogue');
+});
