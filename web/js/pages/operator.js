@@ -132,9 +132,10 @@ export async function render(main) {
 
   async function loadRejections() {
     const r = await get('/operator/rejections');
-    rejections.replaceChildren(
+    rejections.replaceChildren(...[
       r.by_reason.length === 0 ? h('p', { class: 'muted' }, t('no_rejections')) : table(t('by_reason'), [t('reason'), t('count')], r.by_reason.map((x) => [x.reason, num(x.count)]), [1]),
-      r.latest.length ? h('details', {}, h('summary', {}, t('latest_rejections')), table(t('latest_rejections'), [t('when'), t('meter'), t('reason'), t('detail')], r.latest.map((x) => [dateTime(x.received_ms), x.meter_id || '–', x.reason, x.detail]))) : null);
+      r.latest.length ? h('details', {}, h('summary', {}, t('latest_rejections')), table(t('latest_rejections'), [t('when'), t('meter'), t('reason'), t('detail')], r.latest.map((x) => [dateTime(x.received_ms), x.meter_id || '–', x.reason, x.detail]))) : null,
+    ].filter(Boolean));
   }
 
   async function loadLag() {
