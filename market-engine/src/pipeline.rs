@@ -105,6 +105,75 @@ pub enum LiveEvent {
 /// household's consumption from the aggregate.
 pub const MIN_METERS_IN_AGGREGATE: usize = 3;
 
+/// How often the public stream gets the neighbourhood aggregate.
+const NEIGHBOURHOOD_EVERY: Duration = Duration::from_secs(5);
+
+/// A meter counts in the aggregate while its latest reading is this recent.
+const NEIGHBOURHOOD_WINDOW: Duration = Duration::from_secs(60);
+
+/// Publishes [`LiveEvent::Neighbourhood`] on `live` every few seconds: the sums of the latest
+/// grid power of every meter heard from in the last minute, when enough meters contribute
+/// that no single household can be read from it.
+pub async fn neighbourhood(live: broadcast::Sender<LiveEvent>, mut stop: watch::Receiver<bool>) {
+    let mut rx = live.subscribe();
+    let mut latest: HashMap<String, (i32, std::time::Instant)> = HashMap::new();
+    let mut tick = tokio::time::interval(NEIGHBOURHOOD_EVERY);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(LiveEvent::Reading { meter_id, power_w: Some(p), .. }) => {
+                    latest.insert(meter_id, (p, std::time::Instant::now()));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                latest.retain(|_, (_, at)| at.elapsed() < NEIGHBOURHOOD_WINDOW);
+                if latest.len() >= MIN_METERS_IN_AGGREGATE {
+                    let sum = |f: fn(i32) -> u64| latest.values().map(|(p, _)| f(*p)).sum::<u64>();
+                    let _ = live.send(LiveEvent::Neighbourhood {
+                        meters: latest.len(),
+                        import_w: sum(|p| u64::from(p.max(0).unsigned_abs())),
+                        export_w: sum(|p| u64::from(p.min(0).unsigned_abs())),
+                    });
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl LiveEvent {
+    /// What a subscriber may see of this event: `account` is the subscriber's (`None` for an
+    /// anonymous one). A household sees its own readings and its orders with their ids;
+    /// everyone sees the book's orders without owner, trades and the neighbourhood aggregate.
+    pub fn visible_to(&self, account: Option<i64>) -> Option<Self> {
+        match self {
+            Self::Reading { account: owner, .. } => (Some(*owner) == account).then(|| self.clone()),
+            Self::Order {
+                account: owner,
+                slot,
+                side,
+                energy_wh,
+                price_per_kwh,
+                order_id,
+            } => Some(Self::Order {
+                account: *owner,
+                order_id: if Some(*owner) == account {
+                    *order_id
+                } else {
+                    None
+                },
+                slot: *slot,
+                side,
+                energy_wh: *energy_wh,
+                price_per_kwh: *price_per_kwh,
+            }),
+            Self::Trades { .. } | Self::Neighbourhood { .. } => Some(self.clone()),
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()

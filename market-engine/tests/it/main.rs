@@ -17,6 +17,7 @@ mod ingest;
 mod market;
 mod meters;
 mod money;
+mod privacy;
 
 use std::net::TcpListener;
 
