@@ -147,6 +147,13 @@ impl Engine {
             source,
         })?;
         tasks.push({
+            let (store, stop) = (store.clone(), shutdown.subscribe());
+            let keep_days = config.ingest.rejections_kept_days;
+            supervise("retention", task_metrics.clone(), stop.clone(), move || {
+                pipeline::expire_rejections(store.clone(), keep_days, stop.clone())
+            })
+        });
+        tasks.push({
             let (market, stop) = (market.clone(), shutdown.subscribe());
             supervise("schedule", task_metrics.clone(), stop.clone(), move || {
                 schedule(market.clone(), stop.clone())

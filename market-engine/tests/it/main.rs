@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod cli;
 mod crash;
 mod demo;
 mod funds;
