@@ -5,7 +5,6 @@
 //! body `{"error": "..."}` that says what was wrong.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
@@ -20,7 +19,7 @@ use serde_json::json;
 
 mod meters;
 
-use crate::ingest::{IngestMetrics, KeyRegistry, Rejection};
+use crate::ingest::{IngestMetrics, KeyRegistry};
 use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
 use crate::store::{AccountRow, Store, StoreError};
@@ -47,6 +46,10 @@ pub struct AppState {
     pub limits: Arc<RateLimits>,
     /// Meters an account may register.
     pub meters_per_account: u32,
+    /// Background task restarts.
+    pub tasks: Arc<crate::tasks::TaskMetrics>,
+    /// The chain outbox driver's counters.
+    pub chain: Arc<crate::metrics::ChainMetrics>,
 }
 
 /// A token bucket per account for the order endpoints: `burst` requests at once, refilled at
@@ -903,45 +906,52 @@ async fn put_settings(
     Ok(Json(json!({ "from_slot": from_slot })))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let m = &state.ingest;
-    let mut out = String::new();
-    out.push_str("# HELP gridshare_readings_accepted_total Signed readings verified and stored.\n");
-    out.push_str("# TYPE gridshare_readings_accepted_total counter\n");
-    out.push_str(&format!(
-        "gridshare_readings_accepted_total {}\n",
-        m.accepted.load(Ordering::Relaxed)
-    ));
-    out.push_str("# HELP gridshare_readings_duplicate_total Exact re-deliveries dropped.\n");
-    out.push_str("# TYPE gridshare_readings_duplicate_total counter\n");
-    out.push_str(&format!(
-        "gridshare_readings_duplicate_total {}\n",
-        m.duplicates.load(Ordering::Relaxed)
-    ));
-    out.push_str("# HELP gridshare_readings_rejected_total Readings rejected, by reason.\n");
-    out.push_str("# TYPE gridshare_readings_rejected_total counter\n");
-    for reason in Rejection::ALL {
-        out.push_str(&format!(
-            "gridshare_readings_rejected_total{{reason=\"{}\"}} {}\n",
-            reason.as_str(),
-            m.rejected(reason)
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = crate::metrics::Snapshot::of_engine(&state)
+        .await
+        .render()
+        .map_err(|e| ApiError::Internal(format!("rendering metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
-/// Server-Sent Events: every reading stored, order accepted and trade made, as JSON
-/// (`{"type": "reading" | "order" | "trades", ...}`), for dashboards and the web app.
+/// Server-Sent Events (`{"type": "reading" | "order" | "trades" | "neighbourhood", ...}`).
+/// With a session or token: the household's own readings, its orders with their ids, and the
+/// public events; without: only the public events — the book's orders without owner, trades
+/// and the anonymised neighbourhood aggregate, never a household's readings.
 async fn stream(
     State(state): State<AppState>,
-) -> axum::response::sse::Sse<
-    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    headers: HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
 > {
+    let account = match bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE)) {
+        None => None,
+        Some(token) => Some(
+            state
+                .store
+                .account_by_credential(&token_hash(&token), now_ms())
+                .await?
+                .ok_or(ApiError::Unauthorized)?
+                .id,
+        ),
+    };
     let rx = state.market.live().subscribe();
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    let events = futures_util::stream::unfold(rx, move |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(event) => {
+                    let Some(event) = event.visible_to(account) else {
+                        continue;
+                    };
                     let data = serde_json::to_string(&event).unwrap_or_default();
                     let sse = axum::response::sse::Event::default().data(data);
                     return Some((Ok(sse), rx));
@@ -952,7 +962,7 @@ async fn stream(
             }
         }
     });
-    axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+    Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 async fn healthz() -> &'static str {

@@ -74,6 +74,8 @@ pub struct IngestConfig {
     pub max_future_skew_ms: u64,
     /// Largest accepted age of a reading when it arrives, ms.
     pub max_age_ms: u64,
+    /// Days a recorded rejection is kept.
+    pub rejections_kept_days: u32,
 }
 
 impl Default for EngineConfig {
@@ -126,6 +128,7 @@ impl Default for IngestConfig {
         Self {
             max_future_skew_ms: 30_000,
             max_age_ms: 7 * 24 * 3_600_000,
+            rejections_kept_days: 30,
         }
     }
 }

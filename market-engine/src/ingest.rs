@@ -120,6 +120,7 @@ pub struct IngestMetrics {
     /// Exact duplicates dropped (an agent re-sending after a lost acknowledgement).
     pub duplicates: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
+    unrecorded: [AtomicU64; Rejection::ALL.len()],
 }
 
 impl IngestMetrics {
@@ -131,6 +132,16 @@ impl IngestMetrics {
     /// Rejections so far for `reason`.
     pub fn rejected(&self, reason: Rejection) -> u64 {
         self.rejected[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts a rejection that was not recorded in the database (sampling under a flood).
+    pub fn unrecorded(&self, reason: Rejection) -> u64 {
+        self.unrecorded[reason.index()].load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` rejections for `reason` left out of the database.
+    pub fn skip_recording(&self, reason: Rejection, n: u64) {
+        self.unrecorded[reason.index()].fetch_add(n, Ordering::Relaxed);
     }
 }
 

@@ -11,6 +11,8 @@
 //!   chain or a JSON-RPC node;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
+//! - [`metrics`]: every counter, exported on `/metrics`;
+//! - [`tasks`]: supervision of the background tasks;
 //! - [`server`]: everything wired together, with graceful shutdown;
 //! - [`web`]: the neighbourhood web app, served from inside the binary at `/`.
 
@@ -21,7 +23,9 @@ pub mod config;
 pub mod ingest;
 pub mod market;
 pub mod meters;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod store;
+pub mod tasks;
 pub mod web;

@@ -169,8 +169,8 @@ pub struct NewOrder {
 pub struct MarketMetrics {
     /// Orders accepted (on disk).
     pub orders_accepted: AtomicU64,
-    /// Orders, cancels and amends refused by the market rules.
-    pub orders_rejected: AtomicU64,
+    /// Orders, cancels and amends refused, by reason.
+    pub orders_rejected: ReasonCounts,
     /// Trades made.
     pub trades: AtomicU64,
     /// Gate closures.
@@ -183,6 +183,37 @@ pub struct MarketMetrics {
     pub settlement_lag_s: AtomicU64,
     /// Meter deliveries settled at their capacity bound instead of what the counters said.
     pub deliveries_capped: AtomicU64,
+}
+
+/// Counters by a fixed set of reasons, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReasonCounts(std::sync::Mutex<BTreeMap<&'static str, u64>>);
+
+impl ReasonCounts {
+    /// Counts one `reason`.
+    pub fn add(&self, reason: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Every reason counted so far with its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
+
+    /// The sum over every reason.
+    pub fn total(&self) -> u64 {
+        self.snapshot().iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// A settled slot, as it goes on chain.
@@ -243,6 +274,21 @@ pub enum MarketError {
     /// The database failed; the slot's book was rebuilt from the log.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl MarketError {
+    /// A stable name of the reason (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Order(e) => e.reason(),
+            Self::Slot(_) => "slot_not_trading",
+            Self::UnknownOrder(_) => "unknown_order",
+            Self::InsufficientFunds { .. } => "insufficient_funds",
+            Self::OutOfRange(_) => "out_of_range",
+            Self::ReferenceReused(_) => "reference_reused",
+            Self::Store(_) => "storage",
+        }
+    }
 }
 
 impl From<sqlx::Error> for MarketError {
@@ -827,10 +873,7 @@ impl Market {
         // Everything that can refuse the order is checked before anything changes: a refused
         // request leaves no trace, in particular no book for a slot that is not trading
         // (a phantom book would be closed, settled and sent on chain empty).
-        let refused = |e: MarketError| {
-            self.metrics.orders_rejected.fetch_add(1, Ordering::Relaxed);
-            e
-        };
+        let refused = |e: MarketError| self.refused(e);
         let terms = self
             .community_for(slot)
             .terms(slot)
@@ -889,11 +932,20 @@ impl Market {
         Ok((id, trades))
     }
 
+    /// Counts a refused order, cancel or amend by its reason.
+    fn refused(&self, e: MarketError) -> MarketError {
+        self.metrics.orders_rejected.add(e.reason());
+        e
+    }
+
     /// Cancels one of `account`'s open orders.
     pub async fn cancel(&self, account: i64, order: u64, now_s: i64) -> Result<(), MarketError> {
         let mut books = self.books.lock().await;
-        let (slot, book) = books.owned_open_order(account, order)?;
-        book.cancel(OrderId(order), now_s)?;
+        let (slot, book) = books
+            .owned_open_order(account, order)
+            .map_err(|e| self.refused(e))?;
+        book.cancel(OrderId(order), now_s)
+            .map_err(|e| self.refused(e.into()))?;
         let pending = self
             .queue_event(
                 slot,
@@ -917,14 +969,23 @@ impl Market {
         now_s: i64,
     ) -> Result<Vec<Trade>, MarketError> {
         let mut books = self.books.lock().await;
-        let (_, book) = books.owned_open_order(account, order)?;
+        let (_, book) = books
+            .owned_open_order(account, order)
+            .map_err(|e| self.refused(e))?;
         if let Some((Side::Buy, _, _)) = book.open_order(OrderId(order)) {
             let held = books.orders.get(&order).map_or(0, |o| o.held);
-            let more = bid_cost(price_per_kwh, energy_wh)?.saturating_sub(held);
-            books.funds.check(account, more)?;
+            let more = bid_cost(price_per_kwh, energy_wh)
+                .map_err(|e| self.refused(e))?
+                .saturating_sub(held);
+            books
+                .funds
+                .check(account, more)
+                .map_err(|e| self.refused(e))?;
         }
         let (slot, book) = books.owned_open_order(account, order)?;
-        let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
+        let trades = book
+            .amend(OrderId(order), price_per_kwh, energy_wh, now_s)
+            .map_err(|e| self.refused(e.into()))?;
         let pending = self
             .queue_event(
                 slot,

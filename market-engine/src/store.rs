@@ -25,6 +25,12 @@ pub enum StoreError {
     /// A unique name or id is already taken.
     #[error("{0} already exists")]
     Conflict(String),
+    /// There is no engine database where one was expected.
+    #[error(
+        "no market engine database there ({0}); point --config or --database-url at the one \
+         `market-engine serve` uses"
+    )]
+    Missing(String),
     /// A stored value is out of its range: the database was not written by this engine.
     #[error("database holds an invalid value: {0}")]
     Corrupt(String),
@@ -253,6 +259,15 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
 /// A u64 for the database, or an error naming `what`.
 pub fn checked_i64(v: u64, what: &'static str) -> Result<i64, StoreError> {
     i64::try_from(v).map_err(|_| StoreError::OutOfRange(what))
@@ -261,6 +276,17 @@ pub fn checked_i64(v: u64, what: &'static str) -> Result<i64, StoreError> {
 impl Store {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Opens the database of an engine that has run before: refuses, creating nothing, if
+    /// there is none at `url` (a command pointed at the wrong place must not start a new,
+    /// empty community beside the real one).
+    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<Self, StoreError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -271,7 +297,15 @@ impl Store {
         };
         let url = match backend {
             Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
-                format!("{url}?mode=rwc")
+                if create {
+                    format!("{url}?mode=rwc")
+                } else {
+                    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                    if !std::path::Path::new(path).exists() {
+                        return Err(StoreError::Missing(format!("no file {path}")));
+                    }
+                    format!("{url}?mode=rw")
+                }
             }
             _ => url.to_owned(),
         };
@@ -290,6 +324,14 @@ impl Store {
             })
             .connect(&url)
             .await?;
+        if !create
+            && let Err(e) = sqlx::query("SELECT 1 FROM _sqlx_migrations LIMIT 1")
+                .fetch_optional(&pool)
+                .await
+        {
+            pool.close().await;
+            return Err(StoreError::Missing(format!("no engine schema: {e}")));
+        }
         match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
@@ -747,14 +789,24 @@ impl Store {
                 "INSERT INTO rejections (received_ms, meter_id, reason, detail) VALUES ($1, $2, $3, $4)",
             )
             .bind(i64_of(received_ms))
-            .bind(r.meter.as_deref())
+            // A topic's meter id and a detail are bounded here: both can come from junk.
+            .bind(r.meter.as_deref().map(|m| truncated(m, 64)))
             .bind(r.reason.as_str())
-            .bind(&r.detail)
+            .bind(truncated(&r.detail, 512))
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes rejection records received before `cutoff_ms`; returns how many.
+    pub async fn delete_rejections_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM rejections WHERE received_ms < $1")
+            .bind(checked_i64(cutoff_ms, "time")?)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Stored readings of a meter with a sequence number above `after`, oldest first.

@@ -36,18 +36,14 @@ export function freePort() {
 }
 
 /**
- * Starts `market-engine demo` in a new directory, after creating the community operator's
- * account in its database (`market-engine operator`); resolves once the web app's address is
- * printed. `stop()` sends SIGTERM and waits.
+ * Starts `market-engine demo` in a new directory and, once the web app's address is printed,
+ * creates the community operator's account in its database (`market-engine operator`).
+ * `stop()` sends SIGTERM and waits.
  */
 export async function startDemo({ homes = 12 } = {}) {
   const bin = engineBinary();
   const dir = mkdtempSync(join(tmpdir(), 'gridshare-web-e2e-'));
   const operatorPassword = 'operator passphrase for the test';
-  execFileSync(bin, ['operator', '--name', 'operator', '--database-url', `sqlite://${join(dir, 'engine.sqlite')}`], {
-    env: { ...process.env, GRIDSHARE_OPERATOR_PASSWORD: operatorPassword },
-    stdio: ['ignore', 'ignore', 'inherit'],
-  });
   const mqtt = await freePort();
   const child = spawn(bin, ['demo', '--homes', String(homes), '--listen', '127.0.0.1:0', '--mqtt-port', String(mqtt), '--dir', dir], {
     stdio: ['ignore', 'pipe', 'pipe'],
@@ -69,6 +65,12 @@ export async function startDemo({ homes = 12 } = {}) {
     child.on('exit', (code) => { clearTimeout(timer); reject(new Error(`the demo exited (${code}):\n${out}\n${log}`)); });
   });
   child.stdout.resume();
+  // The community operator, in the database the running demo created (`market-engine
+  // operator` opens only an existing one).
+  execFileSync(bin, ['operator', '--name', 'operator', '--database-url', `sqlite://${join(dir, 'engine.sqlite')}`], {
+    env: { ...process.env, GRIDSHARE_OPERATOR_PASSWORD: operatorPassword },
+    stdio: ['ignore', 'ignore', 'inherit'],
+  });
   return {
     url,
     dir,

@@ -249,3 +249,22 @@ pub enum OrderError {
         price_per_kwh: u64,
     },
 }
+
+impl OrderError {
+    /// A stable name of the reason (a metrics label, a machine-readable error code).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ZeroEnergy { .. } => "zero_energy",
+            Self::EnergyTooLarge { .. } => "energy_too_large",
+            Self::PriceAboveRetail { .. } => "price_above_retail",
+            Self::PriceBelowFeedIn { .. } => "price_below_feed_in",
+            Self::GateClosed { .. } => "gate_closed",
+            Self::WindowNotOpen { .. } => "window_not_open",
+            Self::DuplicateOrderId { .. } => "duplicate_order_id",
+            Self::UnknownOrder { .. } => "unknown_order",
+            Self::UnknownArea { .. } => "unknown_area",
+            Self::BookFull { .. } => "book_full",
+            Self::AmountOverflow { .. } => "amount_overflow",
+        }
+    }
+}

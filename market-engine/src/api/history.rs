@@ -561,7 +561,9 @@ async fn my_power(
 /// Readings younger than this count as "now" on the neighbourhood page.
 const NOW_WINDOW_MS: u64 = 120_000;
 
-/// The neighbourhood at a glance, anonymised: each meter's latest grid power (no ids, sorted),
+/// The neighbourhood at a glance, anonymised: each meter's latest grid power (no ids, rounded
+/// to 100 W, sorted, and only when at least [`crate::pipeline::MIN_METERS_IN_AGGREGATE`] meters
+/// report),
 /// and per slot of the last day of slots the community's metered import and export, the part of
 /// the imports its own exports could cover (`min(Σ export, Σ import)` per slot) and what it
 /// traded locally.
@@ -578,7 +580,19 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
     .fetch_all(pool)
     .await
     .map_err(db)?;
-    let mut powers: Vec<i64> = latest.iter().map(|r| r.get::<i64, _>(0)).collect();
+    // Anonymised as the live stream's aggregate is: nothing per meter unless enough meters
+    // report that none stands out, each rounded to 100 W, sorted, without ids.
+    let mut powers: Vec<i64> = latest
+        .iter()
+        .map(|r| {
+            // Integer rounding to the nearest 100 W, halves away from zero.
+            let w: i64 = r.get(0);
+            (w + 50 * w.signum()) / 100 * 100
+        })
+        .collect();
+    if powers.len() < crate::pipeline::MIN_METERS_IN_AGGREGATE {
+        powers.clear();
+    }
     powers.sort_unstable();
     let versions = state.market.settings();
     let now_s = now_s();

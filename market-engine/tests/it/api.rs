@@ -61,6 +61,8 @@ async fn accounts_meters_and_privacy() {
             market,
             limits: Arc::new(RateLimits::new(100.0, 100.0)),
             meters_per_account: 10,
+            tasks: Default::default(),
+            chain: Default::default(),
         });
         let alice = unique("alice");
         let bob = unique("bob");

@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod cli;
 mod crash;
 mod demo;
 mod funds;
@@ -17,6 +18,7 @@ mod ingest;
 mod market;
 mod meters;
 mod money;
+mod privacy;
 mod web;
 
 use std::net::TcpListener;

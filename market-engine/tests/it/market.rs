@@ -37,6 +37,8 @@ pub(crate) fn api_with(store: &Store, market: &Arc<Market>, keys: &KeyRegistry) 
         market: market.clone(),
         limits: Arc::new(RateLimits::new(100.0, 100.0)),
         meters_per_account: 10,
+        tasks: Default::default(),
+        chain: Default::default(),
     })
 }
 

@@ -101,6 +101,18 @@ async fn a_refused_order_leaves_no_book_behind() {
             0,
             "{url}: no book for a refused order"
         );
+        // Every refusal is counted by its reason on /metrics.
+        let (s, text, _) = call(&app, "GET", "/metrics", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = text.as_str().unwrap().to_owned();
+        for line in [
+            "gridshare_orders_rejected_total{reason=\"gate_closed\"} 20",
+            "gridshare_orders_rejected_total{reason=\"window_not_open\"} 20",
+            "gridshare_orders_rejected_total{reason=\"slot_not_trading\"} 40",
+            "gridshare_open_books 0",
+        ] {
+            assert!(text.contains(line), "{url}: {line} not in\n{text}");
+        }
         assert!(market.close_due_gates(now_s()).await.unwrap().is_empty());
         let (_, settled, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
         assert_eq!(

@@ -28,6 +28,8 @@ fn app(store: &Store, market: &Arc<Market>) -> axum::Router {
         market: market.clone(),
         limits: Arc::new(RateLimits::new(100.0, 100.0)),
         meters_per_account: 10,
+        tasks: Default::default(),
+        chain: Default::default(),
     })
 }
 

@@ -120,7 +120,7 @@ export async function render(main, ctx) {
     if (e.type === 'reading' && e.meter_id === meter) {
       count += 1;
       liveCount.textContent = String(count);
-      if (e.power_w !== null && e.power_w !== undefined) showPower(e.power_w, lastPower && lastPower.battery, lastPower && lastPower.soc, e.timestamp_ms || Date.now());
+      if (e.power_w !== null && e.power_w !== undefined) showPower(e.power_w, lastPower && lastPower.battery, e.soc_bp ?? (lastPower && lastPower.soc), e.timestamp_ms || Date.now());
       if (!powerTimer) powerTimer = setTimeout(refreshPower, 2000);
     }
     if (e.type === 'trades' || e.type === 'settled') scheduleSlots();
