@@ -209,14 +209,21 @@ async fn meter_energy(
     .fetch_optional(pool)
     .await
     .map_err(db)?;
+    // Only the last reading of each slot (a reading exactly at a boundary closes the slot
+    // before it): one row per slot leaves the database instead of every reading.
     let inside = sqlx::query(
-        "SELECT timestamp_ms, import_wh, export_wh FROM readings WHERE meter_id = $1 \
-         AND timestamp_ms > $2 AND timestamp_ms <= $3 \
-         AND import_wh IS NOT NULL AND export_wh IS NOT NULL ORDER BY timestamp_ms",
+        "SELECT r.timestamp_ms, r.import_wh, r.export_wh FROM readings r JOIN ( \
+           SELECT MAX(timestamp_ms) AS t FROM readings WHERE meter_id = $1 \
+           AND timestamp_ms > $2 AND timestamp_ms <= $3 \
+           AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
+           GROUP BY (timestamp_ms - 1) / $4) last ON r.timestamp_ms = last.t \
+         WHERE r.meter_id = $1 AND r.import_wh IS NOT NULL AND r.export_wh IS NOT NULL \
+         ORDER BY r.timestamp_ms, r.seq",
     )
     .bind(meter)
     .bind(start_ms)
     .bind(end_ms)
+    .bind(i64_of(length_s.saturating_mul(1000)))
     .fetch_all(pool)
     .await
     .map_err(db)?;
