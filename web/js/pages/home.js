@@ -22,10 +22,13 @@ export function ranges({ now, current, length }) {
   const month = Date.UTC(d.getUTCFullYear(), d.getUTCMonth(), 1) / 1000;
   const today = { from: Math.max(Math.floor(day / length), current - 95), to: current };
   const n = today.to - today.from + 1;
+  const thisMonth = { from: Math.max(Math.floor(month / length), current - 2975), to: current };
+  const previous = Date.UTC(d.getUTCFullYear(), d.getUTCMonth() - 1, 1) / 1000;
   return {
     today, accelerated: today.from !== Math.floor(day / length),
     yesterday: { from: today.from - n, to: today.from - 1 },
-    month: { from: Math.max(Math.floor(month / length), current - 2975), to: current },
+    month: thisMonth,
+    lastMonth: { from: Math.max(Math.floor(previous / length), thisMonth.from - 2976), to: thisMonth.from - 1 },
   };
 }
 
@@ -131,6 +134,7 @@ export async function render(main, ctx) {
   let refreshes = 0;
   let Y = null;
   let M = null;
+  let P = null;
   const scheduleSlots = () => { if (!slotsTimer) slotsTimer = setTimeout(() => { slotsTimer = null; refreshSlots(); }, 1500); };
   async function refreshSlots() {
     const c = await clock();
@@ -138,20 +142,21 @@ export async function render(main, ctx) {
     // The month and the previous day change slowly: fetched on the first draw and every
     // tenth refresh (a month of slots means every reading of the month on the engine's side).
     const full = refreshes++ % 10 === 0;
-    const [today, yesterday, month] = await Promise.all([
+    const [today, yesterday, month, lastMonth] = await Promise.all([
       get(`/my/slots?from=${r.today.from}&to=${r.today.to}`),
       full ? get(`/my/slots?from=${r.yesterday.from}&to=${r.yesterday.to}&format=totals`) : null,
       full ? get(`/my/slots?from=${r.month.from}&to=${r.month.to}&format=totals`) : null,
+      full ? get(`/my/slots?from=${r.lastMonth.from}&to=${r.lastMonth.to}&format=totals`) : null,
     ]);
-    if (full) { Y = fromTotals(yesterday); M = fromTotals(month); }
+    if (full) { Y = fromTotals(yesterday); M = fromTotals(month); P = fromTotals(lastMonth); }
     const T = totals(today.slots);
     // Signed as the household sees it: positive = earned, negative = paid.
     const signed = (v) => h('span', { class: v > 0 ? 'pos' : v < 0 ? 'neg' : null }, `${v > 0 ? '+' : ''}${money(v || 0)}`);
     const col = (x) => [signed(x.net), signed(-x.utility || 0), signed(x.saved)];
     money$.replaceChildren(h('div', { class: 'scroll', tabindex: 0, role: 'group', 'aria-label': t('money') }, h('table', { id: 'money-table' },
       h('caption', { class: 'sr-only' }, t('money')),
-      h('thead', {}, h('tr', {}, h('td', {}), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('last_96') : t('today')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('previous_96') : t('yesterday')), h('th', { scope: 'col', class: 'num' }, t('this_month')))),
-      h('tbody', {}, [[t('paid_net'), 0], [t('utility_alone'), 1], [t('saved'), 2]].map(([label, i]) => h('tr', {}, h('th', { scope: 'row' }, label), [T, Y, M].map((x) => h('td', { class: 'num' }, col(x)[i]))))))),
+      h('thead', {}, h('tr', {}, h('td', {}), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('last_96') : t('today')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('previous_96') : t('yesterday')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('last_2976') : t('this_month')), h('th', { scope: 'col', class: 'num' }, r.accelerated ? t('previous_2976') : t('last_month')))),
+      h('tbody', {}, [[t('paid_net'), 0], [t('utility_alone'), 1], [t('saved'), 2]].map(([label, i]) => h('tr', {}, h('th', { scope: 'row' }, label), [T, Y, M, P].map((x) => h('td', { class: 'num' }, col(x)[i]))))))),
     h('p', { class: 'hint' }, t('money_hint')));
     shares.replaceChildren(figures([
       [t('bought_locally'), `${wh(T.bought)} (${pct(T.bought, T.import)})`, 'share-bought'],
