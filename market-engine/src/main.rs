@@ -111,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(url) = database_url {
                 c.database.url = url;
             }
+            let name = market_engine::api::auth::account_name(&name).map_err(anyhow::Error::msg)?;
             let store = market_engine::store::Store::open(&c.database.url).await?;
             if store.set_role(&name, "operator").await? {
                 println!("{name} is now the community operator");
@@ -123,10 +124,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         line.trim_end_matches(['\r', '\n']).to_owned()
                     }
                 };
-                if password.len() < 10 {
-                    anyhow::bail!("the operator's password needs at least 10 characters");
-                }
-                let hash = market_engine::api::hash_password(&password)
+                market_engine::api::auth::password_policy(&name, &password)
+                    .map_err(anyhow::Error::msg)?;
+                let hash = market_engine::api::auth::hash_password(&password)
                     .await
                     .map_err(anyhow::Error::msg)?;
                 store

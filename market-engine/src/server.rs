@@ -6,6 +6,7 @@ use std::sync::Arc;
 use gridshare_core::reading::PublicKey;
 use tokio::sync::watch;
 
+use crate::api::auth::Auth;
 use crate::api::{AppState, RateLimits, router};
 use crate::chain::ChainSettler;
 use crate::config::{EngineConfig, broker_host_port};
@@ -56,6 +57,8 @@ pub struct Engine {
     pub keys: KeyRegistry,
     /// The market.
     pub market: Arc<Market>,
+    /// The login guard and its counters.
+    pub auth: Arc<Auth>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -64,6 +67,11 @@ impl Engine {
     /// Starts everything; returns once the HTTP API listens and the ingest runs.
     pub async fn start(config: &EngineConfig) -> Result<Self, ServeError> {
         let store = Store::open(&config.database.url).await?;
+        // Tokens issued before they expired get the default lifetime from now.
+        let token_ms = u64::from(config.auth.token_days) * 86_400_000;
+        store
+            .expire_unbounded_credentials(pipeline::now_ms() + token_ms)
+            .await?;
         let keys = KeyRegistry::default();
         for meter in store.meters().await? {
             let key =
@@ -154,6 +162,7 @@ impl Engine {
                 shutdown.subscribe(),
             )));
         }
+        let auth = Arc::new(Auth::new(config.auth.clone()));
         let app = router(AppState {
             store: store.clone(),
             keys: keys.clone(),
@@ -163,9 +172,12 @@ impl Engine {
                 f64::from(config.http.orders_per_second),
                 f64::from(config.http.orders_burst),
             )),
+            auth: auth.clone(),
         });
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {
+            // The peer's address feeds the per-address login limit.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             });
@@ -180,6 +192,7 @@ impl Engine {
             ingest,
             store,
             keys,
+            auth,
             shutdown,
             tasks,
         })
