@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod auth;
 mod crash;
 mod funds;
 mod ingest;
