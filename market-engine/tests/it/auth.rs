@@ -255,6 +255,11 @@ async fn parallel_wrong_logins_with_1kb_passwords_stay_within_the_hashing_capaci
         "at most 2 Argon2 computations (19 MiB each) at once, not {peak}"
     );
     assert_eq!(hashes, 128 - refused, "a refused login costs no hash");
+    let argon2_memory = server.auth.hashing_memory_bytes();
+    assert!(
+        (1..=2 * 19 * 1024 * 1024).contains(&argon2_memory),
+        "Argon2 memory stays at 2 work areas of 19 MiB, reused: {argon2_memory} bytes"
+    );
     assert_eq!(metrics.hashing_busy.load(Ordering::SeqCst), refused);
 
     // Longer than 1 KiB: refused before any hashing.
