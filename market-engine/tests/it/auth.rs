@@ -744,3 +744,27 @@ async fn refused_requests_and_unknown_routes_answer_in_the_json_error_shape() {
     assert_eq!(r.status, 405);
     assert_eq!(r.error(), "method not allowed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_describes_logout_and_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = &databases(dir.path()).await[0];
+    let server = serve(url, AuthConfig::default()).await;
+    let doc = send(server.addr, None, "GET", "/openapi.json", &[], None)
+        .await
+        .body;
+    let paths = &doc["paths"];
+    for (path, method) in [
+        ("/api/v1/sessions", "delete"),
+        ("/api/v1/tokens", "get"),
+        ("/api/v1/tokens/{token_id}", "delete"),
+    ] {
+        assert!(
+            paths[path][method].is_object(),
+            "{method} {path} is documented"
+        );
+    }
+    let session = &doc["components"]["schemas"]["Session"]["properties"];
+    assert!(session.get("token").is_none());
+    assert!(doc["components"]["schemas"]["Error"]["properties"]["field"].is_object());
+}
