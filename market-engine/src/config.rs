@@ -26,6 +26,8 @@ pub struct EngineConfig {
     pub market: crate::market::MarketConfig,
     /// Where settled slots go.
     pub chain: crate::chain::ChainConfig,
+    /// Sessions, tokens and login limits.
+    pub auth: crate::api::auth::AuthConfig,
 }
 
 /// HTTP settings.
@@ -88,6 +90,7 @@ impl Default for EngineConfig {
             ingest: IngestConfig::default(),
             market: crate::market::MarketConfig::default(),
             chain: crate::chain::ChainConfig::default(),
+            auth: crate::api::auth::AuthConfig::default(),
         }
     }
 }
@@ -172,6 +175,7 @@ impl EngineConfig {
         }
         broker_host_port(&self.mqtt.url).map_err(|e| format!("mqtt.url: {e}"))?;
         self.market.community()?;
+        self.auth.validate()?;
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
         {
             return Err("database.url: expected sqlite://path or postgres://...".into());

@@ -105,7 +105,7 @@ pub(crate) async fn run(
         let account = match engine.store.account_by_name(&name).await? {
             Some(a) => a.id,
             None => {
-                let hash = market_engine::api::hash_password("demo-password")
+                let hash = market_engine::api::auth::hash_password("demo-password")
                     .await
                     .map_err(anyhow::Error::msg)?;
                 engine

@@ -160,6 +160,37 @@ impl Snapshot {
             "Attempts to send the outbox that failed (retried).",
             chain.failures.load(Ordering::Relaxed),
         );
+        let auth = &state.auth.metrics;
+        s.counter(
+            "gridshare_logins_succeeded",
+            "Logins with the right name and password.",
+            auth.logins_succeeded.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_logins_failed",
+            "Logins with a wrong name or password.",
+            auth.logins_failed.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_logins_throttled",
+            "Logins answered 429 because their name or address failed too often.",
+            auth.logins_throttled.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_password_hashing_busy",
+            "Logins and sign-ups answered 503 because the password hashing queue was full.",
+            auth.hashing_busy.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_password_hashes",
+            "Argon2 computations started.",
+            auth.password_hashes.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_password_hashes_running",
+            "Argon2 computations running now.",
+            auth.hashes_running.load(Ordering::Relaxed),
+        );
         s.labelled_counter(
             "gridshare_task_restarts",
             "Background tasks restarted after a panic, by task.",

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::api::auth::Auth;
 use crate::api::{AppState, RateLimits, router};
 use crate::chain::ChainSettler;
 use crate::config::{EngineConfig, broker_host_port};
@@ -50,6 +51,8 @@ pub struct Engine {
     pub keys: KeyRegistry,
     /// The market.
     pub market: Arc<Market>,
+    /// The login guard and its counters.
+    pub auth: Arc<Auth>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -58,6 +61,11 @@ impl Engine {
     /// Starts everything; returns once the HTTP API listens and the ingest runs.
     pub async fn start(config: &EngineConfig) -> Result<Self, ServeError> {
         let store = Store::open(&config.database.url).await?;
+        // Tokens issued before they expired get the default lifetime from now.
+        let token_ms = u64::from(config.auth.token_days) * 86_400_000;
+        store
+            .expire_unbounded_credentials(pipeline::now_ms() + token_ms)
+            .await?;
         let keys = crate::meters::load_registry(&store).await?;
         if !config.mqtt.embedded_listen.is_empty() {
             let addr: SocketAddr = config
@@ -186,6 +194,7 @@ impl Engine {
                 },
             ));
         }
+        let auth = Arc::new(Auth::new(config.auth.clone()));
         let app = router(AppState {
             store: store.clone(),
             keys: keys.clone(),
@@ -198,9 +207,12 @@ impl Engine {
             meters_per_account: config.http.meters_per_account,
             tasks: task_metrics,
             chain: chain_metrics,
+            auth: auth.clone(),
         });
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {
+            // The peer's address feeds the per-address login limit.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             });
@@ -215,6 +227,7 @@ impl Engine {
             ingest,
             store,
             keys,
+            auth,
             shutdown,
             tasks,
         })

@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod auth;
 mod cli;
 mod crash;
 mod demo;
