@@ -2,6 +2,8 @@
 //! over MQTT, keeps accounts and meters, and serves the HTTP API.
 //!
 //! - [`ingest`]: the checks every reading passes, and why one is rejected;
+//! - [`broker`]: the embedded MQTT broker's logins and topic access rules, meters' MQTT
+//!   credentials;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
 //! - [`autotrade`]: households' automatic trading rules;
 //! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
@@ -14,6 +16,7 @@
 
 pub mod api;
 pub mod autotrade;
+pub mod broker;
 pub mod chain;
 pub mod config;
 pub mod ingest;
