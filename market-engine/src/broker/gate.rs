@@ -287,16 +287,26 @@ async fn serve(gate: &Gate, mut client: TcpStream, mut stop: watch::Receiver<boo
     }
     gate.metrics.logins_accepted.fetch_add(1, Ordering::Relaxed);
 
+    // rumqttd refuses client ids with these characters, and a refused link leaves state
+    // behind that breaks the next login with the same id: refuse them here.
+    if connect.client_id.contains(['+', '$', '#', '/']) {
+        return refuse(&mut client, ConnectReturnCode::BadClientId, "client id with + $ # or /").await;
+    }
     // Log in to rumqttd on the client's behalf. The client id is put under the user name, so
     // that no client can take over another's session (rumqttd ends an older connection with
-    // the same client id, and hands it that client's persistent session).
+    // the same client id, and hands it that client's persistent session). A clean session
+    // keeps nothing at the broker, so its id is also made unique per connection: rumqttd
+    // 0.20 can fail a login whose id was used by a connection that ended abnormally.
     let user = login.username.clone();
-    let session_id = gate.sessions.next.fetch_add(1, Ordering::Relaxed);
-    let client_id = match (&identity, connect.client_id.is_empty()) {
-        (Identity::Engine, false) => format!("engine/{}", connect.client_id),
-        (Identity::Engine, true) => format!("engine/#{session_id}"),
-        (Identity::Meter { .. }, false) => format!("meter/{user}/{}", connect.client_id),
-        (Identity::Meter { .. }, true) => format!("meter/{user}/#{session_id}"),
+    let kind = match identity {
+        Identity::Engine => "engine",
+        Identity::Meter { .. } => "meter",
+    };
+    let client_id = if connect.clean_session {
+        let n = gate.sessions.next.fetch_add(1, Ordering::Relaxed);
+        format!("{kind}:{user}:{}:{n}", connect.client_id)
+    } else {
+        format!("{kind}:{user}:{}", connect.client_id)
     };
     let forwarded = Connect {
         client_id,

@@ -10,6 +10,7 @@
 )]
 
 mod api;
+mod broker;
 mod crash;
 mod funds;
 mod ingest;
@@ -17,7 +18,9 @@ mod market;
 
 use std::net::TcpListener;
 
-use market_engine::config::EngineConfig;
+use market_engine::config::{EngineConfig, broker_host_port};
+use market_engine::server::Engine;
+use rumqttc::MqttOptions;
 
 /// A free TCP port on loopback.
 pub(crate) fn free_port() -> u16 {
@@ -82,4 +85,16 @@ pub(crate) fn engine_config(community: &str, database_url: &str) -> EngineConfig
         }
     }
     c
+}
+
+/// Options for a test client that may publish anywhere: at the embedded broker it logs in with
+/// the engine's own credential; the external test broker lets anyone in.
+pub(crate) fn engine_client(engine: &Engine, config: &EngineConfig, id: String) -> MqttOptions {
+    let (host, port) = broker_host_port(&config.mqtt.url).unwrap();
+    let mut options = MqttOptions::new(id, host, port);
+    if let Some(broker) = &engine.broker {
+        let (user, password) = broker.engine_login();
+        options.set_credentials(user, password);
+    }
+    options
 }
