@@ -7,8 +7,10 @@
 //! ```
 //!
 //! Pre-signs readings of 100 meters, publishes them as fast as the broker takes them (QoS 1),
-//! every meter in sequence and all meters interleaved, and measures until the engine has
-//! verified and stored the last one.
+//! each meter over its own connection logged in with the credentials the engine issued it
+//! (the embedded broker checks every login and every publish's topic), every meter in
+//! sequence and all meters at once, and measures until the engine has verified and stored the
+//! last one.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -55,7 +57,7 @@ async fn main() {
         .expect("account");
     let rng = SystemRandom::new();
     let now = market_engine::pipeline::now_ms();
-    let mut messages = Vec::new();
+    let mut meters = Vec::new();
     for m in 0..METERS {
         let key =
             MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).expect("rng"), &rng).expect("key");
@@ -73,6 +75,10 @@ async fn main() {
             .await
             .expect("meter");
         engine.keys.insert(&id, public);
+        let password = market_engine::broker::issue_meter_credentials(&engine.store, &id)
+            .await
+            .expect("credentials");
+        let mut messages = Vec::new();
         for seq in 1..=PER_METER {
             let reading = Reading {
                 meter_id: MeterId::new(id.clone()).expect("id"),
@@ -87,41 +93,48 @@ async fn main() {
                 power_w: Measured::ok(-1200),
                 soc_bp: Measured::not_implemented(),
             };
-            let topic = format!("gridshare/v1/{}/meters/{id}/reading", config.community);
-            messages.push((
-                seq,
-                m,
-                topic,
-                key.sign(reading, &rng).expect("sign").to_json(),
-            ));
+            messages.push(key.sign(reading, &rng).expect("sign").to_json());
         }
+        meters.push((id, password, messages));
     }
-    // Interleave meters as real traffic does: every meter publishes its readings in sequence,
-    // all meters at once.
-    messages.sort_by_key(|(seq, m, _, _)| (*seq, *m));
-    let total = messages.len() as u64;
+    let total = METERS * PER_METER;
     let (host, port) = broker_host_port(&config.mqtt.url).expect("url");
-    let mut options = MqttOptions::new("bench-publisher", host, port);
-    options
-        .set_inflight(1000)
-        .set_keep_alive(Duration::from_secs(30));
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    tokio::spawn(async move {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Incoming::Disconnect)) | Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(100)).await
+    let mut clients = Vec::new();
+    for (id, password, messages) in meters {
+        let mut options = MqttOptions::new(format!("bench-{id}"), host.clone(), port);
+        options
+            .set_inflight(100)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_credentials(id.clone(), password);
+        let (client, mut events) = AsyncClient::new(options, 1_000);
+        tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::Disconnect)) | Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Ok(_) => {}
                 }
-                Ok(_) => {}
             }
-        }
-    });
+        });
+        let topic = gridshare_core::mqtt::MeterTopics::new(
+            &config.mqtt.topic_prefix,
+            &config.community,
+            &id,
+        )
+        .reading;
+        clients.push((client, topic, messages));
+    }
     let started = Instant::now();
-    for (_, _, topic, payload) in messages {
-        client
-            .publish(topic, QoS::AtLeastOnce, false, payload)
-            .await
-            .expect("publish");
+    for (client, topic, messages) in clients {
+        tokio::spawn(async move {
+            for payload in messages {
+                client
+                    .publish(topic.clone(), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .expect("publish");
+            }
+        });
     }
     while engine.ingest.accepted.load(Ordering::Relaxed) < total {
         if started.elapsed() > Duration::from_secs(300) {
