@@ -7,8 +7,8 @@ use gridshare_core::reading::PublicKey;
 use tokio::sync::watch;
 
 use crate::api::{AppState, RateLimits, router};
-use crate::chain::ChainSettler;
 use crate::broker::{BrokerAuthMetrics, EmbeddedBroker};
+use crate::chain::ChainSettler;
 use crate::config::EngineConfig;
 use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
 use crate::market::Market;

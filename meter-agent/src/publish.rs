@@ -25,9 +25,9 @@ use tokio::sync::{Notify, watch};
 use crate::outbox::Outbox;
 
 pub use gridshare_core::mqtt::BrokerUrl;
+use gridshare_core::mqtt::BrokerUrlError;
 /// The topics of one meter (the layout is `gridshare_core`'s).
 pub use gridshare_core::mqtt::MeterTopics as Topics;
-use gridshare_core::mqtt::BrokerUrlError;
 
 /// Broker settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -322,9 +322,7 @@ enum SessionEnd {
 
 /// A TLS client configuration trusting the CA certificates in `ca_file` (PEM; default: the
 /// system bundle `/etc/ssl/certs/ca-certificates.crt`). The market engine uses it too.
-pub fn tls_config(
-    ca_file: Option<&std::path::Path>,
-) -> Result<TlsConfiguration, MqttConfigError> {
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, MqttConfigError> {
     let path =
         ca_file.unwrap_or_else(|| std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
     let shown = path.display().to_string();

@@ -18,8 +18,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rumqttc::mqttbytes::{self, FixedHeader, PacketType, Protocol};
 use rumqttc::mqttbytes::v4::{ConnAck, Connect, ConnectReturnCode, Login, Publish, Subscribe};
+use rumqttc::mqttbytes::{self, FixedHeader, PacketType, Protocol};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -112,7 +112,11 @@ impl Sessions {
 }
 
 /// Accepts clients until `stop` turns true.
-pub(crate) async fn accept(gate: Arc<Gate>, listener: TcpListener, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn accept(
+    gate: Arc<Gate>,
+    listener: TcpListener,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -148,13 +152,14 @@ pub(crate) async fn watch_revocations(gate: Arc<Gate>, mut stop: watch::Receiver
         }
         // Overlap the windows: a row written with a clock a little behind is still seen.
         let started = crate::pipeline::now_ms();
-        let changed = match credentials::changed_since(&gate.store, since.saturating_sub(10_000)).await {
-            Ok(changed) => changed,
-            Err(e) => {
-                tracing::warn!(target: "broker", "cannot check for revoked credentials: {e}");
-                continue;
-            }
-        };
+        let changed =
+            match credentials::changed_since(&gate.store, since.saturating_sub(10_000)).await {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::warn!(target: "broker", "cannot check for revoked credentials: {e}");
+                    continue;
+                }
+            };
         since = started;
         for user in changed {
             if !gate.sessions.is_open(&user) {
@@ -164,7 +169,9 @@ pub(crate) async fn watch_revocations(gate: Arc<Gate>, mut stop: watch::Receiver
                 Ok(live) => {
                     let cut = gate.sessions.cut_stale(&user, live.as_deref());
                     if cut > 0 {
-                        gate.metrics.sessions_revoked.fetch_add(cut, Ordering::Relaxed);
+                        gate.metrics
+                            .sessions_revoked
+                            .fetch_add(cut, Ordering::Relaxed);
                         tracing::info!(target: "broker", user, sessions = cut, "credentials revoked or replaced: session ended");
                     }
                 }
@@ -229,7 +236,11 @@ async fn refuse(
     Err(GateError::Refused(why))
 }
 
-async fn serve(gate: &Gate, mut client: TcpStream, mut stop: watch::Receiver<bool>) -> Result<(), GateError> {
+async fn serve(
+    gate: &Gate,
+    mut client: TcpStream,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), GateError> {
     let _ = client.set_nodelay(true);
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let header = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut client, &mut buf))
@@ -241,8 +252,14 @@ async fn serve(gate: &Gate, mut client: TcpStream, mut stop: watch::Receiver<boo
     let frame = buf.split_to(header.frame_length()).freeze();
     let connect = match Connect::read(header, frame) {
         Ok(c) if c.protocol == Protocol::V4 => c,
-        Ok(_) | Err(mqttbytes::Error::InvalidProtocolLevel(_) | mqttbytes::Error::InvalidProtocol) => {
-            return refuse(&mut client, ConnectReturnCode::RefusedProtocolVersion, "only MQTT 3.1.1").await;
+        Ok(_)
+        | Err(mqttbytes::Error::InvalidProtocolLevel(_) | mqttbytes::Error::InvalidProtocol) => {
+            return refuse(
+                &mut client,
+                ConnectReturnCode::RefusedProtocolVersion,
+                "only MQTT 3.1.1",
+            )
+            .await;
         }
         Err(e) => return Err(e.into()),
     };
@@ -251,7 +268,12 @@ async fn serve(gate: &Gate, mut client: TcpStream, mut stop: watch::Receiver<boo
     let Some(login) = &connect.login else {
         gate.metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "broker", client_id = connect.client_id, "login refused: no user name and password");
-        return refuse(&mut client, ConnectReturnCode::NotAuthorized, "no credentials").await;
+        return refuse(
+            &mut client,
+            ConnectReturnCode::NotAuthorized,
+            "no credentials",
+        )
+        .await;
     };
     let presented = password_hash(&login.password);
     let identity = if login.username == ENGINE_USER && presented == gate.engine_hash {
@@ -270,10 +292,20 @@ async fn serve(gate: &Gate, mut client: TcpStream, mut stop: watch::Receiver<boo
             Ok(_) => {
                 gate.metrics.logins_refused.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(target: "broker", user = login.username, "login refused: wrong user name or password");
-                return refuse(&mut client, ConnectReturnCode::BadUserNamePassword, "wrong user name or password").await;
+                return refuse(
+                    &mut client,
+                    ConnectReturnCode::BadUserNamePassword,
+                    "wrong user name or password",
+                )
+                .await;
             }
             Err(e) => {
-                let _ = refuse(&mut client, ConnectReturnCode::ServiceUnavailable, "lookup failed").await;
+                let _ = refuse(
+                    &mut client,
+                    ConnectReturnCode::ServiceUnavailable,
+                    "lookup failed",
+                )
+                .await;
                 return Err(e);
             }
         }
@@ -283,14 +315,24 @@ async fn serve(gate: &Gate, mut client: TcpStream, mut stop: watch::Receiver<boo
     {
         gate.metrics.denied_will.fetch_add(1, Ordering::Relaxed);
         tracing::info!(target: "broker", user = identity.name(), topic = will.topic, "last will on a topic the client may not publish: login refused");
-        return refuse(&mut client, ConnectReturnCode::NotAuthorized, "last will topic not allowed").await;
+        return refuse(
+            &mut client,
+            ConnectReturnCode::NotAuthorized,
+            "last will topic not allowed",
+        )
+        .await;
     }
     gate.metrics.logins_accepted.fetch_add(1, Ordering::Relaxed);
 
     // rumqttd refuses client ids with these characters, and a refused link leaves state
     // behind that breaks the next login with the same id: refuse them here.
     if connect.client_id.contains(['+', '$', '#', '/']) {
-        return refuse(&mut client, ConnectReturnCode::BadClientId, "client id with + $ # or /").await;
+        return refuse(
+            &mut client,
+            ConnectReturnCode::BadClientId,
+            "client id with + $ # or /",
+        )
+        .await;
     }
     // Log in to rumqttd on the client's behalf. The client id is put under the user name, so
     // that no client can take over another's session (rumqttd ends an older connection with
@@ -380,7 +422,11 @@ enum End {
 
 /// Takes every whole packet out of `buf`; returns the bytes to forward (the packets up to the
 /// first one that ends the connection) and why the connection ends, if it does.
-fn screen(gate: &Gate, identity: &Identity, buf: &mut BytesMut) -> Result<(Bytes, Option<End>), GateError> {
+fn screen(
+    gate: &Gate,
+    identity: &Identity,
+    buf: &mut BytesMut,
+) -> Result<(Bytes, Option<End>), GateError> {
     let mut offset = 0;
     let mut frames = Vec::new();
     loop {
@@ -411,10 +457,16 @@ fn screen(gate: &Gate, identity: &Identity, buf: &mut BytesMut) -> Result<(Bytes
             }
             PacketType::Subscribe => {
                 let subscribe = Subscribe::read(header, frame)?;
-                match subscribe.filters.iter().find(|f| !identity.may_subscribe(&f.path)) {
+                match subscribe
+                    .filters
+                    .iter()
+                    .find(|f| !identity.may_subscribe(&f.path))
+                {
                     None => continue,
                     Some(f) => {
-                        gate.metrics.denied_subscribe.fetch_add(1, Ordering::Relaxed);
+                        gate.metrics
+                            .denied_subscribe
+                            .fetch_add(1, Ordering::Relaxed);
                         tracing::info!(target: "broker", user = identity.name(), filter = f.path, "subscribe denied: disconnected");
                         End::Denied(GateError::Denied {
                             user: identity.name().to_owned(),
@@ -430,10 +482,16 @@ fn screen(gate: &Gate, identity: &Identity, buf: &mut BytesMut) -> Result<(Bytes
             | PacketType::Unsubscribe
             | PacketType::PingReq => continue,
             PacketType::Disconnect => {
-                return Ok((chunk.slice(..at + header.frame_length()), Some(End::Disconnect)));
+                return Ok((
+                    chunk.slice(..at + header.frame_length()),
+                    Some(End::Disconnect),
+                ));
             }
             PacketType::Connect => End::Denied(GateError::Protocol("second CONNECT")),
-            PacketType::ConnAck | PacketType::SubAck | PacketType::UnsubAck | PacketType::PingResp => {
+            PacketType::ConnAck
+            | PacketType::SubAck
+            | PacketType::UnsubAck
+            | PacketType::PingResp => {
                 End::Denied(GateError::Protocol("a broker's packet from a client"))
             }
         };

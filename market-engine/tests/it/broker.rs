@@ -45,7 +45,9 @@ async fn embedded_engine(community: &str, database_url: &str) -> (Engine, Engine
 /// A meter id unique to this run (at most 32 characters).
 fn meter_id(prefix: &str) -> String {
     let id = unique(prefix);
-    id[id.len().saturating_sub(32)..].trim_start_matches('-').to_owned()
+    id[id.len().saturating_sub(32)..]
+        .trim_start_matches('-')
+        .to_owned()
 }
 
 /// Registers a meter (any key: these tests are about the broker) and issues its credentials.
@@ -208,14 +210,20 @@ async fn the_embedded_broker_refuses_anonymous_clients_and_wrong_passwords() {
             .await
             .unwrap();
         // Issuing again replaces the password; revoking refuses the new one too.
-        let renewed = issue_meter_credentials(&engine.store, &meter).await.unwrap();
+        let renewed = issue_meter_credentials(&engine.store, &meter)
+            .await
+            .unwrap();
         assert_ne!(renewed, password);
         let old = connect(options(port, "old", Some((&meter, &password)))).await;
         assert_eq!(refused_with(old), ConnectReturnCode::BadUserNamePassword);
         connect(options(port, "renewed", Some((&meter, &renewed))))
             .await
             .unwrap();
-        assert!(revoke_meter_credentials(&engine.store, &meter).await.unwrap());
+        assert!(
+            revoke_meter_credentials(&engine.store, &meter)
+                .await
+                .unwrap()
+        );
         let revoked = connect(options(port, "revoked", Some((&meter, &renewed)))).await;
         assert_eq!(
             refused_with(revoked),
@@ -285,7 +293,10 @@ async fn a_meter_reads_no_readings_and_publishes_only_its_own_topics() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((topic, payload), (topics(&b).reading, b"reading of b".to_vec()));
+    assert_eq!(
+        (topic, payload),
+        (topics(&b).reading, b"reading of b".to_vec())
+    );
 
     // A cannot publish B's reading, nor a retained status for B, nor into another community.
     for (topic, retain) in [
@@ -322,7 +333,14 @@ async fn a_meter_reads_no_readings_and_publishes_only_its_own_topics() {
     );
 
     // A's own topics work: a reading and a retained status, and it may read them back.
-    let mut own = subscriber(as_a("a-own"), &format!("{}/#", gridshare_core::mqtt::meter_base("gridshare/v1", &community, &a))).await;
+    let mut own = subscriber(
+        as_a("a-own"),
+        &format!(
+            "{}/#",
+            gridshare_core::mqtt::meter_base("gridshare/v1", &community, &a)
+        ),
+    )
+    .await;
     publish_acked(as_a("a"), &topics(&a).status, b"online", true).await;
     publish_acked(as_a("a"), &topics(&a).reading, b"reading of a", false).await;
     let (topic, _, _) = tokio::time::timeout(Duration::from_secs(5), readings.recv())
@@ -387,7 +405,9 @@ async fn an_authenticated_meter_agent_feeds_the_engine_and_revocation_cuts_it_of
         .await
         .unwrap();
     engine.keys.insert(&meter, public);
-    let password = issue_meter_credentials(&engine.store, &meter).await.unwrap();
+    let password = issue_meter_credentials(&engine.store, &meter)
+        .await
+        .unwrap();
 
     let server = meter_agent::simulator::serve(
         Household::default(),
@@ -540,7 +560,9 @@ async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
             Some("listener") => format!("listener {port} 127.0.0.1"),
             Some("password_file") => format!("password_file {}", passwords.display()),
             Some("acl_file") => format!("acl_file {}", acl.display()),
-            Some("persistence_location") => format!("persistence_location {}/", dir.path().display()),
+            Some("persistence_location") => {
+                format!("persistence_location {}/", dir.path().display())
+            }
             _ => line.to_owned(),
         })
         .collect::<Vec<_>>()
@@ -551,7 +573,11 @@ async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
 
     let topics = |m: &str| gridshare_core::mqtt::MeterTopics::new("gridshare/v1", "demo", m);
     let mut engine_view = subscriber(
-        options(port, "market-engine-demo", Some(("market-engine", pass_engine))),
+        options(
+            port,
+            "market-engine-demo",
+            Some(("market-engine", pass_engine)),
+        ),
         "gridshare/v1/demo/meters/+/reading",
     )
     .await;
@@ -591,8 +617,9 @@ async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
         (topics("home-b").status, true),
         ("gridshare/v1/other/meters/home-a/reading".to_owned(), false),
     ] {
-        let (client, mut events) =
-            connect(options(port, "a-forger", Some(("home-a", pass_a)))).await.unwrap();
+        let (client, mut events) = connect(options(port, "a-forger", Some(("home-a", pass_a))))
+            .await
+            .unwrap();
         client
             .publish(&topic, QoS::AtLeastOnce, retain, b"forged".to_vec())
             .await
@@ -643,13 +670,39 @@ fn throwaway_pki(dir: &Path) {
         assert!(status.success(), "openssl {args:?}");
     };
     openssl(&[
-        "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-        "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=gridshare test CA",
-        "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=gridshare test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
     ]);
     openssl(&[
-        "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-        "server.key", "-out", "server.csr", "-subj", "/CN=localhost",
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
     ]);
     std::fs::write(
         dir.join("server.ext"),
@@ -657,8 +710,21 @@ fn throwaway_pki(dir: &Path) {
     )
     .unwrap();
     openssl(&[
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "server.ext",
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
     ]);
     // Mosquitto started as root reads the key after dropping to its own user: a throw-away
     // key in a throw-away directory may be readable by all.
@@ -763,5 +829,4 @@ async fn the_engine_ingests_through_a_tls_broker() {
     stop.send(true).unwrap();
     agent.await.unwrap().unwrap();
     engine.stop().await;
-
 }
