@@ -52,6 +52,8 @@ pub struct AppState {
     pub tasks: Arc<crate::tasks::TaskMetrics>,
     /// The chain outbox driver's counters.
     pub chain: Arc<crate::metrics::ChainMetrics>,
+    /// Logins and access-rule denials at the embedded broker.
+    pub broker_auth: Arc<crate::broker::BrokerAuthMetrics>,
     /// Password hashing capacity and login limits.
     pub auth: Arc<auth::Auth>,
 }

@@ -191,6 +191,36 @@ impl Snapshot {
             "Argon2 computations running now.",
             auth.hashes_running.load(Ordering::Relaxed),
         );
+        let broker = &state.broker_auth;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        s.labelled_counter(
+            "gridshare_broker_logins",
+            "Logins at the embedded broker, by outcome.",
+            vec![
+                (
+                    vec![("outcome", "accepted".to_owned())],
+                    load(&broker.logins_accepted),
+                ),
+                (
+                    vec![("outcome", "refused".to_owned())],
+                    load(&broker.logins_refused),
+                ),
+            ],
+        );
+        s.labelled_counter(
+            "gridshare_broker_acl_denials",
+            "Packets refused by the embedded broker's access rules, by action (the client is disconnected).",
+            vec![
+                (vec![("action", "publish".to_owned())], load(&broker.denied_publish)),
+                (vec![("action", "subscribe".to_owned())], load(&broker.denied_subscribe)),
+                (vec![("action", "will".to_owned())], load(&broker.denied_will)),
+            ],
+        );
+        s.counter(
+            "gridshare_broker_sessions_revoked",
+            "Broker sessions ended because their credentials were revoked or issued anew.",
+            load(&broker.sessions_revoked),
+        );
         s.labelled_counter(
             "gridshare_task_restarts",
             "Background tasks restarted after a panic, by task.",

@@ -192,6 +192,7 @@ async fn serve(url: &str, config: AuthConfig) -> Server {
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        broker_auth: Default::default(),
         auth: auth.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -40,6 +40,7 @@ pub(crate) fn api_with(store: &Store, market: &Arc<Market>, keys: &KeyRegistry) 
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        broker_auth: Default::default(),
         auth: Arc::new(Auth::new(AuthConfig::default())),
     })
 }
