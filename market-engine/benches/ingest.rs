@@ -61,18 +61,25 @@ async fn main() {
             MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).expect("rng"), &rng).expect("key");
         let id = format!("bench-{m:03}");
         let public = key.public_key();
-        engine
-            .store
-            .register_meter(
-                &id,
-                account,
-                &public.to_hex(),
-                &public.key_id().to_string(),
-                0,
-            )
+        market_engine::meters::register(
+            &engine.store,
+            &engine.keys,
+            account,
+            &id,
+            &public.to_hex(),
+            u32::MAX,
+            0,
+        )
+        .await
+        .expect("meter");
+        let approval = market_engine::ingest::Approval {
+            export_capacity_w: 10_000,
+            import_capacity_w: 20_000,
+            device: DeviceIdentity::new("Bench", "Meter", &id).expect("identity"),
+        };
+        market_engine::meters::approve(&engine.store, &engine.keys, &id, &approval, 0, 0)
             .await
-            .expect("meter");
-        engine.keys.insert(&id, public);
+            .expect("approval");
         for seq in 1..=PER_METER {
             let reading = Reading {
                 meter_id: MeterId::new(id.clone()).expect("id"),

@@ -10,22 +10,22 @@
 pub mod auth;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
-use gridshare_core::reading::{MeterId, PublicKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::Deserialize;
 use serde_json::json;
 
+mod meters;
+
 use auth::Authenticated;
 
-use crate::ingest::{IngestMetrics, KeyRegistry, Rejection};
+use crate::ingest::{IngestMetrics, KeyRegistry};
 use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
 use crate::store::{AccountRow, Store, StoreError};
@@ -46,6 +46,12 @@ pub struct AppState {
     pub market: Arc<Market>,
     /// Order-rate limits per account.
     pub limits: Arc<RateLimits>,
+    /// Meters an account may register.
+    pub meters_per_account: u32,
+    /// Background task restarts.
+    pub tasks: Arc<crate::tasks::TaskMetrics>,
+    /// The chain outbox driver's counters.
+    pub chain: Arc<crate::metrics::ChainMetrics>,
     /// Password hashing capacity and login limits.
     pub auth: Arc<auth::Auth>,
 }
@@ -159,6 +165,7 @@ impl From<MarketError> for ApiError {
             MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
             MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),
             MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),
+            MarketError::OutOfRange(m) => Self::Unprocessable(m),
             MarketError::Store(e) => e.into(),
         }
     }
@@ -328,7 +335,6 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/tokens/{token_id}", delete(auth::revoke_token))
         .route("/api/v1/me", get(auth::me))
-        .route("/api/v1/meters", post(register_meter).get(my_meters))
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
         .route(
             "/api/v1/meters/{meter_id}/rule",
@@ -355,6 +361,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/openapi.json", get(openapi))
+        .merge(meters::routes())
         .fallback(no_route)
         .layer(axum::middleware::map_response(json_errors))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -372,54 +379,6 @@ fn random_token() -> Result<String, ApiError> {
 /// The body, or the extractor's rejection in the one error shape (naming the field at fault).
 fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(v)| v).map_err(ApiError::from)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MeterRequest {
-    meter_id: String,
-    public_key: String,
-}
-
-async fn register_meter(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-    body: Result<Json<MeterRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let req = json_body(body)?;
-    let meter = MeterId::new(req.meter_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let key = PublicKey::from_hex(&req.public_key)
-        .map_err(|e| ApiError::BadRequest(format!("public_key: {e}")))?;
-    state
-        .store
-        .register_meter(
-            meter.as_str(),
-            account.id,
-            &key.to_hex(),
-            &key.key_id().to_string(),
-            now_ms(),
-        )
-        .await?;
-    state.keys.insert(meter.as_str(), key);
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "meter_id": meter.as_str(), "key_id": key.key_id().to_string() })),
-    ))
-}
-
-async fn my_meters(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let meters: Vec<_> = state
-        .store
-        .meters()
-        .await?
-        .into_iter()
-        .filter(|m| m.account_id == account.id)
-        .map(|m| json!({ "meter_id": m.meter_id, "public_key": m.public_key }))
-        .collect();
-    Ok(Json(json!({ "meters": meters })))
 }
 
 #[derive(Deserialize)]
@@ -643,11 +602,11 @@ impl FundingRequest {
     fn checked(self, kind: &str) -> Result<(i64, String), ApiError> {
         let amount = i64::try_from(self.amount)
             .ok()
-            .filter(|a| *a > 0)
+            .filter(|a| (1..=crate::market::MAX_BALANCE).contains(a))
             .ok_or_else(|| {
                 ApiError::BadRequest(format!(
                     "amount: a {kind} is between 1 and {} token units",
-                    i64::MAX
+                    crate::market::MAX_BALANCE
                 ))
             })?;
         let reference = match self.reference {
@@ -928,45 +887,44 @@ async fn put_settings(
     Ok(Json(json!({ "from_slot": from_slot })))
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    let m = &state.ingest;
-    let mut out = String::new();
-    out.push_str("# HELP gridshare_readings_accepted_total Signed readings verified and stored.\n");
-    out.push_str("# TYPE gridshare_readings_accepted_total counter\n");
-    out.push_str(&format!(
-        "gridshare_readings_accepted_total {}\n",
-        m.accepted.load(Ordering::Relaxed)
-    ));
-    out.push_str("# HELP gridshare_readings_duplicate_total Exact re-deliveries dropped.\n");
-    out.push_str("# TYPE gridshare_readings_duplicate_total counter\n");
-    out.push_str(&format!(
-        "gridshare_readings_duplicate_total {}\n",
-        m.duplicates.load(Ordering::Relaxed)
-    ));
-    out.push_str("# HELP gridshare_readings_rejected_total Readings rejected, by reason.\n");
-    out.push_str("# TYPE gridshare_readings_rejected_total counter\n");
-    for reason in Rejection::ALL {
-        out.push_str(&format!(
-            "gridshare_readings_rejected_total{{reason=\"{}\"}} {}\n",
-            reason.as_str(),
-            m.rejected(reason)
-        ));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+async fn metrics(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let text = crate::metrics::Snapshot::of_engine(&state)
+        .await
+        .render()
+        .map_err(|e| ApiError::Internal(format!("rendering metrics: {e}")))?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    ))
 }
 
-/// Server-Sent Events: every reading stored, order accepted and trade made, as JSON
-/// (`{"type": "reading" | "order" | "trades", ...}`), for dashboards and the web app.
+/// Server-Sent Events (`{"type": "reading" | "order" | "trades" | "neighbourhood", ...}`).
+/// With a session or token: the household's own readings, its orders with their ids, and the
+/// public events; without: only the public events — the book's orders without owner, trades
+/// and the anonymised neighbourhood aggregate, never a household's readings.
 async fn stream(
     State(state): State<AppState>,
-) -> axum::response::sse::Sse<
-    impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    headers: HeaderMap,
+) -> Result<
+    axum::response::sse::Sse<
+        impl futures_util::Stream<Item = Result<axum::response::sse::Event, std::convert::Infallible>>,
+    >,
+    ApiError,
 > {
+    let account = auth::optional_account(&state, &headers)
+        .await?
+        .map(|a| a.id);
     let rx = state.market.live().subscribe();
-    let events = futures_util::stream::unfold(rx, |mut rx| async move {
+    let events = futures_util::stream::unfold(rx, move |mut rx| async move {
         loop {
             match rx.recv().await {
                 Ok(event) => {
+                    let Some(event) = event.visible_to(account) else {
+                        continue;
+                    };
                     let data = serde_json::to_string(&event).unwrap_or_default();
                     let sse = axum::response::sse::Event::default().data(data);
                     return Some((Ok(sse), rx));
@@ -977,7 +935,7 @@ async fn stream(
             }
         }
     });
-    axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default())
+    Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
 async fn healthz() -> &'static str {

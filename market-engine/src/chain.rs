@@ -262,6 +262,15 @@ impl ChainSettler {
         }
     }
 
+    /// How many batches wait in the outbox for their confirmation.
+    pub async fn pending(&self) -> Result<usize, String> {
+        match &self.backend {
+            Backend::Embedded { outbox, .. } => outbox.pending().await.map(|p| p.len()),
+            Backend::Rpc(outbox) => outbox.pending().await.map(|p| p.len()),
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// The batch root recorded on chain for a slot, once settled there.
     pub async fn settled_root(&self, slot: u64) -> Result<Option<B256>, String> {
         match &self.backend {

@@ -40,6 +40,8 @@ pub struct HttpConfig {
     pub orders_per_second: u32,
     /// Order requests an account may send at once.
     pub orders_burst: u32,
+    /// Meters one account may register (pending or approved).
+    pub meters_per_account: u32,
 }
 
 /// Database settings.
@@ -74,6 +76,8 @@ pub struct IngestConfig {
     pub max_future_skew_ms: u64,
     /// Largest accepted age of a reading when it arrives, ms.
     pub max_age_ms: u64,
+    /// Days a recorded rejection is kept.
+    pub rejections_kept_days: u32,
 }
 
 impl Default for EngineConfig {
@@ -97,6 +101,7 @@ impl Default for HttpConfig {
             listen: ([127, 0, 0, 1], 8080).into(),
             orders_per_second: 200,
             orders_burst: 400,
+            meters_per_account: 10,
         }
     }
 }
@@ -126,6 +131,7 @@ impl Default for IngestConfig {
         Self {
             max_future_skew_ms: 30_000,
             max_age_ms: 7 * 24 * 3_600_000,
+            rejections_kept_days: 30,
         }
     }
 }

@@ -16,9 +16,11 @@ use meter_agent::register_server::Framing;
 use meter_agent::simulator::Household;
 use tokio::sync::watch;
 
+use gridshare_core::reading::DeviceIdentity;
 use market_engine::config::EngineConfig;
-use market_engine::ingest::IngestMetrics;
+use market_engine::ingest::{Approval, IngestMetrics};
 use market_engine::market::Market;
+use market_engine::meters;
 use market_engine::pipeline::now_ms;
 use market_engine::server::Engine;
 use market_engine::store::TradingRule;
@@ -129,13 +131,19 @@ pub(crate) async fn run(
             serial: format!("SIM-{:06}", i + 1),
             ..Household::default()
         };
-        let server = meter_agent::simulator::serve(
+        // The device keeps its clock and counters in the demo directory: a demo restarted
+        // there carries on, as a real inverter would, instead of starting its counters again.
+        let export_capacity_w = household.pv_peak_w + household.battery_max_w;
+        let import_capacity_w = 12_000.0 + household.battery_max_w;
+        let serial = household.serial.clone();
+        let server = meter_agent::simulator::serve_persistent(
             household,
             10 * 3_600_000,
             "127.0.0.1:0".parse()?,
             Framing::Tcp,
             200,
             options.speed,
+            options.dir.join(format!("{name}.device.json")),
         )
         .await?;
         let key_file = options.dir.join(format!("{name}.key"));
@@ -145,18 +153,34 @@ pub(crate) async fn run(
             meter_agent::keys::generate(&key_file, false)?
         };
         if engine.store.meter_owner(&name).await?.is_none() {
-            engine
-                .store
-                .register_meter(
-                    &name,
-                    account,
-                    &public.to_hex(),
-                    &public.key_id().to_string(),
-                    now_ms(),
-                )
-                .await?;
+            meters::register(
+                &engine.store,
+                &engine.keys,
+                account,
+                &name,
+                &public.to_hex(),
+                1,
+                now_ms(),
+            )
+            .await?;
         }
-        engine.keys.insert(&name, public);
+        // The operator's approval, as after an installer's visit. The devices run on an
+        // accelerated clock, so their counters move `speed` times faster than their ratings
+        // in real time: the approved capacity is scaled the same way.
+        let scaled = |w: f64| {
+            // Bounded by the household's ratings times a speed of at most 10 000.
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            let w = (w * options.speed)
+                .ceil()
+                .min(f64::from(meters::MAX_CAPACITY_W)) as u32;
+            w
+        };
+        let approval = Approval {
+            export_capacity_w: scaled(export_capacity_w),
+            import_capacity_w: scaled(import_capacity_w),
+            device: DeviceIdentity::new("Gridshare", "SIM-HYBRID", serial)?,
+        };
+        meters::approve(&engine.store, &engine.keys, &name, &approval, 0, now_ms()).await?;
         let mut agent_config = AgentConfig {
             meter_id: name.clone(),
             community: config.community.clone(),

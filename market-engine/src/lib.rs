@@ -3,6 +3,7 @@
 //!
 //! - [`ingest`]: the checks every reading passes, and why one is rejected;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
+//! - [`meters`]: registration by a household, approval by the community operator;
 //! - [`autotrade`]: households' automatic trading rules;
 //! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
 //!   settlement;
@@ -10,6 +11,8 @@
 //!   chain or a JSON-RPC node;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
+//! - [`metrics`]: every counter, exported on `/metrics`;
+//! - [`tasks`]: supervision of the background tasks;
 //! - [`server`]: everything wired together, with graceful shutdown.
 
 pub mod api;
@@ -18,6 +21,9 @@ pub mod chain;
 pub mod config;
 pub mod ingest;
 pub mod market;
+pub mod meters;
+pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod store;
+pub mod tasks;

@@ -112,7 +112,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 c.database.url = url;
             }
             let name = market_engine::api::auth::account_name(&name).map_err(anyhow::Error::msg)?;
-            let store = market_engine::store::Store::open(&c.database.url).await?;
+            // The engine's own database, found as `serve` finds it; never a new one.
+            let store = market_engine::store::Store::open_existing(&c.database.url).await?;
+            println!("database {}", c.database.url);
             if store.set_role(&name, "operator").await? {
                 println!("{name} is now the community operator");
             } else {

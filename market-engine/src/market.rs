@@ -19,6 +19,7 @@ use serde::Deserialize;
 use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 
+use crate::ingest::energy_bound_wh;
 use crate::pipeline::LiveEvent;
 
 use crate::store::{Store, StoreError};
@@ -168,8 +169,8 @@ pub struct NewOrder {
 pub struct MarketMetrics {
     /// Orders accepted (on disk).
     pub orders_accepted: AtomicU64,
-    /// Orders, cancels and amends refused by the market rules.
-    pub orders_rejected: AtomicU64,
+    /// Orders, cancels and amends refused, by reason.
+    pub orders_rejected: ReasonCounts,
     /// Trades made.
     pub trades: AtomicU64,
     /// Gate closures.
@@ -180,6 +181,39 @@ pub struct MarketMetrics {
     pub slots_settled: AtomicU64,
     /// Seconds from the latest settled slot's settlement time to its settlement (lag).
     pub settlement_lag_s: AtomicU64,
+    /// Meter deliveries settled at their capacity bound instead of what the counters said.
+    pub deliveries_capped: AtomicU64,
+}
+
+/// Counters by a fixed set of reasons, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ReasonCounts(std::sync::Mutex<BTreeMap<&'static str, u64>>);
+
+impl ReasonCounts {
+    /// Counts one `reason`.
+    pub fn add(&self, reason: &'static str) {
+        *self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(reason)
+            .or_default() += 1;
+    }
+
+    /// Every reason counted so far with its count.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(r, n)| (*r, *n))
+            .collect()
+    }
+
+    /// The sum over every reason.
+    pub fn total(&self) -> u64 {
+        self.snapshot().iter().map(|(_, n)| n).sum()
+    }
 }
 
 /// A settled slot, as it goes on chain.
@@ -231,12 +265,30 @@ pub enum MarketError {
         /// What the account may still spend, token units.
         available: i64,
     },
+    /// An amount or quantity beyond what the engine can represent or allows.
+    #[error("{0}")]
+    OutOfRange(String),
     /// A deposit or withdrawal with a reference already used for a different amount.
     #[error("reference {0:?} was already used for a different amount")]
     ReferenceReused(String),
     /// The database failed; the slot's book was rebuilt from the log.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl MarketError {
+    /// A stable name of the reason (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Order(e) => e.reason(),
+            Self::Slot(_) => "slot_not_trading",
+            Self::UnknownOrder(_) => "unknown_order",
+            Self::InsufficientFunds { .. } => "insufficient_funds",
+            Self::OutOfRange(_) => "out_of_range",
+            Self::ReferenceReused(_) => "reference_reused",
+            Self::Store(_) => "storage",
+        }
+    }
 }
 
 impl From<sqlx::Error> for MarketError {
@@ -387,9 +439,18 @@ struct Funds {
 
 /// A bid's most possible cost: its open energy at its limit price (which includes the fees,
 /// and of which each trade pays at most its floor).
-fn bid_cost(price_per_kwh: u64, energy_wh: u64) -> u64 {
-    amount_for(energy_wh, price_per_kwh).unwrap_or(u64::MAX)
+fn bid_cost(price_per_kwh: u64, energy_wh: u64) -> Result<u64, MarketError> {
+    amount_for(energy_wh, price_per_kwh).map_err(|_| {
+        MarketError::OutOfRange(format!(
+            "{energy_wh} Wh at {price_per_kwh} per kWh does not fit in a token amount"
+        ))
+    })
 }
+
+/// The largest balance an account may hold, token units (10^15). Deposits beyond it are
+/// refused, so balances, holds and their sums always fit in 64 bits — in memory and in the
+/// database's SUM when the engine starts.
+pub const MAX_BALANCE: i64 = 1_000_000_000_000_000;
 
 impl Funds {
     fn available(&self, account: i64) -> i64 {
@@ -432,9 +493,30 @@ impl Funds {
         }
     }
 
-    fn credit(&mut self, account: i64, amount: i64) {
+    /// Adds `amount` (negative: takes it away); refused, changing nothing, if the balance
+    /// would leave ±[`MAX_BALANCE`].
+    fn credit(&mut self, account: i64, amount: i64) -> Result<(), MarketError> {
+        let balance = self.balance.get(&account).copied().unwrap_or(0);
+        let new = balance
+            .checked_add(amount)
+            .filter(|b| b.unsigned_abs() <= MAX_BALANCE.unsigned_abs())
+            .ok_or_else(|| {
+                MarketError::OutOfRange(format!(
+                    "a balance of {balance} plus {amount} leaves the range of ±{MAX_BALANCE} token units"
+                ))
+            })?;
+        self.balance.insert(account, new);
+        Ok(())
+    }
+
+    /// Books what the ledger says (a settled slot, or the sums read at start-up): only the
+    /// 64-bit range is checked, since the ledger is the record and memory must follow it.
+    fn book(&mut self, account: i64, amount: i64) -> Result<(), MarketError> {
         let balance = self.balance.entry(account).or_default();
-        *balance = balance.saturating_add(amount);
+        *balance = balance.checked_add(amount).ok_or_else(|| {
+            MarketError::OutOfRange(format!("account {account}'s balance overflows"))
+        })?;
+        Ok(())
     }
 }
 
@@ -486,7 +568,8 @@ impl Books {
             .get(&info.slot)
             .and_then(|b| b.open_order(OrderId(order)))
             .filter(|(side, _, _)| *side == Side::Buy)
-            .map_or(0, |(_, price, wh)| bid_cost(price, wh));
+            // An open bid passed `SlotTerms::validate`, which checks that this amount fits.
+            .map_or(0, |(_, price, wh)| bid_cost(price, wh).unwrap_or(u64::MAX));
         self.funds.hold(info.account, info.held, new);
         info.held = new;
     }
@@ -601,7 +684,7 @@ impl Market {
             .fetch_all(pool)
             .await?;
             for row in balances {
-                books.funds.credit(row.get(0), row.get(1));
+                books.funds.book(row.try_get(0)?, row.try_get(1)?)?;
             }
             for slot in slot_list(
                 pool,
@@ -782,40 +865,42 @@ impl Market {
         } = *new;
         let owner = account_id(account)?;
         let mut books = self.books.lock().await;
-        if let std::collections::btree_map::Entry::Vacant(entry) = books.open.entry(slot) {
-            if self.slot_closed(slot).await? {
-                return Err(MarketError::Slot(format!(
-                    "slot {slot}: gate already closed"
-                )));
-            }
-            let book = self
-                .community_for(slot)
-                .open_slot(slot)
-                .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
-            entry.insert(book);
-        }
-        if side == OrderSide::Buy
-            && let Err(e) = books
-                .funds
-                .check(account, bid_cost(price_per_kwh, energy_wh))
-        {
-            self.metrics.orders_rejected.fetch_add(1, Ordering::Relaxed);
-            return Err(e);
-        }
         let id = books.next_order_id;
         let order = match side {
             OrderSide::Buy => Order::bid(OrderId(id), owner, AreaId(0), price_per_kwh, energy_wh),
             OrderSide::Sell => Order::ask(OrderId(id), owner, AreaId(0), price_per_kwh, energy_wh),
         };
-        let book = books
-            .open
-            .get_mut(&slot)
-            .ok_or_else(|| MarketError::Slot(format!("slot {slot} is not open")))?;
-        let trades = match book.submit(order, now_s) {
-            Ok(t) => t,
-            Err(e) => {
-                self.metrics.orders_rejected.fetch_add(1, Ordering::Relaxed);
-                return Err(e.into());
+        // Everything that can refuse the order is checked before anything changes: a refused
+        // request leaves no trace, in particular no book for a slot that is not trading
+        // (a phantom book would be closed, settled and sent on chain empty).
+        let refused = |e: MarketError| self.refused(e);
+        let terms = self
+            .community_for(slot)
+            .terms(slot)
+            .map_err(|e| refused(MarketError::Slot(format!("slot {slot}: {e}"))))?;
+        terms
+            .check_window(OrderId(id), now_s)
+            .and_then(|()| terms.validate(&order))
+            .map_err(|e| refused(e.into()))?;
+        if side == OrderSide::Buy {
+            let need = bid_cost(price_per_kwh, energy_wh).map_err(refused)?;
+            books.funds.check(account, need).map_err(refused)?;
+        }
+        let trades = match books.open.get_mut(&slot) {
+            Some(book) => book.submit(order, now_s).map_err(|e| refused(e.into()))?,
+            None => {
+                if self.slot_closed(slot).await? {
+                    return Err(refused(MarketError::Slot(format!(
+                        "slot {slot}: gate already closed"
+                    ))));
+                }
+                let mut book = self
+                    .community_for(slot)
+                    .open_slot(slot)
+                    .map_err(|e| refused(MarketError::Slot(format!("slot {slot}: {e}"))))?;
+                let trades = book.submit(order, now_s).map_err(|e| refused(e.into()))?;
+                books.open.insert(slot, book);
+                trades
             }
         };
         let entry = LogEntry {
@@ -836,6 +921,8 @@ impl Market {
         self.committed(slot, pending).await?;
         self.metrics.orders_accepted.fetch_add(1, Ordering::Relaxed);
         let _ = self.live.send(LiveEvent::Order {
+            account,
+            order_id: Some(id),
             slot,
             side: side.as_str(),
             energy_wh,
@@ -845,11 +932,20 @@ impl Market {
         Ok((id, trades))
     }
 
+    /// Counts a refused order, cancel or amend by its reason.
+    fn refused(&self, e: MarketError) -> MarketError {
+        self.metrics.orders_rejected.add(e.reason());
+        e
+    }
+
     /// Cancels one of `account`'s open orders.
     pub async fn cancel(&self, account: i64, order: u64, now_s: i64) -> Result<(), MarketError> {
         let mut books = self.books.lock().await;
-        let (slot, book) = books.owned_open_order(account, order)?;
-        book.cancel(OrderId(order), now_s)?;
+        let (slot, book) = books
+            .owned_open_order(account, order)
+            .map_err(|e| self.refused(e))?;
+        book.cancel(OrderId(order), now_s)
+            .map_err(|e| self.refused(e.into()))?;
         let pending = self
             .queue_event(
                 slot,
@@ -873,14 +969,23 @@ impl Market {
         now_s: i64,
     ) -> Result<Vec<Trade>, MarketError> {
         let mut books = self.books.lock().await;
-        let (_, book) = books.owned_open_order(account, order)?;
+        let (_, book) = books
+            .owned_open_order(account, order)
+            .map_err(|e| self.refused(e))?;
         if let Some((Side::Buy, _, _)) = book.open_order(OrderId(order)) {
             let held = books.orders.get(&order).map_or(0, |o| o.held);
-            let more = bid_cost(price_per_kwh, energy_wh).saturating_sub(held);
-            books.funds.check(account, more)?;
+            let more = bid_cost(price_per_kwh, energy_wh)
+                .map_err(|e| self.refused(e))?
+                .saturating_sub(held);
+            books
+                .funds
+                .check(account, more)
+                .map_err(|e| self.refused(e))?;
         }
         let (slot, book) = books.owned_open_order(account, order)?;
-        let trades = book.amend(OrderId(order), price_per_kwh, energy_wh, now_s)?;
+        let trades = book
+            .amend(OrderId(order), price_per_kwh, energy_wh, now_s)
+            .map_err(|e| self.refused(e.into()))?;
         let pending = self
             .queue_event(
                 slot,
@@ -1041,16 +1146,35 @@ impl Market {
                 .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
             // The books lock before the transaction (the order every writer takes them in):
             // no bid sees the slot both held and settled.
-            let mut books = self.books.lock().await;
-            let mut tx = self.store.begin().await?;
+            let mut amounts = Vec::with_capacity(settlement.balances.len());
             for b in &settlement.balances {
-                let amount = i64::try_from(b.amount)
-                    .map_err(|_| MarketError::Slot(format!("slot {slot}: amount out of range")))?;
+                let amount = i64::try_from(b.amount).map_err(|_| {
+                    MarketError::OutOfRange(format!(
+                        "slot {slot}: a net amount of {} does not fit in 64 bits",
+                        b.amount
+                    ))
+                })?;
                 let account = match b.account {
                     UTILITY => -1,
                     GRID_OPERATOR => -2,
                     AccountId(a) => i64::from(a),
                 };
+                amounts.push((account, amount));
+            }
+            // Every household's new balance must stay in range before anything is written.
+            let mut books = self.books.lock().await;
+            for &(account, amount) in &amounts {
+                if account >= 0 {
+                    let mut probe = Funds::default();
+                    probe.book(
+                        account,
+                        books.funds.balance.get(&account).copied().unwrap_or(0),
+                    )?;
+                    probe.book(account, amount)?;
+                }
+            }
+            let mut tx = self.store.begin().await?;
+            for &(account, amount) in &amounts {
                 sqlx::query("INSERT INTO ledger (slot, account_id, amount) VALUES ($1, $2, $3)")
                     .bind(i64_of(slot))
                     .bind(account)
@@ -1075,14 +1199,10 @@ impl Market {
             if done.rows_affected() == 1 {
                 tx.commit().await?;
                 books.funds.release_bought(slot);
-                for b in &settlement.balances {
-                    if let AccountId(a) = b.account
-                        && b.account != UTILITY
-                        && b.account != GRID_OPERATOR
-                    {
-                        books
-                            .funds
-                            .credit(i64::from(a), i64::try_from(b.amount).unwrap_or(0));
+                for &(account, amount) in amounts.iter().filter(|(a, _)| *a >= 0) {
+                    // Checked before the transaction, under the same lock: cannot fail here.
+                    if let Err(e) = books.funds.book(account, amount) {
+                        tracing::error!(target: "market", slot, account, "{e}");
                     }
                 }
                 settled.push(slot);
@@ -1120,15 +1240,65 @@ impl Market {
             let (Some(start), Some(end)) = (at(start_s).await?, at(end_s).await?) else {
                 continue;
             };
-            let counters = |r: &sqlx::any::AnyRow| MeterCounters {
-                import_wh: u64_of(r.get(0)),
-                export_wh: u64_of(r.get(1)),
+            let Some(approval) = &meter.approval else {
+                continue;
             };
+            let counters = |r: &sqlx::any::AnyRow| -> Result<MeterCounters, MarketError> {
+                let unsigned = |i: usize| -> Result<u64, MarketError> {
+                    let v: i64 = r.try_get(i)?;
+                    u64::try_from(v).map_err(|_| {
+                        MarketError::Store(StoreError::Corrupt(format!("counter {v}")))
+                    })
+                };
+                Ok(MeterCounters {
+                    import_wh: unsigned(0)?,
+                    export_wh: unsigned(1)?,
+                })
+            };
+            let start_counters = counters(&start)?;
+            let mut end_counters = counters(&end)?;
+            // What a meter is credited or charged in one slot never exceeds what its approved
+            // capacity can move in the slot (with the ingest's margin), however its readings
+            // bracket the slot: a meter that was silent for hours cannot land them all here.
+            let slot_ms = u64::try_from(end_s.saturating_sub(start_s))
+                .unwrap_or(0)
+                .saturating_mul(1000);
+            for (counter, start_wh, capacity_w, name) in [
+                (
+                    &mut end_counters.export_wh,
+                    start_counters.export_wh,
+                    approval.export_capacity_w,
+                    "export",
+                ),
+                (
+                    &mut end_counters.import_wh,
+                    start_counters.import_wh,
+                    approval.import_capacity_w,
+                    "import",
+                ),
+            ] {
+                let bound = energy_bound_wh(capacity_w, slot_ms);
+                if counter.saturating_sub(start_wh) > bound {
+                    self.metrics
+                        .deliveries_capped
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "market",
+                        meter = %meter.meter_id,
+                        measured_wh = counter.saturating_sub(start_wh),
+                        bound_wh = bound,
+                        "{name} in one slot beyond the meter's approved capacity; settled at the bound"
+                    );
+                    *counter = start_wh + bound;
+                }
+            }
             out.push(MeterDelivery {
-                meter: MeterId(u32::try_from(index).unwrap_or(u32::MAX)),
+                meter: MeterId(u32::try_from(index).map_err(|_| {
+                    MarketError::OutOfRange("more meters than a slot can settle".into())
+                })?),
                 account: account_id(meter.account_id)?,
-                start: counters(&start),
-                end: counters(&end),
+                start: start_counters,
+                end: end_counters,
             });
             digests.push(start.get::<String, _>(2));
             digests.push(end.get::<String, _>(2));
@@ -1272,6 +1442,13 @@ impl Market {
                     if amount < 0 {
                         books.funds.check(account, amount.unsigned_abs())?;
                     }
+                    // Refused before it is written if the balance would leave its range.
+                    let mut probe = Funds::default();
+                    probe.credit(
+                        account,
+                        books.funds.balance.get(&account).copied().unwrap_or(0),
+                    )?;
+                    probe.credit(account, amount)?;
                     sqlx::query(
                         "INSERT INTO funding (account_id, amount, reference, created_ms) \
                          VALUES ($1, $2, $3, $4)",
@@ -1282,7 +1459,7 @@ impl Market {
                     .bind(i64_of(now_ms))
                     .execute(pool)
                     .await?;
-                    books.funds.credit(account, amount);
+                    books.funds.credit(account, amount)?;
                     tracing::info!(target: "market", account, amount, reference, "funds moved");
                 }
             }
@@ -1307,6 +1484,11 @@ impl Market {
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect())
+    }
+
+    /// How many slots have an open book (orders accepted, gate not yet closed).
+    pub async fn open_books(&self) -> usize {
+        self.books.lock().await.open.len()
     }
 
     /// The open book of a slot, aggregated per price level (empty once its gate closed).

@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
 use tokio::sync::{broadcast, mpsc, watch};
 
-use gridshare_core::reading::SignedReading;
+use gridshare_core::reading::MAX_ENVELOPE_LEN;
 
-use crate::ingest::{Checker, IngestMetrics, Rejected, Rejection};
+use crate::ingest::{Accepted, Checker, IngestMetrics, Rejected, Rejection};
 use crate::store::{Store, Stored};
 
 /// Largest number of readings stored in one transaction.
@@ -41,8 +41,11 @@ pub struct Subscription {
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum LiveEvent {
-    /// A reading was verified and stored.
+    /// A reading was verified and stored. Only its owner's stream carries it.
     Reading {
+        /// The meter's owner (not sent: the stream is filtered by it).
+        #[serde(skip)]
+        account: i64,
         /// The meter.
         meter_id: String,
         /// Its sequence number.
@@ -53,9 +56,20 @@ pub enum LiveEvent {
         export_wh: Option<u64>,
         /// Grid power, W, if the reading carries it.
         power_w: Option<i32>,
+        /// Battery state of charge, basis points, if the reading carries it.
+        soc_bp: Option<u16>,
+        /// Device time of the reading, ms since the epoch.
+        timestamp_ms: u64,
     },
-    /// An order was accepted (no owner: the book is public, its participants are not).
+    /// An order was accepted. Everyone sees the book's side, size and price; only the
+    /// owner's stream also carries the order id.
     Order {
+        /// The owner (not sent).
+        #[serde(skip)]
+        account: i64,
+        /// The order id, on the owner's stream only (`None` on the public stream).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        order_id: Option<u64>,
         /// Slot.
         slot: u64,
         /// `buy` or `sell`.
@@ -76,6 +90,109 @@ pub enum LiveEvent {
         /// The uniform price, for a call auction.
         clearing_price: Option<u64>,
     },
+    /// What the neighbourhood's meters report together, anonymised: sums over the latest
+    /// reading of every meter heard from in the last minute, sent only when at least
+    /// [`crate::pipeline::MIN_METERS_IN_AGGREGATE`] meters contribute.
+    Neighbourhood {
+        /// Meters contributing.
+        meters: usize,
+        /// Sum of grid import power, W.
+        import_w: u64,
+        /// Sum of grid export power, W.
+        export_w: u64,
+    },
+}
+
+/// Fewest meters whose powers the public stream sums: fewer would let a neighbour read one
+/// household's consumption from the aggregate.
+pub const MIN_METERS_IN_AGGREGATE: usize = 3;
+
+/// Deletes recorded rejections older than `keep_days`, once an hour.
+pub async fn expire_rejections(store: Store, keep_days: u32, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = stop.changed() => return,
+        }
+        let cutoff = now_ms().saturating_sub(u64::from(keep_days) * 86_400_000);
+        match store.delete_rejections_before(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::info!(target: "ingest", deleted = n, keep_days, "old rejection records deleted")
+            }
+            Err(e) => tracing::warn!(target: "ingest", "deleting old rejection records: {e}"),
+        }
+    }
+}
+
+/// How often the public stream gets the neighbourhood aggregate.
+const NEIGHBOURHOOD_EVERY: Duration = Duration::from_secs(5);
+
+/// A meter counts in the aggregate while its latest reading is this recent.
+const NEIGHBOURHOOD_WINDOW: Duration = Duration::from_secs(60);
+
+/// Publishes [`LiveEvent::Neighbourhood`] on `live` every few seconds: the sums of the latest
+/// grid power of every meter heard from in the last minute, when enough meters contribute
+/// that no single household can be read from it.
+pub async fn neighbourhood(live: broadcast::Sender<LiveEvent>, mut stop: watch::Receiver<bool>) {
+    let mut rx = live.subscribe();
+    let mut latest: HashMap<String, (i32, std::time::Instant)> = HashMap::new();
+    let mut tick = tokio::time::interval(NEIGHBOURHOOD_EVERY);
+    loop {
+        tokio::select! {
+            event = rx.recv() => match event {
+                Ok(LiveEvent::Reading { meter_id, power_w: Some(p), .. }) => {
+                    latest.insert(meter_id, (p, std::time::Instant::now()));
+                }
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            },
+            _ = tick.tick() => {
+                latest.retain(|_, (_, at)| at.elapsed() < NEIGHBOURHOOD_WINDOW);
+                if latest.len() >= MIN_METERS_IN_AGGREGATE {
+                    let sum = |f: fn(i32) -> u64| latest.values().map(|(p, _)| f(*p)).sum::<u64>();
+                    let _ = live.send(LiveEvent::Neighbourhood {
+                        meters: latest.len(),
+                        import_w: sum(|p| u64::from(p.max(0).unsigned_abs())),
+                        export_w: sum(|p| u64::from(p.min(0).unsigned_abs())),
+                    });
+                }
+            }
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl LiveEvent {
+    /// What a subscriber may see of this event: `account` is the subscriber's (`None` for an
+    /// anonymous one). A household sees its own readings and its orders with their ids;
+    /// everyone sees the book's orders without owner, trades and the neighbourhood aggregate.
+    pub fn visible_to(&self, account: Option<i64>) -> Option<Self> {
+        match self {
+            Self::Reading { account: owner, .. } => (Some(*owner) == account).then(|| self.clone()),
+            Self::Order {
+                account: owner,
+                slot,
+                side,
+                energy_wh,
+                price_per_kwh,
+                order_id,
+            } => Some(Self::Order {
+                account: *owner,
+                order_id: if Some(*owner) == account {
+                    *order_id
+                } else {
+                    None
+                },
+                slot: *slot,
+                side,
+                energy_wh: *energy_wh,
+                price_per_kwh: *price_per_kwh,
+            }),
+            Self::Trades { .. } | Self::Neighbourhood { .. } => Some(self.clone()),
+        }
+    }
 }
 
 /// Milliseconds since the Unix epoch.
@@ -117,7 +234,7 @@ pub async fn run(
     // Unbounded on purpose: the broker bounds what is in flight (QoS 1 messages not yet
     // acknowledged), and this loop must never stop polling the connection, which is also what
     // carries the acknowledgements out. A bounded channel that fills would stall both.
-    let (tx, rx) = mpsc::unbounded_channel::<Publish>();
+    let (tx, rx) = mpsc::unbounded_channel::<(Publish, Option<usize>)>();
     // Two stages, so that one batch is checked while the one before is being stored.
     let (checked_tx, checked_rx) = mpsc::channel::<CheckedBatch>(2);
     let checking = tokio::spawn(check_batches(rx, checker, checked_tx));
@@ -147,8 +264,16 @@ pub async fn run(
                         let _ = s.send(());
                     }
                 }
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    if tx.send(p).is_err() {
+                Ok(Event::Incoming(Incoming::Publish(mut p))) => {
+                    // An oversize payload is dropped here, not queued: a flood of large junk
+                    // would otherwise sit in memory until checked. The message stays in the
+                    // queue (empty) so that acknowledgements keep the broker's order.
+                    let oversize = (p.payload.len() > MAX_ENVELOPE_LEN).then(|| {
+                        let len = p.payload.len();
+                        p.payload = Default::default();
+                        len
+                    });
+                    if tx.send((p, oversize)).is_err() {
                         break;
                     }
                 }
@@ -170,10 +295,64 @@ pub async fn run(
     let _ = client.try_disconnect();
 }
 
+/// Which rejections are written to the `rejections` table. Every rejection is counted
+/// (`/metrics`), but under a flood only the first [`RECORDED_PER_KEY`] per reason and meter and
+/// [`RECORDED_PER_REASON`] per reason in each [`SAMPLING_WINDOW`] are recorded, so junk can
+/// neither fill the disk nor bury the evidence of a real fault; what is left out is counted
+/// as unrecorded.
+#[derive(Debug)]
+struct RejectionSampler {
+    window_start: std::time::Instant,
+    per_key: HashMap<(Rejection, String), u32>,
+    per_reason: HashMap<Rejection, u32>,
+}
+
+/// Rejections recorded per reason and meter in one window.
+const RECORDED_PER_KEY: u32 = 10;
+/// Rejections recorded per reason in one window (all meters).
+const RECORDED_PER_REASON: u32 = 200;
+/// The sampling window.
+const SAMPLING_WINDOW: Duration = Duration::from_secs(60);
+
+impl Default for RejectionSampler {
+    fn default() -> Self {
+        Self {
+            window_start: std::time::Instant::now(),
+            per_key: HashMap::new(),
+            per_reason: HashMap::new(),
+        }
+    }
+}
+
+impl RejectionSampler {
+    /// Whether `r` is recorded.
+    fn admit(&mut self, r: &Rejected) -> bool {
+        if self.window_start.elapsed() >= SAMPLING_WINDOW {
+            *self = Self::default();
+        }
+        let reason = self.per_reason.entry(r.reason).or_default();
+        if *reason >= RECORDED_PER_REASON {
+            return false;
+        }
+        // At most RECORDED_PER_REASON keys per reason exist, so the map stays small whatever
+        // meter ids a flood makes up.
+        let key = self
+            .per_key
+            .entry((r.reason, r.meter.clone().unwrap_or_default()))
+            .or_default();
+        if *key >= RECORDED_PER_KEY {
+            return false;
+        }
+        *key += 1;
+        *reason += 1;
+        true
+    }
+}
+
 /// A batch of received messages with the outcome of their checks, in arrival order.
 struct CheckedBatch {
     publishes: Vec<Publish>,
-    accepted: Vec<SignedReading>,
+    accepted: Vec<Accepted>,
     rejected: Vec<Rejected>,
     received: u64,
 }
@@ -181,7 +360,7 @@ struct CheckedBatch {
 /// Stage one: takes up to [`BATCH`] received messages at a time and checks them (parse,
 /// registered key, signature, clock) on the blocking pool, spread over the cores.
 async fn check_batches(
-    mut rx: mpsc::UnboundedReceiver<Publish>,
+    mut rx: mpsc::UnboundedReceiver<(Publish, Option<usize>)>,
     checker: Checker,
     out: mpsc::Sender<CheckedBatch>,
 ) {
@@ -199,7 +378,14 @@ async fn check_batches(
             jobs.push(tokio::task::spawn_blocking(move || {
                 let results: Vec<_> = part
                     .iter()
-                    .map(|p| check.check(&p.topic, &p.payload, received))
+                    .map(|(p, oversize)| match oversize {
+                        Some(len) => Err(Rejected {
+                            reason: Rejection::Oversize,
+                            meter: crate::ingest::meter_of_topic(&p.topic).map(str::to_owned),
+                            detail: format!("{len} bytes, limit {MAX_ENVELOPE_LEN}"),
+                        }),
+                        None => check.check(&p.topic, &p.payload, received),
+                    })
                     .collect();
                 (part, results)
             }));
@@ -213,10 +399,14 @@ async fn check_batches(
         for job in jobs {
             match job.await {
                 Ok((part, results)) => {
-                    checked.publishes.extend(part);
+                    // Only what the acknowledgement needs is kept: the payload goes now.
+                    checked.publishes.extend(part.into_iter().map(|(mut p, _)| {
+                        p.payload = Default::default();
+                        p
+                    }));
                     for result in results {
                         match result {
-                            Ok(signed) => checked.accepted.push(signed),
+                            Ok(accepted) => checked.accepted.push(accepted),
                             Err(r) => checked.rejected.push(r),
                         }
                     }
@@ -241,6 +431,7 @@ async fn store_batches(
     live: broadcast::Sender<LiveEvent>,
 ) {
     let mut last = HashMap::new();
+    let mut sampler = RejectionSampler::default();
     while let Some(batch) = rx.recv().await {
         let CheckedBatch {
             publishes,
@@ -258,37 +449,38 @@ async fn store_batches(
                 }
             }
         };
-        for (signed, outcome) in accepted.iter().zip(outcomes) {
+        for (accepted, outcome) in accepted.iter().zip(outcomes) {
+            let signed = &accepted.signed;
             let meter = signed.reading.meter_id.to_string();
             match outcome {
                 Stored::Inserted => {
                     metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let r = &signed.reading;
                     let _ = live.send(LiveEvent::Reading {
+                        account: accepted.account,
                         meter_id: meter,
                         seq: r.seq,
                         import_wh: r.import_wh.ok_value(),
                         export_wh: r.export_wh.ok_value(),
                         power_w: r.power_w.ok_value(),
+                        soc_bp: r.soc_bp.ok_value(),
+                        timestamp_ms: r.timestamp_ms,
                     });
                 }
                 Stored::Duplicate => {
                     metrics.duplicates.fetch_add(1, Ordering::Relaxed);
                 }
                 Stored::Conflicting => rejected.push(Rejected {
-                    reason: Rejection::ConflictingDuplicate,
+                    reason: crate::ingest::Rejection::ConflictingDuplicate,
                     detail: format!(
                         "sequence number {} was already stored with different content",
                         signed.reading.seq
                     ),
                     meter: Some(meter),
                 }),
-                Stored::CounterRollback => rejected.push(Rejected {
-                    reason: Rejection::CounterRollback,
-                    detail: format!(
-                        "a lifetime counter of sequence number {} is below an earlier reading's",
-                        signed.reading.seq
-                    ),
+                Stored::Implausible(reason, detail) => rejected.push(Rejected {
+                    reason,
+                    detail,
                     meter: Some(meter),
                 }),
             }
@@ -297,8 +489,18 @@ async fn store_batches(
             metrics.reject(r.reason);
             tracing::debug!(target: "ingest", reason = r.reason.as_str(), meter = ?r.meter, "rejected: {}", r.detail);
         }
-        if !rejected.is_empty()
-            && let Err(e) = store.record_rejections(&rejected, received).await
+        let recorded: Vec<Rejected> = rejected
+            .into_iter()
+            .filter(|r| {
+                let keep = sampler.admit(r);
+                if !keep {
+                    metrics.skip_recording(r.reason, 1);
+                }
+                keep
+            })
+            .collect();
+        if !recorded.is_empty()
+            && let Err(e) = store.record_rejections(&recorded, received).await
         {
             tracing::error!(target: "ingest", "recording rejections failed: {e}");
         }

@@ -3,7 +3,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gridshare_core::reading::PublicKey;
 use tokio::sync::watch;
 
 use crate::api::auth::Auth;
@@ -12,8 +11,11 @@ use crate::chain::ChainSettler;
 use crate::config::{EngineConfig, broker_host_port};
 use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
 use crate::market::Market;
+use crate::metrics::ChainMetrics;
 use crate::pipeline::{self, Subscription};
 use crate::store::{Store, StoreError};
+use crate::tasks::{TaskMetrics, supervise};
+use std::sync::atomic::Ordering;
 
 /// Why the engine could not start.
 #[derive(Debug, thiserror::Error)]
@@ -35,14 +37,6 @@ pub enum ServeError {
     /// The market settings or the order log.
     #[error("market: {0}")]
     Market(String),
-    /// A stored meter key is unusable (a corrupted database).
-    #[error("meter {meter}: stored public key is invalid: {reason}")]
-    StoredKey {
-        /// The meter.
-        meter: String,
-        /// Why.
-        reason: String,
-    },
 }
 
 /// A running engine.
@@ -72,15 +66,7 @@ impl Engine {
         store
             .expire_unbounded_credentials(pipeline::now_ms() + token_ms)
             .await?;
-        let keys = KeyRegistry::default();
-        for meter in store.meters().await? {
-            let key =
-                PublicKey::from_hex(&meter.public_key).map_err(|e| ServeError::StoredKey {
-                    meter: meter.meter_id.clone(),
-                    reason: e.to_string(),
-                })?;
-            keys.insert(&meter.meter_id, key);
-        }
+        let keys = crate::meters::load_registry(&store).await?;
         if !config.mqtt.embedded_listen.is_empty() {
             let addr: SocketAddr = config
                 .mqtt
@@ -119,15 +105,37 @@ impl Engine {
             max_age_ms: config.ingest.max_age_ms,
         };
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let mut tasks = vec![tokio::spawn(pipeline::run(
-            subscription,
-            checker,
-            store.clone(),
-            ingest.clone(),
-            live,
-            stopped.clone(),
-            subscribed_tx,
-        ))];
+        let task_metrics = Arc::new(TaskMetrics::default());
+        let chain_metrics = Arc::new(ChainMetrics::default());
+        let mut subscribed_tx = Some(subscribed_tx);
+        let mut tasks = vec![{
+            let (store, ingest, live, stopped) =
+                (store.clone(), ingest.clone(), live.clone(), stopped.clone());
+            supervise("ingest", task_metrics.clone(), stopped.clone(), move || {
+                // After a restart nobody waits for the subscription any more.
+                let subscribed = subscribed_tx
+                    .take()
+                    .unwrap_or_else(|| tokio::sync::oneshot::channel().0);
+                pipeline::run(
+                    subscription.clone(),
+                    checker.clone(),
+                    store.clone(),
+                    ingest.clone(),
+                    live.clone(),
+                    stopped.clone(),
+                    subscribed,
+                )
+            })
+        }];
+        tasks.push({
+            let (live, stop) = (live.clone(), shutdown.subscribe());
+            supervise(
+                "neighbourhood",
+                task_metrics.clone(),
+                stop.clone(),
+                move || pipeline::neighbourhood(live.clone(), stop.clone()),
+            )
+        });
         // Readings published before the subscription exists would be lost by the broker, so
         // the engine reports "running" only once it is subscribed (or says why not).
         if tokio::time::timeout(std::time::Duration::from_secs(10), subscribed)
@@ -146,21 +154,45 @@ impl Engine {
             addr: config.http.listen,
             source,
         })?;
-        tasks.push(tokio::spawn(schedule(market.clone(), shutdown.subscribe())));
-        tasks.push(tokio::spawn(crate::autotrade::run(
-            market.clone(),
-            store.clone(),
-            shutdown.subscribe(),
-        )));
+        tasks.push({
+            let (store, stop) = (store.clone(), shutdown.subscribe());
+            let keep_days = config.ingest.rejections_kept_days;
+            supervise("retention", task_metrics.clone(), stop.clone(), move || {
+                pipeline::expire_rejections(store.clone(), keep_days, stop.clone())
+            })
+        });
+        tasks.push({
+            let (market, stop) = (market.clone(), shutdown.subscribe());
+            supervise("schedule", task_metrics.clone(), stop.clone(), move || {
+                schedule(market.clone(), stop.clone())
+            })
+        });
+        tasks.push({
+            let (market, store, stop) = (market.clone(), store.clone(), shutdown.subscribe());
+            supervise("autotrade", task_metrics.clone(), stop.clone(), move || {
+                crate::autotrade::run(market.clone(), store.clone(), stop.clone())
+            })
+        });
         if let Some(settler) = ChainSettler::open(&config.chain)
             .await
             .map_err(ServeError::Market)?
         {
-            tasks.push(tokio::spawn(settle_on_chain(
-                market.clone(),
-                settler,
-                shutdown.subscribe(),
-            )));
+            let settler = Arc::new(settler);
+            let (market, metrics, stop) =
+                (market.clone(), chain_metrics.clone(), shutdown.subscribe());
+            tasks.push(supervise(
+                "chain",
+                task_metrics.clone(),
+                stop.clone(),
+                move || {
+                    settle_on_chain(
+                        market.clone(),
+                        settler.clone(),
+                        metrics.clone(),
+                        stop.clone(),
+                    )
+                },
+            ));
         }
         let auth = Arc::new(Auth::new(config.auth.clone()));
         let app = router(AppState {
@@ -172,6 +204,9 @@ impl Engine {
                 f64::from(config.http.orders_per_second),
                 f64::from(config.http.orders_burst),
             )),
+            meters_per_account: config.http.meters_per_account,
+            tasks: task_metrics,
+            chain: chain_metrics,
             auth: auth.clone(),
         });
         let mut http_stop = stopped;
@@ -231,7 +266,8 @@ async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {
 /// so a slow or unreachable chain never delays gate closures.
 async fn settle_on_chain(
     market: Arc<Market>,
-    settler: ChainSettler,
+    settler: Arc<ChainSettler>,
+    metrics: Arc<ChainMetrics>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(2));
@@ -243,6 +279,10 @@ async fn settle_on_chain(
         }
         match market.unqueued_settlements().await {
             Ok(settled) => {
+                metrics.unqueued.store(
+                    u64::try_from(settled.len()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
                 for s in settled {
                     match settler.enqueue(&s).await {
                         Ok(()) => {
@@ -262,8 +302,22 @@ async fn settle_on_chain(
         }
         match settler.flush().await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(target: "chain", batches = n, "settled on chain"),
-            Err(e) => tracing::warn!(target: "chain", "settlement pending: {e}"),
+            Ok(n) => {
+                metrics
+                    .confirmed
+                    .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
+                tracing::info!(target: "chain", batches = n, "settled on chain");
+            }
+            Err(e) => {
+                metrics.failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "chain", "settlement pending: {e}");
+            }
+        }
+        match settler.pending().await {
+            Ok(n) => metrics
+                .outbox_depth
+                .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed),
+            Err(e) => tracing::warn!(target: "chain", "outbox depth unknown: {e}"),
         }
     }
 }

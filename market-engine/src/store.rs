@@ -8,7 +8,7 @@ use gridshare_core::reading::SignedReading;
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor, Row};
 
-use crate::ingest::Rejected;
+use crate::ingest::{Accepted, Approval, CounterSnapshot, Rejected, Rejection, check_step};
 
 /// Why the database failed.
 #[derive(Debug, thiserror::Error)]
@@ -25,6 +25,18 @@ pub enum StoreError {
     /// A unique name or id is already taken.
     #[error("{0} already exists")]
     Conflict(String),
+    /// There is no engine database where one was expected.
+    #[error(
+        "no market engine database there ({0}); point --config or --database-url at the one \
+         `market-engine serve` uses"
+    )]
+    Missing(String),
+    /// A stored value is out of its range: the database was not written by this engine.
+    #[error("database holds an invalid value: {0}")]
+    Corrupt(String),
+    /// A value is beyond what the database stores (i64).
+    #[error("{0} is beyond the largest value the engine stores")]
+    OutOfRange(&'static str),
 }
 
 /// Which SQL dialect is behind the pool.
@@ -37,7 +49,7 @@ pub enum Backend {
 }
 
 /// What became of one reading offered for storage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stored {
     /// New, stored.
     Inserted,
@@ -45,9 +57,9 @@ pub enum Stored {
     Duplicate,
     /// Already stored with different content.
     Conflicting,
-    /// A lifetime counter is lower than in an earlier reading of the meter (or higher than in
-    /// a later one).
-    CounterRollback,
+    /// It does not fit between the meter's neighbouring readings: a counter or the clock went
+    /// backwards, or a counter moved faster than the meter's capacity allows.
+    Implausible(Rejection, String),
 }
 
 /// A registered meter.
@@ -59,6 +71,52 @@ pub struct MeterRow {
     pub account_id: i64,
     /// SEC1 hex of its public key.
     pub public_key: String,
+    /// When it was registered, ms since the epoch.
+    pub created_ms: i64,
+    /// What the operator approved it with; `None` while pending.
+    pub approval: Option<Approval>,
+    /// When it was approved, ms since the epoch.
+    pub approved_ms: Option<i64>,
+}
+
+const METER_COLUMNS: &str = "meter_id, account_id, public_key, created_ms, approved_ms, \
+     export_capacity_w, import_capacity_w, manufacturer, model, serial";
+
+impl MeterRow {
+    /// From a row selecting [`METER_COLUMNS`] in that order.
+    fn of(r: &sqlx::any::AnyRow) -> Result<Self, StoreError> {
+        let approved_ms: Option<i64> = r.try_get(4)?;
+        let approval = match approved_ms {
+            None => None,
+            Some(_) => {
+                let capacity = |i: usize| -> Result<u32, StoreError> {
+                    let v: i64 = r.try_get(i)?;
+                    u32::try_from(v).map_err(|_| {
+                        StoreError::Corrupt(format!("meter capacity {v} W out of range"))
+                    })
+                };
+                let device = gridshare_core::reading::DeviceIdentity::new(
+                    r.try_get::<String, _>(7)?,
+                    r.try_get::<String, _>(8)?,
+                    r.try_get::<String, _>(9)?,
+                )
+                .map_err(|e| StoreError::Corrupt(format!("meter device identity: {e}")))?;
+                Some(Approval {
+                    export_capacity_w: capacity(5)?,
+                    import_capacity_w: capacity(6)?,
+                    device,
+                })
+            }
+        };
+        Ok(Self {
+            meter_id: r.try_get(0)?,
+            account_id: r.try_get(1)?,
+            public_key: r.try_get(2)?,
+            created_ms: r.try_get(3)?,
+            approval,
+            approved_ms,
+        })
+    }
 }
 
 /// An account.
@@ -117,42 +175,6 @@ pub struct TradingRule {
     pub keep_battery_above_bp: Option<u16>,
 }
 
-/// Counters of a stored reading, to check monotonicity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Counters {
-    seq: u64,
-    values: [Option<i64>; 4],
-}
-
-impl Counters {
-    fn of(r: &SignedReading) -> Self {
-        let v = |m: gridshare_core::reading::Measured<u64>| {
-            m.ok_value().map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-        };
-        let r = &r.reading;
-        Self {
-            seq: r.seq,
-            values: [
-                v(r.import_wh),
-                v(r.export_wh),
-                v(r.battery_charge_wh),
-                v(r.battery_discharge_wh),
-            ],
-        }
-    }
-
-    /// Whether `later` (a higher sequence number) has no counter below `self`'s.
-    fn precedes(&self, later: &Counters) -> bool {
-        self.values
-            .iter()
-            .zip(&later.values)
-            .all(|(a, b)| match (a, b) {
-                (Some(a), Some(b)) => a <= b,
-                _ => true,
-            })
-    }
-}
-
 /// Rows per multi-row INSERT (12 parameters each, well below every backend's limit).
 const INSERT_CHUNK: usize = 64;
 
@@ -199,6 +221,47 @@ async fn insert_readings(
     Ok(())
 }
 
+/// The stored readings of `meter` just before and just after `seq`.
+async fn neighbours(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    meter: &str,
+    seq: u64,
+) -> Result<(Option<CounterSnapshot>, Option<CounterSnapshot>), StoreError> {
+    let snapshot = |r: sqlx::any::AnyRow| -> Result<CounterSnapshot, StoreError> {
+        let unsigned = |i: usize| -> Result<Option<u64>, StoreError> {
+            let v: Option<i64> = r.try_get(i)?;
+            v.map(|v| {
+                u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("reading value {v}")))
+            })
+            .transpose()
+        };
+        Ok(CounterSnapshot {
+            seq: unsigned(0)?.unwrap_or(0),
+            timestamp_ms: unsigned(1)?.unwrap_or(0),
+            values: [unsigned(2)?, unsigned(3)?, unsigned(4)?, unsigned(5)?],
+        })
+    };
+    let seq = checked_i64(seq, "seq")?;
+    let mut found = [None, None];
+    for (i, sql) in [
+        "SELECT seq, timestamp_ms, import_wh, export_wh, battery_charge_wh, battery_discharge_wh \
+         FROM readings WHERE meter_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1",
+        "SELECT seq, timestamp_ms, import_wh, export_wh, battery_charge_wh, battery_discharge_wh \
+         FROM readings WHERE meter_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT 1",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let row = sqlx::query(sql)
+            .bind(meter)
+            .bind(seq)
+            .fetch_optional(&mut **tx)
+            .await?;
+        found[i] = row.map(snapshot).transpose()?;
+    }
+    Ok((found[0], found[1]))
+}
+
 /// The database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -206,13 +269,40 @@ pub struct Store {
     backend: Backend,
 }
 
+/// A u64 as the database stores it; readings beyond i64 are refused by the ingest checks
+/// and money beyond it by the market, so this never clips what they let through.
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// A u64 for the database, or an error naming `what`.
+pub fn checked_i64(v: u64, what: &'static str) -> Result<i64, StoreError> {
+    i64::try_from(v).map_err(|_| StoreError::OutOfRange(what))
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, true).await
+    }
+
+    /// Opens the database of an engine that has run before: refuses, creating nothing, if
+    /// there is none at `url` (a command pointed at the wrong place must not start a new,
+    /// empty community beside the real one).
+    pub async fn open_existing(url: &str) -> Result<Self, StoreError> {
+        Self::open_with(url, false).await
+    }
+
+    async fn open_with(url: &str, create: bool) -> Result<Self, StoreError> {
         install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -223,7 +313,15 @@ impl Store {
         };
         let url = match backend {
             Backend::Sqlite if !url.contains('?') && !url.contains(":memory:") => {
-                format!("{url}?mode=rwc")
+                if create {
+                    format!("{url}?mode=rwc")
+                } else {
+                    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+                    if !std::path::Path::new(path).exists() {
+                        return Err(StoreError::Missing(format!("no file {path}")));
+                    }
+                    format!("{url}?mode=rw")
+                }
             }
             _ => url.to_owned(),
         };
@@ -242,6 +340,14 @@ impl Store {
             })
             .connect(&url)
             .await?;
+        if !create
+            && let Err(e) = sqlx::query("SELECT 1 FROM _sqlx_migrations LIMIT 1")
+                .fetch_optional(&pool)
+                .await
+        {
+            pool.close().await;
+            return Err(StoreError::Missing(format!("no engine schema: {e}")));
+        }
         match backend {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
@@ -446,9 +552,19 @@ impl Store {
         key_id: &str,
         now_ms: u64,
     ) -> Result<(), StoreError> {
+        let key_taken = sqlx::query("SELECT 1 FROM meters WHERE public_key = $1")
+            .bind(public_key)
+            .fetch_optional(&self.pool)
+            .await?
+            .is_some();
+        if key_taken {
+            return Err(StoreError::Conflict(
+                "a meter with this public key (each meter needs a key of its own)".into(),
+            ));
+        }
         let done = sqlx::query(
             "INSERT INTO meters (meter_id, account_id, public_key, key_id, created_ms) \
-             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (meter_id) DO NOTHING",
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
         )
         .bind(meter_id)
         .bind(account_id)
@@ -463,20 +579,90 @@ impl Store {
         Ok(())
     }
 
-    /// Every registered meter (to load the key registry at start).
+    /// Records the operator's approval of a registered meter (or changes it). `false` if no
+    /// such meter.
+    pub async fn approve_meter(
+        &self,
+        meter_id: &str,
+        approval: &Approval,
+        by: i64,
+        now_ms: u64,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE meters SET approved_ms = $2, approved_by = $3, export_capacity_w = $4, \
+             import_capacity_w = $5, manufacturer = $6, model = $7, serial = $8 WHERE meter_id = $1",
+        )
+        .bind(meter_id)
+        .bind(checked_i64(now_ms, "time")?)
+        .bind(by)
+        .bind(i64::from(approval.export_capacity_w))
+        .bind(i64::from(approval.import_capacity_w))
+        .bind(&approval.device.manufacturer)
+        .bind(&approval.device.model)
+        .bind(&approval.device.serial)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Deletes a meter registration that was never approved and has no readings (the
+    /// operator refused it). `false` if there is no such pending meter.
+    pub async fn delete_pending_meter(&self, meter_id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.begin().await?;
+        sqlx::query("DELETE FROM trading_rules WHERE meter_id = $1")
+            .bind(meter_id)
+            .execute(&mut *tx)
+            .await?;
+        let done = sqlx::query(
+            "DELETE FROM meters WHERE meter_id = $1 AND approved_ms IS NULL \
+             AND NOT EXISTS (SELECT 1 FROM readings WHERE readings.meter_id = meters.meter_id)",
+        )
+        .bind(meter_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// How many meters an account has registered (pending or approved).
+    pub async fn meter_count(&self, account_id: i64) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query("SELECT COUNT(*) FROM meters WHERE account_id = $1")
+            .bind(account_id)
+            .fetch_one(&self.pool)
+            .await?
+            .try_get(0)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Every account's name by id.
+    pub async fn account_names(&self) -> Result<HashMap<i64, String>, StoreError> {
+        let rows = sqlx::query("SELECT id, name FROM accounts")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Every registered meter, pending or approved (to load the key registry at start).
     pub async fn meters(&self) -> Result<Vec<MeterRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT meter_id, account_id, public_key FROM meters ORDER BY meter_id")
-                .fetch_all(&self.pool)
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| MeterRow {
-                meter_id: r.get(0),
-                account_id: r.get(1),
-                public_key: r.get(2),
-            })
-            .collect())
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {METER_COLUMNS} FROM meters ORDER BY meter_id"
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(MeterRow::of).collect()
+    }
+
+    /// One registered meter.
+    pub async fn meter(&self, meter_id: &str) -> Result<Option<MeterRow>, StoreError> {
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {METER_COLUMNS} FROM meters WHERE meter_id = $1"
+        )))
+        .bind(meter_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(MeterRow::of).transpose()
     }
 
     /// The meter's owner, if registered.
@@ -488,37 +674,34 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    /// Stores a batch of verified readings in one transaction, checking duplicates and
-    /// lifetime counters against what is stored. Returns one outcome per reading.
+    /// Stores a batch of verified readings in one transaction, checking duplicates and the
+    /// step from each meter's neighbouring readings (time and counters forward, no faster than
+    /// its capacity) against what is stored. Returns one outcome per reading. `last` caches
+    /// each meter's latest stored reading across batches.
     pub async fn store_readings(
         &self,
-        batch: &[SignedReading],
+        batch: &[Accepted],
         received_ms: u64,
-        last: &mut HashMap<String, (u64, [Option<i64>; 4])>,
+        last: &mut HashMap<String, CounterSnapshot>,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut tx = self.begin().await?;
         let mut outcomes = Vec::with_capacity(batch.len());
         // Accepted readings are inserted many rows per statement: one round trip to the
         // database thread per chunk instead of per reading.
         let mut pending: Vec<(&SignedReading, String)> = Vec::new();
-        for signed in batch {
+        for accepted in batch {
+            let signed = &accepted.signed;
             let r = &signed.reading;
             let meter = r.meter_id.as_str();
-            let this = Counters::of(signed);
+            let this = CounterSnapshot::of(signed);
             let digest = hex::encode(signed.digest());
-            let cached = last.get(meter).map(|(seq, values)| Counters {
-                seq: *seq,
-                values: *values,
-            });
+            let cached = last.get(meter).copied();
+            let refused = |e: (Rejection, String)| Stored::Implausible(e.0, e.1);
             let outcome = match cached {
                 // The common case: the next reading of a meter whose last reading is known.
-                Some(prev) if r.seq > prev.seq => {
-                    if prev.precedes(&this) {
-                        None
-                    } else {
-                        Some(Stored::CounterRollback)
-                    }
-                }
+                Some(prev) if r.seq > prev.seq => check_step(&prev, &this, accepted.capacity)
+                    .err()
+                    .map(refused),
                 _ => {
                     // This check reads what is stored: store what is pending first.
                     insert_readings(&mut tx, &pending, received_ms).await?;
@@ -526,17 +709,25 @@ impl Store {
                     let existing =
                         sqlx::query("SELECT digest FROM readings WHERE meter_id = $1 AND seq = $2")
                             .bind(meter)
-                            .bind(i64_of(r.seq))
+                            .bind(checked_i64(r.seq, "seq")?)
                             .fetch_optional(&mut *tx)
                             .await?;
                     match existing {
-                        Some(row) if row.get::<String, _>(0) == digest => Some(Stored::Duplicate),
+                        Some(row) if row.try_get::<String, _>(0)? == digest => {
+                            Some(Stored::Duplicate)
+                        }
                         Some(_) => Some(Stored::Conflicting),
                         None => {
-                            let neighbours = self.neighbours(&mut tx, meter, r.seq).await?;
-                            let ok = neighbours.0.is_none_or(|p| p.precedes(&this))
-                                && neighbours.1.is_none_or(|n| this.precedes(&n));
-                            (!ok).then_some(Stored::CounterRollback)
+                            let (before, after) = neighbours(&mut tx, meter, r.seq).await?;
+                            let step = match before {
+                                Some(p) => check_step(&p, &this, accepted.capacity),
+                                None => Ok(()),
+                            }
+                            .and_then(|()| match after {
+                                Some(n) => check_step(&this, &n, accepted.capacity),
+                                None => Ok(()),
+                            });
+                            step.err().map(refused)
                         }
                     }
                 }
@@ -547,44 +738,13 @@ impl Store {
             }
             pending.push((signed, digest));
             if cached.is_none_or(|c| r.seq > c.seq) {
-                last.insert(meter.to_owned(), (this.seq, this.values));
+                last.insert(meter.to_owned(), this);
             }
             outcomes.push(Stored::Inserted);
         }
         insert_readings(&mut tx, &pending, received_ms).await?;
         tx.commit().await?;
         Ok(outcomes)
-    }
-
-    async fn neighbours(
-        &self,
-        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-        meter: &str,
-        seq: u64,
-    ) -> Result<(Option<Counters>, Option<Counters>), StoreError> {
-        let to_counters = |r: sqlx::any::AnyRow| Counters {
-            seq: u64::try_from(r.get::<i64, _>(0)).unwrap_or(0),
-            values: [r.get(1), r.get(2), r.get(3), r.get(4)],
-        };
-        let before = sqlx::query(
-            "SELECT seq, import_wh, export_wh, battery_charge_wh, battery_discharge_wh \
-             FROM readings WHERE meter_id = $1 AND seq < $2 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(meter)
-        .bind(i64_of(seq))
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(to_counters);
-        let after = sqlx::query(
-            "SELECT seq, import_wh, export_wh, battery_charge_wh, battery_discharge_wh \
-             FROM readings WHERE meter_id = $1 AND seq > $2 ORDER BY seq ASC LIMIT 1",
-        )
-        .bind(meter)
-        .bind(i64_of(seq))
-        .fetch_optional(&mut **tx)
-        .await?
-        .map(to_counters);
-        Ok((before, after))
     }
 
     /// Sets (replaces) a meter's trading rule.
@@ -731,14 +891,24 @@ impl Store {
                 "INSERT INTO rejections (received_ms, meter_id, reason, detail) VALUES ($1, $2, $3, $4)",
             )
             .bind(i64_of(received_ms))
-            .bind(r.meter.as_deref())
+            // A topic's meter id and a detail are bounded here: both can come from junk.
+            .bind(r.meter.as_deref().map(|m| truncated(m, 64)))
             .bind(r.reason.as_str())
-            .bind(&r.detail)
+            .bind(truncated(&r.detail, 512))
             .execute(&mut *tx)
             .await?;
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Deletes rejection records received before `cutoff_ms`; returns how many.
+    pub async fn delete_rejections_before(&self, cutoff_ms: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM rejections WHERE received_ms < $1")
+            .bind(checked_i64(cutoff_ms, "time")?)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// Stored readings of a meter with a sequence number above `after`, oldest first.

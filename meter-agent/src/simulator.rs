@@ -13,7 +13,7 @@
 
 use std::f64::consts::PI;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::register_server::{Framing, RegisterBank, RegisterServer};
 use crate::sunspec::block::BlockBuilder;
@@ -82,6 +82,28 @@ pub struct SimulatedDevice {
     battery_w: f64,
 }
 
+/// What a simulated device needs to carry on where it stopped: its clock, lifetime counters
+/// and battery. A real inverter keeps its counters across a restart of whatever reads it; a
+/// simulated one that started again from its initial counters would look, to the agent and
+/// the engine, like a meter whose counters ran backwards.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Simulated time, ms since midnight of day 0.
+    pub time_ms: u64,
+    /// Grid import, mWh.
+    pub import_mwh: u64,
+    /// Grid export, mWh.
+    pub export_mwh: u64,
+    /// PV strings, mWh.
+    pub pv_mwh: [u64; 2],
+    /// Battery charge, mWh.
+    pub charge_mwh: u64,
+    /// Battery discharge, mWh.
+    pub discharge_mwh: u64,
+    /// Battery energy, Wh.
+    pub soc_wh: f64,
+}
+
 /// Lifetime counters start high, as on a device that has run for years (and because SunSpec
 /// accumulators use 0 for "not implemented").
 const INITIAL_WH: u64 = 1_000_000;
@@ -125,6 +147,33 @@ impl SimulatedDevice {
         device.step_power();
         device.write_registers();
         device
+    }
+
+    /// A device that carries on from `state` (saved by [`SimulatedDevice::state`]).
+    pub fn resume(household: Household, state: &DeviceState) -> Self {
+        let mut device = Self::new(household, state.time_ms);
+        device.import_mwh = state.import_mwh;
+        device.export_mwh = state.export_mwh;
+        device.pv_mwh = state.pv_mwh;
+        device.charge_mwh = state.charge_mwh;
+        device.discharge_mwh = state.discharge_mwh;
+        device.soc_wh = state.soc_wh.clamp(0.0, device.household.battery_wh);
+        device.step_power();
+        device.write_registers();
+        device
+    }
+
+    /// Where the device stands now.
+    pub fn state(&self) -> DeviceState {
+        DeviceState {
+            time_ms: self.time_ms,
+            import_mwh: self.import_mwh,
+            export_mwh: self.export_mwh,
+            pv_mwh: self.pv_mwh,
+            charge_mwh: self.charge_mwh,
+            discharge_mwh: self.discharge_mwh,
+            soc_wh: self.soc_wh,
+        }
     }
 
     /// The registers, to serve or to inspect.
@@ -320,7 +369,63 @@ pub async fn serve(
     tick_ms: u64,
     speed: f64,
 ) -> std::io::Result<RegisterServer> {
-    let mut device = SimulatedDevice::new(household, start_ms);
+    serve_device(
+        SimulatedDevice::new(household, start_ms),
+        listen,
+        framing,
+        tick_ms,
+        speed,
+        None,
+    )
+    .await
+}
+
+/// As [`serve`], but the device's state is kept in `state_file`: read at start if it exists
+/// (the device carries on where it stopped), and written after every tick in a crash-safe way
+/// (a temporary file renamed over it).
+pub async fn serve_persistent(
+    household: Household,
+    start_ms: u64,
+    listen: std::net::SocketAddr,
+    framing: Framing,
+    tick_ms: u64,
+    speed: f64,
+    state_file: std::path::PathBuf,
+) -> std::io::Result<RegisterServer> {
+    let device = match std::fs::read(&state_file) {
+        Ok(bytes) => {
+            let state: DeviceState = serde_json::from_slice(&bytes).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{}: {e}", state_file.display()),
+                )
+            })?;
+            SimulatedDevice::resume(household, &state)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            SimulatedDevice::new(household, start_ms)
+        }
+        Err(e) => return Err(e),
+    };
+    save_state(&state_file, &device.state())?;
+    serve_device(device, listen, framing, tick_ms, speed, Some(state_file)).await
+}
+
+fn save_state(path: &std::path::Path, state: &DeviceState) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let text = serde_json::to_vec(state).map_err(std::io::Error::other)?;
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+async fn serve_device(
+    mut device: SimulatedDevice,
+    listen: std::net::SocketAddr,
+    framing: Framing,
+    tick_ms: u64,
+    speed: f64,
+    state_file: Option<std::path::PathBuf>,
+) -> std::io::Result<RegisterServer> {
     let server = RegisterServer::start(listen, device.bank(), 1, framing).await?;
     // A bounded, positive speed (checked by the callers' argument parsing) times a tick of
     // milliseconds fits easily in a u64.
@@ -331,6 +436,13 @@ pub async fn serve(
         loop {
             tick.tick().await;
             device.advance(step);
+            // Saved after every change of the registers, so a reader never saw a counter
+            // that the saved state does not reach.
+            if let Some(path) = &state_file
+                && let Err(e) = save_state(path, &device.state())
+            {
+                tracing::warn!(target: "simulator", "cannot save {}: {e}", path.display());
+            }
         }
     });
     Ok(server)

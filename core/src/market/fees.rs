@@ -64,13 +64,13 @@ pub enum GridFee {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AreaError {
     /// The parent area does not exist.
-    #[error("parent area {0:?} does not exist; add it first")]
+    #[error("parent area {0} does not exist; add it first")]
     UnknownParent(AreaId),
     /// The area is not part of this community.
-    #[error("area {0:?} does not exist in this community")]
+    #[error("area {0} does not exist in this community")]
     UnknownArea(AreaId),
     /// The hierarchy would be deeper than [`MAX_AREA_DEPTH`].
-    #[error("area under {0:?} would be deeper than {MAX_AREA_DEPTH} levels; flatten the hierarchy")]
+    #[error("area under {0} would be deeper than {MAX_AREA_DEPTH} levels; flatten the hierarchy")]
     TooDeep(AreaId),
     /// A configured area list is not a tree.
     #[error(

@@ -72,7 +72,7 @@ pub enum SettlementError {
     #[error(transparent)]
     Delivery(#[from] DeliveryError),
     /// A trade could not be re-priced under this slot's fees.
-    #[error("trade {bid:?}/{ask:?} cannot be priced under this slot's fees: {source}")]
+    #[error("trade {bid}/{ask} cannot be priced under this slot's fees: {source}")]
     Fees {
         /// The trade's bid.
         bid: OrderId,
@@ -84,7 +84,7 @@ pub enum SettlementError {
     /// A trade's amounts differ from what this slot's fees give (a trade from another slot,
     /// or altered in transit).
     #[error(
-        "trade {bid:?}/{ask:?} carries amounts that this slot's fees do not produce; settle it with the terms of its own slot"
+        "trade {bid}/{ask} carries amounts that this slot's fees do not produce; settle it with the terms of its own slot"
     )]
     AmountsMismatch {
         /// The trade's bid.

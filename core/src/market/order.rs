@@ -24,6 +24,18 @@ pub struct AreaId(pub u16);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct MeterId(pub u32);
 
+// Ids print as their number: error messages go to users, who know order 27, not OrderId(27).
+macro_rules! display_as_number {
+    ($($id:ty),*) => {$(
+        impl std::fmt::Display for $id {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    )*};
+}
+display_as_number!(AccountId, OrderId, AreaId, MeterId);
+
 /// Which way an order trades energy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Side {
@@ -127,14 +139,14 @@ impl Order {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OrderError {
     /// The order carries no energy.
-    #[error("order {order:?} has no energy; give an energy of at least 1 Wh")]
+    #[error("order {order} has no energy; give an energy of at least 1 Wh")]
     ZeroEnergy {
         /// The rejected order.
         order: OrderId,
     },
     /// The order carries more energy than any order may.
     #[error(
-        "order {order:?} asks for {energy_wh} Wh, more than the limit of {max_wh} Wh; split it or check the unit (Wh)"
+        "order {order} asks for {energy_wh} Wh, more than the limit of {max_wh} Wh; split it or check the unit (Wh)"
     )]
     EnergyTooLarge {
         /// The rejected order.
@@ -146,7 +158,7 @@ pub enum OrderError {
     },
     /// The limit price is above the retail tariff, where the utility sells anyway.
     #[error(
-        "order {order:?} has limit {price_per_kwh} per kWh, above the retail tariff {retail_per_kwh}; the utility sells at the tariff, so set a limit of at most {retail_per_kwh}"
+        "order {order} has limit {price_per_kwh} per kWh, above the retail tariff {retail_per_kwh}; the utility sells at the tariff, so set a limit of at most {retail_per_kwh}"
     )]
     PriceAboveRetail {
         /// The rejected order.
@@ -158,7 +170,7 @@ pub enum OrderError {
     },
     /// The limit price is below the feed-in tariff, where the utility buys anyway.
     #[error(
-        "order {order:?} has limit {price_per_kwh} per kWh, below the feed-in tariff {feed_in_per_kwh}; the utility buys at the tariff, so set a limit of at least {feed_in_per_kwh}"
+        "order {order} has limit {price_per_kwh} per kWh, below the feed-in tariff {feed_in_per_kwh}; the utility buys at the tariff, so set a limit of at least {feed_in_per_kwh}"
     )]
     PriceBelowFeedIn {
         /// The rejected order.
@@ -170,7 +182,7 @@ pub enum OrderError {
     },
     /// The order arrived at or after the slot's gate closure.
     #[error(
-        "order {order:?} for slot {slot} arrived at {now}, at or after gate closure at {gate_closure}; submit it for a later slot"
+        "order {order} for slot {slot} arrived at {now}, at or after gate closure at {gate_closure}; submit it for a later slot"
     )]
     GateClosed {
         /// The rejected order.
@@ -184,7 +196,7 @@ pub enum OrderError {
     },
     /// The order arrived before the slot's order window opened.
     #[error(
-        "order {order:?} for slot {slot} arrived at {now}, before the order window opens at {opens_at}; submit it then"
+        "order {order} for slot {slot} arrived at {now}, before the order window opens at {opens_at}; submit it then"
     )]
     WindowNotOpen {
         /// The rejected order.
@@ -197,19 +209,19 @@ pub enum OrderError {
         opens_at: i64,
     },
     /// Another live order in this slot already has this id.
-    #[error("order id {order:?} is already in use in this slot; assign a fresh id")]
+    #[error("order id {order} is already in use in this slot; assign a fresh id")]
     DuplicateOrderId {
         /// The duplicated id.
         order: OrderId,
     },
     /// No live order has this id (never submitted, already filled, cancelled or expired).
-    #[error("no open order {order:?} in this slot; it may have been filled, cancelled or expired")]
+    #[error("no open order {order} in this slot; it may have been filled, cancelled or expired")]
     UnknownOrder {
         /// The id asked for.
         order: OrderId,
     },
     /// The order names an area the community does not have.
-    #[error("order {order:?} names area {area:?}, which this community does not have")]
+    #[error("order {order} names area {area}, which this community does not have")]
     UnknownArea {
         /// The rejected order.
         order: OrderId,
@@ -217,7 +229,7 @@ pub enum OrderError {
         area: AreaId,
     },
     /// The slot's book holds as many orders as it can index.
-    #[error("order {order:?}: this slot's book is full ({capacity} orders); try a later slot")]
+    #[error("order {order}: this slot's book is full ({capacity} orders); try a later slot")]
     BookFull {
         /// The rejected order.
         order: OrderId,
@@ -226,7 +238,7 @@ pub enum OrderError {
     },
     /// Energy × price does not fit the token amount range.
     #[error(
-        "order {order:?}: {energy_wh} Wh at up to {price_per_kwh} per kWh exceeds the largest token amount; reduce the energy"
+        "order {order}: {energy_wh} Wh at up to {price_per_kwh} per kWh exceeds the largest token amount; reduce the energy"
     )]
     AmountOverflow {
         /// The rejected order.
@@ -236,4 +248,23 @@ pub enum OrderError {
         /// The price used for the bound.
         price_per_kwh: u64,
     },
+}
+
+impl OrderError {
+    /// A stable name of the reason (a metrics label, a machine-readable error code).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::ZeroEnergy { .. } => "zero_energy",
+            Self::EnergyTooLarge { .. } => "energy_too_large",
+            Self::PriceAboveRetail { .. } => "price_above_retail",
+            Self::PriceBelowFeedIn { .. } => "price_below_feed_in",
+            Self::GateClosed { .. } => "gate_closed",
+            Self::WindowNotOpen { .. } => "window_not_open",
+            Self::DuplicateOrderId { .. } => "duplicate_order_id",
+            Self::UnknownOrder { .. } => "unknown_order",
+            Self::UnknownArea { .. } => "unknown_area",
+            Self::BookFull { .. } => "book_full",
+            Self::AmountOverflow { .. } => "amount_overflow",
+        }
+    }
 }

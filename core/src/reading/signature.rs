@@ -74,8 +74,10 @@ impl MeterKey {
 pub struct PublicKey([u8; 65]);
 
 impl PublicKey {
-    /// Wraps a SEC1 uncompressed point (65 bytes starting with `0x04`). Whether the point lies
-    /// on the curve is checked when a signature is verified.
+    /// Wraps a SEC1 uncompressed point (65 bytes starting with `0x04`) that lies on P-256.
+    ///
+    /// The curve check is made here, not left to the first verification: a key that is not a
+    /// point can never verify a reading, so registering one would only squat a meter id.
     pub fn from_sec1(bytes: &[u8]) -> Result<Self, ReadingError> {
         let sec1: [u8; 65] = bytes.try_into().map_err(|_| ReadingError::InvalidKey {
             reason: format!(
@@ -89,6 +91,11 @@ impl PublicKey {
                     "public key must be an uncompressed point starting with 0x04, got 0x{:02x}",
                     sec1[0]
                 ),
+            });
+        }
+        if p256::PublicKey::from_sec1_bytes(&sec1).is_err() {
+            return Err(ReadingError::InvalidKey {
+                reason: "public key is not a point on the P-256 curve (or is the identity)".into(),
             });
         }
         Ok(Self(sec1))

@@ -333,3 +333,23 @@ proptest! {
         prop_assert!(bad_sig.verify(&public).is_err());
     }
 }
+
+/// Regression (issue 10, item 9): a "public key" that is not a point on P-256 was accepted and
+/// registered, squatting a meter id with a key that can never verify anything.
+#[test]
+fn a_public_key_off_the_curve_is_refused() {
+    let (_, public) = vector_key();
+    let mut bytes = *public.as_bytes();
+    // Flip the last bit of y: (x, y') is not on the curve.
+    bytes[64] ^= 1;
+    let err = PublicKey::from_sec1(&bytes).unwrap_err();
+    assert!(
+        err.to_string().contains("not a point on the P-256 curve"),
+        "{err}"
+    );
+    // The point at infinity has no uncompressed form; all zeros is no point either.
+    let mut zeros = [0u8; 65];
+    zeros[0] = 4;
+    assert!(PublicKey::from_sec1(&zeros).is_err());
+    assert!(PublicKey::from_sec1(public.as_bytes()).is_ok());
+}

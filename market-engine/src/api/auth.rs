@@ -681,6 +681,23 @@ impl FromRequestParts<AppState> for Authenticated {
     }
 }
 
+/// The account behind the request's session or token, if it sends one; a credential that is
+/// sent but not valid is refused (401), never served as anonymous.
+pub(super) async fn optional_account(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<AccountRow>, ApiError> {
+    let Some(token) = bearer(headers).or_else(|| cookie(headers, SESSION_COOKIE)) else {
+        return Ok(None);
+    };
+    state
+        .store
+        .account_by_credential(&token_hash(&token), now_ms())
+        .await?
+        .map(Some)
+        .ok_or(ApiError::Unauthorized)
+}
+
 fn token_hash(token: &str) -> String {
     hex::encode(ring::digest::digest(
         &ring::digest::SHA256,

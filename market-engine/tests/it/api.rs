@@ -70,6 +70,9 @@ async fn accounts_meters_and_privacy() {
             ingest: Arc::new(IngestMetrics::default()),
             market,
             limits: Arc::new(RateLimits::new(100.0, 100.0)),
+            meters_per_account: 10,
+            tasks: Default::default(),
+            chain: Default::default(),
             auth: Arc::new(Auth::new(AuthConfig::default())),
         });
         let alice = unique("alice");

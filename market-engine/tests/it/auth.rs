@@ -189,6 +189,9 @@ async fn serve(url: &str, config: AuthConfig) -> Server {
         ingest: Arc::new(IngestMetrics::default()),
         market,
         limits: Arc::new(RateLimits::new(100.0, 100.0)),
+        meters_per_account: 10,
+        tasks: Default::default(),
+        chain: Default::default(),
         auth: auth.clone(),
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

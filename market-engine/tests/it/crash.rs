@@ -64,7 +64,7 @@ async fn http_with_headers(
     ))
 }
 
-pub(crate) struct Process(Child);
+pub(crate) struct Process(pub(crate) Child);
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -157,6 +157,10 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
             .create_account("crash-home", &hash, "household", 0)
             .await
             .unwrap();
+        store
+            .create_account("crash-operator", &hash, "operator", 0)
+            .await
+            .unwrap();
         sqlx::query("INSERT INTO funding (account_id, amount, reference, created_ms) VALUES ($1, $2, 'opening', 0)")
             .bind(id)
             .bind(1_000_000_000_000i64)
@@ -194,6 +198,32 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
         .0,
         201
     );
+    // The operator approves the meter; only then do its readings count.
+    let operator = json!({"name": "crash-operator", "password": "correct horse battery"});
+    let (_, head, _) =
+        http_with_headers(http_port, "POST", "/api/v1/sessions", None, Some(&operator))
+            .await
+            .unwrap();
+    let operator_token = crate::api::session_of(
+        head.lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .map(str::to_owned),
+    );
+    let approval = json!({
+        "export_capacity_w": market_engine::meters::MAX_CAPACITY_W,
+        "import_capacity_w": market_engine::meters::MAX_CAPACITY_W,
+        "manufacturer": "Gridshare", "model": "SIM-HYBRID", "serial": "SIM-000001",
+    });
+    let (status, body) = http(
+        http_port,
+        "POST",
+        "/api/v1/meters/crash-meter/approval",
+        Some(&operator_token),
+        Some(&approval),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
 
     // Readings flow: a simulated inverter read by a real agent.
     let server = meter_agent::simulator::serve(

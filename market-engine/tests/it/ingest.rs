@@ -100,25 +100,16 @@ async fn a_real_meter_agent_feeds_the_engine() {
     }
 }
 
-/// Registers `meter` of `account` with its public key (store and the engine's registry).
+/// Registers `meter` of `account` with its public key and approves it for the simulated
+/// inverter.
 async fn register(
     engine: &Engine,
     meter: &str,
     account: i64,
     public: gridshare_core::reading::PublicKey,
 ) {
-    engine
-        .store
-        .register_meter(
-            meter,
-            account,
-            &public.to_hex(),
-            &public.key_id().to_string(),
-            0,
-        )
-        .await
-        .unwrap();
-    engine.keys.insert(meter, public);
+    let device = crate::simulated_device("SIM-000001");
+    crate::register_approved(&engine.store, &engine.keys, meter, account, public, &device).await;
 }
 
 /// A new meter key, registered with the engine for `meter` of `account`.
@@ -132,7 +123,7 @@ async fn registered_key(engine: &Engine, meter: &str, account: i64) -> MeterKey 
 fn reading(meter: &str, seq: u64, import_wh: u64, timestamp_ms: u64) -> Reading {
     Reading {
         meter_id: MeterId::new(meter).unwrap(),
-        device: DeviceIdentity::new("Test", "Meter", "T-1").unwrap(),
+        device: crate::simulated_device("SIM-000001"),
         seq,
         timestamp_ms,
         clock: ClockSync::Synchronised,
@@ -180,7 +171,12 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
                     .unwrap()
             }
         };
-        let good = |seq, import| key.sign(reading(&meter, seq, import, now), &rng).unwrap();
+        // A reading a second, as an agent would send them.
+        let at = |seq: u64| now - 100_000 + seq * 1000;
+        let good = |seq, import| {
+            key.sign(reading(&meter, seq, import, at(seq)), &rng)
+                .unwrap()
+        };
 
         // Accepted: seq 1 and 2.
         publish(topic(&meter), good(1, 1000).to_json().into_bytes()).await;
@@ -260,6 +256,65 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
                 Rejection::TooOld,
             ),
         ];
+        // Regressions of issue 10: a meter nobody approved, a device other than the approved
+        // one, counters faster than the capacity, time backwards, a sequence number beyond
+        // what the database stores (once stored clipped, then failing a whole batch).
+        let pending_meter = format!("p{}", &meter[1..]);
+        let pending_key =
+            MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+        market_engine::meters::register(
+            &engine.store,
+            &engine.keys,
+            account,
+            &pending_meter,
+            &pending_key.public_key().to_hex(),
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+        let mut other_device = reading(&meter, 8, 1300, at(8));
+        other_device.device = DeviceIdentity::new("Gridshare", "SIM-HYBRID", "SIM-999999").unwrap();
+        let mut huge_seq = reading(&meter, u64::MAX - 1, 1300, at(9));
+        huge_seq.seq = u64::try_from(i64::MAX).unwrap() + 1;
+        let cases: Vec<(String, Vec<u8>, Rejection)> = cases
+            .into_iter()
+            .chain([
+                (
+                    topic(&pending_meter),
+                    pending_key
+                        .sign(reading(&pending_meter, 1, 1, now), &rng)
+                        .unwrap()
+                        .to_json()
+                        .into_bytes(),
+                    Rejection::NotApproved,
+                ),
+                (
+                    topic(&meter),
+                    key.sign(other_device, &rng).unwrap().to_json().into_bytes(),
+                    Rejection::WrongDevice,
+                ),
+                (
+                    // 10^9 Wh a second later: beyond any approved capacity.
+                    topic(&meter),
+                    good(10, 1_000_001_100).to_json().into_bytes(),
+                    Rejection::ExceedsCapacity,
+                ),
+                (
+                    topic(&meter),
+                    key.sign(reading(&meter, 11, 1200, at(1) - 5_000), &rng)
+                        .unwrap()
+                        .to_json()
+                        .into_bytes(),
+                    Rejection::ClockRollback,
+                ),
+                (
+                    topic(&meter),
+                    key.sign(huge_seq, &rng).unwrap().to_json().into_bytes(),
+                    Rejection::InvalidField,
+                ),
+            ])
+            .collect();
         for (t, payload, reason) in &cases {
             publish(t.clone(), payload.clone()).await;
             let ingest = engine.ingest.clone();
@@ -355,6 +410,110 @@ async fn many_readings_in_flight_never_stall_the_engine() {
         total,
         "every reading stored, none stuck behind a stalled connection"
     );
+    poller.abort();
+    engine.stop().await;
+}
+
+/// Regression (issue 10, item 8): 50 000 junk MQTT messages added 11 MB of rejection rows with
+/// no retention. Every rejection is still counted exactly, but only a bounded sample is
+/// recorded, and the next good reading goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
+    let community = unique("junk");
+    let config = engine_config(&community, &url);
+    let engine = Engine::start(&config).await.unwrap();
+    let account = engine
+        .store
+        .create_account(&unique("home"), "h", "household", 0)
+        .await
+        .unwrap();
+    let meter = "junk-target";
+    let key = registered_key(&engine, meter, account).await;
+    let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
+    let mut options = MqttOptions::new(unique("junk"), host, port);
+    options
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(100);
+    let (client, mut events) = AsyncClient::new(options, 1000);
+    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    const MALFORMED: u64 = 4_000;
+    const OVERSIZE: u64 = 500;
+    for i in 0..MALFORMED {
+        // Made-up meter ids: the sampler's memory must not grow with them.
+        let topic = format!("gridshare/v1/{community}/meters/fake-{i}/reading");
+        client
+            .publish(topic, QoS::AtLeastOnce, false, b"not a reading".to_vec())
+            .await
+            .unwrap();
+    }
+    for _ in 0..OVERSIZE {
+        let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
+        client
+            .publish(topic, QoS::AtLeastOnce, false, vec![b'x'; 40_000])
+            .await
+            .unwrap();
+    }
+    let ingest = engine.ingest.clone();
+    for _ in 0..1200 {
+        if ingest.rejected(Rejection::Malformed) + ingest.rejected(Rejection::Oversize)
+            >= MALFORMED + OVERSIZE
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        ingest.rejected(Rejection::Malformed),
+        MALFORMED,
+        "counted exactly"
+    );
+    assert_eq!(
+        ingest.rejected(Rejection::Oversize),
+        OVERSIZE,
+        "counted exactly"
+    );
+    let recorded: std::collections::HashMap<String, i64> = engine
+        .store
+        .rejection_reasons()
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    let malformed_rows = u64::try_from(recorded["malformed"]).unwrap();
+    let oversize_rows = u64::try_from(recorded["oversize"]).unwrap();
+    assert!(malformed_rows > 0 && malformed_rows <= 200, "{recorded:?}");
+    assert!(
+        oversize_rows > 0 && oversize_rows <= 10,
+        "one meter: 10 a minute, {recorded:?}"
+    );
+    assert_eq!(
+        ingest.unrecorded(Rejection::Malformed) + malformed_rows,
+        MALFORMED,
+        "every rejection is either recorded or counted as unrecorded"
+    );
+    // Nothing else was disturbed.
+    let rng = SystemRandom::new();
+    let good = key
+        .sign(
+            reading(meter, 1, 1_000, market_engine::pipeline::now_ms()),
+            &rng,
+        )
+        .unwrap();
+    client
+        .publish(
+            format!("gridshare/v1/{community}/meters/{meter}/reading"),
+            QoS::AtLeastOnce,
+            false,
+            good.to_json().into_bytes(),
+        )
+        .await
+        .unwrap();
+    wait_until("the good reading", || {
+        ingest.accepted.load(Ordering::Relaxed) == 1
+    })
+    .await;
     poller.abort();
     engine.stop().await;
 }

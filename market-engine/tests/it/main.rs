@@ -11,14 +11,22 @@
 
 mod api;
 mod auth;
+mod cli;
 mod crash;
+mod demo;
 mod funds;
 mod ingest;
 mod market;
+mod meters;
+mod money;
+mod privacy;
 
 use std::net::TcpListener;
 
+use gridshare_core::reading::DeviceIdentity;
 use market_engine::config::EngineConfig;
+use market_engine::ingest::{Approval, KeyRegistry};
+use market_engine::store::Store;
 
 /// A free TCP port on loopback.
 pub(crate) fn free_port() -> u16 {
@@ -83,4 +91,68 @@ pub(crate) fn engine_config(community: &str, database_url: &str) -> EngineConfig
         }
     }
     c
+}
+
+/// The identity of the simulated inverter (`Household::default()` has serial `SIM-000001`).
+pub(crate) fn simulated_device(serial: &str) -> DeviceIdentity {
+    DeviceIdentity::new("Gridshare", "SIM-HYBRID", serial).unwrap()
+}
+
+/// Registers `meter` of `account` with `public` and approves it as the community operator
+/// would, for `device` and the largest capacity an approval allows (the tests' devices run
+/// on accelerated clocks).
+pub(crate) async fn register_approved(
+    store: &Store,
+    keys: &KeyRegistry,
+    meter: &str,
+    account: i64,
+    public: gridshare_core::reading::PublicKey,
+    device: &DeviceIdentity,
+) {
+    market_engine::meters::register(store, keys, account, meter, &public.to_hex(), u32::MAX, 0)
+        .await
+        .unwrap();
+    approve(
+        store,
+        keys,
+        meter,
+        device,
+        market_engine::meters::MAX_CAPACITY_W,
+    )
+    .await;
+}
+
+/// Approves a registered meter for `device`, rated `capacity_w` both ways.
+pub(crate) async fn approve(
+    store: &Store,
+    keys: &KeyRegistry,
+    meter: &str,
+    device: &DeviceIdentity,
+    capacity_w: u32,
+) {
+    let approval = Approval {
+        export_capacity_w: capacity_w,
+        import_capacity_w: capacity_w,
+        device: device.clone(),
+    };
+    market_engine::meters::approve(store, keys, meter, &approval, 0, 0)
+        .await
+        .unwrap();
+}
+
+/// Readings as the ingest checks pass them on, for meters rated at the largest capacity.
+pub(crate) fn accepted(
+    readings: &[gridshare_core::reading::SignedReading],
+) -> Vec<market_engine::ingest::Accepted> {
+    readings
+        .iter()
+        .map(|signed| market_engine::ingest::Accepted {
+            signed: signed.clone(),
+            capacity: market_engine::ingest::Capacity {
+                export_w: market_engine::meters::MAX_CAPACITY_W,
+                import_w: market_engine::meters::MAX_CAPACITY_W,
+            },
+            account: 0,
+        })
+        .collect()
 }

@@ -20,24 +20,32 @@ use tower::ServiceExt;
 use crate::api::{call, session_of};
 use crate::{databases, unique};
 
-fn now_s() -> i64 {
+pub(crate) fn now_s() -> i64 {
     i64::try_from(market_engine::pipeline::now_ms() / 1000).unwrap()
 }
 
 /// The API over `store` and `market`, as the engine serves it.
-fn api(store: &Store, market: &Arc<Market>) -> axum::Router {
+pub(crate) fn api(store: &Store, market: &Arc<Market>) -> axum::Router {
+    api_with(store, market, &KeyRegistry::default())
+}
+
+/// The API over `store` and `market` with the ingest's registry `keys`.
+pub(crate) fn api_with(store: &Store, market: &Arc<Market>, keys: &KeyRegistry) -> axum::Router {
     router(AppState {
         store: store.clone(),
-        keys: KeyRegistry::default(),
+        keys: keys.clone(),
         ingest: Arc::new(IngestMetrics::default()),
         market: market.clone(),
         limits: Arc::new(RateLimits::new(100.0, 100.0)),
+        meters_per_account: 10,
+        tasks: Default::default(),
+        chain: Default::default(),
         auth: Arc::new(Auth::new(AuthConfig::default())),
     })
 }
 
 /// Calls the API and checks the status; returns the body.
-async fn expect(
+pub(crate) async fn expect(
     app: &axum::Router,
     method: &str,
     path: &str,
@@ -51,7 +59,12 @@ async fn expect(
 }
 
 /// A new meter key, registered for the account behind `token` under a unique id.
-async fn new_meter(app: &axum::Router, token: &str, prefix: &str) -> (MeterKey, String) {
+pub(crate) async fn new_meter(
+    app: &axum::Router,
+    store: &Store,
+    token: &str,
+    prefix: &str,
+) -> (MeterKey, String) {
     let rng = SystemRandom::new();
     let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
     let meter = unique(prefix);
@@ -66,6 +79,12 @@ async fn new_meter(app: &axum::Router, token: &str, prefix: &str) -> (MeterKey, 
         StatusCode::CREATED,
     )
     .await;
+    let approval = market_engine::ingest::Approval {
+        export_capacity_w: market_engine::meters::MAX_CAPACITY_W,
+        import_capacity_w: market_engine::meters::MAX_CAPACITY_W,
+        device: crate::simulated_device("SIM-000001"),
+    };
+    assert!(store.approve_meter(&meter, &approval, 0, 0).await.unwrap());
     (key, meter)
 }
 
@@ -93,7 +112,7 @@ async fn funds_of(app: &axum::Router, token: &str) -> (i64, i64, i64, i64) {
     )
 }
 
-async fn login(app: &axum::Router, name: &str) -> String {
+pub(crate) async fn login(app: &axum::Router, name: &str) -> String {
     let creds = json!({"name": name, "password": "correct horse battery"});
     let (s, _, _) = call(app, "POST", "/api/v1/accounts", None, Some(creds.clone())).await;
     assert_eq!(s, StatusCode::CREATED);
@@ -101,7 +120,7 @@ async fn login(app: &axum::Router, name: &str) -> String {
     session_of(cookie)
 }
 
-fn signed(
+pub(crate) fn signed(
     key: &MeterKey,
     meter: &str,
     seq: u64,
@@ -146,7 +165,7 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let mut keys = HashMap::new();
         let mut meters = HashMap::new();
         for (who, token) in [("a", &alice), ("b", &bob)] {
-            let (key, meter) = new_meter(&app, token, who).await;
+            let (key, meter) = new_meter(&app, &store, token, who).await;
             keys.insert(who, key);
             meters.insert(who, meter);
         }
@@ -490,7 +509,10 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             signed(&keys["b"], &meters["b"], 2, end - 1, 10_500, 100),
         ];
         let mut last = HashMap::new();
-        store.store_readings(&readings, 0, &mut last).await.unwrap();
+        store
+            .store_readings(&crate::accepted(&readings), 0, &mut last)
+            .await
+            .unwrap();
         assert!(
             market
                 .settle_due(terms.slot.settlement - 1)
@@ -590,7 +612,7 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
         let dave_name = unique("dave");
         let dave = login(&app, &dave_name).await;
         let rng = SystemRandom::new();
-        let (key, meter) = new_meter(&app, &carol, "c").await;
+        let (key, meter) = new_meter(&app, &store, &carol, "c").await;
         let rule_path = format!("/api/v1/meters/{meter}/rule");
         let rule = json!({"sell_at_least_per_kwh": 12_000, "buy_at_most_per_kwh": 25_000, "keep_battery_above_bp": 2_000});
         let (s, _, _) = call(&app, "PUT", &rule_path, Some(&dave), Some(rule.clone())).await;
@@ -639,7 +661,7 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
             })
             .collect();
         store
-            .store_readings(&readings, 0, &mut HashMap::new())
+            .store_readings(&crate::accepted(&readings), 0, &mut HashMap::new())
             .await
             .unwrap();
         assert_eq!(
@@ -660,7 +682,7 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
         assert_eq!(depth.asks, vec![(12_000, 900, 1)], "{url}");
 
         // Dave imports 7.2 kW by his counters: his rule buys only what his funds pay for.
-        let (dave_key, dave_meter) = new_meter(&app, &dave, "d").await;
+        let (dave_key, dave_meter) = new_meter(&app, &store, &dave, "d").await;
         let rule = Some(json!({"buy_at_most_per_kwh": 25_000}));
         let path = format!("/api/v1/meters/{dave_meter}/rule");
         expect(&app, "PUT", &path, Some(&dave), rule, StatusCode::OK).await;
@@ -677,7 +699,7 @@ async fn trading_rules_place_one_order_per_slot_from_the_meters_own_forecast() {
             })
             .collect();
         store
-            .store_readings(&readings, 0, &mut HashMap::new())
+            .store_readings(&crate::accepted(&readings), 0, &mut HashMap::new())
             .await
             .unwrap();
         assert_eq!(

@@ -1,0 +1,194 @@
+//! Meters over HTTP: a household registers its meter (pending) and lists its meters; the
+//! community operator lists every meter, approves one with its capacity and device identity,
+//! or refuses a pending one. The rules themselves live in [`crate::meters`].
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState, Authenticated, json_body};
+use crate::meters::{self, ApprovalRequest, MeterError};
+use crate::pipeline::now_ms;
+use crate::store::{AccountRow, MeterRow};
+
+/// The routes of this resource.
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/api/v1/meters", post(register).get(mine))
+        .route("/api/v1/meters/{meter_id}/approval", post(approve))
+        .route("/api/v1/meters/{meter_id}", delete(refuse))
+        .route("/api/v1/operator/meters", get(every))
+}
+
+impl From<MeterError> for ApiError {
+    fn from(e: MeterError) -> Self {
+        match e {
+            MeterError::Taken(_) => Self::Conflict(e.to_string()),
+            MeterError::NotFound(_) => Self::NotFound(e.to_string()),
+            MeterError::Store(s) => s.into(),
+            MeterError::InvalidId(_) | MeterError::InvalidKey(_) => Self::BadRequest(e.to_string()),
+            MeterError::InvalidApproval { .. } | MeterError::TooMany { .. } => {
+                Self::Unprocessable(e.to_string())
+            }
+        }
+    }
+}
+
+fn operator_only(account: &AccountRow, what: &str) -> Result<(), ApiError> {
+    if account.role != "operator" {
+        return Err(ApiError::Forbidden(format!(
+            "only the community operator {what}"
+        )));
+    }
+    Ok(())
+}
+
+/// A meter as the API shows it.
+#[derive(Debug, Serialize)]
+struct MeterView {
+    meter_id: String,
+    public_key: String,
+    /// `pending` until the operator approves it, then `approved`.
+    status: &'static str,
+    registered_ms: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approved_ms: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    export_capacity_w: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    import_capacity_w: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    manufacturer: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    model: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial: Option<String>,
+    /// The owner's account name (the operator's list only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+}
+
+impl MeterView {
+    fn of(row: &MeterRow) -> Self {
+        let a = row.approval.as_ref();
+        Self {
+            meter_id: row.meter_id.clone(),
+            public_key: row.public_key.clone(),
+            status: if a.is_some() { "approved" } else { "pending" },
+            registered_ms: row.created_ms,
+            approved_ms: row.approved_ms,
+            export_capacity_w: a.map(|a| a.export_capacity_w),
+            import_capacity_w: a.map(|a| a.import_capacity_w),
+            manufacturer: a.map(|a| a.device.manufacturer.clone()),
+            model: a.map(|a| a.device.model.clone()),
+            serial: a.map(|a| a.device.serial.clone()),
+            owner: None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    meter_id: String,
+    public_key: String,
+}
+
+/// A household registers a meter; it is `pending` until the operator approves it.
+async fn register(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<RegisterRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<impl IntoResponse, ApiError> {
+    let req = json_body(body)?;
+    let (meter, key) = meters::register(
+        &state.store,
+        &state.keys,
+        account.id,
+        &req.meter_id,
+        &req.public_key,
+        state.meters_per_account,
+        now_ms(),
+    )
+    .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({
+            "meter_id": meter.as_str(),
+            "key_id": key.key_id().to_string(),
+            "status": "pending",
+            "next": "the community operator approves the meter with its rated capacity and device identity; its readings count from then on",
+        })),
+    ))
+}
+
+/// The caller's meters.
+async fn mine(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let meters: Vec<MeterView> = state
+        .store
+        .meters()
+        .await?
+        .iter()
+        .filter(|m| m.account_id == account.id)
+        .map(MeterView::of)
+        .collect();
+    Ok(Json(serde_json::json!({ "meters": meters })))
+}
+
+/// Every meter of the community with its owner (operator only).
+async fn every(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operator_only(&account, "lists every meter")?;
+    let names = state.store.account_names().await?;
+    let meters: Vec<MeterView> = state
+        .store
+        .meters()
+        .await?
+        .iter()
+        .map(|m| MeterView {
+            owner: names.get(&m.account_id).cloned(),
+            ..MeterView::of(m)
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "meters": meters })))
+}
+
+/// The operator approves a meter with its rated capacity and installed device identity.
+async fn approve(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+    body: Result<Json<ApprovalRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operator_only(&account, "approves meters")?;
+    let approval = json_body(body)?.checked()?;
+    let row = meters::approve(
+        &state.store,
+        &state.keys,
+        &meter_id,
+        &approval,
+        account.id,
+        now_ms(),
+    )
+    .await?;
+    Ok(Json(serde_json::json!({ "meter": MeterView::of(&row) })))
+}
+
+/// The operator refuses a pending meter registration: the id and key are free again.
+async fn refuse(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    operator_only(&account, "refuses meter registrations")?;
+    meters::refuse(&state.store, &state.keys, &meter_id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,254 @@
+//! `/metrics`: every counter the engine keeps, rendered in the Prometheus/OpenMetrics text
+//! format by the maintained `prometheus-client` library (`Content-Type:
+//! application/openmetrics-text`). Design: the counters stay plain atomics beside the code
+//! that counts them; a scrape takes one [`Snapshot`] of them and a [`Collector`] encodes it,
+//! so nothing on the hot paths knows about the exporter.
+
+use std::sync::atomic::Ordering;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::ingest::Rejection;
+
+/// One value with its labels.
+type Labelled = Vec<(Vec<(&'static str, String)>, u64)>;
+
+/// One metric family.
+#[derive(Debug)]
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    kind: MetricType,
+    values: Labelled,
+}
+
+/// Every value at the moment of a scrape.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    families: Vec<Family>,
+}
+
+impl Snapshot {
+    /// Adds a counter (the exporter appends `_total`).
+    pub fn counter(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.labelled_counter(name, help, vec![(Vec::new(), value)]);
+    }
+
+    /// Adds a counter with one value per label set.
+    pub fn labelled_counter(&mut self, name: &'static str, help: &'static str, values: Labelled) {
+        self.families.push(Family {
+            name,
+            help,
+            kind: MetricType::Counter,
+            values,
+        });
+    }
+
+    /// Adds a gauge.
+    pub fn gauge(&mut self, name: &'static str, help: &'static str, value: u64) {
+        self.families.push(Family {
+            name,
+            help,
+            kind: MetricType::Gauge,
+            values: vec![(Vec::new(), value)],
+        });
+    }
+
+    /// Adds the engine's state: ingest, market, tasks and chain.
+    pub async fn of_engine(state: &crate::api::AppState) -> Self {
+        let mut s = Self::default();
+        let ingest = &state.ingest;
+        s.counter(
+            "gridshare_readings_accepted",
+            "Signed readings verified and stored.",
+            ingest.accepted.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_readings_duplicate",
+            "Exact re-deliveries of stored readings, dropped.",
+            ingest.duplicates.load(Ordering::Relaxed),
+        );
+        s.labelled_counter(
+            "gridshare_readings_rejected",
+            "Readings rejected, by reason (every one counted).",
+            Rejection::ALL
+                .iter()
+                .map(|r| (vec![("reason", r.as_str().to_owned())], ingest.rejected(*r)))
+                .collect(),
+        );
+        s.labelled_counter(
+            "gridshare_readings_rejections_unrecorded",
+            "Rejections counted but not written to the rejections table (sampling under a flood), by reason.",
+            Rejection::ALL
+                .iter()
+                .map(|r| (vec![("reason", r.as_str().to_owned())], ingest.unrecorded(*r)))
+                .collect(),
+        );
+        let m = &state.market.metrics;
+        s.counter(
+            "gridshare_orders_accepted",
+            "Orders accepted (on disk before the answer).",
+            m.orders_accepted.load(Ordering::Relaxed),
+        );
+        s.labelled_counter(
+            "gridshare_orders_rejected",
+            "Orders, amends and cancels refused, by reason.",
+            m.orders_rejected
+                .snapshot()
+                .into_iter()
+                .map(|(r, n)| (vec![("reason", r.to_owned())], n))
+                .collect(),
+        );
+        s.counter(
+            "gridshare_trades",
+            "Trades made.",
+            m.trades.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_gate_closures",
+            "Gate closures (call auctions cleared, orders expired).",
+            m.gate_closures.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_gate_closure_microseconds",
+            "Time spent clearing at gate closure, microseconds in total (divide by gate closures for the mean).",
+            m.gate_closure_micros.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_slots_settled",
+            "Slots settled in the ledger against the signed readings.",
+            m.slots_settled.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_settlement_lag_seconds",
+            "Seconds between the latest settled slot's settlement time and its settlement.",
+            m.settlement_lag_s.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_deliveries_capped",
+            "Meter deliveries settled at their approved capacity bound instead of what the counters said.",
+            m.deliveries_capped.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_open_books",
+            "Slots with an open order book.",
+            u64::try_from(state.market.open_books().await).unwrap_or(u64::MAX),
+        );
+        let chain = &state.chain;
+        s.gauge(
+            "gridshare_chain_outbox_depth",
+            "Settlement batches in the chain outbox not yet confirmed.",
+            chain.outbox_depth.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_chain_unqueued_slots",
+            "Settled slots not yet handed to the chain outbox.",
+            chain.unqueued.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_batches_confirmed",
+            "Settlement batches confirmed on chain.",
+            chain.confirmed.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_flush_failures",
+            "Attempts to send the outbox that failed (retried).",
+            chain.failures.load(Ordering::Relaxed),
+        );
+        let auth = &state.auth.metrics;
+        s.counter(
+            "gridshare_logins_succeeded",
+            "Logins with the right name and password.",
+            auth.logins_succeeded.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_logins_failed",
+            "Logins with a wrong name or password.",
+            auth.logins_failed.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_logins_throttled",
+            "Logins answered 429 because their name or address failed too often.",
+            auth.logins_throttled.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_password_hashing_busy",
+            "Logins and sign-ups answered 503 because the password hashing queue was full.",
+            auth.hashing_busy.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_password_hashes",
+            "Argon2 computations started.",
+            auth.password_hashes.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_password_hashes_running",
+            "Argon2 computations running now.",
+            auth.hashes_running.load(Ordering::Relaxed),
+        );
+        s.labelled_counter(
+            "gridshare_task_restarts",
+            "Background tasks restarted after a panic, by task.",
+            state
+                .tasks
+                .restarts
+                .snapshot()
+                .into_iter()
+                .map(|(t, n)| (vec![("task", t.to_owned())], n))
+                .collect(),
+        );
+        s
+    }
+
+    /// The OpenMetrics text.
+    pub fn render(self) -> Result<String, std::fmt::Error> {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(self));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)?;
+        Ok(out)
+    }
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for family in &self.families {
+            let mut metric =
+                encoder.encode_descriptor(family.name, family.help, None, family.kind)?;
+            let value =
+                |e: prometheus_client::encoding::MetricEncoder<'_>, v: u64| match family.kind {
+                    MetricType::Gauge => {
+                        ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX)).encode(e)
+                    }
+                    _ => ConstCounter::new(v).encode(e),
+                };
+            match family.values.as_slice() {
+                [(labels, v)] if labels.is_empty() => value(metric, *v)?,
+                values => {
+                    for (labels, v) in values {
+                        value(metric.encode_family(labels)?, *v)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counters of the chain outbox driver.
+#[derive(Debug, Default)]
+pub struct ChainMetrics {
+    /// Batches pending in the outbox after the latest flush.
+    pub outbox_depth: std::sync::atomic::AtomicU64,
+    /// Settled slots not yet queued.
+    pub unqueued: std::sync::atomic::AtomicU64,
+    /// Batches confirmed.
+    pub confirmed: std::sync::atomic::AtomicU64,
+    /// Failed flushes.
+    pub failures: std::sync::atomic::AtomicU64,
+}

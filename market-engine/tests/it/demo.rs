@@ -1,0 +1,99 @@
+//! `market-engine demo` restarted in the same directory carries on (issue 10, item 14): the
+//! simulated inverters keep their counters, so the agents see no counter going backwards and
+//! the engine keeps accepting their readings.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::crash::Process;
+use crate::free_port;
+
+async fn metric(http_port: u16, name: &str) -> Option<u64> {
+    let text = reqwest_like(http_port, "/metrics").await?;
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+}
+
+/// GET over a fresh connection; `None` when the engine is not there.
+async fn reqwest_like(port: u16, path: &str) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let text = String::from_utf8_lossy(&response).into_owned();
+    text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned())
+}
+
+fn demo(dir: &std::path::Path, http_port: u16, mqtt_port: u16) -> Process {
+    Process(
+        Command::new(env!("CARGO_BIN_EXE_market-engine"))
+            .args(["demo", "--homes", "3", "--listen"])
+            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("--mqtt-port")
+            .arg(mqtt_port.to_string())
+            .arg("--dir")
+            .arg(dir)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
+/// Waits until the engine has accepted more than `above` readings; returns the count.
+async fn accepted_above(http_port: u16, above: u64) -> u64 {
+    for _ in 0..600 {
+        if let Some(n) = metric(http_port, "gridshare_readings_accepted_total").await
+            && n > above
+        {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the demo accepted no more than {above} readings");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_demo_carries_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let first = demo(dir.path(), http_port, mqtt_port);
+    accepted_above(http_port, 10).await;
+    // Ctrl-C, as a person stops the demo.
+    let pid = first.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    drop(first);
+    let second = demo(dir.path(), http_port, mqtt_port);
+    accepted_above(http_port, 20).await;
+    for reason in ["counter_rollback", "clock_rollback", "exceeds_capacity"] {
+        let name = format!("gridshare_readings_rejected_total{{reason=\"{reason}\"}}");
+        assert_eq!(metric(http_port, &name).await, Some(0), "{reason}");
+    }
+    // The devices carried on: every home's readings after the restart are plain `ok`, none
+    // carried as implausible by its agent.
+    let db = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
+    let store = market_engine::store::Store::open(&db).await.unwrap();
+    for home in ["home-01", "home-02", "home-03"] {
+        let readings = store.readings(home, 0, 10_000).await.unwrap();
+        assert!(!readings.is_empty(), "{home}");
+        let last: serde_json::Value = serde_json::from_str(readings.last().unwrap()).unwrap();
+        assert!(
+            !last.to_string().contains("implausible"),
+            "{home}: the agent flagged a counter after the restart: {last}"
+        );
+    }
+    drop(second);
+}

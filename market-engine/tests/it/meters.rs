@@ -1,0 +1,409 @@
+//! Meters under attack (issue 10): a meter counts only once the community operator approved
+//! it, with its rated capacity and installed device; ids and keys cannot be squatted or
+//! reused; an account cannot register without bound. On SQLite and on PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use gridshare_core::reading::{MeterKey, SignedReading};
+use market_engine::ingest::{Checker, KeyRegistry, Rejection};
+use market_engine::market::{Market, MarketConfig};
+use market_engine::store::{Store, Stored};
+use ring::rand::SystemRandom;
+use serde_json::json;
+
+use crate::api::call;
+use crate::market::{expect, login, now_s, signed};
+use crate::{databases, unique};
+
+fn new_key() -> MeterKey {
+    let rng = SystemRandom::new();
+    MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap()
+}
+
+fn short(id: String) -> String {
+    id[id.len().saturating_sub(30)..].to_owned()
+}
+
+/// The checks the ingest runs on every message, as it runs them.
+fn checker(keys: &KeyRegistry) -> Checker {
+    Checker {
+        registry: keys.clone(),
+        max_future_skew_ms: 30_000,
+        max_age_ms: 7 * 24 * 3_600_000,
+    }
+}
+
+fn check(
+    keys: &KeyRegistry,
+    signed: &SignedReading,
+) -> Result<market_engine::ingest::Accepted, Rejection> {
+    let topic = format!("gridshare/v1/c/meters/{}/reading", signed.reading.meter_id);
+    checker(keys)
+        .check(
+            &topic,
+            signed.to_json().as_bytes(),
+            signed.reading.timestamp_ms,
+        )
+        .map_err(|r| r.reason)
+}
+
+/// Regression (issue 10, item 1): a self-registered account with no deposit registered a
+/// meter with its own key, published two valid readings whose export counter jumped by 10^9
+/// Wh inside one slot, was credited 8 000 000 000 at settlement and withdrew it.
+#[tokio::test]
+async fn a_self_registered_meter_cannot_mint_money() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let config = MarketConfig::default();
+        let market = Arc::new(
+            Market::open(config.community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let keys = KeyRegistry::default();
+        let app = crate::market::api_with(&store, &market, &keys);
+        let mallory_name = unique("mallory");
+        let mallory = login(&app, &mallory_name).await;
+        let mallory_id = store
+            .account_by_name(&mallory_name)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let key = new_key();
+        let meter = short(unique("mal"));
+        let body = json!({"meter_id": meter, "public_key": key.public_key().to_hex()});
+        let registered = expect(
+            &app,
+            "POST",
+            "/api/v1/meters",
+            Some(&mallory),
+            Some(body),
+            StatusCode::CREATED,
+        )
+        .await;
+        assert_eq!(registered["status"], "pending", "{url}");
+
+        // Mallory offers energy in a slot (sells need no funds) and the gate closes.
+        let community = market.community().clone();
+        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+        let terms = community.terms(slot).unwrap();
+        let offer = json!({"meter_id": meter, "slot": slot, "side": "sell", "energy_wh": 1000, "price_per_kwh": terms.band.feed_in_per_kwh});
+        expect(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&mallory),
+            Some(offer),
+            StatusCode::CREATED,
+        )
+        .await;
+        market
+            .close_due_gates(terms.slot.gate_closure)
+            .await
+            .unwrap();
+
+        // Two valid readings, export up by 10^9 Wh inside the slot.
+        let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
+        let minted = [
+            signed(&key, &meter, 1, start, 0, 1_000),
+            signed(&key, &meter, 2, end - 1, 0, 1_000_001_000),
+        ];
+        // Not approved: the ingest refuses both.
+        for r in &minted {
+            assert_eq!(
+                check(&keys, r).unwrap_err(),
+                Rejection::NotApproved,
+                "{url}"
+            );
+        }
+        // Approved as the 5 kW installation it is: the jump is beyond what 5 kW can export in
+        // a quarter of an hour, so the second reading is refused.
+        crate::approve(&store, &keys, &meter, &Default::default(), 5_000).await;
+        let accepted: Vec<_> = minted.iter().map(|r| check(&keys, r).unwrap()).collect();
+        let outcomes = store
+            .store_readings(&accepted, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(outcomes[0], Stored::Inserted);
+        assert!(
+            matches!(&outcomes[1], Stored::Implausible(Rejection::ExceedsCapacity, why) if why.contains("5000 W")),
+            "{url}: {outcomes:?}"
+        );
+        market.settle_due(terms.slot.settlement).await.unwrap();
+        let funds = market.funds(mallory_id).await;
+        assert!(
+            funds.balance <= 0,
+            "{url}: nothing was delivered, so nothing is credited: {funds:?}"
+        );
+        let (s, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&mallory),
+            Some(json!({"amount": 8_000_000_000i64, "reference": "cash-out"})),
+        )
+        .await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{url}");
+    }
+}
+
+/// What a meter is credited in one slot never exceeds capacity × slot length (with the
+/// margin), even when its readings bracket the slot from hours apart.
+#[tokio::test]
+async fn a_slot_settles_at_most_what_the_capacity_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let config = MarketConfig::default();
+        let market = Arc::new(
+            Market::open(config.community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let keys = KeyRegistry::default();
+        let app = crate::market::api_with(&store, &market, &keys);
+        let name = unique("sunny");
+        let token = login(&app, &name).await;
+        let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+        let key = new_key();
+        let meter = short(unique("sun"));
+        market_engine::meters::register(
+            &store,
+            &keys,
+            id,
+            &meter,
+            &key.public_key().to_hex(),
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+        crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
+        let community = market.community().clone();
+        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+        let terms = community.terms(slot).unwrap();
+        let offer = json!({"meter_id": meter, "slot": slot, "side": "sell", "energy_wh": 500, "price_per_kwh": terms.band.feed_in_per_kwh});
+        expect(
+            &app,
+            "POST",
+            "/api/v1/orders",
+            Some(&token),
+            Some(offer),
+            StatusCode::CREATED,
+        )
+        .await;
+        market
+            .close_due_gates(terms.slot.gate_closure)
+            .await
+            .unwrap();
+        // Silent for ten hours, then 40 kWh more: plausible at 4 kW over ten hours, but not
+        // all of it in this one slot.
+        let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
+        let readings = [
+            signed(&key, &meter, 1, start - 10 * 3600, 0, 1_000),
+            signed(&key, &meter, 2, end, 0, 41_000),
+        ];
+        let accepted: Vec<_> = readings.iter().map(|r| check(&keys, r).unwrap()).collect();
+        let outcomes = store
+            .store_readings(&accepted, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(outcomes, vec![Stored::Inserted, Stored::Inserted], "{url}");
+        market.settle_due(terms.slot.settlement).await.unwrap();
+        let bound = market_engine::ingest::energy_bound_wh(4_000, 900_000);
+        assert_eq!(bound, 1_110, "4 kW × 15 min × 110 % + 10 Wh");
+        let funds = market.funds(id).await;
+        let most = i64::try_from(bound * terms.band.retail_per_kwh / 1000).unwrap();
+        assert!(
+            funds.balance > 0 && funds.balance <= most,
+            "{url}: credited for at most {bound} Wh: {funds:?}"
+        );
+        assert_eq!(
+            market
+                .metrics
+                .deliveries_capped
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+}
+
+/// Regressions (issue 10, item 9): one account registered 5 000 meters in 2 s, took a meter id
+/// that belonged to another household's installation, reused one key for several meters and
+/// registered a public key that is not on the P-256 curve.
+#[tokio::test]
+async fn meter_registration_refuses_bad_keys_reuse_squatting_and_floods() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let config = MarketConfig::default();
+        let market = Arc::new(
+            Market::open(config.community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let keys = KeyRegistry::default();
+        let app = crate::market::api_with(&store, &market, &keys);
+        let alice = login(&app, &unique("alice")).await;
+        let bob = login(&app, &unique("bob")).await;
+        let operator_name = unique("operator");
+        let operator = login(&app, &operator_name).await;
+        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        let register = |token: String, meter: String, key: String| {
+            let app = app.clone();
+            async move {
+                call(
+                    &app,
+                    "POST",
+                    "/api/v1/meters",
+                    Some(&token),
+                    Some(json!({"meter_id": meter, "public_key": key})),
+                )
+                .await
+            }
+        };
+
+        // Off the curve.
+        let mut off = *new_key().public_key().as_bytes();
+        off[64] ^= 1;
+        let (s, body, _) = register(alice.clone(), short(unique("a")), hex::encode(off)).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{url}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("P-256"), "{body}");
+
+        // One key, one meter.
+        let shared = new_key().public_key().to_hex();
+        let (s, _, _) = register(alice.clone(), short(unique("a1")), shared.clone()).await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, body, _) = register(bob.clone(), short(unique("b1")), shared.clone()).await;
+        assert_eq!(s, StatusCode::CONFLICT, "{url}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains("public key"),
+            "{body}"
+        );
+
+        // A squatted id: Bob registers the id of Alice's installation first. It never counts
+        // (pending), and the operator refuses it, which frees the id for Alice.
+        let squatted = short(unique("home"));
+        let (s, _, _) = register(
+            bob.clone(),
+            squatted.clone(),
+            new_key().public_key().to_hex(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED);
+        let (s, _, _) = register(
+            alice.clone(),
+            squatted.clone(),
+            new_key().public_key().to_hex(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CONFLICT);
+        let path = format!("/api/v1/meters/{squatted}");
+        let (s, _, _) = call(&app, "DELETE", &path, Some(&bob), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "only the operator refuses");
+        let (s, _, _) = call(&app, "DELETE", &path, Some(&operator), None).await;
+        assert_eq!(s, StatusCode::NO_CONTENT, "{url}");
+        assert!(keys.get(&squatted).is_none());
+        let (s, _, _) = register(
+            alice.clone(),
+            squatted.clone(),
+            new_key().public_key().to_hex(),
+        )
+        .await;
+        assert_eq!(s, StatusCode::CREATED, "{url}: the id is free again");
+
+        // Approval: the operator's only, with checked values.
+        let approval = format!("/api/v1/meters/{squatted}/approval");
+        let good = json!({"export_capacity_w": 6000, "import_capacity_w": 11000, "manufacturer": "SolarEdge", "model": "SE5000H", "serial": "7E1234-AB"});
+        let (s, _, _) = call(&app, "POST", &approval, Some(&alice), Some(good.clone())).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+        for bad in [
+            json!({"export_capacity_w": 200_000_000u32, "import_capacity_w": 1, "manufacturer": "x", "model": "y", "serial": "z"}),
+            json!({"export_capacity_w": 0, "import_capacity_w": 0, "manufacturer": "x", "model": "y", "serial": "z"}),
+            json!({"export_capacity_w": -1, "import_capacity_w": 1, "manufacturer": "x", "model": "y", "serial": "z"}),
+        ] {
+            let (s, body, _) = call(&app, "POST", &approval, Some(&operator), Some(bad)).await;
+            assert!(s.is_client_error(), "{url}: {body}");
+        }
+        let (s, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/meters/nobody/approval",
+            Some(&operator),
+            Some(good.clone()),
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, body, _) = call(&app, "POST", &approval, Some(&operator), Some(good)).await;
+        assert_eq!(s, StatusCode::OK, "{url}: {body}");
+        assert_eq!(body["meter"]["status"], "approved");
+        assert_eq!(body["meter"]["export_capacity_w"], 6000);
+        let approved = keys.get(&squatted).unwrap();
+        assert_eq!(
+            approved.approval.as_ref().unwrap().device.serial,
+            "7E1234-AB"
+        );
+        let (_, mine, _) = call(&app, "GET", "/api/v1/meters", Some(&alice), None).await;
+        let statuses: Vec<_> = mine["meters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["status"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(statuses.len(), 2, "{mine}");
+        assert!(
+            statuses.contains(&"approved".to_owned()) && statuses.contains(&"pending".to_owned())
+        );
+        // An approved meter stays on record.
+        let (s, _, _) = call(
+            &app,
+            "DELETE",
+            &format!("/api/v1/meters/{squatted}"),
+            Some(&operator),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, all, _) = call(
+            &app,
+            "GET",
+            "/api/v1/operator/meters",
+            Some(&operator),
+            None,
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK);
+        assert_eq!(all["meters"].as_array().unwrap().len(), 2, "{all}");
+        let (s, _, _) = call(&app, "GET", "/api/v1/operator/meters", Some(&alice), None).await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+
+        // A flood: at most `meters_per_account` (10 in this API) per account.
+        let carol = login(&app, &unique("carol")).await;
+        let mut created = 0;
+        let mut refused = None;
+        for i in 0..12 {
+            let (s, body, _) = register(
+                carol.clone(),
+                short(unique(&format!("c{i}"))),
+                new_key().public_key().to_hex(),
+            )
+            .await;
+            if s == StatusCode::CREATED {
+                created += 1;
+            } else {
+                refused = Some((s, body));
+            }
+        }
+        assert_eq!(created, 10, "{url}");
+        let (s, body) = refused.unwrap();
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        assert!(
+            body["error"].as_str().unwrap().contains("10 meters"),
+            "{body}"
+        );
+    }
+}
