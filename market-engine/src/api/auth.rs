@@ -874,7 +874,12 @@ pub(super) async fn login(
         tracing::info!(target: "api", name, ?address, "login throttled");
         throttled(wait)
     })?;
-    let account = state.store.account_by_name(&name).await?;
+    let mut account = state.store.account_by_name(&name).await?;
+    let as_typed = c.name.trim();
+    if account.is_none() && as_typed != name {
+        // Accounts registered before names were normalised may hold capitals.
+        account = state.store.account_by_name(as_typed).await?;
+    }
     let stored = account.as_ref().map(|a| a.password_hash.clone());
     let right = state.auth.verify(stored, c.password).await?;
     let Some(account) = account.filter(|_| right) else {

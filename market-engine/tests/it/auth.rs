@@ -630,6 +630,20 @@ async fn look_alike_names_are_refused_and_login_normalises_the_name() {
         let r = login(to, &format!(" {} ", name.to_uppercase()), PASSWORD).await;
         assert_eq!(r.status, 200, "{}", r.body);
         assert_eq!(r.body["account"], name.as_str());
+
+        // An account registered before names were normalised still logs in as it was typed.
+        let legacy = unique("Legacy");
+        let hash = market_engine::api::auth::hash_password(PASSWORD)
+            .await
+            .unwrap();
+        server
+            .store
+            .create_account(&legacy, &hash, "household", 0)
+            .await
+            .unwrap();
+        let r = login(to, &legacy, PASSWORD).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.body["account"], legacy.as_str());
     }
 }
 
