@@ -36,12 +36,13 @@ trap 'kill $engine 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" > /dev/null && break; sleep 0.1; done
 api="http://127.0.0.1:$http/api/v1"
 curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/accounts" > /dev/null
-session=$(curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-token=$(curl -sf -H "authorization: Bearer $session" -H 'content-type: application/json' -d '{"label":"wrk"}' "$api/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
+# The session is in the cookie only.
+curl -sf -c "$dir/jar" -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" > /dev/null
+token=$(curl -sf -b "$dir/jar" -H 'content-type: application/json' -d '{"label":"wrk"}' "$api/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 # The bids spend the account's own money: the operator records a deposit large enough for all.
 "$bin" operator --config "$dir/engine.toml" --name bench > /dev/null
-operator=$(curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
-curl -sf -H "authorization: Bearer $operator" -H 'content-type: application/json' -d '{"amount":1000000000000000,"reference":"bench"}' "$api/accounts/bench/deposits" > /dev/null
+curl -sf -c "$dir/operator-jar" -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" > /dev/null
+curl -sf -b "$dir/operator-jar" -H 'content-type: application/json' -d '{"amount":1000000000000000,"reference":"bench"}' "$api/accounts/bench/deposits" > /dev/null
 key=$("$CARGO_TARGET_DIR/release/meter-agent" keygen --out "$dir/meter.key" | awk '/^public key:/ {print $3}')
 curl -sf -H "authorization: Bearer $token" -H 'content-type: application/json' -d "{\"meter_id\":\"bench-meter\",\"public_key\":\"$key\"}" "$api/meters" > /dev/null
 slot=$(curl -sf "$api/slots/current" | python3 -c 'import json,sys; print(json.load(sys.stdin)["delivering"] + 4)')

@@ -5,7 +5,9 @@
 //!
 //! - [`reading`]: the signed meter reading (fields, fixed binary encoding, ECDSA P-256
 //!   signature, JSON envelope for MQTT);
-//! - [`market`]: delivery slots, order books, double auctions, grid fees, delivery and netting.
+//! - [`market`]: delivery slots, order books, double auctions, grid fees, delivery and netting;
+//! - [`mqtt`]: the broker URL and the MQTT topic layout readings travel under.
 
 pub mod market;
+pub mod mqtt;
 pub mod reading;

@@ -1,15 +1,19 @@
-//! The HTTP API (axum): accounts, sessions and API tokens, meters and their readings, plus
-//! `/metrics` (Prometheus text), `/healthz` and the OpenAPI document at `/openapi.json`.
+//! The HTTP API (axum): accounts, sessions and API tokens ([`auth`]), meters and their
+//! readings, plus `/metrics` (Prometheus text), `/healthz` and the OpenAPI document at
+//! `/openapi.json`.
 //!
 //! Errors are turned into responses in one place ([`ApiError`]): a status code and a JSON
-//! body `{"error": "..."}` that says what was wrong.
+//! body `{"error": "..."}` that says what was wrong, with `"field"` when one request field is
+//! at fault. Requests the extractors refuse (malformed JSON, a wrong content type, a body over
+//! [`MAX_BODY_BYTES`], a bad path or query) and unknown routes answer in the same shape.
+
+pub mod auth;
 
 use std::sync::Arc;
 
-use argon2::Argon2;
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use axum::extract::{FromRequestParts, Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header, request::Parts};
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
@@ -19,6 +23,8 @@ use serde_json::json;
 
 mod meters;
 
+use auth::Authenticated;
+
 use crate::ingest::{IngestMetrics, KeyRegistry};
 use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
@@ -27,9 +33,8 @@ use crate::store::{AccountRow, Store, StoreError};
 pub mod history;
 pub mod proof;
 
-/// Name of the session cookie.
-pub const SESSION_COOKIE: &str = "gridshare_session";
-const SESSION_MS: u64 = 7 * 24 * 3_600_000;
+/// The largest request body accepted; a larger one is answered 413.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -50,6 +55,10 @@ pub struct AppState {
     pub tasks: Arc<crate::tasks::TaskMetrics>,
     /// The chain outbox driver's counters.
     pub chain: Arc<crate::metrics::ChainMetrics>,
+    /// Logins and access-rule denials at the embedded broker.
+    pub broker_auth: Arc<crate::broker::BrokerAuthMetrics>,
+    /// Password hashing capacity and login limits.
+    pub auth: Arc<auth::Auth>,
 }
 
 /// A token bucket per account for the order endpoints: `burst` requests at once, refilled at
@@ -91,8 +100,28 @@ impl RateLimits {
 pub enum ApiError {
     /// 400: the request is malformed or a value is out of range.
     BadRequest(String),
+    /// 400: one request field is at fault (the web app shows the message beside it).
+    Invalid {
+        /// The field.
+        field: String,
+        /// What is wrong with it, starting with its name.
+        message: String,
+    },
+    /// A request the extractors could not read: 400 (malformed JSON, bad path or query), 413
+    /// (body too large), 415 (not JSON).
+    Rejected {
+        /// The status.
+        status: StatusCode,
+        /// What was wrong.
+        message: String,
+        /// The field at fault, when there is one.
+        field: Option<String>,
+    },
     /// 401: no valid session or token.
     Unauthorized,
+    /// 401: a login's name or password is wrong (one answer for both: it must not tell
+    /// which names exist).
+    LoginFailed,
     /// 403: authenticated, but not allowed to touch this.
     Forbidden(String),
     /// 404.
@@ -103,6 +132,20 @@ pub enum ApiError {
     Unprocessable(String),
     /// 429: the account's order rate limit is exhausted.
     TooManyRequests,
+    /// 429: too many failed logins for a name or from an address.
+    Throttled {
+        /// What to do.
+        message: String,
+        /// Seconds until the next attempt is looked at (the `Retry-After` header).
+        retry_after_s: u64,
+    },
+    /// 503: the engine is at capacity (password hashing); try again shortly.
+    Busy {
+        /// What to do.
+        message: String,
+        /// Seconds to wait (the `Retry-After` header).
+        retry_after_s: u64,
+    },
     /// 500: the database failed.
     Internal(String),
 }
@@ -133,14 +176,81 @@ impl From<MarketError> for ApiError {
     }
 }
 
+impl From<JsonRejection> for ApiError {
+    fn from(e: JsonRejection) -> Self {
+        // axum deserialises through serde_path_to_error: the path names the field at fault.
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+        let mut located = None;
+        while let Some(err) = source {
+            if let Some(found) = err.downcast_ref::<serde_path_to_error::Error<serde_json::Error>>()
+            {
+                located = Some((found.path().to_string(), found.inner().to_string()));
+                break;
+            }
+            source = err.source();
+        }
+        let (status, message, field) = match (&e, located) {
+            (JsonRejection::JsonDataError(_), Some((path, message))) if path != "." => (
+                StatusCode::BAD_REQUEST,
+                format!("{path}: {message}"),
+                Some(path),
+            ),
+            (JsonRejection::JsonDataError(_), Some((_, message))) => {
+                // A missing field is reported at the object that lacks it.
+                let field = message
+                    .strip_prefix("missing field `")
+                    .and_then(|rest| rest.split_once('`'))
+                    .map(|(name, _)| name.to_owned());
+                (StatusCode::BAD_REQUEST, format!("body: {message}"), field)
+            }
+            (JsonRejection::JsonSyntaxError(_), Some((_, message))) => (
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid JSON: {message}"),
+                None,
+            ),
+            (JsonRejection::MissingJsonContentType(_), _) => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "send the body as JSON, with `Content-Type: application/json`".into(),
+                None,
+            ),
+            _ if e.status() == StatusCode::PAYLOAD_TOO_LARGE => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the body is larger than {MAX_BODY_BYTES} bytes"),
+                None,
+            ),
+            _ => (StatusCode::BAD_REQUEST, e.body_text(), None),
+        };
+        Self::Rejected {
+            status,
+            message,
+            field,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let mut field = None;
+        let mut retry_after = None;
         let (status, message) = match self {
             Self::BadRequest(m) => (StatusCode::BAD_REQUEST, m),
+            Self::Invalid { field: f, message } => {
+                field = Some(f);
+                (StatusCode::BAD_REQUEST, message)
+            }
+            Self::Rejected {
+                status,
+                message,
+                field: f,
+            } => {
+                field = f;
+                (status, message)
+            }
             Self::Unauthorized => (
                 StatusCode::UNAUTHORIZED,
                 "log in (POST /api/v1/sessions) or send an API token as `Authorization: Bearer <token>`".into(),
             ),
+            Self::LoginFailed => (StatusCode::UNAUTHORIZED, "wrong name or password".into()),
             Self::Forbidden(m) => (StatusCode::FORBIDDEN, m),
             Self::NotFound(m) => (StatusCode::NOT_FOUND, m),
             Self::Conflict(m) => (StatusCode::CONFLICT, m),
@@ -149,19 +259,87 @@ impl IntoResponse for ApiError {
                 StatusCode::TOO_MANY_REQUESTS,
                 "order rate limit reached for this account; slow down".into(),
             ),
+            Self::Throttled {
+                message,
+                retry_after_s,
+            } => {
+                retry_after = Some(retry_after_s);
+                (StatusCode::TOO_MANY_REQUESTS, message)
+            }
+            Self::Busy {
+                message,
+                retry_after_s,
+            } => {
+                retry_after = Some(retry_after_s);
+                (StatusCode::SERVICE_UNAVAILABLE, message)
+            }
             Self::Internal(m) => (StatusCode::INTERNAL_SERVER_ERROR, m),
         };
-        (status, Json(json!({ "error": message }))).into_response()
+        let mut body = json!({ "error": message });
+        if let Some(field) = field {
+            body["field"] = json!(field);
+        }
+        let mut response = (status, Json(body)).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
+}
+
+/// Answers a request for a route that does not exist.
+async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {method} {}; the API is described at /openapi.json",
+        uri.path()
+    ))
+}
+
+/// Puts every error response that is not JSON yet (axum's own rejections of a path or a query,
+/// 405 for a wrong method) into the one error shape.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let message = match text.trim() {
+        "" => status.canonical_reason().unwrap_or("error").to_lowercase(),
+        text => text.to_owned(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(
+        parts,
+        axum::body::Body::from(json!({ "error": message }).to_string()),
+    )
 }
 
 /// The routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/api/v1/accounts", post(create_account))
-        .route("/api/v1/sessions", post(login))
-        .route("/api/v1/tokens", post(create_token))
-        .route("/api/v1/me", get(me))
+        .route("/api/v1/accounts", post(auth::create_account))
+        .route("/api/v1/sessions", post(auth::login).delete(auth::logout))
+        .route(
+            "/api/v1/tokens",
+            post(auth::create_token).get(auth::list_tokens),
+        )
+        .route("/api/v1/tokens/{token_id}", delete(auth::revoke_token))
+        .route("/api/v1/me", get(auth::me))
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
         .route(
             "/api/v1/meters/{meter_id}/rule",
@@ -192,6 +370,9 @@ pub fn router(state: AppState) -> Router {
         .merge(history::routes())
         .merge(proof::routes())
         .merge(crate::web::router())
+        .fallback(no_route)
+        .layer(axum::middleware::map_response(json_errors))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -203,201 +384,9 @@ fn random_token() -> Result<String, ApiError> {
     Ok(hex::encode(bytes))
 }
 
-fn token_hash(token: &str) -> String {
-    hex::encode(ring::digest::digest(
-        &ring::digest::SHA256,
-        token.as_bytes(),
-    ))
-}
-
-/// The authenticated account, from the session cookie or a bearer token.
-pub struct Authenticated(pub AccountRow);
-
-impl FromRequestParts<AppState> for Authenticated {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers).or_else(|| cookie(&parts.headers, SESSION_COOKIE));
-        let Some(token) = token else {
-            return Err(ApiError::Unauthorized);
-        };
-        state
-            .store
-            .account_by_credential(&token_hash(&token), now_ms())
-            .await?
-            .map(Authenticated)
-            .ok_or(ApiError::Unauthorized)
-    }
-}
-
-fn bearer(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    value.strip_prefix("Bearer ").map(|t| t.trim().to_owned())
-}
-
-fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|kv| {
-            let (k, v) = kv.trim().split_once('=')?;
-            (k == name).then(|| v.to_owned())
-        })
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Credentials {
-    name: String,
-    password: String,
-}
-
-fn check_credentials(c: &Credentials) -> Result<(), ApiError> {
-    let name_ok = (3..=64).contains(&c.name.len())
-        && c.name
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '-' | '_' | '.' | '@'));
-    if !name_ok {
-        return Err(ApiError::BadRequest(
-            "name: 3-64 characters of A-Z a-z 0-9 - _ . @".into(),
-        ));
-    }
-    if c.password.len() < 10 || c.password.len() > 1024 {
-        return Err(ApiError::BadRequest(
-            "password: 10 to 1024 characters".into(),
-        ));
-    }
-    Ok(())
-}
-
-fn json_body<T>(
-    body: Result<Json<T>, axum::extract::rejection::JsonRejection>,
-) -> Result<T, ApiError> {
-    body.map(|Json(v)| v)
-        .map_err(|e| ApiError::BadRequest(e.body_text()))
-}
-
-/// Hashes a password with Argon2id and a random salt (PHC string format).
-pub async fn hash_password(password: &str) -> Result<String, String> {
-    let mut salt = [0u8; 16];
-    SystemRandom::new()
-        .fill(&mut salt)
-        .map_err(|_| "no randomness".to_owned())?;
-    let salt = SaltString::encode_b64(&salt).map_err(|e| e.to_string())?;
-    let password = password.to_owned();
-    // Argon2id is deliberately slow: off the async workers.
-    tokio::task::spawn_blocking(move || {
-        Argon2::default()
-            .hash_password(password.as_bytes(), &salt)
-            .map(|h| h.to_string())
-            .map_err(|e| e.to_string())
-    })
-    .await
-    .map_err(|e| e.to_string())?
-}
-
-async fn create_account(
-    State(state): State<AppState>,
-    body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let c = json_body(body)?;
-    check_credentials(&c)?;
-    let hash = hash_password(&c.password)
-        .await
-        .map_err(ApiError::Internal)?;
-    let id = state
-        .store
-        .create_account(&c.name, &hash, "household", now_ms())
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "id": id, "name": c.name })),
-    ))
-}
-
-async fn login(
-    State(state): State<AppState>,
-    body: Result<Json<Credentials>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    let c = json_body(body)?;
-    let account = state.store.account_by_name(&c.name).await?;
-    let Some(account) = account else {
-        return Err(ApiError::Unauthorized);
-    };
-    let stored = account.password_hash.clone();
-    let password = c.password;
-    let ok = tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&stored)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.as_bytes(), &h)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
-    if !ok {
-        return Err(ApiError::Unauthorized);
-    }
-    let token = random_token()?;
-    state
-        .store
-        .insert_credential(
-            &token_hash(&token),
-            account.id,
-            "session",
-            "login",
-            Some(now_ms() + SESSION_MS),
-        )
-        .await?;
-    let cookie = format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        SESSION_MS / 1000
-    );
-    Ok((
-        [(header::SET_COOKIE, cookie)],
-        Json(json!({ "account": account.name, "token": token })),
-    )
-        .into_response())
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenRequest {
-    label: String,
-}
-
-async fn create_token(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-    body: Result<Json<TokenRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
-    let req = json_body(body)?;
-    if req.label.is_empty() || req.label.len() > 64 {
-        return Err(ApiError::BadRequest("label: 1 to 64 characters".into()));
-    }
-    let token = random_token()?;
-    state
-        .store
-        .insert_credential(
-            &token_hash(&token),
-            account.id,
-            "api_token",
-            &req.label,
-            None,
-        )
-        .await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "token": token, "label": req.label })),
-    ))
-}
-
-async fn me(Authenticated(account): Authenticated) -> Json<serde_json::Value> {
-    Json(json!({ "id": account.id, "name": account.name, "role": account.role }))
+/// The body, or the extractor's rejection in the one error shape (naming the field at fault).
+fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(v)| v).map_err(ApiError::from)
 }
 
 #[derive(Deserialize)]
@@ -933,17 +922,9 @@ async fn stream(
     >,
     ApiError,
 > {
-    let account = match bearer(&headers).or_else(|| cookie(&headers, SESSION_COOKIE)) {
-        None => None,
-        Some(token) => Some(
-            state
-                .store
-                .account_by_credential(&token_hash(&token), now_ms())
-                .await?
-                .ok_or(ApiError::Unauthorized)?
-                .id,
-        ),
-    };
+    let account = auth::optional_account(&state, &headers)
+        .await?
+        .map(|a| a.id);
     let rx = state.market.live().subscribe();
     let events = futures_util::stream::unfold(rx, move |mut rx| async move {
         loop {

@@ -2,6 +2,9 @@
 //! binary (`market-engine config` prints it).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use gridshare_core::mqtt::BrokerUrl;
 
 use serde::Deserialize;
 
@@ -26,6 +29,8 @@ pub struct EngineConfig {
     pub market: crate::market::MarketConfig,
     /// Where settled slots go.
     pub chain: crate::chain::ChainConfig,
+    /// Sessions, tokens and login limits.
+    pub auth: crate::api::auth::AuthConfig,
 }
 
 /// HTTP settings.
@@ -56,12 +61,15 @@ pub struct DatabaseConfig {
 pub struct MqttConfig {
     /// Address of the embedded broker; empty for none.
     pub embedded_listen: String,
-    /// The broker to subscribe to.
+    /// The external broker to subscribe to, `mqtt://host:port` or `mqtts://host:port` (not
+    /// used with the embedded broker, which the engine reaches by its own loopback port).
     pub url: String,
-    /// User name.
+    /// User name at the external broker.
     pub username: Option<String>,
-    /// Password.
+    /// Password at the external broker.
     pub password: Option<String>,
+    /// PEM file with the CA certificates trusted for `mqtts://`; default: the system bundle.
+    pub ca_file: Option<PathBuf>,
     /// Topic prefix.
     pub topic_prefix: String,
 }
@@ -88,6 +96,7 @@ impl Default for EngineConfig {
             ingest: IngestConfig::default(),
             market: crate::market::MarketConfig::default(),
             chain: crate::chain::ChainConfig::default(),
+            auth: crate::api::auth::AuthConfig::default(),
         }
     }
 }
@@ -118,6 +127,7 @@ impl Default for MqttConfig {
             url: "mqtt://127.0.0.1:1883".into(),
             username: None,
             password: None,
+            ca_file: None,
             topic_prefix: "gridshare/v1".into(),
         }
     }
@@ -170,8 +180,9 @@ impl EngineConfig {
                 .parse::<SocketAddr>()
                 .map_err(|e| format!("mqtt.embedded_listen: {e} (expected ip:port or empty)"))?;
         }
-        broker_host_port(&self.mqtt.url).map_err(|e| format!("mqtt.url: {e}"))?;
+        BrokerUrl::parse(&self.mqtt.url).map_err(|e| format!("mqtt.url: {e}"))?;
         self.market.community()?;
+        self.auth.validate()?;
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
         {
             return Err("database.url: expected sqlite://path or postgres://...".into());
@@ -180,21 +191,10 @@ impl EngineConfig {
     }
 }
 
-/// Host and port of `mqtt://host:port`.
+/// Host and port of a broker URL (`mqtt://` or `mqtts://`).
 pub fn broker_host_port(url: &str) -> Result<(String, u16), String> {
-    let rest = url
-        .strip_prefix("mqtt://")
-        .or_else(|| url.strip_prefix("tcp://"))
-        .ok_or_else(|| format!("{url:?} must start with mqtt://"))?;
-    let (host, port) = rest.rsplit_once(':').unwrap_or((rest, "1883"));
-    let port = port
-        .trim_end_matches('/')
-        .parse()
-        .map_err(|_| format!("{url:?}: port must be 1-65535"))?;
-    if host.is_empty() {
-        return Err(format!("{url:?}: missing host"));
-    }
-    Ok((host.to_owned(), port))
+    let url = BrokerUrl::parse(url).map_err(|e| e.to_string())?;
+    Ok((url.host, url.port))
 }
 
 #[cfg(test)]
@@ -215,6 +215,16 @@ mod tests {
         assert!(err.to_string().contains("listen"), "{err}");
         let err = EngineConfig::parse("[mqtt]\nurl = \"http://x\"\n", "e.toml").unwrap_err();
         assert!(err.to_string().contains("mqtt.url"), "{err}");
+        let tls = EngineConfig::parse(
+            "[mqtt]\nurl = \"mqtts://broker.example\"\nca_file = \"/etc/gridshare/ca.pem\"\n",
+            "e.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            BrokerUrl::parse(&tls.mqtt.url).unwrap().port,
+            8883,
+            "mqtts:// is accepted"
+        );
         let err = EngineConfig::parse("[database]\nurl = \"mysql://x\"\n", "e.toml").unwrap_err();
         assert!(err.to_string().contains("database.url"), "{err}");
     }

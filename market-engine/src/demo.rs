@@ -109,7 +109,7 @@ pub(crate) async fn run(
         let account = match engine.store.account_by_name(&name).await? {
             Some(a) => a.id,
             None => {
-                let hash = market_engine::api::hash_password("demo-password")
+                let hash = market_engine::api::auth::hash_password("demo-password")
                     .await
                     .map_err(anyhow::Error::msg)?;
                 engine
@@ -195,6 +195,11 @@ pub(crate) async fn run(
         };
         agent_config.modbus.address = server.addr.to_string();
         agent_config.mqtt.url = config.mqtt.url.clone();
+        // The broker lets a meter in with the credentials issued at its approval (issued
+        // anew at each start: the agents run in this process).
+        agent_config.mqtt.username = Some(name.clone());
+        agent_config.mqtt.password =
+            Some(market_engine::broker::issue_meter_credentials(&engine.store, &name).await?);
         agents.push(tokio::spawn(agent::run(
             agent_config,
             agents_stopped.clone(),

@@ -2,6 +2,8 @@
 //! over MQTT, keeps accounts and meters, and serves the HTTP API.
 //!
 //! - [`ingest`]: the checks every reading passes, and why one is rejected;
+//! - [`broker`]: the embedded MQTT broker's logins and topic access rules, meters' MQTT
+//!   credentials;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
 //! - [`meters`]: registration by a household, approval by the community operator;
 //! - [`autotrade`]: households' automatic trading rules;
@@ -18,6 +20,7 @@
 
 pub mod api;
 pub mod autotrade;
+pub mod broker;
 pub mod chain;
 pub mod config;
 pub mod ingest;

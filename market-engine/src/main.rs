@@ -111,6 +111,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             if let Some(url) = database_url {
                 c.database.url = url;
             }
+            let name = market_engine::api::auth::account_name(&name).map_err(anyhow::Error::msg)?;
             // The engine's own database, found as `serve` finds it; never a new one.
             let store = market_engine::store::Store::open_existing(&c.database.url).await?;
             println!("database {}", c.database.url);
@@ -125,10 +126,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         line.trim_end_matches(['\r', '\n']).to_owned()
                     }
                 };
-                if password.len() < 10 {
-                    anyhow::bail!("the operator's password needs at least 10 characters");
-                }
-                let hash = market_engine::api::hash_password(&password)
+                market_engine::api::auth::password_policy(&name, &password)
+                    .map_err(anyhow::Error::msg)?;
+                let hash = market_engine::api::auth::hash_password(&password)
                     .await
                     .map_err(anyhow::Error::msg)?;
                 store

@@ -160,6 +160,67 @@ impl Snapshot {
             "Attempts to send the outbox that failed (retried).",
             chain.failures.load(Ordering::Relaxed),
         );
+        let auth = &state.auth.metrics;
+        s.counter(
+            "gridshare_logins_succeeded",
+            "Logins with the right name and password.",
+            auth.logins_succeeded.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_logins_failed",
+            "Logins with a wrong name or password.",
+            auth.logins_failed.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_logins_throttled",
+            "Logins answered 429 because their name or address failed too often.",
+            auth.logins_throttled.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_password_hashing_busy",
+            "Logins and sign-ups answered 503 because the password hashing queue was full.",
+            auth.hashing_busy.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_password_hashes",
+            "Argon2 computations started.",
+            auth.password_hashes.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_password_hashes_running",
+            "Argon2 computations running now.",
+            auth.hashes_running.load(Ordering::Relaxed),
+        );
+        let broker = &state.broker_auth;
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        s.labelled_counter(
+            "gridshare_broker_logins",
+            "Logins at the embedded broker, by outcome.",
+            vec![
+                (
+                    vec![("outcome", "accepted".to_owned())],
+                    load(&broker.logins_accepted),
+                ),
+                (
+                    vec![("outcome", "refused".to_owned())],
+                    load(&broker.logins_refused),
+                ),
+            ],
+        );
+        s.labelled_counter(
+            "gridshare_broker_acl_denials",
+            "Packets refused by the embedded broker's access rules, by action (the client is disconnected).",
+            vec![
+                (vec![("action", "publish".to_owned())], load(&broker.denied_publish)),
+                (vec![("action", "subscribe".to_owned())], load(&broker.denied_subscribe)),
+                (vec![("action", "will".to_owned())], load(&broker.denied_will)),
+            ],
+        );
+        s.counter(
+            "gridshare_broker_sessions_revoked",
+            "Broker sessions ended because their credentials were revoked or issued anew.",
+            load(&broker.sessions_revoked),
+        );
         s.labelled_counter(
             "gridshare_task_restarts",
             "Background tasks restarted after a panic, by task.",

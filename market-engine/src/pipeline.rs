@@ -11,7 +11,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Publish, QoS};
+use rumqttc::{
+    AsyncClient, Event, Incoming, MqttOptions, Publish, QoS, TlsConfiguration, Transport,
+};
 use tokio::sync::{broadcast, mpsc, watch};
 
 use gridshare_core::reading::MAX_ENVELOPE_LEN;
@@ -29,6 +31,8 @@ pub struct Subscription {
     pub host: String,
     /// Broker port.
     pub port: u16,
+    /// TLS settings, for `mqtts://`.
+    pub tls: Option<TlsConfiguration>,
     /// Credentials.
     pub credentials: Option<(String, String)>,
     /// Client id (stable, so the broker keeps the session across restarts).
@@ -229,6 +233,9 @@ pub async fn run(
         .set_inflight(1000);
     if let Some((user, password)) = &subscription.credentials {
         options.set_credentials(user, password);
+    }
+    if let Some(tls) = &subscription.tls {
+        options.set_transport(Transport::tls_with_config(tls.clone()));
     }
     let (client, mut eventloop) = AsyncClient::new(options, 4096);
     // Unbounded on purpose: the broker bounds what is in flight (QoS 1 messages not yet

@@ -5,9 +5,11 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::api::auth::Auth;
 use crate::api::{AppState, RateLimits, router};
+use crate::broker::{BrokerAuthMetrics, EmbeddedBroker};
 use crate::chain::ChainSettler;
-use crate::config::{EngineConfig, broker_host_port};
+use crate::config::EngineConfig;
 use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
 use crate::market::Market;
 use crate::metrics::ChainMetrics;
@@ -50,6 +52,12 @@ pub struct Engine {
     pub keys: KeyRegistry,
     /// The market.
     pub market: Arc<Market>,
+    /// The login guard and its counters.
+    pub auth: Arc<Auth>,
+    /// The embedded broker, if the engine runs one.
+    pub broker: Option<EmbeddedBroker>,
+    /// Logins and access-rule denials at the embedded broker.
+    pub broker_auth: Arc<BrokerAuthMetrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -58,17 +66,72 @@ impl Engine {
     /// Starts everything; returns once the HTTP API listens and the ingest runs.
     pub async fn start(config: &EngineConfig) -> Result<Self, ServeError> {
         let store = Store::open(&config.database.url).await?;
+        // Tokens issued before they expired get the default lifetime from now.
+        let token_ms = u64::from(config.auth.token_days) * 86_400_000;
+        store
+            .expire_unbounded_credentials(pipeline::now_ms() + token_ms)
+            .await?;
         let keys = crate::meters::load_registry(&store).await?;
-        if !config.mqtt.embedded_listen.is_empty() {
+        let (shutdown, stopped) = watch::channel(false);
+        let broker_auth = Arc::new(BrokerAuthMetrics::default());
+        let task_metrics = Arc::new(TaskMetrics::default());
+        let mut tasks = Vec::new();
+        let client_id = format!("market-engine-{}", config.community);
+        let filter =
+            gridshare_core::mqtt::readings_filter(&config.mqtt.topic_prefix, &config.community);
+        let (broker, subscription) = if config.mqtt.embedded_listen.is_empty() {
+            let url = gridshare_core::mqtt::BrokerUrl::parse(&config.mqtt.url)
+                .map_err(|e| ServeError::Mqtt(format!("mqtt.url {e}")))?;
+            let tls = if url.tls {
+                Some(
+                    meter_agent::publish::tls_config(config.mqtt.ca_file.as_deref())
+                        .map_err(|e| ServeError::Mqtt(e.to_string()))?,
+                )
+            } else {
+                None
+            };
+            let subscription = Subscription {
+                host: url.host,
+                port: url.port,
+                tls,
+                credentials: config
+                    .mqtt
+                    .username
+                    .clone()
+                    .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
+                client_id,
+                filter,
+            };
+            (None, subscription)
+        } else {
             let addr: SocketAddr = config
                 .mqtt
                 .embedded_listen
                 .parse()
                 .map_err(|e| ServeError::Mqtt(format!("mqtt.embedded_listen: {e}")))?;
-            meter_agent::broker::start_embedded(addr).map_err(ServeError::Mqtt)?;
-        }
-        let (host, port) = broker_host_port(&config.mqtt.url).map_err(ServeError::Mqtt)?;
-        let (shutdown, stopped) = watch::channel(false);
+            let (broker, broker_tasks) = EmbeddedBroker::start(
+                addr,
+                store.clone(),
+                &config.mqtt.topic_prefix,
+                &config.community,
+                broker_auth.clone(),
+                stopped.clone(),
+            )
+            .await
+            .map_err(|e| ServeError::Mqtt(e.to_string()))?;
+            tasks.extend(broker_tasks);
+            // The engine reads from rumqttd's loopback port directly: its own readings never
+            // pass through the gate.
+            let subscription = Subscription {
+                host: broker.internal.ip().to_string(),
+                port: broker.internal.port(),
+                tls: None,
+                credentials: Some(broker.engine_login()),
+                client_id,
+                filter,
+            };
+            (Some(broker), subscription)
+        };
         let ingest = Arc::new(IngestMetrics::default());
         let community = config.market.community().map_err(ServeError::Market)?;
         let market = Arc::new(
@@ -77,30 +140,15 @@ impl Engine {
                 .map_err(|e| ServeError::Market(e.to_string()))?,
         );
         let live = market.live();
-        let subscription = Subscription {
-            host,
-            port,
-            credentials: config
-                .mqtt
-                .username
-                .clone()
-                .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
-            client_id: format!("market-engine-{}", config.community),
-            filter: format!(
-                "{}/{}/meters/+/reading",
-                config.mqtt.topic_prefix, config.community
-            ),
-        };
         let checker = Checker {
             registry: keys.clone(),
             max_future_skew_ms: config.ingest.max_future_skew_ms,
             max_age_ms: config.ingest.max_age_ms,
         };
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
-        let task_metrics = Arc::new(TaskMetrics::default());
         let chain_metrics = Arc::new(ChainMetrics::default());
         let mut subscribed_tx = Some(subscribed_tx);
-        let mut tasks = vec![{
+        tasks.push({
             let (store, ingest, live, stopped) =
                 (store.clone(), ingest.clone(), live.clone(), stopped.clone());
             supervise("ingest", task_metrics.clone(), stopped.clone(), move || {
@@ -118,7 +166,7 @@ impl Engine {
                     subscribed,
                 )
             })
-        }];
+        });
         tasks.push({
             let (live, stop) = (live.clone(), shutdown.subscribe());
             supervise(
@@ -186,6 +234,7 @@ impl Engine {
                 },
             ));
         }
+        let auth = Arc::new(Auth::new(config.auth.clone()));
         let app = router(AppState {
             store: store.clone(),
             keys: keys.clone(),
@@ -198,9 +247,13 @@ impl Engine {
             meters_per_account: config.http.meters_per_account,
             tasks: task_metrics,
             chain: chain_metrics,
+            broker_auth: broker_auth.clone(),
+            auth: auth.clone(),
         });
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {
+            // The peer's address feeds the per-address login limit.
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
                 let _ = http_stop.changed().await;
             });
@@ -212,9 +265,12 @@ impl Engine {
         Ok(Self {
             market,
             http,
+            broker,
+            broker_auth,
             ingest,
             store,
             keys,
+            auth,
             shutdown,
             tasks,
         })

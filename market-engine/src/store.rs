@@ -144,6 +144,22 @@ impl AccountRow {
     }
 }
 
+/// A session or an API token: only a SHA-256 of its secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRow {
+    /// Hex SHA-256 of the secret.
+    pub token_hash: String,
+    /// `session` or `api_token`.
+    pub kind: String,
+    /// What it is for (`login` for sessions; the owner's label for tokens).
+    pub label: String,
+    /// When it was issued, ms since the epoch (unknown for credentials from before that was
+    /// recorded).
+    pub created_ms: Option<u64>,
+    /// When it stops working, ms since the epoch.
+    pub expires_ms: u64,
+}
+
 /// A household's automatic trading rule for one meter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TradingRule {
@@ -403,24 +419,110 @@ impl Store {
     /// Stores a credential (session or API token) by the hash of its secret.
     pub async fn insert_credential(
         &self,
-        token_hash: &str,
+        credential: &CredentialRow,
         account_id: i64,
-        kind: &str,
-        label: &str,
-        expires_ms: Option<u64>,
     ) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO credentials (token_hash, account_id, kind, label, expires_ms) \
-             VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO credentials (token_hash, account_id, kind, label, created_ms, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
-        .bind(token_hash)
+        .bind(credential.token_hash.as_str())
         .bind(account_id)
-        .bind(kind)
-        .bind(label)
-        .bind(expires_ms.map(i64_of))
+        .bind(credential.kind.as_str())
+        .bind(credential.label.as_str())
+        .bind(credential.created_ms.map(i64_of))
+        .bind(i64_of(credential.expires_ms))
         .execute(&self.pool)
         .await?;
         Ok(())
+    }
+
+    /// The account's unexpired credentials of one kind, newest first.
+    pub async fn credentials(
+        &self,
+        account_id: i64,
+        kind: &str,
+        now_ms: u64,
+    ) -> Result<Vec<CredentialRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT token_hash, kind, label, created_ms, expires_ms FROM credentials \
+             WHERE account_id = $1 AND kind = $2 AND expires_ms > $3 \
+             ORDER BY created_ms DESC, token_hash",
+        )
+        .bind(account_id)
+        .bind(kind)
+        .bind(i64_of(now_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let u = |v: i64| u64::try_from(v).unwrap_or(0);
+        Ok(rows
+            .into_iter()
+            .map(|r| CredentialRow {
+                token_hash: r.get(0),
+                kind: r.get(1),
+                label: r.get(2),
+                created_ms: r.get::<Option<i64>, _>(3).map(u),
+                expires_ms: u(r.get(4)),
+            })
+            .collect())
+    }
+
+    /// Deletes the account's credential of `kind` whose hash starts with `hash_prefix`;
+    /// whether there was one. Another account's credential is never touched.
+    pub async fn delete_credential(
+        &self,
+        account_id: i64,
+        kind: &str,
+        hash_prefix: &str,
+    ) -> Result<bool, StoreError> {
+        // Hex only, so the prefix holds no LIKE wildcards.
+        if hash_prefix.is_empty() || !hash_prefix.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Ok(false);
+        }
+        let done = sqlx::query(
+            "DELETE FROM credentials WHERE account_id = $1 AND kind = $2 AND token_hash LIKE $3",
+        )
+        .bind(account_id)
+        .bind(kind)
+        .bind(format!("{}%", hash_prefix.to_ascii_lowercase()))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes a session by the hash of its secret (logout); whether there was one.
+    pub async fn delete_session(&self, token_hash: &str) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM credentials WHERE token_hash = $1 AND kind = 'session'")
+                .bind(token_hash)
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes the account's expired credentials; how many.
+    pub async fn delete_expired_credentials(
+        &self,
+        account_id: i64,
+        now_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM credentials WHERE account_id = $1 AND expires_ms <= $2")
+                .bind(account_id)
+                .bind(i64_of(now_ms))
+                .execute(&self.pool)
+                .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Gives every credential without an expiry (issued before tokens expired) this one; how
+    /// many there were.
+    pub async fn expire_unbounded_credentials(&self, expires_ms: u64) -> Result<u64, StoreError> {
+        let done = sqlx::query("UPDATE credentials SET expires_ms = $1 WHERE expires_ms IS NULL")
+            .bind(i64_of(expires_ms))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// The account behind a valid, unexpired credential.

@@ -11,8 +11,22 @@ use std::net::SocketAddr;
 /// real failures are reported by our own code.
 pub const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
 
-/// Starts a broker listening on `listen` (MQTT 3.1.1) on a thread of its own.
+/// Decides whether a client may log in, from its user name and password.
+pub type LoginCheck = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;
+
+/// Starts a broker listening on `listen` (MQTT 3.1.1) on a thread of its own. Anyone may
+/// connect: for the agent's demo and tests on loopback.
 pub fn start_embedded(listen: SocketAddr) -> Result<(), String> {
+    start(listen, None)
+}
+
+/// Like [`start_embedded`], but a client must log in with a user name and password that
+/// `check` accepts; anything else is refused at CONNECT.
+pub fn start_embedded_with_login(listen: SocketAddr, check: LoginCheck) -> Result<(), String> {
+    start(listen, Some(check))
+}
+
+fn start(listen: SocketAddr, check: Option<LoginCheck>) -> Result<(), String> {
     let config = format!(
         r#"
 id = 0
@@ -33,8 +47,19 @@ max_inflight_count = 200
 dynamic_filters = true
 "#
     );
-    let config: rumqttd::Config =
+    let mut config: rumqttd::Config =
         toml::from_str(&config).map_err(|e| format!("embedded broker config: {e}"))?;
+    if let Some(check) = check {
+        let server = config
+            .v4
+            .as_mut()
+            .and_then(|servers| servers.get_mut("1"))
+            .ok_or_else(|| "embedded broker config: no v4 listener".to_owned())?;
+        server.set_auth_handler(move |_client_id, user: String, password: String| {
+            let allowed = check(&user, &password);
+            async move { allowed }
+        });
+    }
     // Fail now if the port is taken, rather than inside the broker thread.
     drop(
         std::net::TcpListener::bind(listen)

@@ -24,6 +24,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::outbox::Outbox;
 
+pub use gridshare_core::mqtt::BrokerUrl;
+use gridshare_core::mqtt::BrokerUrlError;
+/// The topics of one meter (the layout is `gridshare_core`'s).
+pub use gridshare_core::mqtt::MeterTopics as Topics;
+
 /// Broker settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,13 +77,8 @@ impl Default for MqttConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum MqttConfigError {
     /// The URL is not `mqtt://host:port` or `mqtts://host:port`.
-    #[error("mqtt.url {url:?}: {reason}")]
-    Url {
-        /// The URL given.
-        url: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error("mqtt.url {0}")]
+    Url(#[from] BrokerUrlError),
     /// The CA file cannot be read or holds no certificate.
     #[error("mqtt.ca_file {path}: {reason}")]
     Ca {
@@ -87,77 +87,6 @@ pub enum MqttConfigError {
         /// What is wrong.
         reason: String,
     },
-}
-
-/// The topics of one meter.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Topics {
-    /// Signed readings (QoS 1, not retained).
-    pub reading: String,
-    /// `online` / `offline` status (retained, with the `offline` last will).
-    pub status: String,
-}
-
-impl Topics {
-    /// `<prefix>/<community>/meters/<meter>/{reading,status}`.
-    pub fn new(prefix: &str, community: &str, meter: &str) -> Self {
-        let base = format!("{prefix}/{community}/meters/{meter}");
-        Self {
-            reading: format!("{base}/reading"),
-            status: format!("{base}/status"),
-        }
-    }
-}
-
-/// Broker address parsed from `mqtt.url`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BrokerUrl {
-    /// Host name or address.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// Whether to use TLS.
-    pub tls: bool,
-}
-
-impl BrokerUrl {
-    /// Parses `mqtt://host[:port]` (also `tcp://`) or `mqtts://host[:port]` (also `ssl://`).
-    pub fn parse(url: &str) -> Result<Self, MqttConfigError> {
-        let bad = |reason: &str| MqttConfigError::Url {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        let (scheme, rest) = url
-            .split_once("://")
-            .ok_or_else(|| bad("expected mqtt://host:port or mqtts://host:port"))?;
-        let tls = match scheme {
-            "mqtt" | "tcp" => false,
-            "mqtts" | "ssl" => true,
-            _ => return Err(bad("scheme must be mqtt or mqtts")),
-        };
-        let authority = rest.trim_end_matches('/');
-        if authority.contains('/') || authority.contains('@') {
-            return Err(bad(
-                "give only host and port (credentials go in mqtt.username/password)",
-            ));
-        }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (
-                h,
-                p.parse::<u16>().map_err(|_| bad("port must be 1-65535"))?,
-            ),
-            _ => (authority, if tls { 8883 } else { 1883 }),
-        };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() {
-            return Err(bad("missing host"));
-        }
-        Ok(Self {
-            host: host.to_owned(),
-            port,
-            tls,
-        })
-    }
 }
 
 /// Counters the publisher keeps (for logs, the status topic, and tests).
@@ -391,7 +320,9 @@ enum SessionEnd {
     Lost { was_connected: bool },
 }
 
-fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, MqttConfigError> {
+/// A TLS client configuration trusting the CA certificates in `ca_file` (PEM; default: the
+/// system bundle `/etc/ssl/certs/ca-certificates.crt`). The market engine uses it too.
+pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, MqttConfigError> {
     let path =
         ca_file.unwrap_or_else(|| std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
     let shown = path.display().to_string();
@@ -418,37 +349,4 @@ fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, Mqt
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(TlsConfiguration::Rustls(Arc::new(config)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn broker_urls() {
-        let u = BrokerUrl::parse("mqtt://broker.local:1884").unwrap();
-        assert_eq!(
-            (u.host.as_str(), u.port, u.tls),
-            ("broker.local", 1884, false)
-        );
-        let u = BrokerUrl::parse("mqtts://broker.example").unwrap();
-        assert_eq!((u.port, u.tls), (8883, true));
-        assert_eq!(BrokerUrl::parse("tcp://127.0.0.1").unwrap().port, 1883);
-        for bad in [
-            "broker:1883",
-            "http://x",
-            "mqtt://:1883",
-            "mqtt://h:99999",
-            "mqtt://u:p@h",
-        ] {
-            assert!(BrokerUrl::parse(bad).is_err(), "{bad}");
-        }
-    }
-
-    #[test]
-    fn topics_follow_the_design() {
-        let t = Topics::new("gridshare/v1", "elm-street", "home-07");
-        assert_eq!(t.reading, "gridshare/v1/elm-street/meters/home-07/reading");
-        assert_eq!(t.status, "gridshare/v1/elm-street/meters/home-07/status");
-    }
 }

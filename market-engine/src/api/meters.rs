@@ -170,6 +170,11 @@ async fn approve(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     operator_only(&account, "approves meters")?;
     let approval = json_body(body)?.checked()?;
+    let first_approval = state
+        .store
+        .meter(&meter_id)
+        .await?
+        .is_some_and(|m| m.approval.is_none());
     let row = meters::approve(
         &state.store,
         &state.keys,
@@ -179,7 +184,20 @@ async fn approve(
         now_ms(),
     )
     .await?;
-    Ok(Json(serde_json::json!({ "meter": MeterView::of(&row) })))
+    let mut body = serde_json::json!({ "meter": MeterView::of(&row) });
+    // The meter's broker login is issued with its first approval and shown once: the
+    // installer puts it in the agent's config. A later approval (new capacity) keeps it.
+    if first_approval {
+        let password = crate::broker::issue_meter_credentials(&state.store, &meter_id)
+            .await
+            .map_err(|e| ApiError::Internal(format!("issuing broker credentials: {e}")))?;
+        body["mqtt"] = serde_json::json!({
+            "username": meter_id,
+            "password": password,
+            "note": "shown once: put it in the meter agent's [mqtt] username and password",
+        });
+    }
+    Ok(Json(body))
 }
 
 /// The operator refuses a pending meter registration: the id and key are free again.

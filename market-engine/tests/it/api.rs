@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use market_engine::api::auth::{Auth, AuthConfig};
 use market_engine::api::{AppState, RateLimits, router};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
 use market_engine::market::{Market, MarketConfig};
@@ -13,6 +14,15 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 
 use crate::{databases, unique};
+
+/// The session secret in a login's `Set-Cookie` (tests send it back as a bearer token).
+pub(crate) fn session_of(set_cookie: Option<String>) -> String {
+    let set_cookie = set_cookie.expect("a login sets the session cookie");
+    let (pair, _) = set_cookie.split_once(';').unwrap();
+    let (name, value) = pair.split_once('=').unwrap();
+    assert_eq!(name, market_engine::api::auth::SESSION_COOKIE);
+    value.to_owned()
+}
 
 pub(crate) async fn call(
     app: &axum::Router,
@@ -63,6 +73,8 @@ async fn accounts_meters_and_privacy() {
             meters_per_account: 10,
             tasks: Default::default(),
             chain: Default::default(),
+            broker_auth: Default::default(),
+            auth: Arc::new(Auth::new(AuthConfig::default())),
         });
         let alice = unique("alice");
         let bob = unique("bob");
@@ -112,7 +124,7 @@ async fn accounts_meters_and_privacy() {
         )
         .await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
-        let (s, body, cookie) = call(
+        let (s, _, cookie) = call(
             &app,
             "POST",
             "/api/v1/sessions",
@@ -121,9 +133,9 @@ async fn accounts_meters_and_privacy() {
         )
         .await;
         assert_eq!(s, StatusCode::OK);
-        assert!(cookie.unwrap().contains("HttpOnly"));
-        let alice_session = body["token"].as_str().unwrap().to_owned();
-        let (_, body, _) = call(
+        assert!(cookie.as_deref().unwrap().contains("HttpOnly"));
+        let alice_session = session_of(cookie);
+        let (_, _, cookie) = call(
             &app,
             "POST",
             "/api/v1/sessions",
@@ -131,7 +143,7 @@ async fn accounts_meters_and_privacy() {
             Some(json!({"name": bob, "password": "correct horse battery"})),
         )
         .await;
-        let bob_session = body["token"].as_str().unwrap().to_owned();
+        let bob_session = session_of(cookie);
 
         // An API token for a bot acts as its account.
         let (s, body, _) = call(

@@ -18,7 +18,7 @@ async fn operator_refuses_a_database_that_does_not_exist() {
             .unwrap()
     };
     // Regression: without --config it silently created ./gridshare-engine.sqlite.
-    let out = run(&["--name", "op"]);
+    let out = run(&["--name", "operator"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no market engine database"), "{err}");
@@ -38,13 +38,13 @@ async fn operator_refuses_a_database_that_does_not_exist() {
         .await;
     let config = dir.path().join("engine.toml");
     std::fs::write(&config, format!("[database]\nurl = \"{url}\"\n")).unwrap();
-    let out = run(&["--config", config.to_str().unwrap(), "--name", "op"]);
+    let out = run(&["--config", config.to_str().unwrap(), "--name", "operator"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
     let store = market_engine::store::Store::open(&url).await.unwrap();
-    let op = store.account_by_name("op").await.unwrap().unwrap();
+    let op = store.account_by_name("operator").await.unwrap().unwrap();
     assert_eq!(op.role, "operator");
 }

@@ -27,6 +27,19 @@ async fn http(
     token: Option<&str>,
     body: Option<&Value>,
 ) -> Option<(u16, Value)> {
+    http_with_headers(port, method, path, token, body)
+        .await
+        .map(|(status, _, body)| (status, body))
+}
+
+/// [`http`], with the response's header lines.
+async fn http_with_headers(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&Value>,
+) -> Option<(u16, String, Value)> {
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .ok()?;
@@ -43,8 +56,12 @@ async fn http(
     stream.read_to_end(&mut response).await.ok()?;
     let text = String::from_utf8_lossy(&response);
     let status = text.split(' ').nth(1)?.parse().ok()?;
-    let body = text.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    Some((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    Some((
+        status,
+        head.to_owned(),
+        serde_json::from_str(body).unwrap_or(Value::Null),
+    ))
 }
 
 pub(crate) struct Process(pub(crate) Child);
@@ -133,7 +150,7 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
         let store = market_engine::store::Store::open(&format!("sqlite://{}", db.display()))
             .await
             .unwrap();
-        let hash = market_engine::api::hash_password("correct horse battery")
+        let hash = market_engine::api::auth::hash_password("correct horse battery")
             .await
             .unwrap();
         let id = store
@@ -155,10 +172,15 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     let mut engine = start_engine(&config, http_port).await;
 
     let creds = json!({"name": "crash-home", "password": "correct horse battery"});
-    let (_, login) = http(http_port, "POST", "/api/v1/sessions", None, Some(&creds))
+    let (_, head, _) = http_with_headers(http_port, "POST", "/api/v1/sessions", None, Some(&creds))
         .await
         .unwrap();
-    let token = login["token"].as_str().unwrap().to_owned();
+    // The session is in the cookie only; its secret also works as a bearer token.
+    let cookie = head
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .map(str::to_owned);
+    let token = crate::api::session_of(cookie);
     let agent_dir = tempfile::tempdir().unwrap();
     let key_file = agent_dir.path().join("meter.key");
     let public = meter_agent::keys::generate(&key_file, false).unwrap();
@@ -178,10 +200,15 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     );
     // The operator approves the meter; only then do its readings count.
     let operator = json!({"name": "crash-operator", "password": "correct horse battery"});
-    let (_, login) = http(http_port, "POST", "/api/v1/sessions", None, Some(&operator))
-        .await
-        .unwrap();
-    let operator_token = login["token"].as_str().unwrap().to_owned();
+    let (_, head, _) =
+        http_with_headers(http_port, "POST", "/api/v1/sessions", None, Some(&operator))
+            .await
+            .unwrap();
+    let operator_token = crate::api::session_of(
+        head.lines()
+            .find_map(|l| l.strip_prefix("set-cookie: "))
+            .map(str::to_owned),
+    );
     let approval = json!({
         "export_capacity_w": market_engine::meters::MAX_CAPACITY_W,
         "import_capacity_w": market_engine::meters::MAX_CAPACITY_W,

@@ -71,6 +71,12 @@ async fn a_real_meter_agent_feeds_the_engine() {
         };
         agent_config.modbus.address = server.addr.to_string();
         agent_config.mqtt.url = config.mqtt.url.clone();
+        agent_config.mqtt.username = Some(meter.into());
+        agent_config.mqtt.password = Some(
+            market_engine::broker::issue_meter_credentials(&engine.store, meter)
+                .await
+                .unwrap(),
+        );
         let (stop, stopped) = watch::channel(false);
         let agent = tokio::spawn(agent::run(
             agent_config,
@@ -155,8 +161,7 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
             .unwrap();
         let key = registered_key(&engine, &meter, account).await;
 
-        let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
-        let mut options = MqttOptions::new(unique("publisher"), host, port);
+        let mut options = crate::engine_client(&engine, &config, unique("publisher"));
         options.set_max_packet_size(1 << 20, 1 << 20);
         let (client, mut events) = AsyncClient::new(options, 100);
         tokio::spawn(async move { while events.poll().await.is_ok() {} });

@@ -10,6 +10,8 @@
 )]
 
 mod api;
+mod auth;
+mod broker;
 mod cli;
 mod crash;
 mod demo;
@@ -24,9 +26,11 @@ mod web;
 use std::net::TcpListener;
 
 use gridshare_core::reading::DeviceIdentity;
-use market_engine::config::EngineConfig;
+use market_engine::config::{EngineConfig, broker_host_port};
 use market_engine::ingest::{Approval, KeyRegistry};
+use market_engine::server::Engine;
 use market_engine::store::Store;
+use rumqttc::MqttOptions;
 
 /// A free TCP port on loopback.
 pub(crate) fn free_port() -> u16 {
@@ -155,4 +159,16 @@ pub(crate) fn accepted(
             account: 0,
         })
         .collect()
+}
+
+/// Options for a test client that may publish anywhere: at the embedded broker it logs in with
+/// the engine's own credential; the external test broker lets anyone in.
+pub(crate) fn engine_client(engine: &Engine, config: &EngineConfig, id: String) -> MqttOptions {
+    let (host, port) = broker_host_port(&config.mqtt.url).unwrap();
+    let mut options = MqttOptions::new(id, host, port);
+    if let Some(broker) = &engine.broker {
+        let (user, password) = broker.engine_login();
+        options.set_credentials(user, password);
+    }
+    options
 }

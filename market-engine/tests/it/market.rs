@@ -7,6 +7,7 @@ use std::sync::Arc;
 use axum::http::StatusCode;
 use futures_util::StreamExt;
 use gridshare_core::reading::{ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading};
+use market_engine::api::auth::{Auth, AuthConfig};
 use market_engine::api::{AppState, RateLimits, router};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
 use market_engine::market::{GRID_OPERATOR, Market, MarketConfig, UTILITY};
@@ -16,7 +17,7 @@ use serde_json::json;
 use sqlx::Row;
 use tower::ServiceExt;
 
-use crate::api::call;
+use crate::api::{call, session_of};
 use crate::{databases, unique};
 
 pub(crate) fn now_s() -> i64 {
@@ -39,6 +40,8 @@ pub(crate) fn api_with(store: &Store, market: &Arc<Market>, keys: &KeyRegistry) 
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        broker_auth: Default::default(),
+        auth: Arc::new(Auth::new(AuthConfig::default())),
     })
 }
 
@@ -114,8 +117,8 @@ pub(crate) async fn login(app: &axum::Router, name: &str) -> String {
     let creds = json!({"name": name, "password": "correct horse battery"});
     let (s, _, _) = call(app, "POST", "/api/v1/accounts", None, Some(creds.clone())).await;
     assert_eq!(s, StatusCode::CREATED);
-    let (_, body, _) = call(app, "POST", "/api/v1/sessions", None, Some(creds)).await;
-    body["token"].as_str().unwrap().to_owned()
+    let (_, _, cookie) = call(app, "POST", "/api/v1/sessions", None, Some(creds)).await;
+    session_of(cookie)
 }
 
 pub(crate) fn signed(
@@ -738,14 +741,14 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
         let app = api(&store, &market);
         let household = login(&app, &unique("erin")).await;
         let operator_name = unique("operator");
-        let hash = market_engine::api::hash_password("operator password")
+        let hash = market_engine::api::auth::hash_password("operator password")
             .await
             .unwrap();
         store
             .create_account(&operator_name, &hash, "operator", 0)
             .await
             .unwrap();
-        let (_, body, _) = call(
+        let (_, _, cookie) = call(
             &app,
             "POST",
             "/api/v1/sessions",
@@ -753,7 +756,7 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
             Some(json!({"name": operator_name, "password": "operator password"})),
         )
         .await;
-        let operator = body["token"].as_str().unwrap().to_owned();
+        let operator = session_of(cookie);
 
         let change = json!({"mechanism": "call", "price_rule": "midpoint", "k_basis_points": 5000, "retail_per_kwh": 32_000, "feed_in_per_kwh": 7_000, "grid_fee_per_kwh": 1_500, "gate_closure_before_s": 600});
         let (s, _, _) = call(

@@ -342,6 +342,20 @@ async fn meter_registration_refuses_bad_keys_reuse_squatting_and_floods() {
         assert_eq!(s, StatusCode::OK, "{url}: {body}");
         assert_eq!(body["meter"]["status"], "approved");
         assert_eq!(body["meter"]["export_capacity_w"], 6000);
+        // The meter's broker login comes with its first approval, shown once.
+        assert_eq!(body["mqtt"]["username"], squatted.as_str());
+        assert_eq!(
+            body["mqtt"]["password"].as_str().unwrap().len(),
+            64,
+            "{body}"
+        );
+        let again = json!({"export_capacity_w": 7000, "import_capacity_w": 11000, "manufacturer": "SolarEdge", "model": "SE5000H", "serial": "7E1234-AB"});
+        let (s, body, _) = call(&app, "POST", &approval, Some(&operator), Some(again)).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(
+            body.get("mqtt").is_none(),
+            "a new capacity keeps the login: {body}"
+        );
         let approved = keys.get(&squatted).unwrap();
         assert_eq!(
             approved.approval.as_ref().unwrap().device.serial,

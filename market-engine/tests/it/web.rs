@@ -9,6 +9,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use gridshare_core::reading::{ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading};
+use market_engine::api::auth::{Auth, AuthConfig};
 use market_engine::api::{AppState, RateLimits, router};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
 use market_engine::market::{Market, MarketConfig};
@@ -30,6 +31,8 @@ fn app(store: &Store, market: &Arc<Market>) -> axum::Router {
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        broker_auth: Default::default(),
+        auth: Arc::new(Auth::new(AuthConfig::default())),
     })
 }
 
@@ -73,7 +76,7 @@ async fn get_json(app: &axum::Router, uri: &str, cookie: Option<&str>) -> (Statu
 
 /// Creates an account and signs in; the session cookie (`name=value`).
 async fn session(app: &axum::Router, name: &str) -> String {
-    let creds = json!({"name": name, "password": "correct horse battery staple"});
+    let creds = json!({"name": name, "password": "a garden of solar panels 42"});
     let (s, _, _) = send(app, "POST", "/api/v1/accounts", None, Some(creds.clone())).await;
     assert_eq!(s, StatusCode::CREATED);
     let (s, headers, _) = send(app, "POST", "/api/v1/sessions", None, Some(creds)).await;
