@@ -231,6 +231,8 @@ test('the operator changes the grid fee (a household sees the new band from the 
   await row.getByLabel('Serial number').fill('SN-4711');
   await row.getByRole('button', { name: 'Approve', exact: true }).click();
   await op.locator('#op-meters tr', { hasText: meterId }).getByText('approved').waitFor();
+  // The meter's broker login is issued with the approval and shown once.
+  assert.match(await op.locator('#mqtt-secret').innerText(), new RegExp(`^${meterId} / \\S{16,}`));
   await op.context().close();
 
   const page = await fresh();
@@ -245,6 +247,28 @@ test('the operator changes the grid fee (a household sees the new band from the 
   await page.locator('#band').filter({ hasText: 'grid fee 2,500 per kWh' }).waitFor();
   await slotSelect.selectOption(String(from - 1));
   await page.locator('#band').filter({ hasText: 'grid fee 1,000 per kWh' }).waitFor();
+  await page.context().close();
+});
+
+test('API tokens for bots: created (the secret shown once, and it works), listed, revoked', async () => {
+  const page = await fresh();
+  await signIn(page, 'home-07', 'demo-password');
+  await page.locator('#sign-out').waitFor();
+  await page.goto(`${demo.url}#/account`);
+  const form = page.locator('#token-form');
+  await form.getByLabel('Label').fill('trading bot');
+  await form.getByRole('button', { name: 'Create token' }).click();
+  const secret = (await form.locator('code.secret').innerText()).trim();
+  assert.match(secret, /^[0-9a-f]{32,}$/);
+  // The token acts as the account, without the session cookie.
+  const me = await page.evaluate(async (tk) => (await fetch('/api/v1/me', { credentials: 'omit', headers: { authorization: `Bearer ${tk}` } })).json(), secret);
+  assert.equal(me.name, 'home-07');
+  const row = page.locator('#tokens tr', { hasText: 'trading bot' });
+  await row.waitFor();
+  await row.getByRole('button', { name: 'Revoke token trading bot' }).click();
+  await row.waitFor({ state: 'detached' });
+  const status = await page.evaluate(async (tk) => (await fetch('/api/v1/me', { credentials: 'omit', headers: { authorization: `Bearer ${tk}` } })).status, secret);
+  assert.equal(status, 401, 'a revoked token no longer works');
   await page.context().close();
 });
 

@@ -12,11 +12,12 @@ export async function render(main) {
   const settingsBox = h('div', { id: 'settings' });
   const versions = h('div', { id: 'versions' });
   const metersBox = h('div', { id: 'op-meters' });
+  const secret = h('div', { 'aria-live': 'polite' });
   const rejections = h('div', { id: 'rejections' });
   const lag = h('div', { id: 'lag' });
   main.append(h('h1', {}, t('nav_operator')), h('div', { class: 'grid' },
     h('section', { class: 'card wide', 'aria-labelledby': 'set-h' }, h('h2', { id: 'set-h' }, t('market_settings')), settingsBox, versions),
-    h('section', { class: 'card wide', 'aria-labelledby': 'mem-h' }, h('h2', { id: 'mem-h' }, t('members_meters')), metersBox),
+    h('section', { class: 'card wide', 'aria-labelledby': 'mem-h' }, h('h2', { id: 'mem-h' }, t('members_meters')), secret, metersBox),
     h('section', { class: 'card', 'aria-labelledby': 'dep-h' }, h('h2', { id: 'dep-h' }, t('record_deposit')), depositForm()),
     h('section', { class: 'card', 'aria-labelledby': 'lag-h' }, h('h2', { id: 'lag-h' }, t('settlement_lag')), lag),
     h('section', { class: 'card wide', 'aria-labelledby': 'rej-h' }, h('h2', { id: 'rej-h' }, t('rejected_readings')), rejections)));
@@ -101,8 +102,7 @@ export async function render(main) {
       import_capacity_w: h('input', { type: 'number', min: 1, step: 1, required: true }),
       manufacturer: h('input', { type: 'text', required: true }), model: h('input', { type: 'text', required: true }), serial: h('input', { type: 'text', required: true }),
     };
-    const out = h('div', { 'aria-live': 'polite' });
-    const f = form({ class: 'approve' }, Object.entries(inputs).map(([k, el]) => field(k, t(`approve_${k}`, { meter: m.meter_id }), el)), h('div', {}, h('button', { type: 'submit' }, t('approve'))), out);
+    const f = form({ class: 'approve' }, Object.entries(inputs).map(([k, el]) => field(k, t(`approve_${k}`, { meter: m.meter_id }), el)), h('div', {}, h('button', { type: 'submit' }, t('approve'))));
     f.addEventListener('submit', (e) => {
       e.preventDefault();
       submitting(f, async () => {
@@ -115,11 +115,8 @@ export async function render(main) {
         const user = res.mqtt_username || (res.mqtt && res.mqtt.username);
         const pass = res.mqtt_password || (res.mqtt && res.mqtt.password);
         toast(t('meter_approved', { meter: m.meter_id }));
-        if (user && pass) {
-          // Shown once: kept on screen until the operator reloads the list.
-          out.replaceChildren(h('p', {}, t('mqtt_once')), h('code', { class: 'secret' }, `${user} / ${pass}`));
-          return;
-        }
+        // The broker login is shown once, above the list, which is redrawn with the new status.
+        secret.replaceChildren(...(user && pass ? [h('p', {}, t('mqtt_once_for', { meter: m.meter_id })), h('code', { class: 'secret', id: 'mqtt-secret' }, `${user} / ${pass}`)] : []));
         await loadMeters();
       }, (err) => { const m2 = /^([a-z_]+)/.exec(err.message); return m2 && inputs[m2[1]] ? m2[1] : null; });
     });
