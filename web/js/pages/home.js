@@ -80,7 +80,7 @@ export async function render(main, ctx) {
       flowPicture(),
       h('p', { class: 'small muted' }, dot, liveText, ' · ', t('last_reading'), ' ', lastReading, ' · ', t('live_readings'), ' ', liveCount),
       h('p', { class: 'hint' }, t('flow_hint'))),
-    h('section', { class: 'card', 'aria-labelledby': 'money-h' }, h('h2', { id: 'money-h' }, t('money')), money$, shares),
+    h('section', { class: 'card span2', 'aria-labelledby': 'money-h' }, h('h2', { id: 'money-h' }, t('money')), money$, shares),
     h('section', { class: 'card wide', 'aria-labelledby': 'energy-h' }, h('h2', { id: 'energy-h' }, t('energy_by_slot')), chartBox, h('p', { class: 'hint', id: 'energy-hint' }))));
 
   const stopConn = onConnection((on) => { dot.classList.toggle('on', on); liveText.textContent = on ? t('live') : t('offline'); });
