@@ -1,0 +1,5 @@
+//! `simulate`: run grid simulations from scenario files.
+
+fn main() -> anyhow::Result<()> {
+    Ok(())
+}
