@@ -2,6 +2,18 @@
 //! trading through the very auctions of `gridshare-core` that the market engine runs, on a
 //! radial low-voltage feeder whose AC power flow matches pandapower.
 //!
-//! - [`grid`]: the neutral grid format and the power flow;
+//! - [`scenario`]: the scenario file (TOML);
+//! - [`profiles`]: load and PV time series (a default set is built in);
+//! - [`agents`]: the trading agents (Grid Singularity's price ramp, the engine's forecast rule);
+//! - [`sim`]: the slot loop — physics of each home, the market, delivery, settlement, KPIs,
+//!   the power flow;
+//! - [`report`]: KPIs over the run, CSV files and the terminal summary;
+//! - [`grid`]: the neutral grid format and the power flow.
 
+pub mod agents;
 pub mod grid;
+pub mod profiles;
+pub mod report;
+pub mod rng;
+pub mod scenario;
+pub mod sim;

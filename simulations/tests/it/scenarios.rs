@@ -1,0 +1,250 @@
+//! Scenario runs end to end: determinism by seed, the shipped example, bad scenarios, and
+//! conservation of energy and money over random scenarios.
+
+use gridshare_simulations::grid::GridFile;
+use gridshare_simulations::profiles::ProfileSet;
+use gridshare_simulations::scenario::Scenario;
+use gridshare_simulations::sim::{self, GRID_OPERATOR, RunResult, UTILITY};
+use proptest::prelude::*;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn profiles() -> &'static ProfileSet {
+    static P: OnceLock<ProfileSet> = OnceLock::new();
+    P.get_or_init(|| ProfileSet::default_set().unwrap())
+}
+
+/// The shipped example with its period and seed replaced.
+fn example(days: u32, start_day: u32, seed: u64, extra: &str) -> Scenario {
+    let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml")).unwrap();
+    let text = text
+        .replace("days = 365", &format!("days = {days}"))
+        .replace("start_day = 0 ", &format!("start_day = {start_day} "))
+        .replace("seed = 1 ", &format!("seed = {seed} "))
+        .replace("[market]\n", &format!("[market]\n{extra}\n"));
+    Scenario::parse(&text, "our-street.toml", dir().join("scenarios")).unwrap()
+}
+
+fn run(s: &Scenario) -> RunResult {
+    let grid = GridFile::load(&s.resolve(&s.grid.file)).unwrap();
+    sim::run_with(s, grid, profiles(), |_| {}).unwrap()
+}
+
+fn outputs(r: &RunResult) -> (String, String, String) {
+    (r.slots_csv(), r.households_csv(), r.summary_text())
+}
+
+#[test]
+fn the_same_seed_gives_the_same_bytes_and_another_seed_does_not() {
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let s = example(7, 150, 42, "");
+    run(&s).write(dir_a.path()).unwrap();
+    run(&s).write(dir_b.path()).unwrap();
+    for f in ["slots.csv", "households.csv", "summary.txt"] {
+        let a = std::fs::read(dir_a.path().join(f)).unwrap();
+        let b = std::fs::read(dir_b.path().join(f)).unwrap();
+        assert!(!a.is_empty());
+        assert_eq!(a, b, "{f} differs between two runs with one seed");
+    }
+    let other = outputs(&run(&example(7, 150, 43, "")));
+    assert_ne!(
+        outputs(&run(&s)).1,
+        other.1,
+        "another seed should draw other households"
+    );
+}
+
+#[test]
+fn the_example_street_saves_money_and_trades_in_summer() {
+    // A summer month of the shipped example: PV surplus is sold to neighbours.
+    let r = run(&example(30, 150, 1, ""));
+    let s = r.summary();
+    assert_eq!(s.households, 14);
+    assert!(s.traded_kwh > 100.0, "{s:?}");
+    assert!(s.savings > 0.0, "{s:?}");
+    assert!(
+        s.self_sufficiency > 0.3 && s.self_sufficiency < 1.0,
+        "{s:?}"
+    );
+    // Prices lie between the tariffs.
+    let buy = s.average_buy_price.unwrap();
+    assert!((0.08..=0.35).contains(&buy), "{buy}");
+    assert!(
+        s.v_min > 0.9 && s.v_max < 1.1 && s.max_line_loading > 0.0,
+        "{s:?}"
+    );
+    let text = r.summary_text();
+    assert!(text.contains("the street saves"), "{text}");
+}
+
+#[test]
+fn every_mechanism_runs_and_conserves() {
+    for mech in ["call", "continuous", "pay-as-offer"] {
+        let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml"))
+            .unwrap()
+            .replace("days = 365", "days = 3")
+            .replace("start_day = 0 ", "start_day = 170 ")
+            .replace("mechanism = \"call\"", &format!("mechanism = \"{mech}\""));
+        let s = Scenario::parse(&text, "x.toml", dir().join("scenarios")).unwrap();
+        let r = run(&s);
+        assert!(r.kpis.traded_wh > 0, "{mech}: nothing traded");
+        check_conservation(&r);
+    }
+}
+
+fn check_conservation(r: &RunResult) {
+    // Money: every slot's settlement nets to zero, so the period's balances do too.
+    assert_eq!(
+        r.balances.values().sum::<i128>(),
+        0,
+        "money created or destroyed"
+    );
+    // Energy: bought = sold; the simulator's own per-household totals agree with the trades.
+    let bought: u64 = r.households.iter().map(|h| h.totals.bought_wh).sum();
+    let sold: u64 = r.households.iter().map(|h| h.totals.sold_wh).sum();
+    assert_eq!(bought, sold);
+    assert_eq!(u128::from(bought), r.kpis.traded_wh);
+    // Money of trades: what buyers paid = what sellers received + fees.
+    let paid: u128 = r.households.iter().map(|h| h.totals.paid).sum();
+    let received: u128 = r.households.iter().map(|h| h.totals.received).sum();
+    assert_eq!(paid, received + r.kpis.fees_collected);
+    assert_eq!(paid, r.kpis.buyers_paid);
+    // The grid operator holds exactly the fees; the utility exactly the imbalances.
+    assert_eq!(
+        r.balances.get(&GRID_OPERATOR).copied().unwrap_or(0),
+        i128::try_from(r.kpis.fees_collected).unwrap()
+    );
+    let imbalances: i128 = r.households.iter().map(|h| h.totals.imbalance).sum();
+    assert_eq!(r.balances.get(&UTILITY).copied().unwrap_or(0), imbalances);
+    // Each household's balance = received − paid − imbalance, and is its actual cost.
+    for h in &r.households {
+        let bal = r.balances.get(&h.account).copied().unwrap_or(0);
+        let t = h.totals;
+        assert_eq!(
+            bal,
+            i128::try_from(t.received).unwrap() - i128::try_from(t.paid).unwrap() - t.imbalance
+        );
+        assert_eq!(-bal, r.kpis.households[&h.account].actual_cost);
+        // Energy at the meter: load + charge = PV + import − export + discharge.
+        assert_eq!(
+            t.load_wh + t.battery_in_wh + t.export_wh,
+            t.pv_wh + t.import_wh + t.battery_out_wh
+        );
+    }
+    // The slot series adds up to the households' totals.
+    let imports: u64 = r.slots.iter().map(|s| s.import_wh).sum();
+    assert_eq!(
+        imports,
+        r.households.iter().map(|h| h.totals.import_wh).sum::<u64>()
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 12, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_scenarios_conserve_energy_and_money(
+        seed in any::<u64>(),
+        start_day in 0u32..360,
+        mech in prop::sample::select(vec!["call", "continuous", "pay-as-offer"]),
+        rule in prop::sample::select(vec!["midpoint", "k-factor", "marginal-bid", "marginal-ask"]),
+        fee in prop::sample::select(vec!["grid_fee_per_kwh = 0", "grid_fee_per_kwh = 1999", "grid_fee_per_kwh = 0\ngrid_fee_basis_points = 733"]),
+        steps in 1u32..6,
+        agent in prop::sample::select(vec!["ramp", "forecast"]),
+    ) {
+        let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml")).unwrap()
+            .replace("days = 365", "days = 2")
+            .replace("start_day = 0 ", &format!("start_day = {start_day} "))
+            .replace("seed = 1 ", &format!("seed = {seed} "))
+            .replace("mechanism = \"call\"", &format!("mechanism = \"{mech}\""))
+            .replace("price_rule = \"midpoint\"", &format!("price_rule = \"{rule}\""))
+            .replace("grid_fee_per_kwh = 2000", fee)
+            .replace("# ramp_steps = 5", &format!("ramp_steps = {steps}"))
+            .replace("agent = \"forecast\"", &format!("agent = \"{agent}\""));
+        let s = Scenario::parse(&text, "x.toml", dir().join("scenarios")).unwrap();
+        check_conservation(&run(&s));
+    }
+}
+
+fn parse_err(text: &str) -> String {
+    Scenario::parse(text, "bad.toml", dir().join("scenarios"))
+        .unwrap_err()
+        .to_string()
+}
+
+fn example_text() -> String {
+    std::fs::read_to_string(dir().join("scenarios/our-street.toml")).unwrap()
+}
+
+#[test]
+fn bad_scenarios_are_refused_with_the_key_and_the_expectation() {
+    let e = parse_err(&example_text().replace("annual_kwh_spread = 0.3", "annual_kwh_sprad = 0.3"));
+    assert!(
+        e.contains("annual_kwh_sprad") && e.contains("expected"),
+        "{e}"
+    );
+    let e = parse_err(&example_text().replace("mechanism = \"call\"", "mechanism = \"auction\""));
+    assert!(e.contains("auction") && e.contains("call"), "{e}");
+    let e = parse_err(&example_text().replace("slot_minutes = 15", "slot_minutes = 20"));
+    assert!(
+        e.contains("period.slot_minutes") && e.contains("multiple of 15"),
+        "{e}"
+    );
+    let e =
+        parse_err(&example_text().replace("feed_in_per_kwh = [8000]", "feed_in_per_kwh = [40000]"));
+    assert!(
+        e.contains("market.feed_in_per_kwh") && e.contains("retail"),
+        "{e}"
+    );
+    let e = parse_err(&example_text().replace("pv_kwp = 8.0", "pv_kwp = -8.0"));
+    assert!(e.contains("households[0].pv_kwp"), "{e}");
+    let e = parse_err(&example_text().replace(
+        "retail_per_kwh = [35000]",
+        "retail_per_kwh = [35000, 30000]",
+    ));
+    assert!(
+        e.contains("market.retail_per_kwh") && e.contains("96"),
+        "{e}"
+    );
+
+    // Checked when the run starts: profiles and the period against them.
+    let s = Scenario::parse(
+        &example_text().replace("\"h0_dyn\"]", "\"h1\"]"),
+        "x.toml",
+        dir().join("scenarios"),
+    )
+    .unwrap();
+    let grid = GridFile::load(&s.resolve(&s.grid.file)).unwrap();
+    let e = sim::run_with(&s, grid, profiles(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("households[2].load_profiles") && e.contains("\"h1\"") && e.contains("sb_h0_a"),
+        "{e}"
+    );
+    let s = example(30, 350, 1, "");
+    let grid = GridFile::load(&s.resolve(&s.grid.file)).unwrap();
+    let e = sim::run_with(&s, grid, profiles(), |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("does not fit the profiles") && e.contains("365"),
+        "{e}"
+    );
+    let e = sim::run(
+        &Scenario::parse(
+            &example_text().replace("kerber_landnetz_kabel_2", "nope"),
+            "x.toml",
+            dir().join("scenarios"),
+        )
+        .unwrap(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("nope.json"), "{e}");
+}
