@@ -21,6 +21,11 @@ import pandapower as pp
 import pandapower.networks as pn
 
 
+# SimBench grids whose year of profiles is exported too (about 1.8 MB each, so only the one
+# the benchmark and the SimBench scenario use).
+WITH_PROFILES = {"simbench_1-LV-semiurb5--0-sw"}
+
+
 def _num(v, default=None):
     """A finite float, or `default` for NaN/None."""
     if v is None:
@@ -110,6 +115,8 @@ def export(net, name, source, out_dir):
             "ext_grid_q_mvar": float(net.res_ext_grid.q_mvar.iloc[0]),
         },
     }
+    if name in WITH_PROFILES:
+        _write_profiles(net, out_dir / f"{name}.profiles.csv.gz")
     path = out_dir / f"{name}.json"
     path.write_text(json.dumps(grid, indent=1) + "\n")
     r = net.res_bus.vm_pu
@@ -117,10 +124,35 @@ def export(net, name, source, out_dir):
           f"vm {r.min():.5f}..{r.max():.5f}, max line loading {net.res_line.loading_percent.max():.2f} %")
 
 
+def _write_profiles(net, path):
+    """SimBench's relative profiles for this grid's loads (`<profile>_pload`, `_qload`) and
+    generators (`<profile>`), one row per quarter-hour of 2016: an element's power at a time is
+    its `p_mw` (`q_mvar`) times its profile's value, as in simbench.get_absolute_values."""
+    import gzip
+    import io
+    cols = {}
+    for prof in sorted(set(net.load.profile.dropna())):
+        for suffix in ("_pload", "_qload"):
+            cols[prof + suffix] = net.profiles["load"][prof + suffix].to_numpy(dtype=float)
+    for prof in sorted(set(net.sgen.profile.dropna())):
+        cols[prof] = net.profiles["renewables"][prof].to_numpy(dtype=float)
+    import pandas as pd
+    df = pd.DataFrame(cols)
+    # Reactive-power profiles can be negative (capacitive); they keep their sign.
+    buf = io.StringIO()
+    df.to_csv(buf, index=False, float_format="%.5g", lineterminator="\n")
+    with gzip.GzipFile(path, "wb", mtime=0) as f:
+        f.write(buf.getvalue().encode())
+    print(f"{path}: {len(df)} rows, {len(df.columns)} profiles")
+
+
 def _injection(i, e, kind):
     out = {"id": int(i), "name": _str(e.get("name")) or f"{kind} {i}", "bus": int(e.bus),
            "p_mw": float(e.p_mw), "q_mvar": _num(e.get("q_mvar"), 0.0),
            "scaling": _num(e.get("scaling"), 1.0), "in_service": bool(e.in_service)}
+    profile = _str(e.get("profile"))
+    if profile is not None:
+        out["profile"] = profile
     if kind == "load":
         for key in ("const_z_p_percent", "const_i_p_percent", "const_z_q_percent", "const_i_q_percent"):
             out[key] = _num(e.get(key), 0.0)

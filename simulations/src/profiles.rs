@@ -133,7 +133,7 @@ impl ProfileSet {
                     .trim()
                     .parse()
                     .ok()
-                    .filter(|v: &f64| v.is_finite() && *v >= 0.0)
+                    .filter(|v: &f64| v.is_finite())
                     .ok_or_else(|| ProfileError::Value {
                         path: origin.to_owned(),
                         line: i + 1,
@@ -162,6 +162,24 @@ impl ProfileSet {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The first negative value of column `i`: `(row, value)`. Energy columns (load, PV)
+    /// must have none.
+    #[must_use]
+    pub fn first_negative(&self, i: usize) -> Option<(usize, f64)> {
+        self.columns
+            .get(i)?
+            .iter()
+            .enumerate()
+            .find(|(_, v)| **v < 0.0)
+            .map(|(r, v)| (r, *v))
+    }
+
+    /// Column `i` (empty when out of range).
+    #[must_use]
+    pub fn column_at(&self, i: usize) -> &[f64] {
+        self.columns.get(i).map_or(&[], Vec::as_slice)
     }
 
     /// A column by name.
@@ -194,7 +212,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 3") && e.contains("1 fields"), "{e}");
-        let e = ProfileSet::parse("a,b\n1,2\n3,-1\n", "x.csv")
+        let e = ProfileSet::parse("a,b\n1,2\n3,x\n", "x.csv")
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 3") && e.contains("\"b\""), "{e}");

@@ -25,8 +25,11 @@ pub struct Scenario {
     /// The market rules.
     pub market: MarketSettings,
     /// Household groups.
-    #[serde(rename = "households")]
+    #[serde(rename = "households", default)]
     pub groups: Vec<HouseholdGroup>,
+    /// The grid's own loads and generators as households, with the grid's profiles.
+    #[serde(default)]
+    pub grid_households: Option<GridHouseholds>,
     /// A profile file instead of the built-in set (path relative to the scenario file).
     #[serde(default)]
     pub profiles: Option<PathBuf>,
@@ -164,6 +167,40 @@ pub enum AgentName {
     Forecast,
     /// No trading: everything with the utility.
     None,
+}
+
+/// The grid's own loads and static generators (SimBench) as households: each in-service load
+/// with a `profile` is a household drawing `p_mw × <profile>_pload(t)` and
+/// `q_mvar × <profile>_qload(t)`; each generator with a profile feeds `p_mw × <profile>(t)` at
+/// the household on its bus (or is a producer of its own).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridHouseholds {
+    /// The grid's profile file (relative to the scenario file), as written by
+    /// `export_grids.py`; its rows are the quarter-hours of the profile year.
+    pub profiles: PathBuf,
+    /// First day of the profile year, `YYYY-MM-DD` (for the time column of the output).
+    #[serde(default = "simbench_year")]
+    pub year_start: String,
+    /// The trading agent of every household.
+    #[serde(default = "forecast")]
+    pub agent: AgentName,
+    /// Ramp agent: price updates per slot.
+    #[serde(default = "ramp_steps")]
+    pub ramp_steps: u32,
+    /// Forecast agent: sell surplus at no less than this per kWh (default: midway).
+    #[serde(default)]
+    pub sell_at_least_per_kwh: Option<u64>,
+    /// Forecast agent: buy need at no more than this per kWh (default: midway).
+    #[serde(default)]
+    pub buy_at_most_per_kwh: Option<u64>,
+}
+
+fn simbench_year() -> String {
+    "2016-01-01".into()
+}
+fn forecast() -> AgentName {
+    AgentName::Forecast
 }
 
 /// A group of similar households.
@@ -392,12 +429,28 @@ impl Scenario {
                 "expected at least 1",
             ));
         }
-        if self.groups.is_empty() {
+        if self.groups.is_empty() && self.grid_households.is_none() {
             return Err(invalid(
                 "households",
                 "[]",
-                "expected at least one [[households]] group",
+                "expected at least one [[households]] group, or a [grid_households] table",
             ));
+        }
+        if let Some(g) = &self.grid_households {
+            if g.ramp_steps == 0 || g.ramp_steps > 100 {
+                return Err(invalid(
+                    "grid_households.ramp_steps",
+                    g.ramp_steps,
+                    "expected 1 to 100",
+                ));
+            }
+            if crate::sim::parse_day(&g.year_start).is_none() {
+                return Err(invalid(
+                    "grid_households.year_start",
+                    &g.year_start,
+                    "expected a date YYYY-MM-DD",
+                ));
+            }
         }
         for (i, h) in self.groups.iter().enumerate() {
             let key = |k: &str| format!("households[{i}].{k}");

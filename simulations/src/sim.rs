@@ -47,6 +47,20 @@ pub enum SimulationError {
         /// The grid.
         grid: String,
     },
+    /// A load or PV profile has a negative value.
+    #[error(
+        "profile {column:?} (used by {key}) is negative ({value}) at row {row}; load and PV profiles must be 0 or more"
+    )]
+    NegativeProfile {
+        /// The scenario key.
+        key: String,
+        /// The column.
+        column: String,
+        /// 0-based data row.
+        row: usize,
+        /// The value.
+        value: f64,
+    },
     /// A named profile column does not exist.
     #[error(
         "`{key}` names profile {name:?}, which the profile set does not have; it has: {available}"
@@ -131,6 +145,8 @@ pub struct Household {
     pub annual_kwh: f64,
     pv: usize,
     pv_scale_wh: f64,
+    /// Reactive power from a profile: column and Mvar per unit of it.
+    q: Option<(usize, f64)>,
     battery: Option<Battery>,
     agent: AgentName,
     ramp_steps: u32,
@@ -267,10 +283,46 @@ pub struct RunResult {
 
 /// Loads the profiles a scenario names (or the built-in set).
 pub fn load_profiles(s: &Scenario) -> Result<ProfileSet, SimulationError> {
-    Ok(match &s.profiles {
-        Some(p) => ProfileSet::load(&s.resolve(p))?,
-        None => ProfileSet::default_set()?,
+    Ok(match (&s.grid_households, &s.profiles) {
+        (Some(g), _) => ProfileSet::load(&s.resolve(&g.profiles))?,
+        (None, Some(p)) => ProfileSet::load(&s.resolve(p))?,
+        (None, None) => ProfileSet::default_set()?,
     })
+}
+
+/// Unix seconds of `YYYY-MM-DD` 00:00 CET.
+#[must_use]
+pub fn parse_day(text: &str) -> Option<i64> {
+    let mut it = text.split('-');
+    let (y, m, d): (i64, i64, i64) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400 - 3_600)
+}
+
+fn checked_column(p: &ProfileSet, key: String, name: &str) -> Result<usize, SimulationError> {
+    let i = column(p, key.clone(), name)?;
+    match p.first_negative(i) {
+        Some((row, value)) => Err(SimulationError::NegativeProfile {
+            key,
+            column: name.to_owned(),
+            row,
+            value,
+        }),
+        None => Ok(i),
+    }
 }
 
 /// Runs a scenario with its own grid file and profiles.
@@ -313,7 +365,12 @@ pub fn run_with(
     }
     let slots = u64::from(s.period.days) * slots_per_day;
     let first_row = s.period.start_day as usize * 96;
-    let epoch = PROFILE_YEAR_START + i64::from(s.period.start_day) * 86_400;
+    let year_start = s
+        .grid_households
+        .as_ref()
+        .and_then(|g| parse_day(&g.year_start))
+        .unwrap_or(PROFILE_YEAR_START);
+    let epoch = year_start + i64::from(s.period.start_day) * 86_400;
 
     // The community: one street market (root area, charging the grid fee) with each household
     // as an area under it.
@@ -343,7 +400,7 @@ pub fn run_with(
                 .map(|i| (i, l.bus))
         })
         .collect();
-    if load_buses.is_empty() {
+    if load_buses.is_empty() && !s.groups.is_empty() {
         return Err(SimulationError::NoLoadBus {
             grid: grid.name.clone(),
         });
@@ -387,6 +444,7 @@ pub fn run_with(
                 annual_kwh,
                 pv,
                 pv_scale_wh: g.pv_kwp * quarter_h * 1000.0,
+                q: None,
                 battery: (g.battery_kwh > 0.0).then(|| Battery {
                     capacity_wh: g.battery_kwh * 1000.0,
                     power_wh_per_slot: g.battery_kw * 1000.0 * f64::from(slot_s) / 3600.0,
@@ -413,6 +471,9 @@ pub fn run_with(
                 totals: HouseholdTotals::default(),
             });
         }
+    }
+    if let Some(gh) = &s.grid_households {
+        grid_households(s, gh, &grid, profiles, &mut areas, &mut households)?;
     }
     let mechanism = match s.market.mechanism {
         MechanismName::Call => Mechanism::CallAuction(s.price_rule()),
@@ -660,7 +721,14 @@ pub fn run_with(
             let to_mw = 3600.0 / f64::from(slot_s) / 1e6;
             for (h, &n) in households.iter().zip(net_wh.iter()) {
                 let p = n as f64 * to_mw;
-                let q = if p > 0.0 { p * tan_phi } else { 0.0 };
+                let q = match h.q {
+                    Some((col, mvar)) => {
+                        let rows = &profiles_column(profiles, col)[row0..row0 + rows_per_slot];
+                        rows.iter().sum::<f64>() / rows_per_slot as f64 * mvar
+                    }
+                    None if p > 0.0 => p * tan_phi,
+                    None => 0.0,
+                };
                 pf.add_load(h.bus, p, q);
             }
             let it = pf.solve().map_err(|source| SimulationError::PowerFlow {
@@ -672,7 +740,8 @@ pub fn run_with(
             let (lo, hi) = pf.voltage_range();
             rec.v_min = lo;
             rec.v_max = hi;
-            rec.max_line_loading = pf.max_line_loading_percent();
+            let (max_line, lines_over) = pf.line_loading_summary();
+            rec.max_line_loading = max_line;
             rec.trafo_loading = pf.max_trafo_loading_percent();
             rec.ext_grid_kw = pf.ext_grid_power().0 * 1000.0;
             rec.voltage_violations =
@@ -682,8 +751,7 @@ pub fn run_with(
                 .filter_map(|t| pf.trafo_loading_percent(t))
                 .filter(|&x| x > 100.0)
                 .count();
-            rec.loading_violations =
-                u32::try_from(pf.overloaded_lines() + trafo_over).unwrap_or(u32::MAX);
+            rec.loading_violations = u32::try_from(lines_over + trafo_over).unwrap_or(u32::MAX);
         } else {
             let net: i64 = net_wh.iter().sum();
             rec.ext_grid_kw = net as f64 * 3600.0 / f64::from(slot_s) / 1000.0;
@@ -712,13 +780,104 @@ pub fn run_with(
     })
 }
 
+/// The grid's own loads (and generators on their buses) as households.
+fn grid_households(
+    s: &Scenario,
+    gh: &crate::scenario::GridHouseholds,
+    grid: &GridFile,
+    profiles: &ProfileSet,
+    areas: &mut AreaTree,
+    households: &mut Vec<Household>,
+) -> Result<(), SimulationError> {
+    let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
+    let band_mid = (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2;
+    let bus_pos = |id: i64| grid.buses.iter().position(|b| b.id == id && b.in_service);
+    let new_household = |name: String,
+                         bus: usize,
+                         bus_id: i64,
+                         areas: &mut AreaTree,
+                         households: &mut Vec<Household>| {
+        let i = households.len();
+        let area = areas
+            .add_area(areas.root(), FeeProfile::Free, GRID_OPERATOR)
+            .map_err(|e| SimulationError::Fee(e.to_string()))?;
+        households.push(Household {
+            name,
+            bus,
+            bus_id,
+            account: AccountId(u32::try_from(i + 2).unwrap_or(u32::MAX)),
+            area,
+            load: 0,
+            load_scale_wh: 0.0,
+            annual_kwh: 0.0,
+            pv: 0,
+            pv_scale_wh: 0.0,
+            q: None,
+            battery: None,
+            agent: gh.agent,
+            ramp_steps: gh.ramp_steps,
+            rule: TradingRule {
+                sell_at_least: Some(gh.sell_at_least_per_kwh.unwrap_or(band_mid)),
+                buy_at_most: Some(gh.buy_at_most_per_kwh.unwrap_or(band_mid)),
+                keep_battery_above_bp: None,
+            },
+            counters: MeterCounters::default(),
+            last_net_wh: 0,
+            totals: HouseholdTotals::default(),
+        });
+        Ok::<usize, SimulationError>(i)
+    };
+    let first = households.len();
+    for l in grid.loads.iter().filter(|l| l.in_service) {
+        let (Some(profile), Some(bus)) = (l.profile.as_deref(), bus_pos(l.bus)) else {
+            continue;
+        };
+        let key = format!("grid load {} ({})", l.id, l.name);
+        let p = checked_column(profiles, key.clone(), &format!("{profile}_pload"))?;
+        let q = column(profiles, key, &format!("{profile}_qload"))?;
+        let i = new_household(l.name.clone(), bus, l.bus, areas, households)?;
+        let h = &mut households[i];
+        h.load = p;
+        h.load_scale_wh = l.p_mw * l.scaling * 1e6 * quarter_h;
+        h.q = Some((q, l.q_mvar * l.scaling));
+        let rows = profiles.column(&profiles.names()[p]).unwrap_or(&[]);
+        h.annual_kwh = rows.iter().sum::<f64>() * h.load_scale_wh / 1000.0;
+    }
+    for g in grid.sgens.iter().filter(|g| g.in_service) {
+        let (Some(profile), Some(bus)) = (g.profile.as_deref(), bus_pos(g.bus)) else {
+            continue;
+        };
+        let col = checked_column(
+            profiles,
+            format!("grid sgen {} ({})", g.id, g.name),
+            profile,
+        )?;
+        let at = households[first..]
+            .iter()
+            .position(|h| h.bus == bus && h.pv_scale_wh == 0.0)
+            .map(|k| k + first);
+        let i = match at {
+            Some(i) => i,
+            None => new_household(g.name.clone(), bus, g.bus, areas, households)?,
+        };
+        households[i].pv = col;
+        households[i].pv_scale_wh = g.p_mw * g.scaling * 1e6 * quarter_h;
+    }
+    if households.len() == first {
+        return Err(SimulationError::NoLoadBus {
+            grid: format!("{} (no in-service load with a profile)", grid.name),
+        });
+    }
+    Ok(())
+}
+
 /// Households hold accounts 2, 3, ... in order (0 is the utility, 1 the grid operator).
 fn household_index(account: AccountId) -> usize {
     (account.0 as usize).wrapping_sub(2)
 }
 
 fn profiles_column(p: &ProfileSet, i: usize) -> &[f64] {
-    p.column(&p.names()[i]).unwrap_or(&[])
+    p.column_at(i)
 }
 
 /// Rounds a non-negative energy to whole Wh.

@@ -39,10 +39,11 @@ impl C64 {
         self.re * self.re + self.im * self.im
     }
 
-    /// `|z|`.
+    /// `|z|`. Plain `sqrt(re² + im²)`: `hypot`'s overflow guard costs a sixth of a year's
+    /// run time, and per-unit values are nowhere near overflow.
     #[must_use]
     pub fn abs(self) -> f64 {
-        self.re.hypot(self.im)
+        self.norm_sqr().sqrt()
     }
 
     /// The angle in radians.

@@ -234,6 +234,9 @@ pub struct InjectionSpec {
     /// Out-of-service injections are left out.
     #[serde(default = "yes")]
     pub in_service: bool,
+    /// Name of the element's time profile (SimBench), in the grid's profile file.
+    #[serde(default)]
+    pub profile: Option<String>,
     /// Loads only: share of `p_mw` that is constant impedance, %.
     #[serde(default)]
     pub const_z_p_percent: f64,

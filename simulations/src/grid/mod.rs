@@ -280,6 +280,8 @@ pub struct PowerFlow {
     load_p: Vec<C64>,
     load_i: Vec<C64>,
     load_z: Vec<C64>,
+    /// Whether any load has a constant-current or constant-impedance part.
+    zip_loads: bool,
     iterations: u32,
 }
 
@@ -652,6 +654,7 @@ impl PowerFlow {
             load_p: vec![C64::default(); nodes],
             load_i: vec![C64::default(); nodes],
             load_z: vec![C64::default(); nodes],
+            zip_loads: false,
             iterations: 0,
         })
     }
@@ -672,6 +675,7 @@ impl PowerFlow {
         {
             *x = C64::default();
         }
+        self.zip_loads = false;
     }
 
     /// Adds a constant-power load of `p_mw + j·q_mvar` (negative: generation) at the bus at
@@ -720,6 +724,7 @@ impl PowerFlow {
             }
         }
         for (n, sp, si, sz) in adds {
+            self.zip_loads |= si != C64::default() || sz != C64::default();
             self.load_p[n] += sp;
             self.load_i[n] += si;
             self.load_z[n] += sz;
@@ -743,8 +748,12 @@ impl PowerFlow {
             // Backward: each node's own load current, then its children's subtree currents.
             for n in 0..self.j.len() {
                 let v = self.v[n];
-                let m = v.abs();
-                let s = self.load_p[n] + self.load_i[n].scale(m) + self.load_z[n].scale(m * m);
+                let s = if self.zip_loads {
+                    let m = v.abs();
+                    self.load_p[n] + self.load_i[n].scale(m) + self.load_z[n].scale(m * m)
+                } else {
+                    self.load_p[n]
+                };
                 self.j[n] = (s / v).conj();
             }
             for &n in self.order.iter().rev() {
@@ -758,19 +767,19 @@ impl PowerFlow {
             for &n in &self.order {
                 if let Some((p, s)) = self.parent[n] {
                     let new = s.c * self.j[n] + s.d * self.v[p];
-                    let dv = (new - self.v[n]).abs();
+                    let dv = (new - self.v[n]).norm_sqr();
                     if dv > worst.0 || dv.is_nan() {
                         worst = (dv, n);
                     }
                     self.v[n] = new;
                 }
             }
-            if worst.0 < TOLERANCE_PU {
+            if worst.0 < TOLERANCE_PU * TOLERANCE_PU {
                 self.iterations = it;
                 return Ok(it);
             }
             if it == MAX_ITERATIONS || !worst.0.is_finite() {
-                let mismatch = worst.0;
+                let mismatch = worst.0.sqrt();
                 let bus = self.node_name[worst.1].clone();
                 // Start the next solve from flat rather than from a diverged state.
                 self.reset();
@@ -899,6 +908,16 @@ impl PowerFlow {
         (0..self.grid.lines.len())
             .filter_map(|l| self.line_loading_percent(l))
             .fold(0.0, f64::max)
+    }
+
+    /// The highest line loading, % (0 without lines), and the lines above 100 %, in one pass.
+    #[must_use]
+    pub fn line_loading_summary(&self) -> (f64, usize) {
+        (0..self.grid.lines.len())
+            .filter_map(|l| self.line_loading_percent(l))
+            .fold((0.0, 0), |(max, over), x| {
+                (f64::max(max, x), over + usize::from(x > 100.0))
+            })
     }
 
     /// Lines loaded above 100 %.

@@ -248,3 +248,37 @@ fn bad_scenarios_are_refused_with_the_key_and_the_expectation() {
     .to_string();
     assert!(e.contains("nope.json"), "{e}");
 }
+
+#[test]
+fn a_simbench_grid_runs_with_its_own_households_and_profiles() {
+    let text = std::fs::read_to_string(dir().join("scenarios/simbench-semiurb5.toml"))
+        .unwrap()
+        .replace("days = 366", "days = 3")
+        .replace("start_day = 0 ", "start_day = 180 ");
+    let s = Scenario::parse(&text, "sb.toml", dir().join("scenarios")).unwrap();
+    let r = sim::run(&s).unwrap();
+    // 104 loads are the households; the 9 PV systems sit on load buses or become producers.
+    assert!(r.households.len() >= 104, "{}", r.households.len());
+    let pv_homes = r.households.iter().filter(|h| h.totals.pv_wh > 0).count();
+    assert_eq!(pv_homes, 9);
+    // Times are SimBench's year: day 180 of 2016 is 29 June.
+    assert!(
+        r.slots_csv()
+            .lines()
+            .nth(1)
+            .unwrap()
+            .contains("2016-06-29 00:00")
+    );
+    check_conservation(&r);
+    let sum = r.summary();
+    assert!(
+        sum.v_min > 0.95 && sum.v_max < 1.05 && sum.traded_kwh > 0.0,
+        "{sum:?}"
+    );
+
+    let bad = text.replace("year_start = \"2016-01-01\"", "year_start = \"2016-13-01\"");
+    let e = Scenario::parse(&bad, "sb.toml", dir().join("scenarios"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("grid_households.year_start"), "{e}");
+}
