@@ -8,10 +8,12 @@
 //! - [`sim`]: the slot loop — physics of each home, the market, delivery, settlement, KPIs,
 //!   the power flow;
 //! - [`report`]: KPIs over the run, CSV files and the terminal summary;
+//! - [`html`]: the self-contained HTML report with plots;
 //! - [`grid`]: the neutral grid format and the power flow.
 
 pub mod agents;
 pub mod grid;
+pub mod html;
 pub mod profiles;
 pub mod report;
 pub mod rng;

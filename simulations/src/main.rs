@@ -91,7 +91,7 @@ fn main() -> anyhow::Result<()> {
             if !quiet {
                 print!("{}", result.summary_text());
                 println!(
-                    "\n{} slots in {:.2} s; results in {}/ (slots.csv, households.csv, summary.txt)",
+                    "\n{} slots in {:.2} s; results in {}/ (report.html, slots.csv, households.csv, summary.txt)",
                     result.slots.len(),
                     elapsed.as_secs_f64(),
                     dir.display()

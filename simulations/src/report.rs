@@ -331,12 +331,13 @@ impl RunResult {
         o
     }
 
-    /// Writes `slots.csv`, `households.csv` and `summary.txt` into `dir`.
+    /// Writes `slots.csv`, `households.csv`, `summary.txt` and `report.html` into `dir`.
     pub fn write(&self, dir: &Path) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("slots.csv"), self.slots_csv())?;
         std::fs::write(dir.join("households.csv"), self.households_csv())?;
         std::fs::write(dir.join("summary.txt"), self.summary_text())?;
+        std::fs::write(dir.join("report.html"), self.html_report())?;
         Ok(())
     }
 }

@@ -282,3 +282,22 @@ fn a_simbench_grid_runs_with_its_own_households_and_profiles() {
         .to_string();
     assert!(e.contains("grid_households.year_start"), "{e}");
 }
+
+#[test]
+fn the_html_report_is_self_contained_and_carries_the_run() {
+    let r = run(&example(10, 150, 1, ""));
+    let html = r.html_report();
+    // The chart library is inlined: no network needed to open the report.
+    assert!(
+        html.contains("uPlot") && !html.contains("<script src"),
+        "external script"
+    );
+    for id in ["prices", "energy", "voltage", "duration", "households"] {
+        assert!(html.contains(&format!("id=\"{id}\"")), "{id} missing");
+    }
+    // The households table has one row per household plus the header.
+    assert_eq!(html.matches("<tr>").count(), r.households.len() + 1);
+    assert!(html.contains("pv-battery-1"));
+    // Ten days in 15-minute slots: 960 slots, 800 points at most, so two-slot buckets.
+    assert!(html.contains("\"bucket_hours\":0.5"), "bucket");
+}
