@@ -43,7 +43,7 @@ impl RunResult {
             want.div_ceil(per_day) * per_day
         } else {
             (want..=per_day)
-                .find(|b| per_day % b == 0)
+                .find(|b| per_day.is_multiple_of(*b))
                 .unwrap_or(per_day)
         };
         let units = self.units_per_currency as f64;
