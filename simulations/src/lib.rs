@@ -9,6 +9,7 @@
 //!   the power flow;
 //! - [`report`]: KPIs over the run, CSV files and the terminal summary;
 //! - [`html`]: the self-contained HTML report with plots;
+//! - [`sweep`]: parameter sweeps, sharded across processes and machines;
 //! - [`grid`]: the neutral grid format and the power flow.
 
 pub mod agents;
@@ -19,3 +20,4 @@ pub mod report;
 pub mod rng;
 pub mod scenario;
 pub mod sim;
+pub mod sweep;

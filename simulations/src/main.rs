@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gridshare_simulations::grid::{GridFile, PowerFlow};
 use gridshare_simulations::scenario::{EXAMPLE, Scenario};
-use gridshare_simulations::sim;
+use gridshare_simulations::{sim, sweep};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -41,6 +41,29 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Run every combination of a sweep file's parameters (in parallel), one summary row each.
+    Sweep {
+        /// The sweep file.
+        sweep: PathBuf,
+        /// Run only shard i of n (0-based): the jobs whose index % n == i.
+        #[arg(long, default_value = "0/1")]
+        shard: String,
+        /// Threads (default: all cores).
+        #[arg(long, default_value_t = 0)]
+        jobs: usize,
+        /// Output directory (default: simulate-out/<sweep name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Merge the CSV files of a sweep's shards into sweep.csv and sweep.html.
+    Merge {
+        /// Shard CSV files.
+        #[arg(required = true)]
+        parts: Vec<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+    },
     /// Print a commented example scenario.
     Example,
     /// Solve a grid file's base case; compare with its reference results if it has any.
@@ -57,6 +80,56 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckGrid { grid } => check_grid(&grid),
+        Command::Sweep {
+            sweep,
+            shard,
+            jobs,
+            out,
+        } => {
+            let shard = sweep::parse_shard(&shard)?;
+            let sw = sweep::Sweep::load(&sweep)?;
+            let started = Instant::now();
+            let csv = sw.run(shard, jobs)?;
+            let dir = out.unwrap_or_else(|| PathBuf::from("simulate-out").join(&sw.file.name));
+            std::fs::create_dir_all(&dir)?;
+            let (file, html) = if shard.1 == 1 {
+                ("sweep.csv".to_owned(), true)
+            } else {
+                (format!("sweep-shard-{}-of-{}.csv", shard.0, shard.1), false)
+            };
+            std::fs::write(dir.join(&file), &csv)?;
+            if html {
+                std::fs::write(
+                    dir.join("sweep.html"),
+                    sweep::html_table(&sw.file.name, &csv),
+                )?;
+            }
+            println!(
+                "{} jobs in {:.2} s; {}",
+                csv.lines().count() - 1,
+                started.elapsed().as_secs_f64(),
+                dir.join(file).display()
+            );
+            Ok(())
+        }
+        Command::Merge { parts, out } => {
+            let texts = parts
+                .iter()
+                .map(|p| {
+                    std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+                })
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let csv = sweep::merge(&texts)?;
+            std::fs::create_dir_all(&out)?;
+            std::fs::write(out.join("sweep.csv"), &csv)?;
+            std::fs::write(out.join("sweep.html"), sweep::html_table("sweep", &csv))?;
+            println!(
+                "{} jobs merged into {}",
+                csv.lines().count() - 1,
+                out.join("sweep.csv").display()
+            );
+            Ok(())
+        }
         Command::Run {
             scenario,
             out,

@@ -332,6 +332,23 @@ impl Scenario {
         Ok(s)
     }
 
+    /// Checks a scenario given as a TOML table (a sweep's variant of a base scenario).
+    pub fn from_table(
+        table: toml::Table,
+        origin: &str,
+        base_dir: PathBuf,
+    ) -> Result<Self, ScenarioError> {
+        let mut s: Self = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ScenarioError::Parse {
+                path: origin.to_owned(),
+                message: e.to_string(),
+            })?;
+        s.base_dir = base_dir;
+        s.check()?;
+        Ok(s)
+    }
+
     /// A path from the scenario, resolved against the scenario's directory.
     #[must_use]
     pub fn resolve(&self, p: &Path) -> PathBuf {

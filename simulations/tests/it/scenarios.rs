@@ -301,3 +301,60 @@ fn the_html_report_is_self_contained_and_carries_the_run() {
     // Ten days in 15-minute slots: 960 slots, 800 points at most, so two-slot buckets.
     assert!(html.contains("\"bucket_hours\":0.5"), "bucket");
 }
+
+#[test]
+fn a_sweep_in_shards_merges_to_the_whole_sweep() {
+    use gridshare_simulations::sweep::{Sweep, merge, parse_shard};
+    let tmp = tempfile::tempdir().unwrap();
+    let base = std::fs::read_to_string(dir().join("scenarios/our-street.toml"))
+        .unwrap()
+        .replace("days = 365", "days = 2")
+        .replace("start_day = 0 ", "start_day = 160 ")
+        .replace("../grids/", &format!("{}/grids/", dir().display()));
+    std::fs::write(tmp.path().join("base.toml"), base).unwrap();
+    std::fs::write(
+        tmp.path().join("sweep.toml"),
+        "name = \"t\"\nbase = \"base.toml\"\n[parameters]\n\"market.mechanism\" = [\"call\", \"pay-as-offer\"]\n\"households[0].pv_kwp\" = [2.0, 9.0, 12.0]\n",
+    )
+    .unwrap();
+    let sw = Sweep::load(&tmp.path().join("sweep.toml")).unwrap();
+    assert_eq!(sw.jobs().len(), 6);
+    let whole = sw.run((0, 1), 2).unwrap();
+    assert_eq!(whole.lines().count(), 7);
+    assert!(
+        whole.starts_with("job,households[0].pv_kwp,market.mechanism,households,"),
+        "{whole}"
+    );
+    let parts: Vec<String> = (0..3).map(|i| sw.run((i, 3), 1).unwrap()).collect();
+    assert_eq!(merge(&parts).unwrap(), whole);
+    // More PV on the first group means more production, job by job (pv_kwp varies slowest).
+    let produced: Vec<f64> = whole
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        produced[0] < produced[2] && produced[2] < produced[4],
+        "{produced:?}"
+    );
+    // A job twice, a bad shard, an unknown key: refused by name.
+    assert!(
+        merge(&[parts[0].clone(), parts[0].clone()])
+            .unwrap_err()
+            .to_string()
+            .contains("twice")
+    );
+    assert!(parse_shard("3/3").is_err() && parse_shard("1/2").is_ok());
+    std::fs::write(
+        tmp.path().join("bad.toml"),
+        "name = \"t\"\nbase = \"base.toml\"\n[parameters]\n\"households[9].pv_kwp\" = [1.0]\n",
+    )
+    .unwrap();
+    let e = Sweep::load(&tmp.path().join("bad.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("households[9].pv_kwp") && e.contains("3 entries"),
+        "{e}"
+    );
+}
