@@ -96,6 +96,18 @@ pub enum MechanismName {
     Continuous,
     /// One-sided pay-as-offer.
     PayAsOffer,
+    /// No trading: collective self-consumption shares local generation by an allocation key.
+    Sharing,
+}
+
+/// How shared energy is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharingKeyName {
+    /// In proportion to each member's consumption in the slot (the French default).
+    Proportional,
+    /// Fixed shares by each household's `share_weight`.
+    Fixed,
 }
 
 /// How a call auction picks its price.
@@ -116,8 +128,15 @@ pub enum PriceRuleName {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MarketSettings {
-    /// `"call"`, `"continuous"` or `"pay-as-offer"`.
+    /// `"call"`, `"continuous"`, `"pay-as-offer"` or `"sharing"`.
     pub mechanism: MechanismName,
+    /// For `"sharing"`: `"proportional"` (to consumption, the French default) or `"fixed"`.
+    #[serde(default = "proportional")]
+    pub sharing_key: SharingKeyName,
+    /// For `"sharing"`: what producers receive per kWh shared (default: midway between the
+    /// tariffs); consumers pay it plus the grid fee.
+    #[serde(default)]
+    pub sharing_price_per_kwh: Option<u64>,
     /// For `"call"`: `"midpoint"`, `"k-factor"`, `"marginal-bid"`, `"marginal-ask"`.
     #[serde(default = "midpoint")]
     pub price_rule: PriceRuleName,
@@ -142,6 +161,9 @@ pub struct MarketSettings {
     pub currency: String,
 }
 
+fn proportional() -> SharingKeyName {
+    SharingKeyName::Proportional
+}
 fn midpoint() -> PriceRuleName {
     PriceRuleName::Midpoint
 }
@@ -228,6 +250,9 @@ pub struct HouseholdGroup {
     /// Battery capacity, kWh (0: none).
     #[serde(default)]
     pub battery_kwh: f64,
+    /// Weight of each household of the group in a fixed sharing key.
+    #[serde(default = "weight")]
+    pub share_weight: f64,
     /// Battery charge and discharge power, kW.
     #[serde(default)]
     pub battery_kw: f64,
@@ -251,6 +276,9 @@ pub struct HouseholdGroup {
     pub keep_battery_above_percent: Option<f64>,
 }
 
+fn weight() -> f64 {
+    1.0
+}
 fn one() -> u32 {
     1
 }
@@ -482,6 +510,7 @@ impl Scenario {
             non_neg("pv_kwp", h.pv_kwp)?;
             non_neg("battery_kwh", h.battery_kwh)?;
             non_neg("battery_kw", h.battery_kw)?;
+            non_neg("share_weight", h.share_weight)?;
             if h.count == 0 {
                 return Err(invalid(key("count"), 0, "expected at least 1"));
             }

@@ -11,11 +11,12 @@ use crate::agents::{TradingRule, forecast_order, ramp_price};
 use crate::grid::{GridError, GridFile, PowerFlow, PowerFlowError};
 use crate::profiles::{PROFILE_STEP_S, ProfileError, ProfileSet};
 use crate::rng::SplitMix64;
-use crate::scenario::{AgentName, MechanismName, Scenario, ScenarioError};
+use crate::scenario::{AgentName, MechanismName, Scenario, ScenarioError, SharingKeyName};
 use gridshare_core::market::{
-    AccountId, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy, ImbalancePrices, KpiError,
-    Mechanism, MeterCounters, MeterDelivery, MeterId, Order, OrderId, PeriodKpis, SettlementError,
-    Side, SlotCalendar, SlotMarket, Tariff, TermsError, TimeProfile, Trade, settle_slot, slot_kpis,
+    AccountId, AllocationKey, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy,
+    ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters, MeterDelivery, MeterId, Order,
+    OrderId, PeriodKpis, SettlementError, Side, SlotCalendar, SlotMarket, Tariff, TermsError,
+    TimeProfile, Trade, settle_slot, share_slot, slot_kpis,
 };
 use std::collections::BTreeMap;
 
@@ -122,6 +123,14 @@ pub enum SimulationError {
         /// Why.
         source: gridshare_core::market::OrderError,
     },
+    /// The core refused a slot's sharing (e.g. a price outside a slot's tariff band).
+    #[error("slot {slot}: sharing failed: {source}")]
+    Sharing {
+        /// Slot.
+        slot: u64,
+        /// Why.
+        source: gridshare_core::market::SharingError,
+    },
     /// The grid fee tree was refused.
     #[error("grid fee: {0}")]
     Fee(String),
@@ -150,6 +159,7 @@ pub struct Household {
     battery: Option<Battery>,
     agent: AgentName,
     ramp_steps: u32,
+    share_weight: f64,
     rule: TradingRule,
     counters: MeterCounters,
     last_net_wh: i64,
@@ -452,6 +462,7 @@ pub fn run_with(
                     soc_wh: 0.0,
                 }),
                 agent: g.agent,
+                share_weight: g.share_weight,
                 ramp_steps: g.ramp_steps,
                 rule: TradingRule {
                     sell_at_least: Some(g.sell_at_least_per_kwh.unwrap_or(band_mid)),
@@ -479,7 +490,43 @@ pub fn run_with(
         MechanismName::Call => Mechanism::CallAuction(s.price_rule()),
         MechanismName::Continuous => Mechanism::ContinuousDoubleAuction,
         MechanismName::PayAsOffer => Mechanism::PayAsOffer,
+        // Sharing opens no auction; the terms (tariffs, fees) are the community's all the same.
+        MechanismName::Sharing => Mechanism::CallAuction(s.price_rule()),
     };
+    let sharing = (s.market.mechanism == MechanismName::Sharing).then(|| {
+        let price = s
+            .market
+            .sharing_price_per_kwh
+            .unwrap_or((s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2);
+        let key = match s.market.sharing_key {
+            SharingKeyName::Proportional => AllocationKey::ProportionalToConsumption,
+            SharingKeyName::Fixed => {
+                let total: f64 = households.iter().map(|h| h.share_weight).sum();
+                AllocationKey::Fixed(
+                    households
+                        .iter()
+                        .map(|h| {
+                            let bp = if total > 0.0 {
+                                h.share_weight / total * 10_000.0
+                            } else {
+                                0.0
+                            };
+                            // Floored into 0..=10000, so the shares never exceed 100 %.
+                            #[allow(
+                                clippy::cast_possible_truncation,
+                                clippy::cast_sign_loss,
+                                reason = "floored into 0..=10000"
+                            )]
+                            let bp = bp.floor().clamp(0.0, 10_000.0) as u32;
+                            (h.account, bp)
+                        })
+                        .collect(),
+                )
+            }
+        };
+        (key, price)
+    });
+    let mut members: Vec<MemberFlow> = Vec::with_capacity(households.len());
     // The order window opens one slot before delivery and closes at delivery start.
     let calendar = SlotCalendar::new(epoch, slot_s, slot_s, 0, 0).map_err(TermsError::from)?;
     let community = Community {
@@ -566,7 +613,9 @@ pub fn run_with(
         let mut trades: Vec<Trade> = Vec::new();
         // A call auction only sees the book at gate closure, so ramp agents go straight to
         // the ramp's end there; continuous books see every update.
-        let max_steps = if call {
+        let max_steps = if sharing.is_some() {
+            0
+        } else if call {
             1
         } else {
             households
@@ -644,6 +693,18 @@ pub fn run_with(
         let closure = market.close_gate();
         rec.clearing_price = closure.clearing_price;
         trades.extend(closure.trades);
+        if let Some((key, price)) = &sharing {
+            members.clear();
+            members.extend(households.iter().zip(&net_wh).map(|(h, &n)| MemberFlow {
+                account: h.account,
+                area: h.area,
+                injected_wh: if n < 0 { n.unsigned_abs() } else { 0 },
+                withdrawn_wh: if n > 0 { n.unsigned_abs() } else { 0 },
+            }));
+            let shared = share_slot(key, *price, &members, &terms)
+                .map_err(|source| SimulationError::Sharing { slot, source })?;
+            trades.extend(shared.trades);
+        }
 
         // Delivery: each household's meter counts its net energy.
         energies.clear();
@@ -815,6 +876,7 @@ fn grid_households(
             q: None,
             battery: None,
             agent: gh.agent,
+            share_weight: 1.0,
             ramp_steps: gh.ramp_steps,
             rule: TradingRule {
                 sell_at_least: Some(gh.sell_at_least_per_kwh.unwrap_or(band_mid)),

@@ -83,8 +83,39 @@ fn the_example_street_saves_money_and_trades_in_summer() {
 }
 
 #[test]
+fn sharing_allocates_local_pv_by_consumption_at_the_community_price() {
+    let r = run(&example(10, 150, 1, "sharing_price_per_kwh = 20000"));
+    let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml"))
+        .unwrap()
+        .replace("days = 365", "days = 10")
+        .replace("start_day = 0 ", "start_day = 150 ")
+        .replace(
+            "mechanism = \"call\"",
+            "mechanism = \"sharing\"\nsharing_price_per_kwh = 20000",
+        );
+    let shared = run(&Scenario::parse(&text, "x.toml", dir().join("scenarios")).unwrap());
+    check_conservation(&shared);
+    // Every shared kWh earns its producer exactly the community price.
+    let received: u128 = shared.households.iter().map(|h| h.totals.received).sum();
+    let sold: u64 = shared.households.iter().map(|h| h.totals.sold_wh).sum();
+    assert!(sold > 0);
+    assert!(
+        received <= u128::from(sold) * 20 && received + 200 > u128::from(sold) * 20,
+        "{received} {sold}"
+    );
+    // Sharing is ex post: no household deviates on energy it was allocated, so the shared volume
+    // is at least what the forecast-based auction matched.
+    assert!(
+        shared.kpis.traded_wh + 1000 >= r.kpis.traded_wh,
+        "{} vs {}",
+        shared.kpis.traded_wh,
+        r.kpis.traded_wh
+    );
+}
+
+#[test]
 fn every_mechanism_runs_and_conserves() {
-    for mech in ["call", "continuous", "pay-as-offer"] {
+    for mech in ["call", "continuous", "pay-as-offer", "sharing"] {
         let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml"))
             .unwrap()
             .replace("days = 365", "days = 3")
@@ -151,7 +182,7 @@ proptest! {
     fn random_scenarios_conserve_energy_and_money(
         seed in any::<u64>(),
         start_day in 0u32..360,
-        mech in prop::sample::select(vec!["call", "continuous", "pay-as-offer"]),
+        mech in prop::sample::select(vec!["call", "continuous", "pay-as-offer", "sharing\"\nsharing_key = \"fixed", "sharing"]),
         rule in prop::sample::select(vec!["midpoint", "k-factor", "marginal-bid", "marginal-ask"]),
         fee in prop::sample::select(vec!["grid_fee_per_kwh = 0", "grid_fee_per_kwh = 1999", "grid_fee_per_kwh = 0\ngrid_fee_basis_points = 733"]),
         steps in 1u32..6,
