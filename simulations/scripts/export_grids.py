@@ -193,6 +193,8 @@ def grids():
     import simbench as sb
     yield "cigre_lv", "pandapower.networks.create_cigre_network_lv()", pn.create_cigre_network_lv
     yield "kerber_dorfnetz", "pandapower.networks.create_kerber_dorfnetz()", pn.create_kerber_dorfnetz
+    yield ("kerber_vorstadtnetz_kabel_1", "pandapower.networks.create_kerber_vorstadtnetz_kabel_1()",
+           pn.create_kerber_vorstadtnetz_kabel_1)
     yield ("kerber_landnetz_kabel_2", "pandapower.networks.create_kerber_landnetz_kabel_2()",
            pn.create_kerber_landnetz_kabel_2)
     yield ("kb_extrem_landnetz_kabel_trafo",
