@@ -7,12 +7,14 @@
 //! - [`agents`]: the trading agents (Grid Singularity's price ramp, the engine's forecast rule);
 //! - [`sim`]: the slot loop — physics of each home, the market, delivery, settlement, KPIs,
 //!   the power flow;
+//! - [`gas`]: the on-chain cost of settling the period;
 //! - [`report`]: KPIs over the run, CSV files and the terminal summary;
 //! - [`html`]: the self-contained HTML report with plots;
 //! - [`sweep`]: parameter sweeps, sharded across processes and machines;
 //! - [`grid`]: the neutral grid format and the power flow.
 
 pub mod agents;
+pub mod gas;
 pub mod grid;
 pub mod html;
 pub mod profiles;

@@ -309,6 +309,21 @@ impl RunResult {
             "Savings     the street saves {:.2} {c}{share}; per household {:.2} to {:.2} {c}, Gini {gini}",
             s.savings, s.savings_range.0, s.savings_range.1
         );
+        let cost = self.settlement_cost.as_ref().map_or(String::new(), |cost| {
+            let eth = fu(self.settlement_gas) * cost.gas_price_gwei * 1e-9;
+            format!(
+                ", {:.2} {c} at {} gwei and {} {c} per native token",
+                eth * cost.native_token_price,
+                cost.gas_price_gwei,
+                cost.native_token_price
+            )
+        });
+        let _ = writeln!(
+            o,
+            "Chain       {} settlement batches, {:.1} M gas{cost}",
+            self.settlement_batches,
+            fu(self.settlement_gas) / 1e6
+        );
         let _ = writeln!(
             o,
             "Transformer peak import {:.1} kW, peak export {:.1} kW",

@@ -30,12 +30,26 @@ pub struct Scenario {
     /// The grid's own loads and generators as households, with the grid's profiles.
     #[serde(default)]
     pub grid_households: Option<GridHouseholds>,
+    /// Prices for the on-chain cost of settlement.
+    #[serde(default)]
+    pub settlement: Option<SettlementCost>,
     /// A profile file instead of the built-in set (path relative to the scenario file).
     #[serde(default)]
     pub profiles: Option<PathBuf>,
     /// Directory the scenario was read from (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// What settling on chain costs: the gas price and the chain's native token in the scenario's
+/// currency.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SettlementCost {
+    /// Gas price, gwei.
+    pub gas_price_gwei: f64,
+    /// Price of one native token (ETH on Ethereum and most L2s), in the market's currency.
+    pub native_token_price: f64,
 }
 
 /// The simulated period, in days of the profile year.
@@ -405,6 +419,16 @@ impl Scenario {
                 p.slot_minutes,
                 "expected a divisor of a day (15, 30, 45 is not, 60, ...)",
             ));
+        }
+        if let Some(c) = &self.settlement {
+            for (key, v) in [
+                ("settlement.gas_price_gwei", c.gas_price_gwei),
+                ("settlement.native_token_price", c.native_token_price),
+            ] {
+                if !(v.is_finite() && v >= 0.0) {
+                    return Err(invalid(key, v, "expected a finite number, 0 or more"));
+                }
+            }
         }
         let g = &self.grid;
         if !(g.power_factor > 0.0 && g.power_factor <= 1.0) {

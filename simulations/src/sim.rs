@@ -285,6 +285,12 @@ pub struct RunResult {
     pub pf_iterations: u64,
     /// Σ seller receipts of local trades.
     pub sellers_received: u128,
+    /// Settlement batches the engine would send (slots with any money to move).
+    pub settlement_batches: u64,
+    /// Gas of those batches (see [`crate::gas`]).
+    pub settlement_gas: u128,
+    /// Gas price and native token price, if the scenario gives them.
+    pub settlement_cost: Option<crate::scenario::SettlementCost>,
     /// Display: units per currency unit, and its name.
     pub units_per_currency: u64,
     /// Currency name.
@@ -548,6 +554,7 @@ pub fn run_with(
     let mut records = Vec::with_capacity(usize::try_from(slots).unwrap_or(0));
     let mut pf_iterations = 0u64;
     let mut sellers_received = 0u128;
+    let (mut settlement_batches, mut settlement_gas) = (0u64, 0u128);
     let mut net_wh = vec![0i64; households.len()];
     let mut order_of: Vec<usize> = (0..households.len()).collect();
     let mut energies = Vec::with_capacity(households.len());
@@ -752,6 +759,11 @@ pub fn run_with(
         for b in &settlement.balances {
             *balances.entry(b.account).or_default() += b.amount;
         }
+        let moved = settlement.balances.iter().filter(|b| b.amount != 0).count();
+        if moved > 0 {
+            settlement_batches += 1;
+            settlement_gas += u128::from(crate::gas::batch_gas(moved));
+        }
         for t in &trades {
             let amounts = t.amounts;
             sellers_received += u128::from(amounts.seller_receives);
@@ -836,6 +848,9 @@ pub fn run_with(
         power_flow: run_pf,
         pf_iterations,
         sellers_received,
+        settlement_batches,
+        settlement_gas,
+        settlement_cost: s.settlement.clone(),
         units_per_currency: s.market.units_per_currency,
         currency: s.market.currency.clone(),
     })
