@@ -164,6 +164,10 @@ pub struct MarketSettings {
     /// Grid fee of the street market per kWh traded locally.
     #[serde(default)]
     pub grid_fee_per_kwh: u64,
+    /// Grid fee of each feeder's market per kWh: paid by every trade within or out of a
+    /// feeder (houses sit under their feeder, feeders under the street market).
+    #[serde(default)]
+    pub feeder_fee_per_kwh: u64,
     /// Or a percentage of the seller's receipt, in basis points (not both).
     #[serde(default)]
     pub grid_fee_basis_points: u64,

@@ -421,6 +421,35 @@ pub fn run_with(
             grid: grid.name.clone(),
         });
     }
+    let mut pf = PowerFlow::new(grid.clone())?;
+    let mut feeder_areas: Vec<Option<AreaId>> = Vec::new();
+    let feeder_fee = FeeProfile::PerKwh(TimeProfile::constant(s.market.feeder_fee_per_kwh));
+    let mut house_area = |areas: &mut AreaTree, bus: usize| -> Result<AreaId, SimulationError> {
+        let fee_err = |e: gridshare_core::market::AreaError| SimulationError::Fee(e.to_string());
+        // Houses sit under their feeder's market, feeders under the street (root) market, so
+        // a trade within a feeder pays the feeder's fee and one across feeders both levels.
+        let parent = match pf.feeder_of_bus(bus) {
+            Some(f) if s.market.feeder_fee_per_kwh > 0 => {
+                if feeder_areas.len() <= f {
+                    feeder_areas.resize(f + 1, None);
+                }
+                match feeder_areas[f] {
+                    Some(a) => a,
+                    None => {
+                        let a = areas
+                            .add_area(areas.root(), feeder_fee.clone(), GRID_OPERATOR)
+                            .map_err(fee_err)?;
+                        feeder_areas[f] = Some(a);
+                        a
+                    }
+                }
+            }
+            _ => areas.root(),
+        };
+        areas
+            .add_area(parent, FeeProfile::Free, GRID_OPERATOR)
+            .map_err(fee_err)
+    };
     let mut rng = SplitMix64::new(s.seed);
     let mut households = Vec::with_capacity(s.household_count());
     for (gi, g) in s.groups.iter().enumerate() {
@@ -442,9 +471,7 @@ pub fn run_with(
             let spread = 1.0 + g.annual_kwh_spread * (2.0 * rng.next_f64() - 1.0);
             let annual_kwh = g.annual_kwh * spread;
             let account = AccountId(u32::try_from(i + 2).unwrap_or(u32::MAX));
-            let area = areas
-                .add_area(areas.root(), FeeProfile::Free, GRID_OPERATOR)
-                .map_err(|e| SimulationError::Fee(e.to_string()))?;
+            let area = house_area(&mut areas, bus)?;
             // Profiles are kW for 1 000 kWh/a (load) or per kWp (PV) per quarter-hour:
             // energy per row = value × 0.25 h × scale × 1000 Wh/kWh.
             let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
@@ -490,7 +517,15 @@ pub fn run_with(
         }
     }
     if let Some(gh) = &s.grid_households {
-        grid_households(s, gh, &grid, profiles, &mut areas, &mut households)?;
+        grid_households(
+            s,
+            gh,
+            &grid,
+            profiles,
+            &mut areas,
+            &mut households,
+            &mut house_area,
+        )?;
     }
     let mechanism = match s.market.mechanism {
         MechanismName::Call => Mechanism::CallAuction(s.price_rule()),
@@ -546,7 +581,6 @@ pub fn run_with(
 
     let grid_name = grid.name.clone();
     let run_pf = s.grid.power_flow.unwrap_or(true);
-    let mut pf = PowerFlow::new(grid)?;
     let tan_phi = (1.0 - s.grid.power_factor.powi(2)).sqrt() / s.grid.power_factor;
 
     let mut kpis = PeriodKpis::default();
@@ -864,6 +898,7 @@ fn grid_households(
     profiles: &ProfileSet,
     areas: &mut AreaTree,
     households: &mut Vec<Household>,
+    house_area: &mut dyn FnMut(&mut AreaTree, usize) -> Result<AreaId, SimulationError>,
 ) -> Result<(), SimulationError> {
     let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
     let band_mid = (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2;
@@ -872,11 +907,13 @@ fn grid_households(
                          bus: usize,
                          bus_id: i64,
                          areas: &mut AreaTree,
-                         households: &mut Vec<Household>| {
+                         households: &mut Vec<Household>,
+                         house_area: &mut dyn FnMut(
+        &mut AreaTree,
+        usize,
+    ) -> Result<AreaId, SimulationError>| {
         let i = households.len();
-        let area = areas
-            .add_area(areas.root(), FeeProfile::Free, GRID_OPERATOR)
-            .map_err(|e| SimulationError::Fee(e.to_string()))?;
+        let area = house_area(areas, bus)?;
         households.push(Household {
             name,
             bus,
@@ -912,7 +949,7 @@ fn grid_households(
         let key = format!("grid load {} ({})", l.id, l.name);
         let p = checked_column(profiles, key.clone(), &format!("{profile}_pload"))?;
         let q = column(profiles, key, &format!("{profile}_qload"))?;
-        let i = new_household(l.name.clone(), bus, l.bus, areas, households)?;
+        let i = new_household(l.name.clone(), bus, l.bus, areas, households, house_area)?;
         let h = &mut households[i];
         h.load = p;
         h.load_scale_wh = l.p_mw * l.scaling * 1e6 * quarter_h;
@@ -935,7 +972,7 @@ fn grid_households(
             .map(|k| k + first);
         let i = match at {
             Some(i) => i,
-            None => new_household(g.name.clone(), bus, g.bus, areas, households)?,
+            None => new_household(g.name.clone(), bus, g.bus, areas, households, house_area)?,
         };
         households[i].pv = col;
         households[i].pv_scale_wh = g.p_mw * g.scaling * 1e6 * quarter_h;

@@ -272,6 +272,9 @@ pub struct PowerFlow {
     /// Branch of each line / transformer, if in service.
     line_branch: Vec<Option<usize>>,
     trafo_branch: Vec<Option<usize>>,
+    /// Feeder of each node: the branches leaving the first node with more than one child (the
+    /// transformer's LV busbar) are the feeders, numbered in breadth-first order.
+    feeder: Vec<Option<usize>>,
     /// Present voltage per node (warm start for the next solve).
     v: Vec<C64>,
     /// Subtree currents of the last sweep.
@@ -629,6 +632,23 @@ impl PowerFlow {
                 slack: bus_name(slack_bus),
             });
         }
+        let mut children = vec![0usize; nodes];
+        for p in parent.iter().flatten() {
+            children[p.0] += 1;
+        }
+        let busbar = order.iter().copied().find(|&n| children[n] > 1);
+        let mut feeder: Vec<Option<usize>> = vec![None; nodes];
+        let mut feeders = 0;
+        for &n in &order {
+            if let Some((p, _)) = parent[n] {
+                feeder[n] = if Some(p) == busbar {
+                    feeders += 1;
+                    Some(feeders - 1)
+                } else {
+                    feeder[p]
+                };
+            }
+        }
         let slack_v = C64::polar(grid.ext_grid.vm_pu, grid.ext_grid.va_degree.to_radians());
         // Flat start: the slack voltage everywhere, turned by each transformer's shift.
         let mut v = vec![slack_v; nodes];
@@ -647,6 +667,7 @@ impl PowerFlow {
             order,
             parent,
             branches,
+            feeder,
             line_branch,
             trafo_branch,
             v,
@@ -657,6 +678,17 @@ impl PowerFlow {
             zip_loads: false,
             iterations: 0,
         })
+    }
+
+    /// The feeder (numbered from 0 in breadth-first order) that supplies the bus at position
+    /// `bus`; `None` for the busbar and everything upstream of it, or an out-of-service bus.
+    #[must_use]
+    pub fn feeder_of_bus(&self, bus: usize) -> Option<usize> {
+        self.bus_node
+            .get(bus)
+            .copied()
+            .flatten()
+            .and_then(|n| self.feeder[n])
     }
 
     /// The grid this was compiled from.

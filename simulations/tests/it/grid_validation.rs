@@ -188,3 +188,28 @@ fn an_impossible_load_does_not_converge_and_says_so() {
             .contains("not a finite number")
     );
 }
+
+#[test]
+fn feeders_are_the_branches_leaving_the_busbar() {
+    let grid = GridFile::load(&grids_dir().join("kerber_dorfnetz.json")).unwrap();
+    let load_buses: Vec<usize> = grid
+        .loads
+        .iter()
+        .map(|l| grid.buses.iter().position(|b| b.id == l.bus).unwrap())
+        .collect();
+    let slack = grid
+        .buses
+        .iter()
+        .position(|b| b.id == grid.ext_grid.bus)
+        .unwrap();
+    let pf = PowerFlow::new(grid).unwrap();
+    assert_eq!(pf.feeder_of_bus(slack), None);
+    let mut feeders: Vec<usize> = load_buses
+        .iter()
+        .map(|&b| pf.feeder_of_bus(b).expect("every house is on a feeder"))
+        .collect();
+    feeders.sort_unstable();
+    feeders.dedup();
+    assert!(feeders.len() >= 2, "{feeders:?}");
+    assert_eq!(feeders[0], 0);
+}

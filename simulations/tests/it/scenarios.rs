@@ -114,6 +114,23 @@ fn sharing_allocates_local_pv_by_consumption_at_the_community_price() {
 }
 
 #[test]
+fn feeder_fees_charge_trades_by_electrical_distance() {
+    // Only the feeder level charges: a trade within a feeder pays one feeder fee (500), a trade
+    // across feeders two (its own feeder and the other), none pays the street level.
+    let text = example_text()
+        .replace("days = 365", "days = 20")
+        .replace("start_day = 0 ", "start_day = 150 ")
+        .replace(
+            "grid_fee_per_kwh = 2000",
+            "grid_fee_per_kwh = 0\nfeeder_fee_per_kwh = 500",
+        );
+    let r = run(&Scenario::parse(&text, "x.toml", dir().join("scenarios")).unwrap());
+    check_conservation(&r);
+    let per_kwh = r.kpis.fees_collected * 1000 / r.kpis.traded_wh;
+    assert!((450..=1000).contains(&per_kwh), "{per_kwh} per kWh");
+}
+
+#[test]
 fn every_mechanism_runs_and_conserves() {
     for mech in ["call", "continuous", "pay-as-offer", "sharing"] {
         let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml"))
@@ -184,7 +201,7 @@ proptest! {
         start_day in 0u32..360,
         mech in prop::sample::select(vec!["call", "continuous", "pay-as-offer", "sharing\"\nsharing_key = \"fixed", "sharing"]),
         rule in prop::sample::select(vec!["midpoint", "k-factor", "marginal-bid", "marginal-ask"]),
-        fee in prop::sample::select(vec!["grid_fee_per_kwh = 0", "grid_fee_per_kwh = 1999", "grid_fee_per_kwh = 0\ngrid_fee_basis_points = 733"]),
+        fee in prop::sample::select(vec!["grid_fee_per_kwh = 0", "grid_fee_per_kwh = 1999", "grid_fee_per_kwh = 0\ngrid_fee_basis_points = 733", "grid_fee_per_kwh = 1999\nfeeder_fee_per_kwh = 501"]),
         steps in 1u32..6,
         agent in prop::sample::select(vec!["ramp", "forecast"]),
     ) {
