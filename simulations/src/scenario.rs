@@ -243,6 +243,21 @@ fn forecast() -> AgentName {
     AgentName::Forecast
 }
 
+/// How a battery is run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BatteryStrategy {
+    /// Charge from surplus, discharge into every need.
+    SelfConsumption,
+    /// Charge from surplus; discharge only while local energy is not cheap (the last slot's
+    /// local price at or above a threshold, or no local trade).
+    MarketAware,
+}
+
+fn self_consumption() -> BatteryStrategy {
+    BatteryStrategy::SelfConsumption
+}
+
 /// A group of similar households.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -274,6 +289,14 @@ pub struct HouseholdGroup {
     /// Battery charge and discharge power, kW.
     #[serde(default)]
     pub battery_kw: f64,
+    /// `"self-consumption"` (discharge into every need) or `"market-aware"` (keep the charge
+    /// while the last slot's local price was below `battery_hold_below_per_kwh`).
+    #[serde(default = "self_consumption")]
+    pub battery_strategy: BatteryStrategy,
+    /// Market-aware battery: the local price below which it buys rather than discharges
+    /// (default: midway between the tariffs).
+    #[serde(default)]
+    pub battery_hold_below_per_kwh: Option<u64>,
     /// Round-trip efficiency (split evenly between charging and discharging).
     #[serde(default = "efficiency")]
     pub battery_round_trip_efficiency: f64,

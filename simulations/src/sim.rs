@@ -11,7 +11,9 @@ use crate::agents::{TradingRule, forecast_order, ramp_price};
 use crate::grid::{GridError, GridFile, PowerFlow, PowerFlowError};
 use crate::profiles::{PROFILE_STEP_S, ProfileError, ProfileSet};
 use crate::rng::SplitMix64;
-use crate::scenario::{AgentName, MechanismName, Scenario, ScenarioError, SharingKeyName};
+use crate::scenario::{
+    AgentName, BatteryStrategy, MechanismName, Scenario, ScenarioError, SharingKeyName,
+};
 use gridshare_core::market::{
     AccountId, AllocationKey, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy,
     ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters, MeterDelivery, MeterId, Order,
@@ -173,6 +175,8 @@ struct Battery {
     power_wh_per_slot: f64,
     eta_one_way: f64,
     soc_wh: f64,
+    /// Market-aware: keep the charge while the last local price was below this per kWh.
+    hold_below_per_kwh: Option<u64>,
 }
 
 impl Battery {
@@ -493,6 +497,13 @@ pub fn run_with(
                     power_wh_per_slot: g.battery_kw * 1000.0 * f64::from(slot_s) / 3600.0,
                     eta_one_way: eta,
                     soc_wh: 0.0,
+                    hold_below_per_kwh: (g.battery_strategy == BatteryStrategy::MarketAware).then(
+                        || {
+                            g.battery_hold_below_per_kwh.unwrap_or(
+                                (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2,
+                            )
+                        },
+                    ),
                 }),
                 agent: g.agent,
                 share_weight: g.share_weight,
@@ -589,6 +600,8 @@ pub fn run_with(
     let mut pf_iterations = 0u64;
     let mut sellers_received = 0u128;
     let (mut settlement_batches, mut settlement_gas) = (0u64, 0u128);
+    // The last slot's volume-weighted local price, which market-aware batteries watch.
+    let mut last_price: Option<u64> = None;
     let mut net_wh = vec![0i64; households.len()];
     let mut order_of: Vec<usize> = (0..households.len()).collect();
     let mut energies = Vec::with_capacity(households.len());
@@ -629,7 +642,14 @@ pub fn run_with(
                     b.soc_wh += c as f64 * b.eta_one_way;
                     n += i64::try_from(c).unwrap_or(0);
                     h.totals.battery_in_wh += c;
-                } else if n > 0 {
+                } else if n > 0
+                    && !b
+                        .hold_below_per_kwh
+                        .zip(last_price)
+                        .is_some_and(|(hold, price)| price < hold)
+                {
+                    // Market-aware: while neighbours sold cheaply in the last slot, buy from them
+                    // and keep the charge for when local energy is scarce.
                     let d = wh((n as f64)
                         .min(b.power_wh_per_slot)
                         .min(b.soc_wh * b.eta_one_way));
@@ -821,6 +841,7 @@ pub fn run_with(
             u64::try_from(sk.average_buyer_price.numerator / sk.average_buyer_price.denominator)
                 .unwrap_or(u64::MAX)
         });
+        last_price = rec.average_price;
 
         // Physics of the feeder.
         if run_pf {

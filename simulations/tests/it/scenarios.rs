@@ -131,6 +131,41 @@ fn feeder_fees_charge_trades_by_electrical_distance() {
 }
 
 #[test]
+fn a_market_aware_battery_keeps_its_charge_while_local_energy_is_cheap() {
+    let base = example_text()
+        .replace("days = 365", "days = 20")
+        .replace("start_day = 0 ", "start_day = 150 ");
+    let plain = run(&Scenario::parse(&base, "x.toml", dir().join("scenarios")).unwrap());
+    // A threshold above every local price: the battery never discharges while neighbours trade.
+    let aware_text = base.replace(
+        "battery_strategy = \"self-consumption\"",
+        "battery_strategy = \"market-aware\"\nbattery_hold_below_per_kwh = 35000",
+    );
+    let aware = run(&Scenario::parse(&aware_text, "x.toml", dir().join("scenarios")).unwrap());
+    check_conservation(&aware);
+    let out = |r: &RunResult| -> u64 {
+        r.households[..3]
+            .iter()
+            .map(|h| h.totals.battery_out_wh)
+            .sum()
+    };
+    let bought =
+        |r: &RunResult| -> u64 { r.households[..3].iter().map(|h| h.totals.bought_wh).sum() };
+    assert!(
+        out(&aware) < out(&plain),
+        "{} vs {}",
+        out(&aware),
+        out(&plain)
+    );
+    assert!(
+        bought(&aware) > bought(&plain),
+        "{} vs {}",
+        bought(&aware),
+        bought(&plain)
+    );
+}
+
+#[test]
 fn every_mechanism_runs_and_conserves() {
     for mech in ["call", "continuous", "pay-as-offer", "sharing"] {
         let text = std::fs::read_to_string(dir().join("scenarios/our-street.toml"))
