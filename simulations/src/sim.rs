@@ -643,10 +643,9 @@ pub fn run_with(
                     n += i64::try_from(c).unwrap_or(0);
                     h.totals.battery_in_wh += c;
                 } else if n > 0
-                    && !b
-                        .hold_below_per_kwh
+                    && b.hold_below_per_kwh
                         .zip(last_price)
-                        .is_some_and(|(hold, price)| price < hold)
+                        .is_none_or(|(hold, price)| price >= hold)
                 {
                     // Market-aware: while neighbours sold cheaply in the last slot, buy from them
                     // and keep the charge for when local energy is scarce.
