@@ -11,6 +11,10 @@ Columns (all average power over the quarter-hour):
                        BDEW's dynamisation, the BDEW 2025 profile), kW for 1 000 kWh a year
   sb_h0_a, _b, _c, _g  SimBench household profiles H0-A, B, C, G (2016), realigned to the
                        weekdays of 2023, kW for 1 000 kWh a year
+  sb_ev_home_a, sb_ev_home_b, sb_hp_air, sb_hp_air_semi_parallel
+                       SimBench (scenario 2) profiles of electric vehicles charging at home
+                       (3.7 kW) and of air-source heat pumps, realigned the same way, kW for
+                       1 000 kWh a year
   pv_south, pv_east, pv_west
                        PV AC output in kW per kWp, from the DWD test reference year 2010 of
                        region 5 (Essen; hourly direct and diffuse irradiance, shipped with
@@ -67,6 +71,15 @@ def simbench_profiles():
         start = 2 * 96
         shifted = np.concatenate([series[start:], series[:start]])[:SLOTS]
         out["sb_" + name.lower().replace("-", "_")] = shifted / shifted.sum() * 1000 * 4
+    # Electric vehicles charging at home (3.7 kW wallbox) and heat pumps, from SimBench's
+    # future scenario 2 of the same grid.
+    future = sb.get_simbench_net("1-LV-semiurb5--2-sw").profiles["load"]
+    for name, col in (("sb_ev_home_a", "HLS_A_3.7_pload"), ("sb_ev_home_b", "HLS_B_3.7_pload"),
+                      ("sb_hp_air", "Air_Parallel_2_pload"),
+                      ("sb_hp_air_semi_parallel", "Air_Semi-Parallel_2_pload")):
+        series = future[col].to_numpy(dtype=float)
+        shifted = np.concatenate([series[start:], series[:start]])[:SLOTS]
+        out[name] = shifted / shifted.sum() * 1000 * 4
     return pd.DataFrame(out)
 
 

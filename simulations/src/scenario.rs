@@ -274,6 +274,18 @@ pub struct HouseholdGroup {
     /// Each household's consumption varies by up to ± this fraction (seeded).
     #[serde(default)]
     pub annual_kwh_spread: f64,
+    /// Electric-vehicle charging profile column (e.g. `sb_ev_home_a`), added to the load.
+    #[serde(default)]
+    pub ev_profile: Option<String>,
+    /// Annual energy of the EV charging, kWh.
+    #[serde(default)]
+    pub ev_annual_kwh: f64,
+    /// Heat-pump profile column (e.g. `sb_hp_air`), added to the load.
+    #[serde(default)]
+    pub heat_pump_profile: Option<String>,
+    /// Annual electricity of the heat pump, kWh.
+    #[serde(default)]
+    pub heat_pump_annual_kwh: f64,
     /// PV peak power, kWp (0: none).
     #[serde(default)]
     pub pv_kwp: f64,
@@ -558,6 +570,8 @@ impl Scenario {
                 }
             };
             non_neg("annual_kwh", h.annual_kwh)?;
+            non_neg("ev_annual_kwh", h.ev_annual_kwh)?;
+            non_neg("heat_pump_annual_kwh", h.heat_pump_annual_kwh)?;
             non_neg("pv_kwp", h.pv_kwp)?;
             non_neg("battery_kwh", h.battery_kwh)?;
             non_neg("battery_kw", h.battery_kw)?;

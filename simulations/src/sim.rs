@@ -152,6 +152,8 @@ pub struct Household {
     area: AreaId,
     load: usize,
     load_scale_wh: f64,
+    /// Further loads (EV, heat pump): profile column and Wh per row unit.
+    extra_loads: Vec<(usize, f64)>,
     /// Annual consumption it was given, kWh.
     pub annual_kwh: f64,
     pv: usize,
@@ -460,13 +462,29 @@ pub fn run_with(
         let loads: Vec<usize> = g
             .load_profiles
             .iter()
-            .map(|n| column(profiles, format!("households[{gi}].load_profiles"), n))
+            .map(|n| checked_column(profiles, format!("households[{gi}].load_profiles"), n))
             .collect::<Result<_, _>>()?;
-        let pv = column(
+        let pv = checked_column(
             profiles,
             format!("households[{gi}].pv_profile"),
             &g.pv_profile,
         )?;
+        let mut extra_loads = Vec::new();
+        for (key, profile, kwh) in [
+            ("ev_profile", &g.ev_profile, g.ev_annual_kwh),
+            (
+                "heat_pump_profile",
+                &g.heat_pump_profile,
+                g.heat_pump_annual_kwh,
+            ),
+        ] {
+            if let Some(name) = profile {
+                let col = checked_column(profiles, format!("households[{gi}].{key}"), name)?;
+                // Profiles are kW for 1 000 kWh a year, like the household load.
+                let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
+                extra_loads.push((col, kwh / 1000.0 * quarter_h * 1000.0));
+            }
+        }
         let band_mid = (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2;
         for k in 0..g.count {
             let i = households.len();
@@ -488,6 +506,7 @@ pub fn run_with(
                 area,
                 load,
                 load_scale_wh: annual_kwh / 1000.0 * quarter_h * 1000.0,
+                extra_loads: extra_loads.clone(),
                 annual_kwh,
                 pv,
                 pv_scale_wh: g.pv_kwp * quarter_h * 1000.0,
@@ -631,7 +650,17 @@ pub fn run_with(
             let load_col = profiles_column(profiles, h.load);
             let pv_col = profiles_column(profiles, h.pv);
             let rows = row0..row0 + rows_per_slot;
-            let load_wh = wh(load_col[rows.clone()].iter().sum::<f64>() * h.load_scale_wh);
+            let extra: f64 = h
+                .extra_loads
+                .iter()
+                .map(|&(col, scale)| {
+                    profiles_column(profiles, col)[rows.clone()]
+                        .iter()
+                        .sum::<f64>()
+                        * scale
+                })
+                .sum();
+            let load_wh = wh(load_col[rows.clone()].iter().sum::<f64>() * h.load_scale_wh + extra);
             let pv_wh = wh(pv_col[rows].iter().sum::<f64>() * h.pv_scale_wh);
             let mut n = i64::try_from(load_wh).unwrap_or(i64::MAX)
                 - i64::try_from(pv_wh).unwrap_or(i64::MAX);
@@ -942,6 +971,7 @@ fn grid_households(
             area,
             load: 0,
             load_scale_wh: 0.0,
+            extra_loads: Vec::new(),
             annual_kwh: 0.0,
             pv: 0,
             pv_scale_wh: 0.0,

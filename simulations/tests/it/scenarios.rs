@@ -441,3 +441,63 @@ fn a_sweep_in_shards_merges_to_the_whole_sweep() {
         "{e}"
     );
 }
+
+#[test]
+fn ev_and_heat_pump_profiles_add_their_energy_to_the_homes() {
+    let base = example_text()
+        .replace("days = 365", "days = 60")
+        .replace("start_day = 0 ", "start_day = 0 ");
+    let with = base.replace(
+        "# ev_profile = \"sb_ev_home_a\"",
+        "ev_profile = \"sb_ev_home_a\"\nev_annual_kwh = 2000\nheat_pump_profile = \"sb_hp_air\"\nheat_pump_annual_kwh = 3500",
+    );
+    let plain = run(&Scenario::parse(&base, "x.toml", dir().join("scenarios")).unwrap());
+    let more = run(&Scenario::parse(&with, "x.toml", dir().join("scenarios")).unwrap());
+    check_conservation(&more);
+    // The seven "home" households got both; each slot's energy is rounded once, so the extra
+    // load matches the profiles to within one Wh per household and slot.
+    let p = profiles();
+    let rows = 60 * 96;
+    let per_home: f64 = p.column("sb_ev_home_a").unwrap()[..rows]
+        .iter()
+        .sum::<f64>()
+        * 2000.0
+        / 1000.0
+        * 250.0
+        + p.column("sb_hp_air").unwrap()[..rows].iter().sum::<f64>() * 3500.0 / 1000.0 * 250.0;
+    let extra: f64 = more.households[7..]
+        .iter()
+        .map(|h| h.totals.load_wh as f64)
+        .sum::<f64>()
+        - plain.households[7..]
+            .iter()
+            .map(|h| h.totals.load_wh as f64)
+            .sum::<f64>();
+    assert!(
+        (extra - 7.0 * per_home).abs() <= 7.0 * rows as f64,
+        "{extra} vs {}",
+        7.0 * per_home
+    );
+    assert!(extra > 7.0 * 1000.0 * 60.0 / 365.0 * 1000.0, "{extra}");
+}
+
+#[test]
+fn a_negative_load_profile_is_refused_naming_column_and_row() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut csv = String::from("load,pv\n");
+    for i in 0..192 {
+        csv.push_str(if i == 100 { "-0.5,0\n" } else { "0.1,0\n" });
+    }
+    std::fs::write(tmp.path().join("p.csv"), csv).unwrap();
+    let text = format!(
+        "name = \"n\"\nprofiles = \"{}\"\n[period]\ndays = 1\n[grid]\nfile = \"{}/grids/kerber_landnetz_kabel_2.json\"\n[market]\nmechanism = \"call\"\nretail_per_kwh = [30000]\nfeed_in_per_kwh = [8000]\n[[households]]\nname = \"h\"\nload_profiles = [\"load\"]\nannual_kwh = 3000\npv_profile = \"pv\"\n",
+        tmp.path().join("p.csv").display(),
+        dir().display()
+    );
+    let s = Scenario::parse(&text, "x.toml", tmp.path().to_path_buf()).unwrap();
+    let e = sim::run(&s).unwrap_err().to_string();
+    assert!(
+        e.contains("\"load\"") && e.contains("row 100") && e.contains("-0.5"),
+        "{e}"
+    );
+}
