@@ -444,9 +444,7 @@ fn a_sweep_in_shards_merges_to_the_whole_sweep() {
 
 #[test]
 fn ev_and_heat_pump_profiles_add_their_energy_to_the_homes() {
-    let base = example_text()
-        .replace("days = 365", "days = 60")
-        .replace("start_day = 0 ", "start_day = 0 ");
+    let base = example_text().replace("days = 365", "days = 60");
     let with = base.replace(
         "# ev_profile = \"sb_ev_home_a\"",
         "ev_profile = \"sb_ev_home_a\"\nev_annual_kwh = 2000\nheat_pump_profile = \"sb_hp_air\"\nheat_pump_annual_kwh = 3500",
