@@ -499,3 +499,52 @@ fn a_negative_load_profile_is_refused_naming_column_and_row() {
         "{e}"
     );
 }
+
+/// Chromium to drive: `$GRIDSHARE_TEST_CHROMIUM`, else `chromium` on the PATH. `.ci/run`
+/// installs it; elsewhere a missing browser skips the test with a message, in CI it fails.
+fn chromium() -> Option<String> {
+    let bin = std::env::var("GRIDSHARE_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    match std::process::Command::new(&bin).arg("--version").output() {
+        Ok(o) if o.status.success() => Some(bin),
+        _ => {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI needs Chromium for the report test ({bin})"
+            );
+            eprintln!("skipping: no Chromium at {bin:?}; set GRIDSHARE_TEST_CHROMIUM");
+            None
+        }
+    }
+}
+
+#[test]
+fn the_html_report_draws_its_four_charts_in_a_real_browser() {
+    let Some(bin) = chromium() else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    run(&example(10, 150, 1, "")).write(tmp.path()).unwrap();
+    let url = format!("file://{}", tmp.path().join("report.html").display());
+    let out = std::process::Command::new(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--virtual-time-budget=3000",
+            "--dump-dom",
+            &url,
+        ])
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&out.stdout);
+    // uPlot turns each chart's div into a `uplot` element with a canvas; the script failing
+    // (or the data being malformed) leaves the divs empty.
+    assert_eq!(
+        dom.matches("class=\"uplot").count(),
+        4,
+        "charts drawn:\n{dom:.2000}"
+    );
+    assert_eq!(dom.matches("<canvas").count(), 4);
+    assert!(dom.contains("Average local price and the tariffs"));
+}
