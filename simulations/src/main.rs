@@ -8,7 +8,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gridshare_simulations::grid::{GridFile, PowerFlow};
-use gridshare_simulations::scenario::{EXAMPLE, Scenario};
+use gridshare_simulations::scenario::{Scenario, example_at_repo_root};
 use gridshare_simulations::{sim, sweep};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
@@ -64,7 +64,7 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
-    /// Print a commented example scenario.
+    /// Print a commented example scenario (save it at the repository root).
     Example,
     /// Solve a grid file's base case; compare with its reference results if it has any.
     CheckGrid {
@@ -76,7 +76,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Example => {
-            print!("{EXAMPLE}");
+            print!("{}", example_at_repo_root());
             Ok(())
         }
         Command::CheckGrid { grid } => check_grid(&grid),

@@ -6,8 +6,15 @@ use gridshare_core::market::PriceRule;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
-/// A commented example scenario, printed by `simulate example`.
+/// A commented example scenario (`scenarios/our-street.toml`).
 pub const EXAMPLE: &str = include_str!("../scenarios/our-street.toml");
+
+/// The example as `simulate example` prints it: for a file saved at the repository root, so
+/// its grid path points into `simulations/grids/`.
+#[must_use]
+pub fn example_at_repo_root() -> String {
+    EXAMPLE.replace("\"../grids/", "\"simulations/grids/")
+}
 
 /// A whole scenario.
 #[derive(Debug, Clone, Deserialize)]

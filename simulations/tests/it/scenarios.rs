@@ -548,3 +548,17 @@ fn the_html_report_draws_its_four_charts_in_a_real_browser() {
     assert_eq!(dom.matches("<canvas").count(), 4);
     assert!(dom.contains("Average local price and the tariffs"));
 }
+
+#[test]
+fn the_printed_example_runs_from_the_repository_root() {
+    let root = dir().parent().unwrap().to_path_buf();
+    let text =
+        gridshare_simulations::scenario::example_at_repo_root().replace("days = 365", "days = 1");
+    let s = Scenario::parse(&text, "my-street.toml", root).unwrap();
+    assert!(
+        s.resolve(&s.grid.file).exists(),
+        "{}",
+        s.grid.file.display()
+    );
+    assert_eq!(sim::run(&s).unwrap().households.len(), 14);
+}
