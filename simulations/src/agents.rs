@@ -4,12 +4,11 @@
 //!   tariff and falls to the feed-in tariff over the order window; a buyer's bid starts at the
 //!   feed-in tariff and rises to retail. GSy-e updates on every tick; here each agent updates
 //!   `ramp_steps` times per slot, evenly spread, the last update reaching the final price.
-//! - [`forecast_order`]: the engine's automatic rule (`market-engine/src/autotrade.rs`,
-//!   `order_for`), mirrored line for line: one order per slot sized from the household's own
-//!   net grid power over the last slot (persistence forecast), selling surplus at no less than
-//!   its rule price unless the battery is below the level to keep, buying need at no more
-//!   than its rule price. It is a copy because the engine crate is a binary crate the
-//!   simulator must not depend on; moving `order_for` into `core` would let both share it.
+//! - [`forecast_order`]: the engine's automatic rule, the very function (`core`'s
+//!   `TradingRule::order`) the engine's `autotrade` calls: one order per slot sized from the
+//!   household's own net grid power over the last slot (persistence forecast), selling surplus
+//!   at no less than its rule price unless the battery is below the level to keep, buying need
+//!   at no more than its rule price.
 
 use gridshare_core::market::{Side, TariffBand};
 
@@ -28,19 +27,12 @@ pub fn ramp_price(side: Side, band: TariffBand, step: u32, steps: u32) -> u64 {
 }
 
 /// A rule in the engine's terms: prices per kWh and the battery level to keep, basis points.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TradingRule {
-    /// Sell surplus at no less than this.
-    pub sell_at_least: Option<u64>,
-    /// Buy need at no more than this.
-    pub buy_at_most: Option<u64>,
-    /// Do not sell while the battery is below this many basis points.
-    pub keep_battery_above_bp: Option<u16>,
-}
+pub use gridshare_core::market::TradingRule;
 
 /// The order the rule places: `(side, price per kWh, energy Wh)`, or none. `avg_w` is the
 /// meter's average grid power over the last slot (positive = import), `soc_bp` the battery's
-/// state of charge, `slot_s` the slot length. Mirrors `autotrade::order_for`.
+/// state of charge, `slot_s` the slot length: `core`'s [`TradingRule::order`], the function
+/// the engine's automatic rules call.
 #[must_use]
 pub fn forecast_order(
     rule: &TradingRule,
@@ -48,20 +40,8 @@ pub fn forecast_order(
     soc_bp: Option<u16>,
     slot_s: u32,
 ) -> Option<(Side, u64, u64)> {
-    // W × s / 3600 = Wh.
-    let energy_wh = avg_w.unsigned_abs().saturating_mul(u64::from(slot_s)) / 3600;
-    if energy_wh == 0 {
-        return None;
-    }
-    if avg_w < 0 {
-        let keep = rule.keep_battery_above_bp.unwrap_or(0);
-        if soc_bp.is_some_and(|soc| soc < keep) {
-            return None;
-        }
-        Some((Side::Sell, rule.sell_at_least?, energy_wh))
-    } else {
-        Some((Side::Buy, rule.buy_at_most?, energy_wh))
-    }
+    rule.order(avg_w, soc_bp, slot_s)
+        .map(|o| (o.side, o.price_per_kwh, o.energy_wh))
 }
 
 #[cfg(test)]

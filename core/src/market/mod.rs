@@ -147,6 +147,7 @@ mod fees;
 mod kpi;
 mod netting;
 mod order;
+mod rule;
 mod sharing;
 mod slot;
 mod slot_market;
@@ -176,6 +177,7 @@ pub use order::{
     AccountId, AreaId, MAX_BOOK_ORDERS, MAX_ORDER_ENERGY_WH, MeterId, Order, OrderError, OrderId,
     Preference, Side,
 };
+pub use rule::{RuleOrder, TradingRule};
 pub use sharing::{Allocation, AllocationKey, MemberFlow, SharedSlot, SharingError, share_slot};
 pub use slot::{DeliverySlot, SlotCalendar, SlotError, SlotPhase, UnixSeconds};
 pub use slot_market::{BookDepth, GateClosure, SlotMarket};
