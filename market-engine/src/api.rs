@@ -644,6 +644,8 @@ async fn deposit(
         ));
     }
     let (amount, reference) = json_body(body)?.checked("deposit")?;
+    // Names are stored normalised (`HOME-07` is `home-07`), so the path is read the same way.
+    let name = auth::account_name(&name).unwrap_or(name);
     let account = state
         .store
         .account_by_name(&name)

@@ -8,6 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use gridshare_core::market::Side;
 use tokio::sync::watch;
 
 use crate::market::{Market, NewOrder, OrderSide};
@@ -18,7 +19,8 @@ use crate::store::{Store, TradingRule};
 const FALLBACK_SAMPLES: u32 = 5;
 
 /// The order a rule places for a meter whose recent average grid power is `avg_w` (positive =
-/// import) and whose battery is at `soc_bp`, for a slot of `slot_s` seconds — or none.
+/// import) and whose battery is at `soc_bp`, for a slot of `slot_s` seconds — or none. The rule
+/// itself is `core`'s [`gridshare_core::market::TradingRule`], which the simulator runs too.
 pub fn order_for(
     rule: &TradingRule,
     avg_w: i64,
@@ -26,27 +28,22 @@ pub fn order_for(
     slot: u64,
     slot_s: u32,
 ) -> Option<NewOrder> {
-    // W × s / 3600 = Wh.
-    let energy_wh = avg_w.unsigned_abs().saturating_mul(u64::from(slot_s)) / 3600;
-    if energy_wh == 0 {
-        return None;
-    }
-    let (side, price) = if avg_w < 0 {
-        let keep = rule.keep_battery_above_bp.unwrap_or(0);
-        if soc_bp.is_some_and(|soc| soc < keep) {
-            return None;
-        }
-        (OrderSide::Sell, rule.sell_at_least?)
-    } else {
-        (OrderSide::Buy, rule.buy_at_most?)
+    let price_rule = gridshare_core::market::TradingRule {
+        sell_at_least: rule.sell_at_least,
+        buy_at_most: rule.buy_at_most,
+        keep_battery_above_bp: rule.keep_battery_above_bp,
     };
+    let order = price_rule.order(avg_w, soc_bp, slot_s)?;
     Some(NewOrder {
         account: rule.account_id,
         meter: rule.meter_id.clone(),
         slot,
-        side,
-        price_per_kwh: price,
-        energy_wh,
+        side: match order.side {
+            Side::Sell => OrderSide::Sell,
+            Side::Buy => OrderSide::Buy,
+        },
+        price_per_kwh: order.price_per_kwh,
+        energy_wh: order.energy_wh,
     })
 }
 

@@ -407,8 +407,12 @@ async fn commit(store: &Store, jobs: &[LogJob]) -> Result<(), sqlx::Error> {
                 sqlx::query(
                     "INSERT INTO slots (slot, status, clearing_price) VALUES ($1, 'closed', $2)",
                 )
-                .bind(i64_of(*slot))
-                .bind(clearing_price.map(i64_of))
+                .bind(db(*slot, "slot")?)
+                .bind(
+                    clearing_price
+                        .map(|p| db(p, "clearing price"))
+                        .transpose()?,
+                )
                 .execute(&mut *tx)
                 .await?;
             }
@@ -620,6 +624,17 @@ fn account_id(id: i64) -> Result<AccountId, MarketError> {
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// A u64 for a row the order log writes: money, energy and ids are refused, never clipped,
+/// when beyond the database's i64 (the write fails, so the order is refused and its book
+/// rebuilt from the log).
+fn db(v: u64, what: &'static str) -> Result<i64, sqlx::Error> {
+    i64::try_from(v).map_err(|_| {
+        sqlx::Error::Encode(
+            format!("{what} {v} is beyond the largest value the engine stores").into(),
+        )
+    })
 }
 
 fn u64_of(v: i64) -> u64 {
@@ -1539,14 +1554,14 @@ async fn log_event(
         "INSERT INTO order_events (slot, order_id, kind, account_id, meter_id, side, price_per_kwh, energy_wh, at_s) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(i64_of(slot))
-    .bind(i64_of(e.order))
+    .bind(db(slot, "slot")?)
+    .bind(db(e.order, "order")?)
     .bind(e.kind)
     .bind(e.account)
     .bind(e.meter.as_str())
     .bind(e.side)
-    .bind(i64_of(e.price))
-    .bind(i64_of(e.energy))
+    .bind(db(e.price, "price")?)
+    .bind(db(e.energy, "energy")?)
     .bind(e.at_s)
     .execute(&mut **tx)
     .await?;
@@ -1563,17 +1578,17 @@ async fn store_trade(
          seller_receives, fees, buyer_rate, seller_rate, trade_json) \
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
     )
-    .bind(i64_of(slot))
-    .bind(i64_of(t.bid.0))
-    .bind(i64_of(t.ask.0))
+    .bind(db(slot, "slot")?)
+    .bind(db(t.bid.0, "order")?)
+    .bind(db(t.ask.0, "order")?)
     .bind(i64::from(t.buyer.0))
     .bind(i64::from(t.seller.0))
-    .bind(i64_of(t.energy_wh))
-    .bind(i64_of(t.amounts.buyer_pays))
-    .bind(i64_of(t.amounts.seller_receives))
-    .bind(i64_of(t.amounts.fees))
-    .bind(i64_of(t.amounts.buyer_rate_per_kwh))
-    .bind(i64_of(t.amounts.seller_rate_per_kwh))
+    .bind(db(t.energy_wh, "energy_wh")?)
+    .bind(db(t.amounts.buyer_pays, "buyer_pays")?)
+    .bind(db(t.amounts.seller_receives, "seller_receives")?)
+    .bind(db(t.amounts.fees, "fees")?)
+    .bind(db(t.amounts.buyer_rate_per_kwh, "buyer_rate_per_kwh")?)
+    .bind(db(t.amounts.seller_rate_per_kwh, "seller_rate_per_kwh")?)
     .bind(serde_json::to_string(t).unwrap_or_default())
     .execute(&mut **tx)
     .await?;
@@ -1582,7 +1597,7 @@ async fn store_trade(
 
 async fn load_trades(pool: &AnyPool, slot: u64) -> Result<Vec<Trade>, MarketError> {
     let rows = sqlx::query("SELECT trade_json FROM trades WHERE slot = $1 ORDER BY id")
-        .bind(i64_of(slot))
+        .bind(db(slot, "slot")?)
         .fetch_all(pool)
         .await?;
     rows.into_iter()

@@ -26,6 +26,20 @@ pub fn start_embedded_with_login(listen: SocketAddr, check: LoginCheck) -> Resul
     start(listen, Some(check))
 }
 
+/// Bytes of one segment of rumqttd's in-memory log of a topic.
+///
+/// Design: rumqttd keeps every topic's recent messages in memory, in up to
+/// [`SEGMENTS_PER_TOPIC`] segments, whether or not its subscribers have read them. At the
+/// 100 MB × 10 once configured here, a meter publishing 1 KB a second grew the broker by 3.6 MB
+/// an hour, without end, and a 50 000-message flood on one topic stayed resident for good. The
+/// engine, in the same process, reads its topics within milliseconds, and acknowledges after
+/// storing (a reading it has not stored stays in flight, outside the log), so a few MB per
+/// topic is plenty.
+pub const SEGMENT_BYTES: usize = 1 << 20;
+
+/// Segments kept per topic (see [`SEGMENT_BYTES`]).
+pub const SEGMENTS_PER_TOPIC: usize = 2;
+
 fn start(listen: SocketAddr, check: Option<LoginCheck>) -> Result<(), String> {
     let config = format!(
         r#"
@@ -33,8 +47,8 @@ id = 0
 [router]
 max_connections = 10010
 max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
+max_segment_size = {SEGMENT_BYTES}
+max_segment_count = {SEGMENTS_PER_TOPIC}
 
 [v4.1]
 name = "v4-1"

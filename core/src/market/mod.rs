@@ -132,6 +132,13 @@
 //! fee recipients and the utility — summing to zero: the input of on-chain settlement.
 //! [`slot_kpis`] and [`PeriodKpis`] report volume, prices, self-sufficiency,
 //! self-consumption, savings against the utility and fees collected.
+//!
+//! # Sharing instead of trading
+//!
+//! A community that shares rather than trades (EU collective self-consumption) splits each
+//! slot's local generation among its members by an allocation key with [`share_slot`]; the
+//! allocation comes out as [`Trade`]s at the community's price, so [`settle_slot`] and the KPIs
+//! treat it like auction trades.
 
 mod book;
 mod call;
@@ -140,6 +147,8 @@ mod fees;
 mod kpi;
 mod netting;
 mod order;
+mod rule;
+mod sharing;
 mod slot;
 mod slot_market;
 mod tariff;
@@ -168,6 +177,8 @@ pub use order::{
     AccountId, AreaId, MAX_BOOK_ORDERS, MAX_ORDER_ENERGY_WH, MeterId, Order, OrderError, OrderId,
     Preference, Side,
 };
+pub use rule::{RuleOrder, TradingRule};
+pub use sharing::{Allocation, AllocationKey, MemberFlow, SharedSlot, SharingError, share_slot};
 pub use slot::{DeliverySlot, SlotCalendar, SlotError, SlotPhase, UnixSeconds};
 pub use slot_market::{BookDepth, GateClosure, SlotMarket};
 pub use tariff::{

@@ -172,3 +172,34 @@ pub(crate) fn engine_client(engine: &Engine, config: &EngineConfig, id: String) 
     }
     options
 }
+
+/// A market on `url` with the default rules, the ingest's registry and the API over both, as
+/// the engine wires them (no broker, no background tasks: the test drives the clock).
+pub(crate) struct Fixture {
+    pub(crate) store: Store,
+    pub(crate) market: std::sync::Arc<market_engine::market::Market>,
+    pub(crate) keys: KeyRegistry,
+    pub(crate) app: axum::Router,
+}
+
+impl Fixture {
+    pub(crate) async fn open(url: &str) -> Self {
+        let store = Store::open(url).await.unwrap();
+        let community = market_engine::market::MarketConfig::default()
+            .community()
+            .unwrap();
+        let market = std::sync::Arc::new(
+            market_engine::market::Market::open(community, store.clone())
+                .await
+                .unwrap(),
+        );
+        let keys = KeyRegistry::default();
+        let app = market::api_with(&store, &market, &keys);
+        Self {
+            store,
+            market,
+            keys,
+            app,
+        }
+    }
+}

@@ -2,16 +2,13 @@
 //! it, with its rated capacity and installed device; ids and keys cannot be squatted or
 //! reused; an account cannot register without bound. On SQLite and on PostgreSQL.
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use axum::http::StatusCode;
 use gridshare_core::reading::{MeterKey, SignedReading};
 use market_engine::ingest::{Checker, KeyRegistry, Rejection};
-use market_engine::market::{Market, MarketConfig};
-use market_engine::store::{Store, Stored};
+use market_engine::store::Stored;
 use ring::rand::SystemRandom;
 use serde_json::json;
+use std::collections::HashMap;
 
 use crate::api::call;
 use crate::market::{expect, login, now_s, signed};
@@ -56,15 +53,12 @@ fn check(
 async fn a_self_registered_meter_cannot_mint_money() {
     let dir = tempfile::tempdir().unwrap();
     for url in databases(dir.path()).await {
-        let store = Store::open(&url).await.unwrap();
-        let config = MarketConfig::default();
-        let market = Arc::new(
-            Market::open(config.community().unwrap(), store.clone())
-                .await
-                .unwrap(),
-        );
-        let keys = KeyRegistry::default();
-        let app = crate::market::api_with(&store, &market, &keys);
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            app,
+        } = crate::Fixture::open(&url).await;
         let mallory_name = unique("mallory");
         let mallory = login(&app, &mallory_name).await;
         let mallory_id = store
@@ -157,15 +151,12 @@ async fn a_self_registered_meter_cannot_mint_money() {
 async fn a_slot_settles_at_most_what_the_capacity_allows() {
     let dir = tempfile::tempdir().unwrap();
     for url in databases(dir.path()).await {
-        let store = Store::open(&url).await.unwrap();
-        let config = MarketConfig::default();
-        let market = Arc::new(
-            Market::open(config.community().unwrap(), store.clone())
-                .await
-                .unwrap(),
-        );
-        let keys = KeyRegistry::default();
-        let app = crate::market::api_with(&store, &market, &keys);
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            app,
+        } = crate::Fixture::open(&url).await;
         let name = unique("sunny");
         let token = login(&app, &name).await;
         let id = store.account_by_name(&name).await.unwrap().unwrap().id;
@@ -239,15 +230,12 @@ async fn a_slot_settles_at_most_what_the_capacity_allows() {
 async fn meter_registration_refuses_bad_keys_reuse_squatting_and_floods() {
     let dir = tempfile::tempdir().unwrap();
     for url in databases(dir.path()).await {
-        let store = Store::open(&url).await.unwrap();
-        let config = MarketConfig::default();
-        let market = Arc::new(
-            Market::open(config.community().unwrap(), store.clone())
-                .await
-                .unwrap(),
-        );
-        let keys = KeyRegistry::default();
-        let app = crate::market::api_with(&store, &market, &keys);
+        let crate::Fixture {
+            store,
+            market: _,
+            keys,
+            app,
+        } = crate::Fixture::open(&url).await;
         let alice = login(&app, &unique("alice")).await;
         let bob = login(&app, &unique("bob")).await;
         let operator_name = unique("operator");

@@ -2,15 +2,12 @@
 //! that clips, an engine that always starts on the database it wrote, and no trace of a
 //! refused order. On SQLite and on PostgreSQL.
 
-use std::sync::Arc;
-
 use axum::http::StatusCode;
-use market_engine::market::{MAX_BALANCE, Market, MarketConfig};
-use market_engine::store::Store;
+use market_engine::market::{MAX_BALANCE, Market};
 use serde_json::json;
 
 use crate::api::call;
-use crate::market::{api, login, now_s};
+use crate::market::{login, now_s};
 use crate::{databases, unique};
 
 /// Regression: two operator deposits of i64::MAX were both accepted, the balance was silently
@@ -19,14 +16,10 @@ use crate::{databases, unique};
 async fn deposits_cannot_overflow_a_balance_and_the_engine_restarts() {
     let dir = tempfile::tempdir().unwrap();
     for url in databases(dir.path()).await {
-        let store = Store::open(&url).await.unwrap();
-        let community = MarketConfig::default().community().unwrap();
-        let market = Arc::new(
-            Market::open(community.clone(), store.clone())
-                .await
-                .unwrap(),
-        );
-        let app = api(&store, &market);
+        let crate::Fixture {
+            store, market, app, ..
+        } = crate::Fixture::open(&url).await;
+        let community = market.community();
         let operator_name = unique("op");
         let operator = login(&app, &operator_name).await;
         assert!(store.set_role(&operator_name, "operator").await.unwrap());
@@ -70,14 +63,10 @@ async fn deposits_cannot_overflow_a_balance_and_the_engine_restarts() {
 async fn a_refused_order_leaves_no_book_behind() {
     let dir = tempfile::tempdir().unwrap();
     for url in databases(dir.path()).await {
-        let store = Store::open(&url).await.unwrap();
-        let community = MarketConfig::default().community().unwrap();
-        let market = Arc::new(
-            Market::open(community.clone(), store.clone())
-                .await
-                .unwrap(),
-        );
-        let app = api(&store, &market);
+        let crate::Fixture {
+            store, market, app, ..
+        } = crate::Fixture::open(&url).await;
+        let community = market.community();
         let name = unique("spammer");
         let token = login(&app, &name).await;
         let (_, meter) = crate::market::new_meter(&app, &store, &token, "s").await;

@@ -1,0 +1,1099 @@
+//! One scenario run: every slot, each household's load, PV and battery; its agent's orders
+//! through the community's `gridshare-core` auction; delivery from the households' simulated
+//! meters settled with the utility as counterparty of last resort; the core's KPIs; and the
+//! feeder's power flow with the resulting net powers.
+//!
+//! Energy and money are integers throughout, as in the engine: the load and PV of a slot are
+//! rounded to whole Wh once, the battery moves whole Wh, and everything after that is the
+//! core's integer arithmetic.
+
+use crate::agents::{TradingRule, forecast_order, ramp_price};
+use crate::grid::{GridError, GridFile, PowerFlow, PowerFlowError};
+use crate::profiles::{PROFILE_STEP_S, ProfileError, ProfileSet};
+use crate::rng::SplitMix64;
+use crate::scenario::{
+    AgentName, BatteryStrategy, MechanismName, Scenario, ScenarioError, SharingKeyName,
+};
+use gridshare_core::market::{
+    AccountId, AllocationKey, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy,
+    ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters, MeterDelivery, MeterId, Order,
+    OrderId, PeriodKpis, SettlementError, Side, SlotCalendar, SlotMarket, Tariff, TermsError,
+    TimeProfile, Trade, settle_slot, share_slot, slot_kpis,
+};
+use std::collections::BTreeMap;
+
+/// Start of the profile year, 2023-01-01 00:00 CET, in Unix seconds.
+pub const PROFILE_YEAR_START: i64 = 1_672_527_600;
+
+/// The utility's account.
+pub const UTILITY: AccountId = AccountId(0);
+/// The grid operator's account (collects the grid fee).
+pub const GRID_OPERATOR: AccountId = AccountId(1);
+
+/// Why a run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulationError {
+    /// The scenario is invalid.
+    #[error(transparent)]
+    Scenario(#[from] ScenarioError),
+    /// The grid file is invalid.
+    #[error(transparent)]
+    Grid(#[from] GridError),
+    /// A profile file is invalid.
+    #[error(transparent)]
+    Profile(#[from] ProfileError),
+    /// The grid has no load bus to put households on.
+    #[error(
+        "grid {grid} has no in-service load: households are placed on its load buses, in order"
+    )]
+    NoLoadBus {
+        /// The grid.
+        grid: String,
+    },
+    /// A load or PV profile has a negative value.
+    #[error(
+        "profile {column:?} (used by {key}) is negative ({value}) at row {row}; load and PV profiles must be 0 or more"
+    )]
+    NegativeProfile {
+        /// The scenario key.
+        key: String,
+        /// The column.
+        column: String,
+        /// 0-based data row.
+        row: usize,
+        /// The value.
+        value: f64,
+    },
+    /// A named profile column does not exist.
+    #[error(
+        "`{key}` names profile {name:?}, which the profile set does not have; it has: {available}"
+    )]
+    UnknownProfile {
+        /// The scenario key.
+        key: String,
+        /// The missing column.
+        name: String,
+        /// Columns there are.
+        available: String,
+    },
+    /// The period does not fit the profiles.
+    #[error(
+        "the period (days {start_day}..{end_day}) does not fit the profiles, which cover {profile_days} days; shorten `period.days` or move `period.start_day`"
+    )]
+    PeriodBeyondProfiles {
+        /// First day.
+        start_day: u32,
+        /// Day after the last.
+        end_day: u64,
+        /// Days the profiles cover.
+        profile_days: usize,
+    },
+    /// The market core refused the community's terms.
+    #[error("market terms: {0}")]
+    Terms(#[from] TermsError),
+    /// The market core refused a slot's settlement (a bug if it happens).
+    #[error("slot {slot}: settlement failed: {source}")]
+    Settlement {
+        /// Slot.
+        slot: u64,
+        /// Why.
+        source: SettlementError,
+    },
+    /// The KPI computation refused a slot's energies (a bug if it happens).
+    #[error("slot {slot}: {source}")]
+    Kpi {
+        /// Slot.
+        slot: u64,
+        /// Why.
+        source: KpiError,
+    },
+    /// The power flow failed in a slot.
+    #[error("slot {slot} ({time}): {source}")]
+    PowerFlow {
+        /// Slot.
+        slot: u64,
+        /// When, local time.
+        time: String,
+        /// Why.
+        source: PowerFlowError,
+    },
+    /// The core refused an agent's order (a simulator bug if it happens).
+    #[error("slot {slot}: the market refused an agent's order: {source}")]
+    Order {
+        /// Slot.
+        slot: u64,
+        /// Why.
+        source: gridshare_core::market::OrderError,
+    },
+    /// The core refused a slot's sharing (e.g. a price outside a slot's tariff band).
+    #[error("slot {slot}: sharing failed: {source}")]
+    Sharing {
+        /// Slot.
+        slot: u64,
+        /// Why.
+        source: gridshare_core::market::SharingError,
+    },
+    /// The grid fee tree was refused.
+    #[error("grid fee: {0}")]
+    Fee(String),
+}
+
+/// A household in the run.
+#[derive(Debug, Clone)]
+pub struct Household {
+    /// Its name.
+    pub name: String,
+    /// Position of its bus in the grid file's bus list.
+    pub bus: usize,
+    /// The bus's id in the grid file.
+    pub bus_id: i64,
+    /// Its account.
+    pub account: AccountId,
+    area: AreaId,
+    load: usize,
+    load_scale_wh: f64,
+    /// Further loads (EV, heat pump): profile column and Wh per row unit.
+    extra_loads: Vec<(usize, f64)>,
+    /// Annual consumption it was given, kWh.
+    pub annual_kwh: f64,
+    pv: usize,
+    pv_scale_wh: f64,
+    /// Reactive power from a profile: column and Mvar per unit of it.
+    q: Option<(usize, f64)>,
+    battery: Option<Battery>,
+    agent: AgentName,
+    ramp_steps: u32,
+    share_weight: f64,
+    rule: TradingRule,
+    counters: MeterCounters,
+    last_net_wh: i64,
+    /// What it did over the run.
+    pub totals: HouseholdTotals,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Battery {
+    capacity_wh: f64,
+    power_wh_per_slot: f64,
+    eta_one_way: f64,
+    soc_wh: f64,
+    /// Market-aware: keep the charge while the last local price was below this per kWh.
+    hold_below_per_kwh: Option<u64>,
+}
+
+impl Battery {
+    fn soc_bp(&self) -> u16 {
+        let bp = (self.soc_wh / self.capacity_wh * 10_000.0).clamp(0.0, 10_000.0);
+        // Clamped into 0..=10000 above, so the cast is exact enough.
+        #[allow(
+            clippy::cast_possible_truncation,
+            clippy::cast_sign_loss,
+            reason = "clamped"
+        )]
+        let bp = bp as u16;
+        bp
+    }
+}
+
+/// One household's totals over the run (the simulator's own accounting, beside the core's
+/// KPIs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HouseholdTotals {
+    /// Load, Wh.
+    pub load_wh: u64,
+    /// PV production, Wh.
+    pub pv_wh: u64,
+    /// From the grid, Wh.
+    pub import_wh: u64,
+    /// To the grid, Wh.
+    pub export_wh: u64,
+    /// Bought from neighbours, Wh.
+    pub bought_wh: u64,
+    /// Sold to neighbours, Wh.
+    pub sold_wh: u64,
+    /// Paid for local purchases, fees included, token units.
+    pub paid: u128,
+    /// Received for local sales, token units.
+    pub received: u128,
+    /// Net paid to the utility for deviations (negative: received), token units.
+    pub imbalance: i128,
+    /// Battery energy charged, Wh (from the household's side).
+    pub battery_in_wh: u64,
+    /// Battery energy discharged, Wh.
+    pub battery_out_wh: u64,
+}
+
+/// One slot's figures, as written to `slots.csv`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SlotRecord {
+    /// Slot index in the run.
+    pub slot: u64,
+    /// Σ load, Wh.
+    pub load_wh: u64,
+    /// Σ PV, Wh.
+    pub pv_wh: u64,
+    /// Σ household imports, Wh.
+    pub import_wh: u64,
+    /// Σ household exports, Wh.
+    pub export_wh: u64,
+    /// Traded locally, Wh.
+    pub traded_wh: u64,
+    /// Uniform price (call auction) per kWh.
+    pub clearing_price: Option<u64>,
+    /// Volume-weighted price buyers paid per kWh.
+    pub average_price: Option<u64>,
+    /// Retail tariff per kWh.
+    pub retail: u64,
+    /// Feed-in tariff per kWh.
+    pub feed_in: u64,
+    /// Grid fees, token units.
+    pub fees: u64,
+    /// Lowest bus voltage, p.u.
+    pub v_min: f64,
+    /// Highest bus voltage, p.u.
+    pub v_max: f64,
+    /// Highest line loading, %.
+    pub max_line_loading: f64,
+    /// Highest transformer loading, %.
+    pub trafo_loading: f64,
+    /// Power from the upstream grid at the slack, kW (negative: fed back).
+    pub ext_grid_kw: f64,
+    /// Buses outside the voltage band.
+    pub voltage_violations: u32,
+    /// Lines and transformers above 100 %.
+    pub loading_violations: u32,
+}
+
+/// Everything a run produces.
+#[derive(Debug, Clone)]
+pub struct RunResult {
+    /// The scenario's name.
+    pub name: String,
+    /// The seed used.
+    pub seed: u64,
+    /// The grid's name.
+    pub grid: String,
+    /// Slot length, s.
+    pub slot_s: u32,
+    /// First slot's start, Unix seconds.
+    pub epoch: i64,
+    /// Households, with their totals.
+    pub households: Vec<Household>,
+    /// Per slot.
+    pub slots: Vec<SlotRecord>,
+    /// The core's KPIs over the period.
+    pub kpis: PeriodKpis,
+    /// Net token movement per account over the period (households, grid operator, utility).
+    pub balances: BTreeMap<AccountId, i128>,
+    /// Whether the power flow ran.
+    pub power_flow: bool,
+    /// Power-flow iterations over the run.
+    pub pf_iterations: u64,
+    /// Σ seller receipts of local trades.
+    pub sellers_received: u128,
+    /// Settlement batches the engine would send (slots with any money to move).
+    pub settlement_batches: u64,
+    /// Gas of those batches (see [`crate::gas`]).
+    pub settlement_gas: u128,
+    /// Gas price and native token price, if the scenario gives them.
+    pub settlement_cost: Option<crate::scenario::SettlementCost>,
+    /// Display: units per currency unit, and its name.
+    pub units_per_currency: u64,
+    /// Currency name.
+    pub currency: String,
+}
+
+/// Loads the profiles a scenario names (or the built-in set).
+pub fn load_profiles(s: &Scenario) -> Result<ProfileSet, SimulationError> {
+    Ok(match (&s.grid_households, &s.profiles) {
+        (Some(g), _) => ProfileSet::load(&s.resolve(&g.profiles))?,
+        (None, Some(p)) => ProfileSet::load(&s.resolve(p))?,
+        (None, None) => ProfileSet::default_set()?,
+    })
+}
+
+/// Unix seconds of `YYYY-MM-DD` 00:00 CET.
+#[must_use]
+pub fn parse_day(text: &str) -> Option<i64> {
+    let mut it = text.split('-');
+    let (y, m, d): (i64, i64, i64) = (
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+        it.next()?.parse().ok()?,
+    );
+    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+        return None;
+    }
+    // Days from civil (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400 - 3_600)
+}
+
+fn checked_column(p: &ProfileSet, key: String, name: &str) -> Result<usize, SimulationError> {
+    let i = column(p, key.clone(), name)?;
+    match p.first_negative(i) {
+        Some((row, value)) => Err(SimulationError::NegativeProfile {
+            key,
+            column: name.to_owned(),
+            row,
+            value,
+        }),
+        None => Ok(i),
+    }
+}
+
+/// Runs a scenario with its own grid file and profiles.
+pub fn run(s: &Scenario) -> Result<RunResult, SimulationError> {
+    let grid = GridFile::load(&s.resolve(&s.grid.file))?;
+    let profiles = load_profiles(s)?;
+    run_with(s, grid, &profiles, |_| {})
+}
+
+fn column(p: &ProfileSet, key: String, name: &str) -> Result<usize, SimulationError> {
+    p.names()
+        .iter()
+        .position(|n| n == name)
+        .ok_or_else(|| SimulationError::UnknownProfile {
+            key,
+            name: name.to_owned(),
+            available: p.names().join(", "),
+        })
+}
+
+/// Runs a scenario on a loaded grid and profile set; `progress` is called with the fraction
+/// done every 1 % of the slots.
+pub fn run_with(
+    s: &Scenario,
+    grid: GridFile,
+    profiles: &ProfileSet,
+    mut progress: impl FnMut(f64),
+) -> Result<RunResult, SimulationError> {
+    let slot_s = s.period.slot_minutes * 60;
+    let rows_per_slot = (slot_s / PROFILE_STEP_S) as usize;
+    let slots_per_day = u64::from(86_400 / slot_s);
+    let profile_days = profiles.len() / 96;
+    let end_day = u64::from(s.period.start_day) + u64::from(s.period.days);
+    if end_day > profile_days as u64 {
+        return Err(SimulationError::PeriodBeyondProfiles {
+            start_day: s.period.start_day,
+            end_day,
+            profile_days,
+        });
+    }
+    let slots = u64::from(s.period.days) * slots_per_day;
+    let first_row = s.period.start_day as usize * 96;
+    let year_start = s
+        .grid_households
+        .as_ref()
+        .and_then(|g| parse_day(&g.year_start))
+        .unwrap_or(PROFILE_YEAR_START);
+    let epoch = year_start + i64::from(s.period.start_day) * 86_400;
+
+    // The community: one street market (root area, charging the grid fee) with each household
+    // as an area under it.
+    let fee = if s.market.grid_fee_basis_points > 0 {
+        FeeProfile::Percent(TimeProfile::constant(s.market.grid_fee_basis_points))
+    } else if s.market.grid_fee_per_kwh > 0 {
+        FeeProfile::PerKwh(TimeProfile::constant(s.market.grid_fee_per_kwh))
+    } else {
+        FeeProfile::Free
+    };
+    let mut areas =
+        AreaTree::new(fee, GRID_OPERATOR).map_err(|e| SimulationError::Fee(e.to_string()))?;
+    let retail =
+        TimeProfile::repeating(s.market.retail_per_kwh.clone()).map_err(TermsError::from)?;
+    let feed_in =
+        TimeProfile::repeating(s.market.feed_in_per_kwh.clone()).map_err(TermsError::from)?;
+
+    // Households on the grid's load buses, in order, cycling when there are more households.
+    let load_buses: Vec<(usize, i64)> = grid
+        .loads
+        .iter()
+        .filter(|l| l.in_service)
+        .filter_map(|l| {
+            grid.buses
+                .iter()
+                .position(|b| b.id == l.bus && b.in_service)
+                .map(|i| (i, l.bus))
+        })
+        .collect();
+    if load_buses.is_empty() && !s.groups.is_empty() {
+        return Err(SimulationError::NoLoadBus {
+            grid: grid.name.clone(),
+        });
+    }
+    let mut pf = PowerFlow::new(grid.clone())?;
+    let mut feeder_areas: Vec<Option<AreaId>> = Vec::new();
+    let feeder_fee = FeeProfile::PerKwh(TimeProfile::constant(s.market.feeder_fee_per_kwh));
+    let mut house_area = |areas: &mut AreaTree, bus: usize| -> Result<AreaId, SimulationError> {
+        let fee_err = |e: gridshare_core::market::AreaError| SimulationError::Fee(e.to_string());
+        // Houses sit under their feeder's market, feeders under the street (root) market, so
+        // a trade within a feeder pays the feeder's fee and one across feeders both levels.
+        let parent = match pf.feeder_of_bus(bus) {
+            Some(f) if s.market.feeder_fee_per_kwh > 0 => {
+                if feeder_areas.len() <= f {
+                    feeder_areas.resize(f + 1, None);
+                }
+                match feeder_areas[f] {
+                    Some(a) => a,
+                    None => {
+                        let a = areas
+                            .add_area(areas.root(), feeder_fee.clone(), GRID_OPERATOR)
+                            .map_err(fee_err)?;
+                        feeder_areas[f] = Some(a);
+                        a
+                    }
+                }
+            }
+            _ => areas.root(),
+        };
+        areas
+            .add_area(parent, FeeProfile::Free, GRID_OPERATOR)
+            .map_err(fee_err)
+    };
+    let mut rng = SplitMix64::new(s.seed);
+    let mut households = Vec::with_capacity(s.household_count());
+    for (gi, g) in s.groups.iter().enumerate() {
+        let loads: Vec<usize> = g
+            .load_profiles
+            .iter()
+            .map(|n| checked_column(profiles, format!("households[{gi}].load_profiles"), n))
+            .collect::<Result<_, _>>()?;
+        let pv = checked_column(
+            profiles,
+            format!("households[{gi}].pv_profile"),
+            &g.pv_profile,
+        )?;
+        let mut extra_loads = Vec::new();
+        for (key, profile, kwh) in [
+            ("ev_profile", &g.ev_profile, g.ev_annual_kwh),
+            (
+                "heat_pump_profile",
+                &g.heat_pump_profile,
+                g.heat_pump_annual_kwh,
+            ),
+        ] {
+            if let Some(name) = profile {
+                let col = checked_column(profiles, format!("households[{gi}].{key}"), name)?;
+                // Profiles are kW for 1 000 kWh a year, like the household load.
+                let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
+                extra_loads.push((col, kwh / 1000.0 * quarter_h * 1000.0));
+            }
+        }
+        let band_mid = (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2;
+        for k in 0..g.count {
+            let i = households.len();
+            let (bus, bus_id) = load_buses[i % load_buses.len()];
+            let load = loads[rng.below(loads.len())];
+            let spread = 1.0 + g.annual_kwh_spread * (2.0 * rng.next_f64() - 1.0);
+            let annual_kwh = g.annual_kwh * spread;
+            let account = AccountId(u32::try_from(i + 2).unwrap_or(u32::MAX));
+            let area = house_area(&mut areas, bus)?;
+            // Profiles are kW for 1 000 kWh/a (load) or per kWp (PV) per quarter-hour:
+            // energy per row = value × 0.25 h × scale × 1000 Wh/kWh.
+            let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
+            let eta = g.battery_round_trip_efficiency.sqrt();
+            households.push(Household {
+                name: format!("{}-{}", g.name, k + 1),
+                bus,
+                bus_id,
+                account,
+                area,
+                load,
+                load_scale_wh: annual_kwh / 1000.0 * quarter_h * 1000.0,
+                extra_loads: extra_loads.clone(),
+                annual_kwh,
+                pv,
+                pv_scale_wh: g.pv_kwp * quarter_h * 1000.0,
+                q: None,
+                battery: (g.battery_kwh > 0.0).then(|| Battery {
+                    capacity_wh: g.battery_kwh * 1000.0,
+                    power_wh_per_slot: g.battery_kw * 1000.0 * f64::from(slot_s) / 3600.0,
+                    eta_one_way: eta,
+                    soc_wh: 0.0,
+                    hold_below_per_kwh: (g.battery_strategy == BatteryStrategy::MarketAware).then(
+                        || {
+                            g.battery_hold_below_per_kwh.unwrap_or(
+                                (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2,
+                            )
+                        },
+                    ),
+                }),
+                agent: g.agent,
+                share_weight: g.share_weight,
+                ramp_steps: g.ramp_steps,
+                rule: TradingRule {
+                    sell_at_least: Some(g.sell_at_least_per_kwh.unwrap_or(band_mid)),
+                    buy_at_most: Some(g.buy_at_most_per_kwh.unwrap_or(band_mid)),
+                    keep_battery_above_bp: g.keep_battery_above_percent.map(|p| {
+                        #[allow(
+                            clippy::cast_possible_truncation,
+                            clippy::cast_sign_loss,
+                            reason = "checked 0..=100"
+                        )]
+                        let bp = (p * 100.0).round() as u16;
+                        bp
+                    }),
+                },
+                counters: MeterCounters::default(),
+                last_net_wh: 0,
+                totals: HouseholdTotals::default(),
+            });
+        }
+    }
+    if let Some(gh) = &s.grid_households {
+        grid_households(
+            s,
+            gh,
+            &grid,
+            profiles,
+            &mut areas,
+            &mut households,
+            &mut house_area,
+        )?;
+    }
+    let mechanism = match s.market.mechanism {
+        MechanismName::Call => Mechanism::CallAuction(s.price_rule()),
+        MechanismName::Continuous => Mechanism::ContinuousDoubleAuction,
+        MechanismName::PayAsOffer => Mechanism::PayAsOffer,
+        // Sharing opens no auction; the terms (tariffs, fees) are the community's all the same.
+        MechanismName::Sharing => Mechanism::CallAuction(s.price_rule()),
+    };
+    let sharing = (s.market.mechanism == MechanismName::Sharing).then(|| {
+        let price = s
+            .market
+            .sharing_price_per_kwh
+            .unwrap_or((s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2);
+        let key = match s.market.sharing_key {
+            SharingKeyName::Proportional => AllocationKey::ProportionalToConsumption,
+            SharingKeyName::Fixed => {
+                let total: f64 = households.iter().map(|h| h.share_weight).sum();
+                AllocationKey::Fixed(
+                    households
+                        .iter()
+                        .map(|h| {
+                            let bp = if total > 0.0 {
+                                h.share_weight / total * 10_000.0
+                            } else {
+                                0.0
+                            };
+                            // Floored into 0..=10000, so the shares never exceed 100 %.
+                            #[allow(
+                                clippy::cast_possible_truncation,
+                                clippy::cast_sign_loss,
+                                reason = "floored into 0..=10000"
+                            )]
+                            let bp = bp.floor().clamp(0.0, 10_000.0) as u32;
+                            (h.account, bp)
+                        })
+                        .collect(),
+                )
+            }
+        };
+        (key, price)
+    });
+    let mut members: Vec<MemberFlow> = Vec::with_capacity(households.len());
+    // The order window opens one slot before delivery and closes at delivery start.
+    let calendar = SlotCalendar::new(epoch, slot_s, slot_s, 0, 0).map_err(TermsError::from)?;
+    let community = Community {
+        calendar,
+        tariff: Tariff { retail, feed_in },
+        imbalance: ImbalancePrices::default(),
+        areas,
+        utility: UTILITY,
+        mechanism,
+    };
+
+    let grid_name = grid.name.clone();
+    let run_pf = s.grid.power_flow.unwrap_or(true);
+    let tan_phi = (1.0 - s.grid.power_factor.powi(2)).sqrt() / s.grid.power_factor;
+
+    let mut kpis = PeriodKpis::default();
+    let mut balances: BTreeMap<AccountId, i128> = BTreeMap::new();
+    let mut records = Vec::with_capacity(usize::try_from(slots).unwrap_or(0));
+    let mut pf_iterations = 0u64;
+    let mut sellers_received = 0u128;
+    let (mut settlement_batches, mut settlement_gas) = (0u64, 0u128);
+    // The last slot's volume-weighted local price, which market-aware batteries watch.
+    let mut last_price: Option<u64> = None;
+    let mut net_wh = vec![0i64; households.len()];
+    let mut order_of: Vec<usize> = (0..households.len()).collect();
+    let mut energies = Vec::with_capacity(households.len());
+    let mut pv_now = vec![0u64; households.len()];
+    let mut open: Vec<Option<OrderId>> = vec![None; households.len()];
+    let mut remaining: Vec<u64> = vec![0; households.len()];
+    let mut deliveries = Vec::with_capacity(households.len());
+    let progress_every = (slots / 100).max(1);
+
+    for slot in 0..slots {
+        let terms = community.terms(slot)?;
+        let band = terms.band;
+        let row0 = first_row + usize::try_from(slot).unwrap_or(0) * rows_per_slot;
+        let mut rec = SlotRecord {
+            slot,
+            retail: band.retail_per_kwh,
+            feed_in: band.feed_in_per_kwh,
+            ..SlotRecord::default()
+        };
+
+        // Physics of each home: load, PV, battery (self-consumption first).
+        for ((h, net), pv_slot) in households
+            .iter_mut()
+            .zip(net_wh.iter_mut())
+            .zip(pv_now.iter_mut())
+        {
+            let load_col = profiles_column(profiles, h.load);
+            let pv_col = profiles_column(profiles, h.pv);
+            let rows = row0..row0 + rows_per_slot;
+            let extra: f64 = h
+                .extra_loads
+                .iter()
+                .map(|&(col, scale)| {
+                    profiles_column(profiles, col)[rows.clone()]
+                        .iter()
+                        .sum::<f64>()
+                        * scale
+                })
+                .sum();
+            let load_wh = wh(load_col[rows.clone()].iter().sum::<f64>() * h.load_scale_wh + extra);
+            let pv_wh = wh(pv_col[rows].iter().sum::<f64>() * h.pv_scale_wh);
+            let mut n = i64::try_from(load_wh).unwrap_or(i64::MAX)
+                - i64::try_from(pv_wh).unwrap_or(i64::MAX);
+            if let Some(b) = h.battery.as_mut() {
+                if n < 0 {
+                    let room = (b.capacity_wh - b.soc_wh) / b.eta_one_way;
+                    let c = wh((-n as f64).min(b.power_wh_per_slot).min(room));
+                    b.soc_wh += c as f64 * b.eta_one_way;
+                    n += i64::try_from(c).unwrap_or(0);
+                    h.totals.battery_in_wh += c;
+                } else if n > 0
+                    && b.hold_below_per_kwh
+                        .zip(last_price)
+                        .is_none_or(|(hold, price)| price >= hold)
+                {
+                    // Market-aware: while neighbours sold cheaply in the last slot, buy from them
+                    // and keep the charge for when local energy is scarce.
+                    let d = wh((n as f64)
+                        .min(b.power_wh_per_slot)
+                        .min(b.soc_wh * b.eta_one_way));
+                    b.soc_wh = (b.soc_wh - d as f64 / b.eta_one_way).max(0.0);
+                    n -= i64::try_from(d).unwrap_or(0);
+                    h.totals.battery_out_wh += d;
+                }
+            }
+            *net = n;
+            *pv_slot = pv_wh;
+            h.totals.load_wh += load_wh;
+            h.totals.pv_wh += pv_wh;
+            rec.load_wh += load_wh;
+            rec.pv_wh += pv_wh;
+        }
+
+        // The market: agents trade in the slot's order window, in a seeded random order.
+        let mut market: SlotMarket = community.open_slot(slot)?;
+        let call = matches!(market, SlotMarket::Call(_));
+        let opens = terms.slot.order_window_opens;
+        let mut next_id = 0u64;
+        let mut trades: Vec<Trade> = Vec::new();
+        // A call auction only sees the book at gate closure, so ramp agents go straight to
+        // the ramp's end there; continuous books see every update.
+        let max_steps = if sharing.is_some() {
+            0
+        } else if call {
+            1
+        } else {
+            households
+                .iter()
+                .filter(|h| h.agent == AgentName::Ramp)
+                .map(|h| h.ramp_steps)
+                .max()
+                .unwrap_or(1)
+        };
+        open.iter_mut().for_each(|o| *o = None);
+        remaining.iter_mut().for_each(|r| *r = 0);
+        for step in 0..max_steps {
+            let now = opens + i64::from(step) * i64::from(slot_s) / i64::from(max_steps);
+            rng.shuffle(&mut order_of);
+            for &i in &order_of {
+                let h = &households[i];
+                let wanted: Option<(Side, u64, u64)> = match h.agent {
+                    AgentName::None => None,
+                    AgentName::Forecast if step == 0 => {
+                        let avg_w = h.last_net_wh * 3600 / i64::from(slot_s);
+                        let soc = h.battery.as_ref().map(Battery::soc_bp);
+                        forecast_order(&h.rule, avg_w, soc, slot_s).map(|(side, p, e)| {
+                            (side, p.clamp(band.feed_in_per_kwh, band.retail_per_kwh), e)
+                        })
+                    }
+                    AgentName::Forecast => None,
+                    AgentName::Ramp if step < h.ramp_steps => {
+                        let n = net_wh[i];
+                        let side = if n > 0 { Side::Buy } else { Side::Sell };
+                        let k = if call { h.ramp_steps - 1 } else { step };
+                        (n != 0).then(|| {
+                            (
+                                side,
+                                ramp_price(side, band, k, h.ramp_steps),
+                                n.unsigned_abs(),
+                            )
+                        })
+                    }
+                    AgentName::Ramp => None,
+                };
+                let Some((side, price, energy)) = wanted else {
+                    continue;
+                };
+                if step == 0 {
+                    remaining[i] = energy;
+                }
+                let resting = open[i].and_then(|id| market.open_order(id).map(|o| (id, o.2)));
+                let made = match resting {
+                    Some((id, left)) => market.amend(id, price, left, now),
+                    None if remaining[i] > 0 => {
+                        next_id += 1;
+                        let id = OrderId(next_id);
+                        open[i] = Some(id);
+                        let order = match side {
+                            Side::Buy => Order::bid(id, h.account, h.area, price, remaining[i]),
+                            Side::Sell => Order::ask(id, h.account, h.area, price, remaining[i]),
+                        };
+                        market.submit(order, now)
+                    }
+                    None => continue,
+                };
+                // Every order is inside the band, in the window and of positive energy, so
+                // the core accepts it; a refusal would be a simulator bug worth surfacing.
+                let made = made.map_err(|source| SimulationError::Order { slot, source })?;
+                for t in made {
+                    for acc in [t.buyer, t.seller] {
+                        if let Some(r) = remaining.get_mut(household_index(acc)) {
+                            *r = r.saturating_sub(t.energy_wh);
+                        }
+                    }
+                    trades.push(t);
+                }
+            }
+        }
+        let closure = market.close_gate();
+        rec.clearing_price = closure.clearing_price;
+        trades.extend(closure.trades);
+        if let Some((key, price)) = &sharing {
+            members.clear();
+            members.extend(households.iter().zip(&net_wh).map(|(h, &n)| MemberFlow {
+                account: h.account,
+                area: h.area,
+                injected_wh: if n < 0 { n.unsigned_abs() } else { 0 },
+                withdrawn_wh: if n > 0 { n.unsigned_abs() } else { 0 },
+            }));
+            let shared = share_slot(key, *price, &members, &terms)
+                .map_err(|source| SimulationError::Sharing { slot, source })?;
+            trades.extend(shared.trades);
+        }
+
+        // Delivery: each household's meter counts its net energy.
+        energies.clear();
+        deliveries.clear();
+        for ((h, &n), &pv_wh) in households.iter_mut().zip(net_wh.iter()).zip(pv_now.iter()) {
+            let start = h.counters;
+            if n > 0 {
+                h.counters.import_wh += n.unsigned_abs();
+            } else {
+                h.counters.export_wh += n.unsigned_abs();
+            }
+            let (imp, exp) = (
+                h.counters.import_wh - start.import_wh,
+                h.counters.export_wh - start.export_wh,
+            );
+            h.totals.import_wh += imp;
+            h.totals.export_wh += exp;
+            rec.import_wh += imp;
+            rec.export_wh += exp;
+            h.last_net_wh = n;
+            deliveries.push(MeterDelivery {
+                meter: MeterId(h.account.0),
+                account: h.account,
+                start,
+                end: h.counters,
+            });
+            energies.push(HouseholdEnergy {
+                account: h.account,
+                produced_wh: pv_wh,
+                imported_wh: imp,
+                exported_wh: exp,
+            });
+        }
+        let settlement = settle_slot(&trades, &deliveries, &terms)
+            .map_err(|source| SimulationError::Settlement { slot, source })?;
+        let sk = slot_kpis(
+            &terms,
+            &trades,
+            closure.clearing_price,
+            &energies,
+            &settlement,
+        )
+        .map_err(|source| SimulationError::Kpi { slot, source })?;
+        kpis.add(&sk);
+        for b in &settlement.balances {
+            *balances.entry(b.account).or_default() += b.amount;
+        }
+        let moved = settlement.balances.iter().filter(|b| b.amount != 0).count();
+        if moved > 0 {
+            settlement_batches += 1;
+            settlement_gas += u128::from(crate::gas::batch_gas(moved));
+        }
+        for t in &trades {
+            let amounts = t.amounts;
+            sellers_received += u128::from(amounts.seller_receives);
+            rec.traded_wh += t.energy_wh;
+            rec.fees += amounts.fees;
+            if let Some(h) = households.get_mut(household_index(t.buyer)) {
+                h.totals.bought_wh += t.energy_wh;
+                h.totals.paid += u128::from(amounts.buyer_pays);
+            }
+            if let Some(h) = households.get_mut(household_index(t.seller)) {
+                h.totals.sold_wh += t.energy_wh;
+                h.totals.received += u128::from(amounts.seller_receives);
+            }
+        }
+        for c in &settlement.imbalances {
+            if let Some(h) = households.get_mut(household_index(c.account)) {
+                h.totals.imbalance += c.amount;
+            }
+        }
+        rec.average_price = sk.average_buyer_price.basis_points().map(|_| {
+            u64::try_from(sk.average_buyer_price.numerator / sk.average_buyer_price.denominator)
+                .unwrap_or(u64::MAX)
+        });
+        last_price = rec.average_price;
+
+        // Physics of the feeder.
+        if run_pf {
+            pf.clear_loads();
+            let to_mw = 3600.0 / f64::from(slot_s) / 1e6;
+            for (h, &n) in households.iter().zip(net_wh.iter()) {
+                let p = n as f64 * to_mw;
+                let q = match h.q {
+                    Some((col, mvar)) => {
+                        let rows = &profiles_column(profiles, col)[row0..row0 + rows_per_slot];
+                        rows.iter().sum::<f64>() / rows_per_slot as f64 * mvar
+                    }
+                    None if p > 0.0 => p * tan_phi,
+                    None => 0.0,
+                };
+                pf.add_load(h.bus, p, q);
+            }
+            let it = pf.solve().map_err(|source| SimulationError::PowerFlow {
+                slot,
+                time: local_time(epoch + i64::try_from(slot).unwrap_or(0) * i64::from(slot_s)),
+                source,
+            })?;
+            pf_iterations += u64::from(it);
+            let (lo, hi) = pf.voltage_range();
+            rec.v_min = lo;
+            rec.v_max = hi;
+            let (max_line, lines_over) = pf.line_loading_summary();
+            rec.max_line_loading = max_line;
+            rec.trafo_loading = pf.max_trafo_loading_percent();
+            rec.ext_grid_kw = pf.ext_grid_power().0 * 1000.0;
+            rec.voltage_violations =
+                u32::try_from(pf.buses_outside(s.grid.v_min_pu, s.grid.v_max_pu))
+                    .unwrap_or(u32::MAX);
+            let trafo_over = (0..pf.grid().trafos.len())
+                .filter_map(|t| pf.trafo_loading_percent(t))
+                .filter(|&x| x > 100.0)
+                .count();
+            rec.loading_violations = u32::try_from(lines_over + trafo_over).unwrap_or(u32::MAX);
+        } else {
+            let net: i64 = net_wh.iter().sum();
+            rec.ext_grid_kw = net as f64 * 3600.0 / f64::from(slot_s) / 1000.0;
+        }
+        records.push(rec);
+        if slot % progress_every == 0 {
+            progress(slot as f64 / slots as f64);
+        }
+    }
+    progress(1.0);
+    Ok(RunResult {
+        name: s.name.clone(),
+        seed: s.seed,
+        grid: grid_name,
+        slot_s,
+        epoch,
+        households,
+        slots: records,
+        kpis,
+        balances,
+        power_flow: run_pf,
+        pf_iterations,
+        sellers_received,
+        settlement_batches,
+        settlement_gas,
+        settlement_cost: s.settlement.clone(),
+        units_per_currency: s.market.units_per_currency,
+        currency: s.market.currency.clone(),
+    })
+}
+
+/// The grid's own loads (and generators on their buses) as households.
+fn grid_households(
+    s: &Scenario,
+    gh: &crate::scenario::GridHouseholds,
+    grid: &GridFile,
+    profiles: &ProfileSet,
+    areas: &mut AreaTree,
+    households: &mut Vec<Household>,
+    house_area: &mut dyn FnMut(&mut AreaTree, usize) -> Result<AreaId, SimulationError>,
+) -> Result<(), SimulationError> {
+    let quarter_h = f64::from(PROFILE_STEP_S) / 3600.0;
+    let band_mid = (s.market.retail_per_kwh[0] + s.market.feed_in_per_kwh[0]) / 2;
+    let bus_pos = |id: i64| grid.buses.iter().position(|b| b.id == id && b.in_service);
+    let new_household = |name: String,
+                         bus: usize,
+                         bus_id: i64,
+                         areas: &mut AreaTree,
+                         households: &mut Vec<Household>,
+                         house_area: &mut dyn FnMut(
+        &mut AreaTree,
+        usize,
+    ) -> Result<AreaId, SimulationError>| {
+        let i = households.len();
+        let area = house_area(areas, bus)?;
+        households.push(Household {
+            name,
+            bus,
+            bus_id,
+            account: AccountId(u32::try_from(i + 2).unwrap_or(u32::MAX)),
+            area,
+            load: 0,
+            load_scale_wh: 0.0,
+            extra_loads: Vec::new(),
+            annual_kwh: 0.0,
+            pv: 0,
+            pv_scale_wh: 0.0,
+            q: None,
+            battery: None,
+            agent: gh.agent,
+            share_weight: 1.0,
+            ramp_steps: gh.ramp_steps,
+            rule: TradingRule {
+                sell_at_least: Some(gh.sell_at_least_per_kwh.unwrap_or(band_mid)),
+                buy_at_most: Some(gh.buy_at_most_per_kwh.unwrap_or(band_mid)),
+                keep_battery_above_bp: None,
+            },
+            counters: MeterCounters::default(),
+            last_net_wh: 0,
+            totals: HouseholdTotals::default(),
+        });
+        Ok::<usize, SimulationError>(i)
+    };
+    let first = households.len();
+    for l in grid.loads.iter().filter(|l| l.in_service) {
+        let (Some(profile), Some(bus)) = (l.profile.as_deref(), bus_pos(l.bus)) else {
+            continue;
+        };
+        let key = format!("grid load {} ({})", l.id, l.name);
+        let p = checked_column(profiles, key.clone(), &format!("{profile}_pload"))?;
+        let q = column(profiles, key, &format!("{profile}_qload"))?;
+        let i = new_household(l.name.clone(), bus, l.bus, areas, households, house_area)?;
+        let h = &mut households[i];
+        h.load = p;
+        h.load_scale_wh = l.p_mw * l.scaling * 1e6 * quarter_h;
+        h.q = Some((q, l.q_mvar * l.scaling));
+        let rows = profiles.column(&profiles.names()[p]).unwrap_or(&[]);
+        h.annual_kwh = rows.iter().sum::<f64>() * h.load_scale_wh / 1000.0;
+    }
+    for g in grid.sgens.iter().filter(|g| g.in_service) {
+        let (Some(profile), Some(bus)) = (g.profile.as_deref(), bus_pos(g.bus)) else {
+            continue;
+        };
+        let col = checked_column(
+            profiles,
+            format!("grid sgen {} ({})", g.id, g.name),
+            profile,
+        )?;
+        let at = households[first..]
+            .iter()
+            .position(|h| h.bus == bus && h.pv_scale_wh == 0.0)
+            .map(|k| k + first);
+        let i = match at {
+            Some(i) => i,
+            None => new_household(g.name.clone(), bus, g.bus, areas, households, house_area)?,
+        };
+        households[i].pv = col;
+        households[i].pv_scale_wh = g.p_mw * g.scaling * 1e6 * quarter_h;
+    }
+    if households.len() == first {
+        return Err(SimulationError::NoLoadBus {
+            grid: format!("{} (no in-service load with a profile)", grid.name),
+        });
+    }
+    Ok(())
+}
+
+/// Households hold accounts 2, 3, ... in order (0 is the utility, 1 the grid operator).
+fn household_index(account: AccountId) -> usize {
+    (account.0 as usize).wrapping_sub(2)
+}
+
+fn profiles_column(p: &ProfileSet, i: usize) -> &[f64] {
+    p.column_at(i)
+}
+
+/// Rounds a non-negative energy to whole Wh.
+fn wh(x: f64) -> u64 {
+    // Profiles are checked finite and non-negative; the clamp keeps the cast total.
+    #[allow(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "clamped to 0..2^53"
+    )]
+    let v = x.round().clamp(0.0, 9.0e15) as u64;
+    v
+}
+
+/// `YYYY-MM-DD HH:MM` in CET (UTC+1, no daylight saving), the profiles' clock.
+#[must_use]
+pub fn local_time(unix_s: i64) -> String {
+    let t = unix_s + 3600;
+    let days = t.div_euclid(86_400);
+    let secs = t.rem_euclid(86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_time_is_cet() {
+        assert_eq!(local_time(PROFILE_YEAR_START), "2023-01-01 00:00");
+        assert_eq!(
+            local_time(PROFILE_YEAR_START + 365 * 86_400 - 900),
+            "2023-12-31 23:45"
+        );
+        assert_eq!(
+            local_time(PROFILE_YEAR_START + 59 * 86_400 + 3_600),
+            "2023-03-01 01:00"
+        );
+    }
+}
