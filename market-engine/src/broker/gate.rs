@@ -395,12 +395,18 @@ async fn relay(
             if !allowed.is_empty() {
                 upstream_tx.write_all(&allowed).await?;
             }
-            if let Some(end) = end {
-                let _ = upstream_tx.shutdown().await;
-                return match end {
-                    End::Disconnect => Ok(()),
-                    End::Denied(e) => Err(e),
-                };
+            match end {
+                // rumqttd closes the connection once it has handled the DISCONNECT (and
+                // discarded the will); closing it first makes it handle the loss twice.
+                Some(End::Disconnect) => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    return Ok(());
+                }
+                Some(End::Denied(e)) => {
+                    let _ = upstream_tx.shutdown().await;
+                    return Err(e);
+                }
+                None => {}
             }
             if client_rx.read_buf(&mut buf).await? == 0 {
                 return Ok(());
