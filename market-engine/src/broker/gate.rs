@@ -49,6 +49,9 @@ pub(crate) struct Gate {
     pub(crate) engine_hash: String,
     pub(crate) metrics: Arc<BrokerAuthMetrics>,
     pub(crate) sessions: Sessions,
+    /// Bounds the credential lookups in progress, so a flood of logins queues instead of
+    /// taking every database connection from the ingest.
+    pub(crate) lookups: tokio::sync::Semaphore,
 }
 
 /// Open sessions by user name, so that a revoked or re-issued credential cuts them.
@@ -279,12 +282,13 @@ async fn serve(
     let identity = if login.username == ENGINE_USER && presented == gate.engine_hash {
         Identity::Engine
     } else {
-        let stored = credentials::live_hash(&gate.store, &login.username)
-            .await
-            .map_err(|e| {
-                tracing::warn!(target: "broker", "credential lookup failed: {e}");
-                GateError::Protocol("credential lookup failed")
-            });
+        let permit = gate.lookups.acquire().await.ok();
+        let stored = credentials::live_hash(&gate.store, &login.username).await;
+        drop(permit);
+        let stored = stored.map_err(|e| {
+            tracing::warn!(target: "broker", "credential lookup failed: {e}");
+            GateError::Protocol("credential lookup failed")
+        });
         match stored {
             Ok(Some(hash)) if hash == presented => {
                 Identity::meter(&gate.prefix, &gate.community, &login.username)
@@ -391,7 +395,7 @@ async fn relay(
     };
     let upstream_side = async {
         loop {
-            let (allowed, end) = screen(gate, identity, &mut buf)?;
+            let (allowed, end) = screen(&gate.metrics, identity, &mut buf)?;
             if !allowed.is_empty() {
                 upstream_tx.write_all(&allowed).await?;
             }
@@ -429,7 +433,7 @@ enum End {
 /// Takes every whole packet out of `buf`; returns the bytes to forward (the packets up to the
 /// first one that ends the connection) and why the connection ends, if it does.
 fn screen(
-    gate: &Gate,
+    metrics: &BrokerAuthMetrics,
     identity: &Identity,
     buf: &mut BytesMut,
 ) -> Result<(Bytes, Option<End>), GateError> {
@@ -454,7 +458,7 @@ fn screen(
                 if identity.may_publish(&publish.topic) {
                     continue;
                 }
-                gate.metrics.denied_publish.fetch_add(1, Ordering::Relaxed);
+                metrics.denied_publish.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(target: "broker", user = identity.name(), topic = publish.topic, qos = ?publish.qos, "publish denied: disconnected");
                 End::Denied(GateError::Denied {
                     user: identity.name().to_owned(),
@@ -470,9 +474,7 @@ fn screen(
                 {
                     None => continue,
                     Some(f) => {
-                        gate.metrics
-                            .denied_subscribe
-                            .fetch_add(1, Ordering::Relaxed);
+                        metrics.denied_subscribe.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(target: "broker", user = identity.name(), filter = f.path, "subscribe denied: disconnected");
                         End::Denied(GateError::Denied {
                             user: identity.name().to_owned(),
@@ -504,4 +506,69 @@ fn screen(
         return Ok((chunk.slice(..at), Some(end)));
     }
     Ok((chunk, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{PingReq, SubscribeFilter};
+
+    fn publish(topic: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, b"x".to_vec());
+        p.pkid = 1;
+        p.write(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn allowed_packets_pass_whole_and_a_denied_one_ends_the_connection_before_it() {
+        let metrics = BrokerAuthMetrics::default();
+        let meter = Identity::meter("gridshare/v1", "elm", "home-01");
+        let own = publish("gridshare/v1/elm/meters/home-01/reading");
+        let mut ping = BytesMut::new();
+        PingReq.write(&mut ping).unwrap();
+        let foreign = publish("gridshare/v1/elm/meters/home-02/reading");
+
+        // Two allowed packets and half of a third: the whole ones pass, the half waits.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&own);
+        buf.extend_from_slice(&ping);
+        buf.extend_from_slice(&own[..3]);
+        let (allowed, end) = screen(&metrics, &meter, &mut buf).unwrap();
+        assert!(end.is_none());
+        assert_eq!(allowed.len(), own.len() + ping.len());
+        assert_eq!(&buf[..], &own[..3]);
+
+        // The rest of it, then a publish under another meter's topic, then one of its own.
+        buf.extend_from_slice(&own[3..]);
+        buf.extend_from_slice(&foreign);
+        buf.extend_from_slice(&own);
+        let (allowed, end) = screen(&metrics, &meter, &mut buf).unwrap();
+        assert_eq!(
+            &allowed[..],
+            &own[..],
+            "only what came before the denied publish"
+        );
+        assert!(matches!(end, Some(End::Denied(GateError::Denied { .. }))));
+        assert_eq!(metrics.denied_publish.load(Ordering::Relaxed), 1);
+
+        let mut sub = BytesMut::new();
+        let mut subscribe = Subscribe::new_many([SubscribeFilter::new(
+            "gridshare/v1/elm/meters/+/reading".into(),
+            QoS::AtLeastOnce,
+        )]);
+        subscribe.pkid = 2;
+        subscribe.write(&mut sub).unwrap();
+        let (allowed, end) = screen(&metrics, &meter, &mut sub).unwrap();
+        assert!(allowed.is_empty());
+        assert!(end.is_some());
+        assert_eq!(metrics.denied_subscribe.load(Ordering::Relaxed), 1);
+        // The engine passes everything.
+        let mut buf = foreign.clone();
+        let (allowed, end) = screen(&metrics, &Identity::Engine, &mut buf).unwrap();
+        assert!(end.is_none());
+        assert_eq!(&allowed[..], &foreign[..]);
+    }
 }
