@@ -326,8 +326,6 @@ async fn serve(
         )
         .await;
     }
-    gate.metrics.logins_accepted.fetch_add(1, Ordering::Relaxed);
-
     // rumqttd refuses client ids with these characters, and a refused link leaves state
     // behind that breaks the next login with the same id: refuse them here.
     if connect.client_id.contains(['+', '$', '#', '/']) {
@@ -338,19 +336,28 @@ async fn serve(
         )
         .await;
     }
+    if connect.client_id.is_empty() && !connect.clean_session {
+        return refuse(
+            &mut client,
+            ConnectReturnCode::BadClientId,
+            "a persistent session needs a client id",
+        )
+        .await;
+    }
+    gate.metrics.logins_accepted.fetch_add(1, Ordering::Relaxed);
+
     // Log in to rumqttd on the client's behalf. The client id is put under the user name, so
     // that no client can take over another's session (rumqttd ends an older connection with
-    // the same client id, and hands it that client's persistent session). A clean session
-    // keeps nothing at the broker, so its id is also made unique per connection: rumqttd
-    // 0.20 can fail a login whose id was used by a connection that ended abnormally.
+    // the same client id, and hands it that client's persistent session). An empty id gets
+    // one of its own, as the broker would assign it.
     let user = login.username.clone();
     let kind = match identity {
         Identity::Engine => "engine",
         Identity::Meter { .. } => "meter",
     };
-    let client_id = if connect.clean_session {
+    let client_id = if connect.client_id.is_empty() {
         let n = gate.sessions.next.fetch_add(1, Ordering::Relaxed);
-        format!("{kind}:{user}:{}:{n}", connect.client_id)
+        format!("{kind}:{user}:~{n}")
     } else {
         format!("{kind}:{user}:{}", connect.client_id)
     };
@@ -369,6 +376,19 @@ async fn serve(
     let mut out = BytesMut::with_capacity(8 * 1024);
     forwarded.write(&mut out)?;
     upstream.write_all(&out).await?;
+    // Hold the connection to rumqttd until its CONNACK: rumqttd 0.20 mishandles a client that
+    // leaves before its CONNACK is written (the next login with that client id fails), so the
+    // gate never lets that happen, whatever the client does.
+    let mut answer = BytesMut::with_capacity(64);
+    let header = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut upstream, &mut answer))
+        .await
+        .map_err(|_| GateError::ConnectTimeout(CONNECT_TIMEOUT))??;
+    if header.packet_type()? != PacketType::ConnAck {
+        return Err(GateError::Protocol(
+            "the broker did not answer with CONNACK",
+        ));
+    }
+    client.write_all(&answer).await?;
 
     let (session, kill) = gate.sessions.add(&user, &presented);
     let result = relay(gate, &identity, client, upstream, buf, &kill, &mut stop).await;
