@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Signed readings verified and stored per second through a real broker into SQLite.
 #
-#   scripts/bench-ingest.sh              # the engine's embedded broker (rumqttd)
+#   scripts/bench-ingest.sh              # the engine's embedded broker: each meter logs in with
+#                                        # its issued credentials, the gate checks every publish
+#   scripts/bench-ingest.sh --no-gate    # the same, published straight into rumqttd (what the
+#                                        # gate costs)
 #   scripts/bench-ingest.sh mosquitto    # a Mosquitto started here, configured as the README
 #                                        # recommends for the engine (needs mosquitto)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gridshare-target}"
 if [ "${1:-embedded}" != mosquitto ]; then
-  exec cargo bench --workspace --bench ingest
+  exec cargo bench --workspace --bench ingest -- "$@"
 fi
 bin="${MOSQUITTO_BIN:-$(command -v mosquitto || echo /usr/sbin/mosquitto)}"
 dir=$(mktemp -d)

@@ -49,6 +49,9 @@ pub(crate) struct Gate {
     pub(crate) engine_hash: String,
     pub(crate) metrics: Arc<BrokerAuthMetrics>,
     pub(crate) sessions: Sessions,
+    /// Bounds the credential lookups in progress, so a flood of logins queues instead of
+    /// taking every database connection from the ingest.
+    pub(crate) lookups: tokio::sync::Semaphore,
 }
 
 /// Open sessions by user name, so that a revoked or re-issued credential cuts them.
@@ -279,12 +282,13 @@ async fn serve(
     let identity = if login.username == ENGINE_USER && presented == gate.engine_hash {
         Identity::Engine
     } else {
-        let stored = credentials::live_hash(&gate.store, &login.username)
-            .await
-            .map_err(|e| {
-                tracing::warn!(target: "broker", "credential lookup failed: {e}");
-                GateError::Protocol("credential lookup failed")
-            });
+        let permit = gate.lookups.acquire().await.ok();
+        let stored = credentials::live_hash(&gate.store, &login.username).await;
+        drop(permit);
+        let stored = stored.map_err(|e| {
+            tracing::warn!(target: "broker", "credential lookup failed: {e}");
+            GateError::Protocol("credential lookup failed")
+        });
         match stored {
             Ok(Some(hash)) if hash == presented => {
                 Identity::meter(&gate.prefix, &gate.community, &login.username)
@@ -322,8 +326,6 @@ async fn serve(
         )
         .await;
     }
-    gate.metrics.logins_accepted.fetch_add(1, Ordering::Relaxed);
-
     // rumqttd refuses client ids with these characters, and a refused link leaves state
     // behind that breaks the next login with the same id: refuse them here.
     if connect.client_id.contains(['+', '$', '#', '/']) {
@@ -334,19 +336,28 @@ async fn serve(
         )
         .await;
     }
+    if connect.client_id.is_empty() && !connect.clean_session {
+        return refuse(
+            &mut client,
+            ConnectReturnCode::BadClientId,
+            "a persistent session needs a client id",
+        )
+        .await;
+    }
+    gate.metrics.logins_accepted.fetch_add(1, Ordering::Relaxed);
+
     // Log in to rumqttd on the client's behalf. The client id is put under the user name, so
     // that no client can take over another's session (rumqttd ends an older connection with
-    // the same client id, and hands it that client's persistent session). A clean session
-    // keeps nothing at the broker, so its id is also made unique per connection: rumqttd
-    // 0.20 can fail a login whose id was used by a connection that ended abnormally.
+    // the same client id, and hands it that client's persistent session). An empty id gets
+    // one of its own, as the broker would assign it.
     let user = login.username.clone();
     let kind = match identity {
         Identity::Engine => "engine",
         Identity::Meter { .. } => "meter",
     };
-    let client_id = if connect.clean_session {
+    let client_id = if connect.client_id.is_empty() {
         let n = gate.sessions.next.fetch_add(1, Ordering::Relaxed);
-        format!("{kind}:{user}:{}:{n}", connect.client_id)
+        format!("{kind}:{user}:~{n}")
     } else {
         format!("{kind}:{user}:{}", connect.client_id)
     };
@@ -365,6 +376,19 @@ async fn serve(
     let mut out = BytesMut::with_capacity(8 * 1024);
     forwarded.write(&mut out)?;
     upstream.write_all(&out).await?;
+    // Hold the connection to rumqttd until its CONNACK: rumqttd 0.20 mishandles a client that
+    // leaves before its CONNACK is written (the next login with that client id fails), so the
+    // gate never lets that happen, whatever the client does.
+    let mut answer = BytesMut::with_capacity(64);
+    let header = tokio::time::timeout(CONNECT_TIMEOUT, read_frame(&mut upstream, &mut answer))
+        .await
+        .map_err(|_| GateError::ConnectTimeout(CONNECT_TIMEOUT))??;
+    if header.packet_type()? != PacketType::ConnAck {
+        return Err(GateError::Protocol(
+            "the broker did not answer with CONNACK",
+        ));
+    }
+    client.write_all(&answer).await?;
 
     let (session, kill) = gate.sessions.add(&user, &presented);
     let result = relay(gate, &identity, client, upstream, buf, &kill, &mut stop).await;
@@ -391,16 +415,26 @@ async fn relay(
     };
     let upstream_side = async {
         loop {
-            let (allowed, end) = screen(gate, identity, &mut buf)?;
+            let (allowed, end) = screen(&gate.metrics, identity, &mut buf)?;
             if !allowed.is_empty() {
                 upstream_tx.write_all(&allowed).await?;
             }
-            if let Some(end) = end {
-                let _ = upstream_tx.shutdown().await;
-                return match end {
-                    End::Disconnect => Ok(()),
-                    End::Denied(e) => Err(e),
-                };
+            match end {
+                // rumqttd closes the connection once it has handled the DISCONNECT (and
+                // discarded the will); closing it first makes it handle the loss twice.
+                Some(End::Disconnect) => {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    return Ok(());
+                }
+                Some(End::Denied(e)) => {
+                    let _ = upstream_tx.shutdown().await;
+                    return Err(e);
+                }
+                None => {}
+            }
+            // Room for many publishes per read: fewer reads and writes per reading.
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
             }
             if client_rx.read_buf(&mut buf).await? == 0 {
                 return Ok(());
@@ -415,6 +449,24 @@ async fn relay(
     }
 }
 
+/// The topic of a PUBLISH frame, in place; `None` if the frame is too short for it.
+fn publish_topic(frame: &[u8]) -> Option<&[u8]> {
+    // Byte 0 is the type and flags, then 1 to 4 bytes of remaining length (high bit: more).
+    let mut at = 1;
+    while frame.get(at)? & 0x80 != 0 {
+        at += 1;
+        if at > 4 {
+            return None;
+        }
+    }
+    let start = at + 1;
+    let len = usize::from(u16::from_be_bytes([
+        *frame.get(start)?,
+        *frame.get(start + 1)?,
+    ]));
+    frame.get(start + 2..start + 2 + len)
+}
+
 enum End {
     Disconnect,
     Denied(GateError),
@@ -423,7 +475,7 @@ enum End {
 /// Takes every whole packet out of `buf`; returns the bytes to forward (the packets up to the
 /// first one that ends the connection) and why the connection ends, if it does.
 fn screen(
-    gate: &Gate,
+    metrics: &BrokerAuthMetrics,
     identity: &Identity,
     buf: &mut BytesMut,
 ) -> Result<(Bytes, Option<End>), GateError> {
@@ -444,11 +496,18 @@ fn screen(
         let frame = chunk.slice(at..at + header.frame_length());
         let end = match header.packet_type()? {
             PacketType::Publish => {
+                // The hot path: one comparison on the topic bytes in place.
+                if publish_topic(&frame)
+                    .and_then(|t| std::str::from_utf8(t).ok())
+                    .is_some_and(|t| identity.may_publish(t))
+                {
+                    continue;
+                }
                 let publish = Publish::read(header, frame)?;
                 if identity.may_publish(&publish.topic) {
                     continue;
                 }
-                gate.metrics.denied_publish.fetch_add(1, Ordering::Relaxed);
+                metrics.denied_publish.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(target: "broker", user = identity.name(), topic = publish.topic, qos = ?publish.qos, "publish denied: disconnected");
                 End::Denied(GateError::Denied {
                     user: identity.name().to_owned(),
@@ -464,9 +523,7 @@ fn screen(
                 {
                     None => continue,
                     Some(f) => {
-                        gate.metrics
-                            .denied_subscribe
-                            .fetch_add(1, Ordering::Relaxed);
+                        metrics.denied_subscribe.fetch_add(1, Ordering::Relaxed);
                         tracing::info!(target: "broker", user = identity.name(), filter = f.path, "subscribe denied: disconnected");
                         End::Denied(GateError::Denied {
                             user: identity.name().to_owned(),
@@ -498,4 +555,83 @@ fn screen(
         return Ok((chunk.slice(..at), Some(end)));
     }
     Ok((chunk, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{PingReq, SubscribeFilter};
+
+    fn publish(topic: &str) -> BytesMut {
+        let mut out = BytesMut::new();
+        let mut p = Publish::new(topic, QoS::AtLeastOnce, b"x".to_vec());
+        p.pkid = 1;
+        p.write(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn allowed_packets_pass_whole_and_a_denied_one_ends_the_connection_before_it() {
+        let metrics = BrokerAuthMetrics::default();
+        let meter = Identity::meter("gridshare/v1", "elm", "home-01");
+        let own = publish("gridshare/v1/elm/meters/home-01/reading");
+        let mut ping = BytesMut::new();
+        PingReq.write(&mut ping).unwrap();
+        let foreign = publish("gridshare/v1/elm/meters/home-02/reading");
+
+        // Two allowed packets and half of a third: the whole ones pass, the half waits.
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&own);
+        buf.extend_from_slice(&ping);
+        buf.extend_from_slice(&own[..3]);
+        let (allowed, end) = screen(&metrics, &meter, &mut buf).unwrap();
+        assert!(end.is_none());
+        assert_eq!(allowed.len(), own.len() + ping.len());
+        assert_eq!(&buf[..], &own[..3]);
+
+        // The rest of it, then a publish under another meter's topic, then one of its own.
+        buf.extend_from_slice(&own[3..]);
+        buf.extend_from_slice(&foreign);
+        buf.extend_from_slice(&own);
+        let (allowed, end) = screen(&metrics, &meter, &mut buf).unwrap();
+        assert_eq!(
+            &allowed[..],
+            &own[..],
+            "only what came before the denied publish"
+        );
+        assert!(matches!(end, Some(End::Denied(GateError::Denied { .. }))));
+        assert_eq!(metrics.denied_publish.load(Ordering::Relaxed), 1);
+
+        let mut sub = BytesMut::new();
+        let mut subscribe = Subscribe::new_many([SubscribeFilter::new(
+            "gridshare/v1/elm/meters/+/reading".into(),
+            QoS::AtLeastOnce,
+        )]);
+        subscribe.pkid = 2;
+        subscribe.write(&mut sub).unwrap();
+        let (allowed, end) = screen(&metrics, &meter, &mut sub).unwrap();
+        assert!(allowed.is_empty());
+        assert!(end.is_some());
+        assert_eq!(metrics.denied_subscribe.load(Ordering::Relaxed), 1);
+        // A publish longer than 127 bytes (two bytes of remaining length) is read right.
+        let mut big = BytesMut::new();
+        let mut p = Publish::new(
+            "gridshare/v1/elm/meters/home-01/reading",
+            QoS::AtLeastOnce,
+            vec![b'x'; 20_000],
+        );
+        p.pkid = 3;
+        p.write(&mut big).unwrap();
+        assert_eq!(
+            publish_topic(&big),
+            Some(&b"gridshare/v1/elm/meters/home-01/reading"[..])
+        );
+        assert_eq!(publish_topic(&big[..3]), None);
+        // The engine passes everything.
+        let mut buf = foreign.clone();
+        let (allowed, end) = screen(&metrics, &Identity::Engine, &mut buf).unwrap();
+        assert!(end.is_none());
+        assert_eq!(&allowed[..], &foreign[..]);
+    }
 }

@@ -213,6 +213,7 @@ impl EmbeddedBroker {
             engine_hash,
             metrics,
             sessions: gate::Sessions::default(),
+            lookups: tokio::sync::Semaphore::new(8),
         });
         let tasks = vec![
             tokio::spawn(gate::accept(gate.clone(), listener, stop.clone())),

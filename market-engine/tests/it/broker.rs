@@ -762,6 +762,12 @@ async fn the_engine_ingests_through_a_tls_broker() {
     config.mqtt.ca_file = Some(dir.path().join("ca.pem"));
     config.mqtt.username = Some("market-engine".into());
     config.mqtt.password = Some("engine-password".into());
+    // A CA file that is not there is named at start-up.
+    let mut missing = config.clone();
+    missing.mqtt.ca_file = Some(dir.path().join("no-such-ca.pem"));
+    missing.database.url = format!("sqlite://{}", dir.path().join("other.sqlite").display());
+    let err = Engine::start(&missing).await.err().unwrap().to_string();
+    assert!(err.contains("no-such-ca.pem"), "{err}");
     let engine = Engine::start(&config).await.unwrap();
     let account = engine
         .store
