@@ -518,3 +518,34 @@ async fn store_batches(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rejected(reason: Rejection, meter: &str) -> Rejected {
+        Rejected {
+            reason,
+            meter: Some(meter.to_owned()),
+            detail: String::new(),
+        }
+    }
+
+    #[test]
+    fn the_sampler_records_a_bounded_sample_whatever_meter_ids_a_flood_makes_up() {
+        let mut sampler = RejectionSampler::default();
+        let admitted = (0..10_000)
+            .filter(|i| sampler.admit(&rejected(Rejection::UnknownMeter, &format!("fake-{i}"))))
+            .count();
+        assert_eq!(admitted, 200, "per reason and window");
+        assert!(
+            sampler.per_key.len() <= 200,
+            "memory bounded by the admitted keys"
+        );
+        // Another reason still gets its own sample; one meter at most 10 per reason.
+        let one_meter = (0..100)
+            .filter(|_| sampler.admit(&rejected(Rejection::Malformed, "m")))
+            .count();
+        assert_eq!(one_meter, 10);
+    }
+}

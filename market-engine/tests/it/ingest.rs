@@ -421,13 +421,19 @@ async fn many_readings_in_flight_never_stall_the_engine() {
 
 /// Regression (issue 10, item 8): 50 000 junk MQTT messages added 11 MB of rejection rows with
 /// no retention. Every rejection is still counted exactly, but only a bounded sample is
-/// recorded, and the next good reading goes through.
+/// recorded, and the next good reading goes through. (The sampler's bound over made-up meter
+/// ids is in `pipeline`'s unit tests: the gate keeps a meter to its own topic.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
     let community = unique("junk");
-    let config = engine_config(&community, &url);
+    let mut config = engine_config(&community, &url);
+    // The embedded broker, whatever GRIDSHARE_TEST_MQTT_URL says: the count must be exact, and
+    // Mosquitto's default drops QoS 1 messages beyond 1 000 queued for one subscriber.
+    let port = crate::free_port();
+    config.mqtt.embedded_listen = format!("127.0.0.1:{port}");
+    config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
     let engine = Engine::start(&config).await.unwrap();
     let account = engine
         .store
@@ -436,18 +442,23 @@ async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
         .unwrap();
     let meter = "junk-target";
     let key = registered_key(&engine, meter, account).await;
+    // A compromised meter: its own broker login, junk on its own topic (the gate disconnects
+    // a meter that publishes anywhere else).
+    let password = market_engine::broker::issue_meter_credentials(&engine.store, meter)
+        .await
+        .unwrap();
     let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
     let mut options = MqttOptions::new(unique("junk"), host, port);
     options
+        .set_credentials(meter, password)
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(100);
     let (client, mut events) = AsyncClient::new(options, 1000);
     let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
     const MALFORMED: u64 = 4_000;
-    const OVERSIZE: u64 = 500;
-    for i in 0..MALFORMED {
-        // Made-up meter ids: the sampler's memory must not grow with them.
-        let topic = format!("gridshare/v1/{community}/meters/fake-{i}/reading");
+    const OVERSIZE: u64 = 200;
+    for _ in 0..MALFORMED {
+        let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
         client
             .publish(topic, QoS::AtLeastOnce, false, b"not a reading".to_vec())
             .await
@@ -456,7 +467,7 @@ async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
     for _ in 0..OVERSIZE {
         let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
         client
-            .publish(topic, QoS::AtLeastOnce, false, vec![b'x'; 40_000])
+            .publish(topic, QoS::AtLeastOnce, false, vec![b'x'; 5_000])
             .await
             .unwrap();
     }
@@ -488,7 +499,10 @@ async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
         .collect();
     let malformed_rows = u64::try_from(recorded["malformed"]).unwrap();
     let oversize_rows = u64::try_from(recorded["oversize"]).unwrap();
-    assert!(malformed_rows > 0 && malformed_rows <= 200, "{recorded:?}");
+    assert!(
+        malformed_rows > 0 && malformed_rows <= 10,
+        "one meter: 10 a minute per reason, {recorded:?}"
+    );
     assert!(
         oversize_rows > 0 && oversize_rows <= 10,
         "one meter: 10 a minute, {recorded:?}"
