@@ -426,113 +426,114 @@ async fn many_readings_in_flight_never_stall_the_engine() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
-    let community = unique("junk");
-    let mut config = engine_config(&community, &url);
-    // The embedded broker, whatever GRIDSHARE_TEST_MQTT_URL says: the count must be exact, and
-    // Mosquitto's default drops QoS 1 messages beyond 1 000 queued for one subscriber.
-    let port = crate::free_port();
-    config.mqtt.embedded_listen = format!("127.0.0.1:{port}");
-    config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
-    let engine = Engine::start(&config).await.unwrap();
-    let account = engine
-        .store
-        .create_account(&unique("home"), "h", "household", 0)
-        .await
-        .unwrap();
-    let meter = "junk-target";
-    let key = registered_key(&engine, meter, account).await;
-    // A compromised meter: its own broker login, junk on its own topic (the gate disconnects
-    // a meter that publishes anywhere else).
-    let password = market_engine::broker::issue_meter_credentials(&engine.store, meter)
-        .await
-        .unwrap();
-    let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
-    let mut options = MqttOptions::new(unique("junk"), host, port);
-    options
-        .set_credentials(meter, password)
-        .set_max_packet_size(1 << 20, 1 << 20)
-        .set_inflight(100);
-    let (client, mut events) = AsyncClient::new(options, 1000);
-    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
-    const MALFORMED: u64 = 4_000;
-    const OVERSIZE: u64 = 200;
-    for _ in 0..MALFORMED {
-        let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
-        client
-            .publish(topic, QoS::AtLeastOnce, false, b"not a reading".to_vec())
+    for url in databases(dir.path()).await {
+        let community = unique("junk");
+        let mut config = engine_config(&community, &url);
+        // The embedded broker, whatever GRIDSHARE_TEST_MQTT_URL says: the count must be exact, and
+        // Mosquitto's default drops QoS 1 messages beyond 1 000 queued for one subscriber.
+        let port = crate::free_port();
+        config.mqtt.embedded_listen = format!("127.0.0.1:{port}");
+        config.mqtt.url = format!("mqtt://127.0.0.1:{port}");
+        let engine = Engine::start(&config).await.unwrap();
+        let account = engine
+            .store
+            .create_account(&unique("home"), "h", "household", 0)
             .await
             .unwrap();
-    }
-    for _ in 0..OVERSIZE {
-        let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
-        client
-            .publish(topic, QoS::AtLeastOnce, false, vec![b'x'; 5_000])
+        let meter = "junk-target";
+        let key = registered_key(&engine, meter, account).await;
+        // A compromised meter: its own broker login, junk on its own topic (the gate disconnects
+        // a meter that publishes anywhere else).
+        let password = market_engine::broker::issue_meter_credentials(&engine.store, meter)
             .await
             .unwrap();
-    }
-    let ingest = engine.ingest.clone();
-    for _ in 0..1200 {
-        if ingest.rejected(Rejection::Malformed) + ingest.rejected(Rejection::Oversize)
-            >= MALFORMED + OVERSIZE
-        {
-            break;
+        let (host, port) = market_engine::config::broker_host_port(&config.mqtt.url).unwrap();
+        let mut options = MqttOptions::new(unique("junk"), host, port);
+        options
+            .set_credentials(meter, password)
+            .set_max_packet_size(1 << 20, 1 << 20)
+            .set_inflight(100);
+        let (client, mut events) = AsyncClient::new(options, 1000);
+        let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        const MALFORMED: u64 = 4_000;
+        const OVERSIZE: u64 = 200;
+        for _ in 0..MALFORMED {
+            let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
+            client
+                .publish(topic, QoS::AtLeastOnce, false, b"not a reading".to_vec())
+                .await
+                .unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        for _ in 0..OVERSIZE {
+            let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
+            client
+                .publish(topic, QoS::AtLeastOnce, false, vec![b'x'; 5_000])
+                .await
+                .unwrap();
+        }
+        let ingest = engine.ingest.clone();
+        for _ in 0..1200 {
+            if ingest.rejected(Rejection::Malformed) + ingest.rejected(Rejection::Oversize)
+                >= MALFORMED + OVERSIZE
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            ingest.rejected(Rejection::Malformed),
+            MALFORMED,
+            "counted exactly"
+        );
+        assert_eq!(
+            ingest.rejected(Rejection::Oversize),
+            OVERSIZE,
+            "counted exactly"
+        );
+        let recorded: std::collections::HashMap<String, i64> = engine
+            .store
+            .rejection_reasons()
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+        let malformed_rows = u64::try_from(recorded["malformed"]).unwrap();
+        let oversize_rows = u64::try_from(recorded["oversize"]).unwrap();
+        assert!(
+            malformed_rows > 0 && malformed_rows <= 10,
+            "one meter: 10 a minute per reason, {recorded:?}"
+        );
+        assert!(
+            oversize_rows > 0 && oversize_rows <= 10,
+            "one meter: 10 a minute, {recorded:?}"
+        );
+        assert_eq!(
+            ingest.unrecorded(Rejection::Malformed) + malformed_rows,
+            MALFORMED,
+            "every rejection is either recorded or counted as unrecorded"
+        );
+        // Nothing else was disturbed.
+        let rng = SystemRandom::new();
+        let good = key
+            .sign(
+                reading(meter, 1, 1_000, market_engine::pipeline::now_ms()),
+                &rng,
+            )
+            .unwrap();
+        client
+            .publish(
+                format!("gridshare/v1/{community}/meters/{meter}/reading"),
+                QoS::AtLeastOnce,
+                false,
+                good.to_json().into_bytes(),
+            )
+            .await
+            .unwrap();
+        wait_until("the good reading", || {
+            ingest.accepted.load(Ordering::Relaxed) == 1
+        })
+        .await;
+        poller.abort();
+        engine.stop().await;
     }
-    assert_eq!(
-        ingest.rejected(Rejection::Malformed),
-        MALFORMED,
-        "counted exactly"
-    );
-    assert_eq!(
-        ingest.rejected(Rejection::Oversize),
-        OVERSIZE,
-        "counted exactly"
-    );
-    let recorded: std::collections::HashMap<String, i64> = engine
-        .store
-        .rejection_reasons()
-        .await
-        .unwrap()
-        .into_iter()
-        .collect();
-    let malformed_rows = u64::try_from(recorded["malformed"]).unwrap();
-    let oversize_rows = u64::try_from(recorded["oversize"]).unwrap();
-    assert!(
-        malformed_rows > 0 && malformed_rows <= 10,
-        "one meter: 10 a minute per reason, {recorded:?}"
-    );
-    assert!(
-        oversize_rows > 0 && oversize_rows <= 10,
-        "one meter: 10 a minute, {recorded:?}"
-    );
-    assert_eq!(
-        ingest.unrecorded(Rejection::Malformed) + malformed_rows,
-        MALFORMED,
-        "every rejection is either recorded or counted as unrecorded"
-    );
-    // Nothing else was disturbed.
-    let rng = SystemRandom::new();
-    let good = key
-        .sign(
-            reading(meter, 1, 1_000, market_engine::pipeline::now_ms()),
-            &rng,
-        )
-        .unwrap();
-    client
-        .publish(
-            format!("gridshare/v1/{community}/meters/{meter}/reading"),
-            QoS::AtLeastOnce,
-            false,
-            good.to_json().into_bytes(),
-        )
-        .await
-        .unwrap();
-    wait_until("the good reading", || {
-        ingest.accepted.load(Ordering::Relaxed) == 1
-    })
-    .await;
-    poller.abort();
-    engine.stop().await;
 }
