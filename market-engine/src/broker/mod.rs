@@ -13,10 +13,9 @@ mod acl;
 pub mod credentials;
 mod gate;
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -46,77 +45,6 @@ pub struct BrokerAuthMetrics {
     pub denied_will: AtomicU64,
     /// Open sessions ended because their credentials were revoked or issued anew.
     pub sessions_revoked: AtomicU64,
-}
-
-impl BrokerAuthMetrics {
-    /// Every counter as `(metric name, label, value)`.
-    pub fn samples(&self) -> [(&'static str, &'static str, u64); 6] {
-        let v = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        [
-            (
-                "gridshare_broker_logins_total",
-                "outcome=\"accepted\"",
-                v(&self.logins_accepted),
-            ),
-            (
-                "gridshare_broker_logins_total",
-                "outcome=\"refused\"",
-                v(&self.logins_refused),
-            ),
-            (
-                "gridshare_broker_acl_denials_total",
-                "action=\"publish\"",
-                v(&self.denied_publish),
-            ),
-            (
-                "gridshare_broker_acl_denials_total",
-                "action=\"subscribe\"",
-                v(&self.denied_subscribe),
-            ),
-            (
-                "gridshare_broker_acl_denials_total",
-                "action=\"will\"",
-                v(&self.denied_will),
-            ),
-            (
-                "gridshare_broker_sessions_revoked_total",
-                "",
-                v(&self.sessions_revoked),
-            ),
-        ]
-    }
-
-    /// The counters in the Prometheus text format.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        let help = [
-            (
-                "gridshare_broker_logins_total",
-                "Logins at the embedded broker, by outcome.",
-            ),
-            (
-                "gridshare_broker_acl_denials_total",
-                "Packets refused by the embedded broker's access rules, by action.",
-            ),
-            (
-                "gridshare_broker_sessions_revoked_total",
-                "Broker sessions ended because their credentials were revoked or replaced.",
-            ),
-        ];
-        for (name, text) in help {
-            let _ = writeln!(out, "# HELP {name} {text}\n# TYPE {name} counter");
-            for (sample, label, value) in self.samples() {
-                if sample == name {
-                    if label.is_empty() {
-                        let _ = writeln!(out, "{name} {value}");
-                    } else {
-                        let _ = writeln!(out, "{name}{{{label}}} {value}");
-                    }
-                }
-            }
-        }
-        out
-    }
 }
 
 /// Why the embedded broker could not start.

@@ -239,7 +239,10 @@ async fn the_embedded_broker_refuses_anonymous_clients_and_wrong_passwords() {
         let auth = &engine.broker_auth;
         assert_eq!(auth.logins_refused.load(Ordering::Relaxed), 5, "{url}");
         assert_eq!(auth.logins_accepted.load(Ordering::Relaxed), 2, "{url}");
-        let text = auth.render();
+        // As an operator sees them: scraped from the engine's /metrics.
+        let text = crate::demo::http_get(engine.http.port(), "/metrics")
+            .await
+            .unwrap();
         assert!(
             text.contains("gridshare_broker_logins_total{outcome=\"refused\"} 5"),
             "{text}"

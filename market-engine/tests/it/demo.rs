@@ -9,7 +9,7 @@ use crate::crash::Process;
 use crate::free_port;
 
 async fn metric(http_port: u16, name: &str) -> Option<u64> {
-    let text = reqwest_like(http_port, "/metrics").await?;
+    let text = http_get(http_port, "/metrics").await?;
     text.lines()
         .find(|l| l.starts_with(name))
         .and_then(|l| l.rsplit(' ').next())
@@ -18,7 +18,7 @@ async fn metric(http_port: u16, name: &str) -> Option<u64> {
 }
 
 /// GET over a fresh connection; `None` when the engine is not there.
-async fn reqwest_like(port: u16, path: &str) -> Option<String> {
+pub(crate) async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
