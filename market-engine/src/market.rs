@@ -497,29 +497,41 @@ impl Funds {
         }
     }
 
-    /// Adds `amount` (negative: takes it away); refused, changing nothing, if the balance
-    /// would leave ±[`MAX_BALANCE`].
-    fn credit(&mut self, account: i64, amount: i64) -> Result<(), MarketError> {
+    /// The balance after adding `amount` (negative: taking it away), if it stays within
+    /// ±[`MAX_BALANCE`]; changes nothing.
+    fn credited(&self, account: i64, amount: i64) -> Result<i64, MarketError> {
         let balance = self.balance.get(&account).copied().unwrap_or(0);
-        let new = balance
+        balance
             .checked_add(amount)
             .filter(|b| b.unsigned_abs() <= MAX_BALANCE.unsigned_abs())
             .ok_or_else(|| {
                 MarketError::OutOfRange(format!(
                     "a balance of {balance} plus {amount} leaves the range of ±{MAX_BALANCE} token units"
                 ))
-            })?;
+            })
+    }
+
+    /// Adds `amount`; refused, changing nothing, as [`Funds::credited`] refuses it.
+    fn credit(&mut self, account: i64, amount: i64) -> Result<(), MarketError> {
+        let new = self.credited(account, amount)?;
         self.balance.insert(account, new);
         Ok(())
     }
 
-    /// Books what the ledger says (a settled slot, or the sums read at start-up): only the
-    /// 64-bit range is checked, since the ledger is the record and memory must follow it.
-    fn book(&mut self, account: i64, amount: i64) -> Result<(), MarketError> {
-        let balance = self.balance.entry(account).or_default();
-        *balance = balance.checked_add(amount).ok_or_else(|| {
+    /// The balance after booking what the ledger says (a settled slot, or the sums read at
+    /// start-up): only the 64-bit range is checked, since the ledger is the record and memory
+    /// must follow it. Changes nothing.
+    fn booked(&self, account: i64, amount: i64) -> Result<i64, MarketError> {
+        let balance = self.balance.get(&account).copied().unwrap_or(0);
+        balance.checked_add(amount).ok_or_else(|| {
             MarketError::OutOfRange(format!("account {account}'s balance overflows"))
-        })?;
+        })
+    }
+
+    /// Books `amount`; refused, changing nothing, as [`Funds::booked`] refuses it.
+    fn book(&mut self, account: i64, amount: i64) -> Result<(), MarketError> {
+        let new = self.booked(account, amount)?;
+        self.balance.insert(account, new);
         Ok(())
     }
 }
@@ -1180,12 +1192,7 @@ impl Market {
             let mut books = self.books.lock().await;
             for &(account, amount) in &amounts {
                 if account >= 0 {
-                    let mut probe = Funds::default();
-                    probe.book(
-                        account,
-                        books.funds.balance.get(&account).copied().unwrap_or(0),
-                    )?;
-                    probe.book(account, amount)?;
+                    books.funds.booked(account, amount)?;
                 }
             }
             let mut tx = self.store.begin().await?;
@@ -1458,12 +1465,7 @@ impl Market {
                         books.funds.check(account, amount.unsigned_abs())?;
                     }
                     // Refused before it is written if the balance would leave its range.
-                    let mut probe = Funds::default();
-                    probe.credit(
-                        account,
-                        books.funds.balance.get(&account).copied().unwrap_or(0),
-                    )?;
-                    probe.credit(account, amount)?;
+                    books.funds.credited(account, amount)?;
                     sqlx::query(
                         "INSERT INTO funding (account_id, amount, reference, created_ms) \
                          VALUES ($1, $2, $3, $4)",
