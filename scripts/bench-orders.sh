@@ -10,40 +10,18 @@ set -euo pipefail
 duration=${1:-20}
 connections=${2:-32}
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gridshare-target}"
-cargo build --workspace --release --quiet
-bin="$CARGO_TARGET_DIR/release/market-engine"
-dir=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-http=$(free_port); mqtt=$(free_port)
-cat > "$dir/engine.toml" <<TOML
-community = "bench"
-[http]
-listen = "127.0.0.1:$http"
-orders_per_second = 1000000
-orders_burst = 1000000
-[database]
-url = "sqlite://$dir/engine.sqlite"
-[mqtt]
-embedded_listen = "127.0.0.1:$mqtt"
-url = "mqtt://127.0.0.1:$mqtt"
-[chain]
-backend = "none"
-TOML
-RUST_LOG=warn "$bin" serve --config "$dir/engine.toml" > /dev/null 2>&1 &
-engine=$!
-trap 'kill $engine 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" > /dev/null && break; sleep 0.1; done
-api="http://127.0.0.1:$http/api/v1"
+source scripts/lib/engine.sh
+start_engine bench "orders_per_second = 1000000
+orders_burst = 1000000"
 curl -sf -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/accounts" > /dev/null
 # The session is in the cookie only.
 curl -sf -c "$dir/jar" -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" > /dev/null
 token=$(curl -sf -b "$dir/jar" -H 'content-type: application/json' -d '{"label":"wrk"}' "$api/tokens" | python3 -c 'import json,sys; print(json.load(sys.stdin)["token"])')
 # The bids spend the account's own money: the operator records a deposit large enough for all.
-"$bin" operator --config "$dir/engine.toml" --name bench > /dev/null
+"$bin/market-engine" operator --config "$dir/engine.toml" --name bench > /dev/null
 curl -sf -c "$dir/operator-jar" -H 'content-type: application/json' -d '{"name":"bench","password":"benchmark-password"}' "$api/sessions" > /dev/null
 curl -sf -b "$dir/operator-jar" -H 'content-type: application/json' -d '{"amount":1000000000000000,"reference":"bench"}' "$api/accounts/bench/deposits" > /dev/null
-key=$("$CARGO_TARGET_DIR/release/meter-agent" keygen --out "$dir/meter.key" | awk '/^public key:/ {print $3}')
+key=$("$bin/meter-agent" keygen --out "$dir/meter.key" | awk '/^public key:/ {print $3}')
 curl -sf -H "authorization: Bearer $token" -H 'content-type: application/json' -d "{\"meter_id\":\"bench-meter\",\"public_key\":\"$key\"}" "$api/meters" > /dev/null
 slot=$(curl -sf "$api/slots/current" | python3 -c 'import json,sys; print(json.load(sys.stdin)["delivering"] + 4)')
 TOKEN=$token METER=bench-meter SLOT=$slot wrk -t2 -c"$connections" -d"${duration}s" --latency \

@@ -12,35 +12,10 @@
 set -euo pipefail
 count=${1:-50000}
 bytes=${2:-1000}
-profile=${PROFILE:-release}
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gridshare-target}"
-if [ "$profile" = release ]; then
-  cargo build --workspace --release --quiet
-else
-  cargo build --workspace --quiet
-fi
-bin="$CARGO_TARGET_DIR/$profile"
-dir=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-http=$(free_port); mqtt=$(free_port)
-cat > "$dir/engine.toml" <<TOML
-community = "flood"
-[http]
-listen = "127.0.0.1:$http"
-[database]
-url = "sqlite://$dir/engine.sqlite"
-[mqtt]
-embedded_listen = "127.0.0.1:$mqtt"
-url = "mqtt://127.0.0.1:$mqtt"
-[chain]
-backend = "none"
-TOML
-RUST_LOG=warn "$bin/market-engine" serve --config "$dir/engine.toml" > "$dir/engine.log" 2>&1 &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$dir"' EXIT
-for _ in $(seq 200); do curl -sf "http://127.0.0.1:$http/healthz" >/dev/null && break; sleep 0.1; done
-api="http://127.0.0.1:$http/api/v1"; j='content-type: application/json'
+source scripts/lib/engine.sh
+start_engine flood
+j='content-type: application/json'
 GRIDSHARE_OPERATOR_PASSWORD='operator passphrase 1' "$bin/market-engine" operator \
   --config "$dir/engine.toml" --name operator >/dev/null
 curl -sf -c "$dir/op" -H "$j" -d '{"name":"operator","password":"operator passphrase 1"}' "$api/sessions" >/dev/null
@@ -51,7 +26,7 @@ curl -sf -b "$dir/home" -H "$j" -d "{\"meter_id\":\"junk\",\"public_key\":\"$pub
 password=$(curl -sf -b "$dir/op" -H "$j" \
   -d '{"export_capacity_w":5000,"import_capacity_w":5000,"manufacturer":"x","model":"y","serial":"z"}' \
   "$api/meters/junk/approval" | python3 -c 'import json,sys; print(json.load(sys.stdin)["mqtt"]["password"])')
-rss() { awk '/VmRSS/ {print $2}' "/proc/$pid/status"; }
+rss() { awk '/VmRSS/ {print $2}' "/proc/$engine/status"; }
 rejected() { curl -s "http://127.0.0.1:$http/metrics" | awk '/^gridshare_readings_rejected_total/ {s += $2} END {print s + 0}'; }
 sleep 2
 before=$(rss)
@@ -62,7 +37,7 @@ for _ in $(seq 1200); do [ "$(rejected)" -ge "$count" ] && break; sleep 0.1; don
 took=$(echo "$(date +%s.%N) - $start" | bc)
 sleep 5
 after=$(rss)
-peak=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+peak=$(awk '/VmHWM/ {print $2}' "/proc/$engine/status")
 rows=$(sqlite3 "$dir/engine.sqlite" 'SELECT COUNT(*) FROM rejections' 2>/dev/null || echo '?')
 echo "junk messages: $count x $bytes B, counted as rejected: $(rejected), in ${took}s"
 echo "rejection rows recorded: $rows"

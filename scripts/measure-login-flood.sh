@@ -12,36 +12,10 @@
 set -euo pipefail
 parallel=${1:-128}
 rounds=${2:-5}
-profile=${PROFILE:-release}
 cd "$(dirname "$0")/.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gridshare-target}"
-if [ "$profile" = release ]; then
-  cargo build --workspace --release --quiet
-else
-  cargo build --workspace --quiet
-fi
-bin="$CARGO_TARGET_DIR/$profile/market-engine"
-dir=$(mktemp -d)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-http=$(free_port); mqtt=$(free_port)
-cat > "$dir/engine.toml" <<TOML
-community = "flood"
-[http]
-listen = "127.0.0.1:$http"
-[database]
-url = "sqlite://$dir/engine.sqlite"
-[mqtt]
-embedded_listen = "127.0.0.1:$mqtt"
-url = "mqtt://127.0.0.1:$mqtt"
-[chain]
-backend = "none"
-[auth]
-failures_per_address = ${ADDRESS_LIMIT:-20}
-TOML
-RUST_LOG=warn "$bin" serve --config "$dir/engine.toml" > /dev/null 2>&1 &
-engine=$!
-trap 'kill $engine 2>/dev/null; rm -rf "$dir"' EXIT
-for _ in $(seq 100); do curl -sf "http://127.0.0.1:$http/healthz" > /dev/null && break; sleep 0.1; done
+source scripts/lib/engine.sh
+start_engine flood "[auth]
+failures_per_address = ${ADDRESS_LIMIT:-20}"
 python3 - "$engine" "$http" "$parallel" "$rounds" <<'PY'
 import collections, http.client, json, sys, threading
 pid, port, parallel, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
