@@ -3,8 +3,10 @@
 //! reused; an account cannot register without bound. On SQLite and on PostgreSQL.
 
 use axum::http::StatusCode;
+use gridshare_core::market::SlotTerms;
 use gridshare_core::reading::{MeterKey, SignedReading};
 use market_engine::ingest::{Checker, KeyRegistry, Rejection};
+use market_engine::market::Market;
 use market_engine::store::Stored;
 use ring::rand::SystemRandom;
 use serde_json::json;
@@ -46,6 +48,35 @@ fn check(
         .map_err(|r| r.reason)
 }
 
+/// Offers `energy_wh` of `meter` at the feed-in tariff (a sell needs no funds) in a slot
+/// whose window is open, and closes that slot's gate; returns the slot's terms.
+async fn offer_and_close_the_gate(
+    app: &axum::Router,
+    market: &Market,
+    token: &str,
+    meter: &str,
+    energy_wh: u64,
+) -> SlotTerms {
+    let community = market.community();
+    let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+    let terms = community.terms(slot).unwrap();
+    let offer = json!({"meter_id": meter, "slot": slot, "side": "sell", "energy_wh": energy_wh, "price_per_kwh": terms.band.feed_in_per_kwh});
+    expect(
+        app,
+        "POST",
+        "/api/v1/orders",
+        Some(token),
+        Some(offer),
+        StatusCode::CREATED,
+    )
+    .await;
+    market
+        .close_due_gates(terms.slot.gate_closure)
+        .await
+        .unwrap();
+    terms
+}
+
 /// Regression (issue 10, item 1): a self-registered account with no deposit registered a
 /// meter with its own key, published two valid readings whose export counter jumped by 10^9
 /// Wh inside one slot, was credited 8 000 000 000 at settlement and withdrew it.
@@ -82,23 +113,7 @@ async fn a_self_registered_meter_cannot_mint_money() {
         assert_eq!(registered["status"], "pending", "{url}");
 
         // Mallory offers energy in a slot (sells need no funds) and the gate closes.
-        let community = market.community().clone();
-        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
-        let terms = community.terms(slot).unwrap();
-        let offer = json!({"meter_id": meter, "slot": slot, "side": "sell", "energy_wh": 1000, "price_per_kwh": terms.band.feed_in_per_kwh});
-        expect(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&mallory),
-            Some(offer),
-            StatusCode::CREATED,
-        )
-        .await;
-        market
-            .close_due_gates(terms.slot.gate_closure)
-            .await
-            .unwrap();
+        let terms = offer_and_close_the_gate(&app, &market, &mallory, &meter, 1000).await;
 
         // Two valid readings, export up by 10^9 Wh inside the slot.
         let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
@@ -174,23 +189,7 @@ async fn a_slot_settles_at_most_what_the_capacity_allows() {
         .await
         .unwrap();
         crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
-        let community = market.community().clone();
-        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
-        let terms = community.terms(slot).unwrap();
-        let offer = json!({"meter_id": meter, "slot": slot, "side": "sell", "energy_wh": 500, "price_per_kwh": terms.band.feed_in_per_kwh});
-        expect(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&token),
-            Some(offer),
-            StatusCode::CREATED,
-        )
-        .await;
-        market
-            .close_due_gates(terms.slot.gate_closure)
-            .await
-            .unwrap();
+        let terms = offer_and_close_the_gate(&app, &market, &token, &meter, 500).await;
         // Silent for ten hours, then 40 kWh more: plausible at 4 kW over ten hours, but not
         // all of it in this one slot.
         let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
