@@ -170,10 +170,10 @@ async fn approve(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     operator_only(&account, "approves meters")?;
     let approval = json_body(body)?.checked()?;
+    // The ingest's registry knows every meter and whether it is approved: no query needed.
     let first_approval = state
-        .store
-        .meter(&meter_id)
-        .await?
+        .keys
+        .get(&meter_id)
         .is_some_and(|m| m.approval.is_none());
     let row = meters::approve(
         &state.store,
