@@ -901,10 +901,24 @@ impl Market {
         // request leaves no trace, in particular no book for a slot that is not trading
         // (a phantom book would be closed, settled and sent on chain empty).
         let refused = |e: MarketError| self.refused(e);
-        let terms = self
-            .community_for(slot)
-            .terms(slot)
-            .map_err(|e| refused(MarketError::Slot(format!("slot {slot}: {e}"))))?;
+        // A slot without a book gets one here, kept only if the order is taken.
+        let fresh = if books.open.contains_key(&slot) {
+            None
+        } else {
+            Some(
+                self.community_for(slot)
+                    .open_slot(slot)
+                    .map_err(|e| refused(MarketError::Slot(format!("slot {slot}: {e}"))))?,
+            )
+        };
+        let terms = match (&fresh, books.open.get(&slot)) {
+            (Some(book), _) | (None, Some(book)) => book.terms(),
+            (None, None) => {
+                return Err(refused(MarketError::Slot(format!(
+                    "slot {slot} is not open"
+                ))));
+            }
+        };
         terms
             .check_window(OrderId(id), now_s)
             .and_then(|()| terms.validate(&order))
@@ -913,18 +927,19 @@ impl Market {
             let need = bid_cost(price_per_kwh, energy_wh).map_err(refused)?;
             books.funds.check(account, need).map_err(refused)?;
         }
-        let trades = match books.open.get_mut(&slot) {
-            Some(book) => book.submit(order, now_s).map_err(|e| refused(e.into()))?,
-            None => {
+        let trades = match fresh {
+            None => books
+                .open
+                .get_mut(&slot)
+                .ok_or_else(|| refused(MarketError::Slot(format!("slot {slot} is not open"))))?
+                .submit(order, now_s)
+                .map_err(|e| refused(e.into()))?,
+            Some(mut book) => {
                 if self.slot_closed(slot).await? {
                     return Err(refused(MarketError::Slot(format!(
                         "slot {slot}: gate already closed"
                     ))));
                 }
-                let mut book = self
-                    .community_for(slot)
-                    .open_slot(slot)
-                    .map_err(|e| refused(MarketError::Slot(format!("slot {slot}: {e}"))))?;
                 let trades = book.submit(order, now_s).map_err(|e| refused(e.into()))?;
                 books.open.insert(slot, book);
                 trades
