@@ -134,6 +134,16 @@ impl Snapshot {
             "Meter deliveries settled at their approved capacity bound instead of what the counters said.",
             m.deliveries_capped.load(Ordering::Relaxed),
         );
+        s.counter(
+            "gridshare_meters_disputed",
+            "Meters whose delivery in a settled slot could not be established: their accounts were settled at traded quantities with no imbalance (see GET /api/v1/operator/disputes).",
+            m.meters_disputed.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_settlement_failures",
+            "Attempts to settle a slot that failed; the slot is tried again and later slots settle on time.",
+            m.settlement_failures.load(Ordering::Relaxed),
+        );
         s.gauge(
             "gridshare_open_books",
             "Slots with an open order book.",

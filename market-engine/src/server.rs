@@ -299,6 +299,9 @@ async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = market.close_due_gates(now).await {
             tracing::error!(target: "market", "gate closure failed (retrying): {e}");
         }
+        if let Err(e) = market.close_quiet_slots(now).await {
+            tracing::error!(target: "market", "closing slots without orders failed (retrying): {e}");
+        }
         if let Err(e) = market.settle_due(now).await {
             tracing::error!(target: "market", "settlement failed (retrying): {e}");
         }

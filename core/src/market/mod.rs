@@ -172,7 +172,9 @@ pub use fees::{
 pub use kpi::{
     CommunityKpis, HouseholdEnergy, HouseholdKpis, KpiError, PeriodKpis, Ratio, SlotKpis, slot_kpis,
 };
-pub use netting::{ImbalanceCharge, NetBalance, SettlementError, SlotSettlement, settle_slot};
+pub use netting::{
+    ImbalanceCharge, NetBalance, SettlementError, SlotSettlement, settle_slot, settle_slot_disputed,
+};
 pub use order::{
     AccountId, AreaId, MAX_BOOK_ORDERS, MAX_ORDER_ENERGY_WH, MeterId, Order, OrderError, OrderId,
     Preference, Side,

@@ -101,6 +101,20 @@ pub fn settle_slot(
     deliveries: &[MeterDelivery],
     terms: &SlotTerms,
 ) -> Result<SlotSettlement, SettlementError> {
+    settle_slot_disputed(trades, deliveries, &[], terms)
+}
+
+/// [`settle_slot`] for a slot in which the delivery of some accounts cannot be established (a
+/// meter's counters went backwards or are missing, and its deliveries are left out): those
+/// `disputed` accounts are settled at their traded quantities — trade payments and fees as
+/// usual — and nothing for their imbalance, so that one bad meter neither stops the slot for
+/// everyone nor bills its owner for energy nobody measured.
+pub fn settle_slot_disputed(
+    trades: &[Trade],
+    deliveries: &[MeterDelivery],
+    disputed: &[AccountId],
+    terms: &SlotTerms,
+) -> Result<SlotSettlement, SettlementError> {
     let mut net: BTreeMap<AccountId, i128> = BTreeMap::new();
     let mut fees_by: BTreeMap<AccountId, u64> = BTreeMap::new();
     let (mut paid, mut received, mut fees) = (0u128, 0u128, 0u128);
@@ -134,7 +148,7 @@ pub fn settle_slot(
     let mut imbalances = Vec::new();
     for p in &positions {
         let dev = p.deviation_wh();
-        if dev == 0 {
+        if dev == 0 || disputed.contains(&p.account) {
             continue;
         }
         let price = if dev > 0 {

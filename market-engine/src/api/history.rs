@@ -37,6 +37,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/my/power", get(my_power))
         .route("/api/v1/neighbourhood", get(neighbourhood))
         .route("/api/v1/operator/rejections", get(rejections))
+        .route("/api/v1/operator/disputes", get(disputes))
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -685,4 +686,33 @@ async fn rejections(
     })
     .collect();
     Ok(Json(json!({ "by_reason": by_reason, "latest": latest })))
+}
+
+/// Meters whose delivery could not be established in a settled slot, newest first (operator).
+async fn disputes(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if account.role != "operator" {
+        return Err(ApiError::Forbidden(
+            "only the community operator sees disputed meters".into(),
+        ));
+    }
+    let rows: Vec<DisputeRow> = sqlx::query_as(
+        "SELECT slot, meter_id, account_id, reason FROM disputed_meters \
+         ORDER BY slot DESC, meter_id LIMIT 200",
+    )
+    .fetch_all(state.store.pool())
+    .await
+    .map_err(db)?;
+    Ok(Json(json!({ "disputes": rows })))
+}
+
+/// A row of `disputed_meters`.
+#[derive(sqlx::FromRow, serde::Serialize)]
+struct DisputeRow {
+    slot: i64,
+    meter_id: String,
+    account_id: i64,
+    reason: String,
 }

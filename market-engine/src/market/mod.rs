@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use gridshare_core::market::{
     AccountId, BookDepth, Community, MeterCounters, MeterDelivery, MeterId, OrderError, Trade,
-    settle_slot,
 };
 use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
@@ -68,6 +67,10 @@ pub struct MarketMetrics {
     pub settlement_lag_s: AtomicU64,
     /// Meter deliveries settled at their capacity bound instead of what the counters said.
     pub deliveries_capped: AtomicU64,
+    /// Meters whose delivery in a settled slot could not be established (disputed).
+    pub meters_disputed: AtomicU64,
+    /// Attempts to settle a slot that failed (the slot is tried again; later slots go on).
+    pub settlement_failures: AtomicU64,
 }
 
 /// Counters by a fixed set of reasons, for `/metrics`.
@@ -632,6 +635,58 @@ impl Market {
             );
         }
         Ok(due)
+    }
+
+    /// Closes the gate of every slot that had no order book and whose gate closure has
+    /// passed, from the slot after the latest one closed (or the first with a reading) on, so
+    /// that the energy metered in a slot nobody traded in is still settled against the
+    /// utility (issue 11, item 5). At most `MAX_QUIET_SLOTS_PER_CALL` a call: an engine back
+    /// after a long stop catches up tick by tick. Returns the slots closed.
+    pub async fn close_quiet_slots(&self, now_s: i64) -> Result<Vec<u64>, MarketError> {
+        const MAX_QUIET_SLOTS_PER_CALL: u64 = 96;
+        let pool = self.store.pool();
+        let next: Option<i64> = sqlx::query_scalar("SELECT MAX(slot) FROM slots")
+            .fetch_one(pool)
+            .await?;
+        let first = match next {
+            Some(last) => u64_of(last) + 1,
+            None => {
+                let earliest: Option<i64> =
+                    sqlx::query_scalar("SELECT MIN(timestamp_ms) FROM readings")
+                        .fetch_one(pool)
+                        .await?;
+                let Some(ms) = earliest else {
+                    return Ok(Vec::new());
+                };
+                let Some(slot) = self.community().calendar.slot_delivering_at(ms / 1000) else {
+                    return Ok(Vec::new());
+                };
+                slot
+            }
+        };
+        let books = self.books.lock().await;
+        let mut closed = Vec::new();
+        for slot in first..first.saturating_add(MAX_QUIET_SLOTS_PER_CALL) {
+            let Ok(terms) = self.community_for(slot).terms(slot) else {
+                break;
+            };
+            if terms.slot.gate_closure > now_s {
+                break;
+            }
+            if books.is_open(slot) {
+                // Its gate closure (with its trades) is close_due_gates' work.
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO slots (slot, status, clearing_price) VALUES ($1, 'closed', NULL) \
+                 ON CONFLICT (slot) DO NOTHING",
+            )
+            .bind(i64_of(slot))
+            .execute(pool)
+            .await?;
+            closed.push(slot);
+        }
+        Ok(closed)
     }
 
     /// How many slots have an open book (orders accepted, gate not yet closed).

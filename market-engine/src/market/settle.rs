@@ -1,7 +1,27 @@
 //! Settlement of delivered slots: delivery from the meters' signed counters, the ledger, and
 //! the settled slots the chain outbox sends.
 
+use std::collections::BTreeSet;
+
+use gridshare_core::market::settle_slot_disputed;
+
 use super::*;
+
+/// What the meters say about one slot.
+#[derive(Default)]
+struct Measured {
+    deliveries: Vec<MeterDelivery>,
+    /// SHA-256 (hex) of the readings used, sorted, once each.
+    digests: Vec<String>,
+    disputes: Vec<Dispute>,
+}
+
+/// A meter whose delivery in a slot cannot be established.
+struct Dispute {
+    meter_id: String,
+    account: AccountId,
+    reason: String,
+}
 
 impl Market {
     /// Settles every closed slot whose settlement time has passed: delivery from the meters'
@@ -16,97 +36,168 @@ impl Market {
         .await?;
         let mut settled = Vec::new();
         for slot in closed {
-            let terms = self
-                .community_for(slot)
-                .terms(slot)
-                .map_err(|e| MarketError::Slot(e.to_string()))?;
-            if terms.slot.settlement > now_s {
-                continue;
-            }
-            let trades = load_trades(pool, slot).await?;
-            let (deliveries, digests) = self
-                .deliveries(pool, terms.slot.delivery_start, terms.slot.delivery_end)
-                .await?;
-            let settlement = settle_slot(&trades, &deliveries, &terms)
-                .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
-            // The books lock before the transaction (the order every writer takes them in):
-            // no bid sees the slot both held and settled.
-            let mut amounts = Vec::with_capacity(settlement.balances.len());
-            for b in &settlement.balances {
-                let amount = i64::try_from(b.amount).map_err(|_| {
-                    MarketError::OutOfRange(format!(
-                        "slot {slot}: a net amount of {} does not fit in 64 bits",
-                        b.amount
-                    ))
-                })?;
-                let account = match b.account {
-                    UTILITY => -1,
-                    GRID_OPERATOR => -2,
-                    AccountId(a) => i64::from(a),
-                };
-                amounts.push((account, amount));
-            }
-            // Every household's new balance must stay in range before anything is written.
-            let mut books = self.books.lock().await;
-            for &(account, amount) in &amounts {
-                if account >= 0 {
-                    books.funds.booked(account, amount)?;
+            // Design: a slot that cannot be settled is counted and logged and the later slots
+            // settle on time; it is tried again on the next tick.
+            match self.settle_slot_due(slot, now_s).await {
+                Ok(true) => settled.push(slot),
+                Ok(false) => {}
+                Err(e) => {
+                    self.metrics
+                        .settlement_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(target: "market", slot, "slot not settled: {e}");
                 }
-            }
-            let mut tx = self.store.begin().await?;
-            for &(account, amount) in &amounts {
-                sqlx::query("INSERT INTO ledger (slot, account_id, amount) VALUES ($1, $2, $3)")
-                    .bind(i64_of(slot))
-                    .bind(account)
-                    .bind(amount)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            for digest in &digests {
-                sqlx::query("INSERT INTO slot_readings (slot, digest) VALUES ($1, $2)")
-                    .bind(i64_of(slot))
-                    .bind(digest)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            // Only a slot still 'closed' is settled: a second settler changes nothing.
-            let done = sqlx::query(
-                "UPDATE slots SET status = 'settled' WHERE slot = $1 AND status = 'closed'",
-            )
-            .bind(i64_of(slot))
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                tx.commit().await?;
-                books.funds.release_bought(slot);
-                for &(account, amount) in amounts.iter().filter(|(a, _)| *a >= 0) {
-                    // Checked before the transaction, under the same lock: cannot fail here.
-                    if let Err(e) = books.funds.book(account, amount) {
-                        tracing::error!(target: "market", slot, account, "{e}");
-                    }
-                }
-                settled.push(slot);
-                self.metrics.slots_settled.fetch_add(1, Ordering::Relaxed);
-                self.metrics.settlement_lag_s.store(
-                    u64::try_from(now_s - terms.slot.settlement).unwrap_or(0),
-                    Ordering::Relaxed,
-                );
-                tracing::info!(target: "market", slot, accounts = settlement.balances.len(), "slot settled");
             }
         }
         Ok(settled)
     }
 
+    /// Settles `slot` if its settlement time has passed and it is still `closed`; whether it
+    /// was settled now.
+    async fn settle_slot_due(&self, slot: u64, now_s: i64) -> Result<bool, MarketError> {
+        let pool = self.store.pool();
+        let terms = self
+            .community_for(slot)
+            .terms(slot)
+            .map_err(|e| MarketError::Slot(e.to_string()))?;
+        if terms.slot.settlement > now_s {
+            return Ok(false);
+        }
+        let trades = load_trades(pool, slot).await?;
+        let traders: BTreeSet<AccountId> =
+            trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
+        let measured = self
+            .deliveries(
+                pool,
+                terms.slot.delivery_start,
+                terms.slot.delivery_end,
+                &traders,
+            )
+            .await?;
+        let disputed: Vec<AccountId> = measured
+            .disputes
+            .iter()
+            .map(|d| d.account)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let settlement = settle_slot_disputed(&trades, &measured.deliveries, &disputed, &terms)
+            .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+        // The books lock before the transaction (the order every writer takes them in):
+        // no bid sees the slot both held and settled.
+        let mut amounts = Vec::with_capacity(settlement.balances.len());
+        for b in &settlement.balances {
+            let amount = i64::try_from(b.amount).map_err(|_| {
+                MarketError::OutOfRange(format!(
+                    "slot {slot}: a net amount of {} does not fit in 64 bits",
+                    b.amount
+                ))
+            })?;
+            let account = match b.account {
+                UTILITY => -1,
+                GRID_OPERATOR => -2,
+                AccountId(a) => i64::from(a),
+            };
+            amounts.push((account, amount));
+        }
+        // Every household's new balance must stay in range before anything is written.
+        let mut books = self.books.lock().await;
+        for &(account, amount) in &amounts {
+            if account >= 0 {
+                books.funds.booked(account, amount)?;
+            }
+        }
+        let mut tx = self.store.begin().await?;
+        for &(account, amount) in &amounts {
+            sqlx::query("INSERT INTO ledger (slot, account_id, amount) VALUES ($1, $2, $3)")
+                .bind(i64_of(slot))
+                .bind(account)
+                .bind(amount)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for digest in &measured.digests {
+            sqlx::query("INSERT INTO slot_readings (slot, digest) VALUES ($1, $2)")
+                .bind(i64_of(slot))
+                .bind(digest)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for d in &measured.disputes {
+            sqlx::query(
+                "INSERT INTO disputed_meters (slot, meter_id, account_id, reason) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(i64_of(slot))
+            .bind(d.meter_id.as_str())
+            .bind(i64::from(d.account.0))
+            .bind(d.reason.as_str())
+            .execute(&mut *tx)
+            .await?;
+        }
+        // Only a slot still 'closed' is settled: a second settler changes nothing.
+        let done = sqlx::query(
+            "UPDATE slots SET status = 'settled' WHERE slot = $1 AND status = 'closed'",
+        )
+        .bind(i64_of(slot))
+        .execute(&mut *tx)
+        .await?;
+        let done = done.rows_affected() == 1;
+        if done {
+            tx.commit().await?;
+            books.funds.release_bought(slot);
+            for &(account, amount) in amounts.iter().filter(|(a, _)| *a >= 0) {
+                // Checked before the transaction, under the same lock: cannot fail here.
+                if let Err(e) = books.funds.book(account, amount) {
+                    tracing::error!(target: "market", slot, account, "{e}");
+                }
+            }
+            self.metrics.slots_settled.fetch_add(1, Ordering::Relaxed);
+            for d in &measured.disputes {
+                self.metrics.meters_disputed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    target: "market",
+                    slot,
+                    meter = %d.meter_id,
+                    reason = %d.reason,
+                    "delivery not established: settled at traded quantities, no imbalance; the operator should check this meter"
+                );
+            }
+            self.metrics.settlement_lag_s.store(
+                u64::try_from(now_s - terms.slot.settlement).unwrap_or(0),
+                Ordering::Relaxed,
+            );
+            tracing::info!(target: "market", slot, accounts = settlement.balances.len(), "slot settled");
+        }
+        Ok(done)
+    }
+
+    /// Each approved meter's delivery over `[start_s, end_s]` from its signed counters, the
+    /// digests of the readings used, and the meters whose delivery cannot be established: a
+    /// counter that went backwards or is corrupt, or — for a meter whose account traded in the
+    /// slot — no reading bracketing it. A meter that did not trade and sent nothing has
+    /// nothing to settle.
     async fn deliveries(
         &self,
         pool: &AnyPool,
         start_s: i64,
         end_s: i64,
-    ) -> Result<(Vec<MeterDelivery>, Vec<String>), MarketError> {
+        traders: &BTreeSet<AccountId>,
+    ) -> Result<Measured, MarketError> {
         let meters = self.store.meters().await?;
-        let mut out = Vec::new();
-        let mut digests = Vec::new();
+        let mut out = Measured::default();
         for (index, meter) in meters.iter().enumerate() {
+            let Some(approval) = &meter.approval else {
+                continue;
+            };
+            let account = account_id(meter.account_id)?;
+            let mut dispute = |reason: String| {
+                out.disputes.push(Dispute {
+                    meter_id: meter.meter_id.clone(),
+                    account,
+                    reason,
+                });
+            };
             let at = |t: i64| {
                 sqlx::query(
                     "SELECT import_wh, export_wh, digest FROM readings WHERE meter_id = $1 AND timestamp_ms <= $2 \
@@ -117,26 +208,33 @@ impl Market {
                 .bind(t.saturating_mul(1000))
                 .fetch_optional(pool)
             };
-            let (Some(start), Some(end)) = (at(start_s).await?, at(end_s).await?) else {
-                continue;
+            let (start, end) = match (at(start_s).await?, at(end_s).await?) {
+                (Some(start), Some(end)) => (start, end),
+                (start, _) => {
+                    if traders.contains(&account) {
+                        let when = if start.is_none() { "start" } else { "end" };
+                        dispute(format!("no reading at or before the slot's {when}"));
+                    }
+                    continue;
+                }
             };
-            let Some(approval) = &meter.approval else {
-                continue;
-            };
-            let counters = |r: &sqlx::any::AnyRow| -> Result<MeterCounters, MarketError> {
-                let unsigned = |i: usize| -> Result<u64, MarketError> {
-                    let v: i64 = r.try_get(i)?;
-                    u64::try_from(v).map_err(|_| {
-                        MarketError::Store(StoreError::Corrupt(format!("counter {v}")))
-                    })
+            let counters = |r: &sqlx::any::AnyRow| -> Result<MeterCounters, String> {
+                let unsigned = |i: usize| -> Result<u64, String> {
+                    let v: i64 = r.try_get(i).map_err(|e| e.to_string())?;
+                    u64::try_from(v).map_err(|_| format!("stored counter {v} is negative"))
                 };
                 Ok(MeterCounters {
                     import_wh: unsigned(0)?,
                     export_wh: unsigned(1)?,
                 })
             };
-            let start_counters = counters(&start)?;
-            let mut end_counters = counters(&end)?;
+            let (start_counters, mut end_counters) = match (counters(&start), counters(&end)) {
+                (Ok(s), Ok(e)) => (s, e),
+                (Err(e), _) | (_, Err(e)) => {
+                    dispute(e);
+                    continue;
+                }
+            };
             // What a meter is credited or charged in one slot never exceeds what its approved
             // capacity can move in the slot (with the ingest's margin), however its readings
             // bracket the slot: a meter that was silent for hours cannot land them all here.
@@ -172,20 +270,25 @@ impl Market {
                     *counter = start_wh + bound;
                 }
             }
-            out.push(MeterDelivery {
+            let delivery = MeterDelivery {
                 meter: MeterId(u32::try_from(index).map_err(|_| {
                     MarketError::OutOfRange("more meters than a slot can settle".into())
                 })?),
-                account: account_id(meter.account_id)?,
+                account,
                 start: start_counters,
                 end: end_counters,
-            });
-            digests.push(start.get::<String, _>(2));
-            digests.push(end.get::<String, _>(2));
+            };
+            if let Err(e) = delivery.net_import_wh() {
+                dispute(e.to_string());
+                continue;
+            }
+            out.deliveries.push(delivery);
+            out.digests.push(start.get::<String, _>(2));
+            out.digests.push(end.get::<String, _>(2));
         }
-        digests.sort();
-        digests.dedup();
-        Ok((out, digests))
+        out.digests.sort();
+        out.digests.dedup();
+        Ok(out)
     }
 
     /// Settled slots not yet handed to the chain: each with its net amounts per account
@@ -196,7 +299,8 @@ impl Market {
         let slots = slot_list(
             pool,
             "SELECT slot FROM slots WHERE status = 'settled' \
-             AND slot NOT IN (SELECT slot FROM chain_batches) ORDER BY slot",
+             AND slot NOT IN (SELECT slot FROM chain_batches) \
+             AND slot IN (SELECT slot FROM ledger WHERE amount <> 0) ORDER BY slot",
         )
         .await?;
         let mut out = Vec::new();

@@ -222,6 +222,219 @@ async fn a_slot_settles_at_most_what_the_capacity_allows() {
     }
 }
 
+/// Regression (issue 11, item 3): a meter whose delivery could not be computed made
+/// `settle_slot` fail or charged its owner for energy nobody measured. Here a household sells
+/// 500 Wh and its meter then sends nothing: before, it was skipped and its owner charged the
+/// whole sale again as a shortfall at the retail price. Now that meter is disputed — its
+/// account settled at its traded quantities with nothing for imbalance, listed for the
+/// operator and counted — and the rest of the street settles as usual.
+#[tokio::test]
+async fn a_meter_without_readings_is_disputed_and_the_street_settles() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            app,
+        } = crate::Fixture::open(&url).await;
+        let mut homes = Vec::new();
+        for who in ["silent", "buyer"] {
+            let name = unique(who);
+            let token = login(&app, &name).await;
+            let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+            let key = new_key();
+            let meter = short(unique(who));
+            market_engine::meters::register(
+                &store,
+                &keys,
+                id,
+                &meter,
+                &key.public_key().to_hex(),
+                10,
+                0,
+            )
+            .await
+            .unwrap();
+            crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
+            homes.push((id, token, key, meter));
+        }
+        let (silent, buyer) = (&homes[0], &homes[1]);
+        market.fund(buyer.0, 1_000_000, "opening", 0).await.unwrap();
+        let community = market.community();
+        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+        let terms = community.terms(slot).unwrap();
+        for (home, side, price) in [
+            (silent, "sell", terms.band.feed_in_per_kwh),
+            (buyer, "buy", terms.band.retail_per_kwh),
+        ] {
+            let order = json!({"meter_id": home.3, "slot": slot, "side": side, "energy_wh": 500, "price_per_kwh": price});
+            expect(
+                &app,
+                "POST",
+                "/api/v1/orders",
+                Some(&home.1),
+                Some(order),
+                StatusCode::CREATED,
+            )
+            .await;
+        }
+        market
+            .close_due_gates(terms.slot.gate_closure)
+            .await
+            .unwrap();
+        let trades = market.trades(slot).await.unwrap();
+        assert_eq!(trades.len(), 1, "{url}");
+        // The buyer's meter imports exactly what it bought; the seller's sends nothing.
+        let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
+        let readings = [
+            signed(&buyer.2, &buyer.3, 1, start, 1_000, 0),
+            signed(&buyer.2, &buyer.3, 2, end, 1_500, 0),
+        ];
+        let accepted: Vec<_> = readings.iter().map(|r| check(&keys, r).unwrap()).collect();
+        store
+            .store_readings(&accepted, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            market.settle_due(terms.slot.settlement).await.unwrap(),
+            vec![slot],
+            "{url}: the slot settles"
+        );
+        let t = &trades[0];
+        assert_eq!(
+            market.funds(silent.0).await.balance,
+            i64::try_from(t.amounts.seller_receives).unwrap(),
+            "{url}: paid for its sale, charged nothing for a shortfall nobody measured"
+        );
+        assert_eq!(
+            market.funds(buyer.0).await.balance,
+            1_000_000 - i64::try_from(t.amounts.buyer_pays).unwrap(),
+            "{url}: the buyer settles as usual"
+        );
+        let metric =
+            |m: &std::sync::atomic::AtomicU64| m.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(metric(&market.metrics.meters_disputed), 1, "{url}");
+        let operator_name = unique("operator");
+        let operator = login(&app, &operator_name).await;
+        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        let listed = expect(
+            &app,
+            "GET",
+            "/api/v1/operator/disputes",
+            Some(&operator),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+        let d = &listed["disputes"][0];
+        assert_eq!(d["meter_id"], silent.3.as_str(), "{listed}");
+        assert_eq!(d["slot"], slot, "{listed}");
+        assert!(
+            d["reason"].as_str().unwrap().contains("no reading"),
+            "{listed}"
+        );
+        let (s, _, _) = call(
+            &app,
+            "GET",
+            "/api/v1/operator/disputes",
+            Some(&buyer.1),
+            None,
+        )
+        .await;
+        assert_eq!(
+            s,
+            StatusCode::FORBIDDEN,
+            "households do not see other meters"
+        );
+    }
+}
+
+/// Regression (issue 11, item 5): energy a household imported in a slot where nobody placed
+/// an order was never billed, and the slot stayed open for ever. Now every slot with metered
+/// energy is settled against the utility, and a slot with nothing in it settles to nothing —
+/// no ledger rows and no batch for the chain.
+#[tokio::test]
+async fn slots_without_orders_are_settled_and_empty_ones_produce_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            app,
+        } = crate::Fixture::open(&url).await;
+        let name = unique("quiet");
+        login(&app, &name).await;
+        let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+        let key = new_key();
+        let meter = short(unique("quiet"));
+        market_engine::meters::register(
+            &store,
+            &keys,
+            id,
+            &meter,
+            &key.public_key().to_hex(),
+            10,
+            0,
+        )
+        .await
+        .unwrap();
+        crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
+        let community = market.community();
+        let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+        let terms = community.terms(slot).unwrap();
+        let next = community.terms(slot + 1).unwrap();
+        let readings = [
+            signed(&key, &meter, 1, terms.slot.delivery_start, 10_000, 0),
+            signed(&key, &meter, 2, terms.slot.delivery_end, 10_400, 0),
+        ];
+        let accepted: Vec<_> = readings.iter().map(|r| check(&keys, r).unwrap()).collect();
+        store
+            .store_readings(&accepted, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        assert_eq!(
+            market
+                .close_quiet_slots(next.slot.gate_closure - 1)
+                .await
+                .unwrap(),
+            vec![slot],
+            "{url}: only slots whose gate closure passed"
+        );
+        assert_eq!(
+            market
+                .close_quiet_slots(next.slot.gate_closure)
+                .await
+                .unwrap(),
+            vec![slot + 1],
+            "{url}"
+        );
+        assert!(
+            market
+                .close_quiet_slots(next.slot.gate_closure)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            market.settle_due(next.slot.settlement).await.unwrap(),
+            vec![slot, slot + 1],
+            "{url}"
+        );
+        // 400 Wh imported with no trade: bought from the utility at retail.
+        let cost = i64::try_from(400 * terms.band.retail_per_kwh / 1000).unwrap();
+        assert_eq!(market.funds(id).await.balance, -cost, "{url}");
+        let batches = market.unqueued_settlements().await.unwrap();
+        assert_eq!(
+            batches.iter().map(|b| b.slot).collect::<Vec<_>>(),
+            vec![slot],
+            "{url}: the empty slot sends no batch"
+        );
+        assert_eq!(market.slot_status(slot + 1).await.unwrap().0, "settled");
+    }
+}
+
 /// Regressions (issue 10, item 9): one account registered 5 000 meters in 2 s, took a meter id
 /// that belonged to another household's installation, reused one key for several meters and
 /// registered a public key that is not on the P-256 curve.

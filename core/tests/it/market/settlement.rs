@@ -4,7 +4,7 @@ use super::{OPERATOR, UTILITY, flat_terms, gsy_terms, open_time, per_kwh};
 use gridshare_core::market::{
     AccountId, AreaId, ContinuousBook, ContinuousKind, DeliveryError, HouseholdEnergy,
     MeterCounters, MeterDelivery, MeterId, Order, OrderId, PeriodKpis, SettlementError,
-    settle_slot, slot_kpis,
+    settle_slot, settle_slot_disputed, slot_kpis,
 };
 
 const A: AccountId = AccountId(1);
@@ -93,6 +93,35 @@ fn imbalances_settle_with_the_utility_and_netting_sums_to_zero() {
         period.average_buyer_price().basis_points(),
         Some(20 * 10_000)
     );
+}
+
+/// A disputed account (its meter's delivery cannot be established and is left out) pays and is
+/// paid for its trades, and nothing for an imbalance; everyone else settles as usual.
+#[test]
+fn a_disputed_account_settles_its_trades_and_no_imbalance() {
+    let terms = flat_terms(40, 5);
+    let now = open_time(&terms);
+    let mut book = ContinuousBook::new(terms.clone(), ContinuousKind::TwoSided);
+    book.submit(Order::ask(OrderId(1), B, AreaId(0), 20, 1000), now)
+        .unwrap();
+    let trades = book
+        .submit(Order::bid(OrderId(2), A, AreaId(0), 20, 1000), now)
+        .unwrap();
+    // B's meter went backwards: its delivery is left out and B is disputed.
+    let deliveries = [delivery(1, A, 1500, 0), delivery(3, C, 0, 300)];
+    let s = settle_slot_disputed(&trades, &deliveries, &[B], &terms).unwrap();
+    assert_eq!(s.balance(A), -20 - 20, "A's shortfall is charged as before");
+    assert_eq!(
+        s.balance(B),
+        20,
+        "B is paid for its trade, and charged nothing"
+    );
+    assert_eq!(s.balance(C), 1);
+    assert_eq!(s.balances.iter().map(|b| b.amount).sum::<i128>(), 0);
+    assert!(s.imbalances.iter().all(|i| i.account != B));
+    // Without the dispute, B would be charged for 1 000 Wh it was not measured to deliver.
+    let undisputed = settle_slot(&trades, &deliveries, &terms).unwrap();
+    assert_eq!(undisputed.balance(B), 20 - 40);
 }
 
 #[test]
