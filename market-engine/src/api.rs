@@ -948,8 +948,17 @@ async fn stream(
     Ok(axum::response::sse::Sse::new(events).keep_alive(axum::response::sse::KeepAlive::default()))
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+/// Healthy unless a background task kept panicking and was given up (the binary is then
+/// exiting, so that its service manager restarts it).
+async fn healthz(State(state): State<AppState>) -> Response {
+    match state.tasks.given_up() {
+        None => "ok\n".into_response(),
+        Some(task) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("background task {task} kept failing; the engine is restarting\n"),
+        )
+            .into_response(),
+    }
 }
 
 async fn openapi() -> impl IntoResponse {

@@ -184,9 +184,20 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 c.community, engine.http
             );
             println!("  web app: http://{}/ (open it in a browser)", engine.http);
-            shutdown_signal().await;
-            tracing::info!(target: "engine", "stopping");
-            engine.stop().await;
+            let task_metrics = engine.task_metrics.clone();
+            tokio::select! {
+                () = shutdown_signal() => {
+                    tracing::info!(target: "engine", "stopping");
+                    engine.stop().await;
+                }
+                task = task_metrics.gave_up() => {
+                    tracing::error!(target: "engine", task, "stopping: a background task kept failing");
+                    engine.stop().await;
+                    anyhow::bail!(
+                        "background task {task} kept panicking; exiting so that the service manager restarts the engine"
+                    );
+                }
+            }
         }
     }
     Ok(())

@@ -58,6 +58,8 @@ pub struct Engine {
     pub broker: Option<EmbeddedBroker>,
     /// Logins and access-rule denials at the embedded broker.
     pub broker_auth: Arc<BrokerAuthMetrics>,
+    /// Restarts of the background tasks, and the task given up, if any.
+    pub task_metrics: Arc<TaskMetrics>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -245,7 +247,7 @@ impl Engine {
                 f64::from(config.http.orders_burst),
             )),
             meters_per_account: config.http.meters_per_account,
-            tasks: task_metrics,
+            tasks: task_metrics.clone(),
             chain: chain_metrics,
             broker_auth: broker_auth.clone(),
             auth: auth.clone(),
@@ -271,6 +273,7 @@ impl Engine {
             store,
             keys,
             auth,
+            task_metrics,
             shutdown,
             tasks,
         })
