@@ -109,6 +109,10 @@ pub struct OutboxEntry {
     pub last_error: Option<String>,
     /// The confirming transaction, when this outbox sent it.
     pub tx_hash: Option<B256>,
+    /// The block that included it.
+    pub block_number: Option<u64>,
+    /// Gas it used.
+    pub gas_used: Option<u64>,
 }
 
 /// The outbox over a SQLite pool and a settlement backend.
@@ -181,8 +185,8 @@ impl<B: SettlementBackend> SettlementOutbox<B> {
     /// One batch's record.
     pub async fn entry(&self, batch_id: u64) -> Result<Option<OutboxEntry>, OutboxError> {
         let row = sqlx::query(
-            "SELECT batch_id, root, deltas, status, attempts, last_error, tx_hash
-             FROM settlement_outbox WHERE batch_id = ?",
+            "SELECT batch_id, root, deltas, status, attempts, last_error, tx_hash, block_number,
+             gas_used FROM settlement_outbox WHERE batch_id = ?",
         )
         .bind(sql_id(batch_id)?)
         .fetch_optional(&self.pool)
@@ -359,6 +363,11 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, OutboxEr
     let status: String = row.try_get("status")?;
     let attempts: i64 = row.try_get("attempts")?;
     let tx_hash: Option<Vec<u8>> = row.try_get("tx_hash")?;
+    let count = |column: &str| -> Result<Option<u64>, OutboxError> {
+        let v: Option<i64> = row.try_get(column)?;
+        v.map(|v| u64::try_from(v).map_err(|_| corrupt("negative block number or gas")))
+            .transpose()
+    };
     if root.len() != 32 || !deltas.len().is_multiple_of(32) {
         return Err(corrupt("root or deltas of the wrong length"));
     }
@@ -385,6 +394,8 @@ fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<OutboxEntry, OutboxEr
             Some(_) => return Err(corrupt("tx hash of the wrong length")),
             None => None,
         },
+        block_number: count("block_number")?,
+        gas_used: count("gas_used")?,
     })
 }
 

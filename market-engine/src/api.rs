@@ -55,6 +55,8 @@ pub struct AppState {
     pub tasks: Arc<crate::tasks::TaskMetrics>,
     /// The chain outbox driver's counters.
     pub chain: Arc<crate::metrics::ChainMetrics>,
+    /// The settlement outbox and chain, when the engine settles on one.
+    pub settler: Option<Arc<crate::chain::ChainSettler>>,
     /// Logins and access-rule denials at the embedded broker.
     pub broker_auth: Arc<crate::broker::BrokerAuthMetrics>,
     /// Password hashing capacity and login limits.
@@ -808,18 +810,23 @@ async fn settlements(
     page: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let page = Page::checked(page)?;
-    let batches: Vec<_> = state
-        .market
-        .settlements(page.after, page.limit)
-        .await?
-        .into_iter()
-        .map(|(slot, accounts, debits, queued_ms)| {
-            json!({
-                "slot": slot, "batch_id": slot, "accounts": accounts, "total_debits": debits,
-                "queued_for_chain_ms": queued_ms,
-            })
-        })
-        .collect();
+    let mut batches = Vec::new();
+    for (slot, accounts, debits, queued_ms) in
+        state.market.settlements(page.after, page.limit).await?
+    {
+        let chain = match &state.settler {
+            Some(settler) => settler
+                .batch(slot)
+                .await
+                .map_err(ApiError::Internal)?
+                .map(|e| crate::chain::batch_status(&e)),
+            None => None,
+        };
+        batches.push(json!({
+            "slot": slot, "batch_id": slot, "accounts": accounts, "total_debits": debits,
+            "queued_for_chain_ms": queued_ms, "chain": chain,
+        }));
+    }
     Ok(Json(json!({ "settlements": batches })))
 }
 

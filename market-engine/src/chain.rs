@@ -19,7 +19,7 @@ use gridshare_contracts::batch::{MerkleTree, NetDelta, SettlementBatch, TradeLea
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt, EmbeddedChain, RpcChain};
 use gridshare_contracts::deploy::{Deployment, StakingParams};
-use gridshare_contracts::outbox::{RetryPolicy, SettlementOutbox};
+use gridshare_contracts::outbox::{OutboxEntry, OutboxStatus, RetryPolicy, SettlementOutbox};
 use gridshare_contracts::settlement::{ChainSettlement, SettlementBackend};
 use serde::{Deserialize, Serialize};
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -271,6 +271,16 @@ impl ChainSettler {
         .map_err(|e| e.to_string())
     }
 
+    /// Where a slot's batch stands in the settlement outbox (pending, confirmed or rejected,
+    /// with its transaction, block and gas once confirmed); `None` if it was never queued.
+    pub async fn batch(&self, slot: u64) -> Result<Option<OutboxEntry>, String> {
+        match &self.backend {
+            Backend::Embedded { outbox, .. } => outbox.entry(slot).await,
+            Backend::Rpc(outbox) => outbox.entry(slot).await,
+        }
+        .map_err(|e| e.to_string())
+    }
+
     /// The batch root recorded on chain for a slot, once settled there.
     pub async fn settled_root(&self, slot: u64) -> Result<Option<B256>, String> {
         match &self.backend {
@@ -289,6 +299,25 @@ impl ChainSettler {
         }
         .map_err(|e| e.to_string())
     }
+}
+
+/// A batch's place in the outbox as the API shows it: `status` (`pending`, `confirmed`,
+/// `rejected`), `tx_hash`, `block`, `root`, `gas_used`, `attempts` and `last_error`.
+pub fn batch_status(e: &OutboxEntry) -> serde_json::Value {
+    let status = match e.status {
+        OutboxStatus::Pending => "pending",
+        OutboxStatus::Confirmed => "confirmed",
+        OutboxStatus::Rejected => "rejected",
+    };
+    serde_json::json!({
+        "status": status,
+        "tx_hash": e.tx_hash.map(|h| h.to_string()),
+        "block": e.block_number,
+        "root": e.batch.root.to_string(),
+        "gas_used": e.gas_used,
+        "attempts": e.attempts,
+        "last_error": e.last_error,
+    })
 }
 
 /// The on-chain batch of a settled slot.

@@ -215,11 +215,11 @@ impl Engine {
                 crate::autotrade::run(market.clone(), store.clone(), stop.clone())
             })
         });
-        if let Some(settler) = ChainSettler::open(&config.chain)
+        let settler = ChainSettler::open(&config.chain)
             .await
             .map_err(ServeError::Market)?
-        {
-            let settler = Arc::new(settler);
+            .map(Arc::new);
+        if let Some(settler) = settler.clone() {
             let (market, metrics, stop) =
                 (market.clone(), chain_metrics.clone(), shutdown.subscribe());
             tasks.push(supervise(
@@ -249,6 +249,7 @@ impl Engine {
             meters_per_account: config.http.meters_per_account,
             tasks: task_metrics.clone(),
             chain: chain_metrics,
+            settler,
             broker_auth: broker_auth.clone(),
             auth: auth.clone(),
         });

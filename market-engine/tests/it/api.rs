@@ -73,6 +73,7 @@ async fn accounts_meters_and_privacy() {
             meters_per_account: 10,
             tasks: Default::default(),
             chain: Default::default(),
+            settler: None,
             broker_auth: Default::default(),
             auth: Arc::new(Auth::new(AuthConfig::default())),
         });

@@ -192,6 +192,7 @@ async fn serve(url: &str, config: AuthConfig) -> Server {
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        settler: None,
         broker_auth: Default::default(),
         auth: auth.clone(),
     });

@@ -31,6 +31,16 @@ pub(crate) fn api(store: &Store, market: &Arc<Market>) -> axum::Router {
 
 /// The API over `store` and `market` with the ingest's registry `keys`.
 pub(crate) fn api_with(store: &Store, market: &Arc<Market>, keys: &KeyRegistry) -> axum::Router {
+    api_with_settler(store, market, keys, None)
+}
+
+/// The API as an engine that settles on chain through `settler` serves it.
+pub(crate) fn api_with_settler(
+    store: &Store,
+    market: &Arc<Market>,
+    keys: &KeyRegistry,
+    settler: Option<Arc<market_engine::chain::ChainSettler>>,
+) -> axum::Router {
     router(AppState {
         store: store.clone(),
         keys: keys.clone(),
@@ -40,6 +50,7 @@ pub(crate) fn api_with(store: &Store, market: &Arc<Market>, keys: &KeyRegistry) 
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        settler,
         broker_auth: Default::default(),
         auth: Arc::new(Auth::new(AuthConfig::default())),
     })
@@ -571,7 +582,8 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         assert_eq!(settled.len(), 1);
         let batch = market_engine::chain::batch_of(&settled[0]).unwrap();
         let (settlers, _anvil) = settlers(dir.path(), &url, &settled[0]).await;
-        for settler in settlers {
+        let settlers: Vec<_> = settlers.into_iter().map(Arc::new).collect();
+        for settler in &settlers {
             settler.enqueue(&settled[0]).await.unwrap();
             settler.enqueue(&settled[0]).await.unwrap(); // idempotent
             assert_eq!(settler.flush().await.unwrap(), 1);
@@ -596,6 +608,25 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             entry["total_debits"], -b,
             "bob's debit is the slot's only one"
         );
+        assert!(entry["chain"].is_null(), "an engine without a chain");
+        // Issue 11, item 10: where the batch stands on chain, at a glance.
+        for settler in settlers {
+            let app = api_with_settler(&store, &market, &KeyRegistry::default(), Some(settler));
+            let (_, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
+            let chain = &listed["settlements"][0]["chain"];
+            assert_eq!(chain["status"], "confirmed", "{listed}");
+            assert_eq!(chain["root"], batch.root.to_string(), "{listed}");
+            assert!(chain["block"].as_u64().is_some_and(|b| b > 0), "{listed}");
+            assert!(
+                chain["gas_used"].as_u64().is_some_and(|g| g > 21_000),
+                "{listed}"
+            );
+            assert_eq!(
+                chain["tx_hash"].as_str().map(str::len),
+                Some(66),
+                "{listed}"
+            );
+        }
     }
 }
 

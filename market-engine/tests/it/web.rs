@@ -31,6 +31,7 @@ fn app(store: &Store, market: &Arc<Market>) -> axum::Router {
         meters_per_account: 10,
         tasks: Default::default(),
         chain: Default::default(),
+        settler: None,
         broker_auth: Default::default(),
         auth: Arc::new(Auth::new(AuthConfig::default())),
     })
