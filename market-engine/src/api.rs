@@ -169,6 +169,7 @@ impl From<MarketError> for ApiError {
         match e {
             MarketError::Order(e) => Self::Unprocessable(e.to_string()),
             MarketError::Slot(m) => Self::Unprocessable(m),
+            MarketError::Settings(m) => Self::BadRequest(m),
             MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
             MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),
             MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),
@@ -893,14 +894,7 @@ async fn put_settings(
             .unwrap_or(current.gate_closure_before_s),
         settlement_after_s: req.settlement_after_s.unwrap_or(current.settlement_after_s),
     };
-    let from_slot = state
-        .market
-        .change_settings(settings, now_s())
-        .await
-        .map_err(|e| match e {
-            MarketError::Slot(m) => ApiError::BadRequest(m),
-            other => other.into(),
-        })?;
+    let from_slot = state.market.change_settings(settings, now_s()).await?;
     Ok(Json(json!({ "from_slot": from_slot })))
 }
 

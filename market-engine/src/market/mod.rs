@@ -139,6 +139,9 @@ pub enum MarketError {
     /// The slot cannot be traded (outside the calendar, already closed).
     #[error("{0}")]
     Slot(String),
+    /// Market settings that cannot apply (the operator's request, or a stored row).
+    #[error("{0}")]
+    Settings(String),
     /// No such order, or not the caller's.
     #[error("order {0} not found among your open orders")]
     UnknownOrder(u64),
@@ -170,6 +173,7 @@ impl MarketError {
         match self {
             Self::Order(e) => e.reason(),
             Self::Slot(_) => "slot_not_trading",
+            Self::Settings(_) => "invalid_settings",
             Self::UnknownOrder(_) => "unknown_order",
             Self::InsufficientFunds { .. } => "insufficient_funds",
             Self::OutOfRange(_) => "out_of_range",
@@ -253,9 +257,11 @@ impl Market {
         for row in rows {
             let text: String = row.get(1);
             let settings = StoredSettings::from_json(&text)
-                .map_err(|e| MarketError::Slot(format!("stored market settings unreadable: {e}")))?
+                .map_err(|e| {
+                    MarketError::Settings(format!("stored market settings unreadable: {e}"))
+                })?
                 .into_config();
-            let community = settings.community().map_err(MarketError::Slot)?;
+            let community = settings.community().map_err(MarketError::Settings)?;
             versions.push((u64_of(row.get(0)), settings, community));
         }
         let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
@@ -359,14 +365,14 @@ impl Market {
             .map(|(_, c)| c.clone())
             .unwrap_or_default();
         if settings.slot_length_s != base.slot_length_s {
-            return Err(MarketError::Slot(format!(
+            return Err(MarketError::Settings(format!(
                 "market.slot_length_s: the community's slots are {} s long and slot indices count \
                  them, so the length cannot change; a new community (its own database) can have \
                  another",
                 base.slot_length_s
             )));
         }
-        let community = settings.community().map_err(MarketError::Slot)?;
+        let community = settings.community().map_err(MarketError::Settings)?;
         let lead = settings
             .window_opens_before_s
             .max(base.window_opens_before_s);
