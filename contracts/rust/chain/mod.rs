@@ -4,8 +4,11 @@
 //! Design: everything above this trait (deployment, settlement, tests) is written once and runs
 //! unchanged on the in-process EVM and on a real node; the backends differ only here.
 
+mod anvil;
 mod embedded;
 mod rpc;
+
+pub use anvil::LocalAnvil;
 
 pub use embedded::{DEFAULT_CHAIN_ID, EmbeddedChain};
 pub use rpc::RpcChain;
