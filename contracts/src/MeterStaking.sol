@@ -66,8 +66,8 @@ contract MeterStaking is ISalesRecorder, Ownable2Step, ReentrancyGuardTransient 
         uint64 nextClaimEpoch;
         uint32 exportCapacityW;
         uint32 importCapacityW;
-        /// keccak256 of the last proven reading's encoding; zero before the first proof.
-        bytes32 lastReading;
+        /// The last proven reading (timestamp zero: no proof with this key yet).
+        uint64 lastSeq;
         uint64 lastExportWh;
         uint64 lastImportWh;
         uint64 lastTimestampMs;
@@ -327,7 +327,7 @@ contract MeterStaking is ISalesRecorder, Ownable2Step, ReentrancyGuardTransient 
         m.keyX = keyX;
         m.keyY = keyY;
         m.attested = false;
-        m.lastReading = bytes32(0);
+        m.lastTimestampMs = 0;
         emit KeyRotated(meterId, keyX, keyY);
     }
 
@@ -506,9 +506,10 @@ contract MeterStaking is ISalesRecorder, Ownable2Step, ReentrancyGuardTransient 
         emit SalesCredited(epoch, credited, refused);
     }
 
-    /// Proves a meter's export up to `last`, starting at the last reading it proved (`first`,
-    /// whose signature is needed only for the first proof of a key). The epoch of `last` is
-    /// credited; both readings must carry a synchronised clock and the attested device.
+    /// Proves a meter's export up to `last`, starting at the last reading it proved (the
+    /// contract keeps its sequence number, time and counters). Only the first proof of a key
+    /// names its starting reading (`first`, signed); later proofs leave `first` empty. The epoch of
+    /// `last` is credited; both readings must carry a synchronised clock and the attested device.
     /// Only the owner or its delegate may prove, after the epoch and within its proof window.
     function proveEpoch(
         bytes32 meterId,
@@ -525,23 +526,26 @@ contract MeterStaking is ISalesRecorder, Ownable2Step, ReentrancyGuardTransient 
         MeterReading.Reading memory b = _endReading(meterId, m, last, lastSig);
         if (b.seq <= a.seq || b.timestampMs < a.timestampMs) revert NotContiguous(meterId, b.seq);
         if (b.exportWh < a.exportWh || b.importWh < a.importWh) revert CountersWentBackwards(b.seq);
-        m.lastReading = keccak256(last);
         creditedWh = _creditProof(meterId, m, a, b);
     }
 
-    /// The reading a proof starts at: the last proven one, or any signed one for the first proof.
+    /// The reading a proof starts at: the last proven one, or the signed `first` for the first
+    /// proof of a key.
     function _startReading(bytes32 meterId, Meter storage m, bytes calldata first, bytes calldata firstSig)
         private
         view
         returns (MeterReading.Reading memory a)
     {
-        a = _checkedReading(meterId, m, first);
-        bytes32 previous = m.lastReading;
-        if (previous == bytes32(0)) {
+        if (m.lastTimestampMs == 0) {
+            a = _checkedReading(meterId, m, first);
             if (!MeterReading.verify(first, firstSig, m.keyX, m.keyY)) revert BadSignature(meterId, a.seq);
-        } else if (keccak256(first) != previous) {
-            revert NotContiguous(meterId, a.seq);
+            return a;
         }
+        if (first.length != 0) revert NotContiguous(meterId, m.lastSeq);
+        a.seq = m.lastSeq;
+        a.timestampMs = m.lastTimestampMs;
+        a.exportWh = m.lastExportWh;
+        a.importWh = m.lastImportWh;
     }
 
     function _endReading(bytes32 meterId, Meter storage m, bytes calldata last, bytes calldata lastSig)
@@ -572,6 +576,7 @@ contract MeterStaking is ISalesRecorder, Ownable2Step, ReentrancyGuardTransient 
         c.exportedWh += exported;
         creditedWh = _recredit(meterId, epoch, c);
 
+        m.lastSeq = b.seq;
         m.lastExportWh = b.exportWh;
         m.lastImportWh = b.importWh;
         m.lastTimestampMs = b.timestampMs;

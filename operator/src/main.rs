@@ -14,7 +14,7 @@ use gridshare_contracts::staking::{StakingClient, describe, device_hash, text_id
 use gridshare_core::mqtt::{BrokerUrl, DEFAULT_TOPIC_PREFIX};
 use gridshare_core::reading::{PublicKey, SignedReading};
 use gridshare_operator::amount::{format_tokens, parse_tokens};
-use gridshare_operator::proof::{Schedule, plan};
+use gridshare_operator::proof::{LastProven, Schedule, plan};
 use gridshare_operator::registration::sign_registration;
 use gridshare_operator::watcher::{MqttSource, Outcome, Watcher, run_mqtt};
 use serde_json::json;
@@ -380,9 +380,15 @@ async fn run<C: Chain>(
             let record = client.meter(id).await?;
             let (genesis, epoch_duration, proof_window) = client.schedule().await?;
             let now = client.chain().timestamp().await?;
+            let last = (record.lastTimestampMs != 0).then_some(LastProven {
+                seq: record.lastSeq,
+                timestamp_ms: record.lastTimestampMs,
+                export_wh: record.lastExportWh,
+                import_wh: record.lastImportWh,
+            });
             let p = plan(
                 &signed,
-                record.lastReading,
+                last,
                 Schedule {
                     genesis,
                     epoch_duration,
@@ -397,14 +403,19 @@ async fn run<C: Chain>(
                 )
             };
             let out = client
-                .prove_epoch(account, id, arg(&p.start), arg(&p.end))
+                .prove_epoch(
+                    account,
+                    id,
+                    p.start.as_ref().map(arg).unwrap_or_default(),
+                    arg(&p.end),
+                )
                 .await
                 .map_err(refused)?;
             let credit = client.credit(id, p.epoch).await?;
             print(json!({
                 "meter": meter,
                 "epoch": p.epoch,
-                "from_seq": p.start.reading.seq,
+                "from_seq": p.start.as_ref().map_or(last.map(|l| l.seq), |s| Some(s.reading.seq)),
                 "to_seq": p.end.reading.seq,
                 "sold_wh": credit.soldWh,
                 "exported_wh": credit.exportedWh,

@@ -1,8 +1,7 @@
-//! Which two readings prove a meter's latest epoch: the one the contract last accepted (it
-//! keeps only its hash) and the meter's last reading in the newest epoch whose proof window is
-//! open. Pure: the readings come from the agent's or the engine's store, the rest from the chain.
+//! Which reading proves a meter's latest epoch: its last reading in the newest epoch whose
+//! proof window is open, after where the contract's last proof ended (for a key's first proof,
+//! also the earliest reading to start from). Pure: the readings come from the agent's or the engine's store, the rest from the chain.
 
-use alloy::primitives::{B256, keccak256};
 use gridshare_core::reading::{ClockSync, SignedReading, ValueStatus};
 
 /// The staking contract's epoch schedule.
@@ -30,11 +29,25 @@ impl Schedule {
     }
 }
 
+/// Where the contract's last proof of the meter ended (nothing: no proof with this key yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastProven {
+    /// Sequence number.
+    pub seq: u64,
+    /// Timestamp, ms.
+    pub timestamp_ms: u64,
+    /// Lifetime export, Wh.
+    pub export_wh: u64,
+    /// Lifetime import, Wh.
+    pub import_wh: u64,
+}
+
 /// The readings to submit.
 #[derive(Debug, Clone)]
 pub struct ProofPlan {
-    /// Where the proof starts (the last proven reading, or the first one ever).
-    pub start: SignedReading,
+    /// The signed reading to start from, for a key's first proof only; later proofs start
+    /// where the last one ended.
+    pub start: Option<SignedReading>,
     /// Where it ends.
     pub end: SignedReading,
     /// The epoch credited.
@@ -44,9 +57,6 @@ pub struct ProofPlan {
 /// Why no proof can be made now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PlanError {
-    /// The reading the contract last accepted is not among those given.
-    #[error("the last proven reading (keccak {0}) is not among the readings given")]
-    MissingStart(B256),
     /// No usable reading to start from.
     #[error("no reading with a synchronised clock and good counters to start from")]
     NoStart,
@@ -62,37 +72,48 @@ fn usable(r: &SignedReading) -> bool {
         && r.export_wh.status() == ValueStatus::Ok
 }
 
-/// Picks the proof for the newest provable epoch. `last_proven` is the contract's hash of the
-/// last proven reading (zero: none yet).
+fn counters(r: &SignedReading) -> (u64, u64) {
+    (
+        r.reading.export_wh.value().unwrap_or(0),
+        r.reading.import_wh.value().unwrap_or(0),
+    )
+}
+
+/// Picks the proof for the newest provable epoch, continuing from `last` (the contract's
+/// record) or, for a key's first proof, from the earliest usable reading.
 pub fn plan(
     readings: &[SignedReading],
-    last_proven: B256,
+    last: Option<LastProven>,
     schedule: Schedule,
     now: u64,
 ) -> Result<ProofPlan, PlanError> {
-    let start = if last_proven.is_zero() {
-        readings
-            .iter()
-            .filter(|r| usable(r))
-            .min_by_key(|r| (r.reading.timestamp_ms, r.reading.seq))
-            .ok_or(PlanError::NoStart)?
-    } else {
-        readings
-            .iter()
-            .find(|r| keccak256(r.encoded()) == last_proven)
-            .ok_or(PlanError::MissingStart(last_proven))?
+    let (start, from) = match last {
+        Some(l) => (None, l),
+        None => {
+            let first = readings
+                .iter()
+                .filter(|r| usable(r))
+                .min_by_key(|r| (r.reading.timestamp_ms, r.reading.seq))
+                .ok_or(PlanError::NoStart)?;
+            let (export_wh, import_wh) = counters(first);
+            let from = LastProven {
+                seq: first.reading.seq,
+                timestamp_ms: first.reading.timestamp_ms,
+                export_wh,
+                import_wh,
+            };
+            (Some(first.clone()), from)
+        }
     };
-    let s = &start.reading;
-    let export = |r: &SignedReading| r.reading.export_wh.value().unwrap_or(0);
-    let import = |r: &SignedReading| r.reading.import_wh.value().unwrap_or(0);
     readings
         .iter()
         .filter(|r| {
+            let (export, import) = counters(r);
             usable(r)
-                && r.reading.seq > s.seq
-                && r.reading.timestamp_ms >= s.timestamp_ms
-                && export(r) >= export(start)
-                && import(r) >= import(start)
+                && r.reading.seq > from.seq
+                && r.reading.timestamp_ms >= from.timestamp_ms
+                && export >= from.export_wh
+                && import >= from.import_wh
         })
         .filter_map(|r| {
             let epoch = schedule.epoch_of(r.reading.timestamp_ms)?;
@@ -100,7 +121,7 @@ pub fn plan(
         })
         .max_by_key(|(epoch, r)| (*epoch, r.reading.seq))
         .map(|(epoch, end)| ProofPlan {
-            start: start.clone(),
+            start,
             end: end.clone(),
             epoch,
         })
@@ -151,17 +172,27 @@ mod tests {
             at(5, 1_210, 40),
         ];
         // At 1 250 epoch 1 is provable (window until 1 300), epoch 2 is not over.
-        let p = plan(&readings, B256::ZERO, schedule, 1_250).expect("plan");
-        assert_eq!((p.start.reading.seq, p.end.reading.seq, p.epoch), (1, 4, 1));
-        let p = plan(&readings, keccak256(readings[1].encoded()), schedule, 1_250).expect("plan");
-        assert_eq!((p.start.reading.seq, p.end.reading.seq), (2, 4));
+        let p = plan(&readings, None, schedule, 1_250).expect("plan");
         assert_eq!(
-            plan(&readings, keccak256(readings[3].encoded()), schedule, 1_250).unwrap_err(),
+            (p.start.map(|s| s.reading.seq), p.end.reading.seq, p.epoch),
+            (Some(1), 4, 1)
+        );
+        let after = |seq: u64, t_s: u64, export_wh: u64| LastProven {
+            seq,
+            timestamp_ms: t_s * 1000,
+            export_wh,
+            import_wh: 0,
+        };
+        let p = plan(&readings, Some(after(2, 1_090, 10)), schedule, 1_250).expect("plan");
+        assert_eq!((p.start.is_none(), p.end.reading.seq), (true, 4));
+        assert_eq!(
+            plan(&readings, Some(after(4, 1_199, 30)), schedule, 1_250).unwrap_err(),
             PlanError::NothingToProve
         );
-        assert!(matches!(
-            plan(&readings, B256::repeat_byte(1), schedule, 1_250),
-            Err(PlanError::MissingStart(_))
-        ));
+        // Counters below the last proven ones are never an end.
+        assert_eq!(
+            plan(&readings, Some(after(2, 1_090, 35)), schedule, 1_250).unwrap_err(),
+            PlanError::NothingToProve
+        );
     }
 }

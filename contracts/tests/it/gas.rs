@@ -3,7 +3,7 @@
 //! from what the current contracts cost; `GRIDSHARE_UPDATE_GAS_REPORT=1` rewrites it.
 
 use crate::harness::{Env, TestMeter, actor, embedded_fixed_clock, tokens};
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 use gridshare_contracts::bindings::{GridToken, MeterStaking, Settlement};
 use gridshare_contracts::chain::ChainExt;
 use gridshare_contracts::staking::text_id;
@@ -288,8 +288,13 @@ async fn measure_staking(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) -> Opera
             1_000 + 2_500 * (epoch + 1),
             5_000 + 12_250 * (epoch + 1),
         ));
+        let start = if epoch == 0 {
+            last.clone()
+        } else {
+            (Bytes::new(), Bytes::new())
+        };
         let outcome = st
-            .prove_epoch(alice, meter.id, last.clone(), next.clone())
+            .prove_epoch(alice, meter.id, start, next.clone())
             .await
             .expect("prove");
         if epoch == 0 {
@@ -313,7 +318,8 @@ async fn measure_staking(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) -> Opera
     rows.push(Row {
         operation: "MeterStaking.proveEpoch (contiguous, each later epoch)",
         gas: prove,
-        note: "starts at the last proven reading: one signature to verify".into(),
+        note: "starts where the last proof ended (kept on chain): one reading, one signature"
+            .into(),
     });
     env.close_epoch(6).await;
     env.chain
@@ -432,7 +438,7 @@ fn l2_cost(op: &OperatorEpoch) -> String {
          {per_epoch_gas} gas (the community's first claimant also pays the finalization of the \
          epochs, see above). On an L2 at 0.001 gwei and ETH at 3 000 € that is {cost} units, \
          **{pct}.{frac:02} % of the day's reward**. The 1 % goal holds up to {break_even} wei \
-         ({gwei}.{gwei_frac:04} gwei) per gas; proving every day at a higher price, prove less often \
+         ({gwei}.{gwei_frac:04} gwei) per gas; above that, prove less often \
          (longer epochs) or through a delegate that batches.\n",
         cost = cost_units_x1000 / 1_000,
         pct = share_bp / 100,

@@ -31,6 +31,11 @@ on_both_chains!(
 /// A signed reading: (encoding, signature).
 type Signed = (Bytes, Bytes);
 
+/// The `first` of every proof after a key's first: the contract knows where it starts.
+fn contiguous() -> Signed {
+    (Bytes::new(), Bytes::new())
+}
+
 fn signed(m: &TestMeter, seq: u64, at_ms: u64, import_wh: u64, export_wh: u64) -> Signed {
     m.sign(m.reading(seq, at_ms, import_wh, export_wh))
 }
@@ -445,17 +450,19 @@ async fn proofs_are_contiguous_so_import_intervals_cannot_be_skipped<C: Chain>(e
     env.settle_sales(2, env.time_in_epoch(1, 60), &[(&ma, &mb, 10_000)])
         .await;
     env.end_epoch(1).await;
-    // Skipping from seq 2 to seq 5 (seqs 3-4 imported): refused.
+    // Skipping from seq 2 to seq 5 (seqs 3-4 imported): a proof cannot choose its start.
     let skip_from = signed(&ma, 5, env.time_in_epoch(1, 40_000), 9_000, 4_000);
     let skip_to = signed(&ma, 6, env.time_in_epoch(1, 86_000), 9_000, 8_000);
-    let r = prove(&env, alice, &ma, &skip_from, &skip_to).await;
-    assert!(matches!(revert_of::<E, _>(r), E::NotContiguous(_)));
+    for start in [&skip_from, &last] {
+        let r = prove(&env, alice, &ma, start, &skip_to).await;
+        assert!(matches!(revert_of::<E, _>(r), E::NotContiguous(_)));
+    }
     // Counters below the last proven reading are refused (and are evidence of fraud).
     let back = signed(&ma, 3, env.time_in_epoch(1, 86_000), 0, 3_000);
-    let r = prove(&env, alice, &ma, &last, &back).await;
+    let r = prove(&env, alice, &ma, &contiguous(), &back).await;
     assert!(matches!(revert_of::<E, _>(r), E::CountersWentBackwards(_)));
     // From the last proven reading, through the import interval, it is accepted.
-    prove(&env, alice, &ma, &last, &skip_to)
+    prove(&env, alice, &ma, &contiguous(), &skip_to)
         .await
         .expect("contiguous");
     assert_eq!(
@@ -463,7 +470,7 @@ async fn proofs_are_contiguous_so_import_intervals_cannot_be_skipped<C: Chain>(e
         4_000
     );
     // The same interval cannot be counted twice.
-    let r = prove(&env, alice, &ma, &last, &skip_to).await;
+    let r = prove(&env, alice, &ma, &contiguous(), &skip_to).await;
     assert!(matches!(revert_of::<E, _>(r), E::NotContiguous(_)));
 }
 
@@ -945,7 +952,7 @@ proptest! {
                     }
                     let m = &meters[i];
                     let first = match &last[i] {
-                        Some(l) => l.clone(),
+                        Some(_) => contiguous(),
                         None => { seqs[i] += 1; signed(m, seqs[i], env.time_in_epoch(epoch, 0), 0, counters[i]) }
                     };
                     seqs[i] += 1;
