@@ -189,6 +189,53 @@ async fn operator_stakes_earns_and_claims<C: Chain, F: Fn() -> C>(
     );
     assert_eq!(out["credited_wh"].as_u64(), Some(6_000 * 86_399 / 86_400));
 
+    // Epoch 1: the agent's newer readings appended; the proof continues where the last ended
+    // (seq 3), and a reading that is not the newest provable one is not chosen.
+    let chain = (w.open)();
+    settle_sale(
+        &chain,
+        &w.d,
+        w.deployer.address,
+        2,
+        (g + 86_400 + 3_600) * 1000,
+        (
+            text_id("alice-pv").expect("id"),
+            text_id("bob-home").expect("id"),
+            2_000,
+        ),
+    )
+    .await;
+    let mut more = readings.to_vec();
+    more.push(envelope(
+        &ka,
+        "alice-pv",
+        4,
+        (g + 86_400 + 40_000) * 1000,
+        7_000,
+    ));
+    more.push(envelope(
+        &ka,
+        "alice-pv",
+        5,
+        (g + 2 * 86_400 - 1) * 1000,
+        9_500,
+    ));
+    std::fs::write(&file, more.join("\n")).expect("write readings");
+    advance_to(&chain, g + 2 * 86_400 + 10).await;
+    drop(chain);
+    let out = w.ok(&alice, &["prove", "alice-pv", "--readings", &file]);
+    assert_eq!(
+        (
+            out["epoch"].as_u64(),
+            out["from_seq"].as_u64(),
+            out["to_seq"].as_u64()
+        ),
+        (Some(1), Some(3), Some(5))
+    );
+    // Sold 2 kWh, exported 3.5 kWh: the sale decides, weighted by the epoch's coverage
+    // (all but its last second).
+    assert_eq!(out["credited_wh"].as_u64(), Some(2_000 * 86_399 / 86_400));
+
     // The reward vests a week after the epoch is final.
     let err = w.fails(&alice, &["claim", "alice-pv"]);
     assert!(err.contains("NotVested"), "{err}");
