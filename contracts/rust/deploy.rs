@@ -4,7 +4,7 @@
 use crate::bindings::{GridToken, MeterStaking, Settlement};
 use crate::chain::{Chain, ChainError};
 use alloy::primitives::{Address, Bytes, U256, address, hex};
-use alloy::sol_types::SolConstructor;
+use alloy::sol_types::{SolCall, SolConstructor};
 
 /// Parameters of `MeterStaking`, fixed at deployment.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,12 +27,20 @@ pub struct StakingParams {
     pub slash_bps: u16,
     /// Part of the slashed amount paid to the reporter, basis points.
     pub reporter_bps: u16,
+    /// Ceiling of the reward per credited Wh (token units): emission above it returns to the
+    /// treasury. See [`StakingParams::daily`] for how the default is chosen.
+    pub max_reward_per_wh: U256,
 }
 
 impl StakingParams {
     /// A day-long epoch, a week of unbonding, 100 tokens minimum stake, 10 000 tokens emitted
     /// in the first epoch halving every 180 epochs, half the stake slashed, a tenth of that to
-    /// the reporter. Amounts assume 18 decimals.
+    /// the reporter, at most 0.5 token per credited kWh. Amounts assume 18 decimals.
+    ///
+    /// The ceiling is what keeps farming unprofitable: at the reference value of one token =
+    /// the community's default grid fee of one kWh ([`REFERENCE_FEE_PER_KWH`] payment units),
+    /// a kWh two colluding neighbours trade only to be credited earns at most half of the fee
+    /// they pay for it.
     pub fn daily(genesis: u64) -> Self {
         let token = U256::from(10u64).pow(U256::from(18u64));
         Self {
@@ -45,10 +53,11 @@ impl StakingParams {
             halving_epochs: 180,
             slash_bps: 5_000,
             reporter_bps: 1_000,
+            max_reward_per_wh: token / U256::from(2_000u64),
         }
     }
 
-    fn config(&self) -> MeterStaking::Config {
+    fn config(&self, treasury: Address, settlement: Address) -> MeterStaking::Config {
         MeterStaking::Config {
             minStake: self.min_stake,
             unbondingPeriod: self.unbonding_period,
@@ -59,9 +68,17 @@ impl StakingParams {
             halvingEpochs: self.halving_epochs,
             slashBps: self.slash_bps,
             reporterBps: self.reporter_bps,
+            maxRewardPerWh: self.max_reward_per_wh,
+            treasury,
+            settlement,
         }
     }
 }
+
+/// The market engine's default grid fee per kWh traded, in payment-token units
+/// (`grid_fee_per_kwh` in `market-engine.toml`): the reference against which
+/// [`StakingParams::daily`]'s reward ceiling is set.
+pub const REFERENCE_FEE_PER_KWH: u64 = 1_000;
 
 /// Addresses of a deployed set of contracts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +94,9 @@ pub struct Deployment {
 }
 
 impl Deployment {
-    /// Deploys everything from `deployer`, who becomes the settlement owner and receives the
-    /// network token's whole `supply`. `payment_token` is an existing ERC-20 (a stablecoin on
+    /// Deploys everything from `deployer`, who becomes the owner of settlement and staking
+    /// (it appoints the verifiers), the treasury, and receives the network token's whole
+    /// `supply`; settlement credits its local sales to the staking contract. `payment_token` is an existing ERC-20 (a stablecoin on
     /// a real chain); `None` deploys a second `GridToken` with the same supply as a stand-in,
     /// for demos and tests.
     pub async fn deploy<C: Chain>(
@@ -116,10 +134,18 @@ impl Deployment {
             &MeterStaking::BYTECODE,
             MeterStaking::constructorCall {
                 token_: network_token,
-                c: params.config(),
+                owner_: deployer,
+                c: params.config(deployer, settlement),
             },
         )
         .await?;
+        chain
+            .send(
+                deployer,
+                Some(settlement),
+                Bytes::from(Settlement::setSalesRecorderCall { recorder: staking }.abi_encode()),
+            )
+            .await?;
         Ok(Self {
             network_token,
             payment_token,

@@ -12,6 +12,8 @@
 //! - [`outbox`]: batches written to SQLite before they are sent, retried with backoff,
 //!   confirmed by receipt, never sent twice.
 //! - [`deploy`]: deploys the token, settlement and staking contracts on any [`Chain`].
+//! - [`staking`]: [`StakingClient`], every call an operator, a verifier or a watcher makes to
+//!   `MeterStaking`.
 
 pub mod batch;
 pub mod bindings;
@@ -19,11 +21,15 @@ pub mod chain;
 pub mod deploy;
 pub mod outbox;
 pub mod settlement;
+pub mod staking;
 
 pub use batch::{BatchError, MerkleTree, NetDelta, SettlementBatch, TradeLeaf};
 pub use chain::{Chain, ChainError, ChainExt, EmbeddedChain, RpcChain, TxOutcome};
-pub use deploy::{Deployment, P256VERIFY, StakingParams, p256_precompile_available};
+pub use deploy::{
+    Deployment, P256VERIFY, REFERENCE_FEE_PER_KWH, StakingParams, p256_precompile_available,
+};
 pub use outbox::{OutboxEntry, OutboxError, OutboxStatus, RetryPolicy, SettlementOutbox};
 pub use settlement::{
     ChainSettlement, EmbeddedBackend, RpcBackend, SettlementBackend, SettlementReceipt,
 };
+pub use staking::StakingClient;

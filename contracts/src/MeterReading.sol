@@ -27,6 +27,7 @@ library MeterReading {
         bytes32 meterId;
         uint64 seq;
         uint64 timestampMs;
+        uint8 clock;
         uint8 importStatus;
         uint64 importWh;
         uint8 exportStatus;
@@ -77,6 +78,7 @@ library MeterReading {
         r.seq = uint64(w161 >> 192);
         r.timestampMs = uint64(w169 >> 192);
         // w177: clock(1) importStatus(1) importWh(8) ...
+        r.clock = uint8(w177 >> 248);
         r.importStatus = uint8(w177 >> 240);
         r.importWh = uint64(w177 >> 176);
         r.exportStatus = uint8(w187 >> 248);
@@ -96,8 +98,17 @@ library MeterReading {
         view
         returns (bool ok)
     {
+        ok = verifyDigest(sha256(encoded), signature, x, y);
+    }
+
+    /// Whether `signature` (r || s) by the P-256 key (x, y) signs the message whose SHA-256 is
+    /// `digest`.
+    function verifyDigest(bytes32 digest, bytes calldata signature, bytes32 x, bytes32 y)
+        internal
+        view
+        returns (bool ok)
+    {
         if (signature.length != 64) revert SignatureWrongLength(signature.length);
-        bytes32 digest = sha256(encoded);
         bytes32 sr = calldataWord(signature, 0);
         bytes32 ss = calldataWord(signature, 32);
         bytes memory input = abi.encode(digest, sr, ss, x, y);

@@ -6,6 +6,7 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {Ownable, Ownable2Step} from "@openzeppelin/contracts/access/Ownable2Step.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
 import {MerkleProof} from "@openzeppelin/contracts/utils/cryptography/MerkleProof.sol";
+import {ISalesRecorder, Sale} from "./MeterStaking.sol";
 
 /// @title Per-slot net settlement of the neighbourhood market
 /// @notice Participants deposit the payment token and withdraw what is theirs. After each
@@ -30,6 +31,8 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient {
     mapping(uint64 batchId => bytes32) public batchRoot;
     /// Sum of all balances; equals the tokens this contract holds for participants.
     uint256 public totalBalances;
+    /// Where settled local sales are credited for rewards (MeterStaking); zero: nowhere.
+    ISalesRecorder public salesRecorder;
 
     /// Someone other than the operator tried to settle.
     error NotOperator(address caller);
@@ -56,6 +59,10 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient {
     event BatchSettled(uint64 indexed batchId, bytes32 root, bytes32[] deltas);
     /// The operator key changed.
     event OperatorChanged(address indexed previous, address indexed operator);
+    /// Settled sales are now credited to `recorder`.
+    event SalesRecorderChanged(address indexed recorder);
+    /// Crediting a batch's sales failed; the batch settled anyway.
+    event SalesNotCredited(uint64 indexed batchId, bytes reason);
 
     constructor(IERC20 token, address owner_, address operator_) Ownable(owner_) {
         if (operator_ == address(0)) revert ZeroOperator();
@@ -69,6 +76,12 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient {
         if (operator_ == address(0)) revert ZeroOperator();
         emit OperatorChanged(operator, operator_);
         operator = operator_;
+    }
+
+    /// Names the contract that credits settled local sales for rewards (MeterStaking).
+    function setSalesRecorder(ISalesRecorder recorder) external onlyOwner {
+        salesRecorder = recorder;
+        emit SalesRecorderChanged(address(recorder));
     }
 
     /// Deposits `amount` tokens from the caller to its own balance.
@@ -104,6 +117,30 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient {
     /// the root is non-zero, accounts ascend, every balance stays at or above zero and the
     /// deltas sum to zero. No tokens move: only internal balances change.
     function settle(uint64 batchId, bytes32 root, bytes32[] calldata deltas) external {
+        _settle(batchId, root, deltas);
+    }
+
+    /// Settles a batch as `settle` does and credits its local sales (seller meter, buyer meter,
+    /// Wh, for the slot that started at `deliveredAtMs`) to the rewards of the seller meters.
+    /// A failure to credit never fails the batch: it is reported in `SalesNotCredited`.
+    function settleWithSales(
+        uint64 batchId,
+        bytes32 root,
+        bytes32[] calldata deltas,
+        uint64 deliveredAtMs,
+        Sale[] calldata sales
+    ) external {
+        _settle(batchId, root, deltas);
+        ISalesRecorder recorder = salesRecorder;
+        if (address(recorder) != address(0) && sales.length != 0) {
+            try recorder.creditSales(deliveredAtMs, sales) {}
+            catch (bytes memory reason) {
+                emit SalesNotCredited(batchId, reason);
+            }
+        }
+    }
+
+    function _settle(uint64 batchId, bytes32 root, bytes32[] calldata deltas) private {
         if (msg.sender != operator) revert NotOperator(msg.sender);
         if (batchRoot[batchId] != bytes32(0)) revert BatchAlreadySettled(batchId);
         if (root == bytes32(0)) revert EmptyRoot();

@@ -3,9 +3,10 @@
 //! from what the current contracts cost; `GRIDSHARE_UPDATE_GAS_REPORT=1` rewrites it.
 
 use crate::harness::{Env, TestMeter, actor, embedded_fixed_clock, tokens};
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, Bytes, U256};
 use gridshare_contracts::bindings::{GridToken, MeterStaking, Settlement};
 use gridshare_contracts::chain::ChainExt;
+use gridshare_contracts::staking::text_id;
 use gridshare_contracts::{
     Chain, ChainSettlement, EmbeddedChain, MerkleTree, NetDelta, SettlementBackend,
     SettlementBatch, TradeLeaf,
@@ -190,142 +191,160 @@ async fn measure_settlement(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
     });
 }
 
-async fn measure_staking(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
-    let (alice, reporter) = (actor(1), actor(6));
+/// Gas figures of one operator's epoch, for the L2 cost goal.
+struct OperatorEpoch {
+    prove: u64,
+    claim_week: u64,
+}
+
+async fn measure_staking(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) -> OperatorEpoch {
+    let (alice, bob, reporter) = (actor(1), actor(2), actor(6));
     env.fund(alice, tokens(10_000)).await;
+    env.fund(bob, tokens(10_000)).await;
     env.fund(reporter, tokens(1)).await;
-    env.chain
-        .transact(
-            env.deployer,
-            env.d.network_token,
-            GridToken::approveCall {
-                spender: env.d.staking,
-                value: U256::MAX,
-            },
-        )
-        .await
-        .expect("approve");
-    env.chain
-        .transact(
-            env.deployer,
-            env.d.staking,
-            MeterStaking::fundRewardsCall {
-                amount: tokens(100_000),
-            },
-        )
-        .await
-        .expect("fund");
+    env.fund_rewards(tokens(100_000)).await;
     let meter = TestMeter::new_stable("home-07");
-    let s = env.d.staking;
-    let register = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::registerMeterCall {
-                meterId: meter.id,
-                keyX: meter.x(),
-                keyY: meter.y(),
-            },
-        )
+    let buyer = TestMeter::new_stable("home-08");
+    let sig = loop {
+        let sig = meter.registration(env, alice, false).await;
+        if sig.iter().all(|b| *b != 0) {
+            break sig;
+        }
+    };
+    let st = env.staking();
+    let register = st
+        .register(alice, meter.id, (meter.x(), meter.y()), sig)
         .await
         .expect("register");
     rows.push(Row {
         operation: "MeterStaking.registerMeter",
         gas: register.gas_used,
-        note: String::new(),
+        note: "checks the meter key's P-256 signature over (chain, contract, meter, owner, nonce)"
+            .into(),
     });
-    let stake = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::stakeCall {
-                meterId: meter.id,
-                amount: tokens(150),
-            },
+    let attest = st
+        .attest(
+            env.deployer,
+            meter.id,
+            (meter.x(), meter.y()),
+            TestMeter::device(),
+            5_000,
+            5_000,
+            text_id("feeder-3/pole-17").expect("gcp"),
         )
         .await
-        .expect("stake");
+        .expect("attest");
+    rows.push(Row {
+        operation: "MeterStaking.attest",
+        gas: attest.gas_used,
+        note: "verifier: key, device identity, export and import capacity, grid connection point"
+            .into(),
+    });
+    let stake = st.stake(alice, meter.id, tokens(150)).await.expect("stake");
     rows.push(Row {
         operation: "MeterStaking.stake (first stake of a meter)",
         gas: stake.gas_used,
         note: String::new(),
     });
-    let more = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::stakeCall {
-                meterId: meter.id,
-                amount: tokens(50),
-            },
-        )
-        .await
-        .expect("stake");
+    let more = st.stake(alice, meter.id, tokens(50)).await.expect("stake");
     rows.push(Row {
         operation: "MeterStaking.stake (adding to a stake)",
         gas: more.gas_used,
         note: String::new(),
     });
+    env.register(bob, &buyer, tokens(100)).await;
 
-    env.end_epoch(0).await;
-    let (a, sa) = meter.sign_stable(meter.reading(1, env.time_in_epoch(0, 60), 1_000, 5_000));
-    let (b, sb) = meter.sign_stable(meter.reading(96, env.time_in_epoch(0, 86_000), 3_500, 17_250));
-    let prove = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::proveEnergyCall {
-                first: a,
-                firstSig: sa,
-                last: b,
-                lastSig: sb,
-            },
-        )
-        .await
-        .expect("prove");
+    // A week of epochs: each sells to the neighbour, is proven contiguously, then one claim.
+    let mut last = meter.sign_stable(meter.reading(1, env.time_in_epoch(0, 0), 1_000, 5_000));
+    let mut first_prove = 0;
+    let mut prove = 0;
+    let mut settle_sales = 0;
+    for epoch in 0..7u64 {
+        let sold = env
+            .chain
+            .transact(
+                env.operator,
+                env.d.settlement,
+                Settlement::settleWithSalesCall {
+                    batchId: 1_000 + epoch,
+                    root: alloy::primitives::B256::repeat_byte(0x77),
+                    deltas: vec![],
+                    deliveredAtMs: env.time_in_epoch(epoch, 43_200),
+                    sales: vec![gridshare_contracts::staking::Sale {
+                        seller: meter.id,
+                        buyer: buyer.id,
+                        energyWh: 8_000,
+                    }],
+                },
+            )
+            .await
+            .expect("settle with sales");
+        settle_sales = sold.gas_used;
+        env.end_epoch(epoch).await;
+        let seq = 2 + epoch * 96;
+        let next = meter.sign_stable(meter.reading(
+            seq,
+            env.time_in_epoch(epoch, 86_000),
+            1_000 + 2_500 * (epoch + 1),
+            5_000 + 12_250 * (epoch + 1),
+        ));
+        let start = if epoch == 0 {
+            last.clone()
+        } else {
+            (Bytes::new(), Bytes::new())
+        };
+        let outcome = st
+            .prove_epoch(alice, meter.id, start, next.clone())
+            .await
+            .expect("prove");
+        if epoch == 0 {
+            first_prove = outcome.gas_used;
+        } else {
+            prove = outcome.gas_used;
+        }
+        last = next;
+    }
     rows.push(Row {
-        operation: "MeterStaking.proveEnergy (two signed readings)",
-        gas: prove.gas_used,
-        note: "two P256VERIFY calls (6 900 gas each, EIP-7951) and two SHA-256".into(),
+        operation: "Settlement.settleWithSales, 1 trade (empty deltas)",
+        gas: settle_sales,
+        note: "the sale credited to the seller meter's epoch".into(),
     });
-    env.close_epoch(0).await;
-    let claim = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::claimRewardCall {
-                owner: alice,
-                epoch: 0,
-            },
-        )
-        .await
-        .expect("claim");
     rows.push(Row {
-        operation: "MeterStaking.claimReward (finalizes the epoch)",
+        operation: "MeterStaking.proveEpoch (first proof of a key)",
+        gas: first_prove,
+        note: "two signed readings: two P256VERIFY calls (6 900 gas each, EIP-7951), two SHA-256"
+            .into(),
+    });
+    rows.push(Row {
+        operation: "MeterStaking.proveEpoch (contiguous, each later epoch)",
+        gas: prove,
+        note: "starts where the last proof ended (kept on chain): one reading, one signature"
+            .into(),
+    });
+    env.close_epoch(6).await;
+    env.chain
+        .advance_time(env.params.unbonding_period)
+        .await
+        .expect("advance");
+    // The first claim after the epochs are final finalizes them for everyone (here the
+    // buyer's, who earned nothing); every later claim only reads them.
+    let (_, first) = st.claim(bob, buyer.id, 6).await.expect("claim");
+    rows.push(Row {
+        operation: "MeterStaking.claimRewards, first claim of 7 epochs (finalizes them)",
+        gas: first.gas_used,
+        note: "paid once per epoch by whoever claims first, for the whole community".into(),
+    });
+    let (_, claim) = st.claim(alice, meter.id, 6).await.expect("claim");
+    rows.push(Row {
+        operation: "MeterStaking.claimRewards (7 epochs)",
         gas: claim.gas_used,
-        note: format!(
-            "reward claim with two signed readings = proveEnergy + claimReward = {} gas",
-            prove.gas_used + claim.gas_used
-        ),
+        note: "vested rewards of a week of epochs in one transfer".into(),
     });
 
-    let request = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::requestUnstakeCall {
-                meterId: meter.id,
-                amount: tokens(100),
-            },
-        )
+    let request = st
+        .unbond(alice, meter.id, tokens(100))
         .await
-        .expect("unstake");
+        .expect("unbond");
     rows.push(Row {
         operation: "MeterStaking.requestUnstake",
         gas: request.gas_used,
@@ -335,15 +354,7 @@ async fn measure_staking(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
         .advance_time(env.params.unbonding_period + 1)
         .await
         .expect("advance");
-    let withdraw = env
-        .chain
-        .transact(
-            alice,
-            s,
-            MeterStaking::withdrawUnbondedCall { meterId: meter.id },
-        )
-        .await
-        .expect("withdraw");
+    let withdraw = st.withdraw(alice, meter.id).await.expect("withdraw");
     rows.push(Row {
         operation: "MeterStaking.withdrawUnbonded",
         gas: withdraw.gas_used,
@@ -351,27 +362,91 @@ async fn measure_staking(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
     });
 
     let t = env.time_in_epoch(0, 3_600);
-    let (a, sa) = meter.sign_stable(meter.reading(50, t, 2_000, 9_000));
-    let (b, sb) = meter.sign_stable(meter.reading(50, t, 2_000, 9_999));
+    let a = meter.sign_stable(meter.reading(50, t, 2_000, 9_000));
+    let b = meter.sign_stable(meter.reading(50, t, 2_000, 9_999));
+    let commitment = gridshare_contracts::staking::fraud_commitment(reporter, &a.0, &b.0);
+    let commit = env
+        .chain
+        .transact(
+            reporter,
+            env.d.staking,
+            MeterStaking::commitFraudCall { commitment },
+        )
+        .await
+        .expect("commit");
+    rows.push(Row {
+        operation: "MeterStaking.commitFraud",
+        gas: commit.gas_used,
+        note: "binds the report to its reporter".into(),
+    });
     let fraud = env
         .chain
         .transact(
             reporter,
-            s,
+            env.d.staking,
             MeterStaking::proveFraudCall {
-                first: a,
-                firstSig: sa,
-                second: b,
-                secondSig: sb,
+                first: a.0,
+                firstSig: a.1,
+                second: b.0,
+                secondSig: b.1,
             },
         )
         .await
         .expect("fraud");
     rows.push(Row {
-        operation: "MeterStaking.proveFraud (same sequence, different readings)",
+        operation: "MeterStaking.proveFraud (same instant, different counters)",
         gas: fraud.gas_used,
-        note: "slashes and pays the reporter".into(),
+        note: format!(
+            "slashes, pays the reporter; with the commitment {} gas",
+            commit.gas_used + fraud.gas_used
+        ),
     });
+    OperatorEpoch {
+        prove,
+        claim_week: claim.gas_used,
+    }
+}
+
+/// The L2 cost goal, worked out from the measured gas: an operator's cost of proving and
+/// claiming an epoch against the rewards of a typical 5 kWp home at the default parameters.
+fn l2_cost(op: &OperatorEpoch) -> String {
+    // A 5 kWp roof yields ~1 000 kWh per kWp and year in central Europe; a home with a battery
+    // sells about half of it to neighbours: ~6 850 Wh a day, credited at the default ceiling
+    // (0.5 token per kWh, `StakingParams::daily`) whenever the community's emission covers it.
+    let sold_wh_per_day: u64 = 5 * 1_000 * 1_000 / 2 / 365;
+    // Token units are 10^-18 token; one token's reference value is one kWh's grid fee.
+    let reward_milli_token = sold_wh_per_day / 2;
+    // Value in payment units (1/1000 cent): one token = REFERENCE_FEE_PER_KWH units.
+    let reward_units = reward_milli_token * gridshare_contracts::REFERENCE_FEE_PER_KWH / 1_000;
+    let per_epoch_gas = op.prove + op.claim_week.div_ceil(7);
+    // Stated L2 conditions: gas price 0.001 gwei (10^6 wei), ETH at 3 000 € = 3*10^8 units.
+    let wei_per_gas: u64 = 1_000_000;
+    let units_per_eth: u128 = 300_000_000;
+    let cost_units_x1000 =
+        u128::from(per_epoch_gas) * u128::from(wei_per_gas) * units_per_eth * 1_000
+            / 10u128.pow(18);
+    let share_bp = cost_units_x1000 * 10_000 / (u128::from(reward_units) * 1_000);
+    let break_even_wei =
+        u128::from(reward_units) * 10u128.pow(18) / 100 / units_per_eth / u128::from(per_epoch_gas);
+    format!(
+        "\n## L2 cost of proving and claiming\n\n\
+         A typical 5 kWp home sells about {sold_wh_per_day} Wh a day to neighbours (1 000 kWh per kWp \
+         and year, half of it sold locally). At the default reward ceiling of 0.5 token per kWh \
+         (`StakingParams::daily`) that is {reward_milli_token} millitokens a day, worth {reward_units} payment \
+         units (1/1000 cent) at the reference value of one token = one kWh's default grid fee \
+         (1 000 units). Proving an epoch (contiguous) and a seventh of a weekly claim cost \
+         {per_epoch_gas} gas (the community's first claimant also pays the finalization of the \
+         epochs, see above). On an L2 at 0.001 gwei and ETH at 3 000 € that is {cost} units, \
+         **{pct}.{frac:02} % of the day's reward**. The 1 % goal holds up to {break_even} wei \
+         ({gwei}.{gwei_frac:04} gwei) per gas; above that, prove less often \
+         (longer epochs) or through a delegate that batches.\n",
+        cost = cost_units_x1000 / 1_000,
+        pct = share_bp / 100,
+        frac = share_bp % 100,
+        break_even = break_even_wei,
+        gwei = break_even_wei / 1_000_000_000,
+        gwei_frac = (break_even_wei % 1_000_000_000) / 100_000,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +454,7 @@ async fn gas_report_matches_committed() {
     let env = embedded_fixed_clock().await;
     let mut rows = Vec::new();
     measure_settlement(&env, &mut rows).await;
-    measure_staking(&env, &mut rows).await;
+    let operator = measure_staking(&env, &mut rows).await;
 
     let mut report = String::from(
         "# Gas report\n\n\
@@ -400,6 +475,7 @@ async fn gas_report_matches_committed() {
             row.operation, row.gas, row.note
         ));
     }
+    report.push_str(&l2_cost(&operator));
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/gas-report.md");
     if std::env::var_os("GRIDSHARE_UPDATE_GAS_REPORT").is_some() {
         std::fs::write(path, &report).expect("write gas report");

@@ -3,17 +3,22 @@
 
 use alloy::primitives::{Address, B256, Bytes, U256};
 use alloy::signers::local::PrivateKeySigner;
-use gridshare_contracts::bindings::{GridToken, MeterStaking};
+use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::ChainExt;
+use gridshare_contracts::staking::{Sale, StakingClient, device_hash, text_id};
 use gridshare_contracts::{Chain, ChainError, Deployment, EmbeddedChain, RpcChain, StakingParams};
 use gridshare_core::reading::{
-    ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, PublicKey, Reading, SignedReading,
+    ClockSync, DeviceIdentity, KeyStatement, Measured, MeterId, MeterKey, PublicKey, Reading,
+    SignedReading,
 };
 use gridshare_testbed::anvil::Anvil;
 use ring::rand::SystemRandom;
 
 /// anvil's first development key (public knowledge, from its default mnemonic).
 const ANVIL_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// Seconds between deployment and the start of epoch 0 in the tests.
+pub(crate) const GENESIS_DELAY_S: u64 = 600;
 
 /// One token with 18 decimals.
 pub(crate) fn tokens(n: u64) -> U256 {
@@ -40,7 +45,43 @@ pub(crate) async fn embedded() -> Env<EmbeddedChain> {
     let chain = EmbeddedChain::in_memory();
     let deployer = Address::repeat_byte(0xde);
     let operator = Address::repeat_byte(0x0e);
-    deploy(chain, deployer, operator, None, None).await
+    deploy(chain, deployer, operator, None, None, test_params).await
+}
+
+/// The embedded chain deployed with the production defaults ([`StakingParams::daily`]).
+pub(crate) async fn embedded_daily() -> Env<EmbeddedChain> {
+    let chain = EmbeddedChain::in_memory();
+    deploy(
+        chain,
+        Address::repeat_byte(0xde),
+        Address::repeat_byte(0x0e),
+        None,
+        None,
+        StakingParams::daily,
+    )
+    .await
+}
+
+/// Anvil deployed with the production defaults ([`StakingParams::daily`]).
+pub(crate) async fn anvil_daily() -> Option<Env<RpcChain>> {
+    anvil_with(StakingParams::daily).await
+}
+
+/// Parameters of the tests: epochs of a day, 1 000 tokens emitted halving every two epochs,
+/// and a reward ceiling high enough that the split of the emission shows.
+pub(crate) fn test_params(genesis: u64) -> StakingParams {
+    StakingParams {
+        min_stake: tokens(100),
+        unbonding_period: 7 * 86_400,
+        genesis,
+        epoch_duration: 86_400,
+        proof_window: 86_400,
+        initial_emission: tokens(1_000),
+        halving_epochs: 2,
+        slash_bps: 5_000,
+        reporter_bps: 1_000,
+        max_reward_per_wh: tokens(1),
+    }
 }
 
 /// The embedded chain with a clock that ignores the wall clock, for reproducible gas figures.
@@ -53,15 +94,20 @@ pub(crate) async fn embedded_fixed_clock() -> Env<EmbeddedChain> {
         Address::repeat_byte(0x0e),
         None,
         None,
+        test_params,
     )
     .await
 }
 
 /// Anvil at `GRIDSHARE_TEST_ANVIL_URL` (CI starts one), or one started here from
-/// `contracts/node_modules` (`npm ci` in `contracts/` installs it); `None` (reported) where
-/// this machine has neither. Tests on a shared node run one at a time, because moving its
-/// clock affects everyone on it.
+/// `contracts/node_modules` (`npm ci` in `contracts/` installs it), deployed with the tests'
+/// parameters; `None` (reported) where this machine has neither. Tests on a shared node run one
+/// at a time, because moving its clock affects everyone on it.
 pub(crate) async fn anvil() -> Option<Env<RpcChain>> {
+    anvil_with(test_params).await
+}
+
+async fn anvil_with(params: fn(u64) -> StakingParams) -> Option<Env<RpcChain>> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let key: PrivateKeySigner = ANVIL_KEY.parse().expect("anvil key");
     let deployer = key.address();
@@ -72,7 +118,7 @@ pub(crate) async fn anvil() -> Option<Env<RpcChain>> {
         None
     };
     let chain = RpcChain::connect(&node.url, Some(key)).expect("connect to anvil");
-    let mut env = deploy(chain, deployer, deployer, Some(node), serial).await;
+    let mut env = deploy(chain, deployer, deployer, Some(node), serial, params).await;
     env.operator = deployer;
     Some(env)
 }
@@ -83,23 +129,15 @@ async fn deploy<C: Chain>(
     operator: Address,
     anvil: Option<Anvil>,
     serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+    params: fn(u64) -> StakingParams,
 ) -> Env<C> {
     chain
         .prepare_account(deployer)
         .await
         .expect("prepare deployer");
     let now = chain.timestamp().await.expect("timestamp");
-    let params = StakingParams {
-        min_stake: tokens(100),
-        unbonding_period: 7 * 86_400,
-        genesis: now,
-        epoch_duration: 86_400,
-        proof_window: 86_400,
-        initial_emission: tokens(1_000),
-        halving_epochs: 2,
-        slash_bps: 5_000,
-        reporter_bps: 1_000,
-    };
+    // Epoch 0 starts a little after deployment, so stake placed right away is bonded for it.
+    let params = params(now + GENESIS_DELAY_S);
     let d = Deployment::deploy(
         &chain,
         deployer,
@@ -110,6 +148,11 @@ async fn deploy<C: Chain>(
     )
     .await
     .expect("deploy");
+    // The deployer is also the community's verifier.
+    StakingClient::new(&chain, d.staking)
+        .set_verifier(deployer, deployer, true)
+        .await
+        .expect("appoint verifier");
     Env {
         chain,
         d,
@@ -163,33 +206,114 @@ impl<C: Chain> Env<C> {
             .expect("balanceOf")
     }
 
-    /// Registers a meter with `key` for `owner` and stakes `stake` on it.
-    pub(crate) async fn register(&self, owner: Address, meter: &TestMeter, stake: U256) {
-        self.chain
-            .transact(
-                owner,
-                self.d.staking,
-                MeterStaking::registerMeterCall {
-                    meterId: meter.id,
-                    keyX: meter.x(),
-                    keyY: meter.y(),
-                },
-            )
+    pub(crate) fn staking(&self) -> StakingClient<&C> {
+        StakingClient::new(&self.chain, self.d.staking)
+    }
+
+    /// Registers a meter with its signed registration for `owner` and stakes `stake` on it;
+    /// not attested.
+    pub(crate) async fn register_unattested(&self, owner: Address, meter: &TestMeter, stake: U256) {
+        let sig = meter.registration(self, owner, false).await;
+        self.staking()
+            .register(owner, meter.id, (meter.x(), meter.y()), sig)
             .await
             .expect("register meter");
         if stake > U256::ZERO {
-            self.chain
-                .transact(
-                    owner,
-                    self.d.staking,
-                    MeterStaking::stakeCall {
-                        meterId: meter.id,
-                        amount: stake,
-                    },
-                )
+            self.staking()
+                .stake(owner, meter.id, stake)
                 .await
                 .expect("stake");
         }
+    }
+
+    /// Registers, stakes, and has the deployer (the verifier) attest the meter at grid
+    /// connection point `grid_point` with a 5 kW export capacity.
+    pub(crate) async fn register(&self, owner: Address, meter: &TestMeter, stake: U256) {
+        self.register_unattested(owner, meter, stake).await;
+        self.attest(meter, &format!("gcp-{}", meter.name), 5_000)
+            .await;
+    }
+
+    /// Alice (actor 1) and Bob (actor 2), funded, with attested meters staked at the minimum,
+    /// and a funded reward pool.
+    pub(crate) async fn neighbours(&self, seller: &str, buyer: &str) -> (TestMeter, TestMeter) {
+        let (alice, bob) = (actor(1), actor(2));
+        self.fund(alice, tokens(1_000)).await;
+        self.fund(bob, tokens(1_000)).await;
+        self.fund_rewards(tokens(100_000)).await;
+        let (ma, mb) = (TestMeter::new(seller), TestMeter::new(buyer));
+        self.register(alice, &ma, tokens(100)).await;
+        self.register(bob, &mb, tokens(100)).await;
+        (ma, mb)
+    }
+
+    /// The verifier attests `meter` (its test device) at `grid_point`.
+    pub(crate) async fn attest(&self, meter: &TestMeter, grid_point: &str, export_w: u32) {
+        self.staking()
+            .attest(
+                self.deployer,
+                meter.id,
+                (meter.x(), meter.y()),
+                TestMeter::device(),
+                export_w,
+                export_w,
+                text_id(grid_point).expect("gcp"),
+            )
+            .await
+            .expect("attest");
+    }
+
+    /// The operator settles an empty batch whose sales were delivered at `at_ms`.
+    pub(crate) async fn settle_sales(
+        &self,
+        batch: u64,
+        at_ms: u64,
+        sales: &[(&TestMeter, &TestMeter, u64)],
+    ) {
+        self.chain
+            .transact(
+                self.operator,
+                self.d.settlement,
+                Settlement::settleWithSalesCall {
+                    batchId: batch,
+                    root: B256::repeat_byte(0x77),
+                    deltas: vec![],
+                    deliveredAtMs: at_ms,
+                    sales: sales
+                        .iter()
+                        .map(|(s, b, wh)| Sale {
+                            seller: s.id,
+                            buyer: b.id,
+                            energyWh: *wh,
+                        })
+                        .collect(),
+                },
+            )
+            .await
+            .expect("settle with sales");
+    }
+
+    /// Lets the staking contract fund rewards from the treasury.
+    pub(crate) async fn fund_rewards(&self, amount: U256) {
+        self.chain
+            .transact(
+                self.deployer,
+                self.d.network_token,
+                GridToken::approveCall {
+                    spender: self.d.staking,
+                    value: U256::MAX,
+                },
+            )
+            .await
+            .expect("approve");
+        self.chain
+            .transact(
+                self.deployer,
+                self.d.staking,
+                gridshare_contracts::bindings::MeterStaking::fundRewardsCall { amount },
+            )
+            .await
+            .expect("fund");
     }
 
     /// Unix time (ms) inside epoch `epoch`, `offset_s` seconds after it starts.
@@ -266,6 +390,66 @@ impl TestMeter {
                 return meter;
             }
         }
+    }
+
+    /// The device every test meter reads as (SunSpec model 1 identity).
+    pub(crate) fn device() -> B256 {
+        device_hash("Gridshare", "SIM-HYBRID-5K", "SN-TEST").expect("device")
+    }
+
+    /// A second meter with this one's name and a new key (a replaced device).
+    pub(crate) fn with_name_of(other: &TestMeter) -> Self {
+        Self::new(&other.name)
+    }
+
+    /// The key's signature registering this meter for `owner` (or rotating to this key).
+    pub(crate) async fn registration<C: Chain>(
+        &self,
+        env: &Env<C>,
+        owner: Address,
+        rotation: bool,
+    ) -> Bytes {
+        self.statement_signature(env, owner, rotation, self).await
+    }
+
+    /// This key's signature registering `other`'s id for `owner`.
+    pub(crate) async fn registration_for<C: Chain>(
+        &self,
+        env: &Env<C>,
+        owner: Address,
+        other: &TestMeter,
+    ) -> Bytes {
+        self.statement_signature(env, owner, false, other).await
+    }
+
+    async fn statement_signature<C: Chain>(
+        &self,
+        env: &Env<C>,
+        owner: Address,
+        rotation: bool,
+        meter: &TestMeter,
+    ) -> Bytes {
+        let message = env
+            .staking()
+            .registration_message(meter.id, owner, rotation)
+            .await
+            .expect("registration message");
+        let statement = KeyStatement {
+            rotation,
+            chain_id: u64::from_be_bytes(message[56..64].try_into().expect("8 bytes")),
+            contract: env.d.staking.into_array(),
+            meter_id: MeterId::new(meter.name.clone()).expect("meter id"),
+            owner: owner.into_array(),
+            nonce: u64::from_be_bytes(message[136..144].try_into().expect("8 bytes")),
+        };
+        assert_eq!(statement.encode().as_slice(), message.as_ref());
+        Bytes::copy_from_slice(
+            &self
+                .key
+                .sign_statement(&statement, &self.rng)
+                .expect("sign")
+                .0,
+        )
     }
 
     pub(crate) fn public(&self) -> PublicKey {

@@ -88,10 +88,12 @@
 
 mod encoding;
 mod envelope;
+mod registration;
 mod signature;
 
 pub use encoding::{DOMAIN_TAG, ENCODED_LEN, ENCODING_VERSION};
 pub use envelope::{ENVELOPE_FORMAT, MAX_ENVELOPE_LEN};
+pub use registration::{KeyStatement, REGISTRATION_TAG, ROTATION_TAG, STATEMENT_LEN};
 pub use signature::{KeyId, MeterKey, PublicKey, Signature, SignedReading};
 
 use serde::{Deserialize, Serialize};

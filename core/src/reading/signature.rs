@@ -10,7 +10,7 @@ use super::{ENCODED_LEN, Reading, ReadingError};
 
 /// A meter's signing key (P-256), loaded from PKCS#8.
 pub struct MeterKey {
-    pair: EcdsaKeyPair,
+    pub(super) pair: EcdsaKeyPair,
 }
 
 impl std::fmt::Debug for MeterKey {
