@@ -6,7 +6,9 @@
 //!
 //! Measured on the shared 2-core development machine (other builds running), 2026-11-25:
 //! CDA 8.6 M ops/s (insert : cancel : marketable = 5 : 3 : 2 on a 10 000-order book);
-//! call auction 27 µs / 3.9 ms / 134 ms for 1 000 / 100 000 / 1 000 000 orders;
+//! call auction 27 µs / 3.9 ms / 134 ms for 1 000 / 100 000 / 1 000 000 orders (before the
+//! volume between different owners of issue 18; after it, alternating old and new binaries
+//! on the machine at load 7–9 gave 408–689 ms old against 375–591 ms new for 1 000 000);
 //! 49 B per resting order at 1 000 000 orders (65 B at 10 000 orders over 4 000 price levels).
 
 #![allow(clippy::unwrap_used, reason = "benchmark setup on fixed, valid data")]

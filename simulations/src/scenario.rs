@@ -143,6 +143,9 @@ pub enum PriceRuleName {
     MarginalBid,
     /// The marginal ask.
     MarginalAsk,
+    /// Power TAC's rule: `"k-factor"`, but sellers earn at most
+    /// `seller_max_margin_basis_points` above the marginal ask.
+    KFactorCapped,
 }
 
 /// The market rules.
@@ -158,12 +161,19 @@ pub struct MarketSettings {
     /// tariffs); consumers pay it plus the grid fee.
     #[serde(default)]
     pub sharing_price_per_kwh: Option<u64>,
-    /// For `"call"`: `"midpoint"`, `"k-factor"`, `"marginal-bid"`, `"marginal-ask"`.
+    /// For `"call"`: `"midpoint"`, `"k-factor"`, `"k-factor-capped"`, `"marginal-bid"`,
+    /// `"marginal-ask"`.
     #[serde(default = "midpoint")]
     pub price_rule: PriceRuleName,
-    /// k for `"k-factor"`, basis points.
+    /// k for `"k-factor"` and `"k-factor-capped"`, basis points.
     #[serde(default = "half")]
     pub k_basis_points: u16,
+    /// For `"k-factor-capped"`: the sellers' largest margin over the marginal ask, basis
+    /// points of the ask (Power TAC: 500 = 5 %). It bounds the price buyers pay, fees
+    /// included: keep it above the grid fees' share of the asks, or sellers would receive
+    /// less than they ask and nothing trades.
+    #[serde(default = "five_percent")]
+    pub seller_max_margin_basis_points: u16,
     /// Retail tariff per kWh: one value, or one per slot of a day (repeating daily).
     pub retail_per_kwh: Vec<u64>,
     /// Feed-in tariff per kWh, same shape rules.
@@ -194,6 +204,9 @@ fn midpoint() -> PriceRuleName {
 }
 fn half() -> u16 {
     5_000
+}
+fn five_percent() -> u16 {
+    500
 }
 fn units() -> u64 {
     100_000
@@ -645,6 +658,10 @@ impl Scenario {
             },
             PriceRuleName::MarginalBid => PriceRule::MarginalBid,
             PriceRuleName::MarginalAsk => PriceRule::MarginalAsk,
+            PriceRuleName::KFactorCapped => PriceRule::KFactorCapped {
+                basis_points: self.market.k_basis_points,
+                seller_max_margin_basis_points: self.market.seller_max_margin_basis_points,
+            },
         }
     }
 

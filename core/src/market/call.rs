@@ -1,21 +1,6 @@
 //! The periodic call auction: all orders of a slot clear once, at gate closure, at ONE uniform
-//! price (pay-as-clear).
-//!
-//! 1. **Priority.** Bids are ranked by price descending, asks by price ascending; equal prices
-//!    by submission sequence (earlier first), then by order id (smaller first). This is the
-//!    only tie-break, and the result depends on arrival order only through the sequence.
-//! 2. **Volume.** Walking both ranked lists while the bid price ≥ the ask price gives the
-//!    largest volume any single price can clear; the last bid and ask that trade are the
-//!    marginal pair.
-//! 3. **Price.** The [`PriceRule`] picks the price from the marginal pair, then it is clamped
-//!    into `[max(marginal ask, feed-in), min(marginal bid, retail)]`, which is never empty
-//!    because every order lies in the tariff band. Rules round down to whole price units.
-//! 4. **Allocation.** Every order willing to trade at the price (bids at or above it, asks at
-//!    or below it) is paired with the other side in passes: preferred partners, then
-//!    green-only bids with green asks, then everything else by priority — so the long side is
-//!    rationed by priority and, without constraints, exactly the walk's volume trades. A pair is skipped when it is a self-trade or when grid fees would take the
-//!    seller below its limit at the clearing price; energy that finds no pair stays unmatched
-//!    and falls back to the utility. Every trade is buyer-anchored at the clearing price.
+//! price (pay-as-clear). The rules, the closed form they rest on and the guarantees are on
+//! [`CallAuction`].
 
 use super::fees::PriceAnchor;
 use super::order::{AccountId, AreaId, MAX_BOOK_ORDERS, Order, OrderError, OrderId, Side};
@@ -40,6 +25,20 @@ pub enum PriceRule {
     MarginalBid,
     /// `a`: buyers capture the surplus.
     MarginalAsk,
+    /// Power TAC's wholesale rule: the k-factor price, but a seller earns at most
+    /// `seller_max_margin_basis_points` above the marginal ask,
+    /// `min(a + floor(k × (b − a)), a + floor(a × m))` with `m = seller_max_margin_basis_points
+    /// / 10000` (Power TAC: k = 0.5, m = 5 %: ask 20 and bid 32 clear at 21, not 26). It keeps
+    /// one high bid — a household with no battery left at a peak — from handing the sellers
+    /// most of the spread. Like every rule it sets the price the buyer pays: grid fees come
+    /// out of the seller's side, so a cap below the fees leaves sellers less than their asks
+    /// and those pairs do not trade.
+    KFactorCapped {
+        /// k in basis points, 0..=10000.
+        basis_points: u16,
+        /// The sellers' largest margin over the marginal ask, in basis points of the ask.
+        seller_max_margin_basis_points: u16,
+    },
 }
 
 impl Default for PriceRule {
@@ -51,6 +50,15 @@ impl Default for PriceRule {
 }
 
 impl PriceRule {
+    /// Power TAC's auctioneer defaults: k = 0.5 and a 5 % seller margin cap.
+    #[must_use]
+    pub const fn power_tac() -> Self {
+        Self::KFactorCapped {
+            basis_points: 5_000,
+            seller_max_margin_basis_points: 500,
+        }
+    }
+
     fn pick(self, ask: u64, bid: u64) -> u64 {
         let spread = u128::from(bid.saturating_sub(ask));
         let up = match self {
@@ -60,6 +68,14 @@ impl PriceRule {
             }
             Self::MarginalBid => spread,
             Self::MarginalAsk => 0,
+            Self::KFactorCapped {
+                basis_points,
+                seller_max_margin_basis_points,
+            } => {
+                let k = spread * u128::from(basis_points.min(10_000)) / 10_000;
+                let cap = u128::from(ask) * u128::from(seller_max_margin_basis_points) / 10_000;
+                k.min(cap)
+            }
         };
         // `up` never exceeds the spread, so ask + up ≤ bid fits.
         ask.saturating_add(u64::try_from(up).unwrap_or(0))
@@ -93,9 +109,10 @@ pub struct Unmatched {
 pub struct ClearingResult {
     /// The uniform price every buyer pays per kWh, if anything cleared.
     pub clearing_price: Option<u64>,
-    /// The lowest accepted bid price.
+    /// The marginal bid: the upper end of the price range that clears the most energy
+    /// between different owners and contains the price (a bid's limit).
     pub marginal_bid: Option<u64>,
-    /// The highest accepted ask price.
+    /// The marginal ask: the lower end of that range (an ask's limit).
     pub marginal_ask: Option<u64>,
     /// The trades, in formation order.
     pub trades: Vec<Trade>,
@@ -113,6 +130,89 @@ impl ClearingResult {
 }
 
 /// One slot's call auction: collects orders until gate closure, then clears once.
+///
+/// All orders of the slot clear at ONE uniform price (pay-as-clear), trading the most energy
+/// between **different owners** that any single price allows.
+///
+/// An order is *eligible* at price `p` when it is willing to trade there: a bid with limit
+/// `≥ p`, an ask with limit `≤ p`. At `p`, let `D` and `S` be the eligible bid and ask energy
+/// and `D_o`, `S_o` the part of it owner `o` holds (a household with a battery, or an
+/// aggregator, may hold both).
+///
+/// **Closed form.** The most energy that can trade at `p` when nobody trades with itself is
+///
+/// ```text
+/// V(p) = min( D, S, min_o [ (D − D_o) + (S − S_o) ] ) = min( D, S, D + S − max_o (D_o + S_o) )
+/// ```
+///
+/// Proof: it is a maximum flow from a source through each owner's bids (capacity `D_o`) to
+/// every other owner's asks (unbounded) and on to a sink (capacity `S_o`). A finite cut
+/// removes the bid arcs of a set `X` of owners and the ask arcs of a set `Y`; the owners left
+/// on each side must not be joined by an arc, i.e. no bid owner outside `X` differs from an
+/// ask owner outside `Y`. So either every bid arc is cut (`D`), or every ask arc (`S`), or
+/// exactly one owner `o` keeps both its arcs (`(D − D_o) + (S − S_o)`); the smallest cut is
+/// the minimum of these, and max-flow = min-cut. When no owner has both sides eligible the
+/// last term is at least `max(D, S)` and `V(p) = min(D, S)`, the textbook volume. (The tests
+/// check the formula against a brute-force maximum flow on small books.)
+///
+/// 1. **Priority.** Bids are ranked by price descending, asks by price ascending; equal prices
+///    by submission sequence (earlier first), then by order id (smaller first). This is the
+///    only tie-break, and the result depends on arrival order only through the sequence.
+/// 2. **Volume.** `V` changes only at limit prices: it can rise only where an ask becomes
+///    eligible and fall only just above a bid's limit. So the prices reaching the largest
+///    `V*` form ranges `[a, b]` from an ask's limit `a` to a bid's limit `b`: the *marginal
+///    ask and bid*. If no owner holds more eligible energy anywhere between the owner-blind
+///    marginal pair than the owner-blind volume (the common case, checked in one pass), that
+///    pair's range is the only one — the textbook auction's answer. Otherwise every price is
+///    swept in O(n log n).
+/// 3. **Price.** The [`PriceRule`] picks the price in each range from its marginal pair,
+///    rounded down and clamped into `[max(a, feed-in), min(b, retail)]` (never empty: every
+///    order lies in the tariff band), so every price it can pick clears `V*`. When several
+///    ranges reach `V*` — possible only when some owner has both sides — the one whose price
+///    is closest to the owner-blind price (the marginal pair of pure price priority, which is
+///    what the auction clears when no owner has both sides) wins, then the lower price.
+/// 4. **Allocation.** Preferred partners, then green-only bids with green asks, are paired
+///    first (in priority order, skipping infeasible pairs). Then the **volume pass** trades
+///    `F = V(p)` among the remaining eligible bids (not green-only) and the asks that every
+///    one of them may trade with after grid fees — all eligible asks when there are no fees,
+///    or when the fees fit within every ask's margin:
+///    - *Fills.* Each side fills `F` from the top in priority order (the long side is
+///      rationed by priority). The fills total `2F`, so at most one owner `o` can hold more
+///      than `F` of them — more than the others can take. That owner gives up the excess
+///      `E`, half on each side (the extra Wh on the bid side) as far as the other owners'
+///      eligible energy allows, so that what it buys less what it sells is what priority gave
+///      it; on each side its lowest-ranked fills give way to the next orders of other owners.
+///    - *Pairs.* Fills are paired in priority order, never an owner with itself: the first
+///      bid with energy left takes the first ask of another owner, at most as much as leaves
+///      no third owner holding more than remains to pair; when an owner holds exactly what
+///      remains, every pair must include it and the first bid takes that owner's first ask.
+///      With the fills above this always pairs all of `F`.
+///
+///    Whatever is left and could still trade at `p` — asks that grid fees keep from some of
+///    the bids — is then paired by priority, skipping infeasible pairs. Energy that finds no
+///    pair stays unmatched and falls back to the utility. Every trade is buyer-anchored at
+///    the clearing price.
+///
+/// # Guarantees
+///
+/// - One price for every trade, within both limits of every trade and the tariff band; no
+///   owner trades with itself; no order fills beyond its energy; energy bought equals energy
+///   sold.
+/// - **Volume.** Without preferences, and with no grid fee that exceeds some eligible ask's
+///   margin at the price, the auction trades `max_p V(p)` — no single price could trade more
+///   between different owners. Preferences shape pairs first and grid fees can forbid pairs,
+///   so then the volume may fall short of that maximum (the price is still chosen by `V`,
+///   which ignores fees and preferences).
+/// - **Nothing tradeable is left at the clearing price.** After clearing, no bid and ask of
+///   different owners that are both unmatched could trade with each other at the clearing
+///   price (limits, fees, green-only) — except when an order skipped more than
+///   [`MAX_SKIPS_PER_ORDER`] infeasible candidates in a preference or fee-bound pass. In
+///   the volume pass this holds because after it either one side of it has no energy left or
+///   only the owner whose term binds in the closed form has.
+/// - It is **not** promised that no crossed pair of different owners remains: with one price
+///   for all, that is sometimes impossible (see the worked examples in the [`market`](super) module docs).
+/// - **Arrival order.** The result depends on the input only through each order's fields and
+///   sequence number: the same entries in any order clear identically.
 #[derive(Debug, Clone)]
 pub struct CallAuction {
     terms: SlotTerms,
@@ -400,12 +500,53 @@ struct Slim {
     price: u64,
     energy: u64,
     owner: AccountId,
+    /// The owner as a dense index into per-owner tables ([`Owners`]).
+    who: u32,
     area: AreaId,
     green: bool,
     partner: Option<AccountId>,
 }
 
-fn gather(entries: &[AuctionEntry], ranked: &[Ranked]) -> Vec<Slim> {
+/// Dense indices for the owners of one batch, so per-owner sums are slots of a vector.
+struct Owners {
+    /// The distinct owner ids in ascending order; empty when ids index directly.
+    sparse: Vec<u32>,
+    /// Number of slots a per-owner table needs.
+    count: usize,
+}
+
+impl Owners {
+    fn new(entries: &[AuctionEntry]) -> Self {
+        let max = entries.iter().map(|e| e.order.owner.0).max().unwrap_or(0);
+        // Design: account ids of the engine and the simulator are small and dense, so the id
+        // itself is the index; a batch with sparse ids (more than two slots per order) ranks
+        // them instead.
+        if max as usize <= 2 * entries.len() + 1024 {
+            return Self {
+                sparse: Vec::new(),
+                count: max as usize + 1,
+            };
+        }
+        let mut ids: Vec<u32> = entries.iter().map(|e| e.order.owner.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        Self {
+            count: ids.len(),
+            sparse: ids,
+        }
+    }
+
+    fn index(&self, owner: AccountId) -> u32 {
+        if self.sparse.is_empty() {
+            return owner.0;
+        }
+        // Every owner of the batch is in the list, and the list has fewer than 2^32 entries.
+        let at = self.sparse.binary_search(&owner.0).unwrap_or(0);
+        u32::try_from(at).unwrap_or(u32::MAX)
+    }
+}
+
+fn gather(entries: &[AuctionEntry], ranked: &[Ranked], owners: &Owners) -> Vec<Slim> {
     ranked
         .iter()
         .map(|r| {
@@ -415,6 +556,7 @@ fn gather(entries: &[AuctionEntry], ranked: &[Ranked]) -> Vec<Slim> {
                 price: o.price_per_kwh,
                 energy: o.energy_wh,
                 owner: o.owner,
+                who: owners.index(o.owner),
                 area: o.area,
                 green: o.preference.green,
                 partner: o.preference.preferred_partner,
@@ -423,14 +565,31 @@ fn gather(entries: &[AuctionEntry], ranked: &[Ranked]) -> Vec<Slim> {
         .collect()
 }
 
-fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule) -> ClearingResult {
-    let (bids, asks) = rank(entries);
-    let (bids, asks) = (gather(entries, &bids), gather(entries, &asks));
+/// The chosen uniform price and the marginal pair it was picked between.
+#[derive(Debug, Clone, Copy)]
+struct PriceChoice {
+    ask: u64,
+    bid: u64,
+    price: u64,
+}
 
-    // Volume walk: finds the marginal pair of the largest single-price volume.
+fn priced(rule: PriceRule, terms: &SlotTerms, ask: u64, bid: u64) -> PriceChoice {
+    let lo = ask.max(terms.band.feed_in_per_kwh);
+    let hi = bid.min(terms.band.retail_per_kwh);
+    PriceChoice {
+        ask,
+        bid,
+        price: rule.pick(ask, bid).clamp(lo, hi.max(lo)),
+    }
+}
+
+/// The owner-blind volume walk: both rankings while bid ≥ ask. Returns the marginal pair
+/// `(ask, bid)` and the volume, the largest `min(demand(p), supply(p))` of any price.
+fn owner_blind_walk(bids: &[Slim], asks: &[Slim]) -> Option<((u64, u64), u128)> {
     let (mut i, mut j) = (0usize, 0usize);
     let (mut bid_left, mut ask_left) = (0u64, 0u64);
-    let mut marginal: Option<(u64, u64)> = None;
+    let mut marginal = None;
+    let mut volume = 0u128;
     while i < bids.len() && j < asks.len() {
         let (b, a) = (&bids[i], &asks[j]);
         if b.price < a.price {
@@ -445,6 +604,7 @@ fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule)
         let q = bid_left.min(ask_left);
         bid_left -= q;
         ask_left -= q;
+        volume += u128::from(q);
         marginal = Some((a.price, b.price));
         if bid_left == 0 {
             i += 1;
@@ -453,33 +613,158 @@ fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule)
             j += 1;
         }
     }
+    marginal.map(|m| (m, volume))
+}
 
+/// Picks the price range with the largest volume between different owners, then the price in
+/// it (see [`CallAuction`], steps 2 and 3).
+fn choose_price(
+    bids: &[Slim],
+    asks: &[Slim],
+    owners: usize,
+    rule: PriceRule,
+    terms: &SlotTerms,
+) -> Option<PriceChoice> {
+    let ((ask, bid), volume) = owner_blind_walk(bids, asks)?;
+    let blind = priced(rule, terms, ask, bid);
+    // Fast check: if no owner has more energy willing to trade anywhere in [ask, bid] than the
+    // walk's volume, every price there clears that volume between different owners too (the
+    // closed form's owner term never binds), no price outside it clears as much, and the
+    // owner-blind answer stands. It fails only where one owner is a large part of the book.
+    let mut sums = vec![0u128; owners];
+    for b in bids.iter().take_while(|b| b.price >= ask) {
+        sums[b.who as usize] += u128::from(b.energy);
+    }
+    for a in asks.iter().take_while(|a| a.price <= bid) {
+        sums[a.who as usize] += u128::from(a.energy);
+    }
+    if sums.iter().all(|&s| s <= volume) {
+        return Some(blind);
+    }
+    drop(sums);
+    let (best, runs) = volume_runs(bids, asks, owners);
+    if best == 0 {
+        return None;
+    }
+    // Among the ranges that clear the most, the one whose price lies closest to the
+    // owner-blind price (pure price priority), then the lower.
+    runs.into_iter()
+        .map(|(a, b)| priced(rule, terms, a, b))
+        .min_by_key(|c| (c.price.abs_diff(blind.price), c.price))
+}
+
+/// Sweeps every price from the lowest ask up and returns the largest volume between
+/// different owners any single price clears,
+/// `V(p) = min(D, S, D + S − max_o (D_o + S_o))` (bids ≥ p, asks ≤ p), with the maximal
+/// price ranges `[ask, bid]` where it is reached. O(n log n): a lazy max-heap tracks the
+/// largest owner.
+fn volume_runs(bids: &[Slim], asks: &[Slim], owners: usize) -> (u128, Vec<(u64, u64)>) {
+    use std::collections::BinaryHeap;
+    let mut held = vec![0u128; owners];
+    let mut heap: BinaryHeap<(u128, u32)> = BinaryHeap::new();
+    let (mut demand, mut supply) = (0u128, 0u128);
+    for b in bids {
+        held[b.who as usize] += u128::from(b.energy);
+        demand += u128::from(b.energy);
+    }
+    for b in bids {
+        heap.push((held[b.who as usize], b.who));
+    }
+    let (mut best, mut runs) = (0u128, Vec::new());
+    let Some(first) = asks.first() else {
+        return (best, runs);
+    };
+    let (mut next_ask, mut live_bids) = (0usize, bids.len());
+    let mut p = first.price;
+    // Whether the elementary range just before `p` reached `best` (a run may continue).
+    let mut open = false;
+    loop {
+        while let Some(a) = asks.get(next_ask).filter(|a| a.price <= p) {
+            let w = a.who as usize;
+            held[w] += u128::from(a.energy);
+            supply += u128::from(a.energy);
+            heap.push((held[w], a.who));
+            next_ask += 1;
+        }
+        while let Some(b) = live_bids
+            .checked_sub(1)
+            .map(|k| &bids[k])
+            .filter(|b| b.price < p)
+        {
+            let w = b.who as usize;
+            held[w] -= u128::from(b.energy);
+            demand -= u128::from(b.energy);
+            heap.push((held[w], b.who));
+            live_bids -= 1;
+        }
+        if live_bids == 0 {
+            break;
+        }
+        while let Some(&(h, w)) = heap.peek() {
+            if held[w as usize] == h {
+                break;
+            }
+            heap.pop();
+        }
+        let largest = heap.peek().map_or(0, |&(h, _)| h);
+        let v = demand.min(supply).min(demand + supply - largest);
+        // The next price where eligibility changes: the next ask, or just above the lowest
+        // live bid.
+        let next = [
+            asks.get(next_ask).map(|a| a.price),
+            bids[live_bids - 1].price.checked_add(1),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        let upper = next.map_or(u64::MAX, |n| n - 1);
+        if v > best {
+            best = v;
+            runs.clear();
+            runs.push((p, upper));
+        } else if v == best && v > 0 {
+            match runs.last_mut() {
+                Some(last) if open => last.1 = upper,
+                _ => runs.push((p, upper)),
+            }
+        }
+        open = v == best && v > 0;
+        match next {
+            Some(n) => p = n,
+            None => break,
+        }
+    }
+    (best, runs)
+}
+
+fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule) -> ClearingResult {
+    let (bids, asks) = rank(entries);
+    let owners = Owners::new(entries);
+    let (bids, asks) = (
+        gather(entries, &bids, &owners),
+        gather(entries, &asks, &owners),
+    );
+    let choice = choose_price(&bids, &asks, owners.count, rule, terms);
     let mut result = ClearingResult {
-        clearing_price: None,
-        marginal_bid: marginal.map(|m| m.1),
-        marginal_ask: marginal.map(|m| m.0),
+        clearing_price: choice.map(|c| c.price),
+        marginal_bid: choice.map(|c| c.bid),
+        marginal_ask: choice.map(|c| c.ask),
         trades: Vec::new(),
         unmatched: Vec::new(),
     };
     // Energy still open per ranked order; orders that cannot trade at the price keep all.
     let mut bid_left: Vec<u64> = bids.iter().map(|b| b.energy).collect();
     let mut ask_left: Vec<u64> = asks.iter().map(|a| a.energy).collect();
-    if let Some((ask_m, bid_m)) = marginal {
-        let lo = ask_m.max(terms.band.feed_in_per_kwh);
-        let hi = bid_m.min(terms.band.retail_per_kwh);
-        let price = rule.pick(ask_m, bid_m).clamp(lo, hi.max(lo));
-        result.clearing_price = Some(price);
-        // Every order willing to trade at the price takes part in pairing, not only those the
-        // walk accepted: without self-trades, green constraints or fees the priority pairing
-        // fills exactly the walk's volume min(demand(p), supply(p)); with them, the extra
-        // orders at the price can stand in for pairs that may not form.
+    if let Some(PriceChoice { price, .. }) = choice {
         let eligible_bids = bids.partition_point(|b| b.price >= price);
         let eligible_asks = asks.partition_point(|a| a.price <= price);
-        // Each pair exhausts a bid or an ask, so this bounds the number of trades.
-        result.trades.reserve(eligible_bids + eligible_asks);
+        // Each pair exhausts a bid or an ask, or makes one owner's holding equal what remains,
+        // which happens at most twice; so this bounds the number of trades.
+        result.trades.reserve(eligible_bids + eligible_asks + 2);
         let mut pairing = Pairing {
             terms,
             price,
+            owners: owners.count,
             bids: &bids[..eligible_bids],
             asks: &asks[..eligible_asks],
             bid_left: &mut bid_left[..eligible_bids],
@@ -506,14 +791,19 @@ fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule)
     result
 }
 
-/// Most candidates one order may skip (self-trades, fee-infeasible pairs) in a pass before
-/// its remaining energy is left unmatched. Keeps clearing O(n · bound) on hostile books where
-/// every candidate is infeasible.
+/// Most candidates one order may skip (self-trades, fee-infeasible pairs) in a preference or
+/// fee-bound pass before its remaining energy is left unmatched. Keeps clearing
+/// O(n · bound) on hostile books where every candidate is infeasible.
 pub const MAX_SKIPS_PER_ORDER: usize = 1024;
+
+/// Most (buyer area, seller area) combinations the volume pass checks fees for; beyond it,
+/// asks are paired by the fee-bound greedy pass alone.
+const MAX_AREA_PAIRS: usize = 256;
 
 struct Pairing<'a> {
     terms: &'a SlotTerms,
     price: u64,
+    owners: usize,
     bids: &'a [Slim],
     asks: &'a [Slim],
     bid_left: &'a mut [u64],
@@ -537,19 +827,19 @@ impl Pairing<'_> {
                 .filter(|&j| self.asks[j].green)
                 .collect();
             self.pair_lists(&green_bids, &green_asks, MatchPass::Green);
-            let std_bids: Vec<usize> = (0..self.bids.len())
-                .filter(|&i| self.bid_left[i] > 0 && !self.bids[i].green)
-                .collect();
-            let std_asks: Vec<usize> = (0..self.asks.len())
-                .filter(|&j| self.ask_left[j] > 0)
-                .collect();
-            self.pair_lists(&std_bids, &std_asks, MatchPass::Standard);
-        } else {
-            // No preference pass ran, so every eligible order is still whole: pair the ranked
-            // slices directly, without index lists.
-            let (n_bids, n_asks) = (self.bids.len(), self.asks.len());
-            self.pair_indexed(n_bids, |k| k, n_asks, |k| k, MatchPass::Standard);
         }
+        if self.volume_pass() {
+            return;
+        }
+        // Some asks may trade with some bids only (grid fees on their paths): pair what is
+        // left in priority order, skipping infeasible pairs.
+        let std_bids: Vec<usize> = (0..self.bids.len())
+            .filter(|&i| self.bid_left[i] > 0 && !self.bids[i].green)
+            .collect();
+        let std_asks: Vec<usize> = (0..self.asks.len())
+            .filter(|&j| self.ask_left[j] > 0)
+            .collect();
+        self.pair_lists(&std_bids, &std_asks, MatchPass::Standard);
     }
 
     /// Preferred partners: a bid naming an owner takes that owner's asks, then an ask naming
@@ -579,6 +869,220 @@ impl Pairing<'_> {
         }
     }
 
+    /// The asks with energy left that every open bid of the volume pass may trade with at
+    /// the price (grid fees), and whether they are all the asks with energy left.
+    fn fee_free_asks(&self, bids: &[usize]) -> (Vec<usize>, bool) {
+        let open: Vec<usize> = (0..self.asks.len())
+            .filter(|&j| self.ask_left[j] > 0)
+            .collect();
+        let fees = &self.terms.fees;
+        if !fees.any_fee() {
+            return (open, true);
+        }
+        let distinct = |it: &mut dyn Iterator<Item = AreaId>| {
+            let mut v: Vec<AreaId> = it.collect();
+            v.sort_unstable();
+            v.dedup();
+            v
+        };
+        let bid_areas = distinct(&mut bids.iter().map(|&i| self.bids[i].area));
+        let ask_areas = distinct(&mut open.iter().map(|&j| self.asks[j].area));
+        if bid_areas.len() * ask_areas.len() > MAX_AREA_PAIRS {
+            return (Vec::new(), open.is_empty());
+        }
+        let lowest_bid = bids.iter().map(|&i| self.bids[i].price).min();
+        // The least a seller in each ask area receives per kWh from any of the bids.
+        let floors: Vec<(AreaId, Option<u64>)> = ask_areas
+            .iter()
+            .map(|&seller| {
+                let floor = bid_areas.iter().try_fold(u64::MAX, |floor, &buyer| {
+                    let anchor = PriceAnchor::Buyer(self.price);
+                    let a = fees.price(buyer, seller, 1000, anchor).ok()?;
+                    let buyer_ok = lowest_bid.is_none_or(|b| a.buyer_rate_per_kwh <= b);
+                    buyer_ok.then_some(floor.min(a.seller_rate_per_kwh))
+                });
+                (seller, floor)
+            })
+            .collect();
+        let floor_of = |area: AreaId| {
+            floors
+                .binary_search_by_key(&area, |f| f.0)
+                .ok()
+                .and_then(|k| floors[k].1)
+        };
+        let feasible: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&j| floor_of(self.asks[j].area).is_some_and(|f| self.asks[j].price <= f))
+            .collect();
+        let all = feasible.len() == open.len();
+        (feasible, all)
+    }
+
+    /// The volume pass: among the open bids (not green-only) and the asks every one of them
+    /// may trade with, trades the largest volume between different owners,
+    /// `F = min(D, S, D + S − max_o (D_o + S_o))`, filling each side in priority order (see
+    /// [`CallAuction`], step 4). Returns whether it saw every open ask, so that no other
+    /// pass is needed.
+    fn volume_pass(&mut self) -> bool {
+        let bl: Vec<usize> = (0..self.bids.len())
+            .filter(|&i| self.bid_left[i] > 0 && !self.bids[i].green)
+            .collect();
+        let (al, all_asks) = self.fee_free_asks(&bl);
+        let mut held = vec![0u128; self.owners];
+        let (mut demand, mut supply) = (0u128, 0u128);
+        for &i in &bl {
+            held[self.bids[i].who as usize] += u128::from(self.bid_left[i]);
+            demand += u128::from(self.bid_left[i]);
+        }
+        for &j in &al {
+            held[self.asks[j].who as usize] += u128::from(self.ask_left[j]);
+            supply += u128::from(self.ask_left[j]);
+        }
+        let largest = held.iter().copied().max().unwrap_or(0);
+        let volume = demand.min(supply).min(demand + supply - largest);
+        if volume == 0 {
+            return all_asks;
+        }
+        let mut x = fill_in_priority(&bl, self.bid_left, volume);
+        let mut y = fill_in_priority(&al, self.ask_left, volume);
+        let mut bound = largest;
+        if largest > volume {
+            bound = volume;
+            let (bids, asks) = (self.bids, self.asks);
+            let mut filled = vec![0u128; self.owners];
+            for (k, &i) in bl.iter().enumerate() {
+                filled[bids[i].who as usize] += u128::from(x[k]);
+            }
+            for (k, &j) in al.iter().enumerate() {
+                filled[asks[j].who as usize] += u128::from(y[k]);
+            }
+            // The fills total 2·F, so at most one owner holds more than F of them.
+            if let Some(over) = (0..filled.len()).find(|&o| filled[o] > volume) {
+                let over = u32::try_from(over).unwrap_or(u32::MAX);
+                let side = |list: &[usize], slims: &[Slim], left: &[u64], fill: &[u64]| {
+                    let (mut total, mut own, mut own_fill) = (0u128, 0u128, 0u128);
+                    for (k, &i) in list.iter().enumerate() {
+                        total += u128::from(left[i]);
+                        if slims[i].who == over {
+                            own += u128::from(left[i]);
+                            own_fill += u128::from(fill[k]);
+                        }
+                    }
+                    // The fill can give up what others cannot replace on this side.
+                    (
+                        own_fill,
+                        own_fill.saturating_sub(volume.saturating_sub(total - own)),
+                    )
+                };
+                let (x_own, x_spare) = side(&bl, bids, self.bid_left, &x);
+                let (y_own, y_spare) = side(&al, asks, self.ask_left, &y);
+                let excess = x_own + y_own - volume;
+                let from_bids = excess
+                    .div_ceil(2)
+                    .max(excess.saturating_sub(y_spare))
+                    .min(x_spare);
+                refill(&bl, bids, self.bid_left, &mut x, over, from_bids);
+                refill(&al, asks, self.ask_left, &mut y, over, excess - from_bids);
+            }
+        }
+        self.pair_fills(&bl, &al, &mut x, &mut y, volume, bound) && all_asks
+    }
+
+    /// Pairs the fills `x` (bids `bl`) with the fills `y` (asks `al`), both in priority
+    /// order, never an owner with itself: the first bid with energy left takes the first ask
+    /// of another owner, as much as it can without leaving some third owner holding more
+    /// than remains to pair; when an owner holds exactly what remains, every pair must
+    /// include it and the first bid takes that owner's first ask. Returns whether every pair
+    /// traded (false only if grid fees refused one the volume pass thought feasible).
+    fn pair_fills(
+        &mut self,
+        bl: &[usize],
+        al: &[usize],
+        x: &mut [u64],
+        y: &mut [u64],
+        volume: u128,
+        bound: u128,
+    ) -> bool {
+        let (bids, asks) = (self.bids, self.asks);
+        let bid_owner = |k: usize| bids[bl[k]].who;
+        let ask_owner = |k: usize| asks[al[k]].who;
+        let alive_from = |y: &[u64], from: usize| (from..y.len()).find(|&k| y[k] > 0);
+        let other_from = |y: &[u64], from: usize, not: u32| {
+            (from..y.len()).find(|&k| y[k] > 0 && ask_owner(k) != not)
+        };
+        let (n, m) = (x.len(), y.len());
+        let mut remaining = volume;
+        let mut all_traded = true;
+        let mut fb = (0..n).find(|&k| x[k] > 0).unwrap_or(n);
+        let mut fa = alive_from(y, 0).unwrap_or(m);
+        // First ask with energy left whose owner is not the owner of `fa`.
+        let mut fa2 = if fa < m {
+            other_from(y, fa + 1, ask_owner(fa)).unwrap_or(m)
+        } else {
+            m
+        };
+        let mut careful: Option<Holdings> = None;
+        // The fills satisfy max_o (X_o + Y_o) ≤ F, so a pair always exists while energy
+        // remains (see `Holdings`); the guards only protect against a broken invariant.
+        while remaining > 0 && fb < n && fa < m {
+            let i = fb;
+            let u = bid_owner(i);
+            let mut j = if ask_owner(fa) == u { fa2 } else { fa };
+            if j >= m {
+                break;
+            }
+            let mut q = x[i].min(y[j]);
+            // Design: while what remains after this pair is at least the largest holding any
+            // owner started with, no owner can hold more than remains, so no bookkeeping is
+            // needed; only the last `bound` Wh are paired with per-owner holdings.
+            if careful.is_none() && remaining - u128::from(q) < bound {
+                let open_bids = (fb..n).map(|k| (bid_owner(k), x[k]));
+                let open_asks = (fa..m).map(|k| (ask_owner(k), y[k]));
+                careful = Some(Holdings::new(open_bids.chain(open_asks)));
+            }
+            if let Some(h) = careful.as_mut() {
+                let (other, held) = h.largest_except(u, ask_owner(j));
+                if held == remaining {
+                    // `other` owns neither the bid nor the ask at `fa` (if `j` is `fa`, `other`
+                    // is not its owner; if not, `fa` is the bid owner's): its first ask with
+                    // energy left is at or beyond `fa2`.
+                    match h.first_ask(other, fa2, |k| y[k] > 0 && ask_owner(k) == other, m) {
+                        Some(k) => j = k,
+                        None => break,
+                    }
+                    q = x[i].min(y[j]);
+                } else {
+                    q = q.min(u64::try_from(remaining - held).unwrap_or(u64::MAX));
+                }
+                h.take(u, q);
+                h.take(ask_owner(j), q);
+            }
+            if !self.pair(bl[i], al[j], MatchPass::Standard, q) {
+                all_traded = false;
+            }
+            x[i] -= q;
+            y[j] -= q;
+            remaining -= u128::from(q);
+            if x[i] == 0 {
+                fb = (fb + 1..n).find(|&k| x[k] > 0).unwrap_or(n);
+            }
+            if y[j] == 0 {
+                if j == fa {
+                    let owner = ask_owner(fa);
+                    fa = alive_from(y, fa + 1).unwrap_or(m);
+                    // Every ask with energy left before `fa2` belongs to the old owner of `fa`.
+                    if fa < m && ask_owner(fa) != owner {
+                        fa2 = other_from(y, fa.max(fa2) + 1, ask_owner(fa)).unwrap_or(m);
+                    }
+                } else if j == fa2 {
+                    fa2 = other_from(y, fa2 + 1, ask_owner(fa)).unwrap_or(m);
+                }
+            }
+        }
+        all_traded && remaining == 0
+    }
+
     /// Pairs bids with asks, both lists in priority order, skipping infeasible pairs.
     fn pair_lists(&mut self, bids: &[usize], asks: &[usize], pass: MatchPass) {
         self.pair_indexed(bids.len(), |k| bids[k], asks.len(), |k| asks[k], pass);
@@ -606,7 +1110,7 @@ impl Pairing<'_> {
             // (move on), so every step makes progress.
             while self.bid_left[i] > 0 && k < n_asks && skips <= MAX_SKIPS_PER_ORDER {
                 let j = ask_at(k);
-                if self.ask_left[j] > 0 && !self.pair(i, j, pass) {
+                if self.ask_left[j] > 0 && !self.pair(i, j, pass, u64::MAX) {
                     skips += 1;
                 }
                 if self.ask_left[j] == 0 || self.bid_left[i] > 0 {
@@ -616,12 +1120,13 @@ impl Pairing<'_> {
         }
     }
 
-    fn pair(&mut self, i: usize, j: usize, pass: MatchPass) -> bool {
+    /// Trades up to `most` Wh between bid `i` and ask `j` if they may trade; false if not.
+    fn pair(&mut self, i: usize, j: usize, pass: MatchPass, most: u64) -> bool {
         let (bid, ask) = (self.bids[i], self.asks[j]);
         if bid.owner == ask.owner || (bid.green && !ask.green) {
             return false;
         }
-        let energy = self.bid_left[i].min(self.ask_left[j]);
+        let energy = self.bid_left[i].min(self.ask_left[j]).min(most);
         let anchor = PriceAnchor::Buyer(self.price);
         let Ok(amounts) = self.terms.fees.price(bid.area, ask.area, energy, anchor) else {
             return false;
@@ -644,6 +1149,121 @@ impl Pairing<'_> {
             pass,
         });
         true
+    }
+}
+
+/// Fills `volume` from the top of one side: each order in priority order takes what is left
+/// of its energy until the volume is reached.
+fn fill_in_priority(list: &[usize], left: &[u64], volume: u128) -> Vec<u64> {
+    let mut rest = volume;
+    list.iter()
+        .map(|&i| {
+            let take = u128::from(left[i]).min(rest);
+            rest -= take;
+            // take ≤ left[i], a u64.
+            u64::try_from(take).unwrap_or(0)
+        })
+        .collect()
+}
+
+/// Moves `amount` of one side's fills away from owner `over`: its lowest-ranked fills give
+/// up energy first, and the highest-ranked orders of other owners with energy to spare take
+/// it.
+fn refill(list: &[usize], slims: &[Slim], left: &[u64], fill: &mut [u64], over: u32, amount: u128) {
+    let mut cut = amount;
+    for k in (0..list.len()).rev() {
+        if cut == 0 {
+            break;
+        }
+        if slims[list[k]].who == over {
+            let take = u128::from(fill[k]).min(cut);
+            // take ≤ fill[k], a u64.
+            fill[k] -= u64::try_from(take).unwrap_or(0);
+            cut -= take;
+        }
+    }
+    let mut add = amount - cut;
+    for k in 0..list.len() {
+        if add == 0 {
+            break;
+        }
+        let i = list[k];
+        if slims[i].who != over {
+            let take = u128::from(left[i] - fill[k]).min(add);
+            fill[k] += u64::try_from(take).unwrap_or(0);
+            add -= take;
+        }
+    }
+}
+
+/// What each owner still has to pair (bids and asks together) in the last part of
+/// [`Pairing::pair_fills`], ordered to find the largest holding.
+///
+/// Why pairing never gets stuck: with `R` Wh left to pair and holdings `h_o`, a pairing
+/// between different owners exists exactly when `max_o h_o ≤ R` (the closed form on
+/// [`CallAuction`], applied to the fills). A pair of `q` Wh between `u` and `w` keeps this when
+/// `h_o ≤ R − q` for every other owner `o`, which the limit on `q` ensures; and if some `o`
+/// holds exactly `R`, the others hold `R` between them, so pairing the first bid (not
+/// `o`'s) with an ask of `o` keeps it too. An owner that holds exactly what remains keeps
+/// doing so to the end, so at most two owners ever do.
+struct Holdings {
+    held: HashMap<u32, u64>,
+    order: std::collections::BTreeSet<(u64, u32)>,
+    /// Where the search for an owner's first ask resumes (its asks go in priority order).
+    cursor: HashMap<u32, usize>,
+}
+
+impl Holdings {
+    fn new(open: impl Iterator<Item = (u32, u64)>) -> Self {
+        let mut held: HashMap<u32, u64> = HashMap::new();
+        for (who, e) in open {
+            if e > 0 {
+                *held.entry(who).or_default() += e;
+            }
+        }
+        let order = held.iter().map(|(&w, &h)| (h, w)).collect();
+        Self {
+            held,
+            order,
+            cursor: HashMap::new(),
+        }
+    }
+
+    /// The owner with the largest holding other than `a` and `b`, and that holding (0 if
+    /// none).
+    fn largest_except(&self, a: u32, b: u32) -> (u32, u128) {
+        self.order
+            .iter()
+            .rev()
+            .find(|&&(_, w)| w != a && w != b)
+            .map_or((u32::MAX, 0), |&(h, w)| (w, u128::from(h)))
+    }
+
+    fn take(&mut self, who: u32, q: u64) {
+        if let Some(h) = self.held.get_mut(&who) {
+            self.order.remove(&(*h, who));
+            *h -= q;
+            if *h > 0 {
+                self.order.insert((*h, who));
+            }
+        }
+    }
+
+    /// The first position at or after `from` (and after any earlier answer for `who`) that
+    /// `is_open` accepts, below `end`.
+    fn first_ask(
+        &mut self,
+        who: u32,
+        from: usize,
+        is_open: impl Fn(usize) -> bool,
+        end: usize,
+    ) -> Option<usize> {
+        let start = self.cursor.get(&who).copied().unwrap_or(0).max(from);
+        let found = (start..end).find(|&k| is_open(k));
+        if let Some(k) = found {
+            self.cursor.insert(who, k);
+        }
+        found
     }
 }
 

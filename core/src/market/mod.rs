@@ -30,14 +30,16 @@
 //!   price; [`ContinuousBook::close_gate`] expires what is left.
 //! - **Call auction** ([`CallAuction`], [`clear_call_auction`]): orders collect until gate
 //!   closure and clear once at ONE uniform price per slot (pay-as-clear). Bids are ranked by
-//!   price descending, asks ascending, equal prices by submission sequence then order id —
-//!   the only tie-break, so arrival order matters only through the sequence. Walking both
-//!   rankings while bid ≥ ask gives the largest volume any single price clears and its
-//!   marginal pair; the [`PriceRule`] — midpoint, k-factor (k = 0.5 by default, Power TAC),
-//!   marginal bid (GSy-e), marginal ask — picks the price, rounded down and clamped into
-//!   `[max(marginal ask, feed-in), min(marginal bid, retail)]`. Every order willing to trade
-//!   at that price is then paired in priority order, so the long side is rationed by
-//!   priority.
+//!   price descending, asks ascending, equal prices by submission sequence then order id.
+//!   The price range chosen is the one where the most energy can trade **between different
+//!   owners** — at price `p`, `min(D, S, D + S − max_o (D_o + S_o))` with `D`, `S` the bid
+//!   and ask energy willing to trade at `p` and `D_o`, `S_o` owner `o`'s part of it — bounded
+//!   by a marginal ask and a marginal bid; the [`PriceRule`] — midpoint, k-factor (k = 0.5
+//!   by default), Power TAC's k-factor with a seller margin cap, marginal bid (GSy-e),
+//!   marginal ask — picks the price in it, rounded down. Each side then fills that volume in
+//!   priority order, except that an owner on both sides never holds more than can be paired
+//!   with others, and fills are paired without self-trades. [`CallAuction`] states the
+//!   rules, proves the formula and lists the guarantees.
 //! - **One-sided pay-as-offer** ([`ContinuousKind::PayAsOffer`]): sellers post offers; a bid
 //!   takes the cheapest offers and never rests; the seller receives its offer and the buyer
 //!   pays offer + fees.
@@ -46,9 +48,94 @@
 //! runs before the standard pass. A pair never trades when both orders have the same owner
 //! (self-trade prevention), when a green-only bid meets an ask that is not green, or when the
 //! grid fees on its path would take the buyer above or the seller below its limit; such
-//! orders rest (continuous) or stay unmatched (call auction), so after every operation no two
-//! resting orders could trade: the book is never crossed. Preferences shape the pairing, not
-//! the uniform price.
+//! orders rest (continuous) or stay unmatched (call auction). Preferences shape the pairing,
+//! not the uniform price.
+//!
+//! # What is guaranteed when an owner is on both sides
+//!
+//! A household with a battery may offer to sell at a high price and to buy at a low one in
+//! the same slot, and an aggregator may do both for many homes. Its two orders never trade
+//! with each other, and that must not cost its neighbours trades:
+//!
+//! - **Continuous double auction:** after every operation no bid and ask of *different
+//!   owners* that could trade with each other rest in the book — an arriving order sweeps
+//!   every crossing resting order, skipping its own owner's without stopping. Bids and asks of
+//!   one owner may rest crossed.
+//! - **Call auction:** it trades the most energy between different owners that any single
+//!   price allows (without preferences, and with grid fees that fit the margins at the
+//!   price), and after clearing no unmatched bid and ask of different owners could trade with
+//!   each other *at the clearing price*. It does **not** promise that no crossed pair of
+//!   different owners is left: with one price for everybody that can be impossible.
+//!
+//! Worked through with 1 kWh orders and the midpoint rule (the issue that set these rules):
+//!
+//! 1. Bids 30 (owner 2) and 20 (owner 3); asks 10 (owner 1) and 10 (owner 3, later). Between
+//!    10 and 20 all four orders are willing: `D = S = 2`, owner 3 holds 2, so `V = 2` kWh;
+//!    above 20 only 1. The range is `[10, 20]`, the price 15. In priority order bid 30 would
+//!    take ask 10 of owner 1 and leave owner 3 alone with itself; instead, since owner 3
+//!    holds all that remains to pair, bid 30 takes owner 3's ask and owner 3's bid takes
+//!    owner 1's: 2 000 Wh at 15 (pairing in priority order and skipping the self-trade traded
+//!    1 000 Wh).
+//! 2. Owner 1 bids 30 and asks 10; owner 2 asks 25. Below 25 only owner 1 is willing on
+//!    both sides (`V = 0`); from 25 to 30 owner 1 can buy from owner 2 (`V = 1`). Price 27:
+//!    owner 1 buys 1 kWh from owner 2; its own ask stays unmatched. (The owner-blind walk
+//!    paired owner 1 with itself, priced at 20 and traded nothing.)
+//! 3. Add owner 3 bidding 12. Now `V = 1` on `[10, 12]` (owner 3 buys from owner 1) and on
+//!    `[25, 30]` (owner 1 buys from owner 2), 0 between: no price trades more than 1 kWh, and
+//!    whichever is chosen leaves a crossed pair of different owners (bid 30 / ask 25, or
+//!    bid 12 / ask 10) that cannot trade at that price. The owner-blind price is 20; 27 is
+//!    nearer to it than 11, so owner 1 buys from owner 2 at 27; bid 12 and ask 10 stay
+//!    unmatched, and bid 12 is below 27.
+//!
+//! ```
+//! use gridshare_core::market::*;
+//!
+//! let community = Community {
+//!     calendar: SlotCalendar::quarter_hourly(0),
+//!     tariff: Tariff::flat(40, 5),
+//!     imbalance: ImbalancePrices::default(),
+//!     areas: AreaTree::new(FeeProfile::Free, AccountId(900)).unwrap(),
+//!     utility: AccountId(0),
+//!     mechanism: Mechanism::CallAuction(PriceRule::Midpoint),
+//! };
+//! let terms = community.terms(96).unwrap();
+//! let (o1, o2, o3, home) = (AccountId(1), AccountId(2), AccountId(3), AreaId(0));
+//! let clear = |orders: &[Order]| {
+//!     let entries: Vec<AuctionEntry> = orders
+//!         .iter()
+//!         .zip(0..)
+//!         .map(|(&order, sequence)| AuctionEntry { order, sequence })
+//!         .collect();
+//!     clear_call_auction(&entries, &terms, PriceRule::Midpoint).unwrap()
+//! };
+//!
+//! // 1. Two kWh at 15, not one.
+//! let r = clear(&[
+//!     Order::bid(OrderId(1), o2, home, 30, 1000),
+//!     Order::bid(OrderId(2), o3, home, 20, 1000),
+//!     Order::ask(OrderId(3), o1, home, 10, 1000),
+//!     Order::ask(OrderId(4), o3, home, 10, 1000),
+//! ]);
+//! assert_eq!((r.clearing_price, r.traded_wh()), (Some(15), 2000));
+//!
+//! // 2. Owner 1 buys from owner 2 at 27.
+//! let book = [
+//!     Order::bid(OrderId(1), o1, home, 30, 1000),
+//!     Order::ask(OrderId(2), o1, home, 10, 1000),
+//!     Order::ask(OrderId(3), o2, home, 25, 1000),
+//! ];
+//! let r = clear(&book);
+//! assert_eq!((r.clearing_price, r.traded_wh()), (Some(27), 1000));
+//! assert_eq!((r.trades[0].buyer, r.trades[0].seller), (o1, o2));
+//!
+//! // 3. With owner 3 bidding 12: still 1 kWh, and a crossed pair that cannot trade at 27.
+//! let mut book = book.to_vec();
+//! book.push(Order::bid(OrderId(4), o3, home, 12, 1000));
+//! let r = clear(&book);
+//! assert_eq!((r.clearing_price, r.traded_wh()), (Some(27), 1000));
+//! let left: Vec<OrderId> = r.unmatched.iter().map(|u| u.order).collect();
+//! assert_eq!(left, [OrderId(4), OrderId(2)]);
+//! ```
 //!
 //! # Grid fees and the rounding rule
 //!

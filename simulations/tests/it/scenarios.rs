@@ -180,6 +180,37 @@ fn every_mechanism_runs_and_conserves() {
     }
 }
 
+/// Power TAC's seller margin cap is a scenario setting of the call auction. The cap bounds the
+/// price buyers pay, fees included, so the run is without grid fees: with the example's
+/// 2 000 per kWh fee a 5 % cap on asks near 8 000 leaves sellers less than their asks.
+#[test]
+fn the_seller_margin_cap_is_a_price_rule_of_the_scenario() {
+    use gridshare_core::market::PriceRule;
+    let capped = |extra: &str| {
+        let text = example_text()
+            .replace("days = 365", "days = 3")
+            .replace("start_day = 0 ", "start_day = 170 ")
+            .replace("grid_fee_per_kwh = 2000", "grid_fee_per_kwh = 0")
+            .replace(
+                "price_rule = \"midpoint\"",
+                &format!("price_rule = \"k-factor-capped\"\n{extra}"),
+            );
+        Scenario::parse(&text, "x.toml", dir().join("scenarios")).unwrap()
+    };
+    assert_eq!(capped("").price_rule(), PriceRule::power_tac());
+    let s = capped("seller_max_margin_basis_points = 250\nk_basis_points = 8000");
+    assert_eq!(
+        s.price_rule(),
+        PriceRule::KFactorCapped {
+            basis_points: 8_000,
+            seller_max_margin_basis_points: 250
+        }
+    );
+    let r = run(&s);
+    assert!(r.kpis.traded_wh > 0);
+    check_conservation(&r);
+}
+
 fn check_conservation(r: &RunResult) {
     // Money: every slot's settlement nets to zero, so the period's balances do too.
     assert_eq!(
@@ -235,7 +266,7 @@ proptest! {
         seed in any::<u64>(),
         start_day in 0u32..360,
         mech in prop::sample::select(vec!["call", "continuous", "pay-as-offer", "sharing\"\nsharing_key = \"fixed", "sharing"]),
-        rule in prop::sample::select(vec!["midpoint", "k-factor", "marginal-bid", "marginal-ask"]),
+        rule in prop::sample::select(vec!["midpoint", "k-factor", "k-factor-capped", "marginal-bid", "marginal-ask"]),
         fee in prop::sample::select(vec!["grid_fee_per_kwh = 0", "grid_fee_per_kwh = 1999", "grid_fee_per_kwh = 0\ngrid_fee_basis_points = 733", "grid_fee_per_kwh = 1999\nfeeder_fee_per_kwh = 501"]),
         steps in 1u32..6,
         agent in prop::sample::select(vec!["ramp", "forecast"]),

@@ -48,18 +48,155 @@ fn every_price_rule_on_the_same_book() {
     assert!(r.trades.iter().all(|t| t.amounts.buyer_rate_per_kwh == 18));
 }
 
+/// Every order is checked against the band on entry, so the marginal pair already lies in it
+/// and no rule can leave it: at the band's edges the extreme rules land exactly on feed-in
+/// and retail, a k beyond 1 is read as 1, and an ask below feed-in never reaches clearing.
+/// (This test used to claim a marginal ask below feed-in while using one at it.)
 #[test]
 fn price_is_clamped_into_the_tariff_band() {
-    // Band [15, 40]: marginal ask 10 is below feed-in, so marginal-ask pricing gives 15.
     let terms = flat_terms(40, 15);
     let orders = [
         Order::ask(OrderId(1), AccountId(1), HOME, 15, 1000),
         Order::bid(OrderId(2), AccountId(2), HOME, 40, 1000),
     ];
-    let r = clear_call_auction(&entries(&orders), &terms, PriceRule::MarginalAsk).unwrap();
+    let price = |rule| {
+        clear_call_auction(&entries(&orders), &terms, rule)
+            .unwrap()
+            .clearing_price
+    };
+    assert_eq!(price(PriceRule::MarginalAsk), Some(15));
+    assert_eq!(price(PriceRule::MarginalBid), Some(40));
+    let beyond_one = PriceRule::KFactor {
+        basis_points: u16::MAX,
+    };
+    assert_eq!(price(beyond_one), Some(40));
+    let below = [
+        Order::ask(OrderId(1), AccountId(1), HOME, 14, 1000),
+        orders[1],
+    ];
+    assert_eq!(
+        clear_call_auction(&entries(&below), &terms, PriceRule::MarginalAsk),
+        Err(ClearingError::Order(OrderError::PriceBelowFeedIn {
+            order: OrderId(1),
+            price_per_kwh: 14,
+            feed_in_per_kwh: 15
+        }))
+    );
+}
+
+/// Issue 18: bids 30 (owner 2) and 20 (owner 3), asks 10 (owner 1) and 10 (owner 3, later).
+/// Pairing in priority order with self-trades skipped traded 1 000 Wh; at the same price the
+/// other pairing trades 2 000 Wh.
+#[test]
+fn owner_on_both_sides_does_not_cost_volume() {
+    let terms = flat_terms(40, 5);
+    let orders = [
+        Order::bid(OrderId(1), AccountId(2), HOME, 30, 1000),
+        Order::bid(OrderId(2), AccountId(3), HOME, 20, 1000),
+        Order::ask(OrderId(3), AccountId(1), HOME, 10, 1000),
+        Order::ask(OrderId(4), AccountId(3), HOME, 10, 1000),
+    ];
+    let r = clear_call_auction(&entries(&orders), &terms, PriceRule::Midpoint).unwrap();
     assert_eq!(r.clearing_price, Some(15));
-    let r = clear_call_auction(&entries(&orders), &terms, PriceRule::MarginalBid).unwrap();
-    assert_eq!(r.clearing_price, Some(40));
+    assert_eq!(r.traded_wh(), 2000);
+    assert!(r.unmatched.is_empty());
+    let pairs: Vec<(OrderId, OrderId, u64)> = r
+        .trades
+        .iter()
+        .map(|t| (t.bid, t.ask, t.energy_wh))
+        .collect();
+    // Owner 3 holds exactly what remains, so the first bid takes owner 3's ask.
+    assert_eq!(
+        pairs,
+        [
+            (OrderId(1), OrderId(4), 1000),
+            (OrderId(2), OrderId(3), 1000)
+        ]
+    );
+}
+
+/// Issue 18: owner 1 bids 30 and asks 10, owner 2 asks 25. The walk paired owner 1 with
+/// itself, priced at 20 and traded nothing, leaving bid 30 and ask 25 of different owners.
+#[test]
+fn an_owners_own_crossing_does_not_block_a_trade_with_another_owner() {
+    let terms = flat_terms(40, 5);
+    let orders = [
+        Order::bid(OrderId(1), AccountId(1), HOME, 30, 1000),
+        Order::ask(OrderId(2), AccountId(1), HOME, 10, 1000),
+        Order::ask(OrderId(3), AccountId(2), HOME, 25, 1000),
+    ];
+    let r = clear_call_auction(&entries(&orders), &terms, PriceRule::Midpoint).unwrap();
+    // Only prices in [25, 30] trade anything between different owners: midpoint 27.
+    assert_eq!((r.marginal_ask, r.marginal_bid), (Some(25), Some(30)));
+    assert_eq!(r.clearing_price, Some(27));
+    assert_eq!(r.trades.len(), 1);
+    let t = r.trades[0];
+    assert_eq!(
+        (t.buyer, t.seller, t.energy_wh),
+        (AccountId(1), AccountId(2), 1000)
+    );
+    assert_eq!(r.unmatched.len(), 1);
+    assert_eq!(r.unmatched[0].order, OrderId(2));
+}
+
+/// Issue 18's unavoidable case: add a bid of 12 from owner 3. At any price in [10, 12]
+/// owner 3 buys from owner 1; at any price in [25, 30] owner 1 buys from owner 2; between
+/// them nothing trades. Either way 1 kWh trades and a crossed pair of different owners is left
+/// (bid 30 / ask 25, or bid 12 / ask 10) — but never one that could trade at the price.
+#[test]
+fn when_no_single_price_clears_every_crossed_pair_the_nearest_range_wins() {
+    let terms = flat_terms(40, 5);
+    let orders = [
+        Order::bid(OrderId(1), AccountId(1), HOME, 30, 1000),
+        Order::ask(OrderId(2), AccountId(1), HOME, 10, 1000),
+        Order::ask(OrderId(3), AccountId(2), HOME, 25, 1000),
+        Order::bid(OrderId(4), AccountId(3), HOME, 12, 1000),
+    ];
+    let r = clear_call_auction(&entries(&orders), &terms, PriceRule::Midpoint).unwrap();
+    assert_eq!(r.traded_wh(), 1000);
+    // Owner-blind, the marginal pair is (10, 30) and the price 20; of the two ranges' prices,
+    // 27 is nearer to it than 11.
+    assert_eq!(r.clearing_price, Some(27));
+    let t = r.trades[0];
+    assert_eq!((t.bid, t.ask), (OrderId(1), OrderId(3)));
+    let left: Vec<OrderId> = r.unmatched.iter().map(|u| u.order).collect();
+    assert_eq!(left, [OrderId(4), OrderId(2)]);
+    // Bid 12 and ask 10 cross, but bid 12 is below the price: it cannot trade at 27.
+}
+
+/// An owner that would hold more than the volume gives up the excess half on each side: what
+/// it buys less what it sells stays what priority gave it, and the other owners' next orders
+/// fill in.
+#[test]
+fn an_owner_holding_more_than_the_volume_gives_way_on_both_sides() {
+    let terms = flat_terms(40, 5);
+    let orders = [
+        // Owner 1, a battery: buys 2 kWh at up to 30, sells 2 kWh at 10 or more.
+        Order::bid(OrderId(1), AccountId(1), HOME, 30, 2000),
+        Order::ask(OrderId(2), AccountId(1), HOME, 10, 2000),
+        Order::bid(OrderId(3), AccountId(2), HOME, 25, 1000),
+        Order::ask(OrderId(4), AccountId(3), HOME, 12, 1000),
+    ];
+    let r = clear_call_auction(&entries(&orders), &terms, PriceRule::Midpoint).unwrap();
+    // At any price in [12, 25]: D = S = 3 kWh, owner 1 holds 4, so V = 6 − 4 = 2 kWh (1 kWh
+    // below 12 or above 25). Priority alone would fill owner 1's 2 kWh on each side: 4 kWh
+    // for one owner, 2 more than anyone can take from it.
+    assert_eq!((r.marginal_ask, r.marginal_bid), (Some(12), Some(25)));
+    assert_eq!(r.clearing_price, Some(18));
+    let trades: Vec<(OrderId, OrderId, u64)> = r
+        .trades
+        .iter()
+        .map(|t| (t.bid, t.ask, t.energy_wh))
+        .collect();
+    assert_eq!(
+        trades,
+        [
+            (OrderId(1), OrderId(4), 1000),
+            (OrderId(3), OrderId(2), 1000)
+        ]
+    );
+    let left: Vec<(OrderId, u64)> = r.unmatched.iter().map(|u| (u.order, u.energy_wh)).collect();
+    assert_eq!(left, [(OrderId(1), 1000), (OrderId(2), 1000)]);
 }
 
 #[test]

@@ -121,6 +121,52 @@ fn self_trade_is_prevented_and_both_orders_rest() {
     assert_eq!((t[0].bid, t[0].seller), (OrderId(2), B));
 }
 
+/// Issue 18 asked whether self-trade prevention costs the continuous auction volume as it did
+/// the call auction. It does not: an arriving order sweeps every crossing resting order,
+/// skipping its owner's own without stopping, so the call auction's two books leave no bid
+/// and ask of different owners that could trade resting after any arrival.
+#[test]
+fn an_owners_own_crossing_never_blocks_another_owner() {
+    // Owner A bids 30 and asks 10 (they may not trade), then B asks 25: B sells to A's bid at
+    // the resting price, past A's own ask.
+    let (mut book, now) = book();
+    assert!(book.submit(bid(1, A, 30, 1000), now).unwrap().is_empty());
+    assert!(book.submit(ask(2, A, 10, 1000), now).unwrap().is_empty());
+    let t = book.submit(ask(3, B, 25, 1000), now).unwrap();
+    assert_eq!(t.len(), 1);
+    assert_eq!(
+        (t[0].bid, t[0].ask, t[0].amounts.buyer_rate_per_kwh),
+        (OrderId(1), OrderId(3), 30)
+    );
+    // And a later bid of C at 12 still finds A's ask.
+    let t = book.submit(bid(4, C, 12, 1000), now).unwrap();
+    assert_eq!(
+        (t[0].ask, t[0].amounts.buyer_rate_per_kwh),
+        (OrderId(2), 10)
+    );
+    assert!(book.is_empty());
+
+    // Bids 30 (B) and 20 (C), asks 10 (A) and 10 (C), in that order: the first ask sells to
+    // the best bid; C's ask then meets only C's bid and rests beside it. Continuous trading
+    // clears each arrival against what rests, so the volume depends on arrival order (1 kWh
+    // here, 2 kWh had C's ask come before A's) — but nothing tradeable is left.
+    let (mut book, now) = self::book();
+    book.submit(bid(1, B, 30, 1000), now).unwrap();
+    book.submit(bid(2, C, 20, 1000), now).unwrap();
+    assert_eq!(
+        book.submit(ask(3, A, 10, 1000), now).unwrap()[0].bid,
+        OrderId(1)
+    );
+    assert!(book.submit(ask(4, C, 10, 1000), now).unwrap().is_empty());
+    let resting: Vec<(OrderId, AccountId)> = book
+        .resting_orders()
+        .iter()
+        .map(|r| (r.id, r.owner))
+        .collect();
+    assert_eq!(resting.len(), 2);
+    assert!(resting.iter().all(|&(_, owner)| owner == C));
+}
+
 #[test]
 fn preferred_partner_goes_before_better_prices() {
     let (mut book, now) = book();

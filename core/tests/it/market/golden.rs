@@ -162,9 +162,17 @@ fn gsy_fees_wider_than_the_spread_prevent_the_trade() {
 const MWH: u64 = 1_000_000;
 
 fn power_tac(asks: &[(u64, u64)], bids: &[(u64, u64)]) -> gridshare_core::market::ClearingResult {
+    power_tac_with(PriceRule::default(), asks, bids)
+}
+
+fn power_tac_with(
+    rule: PriceRule,
+    asks: &[(u64, u64)],
+    bids: &[(u64, u64)],
+) -> gridshare_core::market::ClearingResult {
     let terms = flat_terms(10_000, 0);
     let now = open_time(&terms);
-    let mut auction = CallAuction::new(terms, PriceRule::default());
+    let mut auction = CallAuction::new(terms, rule);
     let mut id = 0;
     for &(energy, price) in asks {
         id += 1;
@@ -244,4 +252,73 @@ fn power_tac_ask_above_bid_does_not_clear() {
     assert_eq!(r.clearing_price, None);
     assert!(r.trades.is_empty());
     assert_eq!(r.unmatched.len(), 2);
+}
+
+/// `testActivate1HighMargin`: ask 20, bid 32. The k = 0.5 price 26 is capped at 5 % above the
+/// ask: 21.
+#[test]
+fn power_tac_seller_margin_cap_binds_at_21() {
+    let r = power_tac_with(PriceRule::power_tac(), &[(MWH, 2_000)], &[(MWH, 3_200)]);
+    assert_eq!(r.clearing_price, Some(2_100));
+    assert_eq!(r.traded_wh(), MWH);
+    // Without the cap the same book clears at the midpoint.
+    let r = power_tac(&[(MWH, 2_000)], &[(MWH, 3_200)]);
+    assert_eq!(r.clearing_price, Some(2_600));
+}
+
+/// Power TAC's other vectors do not reach the cap: the capped rule gives their prices.
+#[test]
+fn power_tac_seller_margin_cap_leaves_the_other_vectors_alone() {
+    let rule = PriceRule::power_tac();
+    let r = power_tac_with(rule, &[(MWH, 2_000)], &[(MWH, 2_200)]);
+    assert_eq!(r.clearing_price, Some(2_100));
+    let r = power_tac_with(
+        rule,
+        &[(MWH, 2_000)],
+        &[(6 * MWH / 10, 2_200), (6 * MWH / 10, 2_100)],
+    );
+    assert_eq!(r.clearing_price, Some(2_050));
+    let r = power_tac_with(
+        rule,
+        &[(9 * MWH / 10, 1_800), (MWH, 2_000), (MWH, 2_150)],
+        &[(14 * MWH / 10, 2_100), (6 * MWH / 10, 2_200)],
+    );
+    assert_eq!(
+        (r.clearing_price, r.traded_wh()),
+        (Some(2_050), 19 * MWH / 10)
+    );
+    let r = power_tac_with(rule, &[(MWH, 2_300)], &[(MWH, 2_200)]);
+    assert_eq!(r.clearing_price, None);
+}
+
+/// `testActivate3_eq_tradeable`: asks 0.9 @ 18, 1.0 @ 20 and 1.0 @ 21 (the last two from one
+/// seller), bids 0.8, 0.2, 0.2, 0.2 @ 21 (one buyer) and 0.6 @ 22: 2.0 MWh at 21, and
+/// 0.9 MWh of the ask at 21 left.
+#[test]
+fn power_tac_equal_prices_clear_2_mwh_at_21() {
+    let terms = flat_terms(10_000, 0);
+    let now = open_time(&terms);
+    let mut auction = CallAuction::new(terms, PriceRule::power_tac());
+    let (s1, s2, b1, b2) = (AccountId(1), AccountId(2), AccountId(3), AccountId(4));
+    let orders = [
+        Order::ask(OrderId(1), s1, AreaId(0), 1_800, 9 * MWH / 10),
+        Order::ask(OrderId(2), s2, AreaId(0), 2_000, MWH),
+        Order::ask(OrderId(3), s2, AreaId(0), 2_100, MWH),
+        Order::bid(OrderId(4), b1, AreaId(0), 2_100, 8 * MWH / 10),
+        Order::bid(OrderId(5), b1, AreaId(0), 2_100, 2 * MWH / 10),
+        Order::bid(OrderId(6), b1, AreaId(0), 2_100, 2 * MWH / 10),
+        Order::bid(OrderId(7), b1, AreaId(0), 2_100, 2 * MWH / 10),
+        Order::bid(OrderId(8), b2, AreaId(0), 2_200, 6 * MWH / 10),
+    ];
+    for o in orders {
+        auction.submit(o, now).unwrap();
+    }
+    let r = auction.clear();
+    assert_eq!(r.clearing_price, Some(2_100));
+    assert_eq!(r.traded_wh(), 2 * MWH);
+    assert_eq!(r.unmatched.len(), 1);
+    assert_eq!(
+        (r.unmatched[0].order, r.unmatched[0].energy_wh),
+        (OrderId(3), 9 * MWH / 10)
+    );
 }

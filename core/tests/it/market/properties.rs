@@ -313,38 +313,6 @@ proptest! {
         check_netting(&terms, &r.trades, &meters)?;
     }
 
-    /// Without fees, preferences or self-trades, the call auction clears the largest volume
-    /// any single price can clear, and leaves an uncrossed book.
-    #[test]
-    fn call_auction_maximises_volume(
-        specs in prop::collection::vec(arb_spec(), 0..80),
-        rule in arb_rule(),
-    ) {
-        let terms = plain_terms();
-        let specs: Vec<OrderSpec> = specs
-            .into_iter()
-            .map(|s| OrderSpec { owner: if s.buy { s.owner } else { s.owner + OWNERS }, partner: None, green: false, area: 0, ..s })
-            .collect();
-        let entries = to_entries(&specs);
-        let r = clear_call_auction(&entries, &terms, rule).unwrap();
-        let best = specs
-            .iter()
-            .map(|s| s.price)
-            .map(|p| {
-                let demand: u64 = specs.iter().filter(|s| s.buy && s.price >= p).map(|s| s.energy).sum();
-                let supply: u64 = specs.iter().filter(|s| !s.buy && s.price <= p).map(|s| s.energy).sum();
-                demand.min(supply)
-            })
-            .max()
-            .unwrap_or(0);
-        prop_assert_eq!(r.traded_wh(), best);
-        let best_bid = r.unmatched.iter().filter(|u| u.side == Side::Buy).map(|u| price_of(&entries, u.order)).max();
-        let best_ask = r.unmatched.iter().filter(|u| u.side == Side::Sell).map(|u| price_of(&entries, u.order)).min();
-        if let (Some(b), Some(a)) = (best_bid, best_ask) {
-            prop_assert!(b < a, "residual book crossed: bid {} ask {}", b, a);
-        }
-    }
-
     /// Arrival order matters only through the sequence numbers: the same entries in any
     /// order clear identically.
     #[test]
@@ -397,9 +365,82 @@ proptest! {
     }
 }
 
+proptest! {
+    // A brute-force maximum flow per price level: fewer cases than above.
+    #![proptest_config(ProptestConfig {
+        cases: 1000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Owners on both sides (few owners, few prices, so they overlap and tie often), no fees
+    /// or preferences: the closed form equals a brute-force maximum flow at every price, the
+    /// auction trades the most any single price allows between different owners, and no bid
+    /// and ask of different owners that could trade at the clearing price are left.
+    #[test]
+    fn call_auction_maximises_volume_between_different_owners(
+        specs in prop::collection::vec(arb_small_spec(), 0..24),
+        rule in arb_rule(),
+    ) {
+        let terms = plain_terms();
+        let entries = to_entries(&specs);
+        let r = clear_call_auction(&entries, &terms, rule).unwrap();
+        let mut best = 0;
+        // V(p) only changes at limit prices, so the levels cover every price.
+        for p in (0..6).map(|level| FEED_IN + 7 * level) {
+            let flow = max_flow_at(&specs, p);
+            prop_assert_eq!(closed_form_at(&specs, p), flow, "closed form at {}", p);
+            best = best.max(flow);
+        }
+        prop_assert_eq!(u128::from(r.traded_wh()), best);
+        prop_assert!(r.trades.iter().all(|t| t.buyer != t.seller));
+        if let Some(p) = r.clearing_price {
+            prop_assert_eq!(max_flow_at(&specs, p), best, "the price itself clears the most");
+            let open = |side: Side| -> Vec<(u64, AccountId)> {
+                r.unmatched.iter().filter(|u| u.side == side).map(|u| (price_of(&entries, u.order), u.owner)).collect()
+            };
+            for (bp, buyer) in open(Side::Buy).into_iter().filter(|&(bp, _)| bp >= p) {
+                for (ap, seller) in open(Side::Sell) {
+                    prop_assert!(ap > p || seller == buyer, "bid {} ({:?}) and ask {} ({:?}) left at {}", bp, buyer, ap, seller, p);
+                }
+            }
+        } else {
+            prop_assert_eq!(best, 0);
+        }
+    }
+
+    /// Sequence numbers decide who is rationed, never how much trades or at what price:
+    /// renumbering every order leaves the clearing price and the volume as they were.
+    #[test]
+    fn call_auction_price_and_volume_ignore_sequence(
+        specs in prop::collection::vec(arb_small_spec(), 0..40),
+        rule in arb_rule(),
+        seed in any::<u64>(),
+    ) {
+        let terms = plain_terms();
+        let entries = to_entries(&specs);
+        let base = clear_call_auction(&entries, &terms, rule).unwrap();
+        let mut renumbered = entries.clone();
+        let mut x = seed | 1;
+        for e in &mut renumbered {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            e.sequence = x % 8;
+        }
+        let again = clear_call_auction(&renumbered, &terms, rule).unwrap();
+        prop_assert_eq!(again.clearing_price, base.clearing_price);
+        prop_assert_eq!(again.traded_wh(), base.traded_wh());
+    }
+}
+
 fn arb_rule() -> impl Strategy<Value = PriceRule> {
     prop_oneof![
         Just(PriceRule::Midpoint),
+        (0u16..=10_000, 0u16..2_000).prop_map(|(basis_points, seller_max_margin_basis_points)| {
+            PriceRule::KFactorCapped {
+                basis_points,
+                seller_max_margin_basis_points,
+            }
+        }),
         (0u16..=10_000).prop_map(|basis_points| PriceRule::KFactor { basis_points }),
         Just(PriceRule::MarginalBid),
         Just(PriceRule::MarginalAsk),
@@ -437,4 +478,97 @@ fn price_of(entries: &[AuctionEntry], id: OrderId) -> u64 {
         .unwrap()
         .order
         .price_per_kwh
+}
+
+/// Plain orders from 3 owners at 6 prices, each owner on both sides.
+fn arb_small_spec() -> impl Strategy<Value = OrderSpec> {
+    (0u32..3, any::<bool>(), 0u64..6, 1u64..2000).prop_map(|(owner, buy, level, energy)| {
+        OrderSpec {
+            owner,
+            area: 0,
+            buy,
+            price: FEED_IN + 7 * level,
+            energy,
+            partner: None,
+            green: false,
+        }
+    })
+}
+
+/// An order's owner and energy.
+type Holding = (u32, u64);
+
+/// Eligible energy at `p`: bids and asks, per owner.
+fn eligible_at(specs: &[OrderSpec], p: u64) -> (Vec<Holding>, Vec<Holding>) {
+    let pick = |buy: bool| {
+        specs
+            .iter()
+            .filter(|s| s.buy == buy && if buy { s.price >= p } else { s.price <= p })
+            .map(|s| (s.owner, s.energy))
+            .collect()
+    };
+    (pick(true), pick(false))
+}
+
+/// `min(D, S, D + S − max_o (D_o + S_o))`, the module docs' closed form.
+fn closed_form_at(specs: &[OrderSpec], p: u64) -> u128 {
+    let (bids, asks) = eligible_at(specs, p);
+    let mut held: HashMap<u32, u128> = HashMap::new();
+    for &(o, e) in bids.iter().chain(&asks) {
+        *held.entry(o).or_default() += u128::from(e);
+    }
+    let d: u128 = bids.iter().map(|b| u128::from(b.1)).sum();
+    let s: u128 = asks.iter().map(|a| u128::from(a.1)).sum();
+    let largest = held.values().copied().max().unwrap_or(0);
+    d.min(s).min(d + s - largest)
+}
+
+/// Maximum flow source → each eligible bid → every eligible ask of another owner → sink
+/// (Edmonds–Karp on a capacity matrix): what any allocation at `p` could trade.
+fn max_flow_at(specs: &[OrderSpec], p: u64) -> u128 {
+    let (bids, asks) = eligible_at(specs, p);
+    let n = bids.len() + asks.len() + 2;
+    let (source, sink) = (n - 2, n - 1);
+    let mut cap = vec![vec![0u128; n]; n];
+    for (i, &(bo, be)) in bids.iter().enumerate() {
+        cap[source][i] = u128::from(be);
+        for (j, &(ao, _)) in asks.iter().enumerate() {
+            if ao != bo {
+                cap[i][bids.len() + j] = u128::MAX / 4;
+            }
+        }
+    }
+    for (j, &(_, ae)) in asks.iter().enumerate() {
+        cap[bids.len() + j][sink] = u128::from(ae);
+    }
+    let mut flow = 0u128;
+    loop {
+        let mut prev = vec![usize::MAX; n];
+        prev[source] = source;
+        let mut queue = std::collections::VecDeque::from([source]);
+        while let Some(v) = queue.pop_front() {
+            for w in 0..n {
+                if prev[w] == usize::MAX && cap[v][w] > 0 {
+                    prev[w] = v;
+                    queue.push_back(w);
+                }
+            }
+        }
+        if prev[sink] == usize::MAX {
+            return flow;
+        }
+        let mut push = u128::MAX;
+        let mut v = sink;
+        while v != source {
+            push = push.min(cap[prev[v]][v]);
+            v = prev[v];
+        }
+        let mut v = sink;
+        while v != source {
+            cap[prev[v]][v] -= push;
+            cap[v][prev[v]] += push;
+            v = prev[v];
+        }
+        flow += push;
+    }
 }
