@@ -847,6 +847,8 @@ struct SettingsRequest {
     mechanism: crate::settings::MechanismName,
     price_rule: crate::settings::PriceRuleName,
     k_basis_points: u16,
+    /// For `k-factor-capped`; the current value when absent.
+    seller_max_margin_basis_points: Option<u16>,
     retail_per_kwh: u64,
     feed_in_per_kwh: u64,
     grid_fee_per_kwh: u64,
@@ -882,6 +884,9 @@ async fn put_settings(
         mechanism: req.mechanism,
         price_rule: req.price_rule,
         k_basis_points: req.k_basis_points,
+        seller_max_margin_basis_points: req
+            .seller_max_margin_basis_points
+            .unwrap_or(current.seller_max_margin_basis_points),
         retail_per_kwh: req.retail_per_kwh,
         feed_in_per_kwh: req.feed_in_per_kwh,
         grid_fee_per_kwh: req.grid_fee_per_kwh,

@@ -39,6 +39,9 @@ pub enum PriceRuleName {
     MarginalBid,
     /// The marginal ask.
     MarginalAsk,
+    /// As `k-factor`, with sellers' margin over the marginal ask capped at
+    /// `seller_max_margin_basis_points` of the ask (Power TAC's seller-margin cap).
+    KFactorCapped,
 }
 
 /// Market settings of the community.
@@ -51,6 +54,9 @@ pub struct MarketConfig {
     pub price_rule: PriceRuleName,
     /// For `k-factor`: k in basis points (5000 = 0.5).
     pub k_basis_points: u16,
+    /// For `k-factor-capped`: sellers' largest margin over the marginal ask, basis points of
+    /// the ask (500 = 5 %, Power TAC's default).
+    pub seller_max_margin_basis_points: u16,
     /// Slot length, seconds.
     pub slot_length_s: u32,
     /// The order window opens this long before delivery.
@@ -73,6 +79,7 @@ impl Default for MarketConfig {
             mechanism: MechanismName::Call,
             price_rule: PriceRuleName::KFactor,
             k_basis_points: 5000,
+            seller_max_margin_basis_points: 500,
             slot_length_s: 900,
             window_opens_before_s: 86_400,
             gate_closure_before_s: 300,
@@ -97,8 +104,15 @@ impl MarketConfig {
                 },
                 PriceRuleName::MarginalBid => PriceRule::MarginalBid,
                 PriceRuleName::MarginalAsk => PriceRule::MarginalAsk,
+                PriceRuleName::KFactorCapped => PriceRule::KFactorCapped {
+                    basis_points: self.k_basis_points,
+                    seller_max_margin_basis_points: self.seller_max_margin_basis_points,
+                },
             }),
         };
+        if self.seller_max_margin_basis_points > 10_000 {
+            return Err("market.seller_max_margin_basis_points: at most 10000 (100 %)".into());
+        }
         if self.k_basis_points > 10_000 {
             return Err("market.k_basis_points: at most 10000 (k = 1)".into());
         }
@@ -150,6 +164,10 @@ pub struct SettingsV1 {
     pub price_rule: PriceRuleName,
     /// See [`MarketConfig::k_basis_points`].
     pub k_basis_points: u16,
+    /// See [`MarketConfig::seller_max_margin_basis_points`] (rows from before it existed
+    /// read as the default).
+    #[serde(default = "default_seller_margin")]
+    pub seller_max_margin_basis_points: u16,
     /// See [`MarketConfig::slot_length_s`].
     pub slot_length_s: u32,
     /// See [`MarketConfig::window_opens_before_s`].
@@ -166,6 +184,10 @@ pub struct SettingsV1 {
     pub grid_fee_per_kwh: u64,
 }
 
+fn default_seller_margin() -> u16 {
+    MarketConfig::default().seller_max_margin_basis_points
+}
+
 impl StoredSettings {
     /// The stored form of `config`, in the newest layout.
     pub fn from_config(c: &MarketConfig) -> Self {
@@ -173,6 +195,7 @@ impl StoredSettings {
             mechanism: c.mechanism,
             price_rule: c.price_rule,
             k_basis_points: c.k_basis_points,
+            seller_max_margin_basis_points: c.seller_max_margin_basis_points,
             slot_length_s: c.slot_length_s,
             window_opens_before_s: c.window_opens_before_s,
             gate_closure_before_s: c.gate_closure_before_s,
@@ -190,6 +213,7 @@ impl StoredSettings {
                 mechanism: v.mechanism,
                 price_rule: v.price_rule,
                 k_basis_points: v.k_basis_points,
+                seller_max_margin_basis_points: v.seller_max_margin_basis_points,
                 slot_length_s: v.slot_length_s,
                 window_opens_before_s: v.window_opens_before_s,
                 gate_closure_before_s: v.gate_closure_before_s,
@@ -233,6 +257,32 @@ mod tests {
         assert_eq!(read.mechanism, MechanismName::Continuous);
         assert_eq!(read.price_rule, PriceRuleName::Midpoint);
         assert_eq!(read.retail_per_kwh, 31_000);
+        assert_eq!(read.seller_max_margin_basis_points, 500);
+    }
+
+    #[test]
+    fn the_seller_margin_cap_is_a_price_rule() {
+        let config: MarketConfig = toml::from_str(
+            "price_rule = \"k-factor-capped\"\nseller_max_margin_basis_points = 300",
+        )
+        .unwrap();
+        assert!(matches!(
+            config.community().unwrap().mechanism,
+            Mechanism::CallAuction(PriceRule::KFactorCapped {
+                basis_points: 5000,
+                seller_max_margin_basis_points: 300
+            })
+        ));
+        let too_much = MarketConfig {
+            seller_max_margin_basis_points: 10_001,
+            ..config
+        };
+        assert!(
+            too_much
+                .community()
+                .unwrap_err()
+                .contains("seller_max_margin")
+        );
     }
 
     #[test]
