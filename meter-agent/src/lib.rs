@@ -10,8 +10,12 @@
 
 pub mod agent;
 pub mod broker;
+pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod device;
+pub mod doctor;
+pub mod home_assistant;
 pub mod keys;
 pub mod normalise;
 pub mod outbox;
