@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generate meter-agent/src/sunspec/models.rs from the official SunSpec model definitions.
+"""Generate sunspec/src/models.rs from the official SunSpec model definitions.
 
 The definitions are the JSON files of the SunSpec Alliance (github.com/sunspec/models) as shipped
 inside the PyPI package `pysunspec2` (sunspec2/models/json/model_<id>.json).
@@ -7,14 +7,14 @@ inside the PyPI package `pysunspec2` (sunspec2/models/json/model_<id>.json).
 How to run (from the repository root):
 
     pip install pysunspec2==1.3.7
-    python3 scripts/gen_sunspec_models.py          # writes meter-agent/src/sunspec/models.rs
+    python3 scripts/gen_sunspec_models.py          # writes sunspec/src/models.rs
     cargo fmt --all                                 # the script also runs rustfmt itself if found
 
 Last run with pysunspec2 1.3.7.
 
 Options:
     --json-dir DIR   read model_<id>.json from DIR instead of the installed pysunspec2
-    --out FILE       write FILE instead of meter-agent/src/sunspec/models.rs
+    --out FILE       write FILE instead of sunspec/src/models.rs
     --no-rustfmt     do not run rustfmt on the output
 
 The output is deterministic: models are emitted sorted by id, points in definition order.
@@ -366,7 +366,7 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json-dir")
-    ap.add_argument("--out", default=os.path.join(root, "meter-agent", "src", "sunspec", "models.rs"))
+    ap.add_argument("--out", default=os.path.join(root, "sunspec", "src", "models.rs"))
     ap.add_argument("--no-rustfmt", action="store_true")
     args = ap.parse_args()
 

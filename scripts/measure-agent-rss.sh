@@ -11,7 +11,7 @@ seconds=${1:-60}
 mqtt=${2:-mqtt://127.0.0.1:1883}
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/gridshare-target}"
-cargo build --workspace --release --quiet
+cargo build --workspace --release --quiet --features meter-agent/demo
 bin="$CARGO_TARGET_DIR/release/meter-agent"
 dir=$(mktemp -d)
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -836,8 +836,8 @@ async fn get_settings(State(state): State<AppState>) -> Json<serde_json::Value> 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SettingsRequest {
-    mechanism: String,
-    price_rule: String,
+    mechanism: crate::settings::MechanismName,
+    price_rule: crate::settings::PriceRuleName,
     k_basis_points: u16,
     retail_per_kwh: u64,
     feed_in_per_kwh: u64,

@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use gridshare_testbed::register_server::Framing;
+use gridshare_testbed::simulator::Household;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::Framing;
-use meter_agent::simulator::Household;
 use tokio::sync::watch;
 
 use gridshare_core::reading::DeviceIdentity;
@@ -140,7 +140,7 @@ pub(crate) async fn run(
         let export_capacity_w = household.pv_peak_w + household.battery_max_w;
         let import_capacity_w = 12_000.0 + household.battery_max_w;
         let serial = household.serial.clone();
-        let server = meter_agent::simulator::serve_persistent(
+        let server = gridshare_testbed::simulator::serve_persistent(
             household,
             10 * 3_600_000,
             "127.0.0.1:0".parse()?,

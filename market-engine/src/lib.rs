@@ -7,7 +7,9 @@
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
 //! - [`meters`]: registration by a household, approval by the community operator;
 //! - [`autotrade`]: households' automatic trading rules;
-//! - [`market`]: the `core` auctions per delivery slot, the order log, gate closure and
+//! - [`exchange`]: the books, funds and order ids as pure state — `apply(event)`, shared by
+//!   the live path and the replay after a restart;
+//! - [`market`]: the exchange behind its lock, the order log on disk, gate closure and
 //!   settlement;
 //! - [`chain`]: settled slots as batches through the settlement outbox to the embedded
 //!   chain or a JSON-RPC node;
@@ -23,12 +25,14 @@ pub mod autotrade;
 pub mod broker;
 pub mod chain;
 pub mod config;
+pub mod exchange;
 pub mod ingest;
 pub mod market;
 pub mod meters;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod settings;
 pub mod store;
 pub mod tasks;
 pub mod web;

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+#[cfg(feature = "demo")]
 mod demo;
 use market_engine::config::{DEFAULT_CONFIG, EngineConfig};
 use market_engine::server::Engine;
@@ -54,6 +55,7 @@ enum Command {
     /// The engine plus a simulated neighbourhood (simulated inverters read by real meter
     /// agents, each home trading its forecast surplus or need), in 15-second slots of
     /// accelerated time.
+    #[cfg(feature = "demo")]
     Demo {
         /// Number of homes.
         #[arg(long, default_value_t = 12)]
@@ -77,7 +79,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| meter_agent::broker::DEFAULT_LOG_FILTER.into()),
+                .unwrap_or_else(|_| gridshare_mqtt::DEFAULT_LOG_FILTER.into()),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
@@ -138,6 +140,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             }
             store.close().await;
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             homes,
             listen,

@@ -84,7 +84,7 @@ impl Engine {
                 .map_err(|e| ServeError::Mqtt(format!("mqtt.url {e}")))?;
             let tls = if url.tls {
                 Some(
-                    meter_agent::publish::tls_config(config.mqtt.ca_file.as_deref())
+                    gridshare_mqtt::tls_config(config.mqtt.ca_file.as_deref())
                         .map_err(|e| ServeError::Mqtt(e.to_string()))?,
                 )
             } else {

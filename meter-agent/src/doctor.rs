@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use crate::agent::{self, AgentStats};
 use crate::config::{AgentConfig, ClockPolicy, DeviceKind};
 use crate::device::{Device, PollError, ProfileDevice, Sample, Snapshot, SunSpecDevice};
-use crate::publish::{BrokerUrl, Topics, tls_config};
+use crate::publish::{BrokerUrl, Topics};
 use crate::sunspec::SunSpecError;
 use crate::transport::{LinkError, ModbusLink};
 
@@ -244,7 +244,8 @@ fn mqtt_options(config: &AgentConfig, client_id: &str) -> Result<MqttOptions, St
     }
     if url.tls {
         o.set_transport(Transport::tls_with_config(
-            tls_config(config.mqtt.ca_file.as_deref()).map_err(|e| e.to_string())?,
+            gridshare_mqtt::tls_config(config.mqtt.ca_file.as_deref())
+                .map_err(|e| e.to_string())?,
         ));
     }
     Ok(o)

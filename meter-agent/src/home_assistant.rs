@@ -26,7 +26,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use crate::publish::{BrokerUrl, MqttConfigError, tls_config};
+use crate::publish::{BrokerUrl, MqttConfigError};
 
 /// `[home_assistant]` settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -247,7 +247,7 @@ fn options(
         options.set_credentials(user, config.password.clone().unwrap_or_default());
     }
     if url.tls {
-        options.set_transport(Transport::tls_with_config(tls_config(
+        options.set_transport(Transport::tls_with_config(gridshare_mqtt::tls_config(
             config.ca_file.as_deref(),
         )?));
     }

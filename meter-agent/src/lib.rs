@@ -7,9 +7,12 @@
 //! conventions → [`normalise`] (plausibility, never 0 for a missing value) → signed
 //! [`gridshare_core::reading::SignedReading`] → [`outbox`] (SQLite, before publishing) →
 //! [`publish`] (MQTT QoS 1, deleted on PUBACK).
+//!
+//! The simulated inverter and the embedded broker of `meter-agent demo` come from
+//! `gridshare-testbed` and `gridshare-mqtt`, only with the `demo` feature: the agent installed
+//! in a home carries neither.
 
 pub mod agent;
-pub mod broker;
 pub mod catalog;
 pub mod clock;
 pub mod config;
@@ -21,8 +24,7 @@ pub mod normalise;
 pub mod outbox;
 pub mod profile;
 pub mod publish;
-pub mod register_server;
-pub mod simulator;
 pub mod sunspec;
 pub mod transport;
-pub mod value;
+
+pub use gridshare_sunspec::value;

@@ -2,25 +2,31 @@
 //! over MQTT. Run `meter-agent --help` for the commands.
 
 use std::io::Read;
+#[cfg(feature = "demo")]
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+#[cfg(feature = "demo")]
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use gridshare_core::reading::{PublicKey, SignedReading};
+#[cfg(feature = "demo")]
+use gridshare_testbed::register_server::{Framing, RegisterServer};
+#[cfg(feature = "demo")]
+use gridshare_testbed::simulator::{self, Household};
 use meter_agent::agent::{self, AgentStats};
-use meter_agent::config::{AgentConfig, ClockPolicy, DEFAULT_CONFIG, DeviceKind};
+#[cfg(feature = "demo")]
+use meter_agent::config::ClockPolicy;
+use meter_agent::config::{AgentConfig, DEFAULT_CONFIG, DeviceKind};
 use meter_agent::device::{Device, ProfileDevice, Sample, SunSpecDevice};
+use meter_agent::keys;
 use meter_agent::profile::RegisterProfile;
-use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::{self, Household};
 use meter_agent::sunspec;
 use meter_agent::transport::{ModbusLink, Table, TransportKind};
 use meter_agent::value::PointRow;
-use meter_agent::{broker, keys};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -122,6 +128,7 @@ enum Command {
         file: Option<PathBuf>,
     },
     /// Serve a simulated SunSpec hybrid inverter (PV, battery, grid meter) over Modbus TCP.
+    #[cfg(feature = "demo")]
     SimulateDevice {
         /// Listen address.
         #[arg(long, default_value = "127.0.0.1:1502")]
@@ -147,6 +154,7 @@ enum Command {
     },
     /// Everything on this machine: a simulated inverter, an embedded MQTT broker and the agent;
     /// prints every reading as the broker delivers it, with its signature checked.
+    #[cfg(feature = "demo")]
     Demo {
         /// Port of the embedded broker.
         #[arg(long, default_value_t = 18830)]
@@ -164,7 +172,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| meter_agent::broker::DEFAULT_LOG_FILTER.into()),
+                .unwrap_or_else(|_| gridshare_mqtt::DEFAULT_LOG_FILTER.into()),
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: journald and log files get plain text.
@@ -219,6 +227,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Devices => print!("{}", meter_agent::catalog::markdown()),
         Command::Discover { overrides, json } => discover(&load_config(&overrides)?, json).await?,
         Command::Verify { public_key, file } => return verify(&public_key, file.as_deref()),
+        #[cfg(feature = "demo")]
         Command::SimulateDevice {
             listen,
             speed,
@@ -246,6 +255,7 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
             );
             wait_for_signal().await;
         }
+        #[cfg(feature = "demo")]
         Command::Demo {
             mqtt_port,
             speed,
@@ -427,7 +437,20 @@ async fn discover(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
         "soc_bp": sample(&snapshot.soc_bp),
     });
     if json {
-        header["points"] = serde_json::to_value(&rows)?;
+        header["points"] = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "model": r.model,
+                    "point": r.point,
+                    "raw": r.raw,
+                    "scale_factor": r.scale_factor,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "status": r.status,
+                })
+            })
+            .collect();
         header["reading"] = reading;
         println!("{}", serde_json::to_string_pretty(&header)?);
         return Ok(());
@@ -537,6 +560,7 @@ fn verify(public_key: &str, file: Option<&Path>) -> anyhow::Result<ExitCode> {
 }
 
 /// Starts a simulated device and the task that advances its clock.
+#[cfg(feature = "demo")]
 async fn simulate(
     listen: SocketAddr,
     household: Household,
@@ -554,6 +578,7 @@ async fn simulate(
         .with_context(|| format!("cannot listen on {listen}"))
 }
 
+#[cfg(feature = "demo")]
 async fn demo(mqtt_port: u16, speed: f64, dir: Option<PathBuf>) -> anyhow::Result<()> {
     let tmp;
     let dir = match dir {
@@ -571,7 +596,7 @@ async fn demo(mqtt_port: u16, speed: f64, dir: Option<PathBuf>) -> anyhow::Resul
         keys::generate(&key_file, false)?
     };
     let broker_addr: SocketAddr = ([127, 0, 0, 1], mqtt_port).into();
-    broker::start_embedded(broker_addr).map_err(anyhow::Error::msg)?;
+    gridshare_mqtt::broker::start_embedded(broker_addr).map_err(anyhow::Error::msg)?;
     let device = simulate(
         "127.0.0.1:0".parse()?,
         Household::default(),
@@ -636,6 +661,7 @@ async fn demo(mqtt_port: u16, speed: f64, dir: Option<PathBuf>) -> anyhow::Resul
     Ok(())
 }
 
+#[cfg(feature = "demo")]
 fn print_reading(payload: &[u8], public: &PublicKey) {
     let signed = match SignedReading::from_json_bytes(payload) {
         Ok(s) => s,

@@ -16,8 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rumqttc::{
-    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
+    AsyncClient, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS, Transport,
 };
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
@@ -80,13 +79,8 @@ pub enum MqttConfigError {
     #[error("mqtt.url {0}")]
     Url(#[from] BrokerUrlError),
     /// The CA file cannot be read or holds no certificate.
-    #[error("mqtt.ca_file {path}: {reason}")]
-    Ca {
-        /// The file.
-        path: String,
-        /// What is wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    Ca(#[from] gridshare_mqtt::CaError),
 }
 
 /// Counters the publisher keeps (for logs, the status topic, and tests).
@@ -136,7 +130,7 @@ impl Publisher {
             options.set_credentials(user, self.config.password.clone().unwrap_or_default());
         }
         if url.tls {
-            options.set_transport(Transport::tls_with_config(tls_config(
+            options.set_transport(Transport::tls_with_config(gridshare_mqtt::tls_config(
                 self.config.ca_file.as_deref(),
             )?));
         }
@@ -318,35 +312,4 @@ impl Publisher {
 enum SessionEnd {
     Shutdown,
     Lost { was_connected: bool },
-}
-
-/// A TLS client configuration trusting the CA certificates in `ca_file` (PEM; default: the
-/// system bundle `/etc/ssl/certs/ca-certificates.crt`). The market engine uses it too.
-pub fn tls_config(ca_file: Option<&std::path::Path>) -> Result<TlsConfiguration, MqttConfigError> {
-    let path =
-        ca_file.unwrap_or_else(|| std::path::Path::new("/etc/ssl/certs/ca-certificates.crt"));
-    let shown = path.display().to_string();
-    let ca_err = |reason: String| MqttConfigError::Ca {
-        path: shown.clone(),
-        reason,
-    };
-    let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-        let cert = cert.map_err(|e| ca_err(format!("not a PEM certificate: {e}")))?;
-        roots
-            .add(cert)
-            .map_err(|e| ca_err(format!("unusable certificate: {e}")))?;
-    }
-    if roots.is_empty() {
-        return Err(ca_err("no certificate found".into()));
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| ca_err(e.to_string()))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(TlsConfiguration::Rustls(Arc::new(config)))
 }

@@ -9,9 +9,8 @@ use gridshare_contracts::{Chain, ChainError, Deployment, EmbeddedChain, RpcChain
 use gridshare_core::reading::{
     ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, PublicKey, Reading, SignedReading,
 };
+use gridshare_testbed::anvil::Anvil;
 use ring::rand::SystemRandom;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 /// anvil's first development key (public knowledge, from its default mnemonic).
 const ANVIL_KEY: &str = "ac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
@@ -28,7 +27,7 @@ pub(crate) struct Env<C> {
     pub(crate) deployer: Address,
     pub(crate) operator: Address,
     pub(crate) params: StakingParams,
-    _anvil: Option<AnvilProcess>,
+    _anvil: Option<Anvil>,
     _serial: Option<tokio::sync::MutexGuard<'static, ()>>,
 }
 
@@ -59,30 +58,30 @@ pub(crate) async fn embedded_fixed_clock() -> Env<EmbeddedChain> {
 }
 
 /// Anvil at `GRIDSHARE_TEST_ANVIL_URL` (CI starts one), or one started here from
-/// `contracts/node_modules` (`npm ci` in `contracts/` installs it). Tests on a shared node run
-/// one at a time, because moving its clock affects everyone on it.
-pub(crate) async fn anvil() -> Env<RpcChain> {
+/// `contracts/node_modules` (`npm ci` in `contracts/` installs it); `None` (reported) where
+/// this machine has neither. Tests on a shared node run one at a time, because moving its
+/// clock affects everyone on it.
+pub(crate) async fn anvil() -> Option<Env<RpcChain>> {
     static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
     let key: PrivateKeySigner = ANVIL_KEY.parse().expect("anvil key");
     let deployer = key.address();
-    let (url, process, serial) = match std::env::var("GRIDSHARE_TEST_ANVIL_URL") {
-        Ok(url) => (url, None, Some(SERIAL.lock().await)),
-        Err(_) => {
-            let process = AnvilProcess::start();
-            (process.url.clone(), Some(process), None)
-        }
+    let node = Anvil::start()?;
+    let serial = if node.is_shared() {
+        Some(SERIAL.lock().await)
+    } else {
+        None
     };
-    let chain = RpcChain::connect(&url, Some(key)).expect("connect to anvil");
-    let mut env = deploy(chain, deployer, deployer, process, serial).await;
+    let chain = RpcChain::connect(&node.url, Some(key)).expect("connect to anvil");
+    let mut env = deploy(chain, deployer, deployer, Some(node), serial).await;
     env.operator = deployer;
-    env
+    Some(env)
 }
 
 async fn deploy<C: Chain>(
     chain: C,
     deployer: Address,
     operator: Address,
-    anvil: Option<AnvilProcess>,
+    anvil: Option<Anvil>,
     serial: Option<tokio::sync::MutexGuard<'static, ()>>,
 ) -> Env<C> {
     chain
@@ -325,57 +324,6 @@ impl TestMeter {
     }
 }
 
-/// An anvil child process on a free port, killed when dropped.
-pub(crate) struct AnvilProcess {
-    child: Child,
-    pub(crate) url: String,
-}
-
-impl AnvilProcess {
-    fn start() -> Self {
-        let bin = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
-        assert!(
-            bin.exists(),
-            "anvil not found at {}: run `npm ci` in contracts/ or set GRIDSHARE_TEST_ANVIL_URL",
-            bin.display()
-        );
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        let child = Command::new(bin)
-            .args([
-                "--hardfork",
-                "osaka",
-                "--port",
-                &port.to_string(),
-                "--silent",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start anvil");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-        }
-    }
-}
-
-impl Drop for AnvilProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Runs a test body on both backends: `mod name { embedded, anvil }`.
 #[macro_export]
 macro_rules! on_both_chains {
@@ -388,7 +336,9 @@ macro_rules! on_both_chains {
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn anvil() {
-                super::$name($crate::harness::anvil().await).await;
+                if let Some(env) = $crate::harness::anvil().await {
+                    super::$name(env).await;
+                }
             }
         }
     )*};

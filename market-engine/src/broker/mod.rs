@@ -110,7 +110,7 @@ impl EmbeddedBroker {
             password_hash(&engine_password),
         );
         let check_engine_hash = engine_hash.clone();
-        meter_agent::broker::start_embedded_with_login(
+        gridshare_mqtt::broker::start_embedded_with_login(
             internal,
             Arc::new(move |user: &str, password: &str| {
                 let presented = password_hash(password);

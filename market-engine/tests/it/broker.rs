@@ -8,13 +8,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::{Mosquitto, Peer, mosquitto, peers};
+use gridshare_testbed::register_server::Framing;
+use gridshare_testbed::simulator::Household;
 use market_engine::broker::{issue_meter_credentials, revoke_meter_credentials};
 use market_engine::config::EngineConfig;
 use market_engine::server::Engine;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::Framing;
-use meter_agent::simulator::Household;
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Incoming, LastWill,
     MqttOptions, QoS,
@@ -22,16 +23,6 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 
 use crate::{databases, engine_config, free_port, unique};
-
-/// A child process killed when dropped.
-struct Process(std::process::Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// An engine with its embedded broker on a free port, whatever `GRIDSHARE_TEST_MQTT_URL` says.
 async fn embedded_engine(community: &str, database_url: &str) -> (Engine, EngineConfig) {
@@ -410,7 +401,7 @@ async fn an_authenticated_meter_agent_feeds_the_engine_and_revocation_cuts_it_of
         .await
         .unwrap();
 
-    let server = meter_agent::simulator::serve(
+    let server = gridshare_testbed::simulator::serve(
         Household::default(),
         12 * 3_600_000,
         "127.0.0.1:0".parse().unwrap(),
@@ -485,50 +476,7 @@ async fn an_authenticated_meter_agent_feeds_the_engine_and_revocation_cuts_it_of
     engine.stop().await;
 }
 
-/// A Mosquitto binary (`MOSQUITTO_BIN`, else the usual paths) and its `mosquitto_passwd`.
-fn mosquitto_bins() -> (String, String) {
-    let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| {
-        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("mosquitto")
-            .to_owned()
-    });
-    let passwd = Path::new(&bin)
-        .parent()
-        .map(|d| d.join("mosquitto_passwd"))
-        .filter(|p| p.exists())
-        .or_else(|| {
-            ["/usr/bin/mosquitto_passwd", "/usr/sbin/mosquitto_passwd"]
-                .into_iter()
-                .map(std::path::PathBuf::from)
-                .find(|p| p.exists())
-        })
-        .map_or("mosquitto_passwd".to_owned(), |p| p.display().to_string());
-    (bin, passwd)
-}
-
-/// Starts Mosquitto with `conf` (a file) and waits until `port` answers.
-fn run_mosquitto(bin: &str, conf: &Path, port: u16) -> Process {
-    let process = Process(
-        Command::new(bin)
-            .arg("-c")
-            .arg(conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed (or set MOSQUITTO_BIN)"),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return process;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("mosquitto did not start with {}", conf.display());
-}
-
-fn add_password(passwd_bin: &str, file: &Path, user: &str, password: &str) {
+fn add_password(passwd_bin: &Path, file: &Path, user: &str, password: &str) {
     let status = Command::new(passwd_bin)
         .arg("-b")
         .arg(file)
@@ -543,7 +491,9 @@ fn add_password(passwd_bin: &str, file: &Path, user: &str, password: &str) {
 async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
     let dir = tempfile::tempdir().unwrap();
     let dist = Path::new(env!("CARGO_MANIFEST_DIR")).join("dist/mosquitto");
-    let (bin, passwd_bin) = mosquitto_bins();
+    let Some(passwd_bin) = mosquitto::passwd_program() else {
+        return;
+    };
     let passwords = dir.path().join("gridshare.passwd");
     std::fs::write(&passwords, "").unwrap();
     let (pass_a, pass_b, pass_engine) = ("password-of-a", "password-of-b", "engine-password");
@@ -568,9 +518,9 @@ async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let conf_file = dir.path().join("mosquitto.conf");
-    std::fs::write(&conf_file, conf).unwrap();
-    let _broker = run_mosquitto(&bin, &conf_file, port);
+    let Some(_broker) = Mosquitto::with_config(dir.path(), port, &conf) else {
+        return;
+    };
 
     let topics = |m: &str| gridshare_core::mqtt::MeterTopics::new("gridshare/v1", "demo", m);
     let mut engine_view = subscriber(
@@ -738,24 +688,26 @@ fn throwaway_pki(dir: &Path) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_ingests_through_a_tls_broker() {
     let dir = tempfile::tempdir().unwrap();
+    let Some(passwd_bin) = mosquitto::passwd_program() else {
+        return;
+    };
+    if peers::available(Peer::OpenSsl).is_none() {
+        return;
+    }
     throwaway_pki(dir.path());
-    let (bin, passwd_bin) = mosquitto_bins();
     let passwords = dir.path().join("passwd");
     std::fs::write(&passwords, "").unwrap();
     add_password(&passwd_bin, &passwords, "market-engine", "engine-password");
     add_password(&passwd_bin, &passwords, "tls-meter", "meter-password");
     let port = free_port();
-    let conf = dir.path().join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nallow_anonymous false\npassword_file {}\nmax_inflight_messages 1000\nmax_queued_messages 0\n",
-            passwords.display(),
-            d = dir.path().display()
-        ),
-    )
-    .unwrap();
-    let _broker = run_mosquitto(&bin, &conf, port);
+    let conf = format!(
+        "listener {port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\nallow_anonymous false\npassword_file {}\nmax_inflight_messages 1000\nmax_queued_messages 0\n",
+        passwords.display(),
+        d = dir.path().display()
+    );
+    let Some(_broker) = Mosquitto::with_config(dir.path(), port, &conf) else {
+        return;
+    };
 
     let community = unique("tls");
     let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
@@ -790,7 +742,7 @@ async fn the_engine_ingests_through_a_tls_broker() {
         &device,
     )
     .await;
-    let server = meter_agent::simulator::serve(
+    let server = gridshare_testbed::simulator::serve(
         Household::default(),
         12 * 3_600_000,
         "127.0.0.1:0".parse().unwrap(),

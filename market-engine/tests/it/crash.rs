@@ -8,16 +8,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use gridshare_testbed::register_server::Framing;
+use gridshare_testbed::simulator::Household;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::Framing;
-use meter_agent::simulator::Household;
 use serde_json::{Value, json};
 use sqlx::Row;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 
-use crate::free_port;
+use crate::{Mosquitto, free_port};
 
 /// One HTTP/1.1 request over a fresh connection; `None` when the server is not there.
 async fn http(
@@ -73,44 +73,6 @@ impl Drop for Process {
     }
 }
 
-/// A Mosquitto process on a free port, with `extra` lines of configuration.
-pub(crate) fn mosquitto_with(dir: &Path, extra: &str) -> (Process, u16) {
-    let port = free_port();
-    let conf = dir.join("mosquitto.conf");
-    std::fs::write(
-        &conf,
-        format!("listener {port} 127.0.0.1\nallow_anonymous true\n{extra}"),
-    )
-    .unwrap();
-    let bin = std::env::var("MOSQUITTO_BIN").unwrap_or_else(|_| {
-        ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("mosquitto")
-            .to_owned()
-    });
-    let process = Process(
-        Command::new(bin)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed for the crash test (or set MOSQUITTO_BIN)"),
-    );
-    for _ in 0..100 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return (process, port);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("mosquitto did not start");
-}
-
-fn mosquitto(dir: &Path) -> (Process, u16) {
-    mosquitto_with(dir, "")
-}
-
 async fn start_engine(config: &Path, http_port: u16) -> Process {
     let process = Process(
         Command::new(env!("CARGO_BIN_EXE_market-engine"))
@@ -133,7 +95,10 @@ async fn start_engine(config: &Path, http_port: u16) -> Process {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, mqtt_port) = mosquitto(dir.path());
+    let Some(broker) = Mosquitto::start(dir.path(), "") else {
+        return;
+    };
+    let mqtt_port = broker.port;
     let http_port = free_port();
     let db = dir.path().join("engine.sqlite");
     let config = dir.path().join("engine.toml");
@@ -226,7 +191,7 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     assert_eq!(status, 200, "{body}");
 
     // Readings flow: a simulated inverter read by a real agent.
-    let server = meter_agent::simulator::serve(
+    let server = gridshare_testbed::simulator::serve(
         Household::default(),
         12 * 3_600_000,
         "127.0.0.1:0".parse().unwrap(),

@@ -49,7 +49,7 @@ async fn run(opening: Vec<u32>, ops: Vec<Op>) {
     let url = format!("sqlite://{}", dir.path().join("funds.sqlite").display());
     let store = Store::open(&url).await.unwrap();
     let config = MarketConfig {
-        mechanism: "continuous".into(),
+        mechanism: market_engine::settings::MechanismName::Continuous,
         ..MarketConfig::default()
     };
     let market = Arc::new(

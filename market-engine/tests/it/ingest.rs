@@ -5,15 +5,16 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::Mosquitto;
 use gridshare_core::reading::{
     ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading, SignedReading,
 };
+use gridshare_testbed::register_server::Framing;
+use gridshare_testbed::simulator::Household;
 use market_engine::ingest::Rejection;
 use market_engine::server::Engine;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::Framing;
-use meter_agent::simulator::Household;
 use ring::rand::SystemRandom;
 use rumqttc::{AsyncClient, MqttOptions, QoS};
 use tokio::sync::watch;
@@ -39,7 +40,7 @@ async fn a_real_meter_agent_feeds_the_engine() {
         let engine = Engine::start(&config).await.unwrap();
 
         // The household: a simulated inverter and a real agent with its own key.
-        let server = meter_agent::simulator::serve(
+        let server = gridshare_testbed::simulator::serve(
             Household::default(),
             12 * 3_600_000,
             "127.0.0.1:0".parse().unwrap(),
@@ -365,10 +366,13 @@ async fn many_readings_in_flight_never_stall_the_engine() {
     const METERS: u64 = 20;
     const PER_METER: u64 = 1_000;
     let dir = tempfile::tempdir().unwrap();
-    let (_broker, port) = crate::crash::mosquitto_with(
+    let Some(broker) = Mosquitto::start(
         dir.path(),
         "max_inflight_messages 1000\nmax_queued_messages 0\n",
-    );
+    ) else {
+        return;
+    };
+    let port = broker.port;
     let community = unique("flood");
     let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
     let mut config = engine_config(&community, &url);

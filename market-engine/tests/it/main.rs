@@ -23,8 +23,6 @@ mod money;
 mod privacy;
 mod web;
 
-use std::net::TcpListener;
-
 use gridshare_core::reading::DeviceIdentity;
 use market_engine::config::{EngineConfig, broker_host_port};
 use market_engine::ingest::{Approval, KeyRegistry};
@@ -32,14 +30,9 @@ use market_engine::server::Engine;
 use market_engine::store::Store;
 use rumqttc::MqttOptions;
 
-/// A free TCP port on loopback.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+pub(crate) use gridshare_testbed::free_port;
+pub(crate) use gridshare_testbed::mosquitto::{self, Mosquitto};
+pub(crate) use gridshare_testbed::peers::{self, Peer};
 
 /// A unique name for this test run (tests share PostgreSQL and the broker across runs).
 pub(crate) fn unique(name: &str) -> String {
@@ -50,12 +43,12 @@ pub(crate) fn unique(name: &str) -> String {
     format!("{name}-{}-{nanos}", std::process::id())
 }
 
-/// The databases every storage test runs on: SQLite always, PostgreSQL when
-/// `GRIDSHARE_TEST_POSTGRES_URL` is set (`.ci/run` sets it). Each test gets a schema of its
+/// The databases every storage test runs on: SQLite always, PostgreSQL when this machine has
+/// one (`GRIDSHARE_TEST_POSTGRES_URL`, which `.ci/run` sets; see `gridshare_testbed::peers`). Each test gets a schema of its
 /// own on the shared server, so runs never see each other's slots.
 pub(crate) async fn databases(dir: &std::path::Path) -> Vec<String> {
     let mut urls = vec![format!("sqlite://{}", dir.join("engine.sqlite").display())];
-    if let Ok(url) = std::env::var("GRIDSHARE_TEST_POSTGRES_URL") {
+    if let Some(url) = peers::available(Peer::Postgres).map(|l| l.as_str()) {
         sqlx::any::install_default_drivers();
         let schema = unique("t").replace('-', "_");
         let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&url)

@@ -566,11 +566,12 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let _ = (UTILITY, GRID_OPERATOR);
 
         // On chain: the settled slot becomes one batch through the settlement outbox, on the
-        // embedded chain and (when GRIDSHARE_TEST_ANVIL_URL names one) on anvil.
+        // embedded chain and (where this machine has one) on anvil.
         let settled = market.unqueued_settlements().await.unwrap();
         assert_eq!(settled.len(), 1);
         let batch = market_engine::chain::batch_of(&settled[0]).unwrap();
-        for settler in settlers(dir.path(), &url, &settled[0]).await {
+        let (settlers, _anvil) = settlers(dir.path(), &url, &settled[0]).await;
+        for settler in settlers {
             settler.enqueue(&settled[0]).await.unwrap();
             settler.enqueue(&settled[0]).await.unwrap(); // idempotent
             assert_eq!(settler.flush().await.unwrap(), 1);
@@ -862,14 +863,17 @@ async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64)
         .unwrap()
 }
 
-/// The chain backends to settle on: the embedded chain always, anvil when
-/// `GRIDSHARE_TEST_ANVIL_URL` is set. On anvil the contracts are deployed fresh and the
-/// debited accounts deposit first, as households would.
+/// The chain backends to settle on: the embedded chain always, anvil where this machine has it
+/// (see `gridshare_testbed::peers`; returned, to live as long as its settler). On anvil the
+/// contracts are deployed fresh and the debited accounts deposit first, as households would.
 async fn settlers(
     dir: &std::path::Path,
     db: &str,
     settled: &market_engine::market::SettledSlot,
-) -> Vec<market_engine::chain::ChainSettler> {
+) -> (
+    Vec<market_engine::chain::ChainSettler>,
+    Option<gridshare_testbed::anvil::Anvil>,
+) {
     use alloy::primitives::U256;
     use gridshare_contracts::bindings::{GridToken, Settlement};
     use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
@@ -888,7 +892,8 @@ async fn settlers(
         ..ChainConfig::default()
     };
     let mut out = vec![ChainSettler::open(&embedded).await.unwrap().unwrap()];
-    if let Ok(url) = std::env::var("GRIDSHARE_TEST_ANVIL_URL") {
+    let node = gridshare_testbed::anvil::Anvil::start();
+    if let Some(url) = node.as_ref().map(|n| n.url.clone()) {
         // anvil's first development account.
         let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
         let signer: alloy::signers::local::PrivateKeySigner = key.parse().unwrap();
@@ -946,5 +951,5 @@ async fn settlers(
                 .unwrap(),
         );
     }
-    out
+    (out, node)
 }

@@ -6,18 +6,11 @@
 //! answer the end marker's length register with an exception (the id is read on its own
 //! then), and a chain can hold models we have no definition for (they are listed, not read).
 
-use super::block::ModelBlock;
-use super::models;
 use crate::transport::{LinkError, ModbusLink, Table};
+use gridshare_sunspec::block::ModelBlock;
+use gridshare_sunspec::models;
 
-/// `SunS` as two registers.
-pub const SUNS_MARKER: [u16; 2] = [0x5375, 0x6e53];
-
-/// Where SunSpec maps start on real devices, in the order they are probed.
-pub const BASE_ADDRESSES: [u16; 3] = [40000, 0, 50000];
-
-/// The model id that ends a chain.
-pub const END_MODEL_ID: u16 = 0xFFFF;
+pub use gridshare_sunspec::{BASE_ADDRESSES, END_MODEL_ID, SUNS_MARKER};
 
 /// Largest number of registers in one Modbus read request.
 pub const MAX_READ: u16 = 125;

@@ -1,8 +1,9 @@
-//! SunSpec: model definitions generated from the official SunSpec models, decoding of one model
-//! block, and discovery of a device's model chain.
+//! SunSpec on a live device: discovery of its model chain and reading one model block. The model
+//! definitions and the block codec are pure and live in `gridshare-sunspec` (re-exported here),
+//! so the simulated device of `gridshare-testbed` encodes with the very code the agent decodes
+//! with.
 
-pub mod block;
 pub mod discovery;
-pub mod models;
 
 pub use discovery::{ModelLocation, SunSpecError, SunSpecMap, discover, read_model};
+pub use gridshare_sunspec::{block, models};

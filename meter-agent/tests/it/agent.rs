@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gridshare_core::reading::ValueStatus;
+use gridshare_testbed::register_server::{Framing, RegisterBank, RegisterServer};
 use meter_agent::agent::{self, AgentStats};
-use meter_agent::register_server::{Framing, RegisterBank, RegisterServer};
 use meter_agent::sunspec::block::BlockBuilder;
 use tokio::sync::watch;
 

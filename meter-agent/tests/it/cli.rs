@@ -5,8 +5,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use meter_agent::register_server::{Framing, RegisterBank, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
+use gridshare_testbed::register_server::{Framing, RegisterBank, RegisterServer};
+use gridshare_testbed::simulator::{Household, SimulatedDevice};
 use serde_json::Value;
 
 use crate::support;
@@ -240,7 +240,7 @@ async fn doctor_checks_an_installation_end_to_end_and_names_the_fix() {
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
 
     // A broker nobody listens on, and a device that is not there.
-    let closed = format!("127.0.0.1:{}", support::free_port());
+    let closed = format!("127.0.0.1:{}", gridshare_testbed::mosquitto::free_port());
     write_config(dir.path(), &community, &closed, &format!("mqtt://{closed}"));
     let (code, out) = cli(cfg(), Some(fake_chronyc(dir.path(), "Normal"))).await;
     assert_eq!(code, 1, "{out}");

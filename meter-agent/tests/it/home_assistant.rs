@@ -6,9 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use gridshare_testbed::register_server::{Fault, Framing, RegisterServer};
+use gridshare_testbed::simulator::{Household, SimulatedDevice};
 use meter_agent::agent::{self, AgentStats};
-use meter_agent::register_server::{Fault, Framing, RegisterServer};
-use meter_agent::simulator::{Household, SimulatedDevice};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};
 

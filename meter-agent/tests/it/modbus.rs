@@ -3,12 +3,12 @@
 
 use std::time::{Duration, Instant};
 
-use meter_agent::device::{Device, ProfileDevice, Sample, SunSpecDevice, SunSpecOptions};
-use meter_agent::profile::RegisterProfile;
-use meter_agent::register_server::{
+use gridshare_testbed::register_server::{
     Fault, Framing, RegisterBank, RegisterServer, SERVER_DEVICE_FAILURE,
 };
-use meter_agent::simulator::{Household, SimulatedDevice};
+use gridshare_testbed::simulator::{Household, SimulatedDevice};
+use meter_agent::device::{Device, ProfileDevice, Sample, SunSpecDevice, SunSpecOptions};
+use meter_agent::profile::RegisterProfile;
 use meter_agent::sunspec::block::BlockBuilder;
 use meter_agent::sunspec::{self, SunSpecError};
 use meter_agent::transport::{LinkConfig, LinkError, ModbusLink, Table, TransportKind};

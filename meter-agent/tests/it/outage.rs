@@ -15,7 +15,9 @@ use crate::support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_outage_every_reading_arrives_exactly_once_in_order() {
     let dir = tempfile::tempdir().unwrap();
-    let mut broker = Mosquitto::start(dir.path());
+    let Some(mut broker) = persistent_mosquitto(dir.path()) else {
+        return;
+    };
     let community = community("outage");
     let device = simulated_device(60_000).await;
     let agent_dir = dir.path().join("agent");

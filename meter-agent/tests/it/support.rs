@@ -1,25 +1,16 @@
 //! Shared test plumbing: brokers, subscribers, keys, simulated devices.
 
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use gridshare_core::reading::{PublicKey, SignedReading};
+use gridshare_testbed::register_server::{Framing, RegisterServer};
+use gridshare_testbed::simulator::Household;
+pub(crate) use gridshare_testbed::{free_port, mosquitto::Mosquitto};
 use meter_agent::config::AgentConfig;
-use meter_agent::register_server::{Framing, RegisterServer};
-use meter_agent::simulator::Household;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio::sync::mpsc;
-
-/// A free TCP port on loopback.
-pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The broker for tests that do not stop it: `GRIDSHARE_TEST_MQTT_URL` (Mosquitto in CI) or
 /// an embedded rumqttd on a free port.
@@ -28,7 +19,7 @@ pub(crate) fn broker_url() -> String {
         return url;
     }
     let addr: SocketAddr = ([127, 0, 0, 1], free_port()).into();
-    meter_agent::broker::start_embedded(addr).unwrap();
+    gridshare_mqtt::broker::start_embedded(addr).unwrap();
     format!("mqtt://{addr}")
 }
 
@@ -134,7 +125,7 @@ pub(crate) fn assert_gap_free(readings: &[SignedReading], first: u64) {
 /// A simulated hybrid inverter served over Modbus TCP, time advancing `speed`× in the
 /// background.
 pub(crate) async fn simulated_device(speed_ms_per_tick: u64) -> RegisterServer {
-    meter_agent::simulator::serve(
+    gridshare_testbed::simulator::serve(
         Household::default(),
         11 * 3_600_000,
         "127.0.0.1:0".parse().unwrap(),
@@ -183,93 +174,14 @@ pub(crate) fn public_key(config: &AgentConfig) -> PublicKey {
         .public_key()
 }
 
-/// A Mosquitto process on a free port that the test may kill: for broker outages.
-pub(crate) struct Mosquitto {
-    child: Option<Child>,
-    /// Its port.
-    pub(crate) port: u16,
-    conf: PathBuf,
-}
-
-fn mosquitto_bin() -> String {
-    if let Ok(bin) = std::env::var("MOSQUITTO_BIN") {
-        return bin;
-    }
-    for candidate in [
-        "/usr/sbin/mosquitto",
-        "/usr/bin/mosquitto",
-        "/usr/local/sbin/mosquitto",
-    ] {
-        if Path::new(candidate).exists() {
-            return candidate.into();
-        }
-    }
-    "mosquitto".into()
-}
-
-impl Mosquitto {
-    /// Starts Mosquitto with persistence in `dir` (so persistent sessions survive a restart).
-    pub(crate) fn start(dir: &Path) -> Self {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nautosave_interval 1\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut m = Self {
-            child: None,
-            port,
-            conf,
-        };
-        m.restart();
-        m
-    }
-
-    /// Its URL.
-    pub(crate) fn url(&self) -> String {
-        format!("mqtt://127.0.0.1:{}", self.port)
-    }
-
-    /// Starts it again on the same port.
-    pub(crate) fn restart(&mut self) {
-        let child = Command::new(mosquitto_bin())
-            .arg("-c")
-            .arg(&self.conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto must be installed for the outage tests (apt-get install mosquitto, or set MOSQUITTO_BIN)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mosquitto did not start on port {}", self.port);
-    }
-
-    /// Stops it (SIGTERM, so it saves its sessions) and waits until it is gone.
-    pub(crate) fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(child.id().to_string())
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
+/// Mosquitto with persistence in `dir` (so persistent sessions survive a restart), on a free
+/// port, for broker outages; `None` (reported) where this machine has no Mosquitto.
+pub(crate) fn persistent_mosquitto(dir: &Path) -> Option<Mosquitto> {
+    Mosquitto::start(
+        dir,
+        &format!(
+            "persistence true\npersistence_location {}/\nautosave_interval 1\n",
+            dir.display()
+        ),
+    )
 }

@@ -7,12 +7,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 
+use gridshare_testbed::register_server::{Framing, RegisterBank, RegisterServer};
 use meter_agent::config::AgentConfig;
 use meter_agent::device::{
     Device, ExtraDevice, ProfileDevice, Sample, Snapshot, SunSpecDevice, SunSpecOptions,
 };
 use meter_agent::profile::{Function, RegisterProfile};
-use meter_agent::register_server::{Framing, RegisterBank, RegisterServer};
 use meter_agent::sunspec::block::BlockBuilder;
 use meter_agent::transport::{LinkConfig, ModbusLink, TransportKind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -500,21 +500,10 @@ fn a_negative_load_profile_is_refused_naming_column_and_row() {
     );
 }
 
-/// Chromium to drive: `$GRIDSHARE_TEST_CHROMIUM`, else `chromium` on the PATH. `.ci/run`
-/// installs it; elsewhere a missing browser skips the test with a message, in CI it fails.
+/// Chromium to drive, where this machine has it (see `gridshare_testbed::peers`).
 fn chromium() -> Option<String> {
-    let bin = std::env::var("GRIDSHARE_TEST_CHROMIUM").unwrap_or_else(|_| "chromium".into());
-    match std::process::Command::new(&bin).arg("--version").output() {
-        Ok(o) if o.status.success() => Some(bin),
-        _ => {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI needs Chromium for the report test ({bin})"
-            );
-            eprintln!("skipping: no Chromium at {bin:?}; set GRIDSHARE_TEST_CHROMIUM");
-            None
-        }
-    }
+    gridshare_testbed::peers::program(gridshare_testbed::peers::Peer::Chromium)
+        .map(|p| p.display().to_string())
 }
 
 #[test]

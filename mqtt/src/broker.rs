@@ -1,15 +1,10 @@
-//! An MQTT broker embedded in the process (rumqttd), for `meter-agent demo` and for tests that
-//! need a real broker without installing one.
+//! An MQTT broker embedded in the process (rumqttd): the market engine's default broker, the
+//! agent's demo, and tests that need a real broker without installing one.
 //!
 //! rumqttd has no shutdown call: the broker lives until the process ends. Tests that need a
 //! broker outage run a Mosquitto process instead and kill it.
 
 use std::net::SocketAddr;
-
-/// The default log filter of the binaries that may run this broker. rumqttd logs every client's
-/// disconnect at ERROR (`connection-stop`, `router-drop`), so those lines are off; the broker's
-/// real failures are reported by our own code.
-pub const DEFAULT_LOG_FILTER: &str = "info,rumqttd=warn,rumqttd::server::broker=off";
 
 /// Decides whether a client may log in, from its user name and password.
 pub type LoginCheck = std::sync::Arc<dyn Fn(&str, &str) -> bool + Send + Sync>;

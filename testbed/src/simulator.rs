@@ -16,8 +16,8 @@ use std::f64::consts::PI;
 use serde::{Deserialize, Serialize};
 
 use crate::register_server::{Framing, RegisterBank, RegisterServer};
-use crate::sunspec::block::BlockBuilder;
-use crate::sunspec::discovery::{END_MODEL_ID, SUNS_MARKER};
+use gridshare_sunspec::block::BlockBuilder;
+use gridshare_sunspec::{END_MODEL_ID, SUNS_MARKER};
 
 /// Where the simulated map starts.
 pub const BASE: u16 = 40000;
@@ -465,7 +465,7 @@ fn block(id: u16, groups: usize) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sunspec::block::ModelBlock;
+    use gridshare_sunspec::block::ModelBlock;
 
     fn read_block(bank: &RegisterBank, address: u16) -> ModelBlock {
         let header = bank.holding(address, 2).unwrap();

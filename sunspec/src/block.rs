@@ -28,7 +28,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use super::models::{self, GroupDef, ModelDef, PointDef, PointKind, ScaleRef};
+use crate::models::{self, GroupDef, ModelDef, PointDef, PointKind, ScaleRef};
 use crate::value::{PointError, PointRow, Scaled, float_to_mantissa, raw_hex};
 
 /// Decimal digits kept when a float point is converted: milli-units.

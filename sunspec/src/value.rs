@@ -290,7 +290,7 @@ pub fn float_to_mantissa(v: f64, decimals: i8) -> Result<i64, PointError> {
 }
 
 /// One decoded point as `meter-agent discover` shows it (table or JSON).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PointRow {
     /// SunSpec model id, or the register profile's name.
     pub model: String,

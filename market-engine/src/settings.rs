@@ -1,0 +1,263 @@
+//! The community's market settings in their three forms: the `[market]` section of the config
+//! file ([`MarketConfig`], also what the API shows), the form stored in the database for every
+//! change the operator makes ([`StoredSettings`], versioned), and the `core` [`Community`] they
+//! describe.
+//!
+//! Design: the stored form is its own struct with a version, so that renaming or adding a key
+//! of the config file or the API never makes stored settings unreadable (the engine would not
+//! start). A new layout is a new `StoredSettings` variant whose reader converts the old one.
+
+use gridshare_core::market::{
+    AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism, PriceRule, SlotCalendar, Tariff,
+    TimeProfile,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::exchange::{GRID_OPERATOR, UTILITY};
+
+/// How a slot trades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MechanismName {
+    /// Uniform-price call auction at gate closure.
+    Call,
+    /// Continuous double auction, pay-as-bid.
+    Continuous,
+    /// Sellers' offers fill buyers at the offer price.
+    PayAsOffer,
+}
+
+/// How a call auction sets its price within the crossing range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PriceRuleName {
+    /// Halfway between the marginal bid and ask.
+    Midpoint,
+    /// `k` of the way from the marginal ask to the marginal bid (`k_basis_points`).
+    KFactor,
+    /// The marginal bid.
+    MarginalBid,
+    /// The marginal ask.
+    MarginalAsk,
+}
+
+/// Market settings of the community.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MarketConfig {
+    /// `call` (uniform price at gate closure), `continuous` (pay-as-bid) or `pay-as-offer`.
+    pub mechanism: MechanismName,
+    /// For `call`: `midpoint`, `k-factor`, `marginal-bid` or `marginal-ask`.
+    pub price_rule: PriceRuleName,
+    /// For `k-factor`: k in basis points (5000 = 0.5).
+    pub k_basis_points: u16,
+    /// Slot length, seconds.
+    pub slot_length_s: u32,
+    /// The order window opens this long before delivery.
+    pub window_opens_before_s: u32,
+    /// Gate closure this long before delivery.
+    pub gate_closure_before_s: u32,
+    /// Settlement this long after delivery ends (readings must have arrived).
+    pub settlement_after_s: u32,
+    /// Retail tariff, token units per kWh: the price ceiling.
+    pub retail_per_kwh: u64,
+    /// Feed-in tariff, token units per kWh: the price floor.
+    pub feed_in_per_kwh: u64,
+    /// Grid fee of the community's market, token units per kWh.
+    pub grid_fee_per_kwh: u64,
+}
+
+impl Default for MarketConfig {
+    fn default() -> Self {
+        Self {
+            mechanism: MechanismName::Call,
+            price_rule: PriceRuleName::KFactor,
+            k_basis_points: 5000,
+            slot_length_s: 900,
+            window_opens_before_s: 86_400,
+            gate_closure_before_s: 300,
+            settlement_after_s: 900,
+            retail_per_kwh: 30_000,
+            feed_in_per_kwh: 8_000,
+            grid_fee_per_kwh: 1_000,
+        }
+    }
+}
+
+impl MarketConfig {
+    /// The `core` community these settings describe.
+    pub fn community(&self) -> Result<Community, String> {
+        let mechanism = match self.mechanism {
+            MechanismName::Continuous => Mechanism::ContinuousDoubleAuction,
+            MechanismName::PayAsOffer => Mechanism::PayAsOffer,
+            MechanismName::Call => Mechanism::CallAuction(match self.price_rule {
+                PriceRuleName::Midpoint => PriceRule::Midpoint,
+                PriceRuleName::KFactor => PriceRule::KFactor {
+                    basis_points: self.k_basis_points,
+                },
+                PriceRuleName::MarginalBid => PriceRule::MarginalBid,
+                PriceRuleName::MarginalAsk => PriceRule::MarginalAsk,
+            }),
+        };
+        if self.k_basis_points > 10_000 {
+            return Err("market.k_basis_points: at most 10000 (k = 1)".into());
+        }
+        if self.feed_in_per_kwh > self.retail_per_kwh {
+            return Err("market.feed_in_per_kwh must not exceed market.retail_per_kwh".into());
+        }
+        let calendar = SlotCalendar::new(
+            0,
+            self.slot_length_s,
+            self.window_opens_before_s,
+            self.gate_closure_before_s,
+            self.settlement_after_s,
+        )
+        .map_err(|e| format!("market: {e}"))?;
+        let fee = if self.grid_fee_per_kwh == 0 {
+            FeeProfile::Free
+        } else {
+            FeeProfile::PerKwh(TimeProfile::constant(self.grid_fee_per_kwh))
+        };
+        let areas = AreaTree::new(fee, GRID_OPERATOR).map_err(|e| format!("market: {e}"))?;
+        Ok(Community {
+            calendar,
+            tariff: Tariff::flat(self.retail_per_kwh, self.feed_in_per_kwh),
+            imbalance: ImbalancePrices::default(),
+            areas,
+            utility: UTILITY,
+            mechanism,
+        })
+    }
+}
+
+/// Settings as the database keeps them, one row per change the operator made. Rows written
+/// before versions existed have no `version` key and are read as [`StoredSettings::V1`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "version")]
+pub enum StoredSettings {
+    /// The first layout.
+    #[serde(rename = "1")]
+    V1(SettingsV1),
+}
+
+/// The first stored layout. Its keys never change: a renamed config key is mapped in
+/// [`StoredSettings::from_config`] and [`StoredSettings::into_config`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsV1 {
+    /// See [`MarketConfig::mechanism`].
+    pub mechanism: MechanismName,
+    /// See [`MarketConfig::price_rule`].
+    pub price_rule: PriceRuleName,
+    /// See [`MarketConfig::k_basis_points`].
+    pub k_basis_points: u16,
+    /// See [`MarketConfig::slot_length_s`].
+    pub slot_length_s: u32,
+    /// See [`MarketConfig::window_opens_before_s`].
+    pub window_opens_before_s: u32,
+    /// See [`MarketConfig::gate_closure_before_s`].
+    pub gate_closure_before_s: u32,
+    /// See [`MarketConfig::settlement_after_s`].
+    pub settlement_after_s: u32,
+    /// See [`MarketConfig::retail_per_kwh`].
+    pub retail_per_kwh: u64,
+    /// See [`MarketConfig::feed_in_per_kwh`].
+    pub feed_in_per_kwh: u64,
+    /// See [`MarketConfig::grid_fee_per_kwh`].
+    pub grid_fee_per_kwh: u64,
+}
+
+impl StoredSettings {
+    /// The stored form of `config`, in the newest layout.
+    pub fn from_config(c: &MarketConfig) -> Self {
+        Self::V1(SettingsV1 {
+            mechanism: c.mechanism,
+            price_rule: c.price_rule,
+            k_basis_points: c.k_basis_points,
+            slot_length_s: c.slot_length_s,
+            window_opens_before_s: c.window_opens_before_s,
+            gate_closure_before_s: c.gate_closure_before_s,
+            settlement_after_s: c.settlement_after_s,
+            retail_per_kwh: c.retail_per_kwh,
+            feed_in_per_kwh: c.feed_in_per_kwh,
+            grid_fee_per_kwh: c.grid_fee_per_kwh,
+        })
+    }
+
+    /// The settings a stored row describes, whatever its layout.
+    pub fn into_config(self) -> MarketConfig {
+        match self {
+            Self::V1(v) => MarketConfig {
+                mechanism: v.mechanism,
+                price_rule: v.price_rule,
+                k_basis_points: v.k_basis_points,
+                slot_length_s: v.slot_length_s,
+                window_opens_before_s: v.window_opens_before_s,
+                gate_closure_before_s: v.gate_closure_before_s,
+                settlement_after_s: v.settlement_after_s,
+                retail_per_kwh: v.retail_per_kwh,
+                feed_in_per_kwh: v.feed_in_per_kwh,
+                grid_fee_per_kwh: v.grid_fee_per_kwh,
+            },
+        }
+    }
+
+    /// Writes the stored JSON.
+    pub fn to_json(&self) -> String {
+        // A struct of plain numbers and enums always serialises.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// Reads a stored row; a row without `version` is the first layout.
+    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
+        let mut value: serde_json::Value = serde_json::from_str(text)?;
+        if let Some(map) = value.as_object_mut() {
+            map.entry("version").or_insert_with(|| "1".into());
+        }
+        serde_json::from_value(value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rows written before settings had versions (the config struct itself, serialised) are
+    /// still read.
+    #[test]
+    fn rows_without_a_version_are_the_first_layout() {
+        let old = r#"{"mechanism":"continuous","price_rule":"midpoint","k_basis_points":5000,
+            "slot_length_s":900,"window_opens_before_s":86400,"gate_closure_before_s":300,
+            "settlement_after_s":900,"retail_per_kwh":31000,"feed_in_per_kwh":8000,
+            "grid_fee_per_kwh":1000}"#;
+        let read = StoredSettings::from_json(old).unwrap().into_config();
+        assert_eq!(read.mechanism, MechanismName::Continuous);
+        assert_eq!(read.price_rule, PriceRuleName::Midpoint);
+        assert_eq!(read.retail_per_kwh, 31_000);
+    }
+
+    #[test]
+    fn stored_settings_round_trip_with_their_version() {
+        let config = MarketConfig {
+            mechanism: MechanismName::PayAsOffer,
+            grid_fee_per_kwh: 0,
+            ..MarketConfig::default()
+        };
+        let text = StoredSettings::from_config(&config).to_json();
+        assert!(text.contains(r#""version":"1""#), "{text}");
+        assert_eq!(
+            StoredSettings::from_json(&text).unwrap().into_config(),
+            config
+        );
+    }
+
+    #[test]
+    fn unknown_names_are_refused_with_the_expected_ones() {
+        let e = toml::from_str::<MarketConfig>("mechanism = \"dutch\"").unwrap_err();
+        let text = e.to_string();
+        assert!(
+            text.contains("call") && text.contains("pay-as-offer"),
+            "{text}"
+        );
+        assert!(StoredSettings::from_json(r#"{"version":"9"}"#).is_err());
+    }
+}
