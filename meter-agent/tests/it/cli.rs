@@ -255,3 +255,70 @@ async fn doctor_checks_an_installation_end_to_end_and_names_the_fix() {
     line(&out, "ok", "key");
     assert!(out.contains("3 check(s) failed"), "{out}");
 }
+
+#[tokio::test]
+async fn doctor_names_a_refused_broker_login() {
+    use gridshare_testbed::mosquitto::{self, Mosquitto};
+    let dir = tempfile::tempdir().unwrap();
+    let Some(passwd_bin) = mosquitto::passwd_program() else {
+        return;
+    };
+    let passwords = dir.path().join("passwd");
+    std::fs::write(&passwords, "").unwrap();
+    let added = Command::new(&passwd_bin)
+        .arg("-b")
+        .arg(&passwords)
+        .args(["doc-1", "right-password"])
+        .status()
+        .unwrap();
+    assert!(added.success());
+    let port = mosquitto::free_port();
+    let Some(broker) = Mosquitto::with_config(
+        dir.path(),
+        port,
+        &format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\n",
+            passwords.display()
+        ),
+    ) else {
+        return;
+    };
+    let (_sim, server) = simulated().await;
+    let community = support::community("doctor-login");
+    let config = write_config(
+        dir.path(),
+        &community,
+        &server.addr.to_string(),
+        &broker.url(),
+    );
+    let with_login = |password: &str| {
+        let text = std::fs::read_to_string(&config).unwrap();
+        let text = text.split("username =").next().unwrap().to_owned();
+        std::fs::write(
+            &config,
+            format!("{text}username = \"doc-1\"\npassword = \"{password}\"\n"),
+        )
+        .unwrap();
+    };
+    let args = || {
+        vec![
+            "doctor".to_owned(),
+            "-c".to_owned(),
+            config.display().to_string(),
+        ]
+    };
+
+    with_login("wrong-password");
+    let (code, out) = cli(args(), Some(fake_chronyc(dir.path(), "Normal"))).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        line(&out, "FAIL", "broker").contains("refused the login as doc-1"),
+        "{out}"
+    );
+    assert!(out.contains("check [mqtt] username and password"), "{out}");
+
+    with_login("right-password");
+    let (code, out) = cli(args(), Some(fake_chronyc(dir.path(), "Normal"))).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(line(&out, "ok", "broker").contains("as doc-1"), "{out}");
+}
