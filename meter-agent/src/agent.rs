@@ -11,7 +11,8 @@ use tokio::sync::{Notify, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::config::{AgentConfig, ClockPolicy, ConfigError, DeviceKind};
-use crate::device::{Device, PollError, ProfileDevice, SunSpecDevice};
+use crate::device::{Device, ExtraDevice, PollError, ProfileDevice, SunSpecDevice};
+use crate::home_assistant::{self, MeterState};
 use crate::keys::{self, KeyError};
 use crate::normalise::Normaliser;
 use crate::outbox::{Outbox, OutboxError};
@@ -106,6 +107,18 @@ pub async fn run(
     };
     publisher.validate()?;
     let publisher_task = tokio::spawn(publisher.run(shutdown.clone()));
+    let (ha, ha_task) = if config.home_assistant.enabled {
+        let (tx, rx) = watch::channel(MeterState::Starting);
+        let task = tokio::spawn(home_assistant::run(
+            config.home_assistant.clone(),
+            meter_id.as_str().to_owned(),
+            rx,
+            shutdown.clone(),
+        ));
+        (Some(tx), Some(task))
+    } else {
+        (None, None)
+    };
 
     let device = match config.device.kind {
         DeviceKind::Sunspec => None,
@@ -117,6 +130,8 @@ pub async fn run(
     let mut poller = Poller {
         link: ModbusLink::new(config.modbus.clone()),
         device,
+        extra: config.extra_devices()?,
+        ha,
         normaliser: Normaliser::new(state.last_good),
         next_seq: state.next_seq,
         rng: SystemRandom::new(),
@@ -133,6 +148,15 @@ pub async fn run(
         Ok(result) => result?,
         Err(e) => tracing::error!(target: "agent", "publisher task failed: {e}"),
     }
+    if let Some(task) = ha_task {
+        // The poller is gone: the Home Assistant task sees its channel close and says offline.
+        drop(poller);
+        match task.await {
+            Ok(Err(e)) => tracing::warn!(target: "home_assistant", "{e}"),
+            Err(e) => tracing::error!(target: "agent", "home assistant task failed: {e}"),
+            Ok(Ok(())) => {}
+        }
+    }
     let waiting = outbox.len().await.unwrap_or(0);
     outbox.close().await;
     tracing::info!(target: "agent", waiting, "meter agent stopped");
@@ -143,6 +167,9 @@ struct Poller {
     config: AgentConfig,
     link: ModbusLink,
     device: Option<Device>,
+    extra: Vec<ExtraDevice>,
+    /// The latest reading for Home Assistant, when enabled.
+    ha: Option<watch::Sender<MeterState>>,
     normaliser: Normaliser,
     next_seq: u64,
     key: MeterKey,
@@ -198,6 +225,9 @@ impl Poller {
                         );
                     }
                     retry_at = Instant::now() + wait;
+                    if let Some(ha) = &self.ha {
+                        ha.send_replace(MeterState::DeviceDown);
+                    }
                     if matches!(e, PollError::SunSpec(_)) {
                         // The map changed or discovery failed: discover again next time.
                         self.device = None;
@@ -221,14 +251,19 @@ impl Poller {
         let Some(device) = &self.device else {
             return Ok(());
         };
-        let snapshot = device.poll(&mut self.link).await?;
+        let mut snapshot = device.poll(&mut self.link).await?;
+        for extra in &self.extra {
+            extra
+                .poll_into(&mut self.link, self.config.modbus.unit_id, &mut snapshot)
+                .await?;
+        }
         let (measurements, last_good) = self.normaliser.measure(&snapshot);
         let reading = Reading {
             meter_id: self.meter_id.clone(),
             device: device.identity().clone(),
             seq: self.next_seq,
             timestamp_ms: now_ms(),
-            clock: clock_status(self.config.clock_sync),
+            clock: clock_status(self.config.clock_sync).await,
             import_wh: measurements.import_wh,
             export_wh: measurements.export_wh,
             battery_charge_wh: measurements.battery_charge_wh,
@@ -251,6 +286,9 @@ impl Poller {
                     .stored
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.wake.notify_one();
+                if let Some(ha) = &self.ha {
+                    ha.send_replace(MeterState::Reading(Box::new(signed.reading.clone())));
+                }
                 tracing::debug!(target: "agent", seq = signed.reading.seq, "reading stored");
             }
             // The sequence number is not consumed, so the next reading reuses it: no gap.
@@ -273,16 +311,15 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The clock status under `policy`. `auto` trusts the marker that systemd-timesyncd leaves once
-/// it has synchronised the clock (`/run/systemd/timesync/synchronized`); with another time
-/// daemon, set the policy explicitly.
-pub fn clock_status(policy: ClockPolicy) -> ClockSync {
+/// The clock status under `policy`. `auto` asks the time daemon that runs
+/// (systemd-timesyncd, chrony or ntpd; see [`crate::clock`]).
+pub async fn clock_status(policy: ClockPolicy) -> ClockSync {
     match policy {
         ClockPolicy::Synchronised => ClockSync::Synchronised,
         ClockPolicy::Informative => ClockSync::Informative,
         ClockPolicy::Unsynchronised => ClockSync::Unsynchronised,
         ClockPolicy::Auto => {
-            if std::path::Path::new("/run/systemd/timesync/synchronized").exists() {
+            if crate::clock::check_cached().await.synchronised {
                 ClockSync::Synchronised
             } else {
                 ClockSync::Unsynchronised

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use gridshare_core::reading::{DeviceIdentity, MeterId};
 use serde::Deserialize;
 
-use crate::device::SunSpecOptions;
-use crate::profile::RegisterProfile;
+use crate::device::{ExtraDevice, ProfileDevice, SunSpecOptions};
+use crate::home_assistant::HomeAssistantConfig;
+use crate::profile::{Quantity, RegisterProfile};
 use crate::publish::{BrokerUrl, MqttConfig};
 use crate::transport::{LinkConfig, TransportKind};
 
@@ -40,6 +41,8 @@ pub struct AgentConfig {
     pub device: DeviceConfig,
     /// The broker.
     pub mqtt: MqttConfig,
+    /// A copy of each reading for Home Assistant, on the household's own broker.
+    pub home_assistant: HomeAssistantConfig,
 }
 
 impl Default for AgentConfig {
@@ -56,6 +59,7 @@ impl Default for AgentConfig {
             modbus: LinkConfig::default(),
             device: DeviceConfig::default(),
             mqtt: MqttConfig::default(),
+            home_assistant: HomeAssistantConfig::default(),
         }
     }
 }
@@ -102,6 +106,23 @@ pub struct DeviceConfig {
     pub serial: String,
     /// SunSpec options.
     pub sunspec: SunSpecOptions,
+    /// Further devices on the same bus, read in the same poll.
+    pub extra: Vec<ExtraSource>,
+}
+
+/// Another device on the bus (`[[device.extra]]`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraSource {
+    /// Its unit id.
+    pub unit_id: u8,
+    /// Built-in profile name.
+    pub profile: Option<String>,
+    /// Profile file.
+    pub profile_file: Option<PathBuf>,
+    /// The quantities it provides; empty: whatever the devices before it lack.
+    #[serde(default)]
+    pub quantities: Vec<Quantity>,
 }
 
 impl Default for DeviceConfig {
@@ -114,7 +135,34 @@ impl Default for DeviceConfig {
             model: String::new(),
             serial: String::new(),
             sunspec: SunSpecOptions::default(),
+            extra: Vec::new(),
         }
+    }
+}
+
+/// A builtin profile by name or a profile file; the error names the key and the reason.
+fn resolve_profile<'k>(
+    name: Option<&str>,
+    file: Option<&Path>,
+    name_key: &'k str,
+    file_key: &'k str,
+) -> Result<RegisterProfile, (&'k str, String)> {
+    match (name, file) {
+        (Some(_), Some(_)) => Err((
+            name_key,
+            format!("give either {name_key} or {file_key}, not both"),
+        )),
+        (Some(name), None) => RegisterProfile::builtin(name).map_err(|e| (name_key, e.to_string())),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| (file_key, format!("{}: {e}", path.display())))?;
+            RegisterProfile::from_toml(&text)
+                .map_err(|e| (file_key, format!("{}: {e}", path.display())))
+        }
+        (None, None) => Err((
+            name_key,
+            format!("a register profile is needed: set {name_key} or {file_key}"),
+        )),
     }
 }
 
@@ -142,6 +190,14 @@ pub enum ConfigError {
     Invalid {
         /// The key, e.g. `modbus.timeout_ms`.
         key: &'static str,
+        /// What is wrong and what is expected.
+        reason: String,
+    },
+    /// A `[[device.extra]]` entry that cannot be used.
+    #[error("config key `{key}`: {reason}")]
+    Extra {
+        /// The key, e.g. `device.extra[1].profile`.
+        key: String,
         /// What is wrong and what is expected.
         reason: String,
     },
@@ -203,9 +259,28 @@ impl AgentConfig {
             self.profile()?;
         }
         self.identity()?;
+        self.extra_devices()?;
         BrokerUrl::parse(&self.mqtt.url).map_err(|e| invalid("mqtt.url", e.to_string()))?;
         if self.mqtt.max_inflight == 0 {
             return Err(invalid("mqtt.max_inflight", "must be at least 1"));
+        }
+        if self.home_assistant.enabled {
+            crate::home_assistant::validate(&self.home_assistant)
+                .map_err(|e| invalid("home_assistant.url", e.to_string()))?;
+            for (key, value) in [
+                (
+                    "home_assistant.discovery_prefix",
+                    &self.home_assistant.discovery_prefix,
+                ),
+                (
+                    "home_assistant.topic_prefix",
+                    &self.home_assistant.topic_prefix,
+                ),
+            ] {
+                if value.is_empty() || value.contains(['+', '#']) {
+                    return Err(invalid(key, "must be a non-empty topic without + or #"));
+                }
+            }
         }
         Ok(())
     }
@@ -224,32 +299,46 @@ impl AgentConfig {
 
     /// The register profile, for `kind = "profile"`.
     pub fn profile(&self) -> Result<RegisterProfile, ConfigError> {
-        match (&self.device.profile, &self.device.profile_file) {
-            (Some(_), Some(_)) => Err(invalid(
-                "device.profile",
-                "give either device.profile or device.profile_file, not both",
-            )),
-            (Some(name), None) => RegisterProfile::builtin(name).map_err(|e| {
-                invalid(
-                    "device.profile",
-                    format!(
-                        "{e} (built-in profiles: {})",
-                        RegisterProfile::builtin_names().join(", ")
-                    ),
+        resolve_profile(
+            self.device.profile.as_deref(),
+            self.device.profile_file.as_deref(),
+            "device.profile",
+            "device.profile_file",
+        )
+        .map_err(|(key, reason)| invalid(key, reason))
+    }
+
+    /// The further devices on the bus (`[[device.extra]]`), their profiles loaded.
+    pub fn extra_devices(&self) -> Result<Vec<ExtraDevice>, ConfigError> {
+        self.device
+            .extra
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let fail = |key: &str, reason: String| ConfigError::Extra {
+                    key: format!("device.extra[{i}].{key}"),
+                    reason,
+                };
+                if !(1..=247).contains(&e.unit_id) {
+                    return Err(fail("unit_id", "must be 1-247".into()));
+                }
+                let profile = resolve_profile(
+                    e.profile.as_deref(),
+                    e.profile_file.as_deref(),
+                    "profile",
+                    "profile_file",
                 )
-            }),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    invalid("device.profile_file", format!("{}: {e}", path.display()))
-                })?;
-                RegisterProfile::from_toml(&text)
-                    .map_err(|e| invalid("device.profile_file", format!("{}: {e}", path.display())))
-            }
-            (None, None) => Err(invalid(
-                "device.profile",
-                "kind = \"profile\" needs device.profile or device.profile_file",
-            )),
-        }
+                .map_err(|(key, reason)| fail(key, reason))?;
+                Ok(ExtraDevice {
+                    unit_id: e.unit_id,
+                    device: ProfileDevice {
+                        profile,
+                        identity: DeviceIdentity::default(),
+                    },
+                    quantities: e.quantities.clone(),
+                })
+            })
+            .collect()
     }
 
     /// The outbox file.

@@ -84,6 +84,18 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The sample of one quantity.
+    pub fn sample_mut(&mut self, quantity: Quantity) -> &mut Sample {
+        match quantity {
+            Quantity::ImportWh => &mut self.import_wh,
+            Quantity::ExportWh => &mut self.export_wh,
+            Quantity::BatteryChargeWh => &mut self.battery_charge_wh,
+            Quantity::BatteryDischargeWh => &mut self.battery_discharge_wh,
+            Quantity::PowerW => &mut self.power_w,
+            Quantity::SocPercent => &mut self.soc_bp,
+        }
+    }
+
     /// Every quantity not implemented: the start of every poll.
     pub fn not_implemented() -> Self {
         Self {
@@ -101,14 +113,51 @@ impl Snapshot {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SunSpecOptions {
-    /// Negate the meter's power (SolarEdge meters report export as positive).
-    pub invert_power: bool,
+    /// Negate the meter's power; default: as the manufacturer's quirks say (SolarEdge meters
+    /// report export as positive).
+    pub invert_power: Option<bool>,
     /// Model 160 module (1-based) that counts battery charging, if the inverter reports the
     /// battery as MPPT modules; default: the module whose `IDStr` says "charge"/"CHA".
     pub battery_charge_module: Option<usize>,
     /// Model 160 module (1-based) that counts battery discharging; default: the module whose
     /// `IDStr` says "discharge"/"DIS".
     pub battery_discharge_module: Option<usize>,
+}
+
+/// Deviations from the SunSpec specification of one manufacturer, recognised by the `Mn` point
+/// of model 1 (see `catalog` for the sources).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VendorQuirks {
+    /// The grid meter's `W` is positive for export (SolarEdge).
+    pub meter_power_export_positive: bool,
+    /// Lifetime counters (acc32) carry signed values: a negative counter arrives as a number
+    /// above 2^31 (Kostal; mbmd's `FixKostal`, ha-sunspec #249, openHAB #18370).
+    pub signed_accumulators: bool,
+}
+
+impl VendorQuirks {
+    /// The quirks of the manufacturer named in model 1 (case-insensitive, as vendors differ in
+    /// spelling: "SolarEdge ", "KOSTAL").
+    pub fn of(manufacturer: &str) -> Self {
+        let m = manufacturer.trim().to_ascii_lowercase();
+        Self {
+            meter_power_export_positive: m.starts_with("solaredge"),
+            signed_accumulators: m.starts_with("kostal"),
+        }
+    }
+}
+
+/// A Kostal acc32 counter above 2^31 is a negative number written into an unsigned register:
+/// its magnitude is the counter (mbmd's `FixKostal`). Only exact acc32 raw values (exponent of
+/// the scale factor, mantissa within u32) are touched.
+fn unsign_accumulator(v: Result<Scaled, PointError>) -> Result<Scaled, PointError> {
+    v.map(|s| {
+        if (0x8000_0000..=0xFFFF_FFFF).contains(&s.mantissa) {
+            Scaled::new(0x1_0000_0000 - s.mantissa, s.exponent)
+        } else {
+            s
+        }
+    })
 }
 
 /// Why a poll produced nothing at all.
@@ -134,6 +183,8 @@ pub struct SunSpecDevice {
     mppt: Option<ModelLocation>,
     storage: Option<ModelLocation>,
     options: SunSpecOptions,
+    /// The manufacturer's deviations, from model 1.
+    pub quirks: VendorQuirks,
 }
 
 impl SunSpecDevice {
@@ -157,7 +208,12 @@ impl SunSpecDevice {
                 DeviceIdentity::default()
             }
         };
+        let quirks = VendorQuirks::of(&identity.manufacturer);
+        if quirks != VendorQuirks::default() {
+            tracing::info!(target: "sunspec", manufacturer = %identity.manufacturer, ?quirks, "applying the manufacturer's quirks");
+        }
         Ok(Self {
+            quirks,
             meter: map.first_of(&METER_MODELS),
             inverter: map.first_of(&INVERTER_MODELS),
             mppt: map.first_of(&[MPPT_MODEL]),
@@ -174,14 +230,16 @@ impl SunSpecDevice {
         if let Some(loc) = self.meter {
             match read_or_sample(link, loc).await? {
                 Ok(meter) => {
-                    snapshot.import_wh = Sample::from_point(meter.value("TotWhImp"), floor);
-                    snapshot.export_wh = Sample::from_point(meter.value("TotWhExp"), floor);
+                    snapshot.import_wh =
+                        Sample::from_point(self.counter(meter.value("TotWhImp")), floor);
+                    snapshot.export_wh =
+                        Sample::from_point(self.counter(meter.value("TotWhExp")), floor);
                     let power = Sample::from_point(meter.value("W"), round);
-                    snapshot.power_w = if self.options.invert_power {
-                        power.negate()
-                    } else {
-                        power
-                    };
+                    let invert = self
+                        .options
+                        .invert_power
+                        .unwrap_or(self.quirks.meter_power_export_positive);
+                    snapshot.power_w = if invert { power.negate() } else { power };
                 }
                 Err(sample) => {
                     snapshot.import_wh = sample.clone();
@@ -194,7 +252,8 @@ impl SunSpecDevice {
             // output power flows toward the grid (negative import).
             match read_or_sample(link, loc).await? {
                 Ok(inverter) => {
-                    snapshot.export_wh = Sample::from_point(inverter.value("WH"), floor);
+                    snapshot.export_wh =
+                        Sample::from_point(self.counter(inverter.value("WH")), floor);
                     snapshot.power_w = Sample::from_point(inverter.value("W"), round).negate();
                 }
                 Err(sample) => {
@@ -234,6 +293,15 @@ impl SunSpecDevice {
             };
         }
         Ok(snapshot)
+    }
+
+    /// A lifetime counter as the manufacturer meant it.
+    fn counter(&self, v: Result<Scaled, PointError>) -> Result<Scaled, PointError> {
+        if self.quirks.signed_accumulators {
+            unsign_accumulator(v)
+        } else {
+            v
+        }
     }
 
     /// 0-based indexes of the model 160 modules that count battery charge and discharge:
@@ -349,6 +417,55 @@ impl ProfileDevice {
         Ok(snapshot)
     }
 }
+
+/// Another device on the same bus (another unit id) that completes the reading: a grid meter
+/// beside an inverter, or another service of a gateway (Victron GX).
+#[derive(Debug, Clone)]
+pub struct ExtraDevice {
+    /// Its unit id.
+    pub unit_id: u8,
+    /// Its register map.
+    pub device: ProfileDevice,
+    /// The quantities it provides; empty: whatever the devices before it do not implement.
+    pub quantities: Vec<Quantity>,
+}
+
+impl ExtraDevice {
+    /// Reads it on `link` (switching to its unit id and back to `home_unit`) and puts what it
+    /// provides into `snapshot`.
+    pub async fn poll_into(
+        &self,
+        link: &mut ModbusLink,
+        home_unit: u8,
+        snapshot: &mut Snapshot,
+    ) -> Result<(), PollError> {
+        link.set_unit(self.unit_id);
+        let polled = self.device.poll(link).await;
+        link.set_unit(home_unit);
+        let mut polled = polled?;
+        for q in QUANTITIES {
+            let ours = polled.sample_mut(q);
+            let take = if self.quantities.is_empty() {
+                *snapshot.sample_mut(q) == Sample::NotImplemented && *ours != Sample::NotImplemented
+            } else {
+                self.quantities.contains(&q)
+            };
+            if take {
+                *snapshot.sample_mut(q) = std::mem::replace(ours, Sample::NotImplemented);
+            }
+        }
+        Ok(())
+    }
+}
+
+const QUANTITIES: [Quantity; 6] = [
+    Quantity::ImportWh,
+    Quantity::ExportWh,
+    Quantity::BatteryChargeWh,
+    Quantity::BatteryDischargeWh,
+    Quantity::PowerW,
+    Quantity::SocPercent,
+];
 
 /// The device as configured: SunSpec (discovered) or a register profile.
 #[derive(Debug, Clone)]

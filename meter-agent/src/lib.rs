@@ -13,8 +13,12 @@
 //! in a home carries neither.
 
 pub mod agent;
+pub mod catalog;
+pub mod clock;
 pub mod config;
 pub mod device;
+pub mod doctor;
+pub mod home_assistant;
 pub mod keys;
 pub mod normalise;
 pub mod outbox;

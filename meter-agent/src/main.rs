@@ -21,11 +21,12 @@ use meter_agent::agent::{self, AgentStats};
 #[cfg(feature = "demo")]
 use meter_agent::config::ClockPolicy;
 use meter_agent::config::{AgentConfig, DEFAULT_CONFIG, DeviceKind};
-use meter_agent::device::{Device, ProfileDevice, SunSpecDevice};
+use meter_agent::device::{Device, ProfileDevice, Sample, SunSpecDevice};
 use meter_agent::keys;
 use meter_agent::profile::RegisterProfile;
 use meter_agent::sunspec;
-use meter_agent::transport::{ModbusLink, TransportKind};
+use meter_agent::transport::{ModbusLink, Table, TransportKind};
+use meter_agent::value::PointRow;
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -103,8 +104,21 @@ enum Command {
     Config,
     /// List the built-in register profiles.
     Profiles,
-    /// Connect to the device, list its SunSpec models and print every decoded value.
-    Discover(Overrides),
+    /// The devices the agent reads (built-in profiles and SunSpec families), as the Markdown
+    /// table in the README.
+    Devices,
+    /// Connect to the device and print every point it gives (model, point, raw registers, scale
+    /// factor, value, unit, status) and what a reading would carry.
+    Discover {
+        #[command(flatten)]
+        overrides: Overrides,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check a configured installation end to end (device, key, broker, an acknowledged
+    /// reading, clock) and say what to fix; exits 1 when a check fails.
+    Doctor(Overrides),
     /// Check a signed reading (JSON, from a file or stdin) against a public key.
     Verify {
         /// Public key, hex (130 digits, from `keygen` or `pubkey`).
@@ -209,7 +223,9 @@ async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
                 println!("{name:20} {}", p.description);
             }
         }
-        Command::Discover(o) => discover(&load_config(&o)?).await?,
+        Command::Doctor(o) => return doctor(&load_config(&o)?).await,
+        Command::Devices => print!("{}", meter_agent::catalog::markdown()),
+        Command::Discover { overrides, json } => discover(&load_config(&overrides)?, json).await?,
         Command::Verify { public_key, file } => return verify(&public_key, file.as_deref()),
         #[cfg(feature = "demo")]
         Command::SimulateDevice {
@@ -325,63 +341,194 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-async fn discover(config: &AgentConfig) -> anyhow::Result<()> {
+async fn discover(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
     let mut link = ModbusLink::new(config.modbus.clone());
     let target = match config.modbus.transport {
         TransportKind::Rtu => config.modbus.serial_port.clone(),
         _ => config.modbus.address.clone(),
     };
-    println!(
-        "device {target} ({:?}, unit id {})",
-        config.modbus.transport, config.modbus.unit_id
-    );
-    if config.device.kind == DeviceKind::Profile {
+    let unit = config.modbus.unit_id;
+    let mut rows: Vec<PointRow> = Vec::new();
+    let mut header = serde_json::json!({ "device": target, "unit_id": unit });
+    let mut notes: Vec<String> = Vec::new();
+    let device = if config.device.kind == DeviceKind::Profile {
         let profile = config.profile()?;
-        println!("register profile {}: {}", profile.name, profile.description);
-        let device = Device::Profile(ProfileDevice {
+        notes.push(format!(
+            "register profile {}: {}",
+            profile.name, profile.description
+        ));
+        header["profile"] = profile.name.clone().into();
+        let mut data = Vec::new();
+        for span in profile.read_plan() {
+            let table = match span.function {
+                meter_agent::profile::Function::Holding => Table::Holding,
+                meter_agent::profile::Function::Input => Table::Input,
+            };
+            match link.read(table, span.address, span.count).await {
+                Ok(regs) => data.push((span, regs)),
+                Err(e) if e.is_exception() => notes.push(format!(
+                    "read of {} registers at {} (function {}) refused: {e}",
+                    span.count,
+                    span.address,
+                    span.function.code()
+                )),
+                Err(e) => return Err(e).with_context(|| format!("reading {target}")),
+            }
+        }
+        rows.extend(profile.rows(&data));
+        Device::Profile(ProfileDevice {
             profile,
             identity: config.identity()?,
+        })
+    } else {
+        let map = sunspec::discover(&mut link)
+            .await
+            .with_context(|| format!("discovering SunSpec models on {target}"))?;
+        notes.push(format!(
+            "SunSpec map at {}: {} models, end marker {}",
+            map.base,
+            map.models.len(),
+            if map.end_marker {
+                "present"
+            } else {
+                "missing (tolerated)"
+            }
+        ));
+        header["sunspec"] = serde_json::json!({
+            "base": map.base,
+            "end_marker": map.end_marker,
+            "models": map.models.iter().map(|m| serde_json::json!({
+                "id": m.id, "address": m.address, "len": m.len, "known": m.is_known(),
+            })).collect::<Vec<_>>(),
         });
-        let snapshot = device.poll(&mut link).await?;
-        println!("{snapshot:#?}");
+        for m in &map.models {
+            let name =
+                sunspec::models::definition(m.id).map_or("(no definition: skipped)", |d| d.label);
+            notes.push(format!(
+                "  model {:>5} at {:>5}, {:>3} registers  {name}",
+                m.id, m.address, m.len
+            ));
+        }
+        for m in map.models.iter().filter(|m| m.is_known()) {
+            match sunspec::read_model(&mut link, *m).await {
+                Ok(block) => rows.extend(block.rows()),
+                Err(e) => notes.push(format!("model {}: {e}", m.id)),
+            }
+        }
+        Device::SunSpec(SunSpecDevice::discover(&mut link, config.device.sunspec.clone()).await?)
+    };
+    let mut snapshot = device.poll(&mut link).await?;
+    for extra in config.extra_devices()? {
+        extra.poll_into(&mut link, unit, &mut snapshot).await?;
+    }
+    link.disconnect().await;
+    let sample = |s: &Sample| match s {
+        Sample::Value(v) => serde_json::json!(v),
+        Sample::NotImplemented => serde_json::json!({"status": "not implemented"}),
+        Sample::Implausible(e) => serde_json::json!({"status": "implausible", "reason": e}),
+        Sample::DeviceError(e) => serde_json::json!({"status": "device error", "reason": e}),
+    };
+    let reading = serde_json::json!({
+        "import_wh": sample(&snapshot.import_wh),
+        "export_wh": sample(&snapshot.export_wh),
+        "battery_charge_wh": sample(&snapshot.battery_charge_wh),
+        "battery_discharge_wh": sample(&snapshot.battery_discharge_wh),
+        "power_w": sample(&snapshot.power_w),
+        "soc_bp": sample(&snapshot.soc_bp),
+    });
+    if json {
+        header["points"] = rows
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "model": r.model,
+                    "point": r.point,
+                    "raw": r.raw,
+                    "scale_factor": r.scale_factor,
+                    "value": r.value,
+                    "unit": r.unit,
+                    "status": r.status,
+                })
+            })
+            .collect();
+        header["reading"] = reading;
+        println!("{}", serde_json::to_string_pretty(&header)?);
         return Ok(());
     }
-    let map = sunspec::discover(&mut link)
-        .await
-        .with_context(|| format!("discovering SunSpec models on {target}"))?;
     println!(
-        "SunSpec map at {} — {} models, end marker {}",
-        map.base,
-        map.models.len(),
-        if map.end_marker {
-            "present"
-        } else {
-            "MISSING (tolerated)"
-        }
+        "device {target} ({:?}, unit id {unit})",
+        config.modbus.transport
     );
-    for m in &map.models {
-        let name =
-            sunspec::models::definition(m.id).map_or("(no definition: skipped)", |d| d.label);
-        println!(
-            "  model {:>5} at {:>5}, {:>3} registers  {name}",
-            m.id, m.address, m.len
-        );
+    for n in &notes {
+        println!("{n}");
     }
-    for m in &map.models {
-        if !m.is_known() {
-            continue;
-        }
-        println!();
-        match sunspec::read_model(&mut link, *m).await {
-            Ok(block) => print!("{block}"),
-            Err(e) => println!("model {}: {e}", m.id),
-        }
+    println!();
+    print_table(&rows);
+    println!("\nwhat a reading would carry:");
+    for (name, value) in reading.as_object().into_iter().flatten() {
+        println!("  {name:<22} {value}");
     }
-    let device = SunSpecDevice::discover(&mut link, config.device.sunspec.clone()).await?;
-    let snapshot = Device::SunSpec(device).poll(&mut link).await?;
-    println!("\nwhat a reading would carry:\n{snapshot:#?}");
-    link.disconnect().await;
     Ok(())
+}
+
+/// The points as an aligned table.
+fn print_table(rows: &[PointRow]) {
+    let head = ["MODEL", "POINT", "RAW", "SF", "VALUE", "UNIT", "STATUS"];
+    let cells: Vec<[String; 7]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.model.clone(),
+                r.point.clone(),
+                r.raw.clone(),
+                r.scale_factor.map(|s| s.to_string()).unwrap_or_default(),
+                r.value.clone().unwrap_or_default(),
+                r.unit.clone().unwrap_or_default(),
+                r.status.clone(),
+            ]
+        })
+        .collect();
+    let mut width = head.map(str::len);
+    for row in &cells {
+        for (w, c) in width.iter_mut().zip(row) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |row: &[String]| {
+        let parts: Vec<String> = row
+            .iter()
+            .zip(width)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", parts.join("  ").trim_end());
+    };
+    line(&head.map(str::to_owned));
+    for row in &cells {
+        line(row);
+    }
+}
+
+async fn doctor(config: &AgentConfig) -> anyhow::Result<ExitCode> {
+    println!(
+        "meter-agent doctor: meter {} in community {}",
+        config.meter_id, config.community
+    );
+    let checks = meter_agent::doctor::run(config).await;
+    for c in &checks {
+        let mark = if c.ok { "ok  " } else { "FAIL" };
+        println!("  {mark} {:<8} {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("       {:<8} fix: {fix}", "");
+        }
+    }
+    let failed = checks.iter().filter(|c| !c.ok).count();
+    if failed == 0 {
+        println!("all checks passed");
+        Ok(ExitCode::SUCCESS)
+    } else {
+        println!("{failed} check(s) failed");
+        Ok(ExitCode::FAILURE)
+    }
 }
 
 fn verify(public_key: &str, file: Option<&Path>) -> anyhow::Result<ExitCode> {

@@ -1,5 +1,7 @@
-//! Register profiles: data-driven register maps for devices that do not speak SunSpec (Eastron
-//! SDM630, Huawei SUN2000, Sungrow SH, ...), written as TOML.
+//! Register profiles: data-driven register maps for devices that do not speak SunSpec (Eastron,
+//! Huawei, Sungrow, Growatt, GoodWe, Victron, Chint, ABB, Carlo Gavazzi, Janitza, ...), written as
+//! TOML. Each builtin profile names the vendor document its registers come from; the README's
+//! device list is generated from these files (`meter-agent devices --markdown`).
 //!
 //! A profile lists, for each quantity the agent publishes, where the value lives (function code,
 //! address), how it is encoded (type, word order), how to scale it to the quantity's unit (a
@@ -18,6 +20,11 @@
 //! max_registers_per_read = 100  # optional, 1..=125 (default 100)
 //! max_gap = 4                   # optional: unused registers a read may span to merge (default 4;
 //!                               # 0 for devices that reject reads over undefined registers)
+//! manufacturer = "Eastron"      # optional (required for builtins): for the device list
+//! models = "SDM630 V2, SDM630MCT"
+//! category = "meter"            # meter | inverter | hybrid inverter | gateway
+//! datasheet = "Eastron SDM630 Modbus Protocol V1.8"  # the document the registers come from
+//! connection = "RS485 9600 8N1, unit id 1"            # how it is usually reached
 //!
 //! [[register]]
 //! quantity = "power_w"          # import_wh | export_wh | battery_charge_wh |
@@ -31,6 +38,10 @@
 //! sentinels = [0x7FFFFFFF]      # optional: raw bit patterns meaning invalid
 //! ```
 //!
+//! A quantity may be given by several registers: their values are added (the three phases of a
+//! meter, or import power minus export power with `invert = true` on the second). If any of them
+//! has no value, the quantity has none.
+//!
 //! Decoding: integers become `Scaled { mantissa: raw, exponent: scale }` (signed types
 //! sign-extended; a u64 above i64::MAX is out of range); finite floats become
 //! `Scaled { mantissa: round(f × 10^(scale+3)), exponent: −3 }` (milli-unit precision, exact
@@ -42,7 +53,7 @@ use std::fmt;
 
 use serde::Deserialize;
 
-use crate::value::{PointError, Scaled, float_to_mantissa};
+use crate::value::{PointError, PointRow, Scaled, float_to_mantissa, raw_hex};
 
 /// The Modbus limit on registers per read request.
 const MODBUS_MAX_READ: u16 = 125;
@@ -200,6 +211,28 @@ pub struct RegisterProfile {
     /// Unused registers a read may span to merge neighbours (default 4; 0 = never span unused
     /// registers, for devices that reject reads over undefined addresses).
     pub max_gap: u16,
+    /// What the profile is for and where its registers come from.
+    pub about: ProfileAbout,
+}
+
+/// A profile's description for people: the device list in the README is made from it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub struct ProfileAbout {
+    /// Manufacturer, e.g. `Eastron`.
+    #[serde(default)]
+    pub manufacturer: String,
+    /// Models or series covered, e.g. `SDM630 V2, SDM630MCT`.
+    #[serde(default)]
+    pub models: String,
+    /// `meter`, `inverter`, `hybrid inverter` or `gateway`.
+    #[serde(default)]
+    pub category: String,
+    /// The vendor document the registers are taken from.
+    #[serde(default)]
+    pub datasheet: String,
+    /// How the device is usually reached (bus, port, unit id).
+    #[serde(default)]
+    pub connection: String,
 }
 
 /// One Modbus read request: function, start address and count — the transport executes these (in one request each) and hands back the registers.
@@ -241,20 +274,29 @@ pub enum ProfileError {
     },
 }
 
-/// Builtin profiles: (name, TOML).
-const BUILTINS: &[(&str, &str)] = &[
-    (
-        "eastron-sdm630",
-        include_str!("../profiles/eastron-sdm630.toml"),
-    ),
-    (
-        "huawei-sun2000",
-        include_str!("../profiles/huawei-sun2000.toml"),
-    ),
-    ("sungrow-sh", include_str!("../profiles/sungrow-sh.toml")),
-];
+macro_rules! builtins {
+    ($($name:literal),* $(,)?) => {
+        &[$(($name, include_str!(concat!("../profiles/", $name, ".toml")))),*]
+    };
+}
 
-const BUILTIN_NAMES: &[&str] = &["eastron-sdm630", "huawei-sun2000", "sungrow-sh"];
+/// Builtin profiles: (name, TOML), sorted by name; each file is `profiles/<name>.toml`.
+const BUILTINS: &[(&str, &str)] = builtins![
+    "abb-b-series",
+    "carlo-gavazzi-em24",
+    "chint-dtsu666",
+    "eastron-sdm120",
+    "eastron-sdm630",
+    "eastron-sdm72",
+    "goodwe-et",
+    "growatt-sph",
+    "huawei-sun2000",
+    "janitza-b23",
+    "sma-inverter",
+    "sungrow-sh",
+    "victron-gx-grid",
+    "victron-gx-system",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -270,6 +312,16 @@ struct RawProfile {
     max_gap: u16,
     #[serde(default)]
     register: Vec<RawRegister>,
+    #[serde(default)]
+    manufacturer: String,
+    #[serde(default)]
+    models: String,
+    #[serde(default)]
+    category: String,
+    #[serde(default)]
+    datasheet: String,
+    #[serde(default)]
+    connection: String,
 }
 
 fn default_max_read() -> u16 {
@@ -308,8 +360,8 @@ fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ProfileError {
 impl RegisterProfile {
     /// Parses and validates a profile: scale in −10..=10, `max_registers_per_read` in 1..=125
     /// and at least the widest register, addresses within 0..=65535 after `address_base`,
-    /// sentinels that fit the register's width, one register per quantity, no overlapping
-    /// registers.
+    /// sentinels that fit the register's width, no overlapping registers (a quantity given by
+    /// several registers is their sum).
     pub fn from_toml(text: &str) -> Result<RegisterProfile, ProfileError> {
         let raw: RawProfile = toml::from_str(text).map_err(|e| ProfileError::Toml {
             message: e.to_string(),
@@ -379,15 +431,6 @@ impl RegisterProfile {
                     ),
                 ));
             }
-            if let Some(j) = registers.iter().position(|d| d.quantity == r.quantity) {
-                return Err(invalid(
-                    key("quantity"),
-                    format!(
-                        "{} is already provided by register[{j}]; one register per quantity",
-                        r.quantity
-                    ),
-                ));
-            }
             let def = RegisterDef {
                 quantity: r.quantity,
                 function: r.function,
@@ -420,6 +463,13 @@ impl RegisterProfile {
             registers,
             max_registers_per_read: raw.max_registers_per_read,
             max_gap: raw.max_gap,
+            about: ProfileAbout {
+                manufacturer: raw.manufacturer,
+                models: raw.models,
+                category: raw.category,
+                datasheet: raw.datasheet,
+                connection: raw.connection,
+            },
         })
     }
 
@@ -428,15 +478,15 @@ impl RegisterProfile {
         let (_, text) = BUILTINS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
             ProfileError::UnknownBuiltin {
                 name: name.to_owned(),
-                known: BUILTIN_NAMES.join(", "),
+                known: Self::builtin_names().join(", "),
             }
         })?;
         Self::from_toml(text)
     }
 
     /// Names of the builtin profiles.
-    pub fn builtin_names() -> &'static [&'static str] {
-        BUILTIN_NAMES
+    pub fn builtin_names() -> Vec<&'static str> {
+        BUILTINS.iter().map(|(name, _)| *name).collect()
     }
 
     /// The reads that cover every register, coalesced per function into spans of at most
@@ -473,16 +523,62 @@ impl RegisterProfile {
         plan
     }
 
-    /// Decode every register from the spans' data (same order as read_plan); the result lists
-    /// the profile's registers in profile order. A register not covered by the data (a failed
-    /// read, a short answer) is [`PointError::NotRead`] for that quantity, not a panic.
+    /// Decode every quantity from the spans' data (same order as read_plan), in the order the
+    /// quantities first appear in the profile; a quantity given by several registers is their
+    /// sum, and the first register without a value decides its error. A register not covered
+    /// by the data (a failed read, a short answer) is [`PointError::NotRead`] for that
+    /// quantity, not a panic.
     pub fn decode(
         &self,
         data: &[(ReadSpan, Vec<u16>)],
     ) -> Vec<(Quantity, Result<Scaled, PointError>)> {
+        let mut out: Vec<(Quantity, Result<Scaled, PointError>)> = Vec::new();
+        for r in &self.registers {
+            let value = decode_register(r, find_words(r, data));
+            match out.iter_mut().find(|(q, _)| *q == r.quantity) {
+                None => out.push((r.quantity, value)),
+                Some((_, sum)) => {
+                    *sum = match (&*sum, value) {
+                        (Ok(a), Ok(b)) => a.checked_add(&b).ok_or(PointError::OutOfRange {
+                            point: r.quantity.as_str().to_owned(),
+                        }),
+                        (Ok(_), Err(e)) => Err(e),
+                        (Err(e), _) => Err(e.clone()),
+                    };
+                }
+            }
+        }
+        out
+    }
+}
+
+impl RegisterProfile {
+    /// Every register as a row for `discover`: raw words, scale, decoded value (before
+    /// registers of one quantity are added), and why there is none.
+    pub fn rows(&self, data: &[(ReadSpan, Vec<u16>)]) -> Vec<PointRow> {
         self.registers
             .iter()
-            .map(|r| (r.quantity, decode_register(r, find_words(r, data))))
+            .map(|r| {
+                let words = find_words(r, data);
+                let decoded = decode_register(r, words);
+                let unit = match r.quantity {
+                    Quantity::PowerW => "W",
+                    Quantity::SocPercent => "%",
+                    _ => "Wh",
+                };
+                PointRow {
+                    model: self.name.clone(),
+                    point: format!("{} @ {} {}", r.quantity, r.function.code(), r.address),
+                    raw: words.map(raw_hex).unwrap_or_default(),
+                    scale_factor: Some(r.scale),
+                    value: decoded.as_ref().ok().map(ToString::to_string),
+                    unit: Some(unit.to_owned()),
+                    status: match decoded {
+                        Ok(_) => "ok".to_owned(),
+                        Err(e) => e.to_string(),
+                    },
+                }
+            })
             .collect()
     }
 }
@@ -596,12 +692,26 @@ mod tests {
             let p = RegisterProfile::builtin(name).unwrap();
             assert_eq!(&p.name, name);
             assert!(!p.read_plan().is_empty());
+            let a = &p.about;
+            for (field, value) in [
+                ("manufacturer", &a.manufacturer),
+                ("models", &a.models),
+                ("datasheet", &a.datasheet),
+                ("connection", &a.connection),
+            ] {
+                assert!(!value.is_empty(), "builtin {name} has no {field}");
+            }
+            assert!(
+                ["meter", "inverter", "hybrid inverter", "gateway"].contains(&a.category.as_str()),
+                "builtin {name}: category {:?}",
+                a.category
+            );
         }
         assert_eq!(
             RegisterProfile::builtin("nope"),
             Err(ProfileError::UnknownBuiltin {
                 name: "nope".into(),
-                known: "eastron-sdm630, huawei-sun2000, sungrow-sh".into()
+                known: RegisterProfile::builtin_names().join(", ")
             })
         );
     }
@@ -755,6 +865,32 @@ mod tests {
     }
 
     #[test]
+    fn registers_of_one_quantity_are_added() {
+        // Growatt-style: power to the user (import) minus power to the grid (export), 0.1 W.
+        let p = RegisterProfile::from_toml(
+            "name = \"t\"\n\
+             [[register]]\nquantity = \"power_w\"\nfunction = \"input\"\naddress = 0\ntype = \"u32\"\nscale = -1\n\
+             [[register]]\nquantity = \"power_w\"\nfunction = \"input\"\naddress = 2\ntype = \"u32\"\nscale = -1\ninvert = true\n\
+             [[register]]\nquantity = \"import_wh\"\nfunction = \"input\"\naddress = 4\ntype = \"u16\"\nscale = 1\nsentinels = [0xFFFF]\n\
+             [[register]]\nquantity = \"import_wh\"\nfunction = \"input\"\naddress = 5\ntype = \"u16\"\n",
+        )
+        .unwrap();
+        let span = p.read_plan()[0];
+        let got = p.decode(&[(span, vec![0, 15, 0, 40_005, 7, 3])]);
+        assert_eq!(got.len(), 2, "one result per quantity: {got:?}");
+        assert_eq!(got[0], (Quantity::PowerW, Ok(Scaled::new(-39_990, -1))));
+        assert_eq!(got[1], (Quantity::ImportWh, Ok(Scaled::new(73, 0))));
+        // One part not implemented: the whole quantity is not implemented, never a partial sum.
+        let got = p.decode(&[(span, vec![0, 15, 0, 40_005, 0xFFFF, 3])]);
+        assert_eq!(
+            got[1],
+            (Quantity::ImportWh, Err(PointError::NotImplemented))
+        );
+        let got = p.decode(&[(span, vec![0x7FFF, 0xFFFF, 0, 0, 0xFFFF, 3])]);
+        assert_eq!(got[0].1, Ok(Scaled::new(0x7FFF_FFFF, -1)));
+    }
+
+    #[test]
     fn read_plan_coalesces_and_respects_the_limit() {
         let mut toml = String::from("name = \"t\"\nmax_registers_per_read = 125\nmax_gap = 120\n");
         let quantities = [
@@ -880,14 +1016,6 @@ mod tests {
             (
                 one("u16", "").replace("address = 10", "address = 70000"),
                 "register[0].address",
-            ),
-            (
-                format!(
-                    "{}{}",
-                    one("u16", ""),
-                    one("u16", "").replace("name = \"t\"\n", "")
-                ),
-                "register[1].quantity",
             ),
             ("name = \"t\"\n".to_owned(), "register"),
         ];

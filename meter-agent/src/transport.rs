@@ -13,6 +13,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::net::TcpStream;
 use tokio_modbus::client::{Client, Context, Reader};
+use tokio_modbus::slave::SlaveContext;
 use tokio_modbus::{ExceptionCode, Slave};
 
 /// How the agent reaches the device.
@@ -147,6 +148,16 @@ impl ModbusLink {
     /// The settings.
     pub fn config(&self) -> &LinkConfig {
         &self.config
+    }
+
+    /// Addresses the following requests to another unit on the same bus (several meters on
+    /// one RS-485 line, or the services of a gateway such as a Victron GX), keeping the
+    /// connection: one master, requests in turn.
+    pub fn set_unit(&mut self, unit: u8) {
+        self.config.unit_id = unit;
+        if let Some(ctx) = self.ctx.as_mut() {
+            ctx.set_slave(Slave(unit));
+        }
     }
 
     /// Whether a connection is open.

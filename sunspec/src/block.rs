@@ -29,7 +29,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use crate::models::{self, GroupDef, ModelDef, PointDef, PointKind, ScaleRef};
-use crate::value::{PointError, Scaled, float_to_mantissa};
+use crate::value::{PointError, PointRow, Scaled, float_to_mantissa, raw_hex};
 
 /// Decimal digits kept when a float point is converted: milli-units.
 const FLOAT_DECIMALS: i8 = 3;
@@ -493,6 +493,79 @@ impl ModelBlock {
             )?;
         }
         Ok(())
+    }
+}
+
+impl ModelBlock {
+    /// Every point (fixed part, then each repeating-group instance) as a row for `discover`;
+    /// pads are left out.
+    pub fn rows(&self) -> Vec<PointRow> {
+        let mut rows = Vec::new();
+        let Some(def) = self.def else {
+            return rows;
+        };
+        self.push_rows(&mut rows, def.points, 0, None, "");
+        if let Some(g) = &def.repeating {
+            for index in 0..self.group_count() {
+                let base = usize::from(def.fixed_len) + index * usize::from(g.len);
+                self.push_rows(
+                    &mut rows,
+                    g.points,
+                    base,
+                    Some((g, base)),
+                    &format!("{}[{index}].", g.name),
+                );
+            }
+        }
+        rows
+    }
+
+    fn push_rows(
+        &self,
+        rows: &mut Vec<PointRow>,
+        points: &[PointDef],
+        base: usize,
+        group: Option<(&'static GroupDef, usize)>,
+        prefix: &str,
+    ) {
+        for p in points {
+            if p.kind == PointKind::Pad {
+                continue;
+            }
+            let mut row = PointRow {
+                model: self.id.to_string(),
+                point: format!("{prefix}{}", p.name),
+                raw: String::new(),
+                scale_factor: None,
+                value: None,
+                unit: p.units.map(str::to_owned),
+                status: "ok".to_owned(),
+            };
+            let Some(w) = self.words(base, p) else {
+                row.status = "outside the block".to_owned();
+                rows.push(row);
+                continue;
+            };
+            row.raw = raw_hex(w);
+            match p.kind {
+                PointKind::String | PointKind::Ipaddr | PointKind::Ipv6addr | PointKind::Eui48 => {
+                    match decode_text(p, w) {
+                        Some(t) => row.value = Some(t),
+                        None => row.status = "not implemented".to_owned(),
+                    }
+                }
+                _ => match self.scaled(p, base, group) {
+                    Ok(v) => {
+                        if p.sf.is_some() {
+                            row.scale_factor = Some(v.exponent);
+                        }
+                        row.value = Some(v.to_string());
+                    }
+                    Err(e) => row.status = short_reason(&e),
+                },
+            }
+            rows.push(row);
+        }
     }
 }
 

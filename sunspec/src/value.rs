@@ -101,6 +101,17 @@ impl Scaled {
         }
     }
 
+    /// The exact sum, at the smaller of the two exponents (a profile that adds the phases of
+    /// a meter, or subtracts export power from import power). None if it does not fit.
+    pub fn checked_add(&self, other: &Scaled) -> Option<Scaled> {
+        let e = self.exponent.min(other.exponent);
+        let lift = |s: &Scaled| -> Option<i64> {
+            let k = u32::from(s.exponent.abs_diff(e));
+            s.mantissa.checked_mul(10i64.checked_pow(k)?)
+        };
+        Some(Scaled::new(lift(self)?.checked_add(lift(other)?)?, e))
+    }
+
     /// For display only (dumps, logs) — never for anything settled.
     pub fn to_f64(&self) -> f64 {
         #[allow(
@@ -278,11 +289,54 @@ pub fn float_to_mantissa(v: f64, decimals: i8) -> Result<i64, PointError> {
     Ok(if negative { -q } else { q })
 }
 
+/// One decoded point as `meter-agent discover` shows it (table or JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PointRow {
+    /// SunSpec model id, or the register profile's name.
+    pub model: String,
+    /// The point (SunSpec name, with `[i]` for a repeating-group instance) or the quantity.
+    pub point: String,
+    /// Raw registers in hex, as read.
+    pub raw: String,
+    /// The decimal exponent applied (SunSpec scale factor, profile `scale`), if any.
+    pub scale_factor: Option<i8>,
+    /// The value (exact decimal, or text), if it has one.
+    pub value: Option<String>,
+    /// Its unit.
+    pub unit: Option<String>,
+    /// `ok`, or why there is no value (`not implemented`, ...).
+    pub status: String,
+}
+
+/// Raw registers as `0x1234ABCD` (or a register count for long strings).
+pub fn raw_hex(words: &[u16]) -> String {
+    if words.len() <= 4 {
+        let digits: String = words.iter().map(|x| format!("{x:04X}")).collect();
+        format!("0x{digits}")
+    } else {
+        format!("{} regs", words.len())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn checked_add_aligns_exponents_exactly() {
+        // 1234.5 W + (−200 W) at the finer exponent.
+        assert_eq!(
+            Scaled::new(12345, -1).checked_add(&Scaled::new(-2, 2)),
+            Some(Scaled::new(10345, -1))
+        );
+        assert_eq!(
+            Scaled::new(i64::MAX, 0).checked_add(&Scaled::new(1, 0)),
+            None
+        );
+        assert_eq!(Scaled::new(1, 10).checked_add(&Scaled::new(1, -10)), None);
+    }
 
     #[test]
     fn display_is_exact_decimal() {

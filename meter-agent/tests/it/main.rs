@@ -9,6 +9,9 @@
 )]
 
 mod agent;
+mod cli;
+mod home_assistant;
 mod modbus;
 mod outage;
 mod support;
+mod vendors;
