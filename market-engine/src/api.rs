@@ -32,6 +32,7 @@ use crate::store::{AccountRow, Store, StoreError};
 
 pub mod history;
 pub mod proof;
+mod roi;
 
 /// The largest request body accepted; a larger one is answered 413.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -372,6 +373,7 @@ pub fn router(state: AppState) -> Router {
         .merge(meters::routes())
         .merge(history::routes())
         .merge(proof::routes())
+        .merge(roi::routes())
         .merge(crate::web::router())
         .fallback(no_route)
         .layer(axum::middleware::map_response(json_errors))

@@ -63,6 +63,7 @@ pub static ASSETS: &[Asset] = &[
         JS
     ),
     asset!("/js/pages/operator.js", "js/pages/operator.js", JS),
+    asset!("/js/pages/join.js", "js/pages/join.js", JS),
     asset!("/vendor/uPlot.iife.min.js", "vendor/uPlot.iife.min.js", JS),
     asset!(
         "/vendor/uPlot.min.css",

@@ -6,15 +6,15 @@ use crate::sim::RunResult;
 use serde_json::json;
 use std::fmt::Write as _;
 
-const UPLOT_JS: &str = include_str!("../assets/uPlot.iife.min.js");
-const UPLOT_CSS: &str = include_str!("../assets/uPlot.min.css");
+pub(crate) const UPLOT_JS: &str = include_str!("../assets/uPlot.iife.min.js");
+pub(crate) const UPLOT_CSS: &str = include_str!("../assets/uPlot.min.css");
 
 /// Points per time series at most; slots are grouped into buckets to stay below.
 const MAX_POINTS: usize = 800;
 /// Points of each loading duration curve.
 const DURATION_POINTS: usize = 400;
 
-fn escape(s: &str) -> String {
+pub(crate) fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")

@@ -11,6 +11,8 @@
 //! - [`report`]: KPIs over the run, CSV files and the terminal summary;
 //! - [`html`]: the self-contained HTML report with plots;
 //! - [`sweep`]: parameter sweeps, sharded across processes and machines;
+//! - [`roi`]: "Should I join?", a household's return on investment from its simulated year
+//!   and the network token's price paths;
 //! - [`grid`]: the neutral grid format and the power flow.
 
 pub mod agents;
@@ -20,6 +22,7 @@ pub mod html;
 pub mod profiles;
 pub mod report;
 pub mod rng;
+pub mod roi;
 pub mod scenario;
 pub mod sim;
 pub mod sweep;

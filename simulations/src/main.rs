@@ -3,13 +3,14 @@
 //! `simulate run <scenario.toml>` runs a scenario and writes `slots.csv`, `households.csv`
 //! and `summary.txt` to `simulate-out/<name>/`, printing the summary; `simulate example`
 //! prints a commented scenario; `simulate check-grid <grid.json>` solves a grid file's base
-//! case and compares it with the reference results it carries.
+//! case and compares it with the reference results it carries; `simulate roi <household.toml>`
+//! answers "should I join?" for a household (`scenarios/household.toml`).
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use gridshare_simulations::grid::{GridFile, PowerFlow};
 use gridshare_simulations::scenario::{Scenario, example_at_repo_root};
-use gridshare_simulations::{sim, sweep};
+use gridshare_simulations::{roi, sim, sweep};
 use std::io::{IsTerminal as _, Write as _};
 use std::path::PathBuf;
 use std::time::Instant;
@@ -64,6 +65,18 @@ enum Command {
         #[arg(long, default_value = ".")]
         out: PathBuf,
     },
+    /// Should I join? A household's return on investment, its year simulated in a
+    /// neighbourhood and the token's price drawn along many paths.
+    Roi {
+        /// The household file (every key defaulted; see scenarios/household.toml).
+        household: PathBuf,
+        /// Output directory for roi.html and roi.json (default: simulate-out/roi-<file name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print the answer as JSON (the engine's POST /api/v1/roi answer) instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a commented example scenario (save it at the repository root).
     Example,
     /// Solve a grid file's base case; compare with its reference results if it has any.
@@ -80,6 +93,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::CheckGrid { grid } => check_grid(&grid),
+        Command::Roi {
+            household,
+            out,
+            json,
+        } => roi(&household, out, json),
         Command::Sweep {
             sweep,
             shard,
@@ -173,6 +191,40 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn roi(path: &std::path::Path, out: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let input = roi::RoiInput::from_toml(&text, &path.display().to_string())?;
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let started = Instant::now();
+    let neighbourhood = roi::Neighbourhood::for_input(&input, Some(base))?;
+    let energy = roi::energy::simulate(&neighbourhood, &input)?;
+    let simulated = started.elapsed();
+    let result = roi::project(&input, &energy, &roi::EmissionSchedule::deployed())?;
+    let projected = started.elapsed() - simulated;
+    let stem = path
+        .file_stem()
+        .map_or_else(|| "household".into(), |s| s.to_string_lossy().into_owned());
+    let dir = out.unwrap_or_else(|| PathBuf::from("simulate-out").join(format!("roi-{stem}")));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let answer = serde_json::to_string_pretty(&result)?;
+    std::fs::write(dir.join("roi.json"), &answer)?;
+    std::fs::write(dir.join("roi.html"), result.html_report())?;
+    if json {
+        println!("{answer}");
+    } else {
+        print!("{}", result.table_text());
+        println!(
+            "\nThe year simulated three ways in {:.2} s, {} price paths projected in {:.0} ms; fan chart in {}/roi.html, every figure in roi.json",
+            simulated.as_secs_f64(),
+            input.token.paths,
+            projected.as_secs_f64() * 1000.0,
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 fn check_grid(path: &std::path::Path) -> anyhow::Result<()> {

@@ -460,7 +460,7 @@ impl Scenario {
         }
     }
 
-    fn check(&self) -> Result<(), ScenarioError> {
+    pub(crate) fn check(&self) -> Result<(), ScenarioError> {
         let p = &self.period;
         if p.days == 0 {
             return Err(invalid("period.days", p.days, "expected at least 1"));

@@ -221,6 +221,22 @@ pub struct HouseholdTotals {
     pub battery_in_wh: u64,
     /// Battery energy discharged, Wh.
     pub battery_out_wh: u64,
+    /// The load valued at each slot's retail tariff: Σ Wh × price per kWh (divide by 1 000
+    /// for token units). What the household would have paid the utility with nothing of its own.
+    pub load_at_retail: u128,
+    /// The load met without importing (own PV, directly or through the battery) valued at each
+    /// slot's retail tariff, Σ Wh × price per kWh.
+    pub own_use_at_retail: u128,
+    /// The energy bought from neighbours valued at each slot's retail tariff, Σ Wh × price per
+    /// kWh: against [`Self::paid`], what local purchases saved.
+    pub bought_at_retail: u128,
+    /// Σ over days of the day's net export (exports less imports), where positive, Wh: the
+    /// measure the staking contract pays daily epochs' emission by.
+    pub net_export_days_wh: u64,
+    /// Largest import or export in one slot, Wh.
+    pub peak_slot_wh: u64,
+    /// Net export of the current day so far, Wh (folded into `net_export_days_wh` at midnight).
+    day_net_export_wh: i64,
 }
 
 /// One slot's figures, as written to `slots.csv`.
@@ -625,6 +641,7 @@ pub fn run_with(
     let mut order_of: Vec<usize> = (0..households.len()).collect();
     let mut energies = Vec::with_capacity(households.len());
     let mut pv_now = vec![0u64; households.len()];
+    let mut load_now = vec![0u64; households.len()];
     let mut open: Vec<Option<OrderId>> = vec![None; households.len()];
     let mut remaining: Vec<u64> = vec![0; households.len()];
     let mut deliveries = Vec::with_capacity(households.len());
@@ -642,10 +659,11 @@ pub fn run_with(
         };
 
         // Physics of each home: load, PV, battery (self-consumption first).
-        for ((h, net), pv_slot) in households
+        for (((h, net), pv_slot), load_slot) in households
             .iter_mut()
             .zip(net_wh.iter_mut())
             .zip(pv_now.iter_mut())
+            .zip(load_now.iter_mut())
         {
             let load_col = profiles_column(profiles, h.load);
             let pv_col = profiles_column(profiles, h.pv);
@@ -688,6 +706,7 @@ pub fn run_with(
             }
             *net = n;
             *pv_slot = pv_wh;
+            *load_slot = load_wh;
             h.totals.load_wh += load_wh;
             h.totals.pv_wh += pv_wh;
             rec.load_wh += load_wh;
@@ -798,7 +817,12 @@ pub fn run_with(
         // Delivery: each household's meter counts its net energy.
         energies.clear();
         deliveries.clear();
-        for ((h, &n), &pv_wh) in households.iter_mut().zip(net_wh.iter()).zip(pv_now.iter()) {
+        for (((h, &n), &pv_wh), &load_wh) in households
+            .iter_mut()
+            .zip(net_wh.iter())
+            .zip(pv_now.iter())
+            .zip(load_now.iter())
+        {
             let start = h.counters;
             if n > 0 {
                 h.counters.import_wh += n.unsigned_abs();
@@ -811,6 +835,18 @@ pub fn run_with(
             );
             h.totals.import_wh += imp;
             h.totals.export_wh += exp;
+            let retail = u128::from(band.retail_per_kwh);
+            let load = u128::from(load_wh);
+            h.totals.load_at_retail += load * retail;
+            h.totals.own_use_at_retail += load.saturating_sub(u128::from(imp)) * retail;
+            h.totals.peak_slot_wh = h.totals.peak_slot_wh.max(imp.max(exp));
+            h.totals.day_net_export_wh +=
+                i64::try_from(exp).unwrap_or(i64::MAX) - i64::try_from(imp).unwrap_or(i64::MAX);
+            if (slot + 1) % slots_per_day == 0 || slot + 1 == slots {
+                h.totals.net_export_days_wh +=
+                    u64::try_from(h.totals.day_net_export_wh.max(0)).unwrap_or(0);
+                h.totals.day_net_export_wh = 0;
+            }
             rec.import_wh += imp;
             rec.export_wh += exp;
             h.last_net_wh = n;
@@ -854,6 +890,8 @@ pub fn run_with(
             if let Some(h) = households.get_mut(household_index(t.buyer)) {
                 h.totals.bought_wh += t.energy_wh;
                 h.totals.paid += u128::from(amounts.buyer_pays);
+                h.totals.bought_at_retail +=
+                    u128::from(t.energy_wh) * u128::from(band.retail_per_kwh);
             }
             if let Some(h) = households.get_mut(household_index(t.seller)) {
                 h.totals.sold_wh += t.energy_wh;

@@ -10,6 +10,7 @@ const pages = {
   wallet: { path: '#/wallet', load: () => import('./pages/wallet.js'), who: 'member' },
   prices: { path: '#/prices', load: () => import('./pages/prices.js'), who: 'anyone' },
   neighbourhood: { path: '#/neighbourhood', load: () => import('./pages/neighbourhood.js'), who: 'anyone' },
+  join: { path: '#/join', load: () => import('./pages/join.js'), who: 'anyone' },
   operator: { path: '#/operator', load: () => import('./pages/operator.js'), who: 'operator' },
   account: { path: '#/account', load: () => import('./pages/account.js'), who: 'member' },
   signin: { path: '#/signin', load: () => import('./pages/account.js'), who: 'anyone', hidden: true },

@@ -171,7 +171,7 @@ test('every page passes axe-core and is photographed at desktop and phone width'
   const dir = join(web, 'screenshots');
   mkdirSync(dir, { recursive: true });
   const pages = [
-    ['signin', null], ['signup', null], ['prices', null], ['neighbourhood', null],
+    ['signin', null], ['signup', null], ['prices', null], ['neighbourhood', null], ['join', null],
     ['home', 'home-02'], ['market', 'home-02'], ['wallet', 'home-02'], ['account', 'home-02'],
     ['operator', 'operator'],
   ];
@@ -196,6 +196,61 @@ test('every page passes axe-core and is photographed at desktop and phone width'
     }
   }
   assert.deepEqual(failures, [], failures.join('\n'));
+});
+
+test('should I join: a newcomer\'s three numbers get a fan chart, the spread and the stress scenarios (the engine\'s answer, as simulate roi computes it); the token sliders re-ask; a bad value is shown by its field', async () => {
+  // bypassCSP: axe-core is injected as an inline script, which the engine's CSP forbids.
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-GB', bypassCSP: true });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+  await page.goto(`${demo.url}#/join`);
+  const f = page.locator('#roi-form');
+  await f.getByLabel('Electricity you use a year (kWh)').fill('3500');
+  await f.getByLabel('PV peak power (kWp)').fill('6');
+  await f.getByLabel('Battery (kWh)').fill('5');
+  const started = Date.now();
+  await f.getByRole('button', { name: 'Calculate' }).click();
+  // A debug engine simulates the year in seconds, a release one in well under one.
+  await page.locator('#roi-fan canvas').waitFor({ timeout: 180_000 });
+  const firstMs = Date.now() - started;
+  // The same request straight to the API: the page shows the engine's numbers.
+  const answer = await page.evaluate(async () => (await fetch('/api/v1/roi', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ annual_kwh: 3500, pv_kwp: 6, battery_kwh: 5, token: { price: 0.05, volatility: 0.8 } }) })).json());
+  assert.equal(answer.input.annual_kwh, 3500);
+  assert.equal(answer.fan.years.length, 26);
+  const euros = (v) => new Intl.NumberFormat('en-GB', { style: 'currency', currency: answer.currency, maximumFractionDigits: 0 }).format(v);
+  assert.equal(await page.locator('#roi-npv-p50').innerText(), euros(answer.npv.p50));
+  const spread = page.locator('#roi-spread tbody tr').first();
+  const row = await spread.innerText();
+  assert.ok(row.includes(euros(answer.npv.p10)) && row.includes(euros(answer.npv.p90)), `${row} shows P10 ${euros(answer.npv.p10)} and P90 ${euros(answer.npv.p90)}`);
+  assert.equal(await page.locator('#roi-stress tbody tr').count(), answer.stress.length);
+  assert.ok(answer.stress.some((x) => x.id === 'network-stops') && answer.stress.some((x) => x.id === 'crash-90'));
+  await page.locator('#roi-token-share').waitFor();
+
+  // Moving the volatility slider re-asks; the household's year is cached, so only the
+  // projection is redone.
+  await f.getByLabel(/Token volatility/).focus();
+  const responded = page.waitForResponse((r) => r.url().endsWith('/api/v1/roi') && r.request().method() === 'POST');
+  const moved = Date.now();
+  await page.keyboard.press('End'); // 200 % a year, the most the calculator takes
+  const second = await (await responded).json();
+  assert.equal(second.input.token.volatility, 2);
+  assert.ok(second.npv.p10 < answer.npv.p10, 'a wilder token widens the spread downwards');
+  await page.locator('#roi-spread tbody tr').first().filter({ hasText: euros(second.npv.p10) }).waitFor();
+  const sliderMs = Date.now() - moved;
+  console.log(`should I join: three numbers to fan chart ${firstMs} ms (the year simulated), volatility slider to new answer ${sliderMs} ms (cached year; includes the 150 ms debounce)`);
+
+  const violations = await checkA11y(page);
+  assert.deepEqual(violations, [], JSON.stringify(violations, null, 1));
+  mkdirSync(join(web, 'screenshots'), { recursive: true });
+  await shoot(page, join(web, 'screenshots', 'join-answer-desktop.png'));
+
+  // A lifetime of zero is refused by the engine and shown by the field, inside the folded part.
+  await page.locator('#roi-advanced summary').click();
+  await f.getByLabel('Lifetime (years)').fill('0');
+  await f.getByRole('button', { name: 'Calculate' }).click();
+  await errorOf(f, 'finance.lifetime_years').filter({ hasText: 'lifetime_years' }).waitFor();
+  assert.equal(await f.getByLabel('Lifetime (years)').getAttribute('aria-invalid'), 'true');
+  await page.context().close();
 });
 
 test('German: the same pages speak German from the one catalogue', async () => {

@@ -21,6 +21,7 @@ mod market;
 mod meters;
 mod money;
 mod privacy;
+mod roi;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;

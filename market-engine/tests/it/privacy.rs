@@ -165,6 +165,7 @@ fn every_route_in_the_source_is_in_openapi() {
         include_str!("../../src/api/meters.rs"),
         include_str!("../../src/api/history.rs"),
         include_str!("../../src/api/proof.rs"),
+        include_str!("../../src/api/roi.rs"),
     ];
     let mut checked = 0;
     for source in sources {

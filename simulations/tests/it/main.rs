@@ -4,4 +4,5 @@
 #![allow(clippy::unwrap_used)]
 
 mod grid_validation;
+mod roi;
 mod scenarios;
