@@ -48,6 +48,26 @@ fn check(
         .map_err(|r| r.reason)
 }
 
+/// A household signed up as a fresh `who`, with one meter of its own key approved at 4 kW:
+/// its account id, session, key and meter id.
+async fn home_with_meter(
+    app: &axum::Router,
+    store: &market_engine::store::Store,
+    keys: &KeyRegistry,
+    who: &str,
+) -> (i64, String, MeterKey, String) {
+    let name = unique(who);
+    let token = login(app, &name).await;
+    let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+    let key = new_key();
+    let meter = short(unique(who));
+    market_engine::meters::register(store, keys, id, &meter, &key.public_key().to_hex(), 10, 0)
+        .await
+        .unwrap();
+    crate::approve(store, keys, &meter, &Default::default(), 4_000).await;
+    (id, token, key, meter)
+}
+
 /// Offers `energy_wh` of `meter` at the feed-in tariff (a sell needs no funds) in a slot
 /// whose window is open, and closes that slot's gate; returns the slot's terms.
 async fn offer_and_close_the_gate(
@@ -172,23 +192,7 @@ async fn a_slot_settles_at_most_what_the_capacity_allows() {
             keys,
             app,
         } = crate::Fixture::open(&url).await;
-        let name = unique("sunny");
-        let token = login(&app, &name).await;
-        let id = store.account_by_name(&name).await.unwrap().unwrap().id;
-        let key = new_key();
-        let meter = short(unique("sun"));
-        market_engine::meters::register(
-            &store,
-            &keys,
-            id,
-            &meter,
-            &key.public_key().to_hex(),
-            10,
-            0,
-        )
-        .await
-        .unwrap();
-        crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
+        let (id, token, key, meter) = home_with_meter(&app, &store, &keys, "sun").await;
         let terms = offer_and_close_the_gate(&app, &market, &token, &meter, 500).await;
         // Silent for ten hours, then 40 kWh more: plausible at 4 kW over ten hours, but not
         // all of it in this one slot.
@@ -240,24 +244,7 @@ async fn a_meter_without_readings_is_disputed_and_the_street_settles() {
         } = crate::Fixture::open(&url).await;
         let mut homes = Vec::new();
         for who in ["silent", "buyer"] {
-            let name = unique(who);
-            let token = login(&app, &name).await;
-            let id = store.account_by_name(&name).await.unwrap().unwrap().id;
-            let key = new_key();
-            let meter = short(unique(who));
-            market_engine::meters::register(
-                &store,
-                &keys,
-                id,
-                &meter,
-                &key.public_key().to_hex(),
-                10,
-                0,
-            )
-            .await
-            .unwrap();
-            crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
-            homes.push((id, token, key, meter));
+            homes.push(home_with_meter(&app, &store, &keys, who).await);
         }
         let (silent, buyer) = (&homes[0], &homes[1]);
         market.fund(buyer.0, 1_000_000, "opening", 0).await.unwrap();
@@ -364,23 +351,7 @@ async fn slots_without_orders_are_settled_and_empty_ones_produce_nothing() {
             keys,
             app,
         } = crate::Fixture::open(&url).await;
-        let name = unique("quiet");
-        login(&app, &name).await;
-        let id = store.account_by_name(&name).await.unwrap().unwrap().id;
-        let key = new_key();
-        let meter = short(unique("quiet"));
-        market_engine::meters::register(
-            &store,
-            &keys,
-            id,
-            &meter,
-            &key.public_key().to_hex(),
-            10,
-            0,
-        )
-        .await
-        .unwrap();
-        crate::approve(&store, &keys, &meter, &Default::default(), 4_000).await;
+        let (id, _, key, meter) = home_with_meter(&app, &store, &keys, "quiet").await;
         let community = market.community();
         let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
         let terms = community.terms(slot).unwrap();
