@@ -670,13 +670,19 @@ impl Market {
                 slot
             }
         };
+        // Once a second, usually with nothing due: no lock then.
+        let due = |slot: u64| {
+            self.community_for(slot)
+                .terms(slot)
+                .is_ok_and(|t| t.slot.gate_closure <= now_s)
+        };
+        if !due(first) {
+            return Ok(Vec::new());
+        }
         let books = self.books.lock().await;
         let mut closed = Vec::new();
         for slot in first..first.saturating_add(MAX_QUIET_SLOTS_PER_CALL) {
-            let Ok(terms) = self.community_for(slot).terms(slot) else {
-                break;
-            };
-            if terms.slot.gate_closure > now_s {
+            if !due(slot) {
                 break;
             }
             if books.is_open(slot) {
