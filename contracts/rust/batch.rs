@@ -126,6 +126,28 @@ impl SettlementBatch {
     }
 }
 
+/// One local sale of a settled slot, credited to the seller meter's rewards by
+/// `Settlement.settleWithSales` (meter ids as `MeterStaking` knows them:
+/// [`crate::staking::text_id`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SaleCredit {
+    /// The selling meter.
+    pub seller: B256,
+    /// The buying meter.
+    pub buyer: B256,
+    /// Energy sold, Wh.
+    pub energy_wh: u64,
+}
+
+/// The local sales a batch credits, with the start of the slot they were delivered in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SlotSales {
+    /// Start of the delivery slot, ms since the epoch.
+    pub delivered_at_ms: u64,
+    /// The sales; empty: the batch is sent with plain `settle`.
+    pub sales: Vec<SaleCredit>,
+}
+
 /// What a leaf of a slot's Merkle tree commits to; mirrors `Settlement.tradeLeaf` and
 /// `Settlement.readingLeaf`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,5 +1,5 @@
 //! Gridshare's on-chain half, seen from Rust: typed bindings to the committed contract
-//! artifacts, the two chain backends the engine settles through, and the settlement outbox.
+//! artifacts and the two chain backends the engine settles through.
 //!
 //! - [`bindings`]: `sol!` types generated from `contracts/artifacts/*.json` (ABI and bytecode
 //!   compiled by the pinned solc-js; CI fails if they drift from `contracts/src`).
@@ -9,8 +9,6 @@
 //! - [`settlement`]: [`SettlementBackend`], the interface the market engine uses, implemented
 //!   once over any [`Chain`]; [`EmbeddedBackend`] and [`RpcBackend`] are its two backends.
 //! - [`batch`]: a slot's net deltas and the Merkle tree of its trades and readings.
-//! - [`outbox`]: batches written to SQLite before they are sent, retried with backoff,
-//!   confirmed by receipt, never sent twice.
 //! - [`deploy`]: deploys the token, settlement and staking contracts on any [`Chain`].
 //! - [`staking`]: [`StakingClient`], every call an operator, a verifier or a watcher makes to
 //!   `MeterStaking`.
@@ -19,16 +17,18 @@ pub mod batch;
 pub mod bindings;
 pub mod chain;
 pub mod deploy;
-pub mod outbox;
 pub mod settlement;
 pub mod staking;
 
-pub use batch::{BatchError, MerkleTree, NetDelta, SettlementBatch, TradeLeaf};
-pub use chain::{Chain, ChainError, ChainExt, EmbeddedChain, RpcChain, TxOutcome};
+pub use batch::{
+    BatchError, MerkleTree, NetDelta, SaleCredit, SettlementBatch, SlotSales, TradeLeaf,
+};
+pub use chain::{
+    Chain, ChainError, ChainExt, EmbeddedChain, Inclusion, RpcChain, TxOutcome, TxStatus,
+};
 pub use deploy::{
     Deployment, P256VERIFY, REFERENCE_FEE_PER_KWH, StakingParams, p256_precompile_available,
 };
-pub use outbox::{OutboxEntry, OutboxError, OutboxStatus, RetryPolicy, SettlementOutbox};
 pub use settlement::{
     ChainSettlement, EmbeddedBackend, RpcBackend, SettlementBackend, SettlementReceipt,
 };

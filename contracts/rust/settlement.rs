@@ -1,9 +1,10 @@
 //! The settlement interface the market engine calls, implemented once over any [`Chain`].
 
-use crate::batch::SettlementBatch;
+use crate::batch::{SettlementBatch, SlotSales};
 use crate::bindings::Settlement;
 use crate::chain::{Chain, ChainError, ChainExt, EmbeddedChain, RpcChain};
-use alloy::primitives::{Address, B256, U256};
+use alloy::primitives::{Address, B256, Bytes, U256};
+use alloy::sol_types::SolCall;
 use std::future::Future;
 
 /// Proof that a batch was settled by the transaction this backend sent.
@@ -20,7 +21,7 @@ pub struct SettlementReceipt {
 }
 
 /// Where settlement batches go. The engine talks to this trait only, through
-/// [`crate::SettlementOutbox`].
+/// the market engine's settlement outbox.
 pub trait SettlementBackend: Send + Sync {
     /// Sends one batch and waits for its receipt. A batch id that was settled before is
     /// rejected by the contract (`Settlement::BatchAlreadySettled`), so a retry can never
@@ -73,6 +74,71 @@ impl<C: Chain> ChainSettlement<C> {
     pub fn address(&self) -> Address {
         self.settlement
     }
+
+    /// The operator key batches are sent from.
+    pub fn operator(&self) -> Address {
+        self.operator
+    }
+
+    /// Hands a batch to the chain and returns its transaction hash without waiting for a block:
+    /// `settle`, or `settleWithSales` when it carries local sales to credit to the sellers'
+    /// staked meters. The caller follows the transaction with [`Chain::transaction`].
+    pub async fn send_batch(
+        &self,
+        batch: &SettlementBatch,
+        sales: &SlotSales,
+    ) -> Result<B256, ChainError> {
+        let data = if sales.sales.is_empty() {
+            Bytes::from(
+                Settlement::settleCall {
+                    batchId: batch.id,
+                    root: batch.root,
+                    deltas: batch.packed_deltas(),
+                }
+                .abi_encode(),
+            )
+        } else {
+            Bytes::from(
+                Settlement::settleWithSalesCall {
+                    batchId: batch.id,
+                    root: batch.root,
+                    deltas: batch.packed_deltas(),
+                    deliveredAtMs: sales.delivered_at_ms,
+                    sales: sales
+                        .sales
+                        .iter()
+                        .map(|s| Settlement::Sale {
+                            seller: s.seller,
+                            buyer: s.buyer,
+                            energyWh: s.energy_wh,
+                        })
+                        .collect(),
+                }
+                .abi_encode(),
+            )
+        };
+        self.chain
+            .submit(self.operator, self.settlement, data)
+            .await
+    }
+
+    /// The root batch `batch_id` was settled with in the state after block `block` (`None`:
+    /// the latest block), `None` if it was not settled there.
+    pub async fn batch_root_at(
+        &self,
+        batch_id: u64,
+        block: Option<u64>,
+    ) -> Result<Option<B256>, ChainError> {
+        let root = self
+            .chain
+            .view_at(
+                self.settlement,
+                Settlement::batchRootCall { batchId: batch_id },
+                block,
+            )
+            .await?;
+        Ok((root != B256::ZERO).then_some(root))
+    }
 }
 
 impl<C: Chain> SettlementBackend for ChainSettlement<C> {
@@ -102,14 +168,7 @@ impl<C: Chain> SettlementBackend for ChainSettlement<C> {
     }
 
     async fn batch_root(&self, batch_id: u64) -> Result<Option<B256>, ChainError> {
-        let root = self
-            .chain
-            .view(
-                self.settlement,
-                Settlement::batchRootCall { batchId: batch_id },
-            )
-            .await?;
-        Ok((root != B256::ZERO).then_some(root))
+        self.batch_root_at(batch_id, None).await
     }
 
     async fn balance(&self, account: Address) -> Result<U256, ChainError> {

@@ -363,6 +363,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/accounts/{name}/deposits", post(deposit))
         .route("/api/v1/settlements", get(settlements))
         .route(
+            "/api/v1/operator/settlements/{slot}/resend",
+            post(resend_settlement),
+        )
+        .route(
             "/api/v1/market/settings",
             get(get_settings).put(put_settings),
         )
@@ -817,20 +821,39 @@ async fn settlements(
     for (slot, accounts, debits, queued_ms) in
         state.market.settlements(page.after, page.limit).await?
     {
-        let chain = match &state.settler {
-            Some(settler) => settler
-                .batch(slot)
-                .await
-                .map_err(ApiError::Internal)?
-                .map(|e| crate::chain::batch_status(&e)),
-            None => None,
-        };
+        let chain = crate::chain::outbox::record(&state.store, slot)
+            .await?
+            .map(|r| r.to_json());
         batches.push(json!({
             "slot": slot, "batch_id": slot, "accounts": accounts, "total_debits": debits,
             "queued_for_chain_ms": queued_ms, "chain": chain,
         }));
     }
     Ok(Json(json!({ "settlements": batches })))
+}
+
+/// The operator's re-send of a batch the contract refused (after the cause is fixed, say a
+/// household topped up its balance on chain): tried again at the outbox's next step.
+async fn resend_settlement(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(slot): Path<u64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if account.role != "operator" {
+        return Err(ApiError::Forbidden(
+            "only the community operator re-sends settlement batches".into(),
+        ));
+    }
+    if !crate::chain::outbox::resend(&state.store, slot, crate::pipeline::now_ms()).await? {
+        return Err(ApiError::NotFound(format!(
+            "slot {slot} has no settlement batch waiting to be sent (it is not in the outbox, \
+             or it is already sent or confirmed)"
+        )));
+    }
+    let record = crate::chain::outbox::record(&state.store, slot).await?;
+    Ok(Json(
+        json!({ "slot": slot, "chain": record.map(|r| r.to_json()) }),
+    ))
 }
 
 async fn get_settings(State(state): State<AppState>) -> Json<serde_json::Value> {

@@ -84,6 +84,10 @@ pub struct IngestConfig {
     pub max_age_ms: u64,
     /// Days a recorded rejection is kept.
     pub rejections_kept_days: u32,
+    /// How long past a slot's settlement time settlement waits for a meter that reported
+    /// during the slot but not yet past its end (a broker or network outage), seconds. What
+    /// arrives later is carried into the meter's next settlement.
+    pub late_readings_wait_s: u32,
 }
 
 impl Default for EngineConfig {
@@ -139,6 +143,7 @@ impl Default for IngestConfig {
             max_future_skew_ms: 30_000,
             max_age_ms: 7 * 24 * 3_600_000,
             rejections_kept_days: 30,
+            late_readings_wait_s: 120,
         }
     }
 }

@@ -65,7 +65,6 @@ pub(crate) async fn run(
     config.mqtt.embedded_listen = format!("127.0.0.1:{}", options.mqtt_port);
     config.mqtt.url = format!("mqtt://127.0.0.1:{}", options.mqtt_port);
     config.chain.state_file = options.dir.join("chain.json");
-    config.chain.outbox_file = options.dir.join("settlement-outbox.sqlite");
     // Accelerated time: a 15-second slot is a quarter of an hour of the homes' simulated day
     // (at the default speed of 60), so orders, trades and the first settlement all come
     // within a minute.

@@ -52,6 +52,18 @@ enum Command {
         #[arg(long)]
         name: String,
     },
+    /// The settlement batches on their way to the chain: list them, or send a refused one
+    /// again once its cause is fixed (the running engine picks it up within seconds).
+    Settlement {
+        /// Config file (TOML), for the database.
+        #[arg(short, long, env = "MARKET_ENGINE_CONFIG")]
+        config: Option<PathBuf>,
+        /// Database URL (overrides the file).
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: Option<String>,
+        #[command(subcommand)]
+        action: SettlementAction,
+    },
     /// The engine plus a simulated neighbourhood (simulated inverters read by real meter
     /// agents, each home trading its forecast surplus or need), in 15-second slots of
     /// accelerated time.
@@ -72,6 +84,18 @@ enum Command {
         /// Directory for the database and keys (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum SettlementAction {
+    /// The batches not yet confirmed on chain, oldest first.
+    List,
+    /// Sends a refused batch again at the engine's next outbox step.
+    Resend {
+        /// The slot (= batch id).
+        #[arg(long)]
+        slot: u64,
     },
 }
 
@@ -137,6 +161,47 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .create_account(&name, &hash, "operator", market_engine::pipeline::now_ms())
                     .await?;
                 println!("created the community operator {name}");
+            }
+            store.close().await;
+        }
+        Command::Settlement {
+            config,
+            database_url,
+            action,
+        } => {
+            use market_engine::chain::outbox;
+            let mut c = load(config.as_deref())?;
+            if let Some(url) = database_url {
+                c.database.url = url;
+            }
+            let store = market_engine::store::Store::open_existing(&c.database.url).await?;
+            match action {
+                SettlementAction::List => {
+                    let open = outbox::open_batches(&store).await?;
+                    if open.is_empty() {
+                        println!("every settlement batch is confirmed on chain");
+                    }
+                    for r in open {
+                        println!(
+                            "slot {:>10}  {:<9} attempts {:<3} {}",
+                            r.batch.id,
+                            serde_json::to_value(r.status)?.as_str().unwrap_or_default(),
+                            r.attempts,
+                            r.last_error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                SettlementAction::Resend { slot } => {
+                    if outbox::resend(&store, slot, market_engine::pipeline::now_ms()).await? {
+                        println!("slot {slot}: batch will be sent again at the next step");
+                    } else {
+                        anyhow::bail!(
+                            "slot {slot} has no settlement batch waiting to be sent (not in the \
+                             outbox, or already sent or confirmed); `market-engine settlement \
+                             list` shows the open ones"
+                        );
+                    }
+                }
             }
             store.close().await;
         }

@@ -156,18 +156,28 @@ impl Snapshot {
             chain.outbox_depth.load(Ordering::Relaxed),
         );
         s.gauge(
-            "gridshare_chain_unqueued_slots",
-            "Settled slots not yet handed to the chain outbox.",
-            chain.unqueued.load(Ordering::Relaxed),
+            "gridshare_chain_batches_rejected",
+            "Settlement batches the contract refused; the first one holds back every later batch (see GET /api/v1/settlements, market-engine settlement resend).",
+            chain.rejected.load(Ordering::Relaxed),
         );
         s.counter(
             "gridshare_chain_batches_confirmed",
-            "Settlement batches confirmed on chain.",
+            "Settlement batches confirmed on chain (in a block the configured number of confirmations deep).",
             chain.confirmed.load(Ordering::Relaxed),
         );
         s.counter(
+            "gridshare_chain_refusals",
+            "Times the settlement contract refused a batch.",
+            chain.refusals.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_batches_fell_back",
+            "Batches sent again because their transaction was dropped, reverted in its block, or its block was reorganised away.",
+            chain.fell_back.load(Ordering::Relaxed),
+        );
+        s.counter(
             "gridshare_chain_flush_failures",
-            "Attempts to send the outbox that failed (retried).",
+            "Outbox steps that failed because the database or the chain could not be asked (retried).",
             chain.failures.load(Ordering::Relaxed),
         );
         let auth = &state.auth.metrics;
@@ -283,12 +293,16 @@ impl Collector for Snapshot {
 /// Counters of the chain outbox driver.
 #[derive(Debug, Default)]
 pub struct ChainMetrics {
-    /// Batches pending in the outbox after the latest flush.
+    /// Batches in the outbox not yet confirmed, after the latest step.
     pub outbox_depth: std::sync::atomic::AtomicU64,
-    /// Settled slots not yet queued.
-    pub unqueued: std::sync::atomic::AtomicU64,
+    /// Of those, batches the contract refused (the first blocks every later one).
+    pub rejected: std::sync::atomic::AtomicU64,
     /// Batches confirmed.
     pub confirmed: std::sync::atomic::AtomicU64,
-    /// Failed flushes.
+    /// Refusals by the contract.
+    pub refusals: std::sync::atomic::AtomicU64,
+    /// Batches whose transaction was dropped or whose block was reorganised away.
+    pub fell_back: std::sync::atomic::AtomicU64,
+    /// Outbox steps that failed (the database or the chain could not be asked; retried).
     pub failures: std::sync::atomic::AtomicU64,
 }

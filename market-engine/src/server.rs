@@ -141,6 +141,7 @@ impl Engine {
                 .await
                 .map_err(|e| ServeError::Market(e.to_string()))?,
         );
+        market.wait_for_late_readings(config.ingest.late_readings_wait_s);
         let live = market.live();
         let checker = Checker {
             registry: keys.clone(),
@@ -215,13 +216,18 @@ impl Engine {
                 crate::autotrade::run(market.clone(), store.clone(), stop.clone())
             })
         });
-        let settler = ChainSettler::open(&config.chain)
+        let settler = ChainSettler::open(&config.chain, store.clone())
             .await
             .map_err(ServeError::Market)?
             .map(Arc::new);
         if let Some(settler) = settler.clone() {
-            let (market, metrics, stop) =
-                (market.clone(), chain_metrics.clone(), shutdown.subscribe());
+            market.queue_batches();
+            let (market, store, metrics, stop) = (
+                market.clone(),
+                store.clone(),
+                chain_metrics.clone(),
+                shutdown.subscribe(),
+            );
             tasks.push(supervise(
                 "chain",
                 task_metrics.clone(),
@@ -229,6 +235,7 @@ impl Engine {
                 move || {
                     settle_on_chain(
                         market.clone(),
+                        store.clone(),
                         settler.clone(),
                         metrics.clone(),
                         stop.clone(),
@@ -312,10 +319,12 @@ async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Hands settled slots to the settlement outbox and flushes it; runs apart from the scheduler
-/// so a slow or unreachable chain never delays gate closures.
+/// Drives the settlement outbox to the chain (and queues settled slots that have no batch
+/// yet); runs apart from the scheduler so a slow or unreachable chain never delays gate
+/// closures or settlement.
 async fn settle_on_chain(
     market: Arc<Market>,
+    store: Store,
     settler: Arc<ChainSettler>,
     metrics: Arc<ChainMetrics>,
     mut stop: watch::Receiver<bool>,
@@ -327,46 +336,43 @@ async fn settle_on_chain(
             _ = tick.tick() => {}
             _ = stop.changed() => return,
         }
-        match market.unqueued_settlements().await {
-            Ok(settled) => {
-                metrics.unqueued.store(
-                    u64::try_from(settled.len()).unwrap_or(u64::MAX),
-                    Ordering::Relaxed,
-                );
-                for s in settled {
-                    match settler.enqueue(&s).await {
-                        Ok(()) => {
-                            if let Err(e) =
-                                market.mark_queued(s.slot, crate::pipeline::now_ms()).await
-                            {
-                                tracing::error!(target: "chain", slot = s.slot, "{e}");
-                            }
-                        }
-                        Err(e) => {
-                            tracing::error!(target: "chain", slot = s.slot, "batch not queued: {e}")
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::error!(target: "chain", "{e}"),
-        }
-        match settler.flush().await {
+        match market.queue_unqueued().await {
             Ok(0) => {}
             Ok(n) => {
+                tracing::info!(target: "chain", slots = n, "settled slots queued for the chain")
+            }
+            Err(e) => tracing::error!(target: "chain", "settled slots not queued: {e}"),
+        }
+        match settler.step(crate::pipeline::now_ms()).await {
+            Ok(progress) => {
                 metrics
                     .confirmed
-                    .fetch_add(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed);
-                tracing::info!(target: "chain", batches = n, "settled on chain");
+                    .fetch_add(progress.confirmed, Ordering::Relaxed);
+                metrics
+                    .fell_back
+                    .fetch_add(progress.fell_back, Ordering::Relaxed);
+                metrics
+                    .refusals
+                    .fetch_add(progress.rejected, Ordering::Relaxed);
             }
             Err(e) => {
                 metrics.failures.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(target: "chain", "settlement pending: {e}");
+                tracing::warn!(target: "chain", "settlement outbox: {e}");
             }
         }
-        match settler.pending().await {
-            Ok(n) => metrics
-                .outbox_depth
-                .store(u64::try_from(n).unwrap_or(u64::MAX), Ordering::Relaxed),
+        match crate::chain::outbox::open_batches(&store).await {
+            Ok(open) => {
+                let count = |f: &dyn Fn(&crate::chain::outbox::BatchRecord) -> bool| {
+                    u64::try_from(open.iter().filter(|r| f(r)).count()).unwrap_or(u64::MAX)
+                };
+                metrics
+                    .outbox_depth
+                    .store(count(&|_| true), Ordering::Relaxed);
+                metrics.rejected.store(
+                    count(&|r| r.status == crate::chain::outbox::BatchStatus::Rejected),
+                    Ordering::Relaxed,
+                );
+            }
             Err(e) => tracing::warn!(target: "chain", "outbox depth unknown: {e}"),
         }
     }

@@ -7,6 +7,9 @@ use std::time::Duration;
 
 use crate::peers::{self, Location, Peer};
 
+/// Where `npm ci` in `contracts/` puts the anvil binary, from the workspace root.
+pub const IN_NODE_MODULES: &str = "contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil";
+
 /// A node to talk to; a node this test started is killed when dropped.
 #[derive(Debug)]
 pub struct Anvil {
@@ -21,31 +24,50 @@ impl Anvil {
     pub fn start() -> Option<Self> {
         match peers::available(Peer::Anvil)? {
             Location::Url(url) => Some(Self { child: None, url }),
-            Location::Program(bin) => {
-                let port = crate::free_port();
-                let child = Command::new(&bin)
-                    .args([
-                        "--hardfork",
-                        "osaka",
-                        "--port",
-                        &port.to_string(),
-                        "--silent",
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
-                for _ in 0..100 {
-                    if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                Some(Self {
-                    child: Some(child),
-                    url: format!("http://127.0.0.1:{port}"),
-                })
+            Location::Program(bin) => Some(Self::spawn(&bin)),
+        }
+    }
+
+    /// A node of the test's own, never the shared one: for tests that stop its mining, drop
+    /// transactions from its pool or reorganise its chain. Needs the binary `npm ci` installs
+    /// in `contracts/node_modules`; `None` (reported) where this machine has no anvil at all.
+    pub fn start_own() -> Option<Self> {
+        let bin = peers::workspace_root().join(IN_NODE_MODULES);
+        if bin.is_file() {
+            return Some(Self::spawn(&bin));
+        }
+        match peers::available(Peer::Anvil)? {
+            Location::Program(bin) => Some(Self::spawn(&bin)),
+            Location::Url(url) => panic!(
+                "a test needs an anvil of its own besides the shared one at {url}: run `npm ci` \
+                 in contracts/ for the binary"
+            ),
+        }
+    }
+
+    fn spawn(bin: &std::path::Path) -> Self {
+        let port = crate::free_port();
+        let child = Command::new(bin)
+            .args([
+                "--hardfork",
+                "osaka",
+                "--port",
+                &port.to_string(),
+                "--silent",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
             }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child: Some(child),
+            url: format!("http://127.0.0.1:{port}"),
         }
     }
 

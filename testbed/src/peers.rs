@@ -96,8 +96,7 @@ impl Peer {
             Self::Anvil => var("GRIDSHARE_TEST_ANVIL_URL")
                 .map(Location::Url)
                 .or_else(|| {
-                    let bin = workspace_root()
-                        .join("contracts/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil");
+                    let bin = workspace_root().join(crate::anvil::IN_NODE_MODULES);
                     bin.is_file().then_some(Location::Program(bin))
                 }),
             Self::Postgres => var("GRIDSHARE_TEST_POSTGRES_URL").map(Location::Url),

@@ -2,7 +2,7 @@
 //! hardfork (so the P256VERIFY precompile exists), one block per transaction, state written to
 //! a file after every transaction so a demo survives a restart.
 
-use super::{Chain, ChainError, TxOutcome};
+use super::{Chain, ChainError, Inclusion, TxOutcome, TxStatus};
 use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
 use revm::context::{BlockEnv, CfgEnv, TxEnv};
 use revm::context_interface::result::{ExecutionResult, Output};
@@ -11,6 +11,7 @@ use revm::primitives::TxKind;
 use revm::primitives::hardfork::SpecId;
 use revm::{Context, ExecuteCommitEvm, ExecuteEvm, MainBuilder, MainContext};
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -21,6 +22,8 @@ const TX_GAS_LIMIT: u64 = 1 << 24;
 const BLOCK_GAS_LIMIT: u64 = 60_000_000;
 /// Identifies the state file format.
 const STATE_FORMAT: &str = "gridshare-embedded-chain/1";
+/// Receipts the chain keeps (and persists) for [`Chain::transaction`]: the latest ones.
+const RECEIPTS_KEPT: usize = 4096;
 
 /// Chain id of a fresh embedded chain (anvil's default, so signatures made for one verify on
 /// the other in tests).
@@ -47,6 +50,18 @@ struct Snapshot {
     clock_offset: u64,
     wall_clock: bool,
     cache: Cache,
+    /// Added after format 1 was written: older files have none.
+    #[serde(default)]
+    receipts: VecDeque<Receipt>,
+}
+
+/// A kept receipt.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Receipt {
+    tx_hash: B256,
+    block_number: u64,
+    gas_used: u64,
+    success: bool,
 }
 
 struct EmbeddedState {
@@ -60,6 +75,7 @@ struct EmbeddedState {
     /// Whether block time follows the wall clock; if not, each block is one second after the
     /// last (deterministic runs: gas reports, simulations).
     wall_clock: bool,
+    receipts: VecDeque<Receipt>,
     path: Option<PathBuf>,
 }
 
@@ -73,6 +89,7 @@ impl EmbeddedChain {
             timestamp: unix_now(),
             clock_offset: 0,
             wall_clock: true,
+            receipts: VecDeque::new(),
             path: None,
         })
     }
@@ -87,6 +104,7 @@ impl EmbeddedChain {
             timestamp,
             clock_offset: 0,
             wall_clock: false,
+            receipts: VecDeque::new(),
             path: None,
         })
     }
@@ -117,6 +135,7 @@ impl EmbeddedChain {
                     timestamp: snapshot.timestamp,
                     clock_offset: snapshot.clock_offset,
                     wall_clock: snapshot.wall_clock,
+                    receipts: snapshot.receipts,
                     path: Some(path),
                 }))
             }
@@ -224,6 +243,36 @@ impl EmbeddedState {
         Ok((result, nonce))
     }
 
+    /// Mines one transaction in a block of its own, keeps its receipt and saves the state.
+    fn commit(
+        &mut self,
+        from: Address,
+        kind: TxKind,
+        data: Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        let (result, nonce) = self.execute(from, kind, data, true)?;
+        let tx_hash = keccak256(
+            [
+                self.block_number.to_be_bytes().as_slice(),
+                from.as_slice(),
+                nonce.to_be_bytes().as_slice(),
+            ]
+            .concat(),
+        );
+        if self.receipts.len() == RECEIPTS_KEPT {
+            self.receipts.pop_front();
+        }
+        self.receipts.push_back(Receipt {
+            tx_hash,
+            block_number: self.block_number,
+            gas_used: result.tx_gas_used(),
+            success: result.is_success(),
+        });
+        // A reverted transaction still happened (nonce, block): persist either way.
+        self.persist()?;
+        outcome(result, tx_hash, self.block_number)
+    }
+
     fn persist(&self) -> Result<(), ChainError> {
         let Some(path) = &self.path else {
             return Ok(());
@@ -240,6 +289,7 @@ impl EmbeddedState {
             clock_offset: self.clock_offset,
             wall_clock: self.wall_clock,
             cache: self.db.cache.clone(),
+            receipts: self.receipts.clone(),
         };
         let bytes = serde_json::to_vec(&snapshot).map_err(|e| state_error(e.to_string()))?;
         // Write-then-rename, so a crash mid-write leaves the previous state intact.
@@ -264,24 +314,59 @@ impl Chain for EmbeddedChain {
     ) -> Result<TxOutcome, ChainError> {
         self.with_state(move |state| {
             let kind = to.map_or(TxKind::Create, TxKind::Call);
-            let (result, nonce) = state.execute(from, kind, data, true)?;
-            // A reverted transaction still happened (nonce, block): persist either way.
-            state.persist()?;
-            let tx_hash = keccak256(
-                [
-                    state.block_number.to_be_bytes().as_slice(),
-                    from.as_slice(),
-                    nonce.to_be_bytes().as_slice(),
-                ]
-                .concat(),
-            );
-            outcome(result, tx_hash, state.block_number)
+            state.commit(from, kind, data)
         })
         .await
     }
 
-    async fn call(&self, from: Address, to: Address, data: Bytes) -> Result<Bytes, ChainError> {
+    async fn submit(&self, from: Address, to: Address, data: Bytes) -> Result<B256, ChainError> {
         self.with_state(move |state| {
+            // As a node's gas estimation does, a transaction that would revert is refused
+            // before it is mined.
+            let (dry_run, _) = state.execute(from, TxKind::Call(to), data.clone(), false)?;
+            outcome(dry_run, B256::ZERO, state.block_number)?;
+            state
+                .commit(from, TxKind::Call(to), data)
+                .map(|outcome| outcome.tx_hash)
+        })
+        .await
+    }
+
+    async fn transaction(&self, hash: B256) -> Result<TxStatus, ChainError> {
+        let state = self.lock()?;
+        Ok(state
+            .receipts
+            .iter()
+            .rev()
+            .find(|r| r.tx_hash == hash)
+            .map_or(TxStatus::Unknown, |r| {
+                TxStatus::Included(Inclusion {
+                    block_number: r.block_number,
+                    block_hash: block_hash(state.chain_id, r.block_number),
+                    gas_used: r.gas_used,
+                    success: r.success,
+                })
+            }))
+    }
+
+    async fn head(&self) -> Result<u64, ChainError> {
+        Ok(self.lock()?.block_number)
+    }
+
+    async fn call_at(
+        &self,
+        from: Address,
+        to: Address,
+        data: Bytes,
+        block: Option<u64>,
+    ) -> Result<Bytes, ChainError> {
+        self.with_state(move |state| {
+            if let Some(block) = block.filter(|b| *b != state.block_number) {
+                return Err(ChainError::Evm(format!(
+                    "the embedded chain keeps only its latest state (block {}), not block {block}",
+                    state.block_number
+                )));
+            }
             let (result, _) = state.execute(from, TxKind::Call(to), data, false)?;
             match result {
                 ExecutionResult::Success { output, .. } => Ok(output.into_data()),
@@ -335,6 +420,19 @@ fn outcome(
         ExecutionResult::Revert { output, .. } => Err(ChainError::Reverted { data: output }),
         ExecutionResult::Halt { reason, .. } => Err(ChainError::Halted(format!("{reason:?}"))),
     }
+}
+
+/// The embedded chain never reorganises: a block's hash is a function of the chain and its
+/// number.
+fn block_hash(chain_id: u64, number: u64) -> B256 {
+    keccak256(
+        [
+            b"gridshare-embedded-block".as_slice(),
+            chain_id.to_be_bytes().as_slice(),
+            number.to_be_bytes().as_slice(),
+        ]
+        .concat(),
+    )
 }
 
 fn unix_now() -> u64 {

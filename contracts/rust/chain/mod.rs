@@ -83,6 +83,31 @@ pub struct TxOutcome {
     pub logs: Vec<Log>,
 }
 
+/// Where a transaction stands, as the chain answers today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxStatus {
+    /// The node does not know it: never received, dropped from its pool, or reorganised away
+    /// without being re-added.
+    Unknown,
+    /// Known to the node, not yet in a block.
+    Pending,
+    /// In a block of the canonical chain.
+    Included(Inclusion),
+}
+
+/// A transaction's place in the canonical chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inclusion {
+    /// Block number.
+    pub block_number: u64,
+    /// Block hash: a reorganisation that replaces the block changes it.
+    pub block_hash: B256,
+    /// Gas used.
+    pub gas_used: u64,
+    /// Whether it succeeded (a transaction can be included and revert).
+    pub success: bool,
+}
+
 /// An EVM chain the contracts run on.
 pub trait Chain: Send + Sync {
     /// Sends a transaction from `from` (to `None`: a contract creation) and waits until it is
@@ -94,13 +119,41 @@ pub trait Chain: Send + Sync {
         data: Bytes,
     ) -> impl Future<Output = Result<TxOutcome, ChainError>> + Send;
 
-    /// Executes a read-only call against the latest state.
+    /// Hands a transaction to the chain and returns its hash without waiting for a block (the
+    /// embedded chain executes it at once). A transaction that would revert is refused with
+    /// its revert data, as gas estimation finds it.
+    fn submit(
+        &self,
+        from: Address,
+        to: Address,
+        data: Bytes,
+    ) -> impl Future<Output = Result<B256, ChainError>> + Send;
+
+    /// Where the transaction `hash` stands.
+    fn transaction(&self, hash: B256) -> impl Future<Output = Result<TxStatus, ChainError>> + Send;
+
+    /// The number of the latest block.
+    fn head(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
+
+    /// Executes a read-only call against the state after block `block` (`None`: the latest
+    /// block — never the pending one, which holds transactions that may still be dropped).
+    fn call_at(
+        &self,
+        from: Address,
+        to: Address,
+        data: Bytes,
+        block: Option<u64>,
+    ) -> impl Future<Output = Result<Bytes, ChainError>> + Send;
+
+    /// Executes a read-only call against the latest block's state.
     fn call(
         &self,
         from: Address,
         to: Address,
         data: Bytes,
-    ) -> impl Future<Output = Result<Bytes, ChainError>> + Send;
+    ) -> impl Future<Output = Result<Bytes, ChainError>> + Send {
+        self.call_at(from, to, data, None)
+    }
 
     /// Timestamp of the latest block, seconds.
     fn timestamp(&self) -> impl Future<Output = Result<u64, ChainError>> + Send;
@@ -135,9 +188,19 @@ pub trait ChainExt: Chain {
         to: Address,
         call: T,
     ) -> impl Future<Output = Result<T::Return, ChainError>> + Send {
+        self.view_at(to, call, None)
+    }
+
+    /// Calls a view function against the state after block `block` (`None`: the latest).
+    fn view_at<T: alloy::sol_types::SolCall + Send>(
+        &self,
+        to: Address,
+        call: T,
+        block: Option<u64>,
+    ) -> impl Future<Output = Result<T::Return, ChainError>> + Send {
         let data = Bytes::from(call.abi_encode());
         async move {
-            let out = self.call(Address::ZERO, to, data).await?;
+            let out = self.call_at(Address::ZERO, to, data, block).await?;
             T::abi_decode_returns(&out)
                 .map_err(|e| ChainError::Protocol(format!("cannot decode the return value: {e}")))
         }
@@ -157,13 +220,31 @@ impl<C: Chain> Chain for &C {
         (**self).send(from, to, data)
     }
 
-    fn call(
+    fn submit(
         &self,
         from: Address,
         to: Address,
         data: Bytes,
+    ) -> impl Future<Output = Result<B256, ChainError>> + Send {
+        (**self).submit(from, to, data)
+    }
+
+    fn transaction(&self, hash: B256) -> impl Future<Output = Result<TxStatus, ChainError>> + Send {
+        (**self).transaction(hash)
+    }
+
+    fn head(&self) -> impl Future<Output = Result<u64, ChainError>> + Send {
+        (**self).head()
+    }
+
+    fn call_at(
+        &self,
+        from: Address,
+        to: Address,
+        data: Bytes,
+        block: Option<u64>,
     ) -> impl Future<Output = Result<Bytes, ChainError>> + Send {
-        (**self).call(from, to, data)
+        (**self).call_at(from, to, data, block)
     }
 
     fn timestamp(&self) -> impl Future<Output = Result<u64, ChainError>> + Send {

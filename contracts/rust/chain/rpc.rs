@@ -1,8 +1,9 @@
 //! A chain reached over JSON-RPC through `alloy`: anvil in development and CI, any
 //! Osaka-capable chain or L2 in production (the P256VERIFY precompile must exist).
 
-use super::{Chain, ChainError, TxOutcome};
-use alloy::primitives::{Address, Bytes, TxKind, U256};
+use super::{Chain, ChainError, Inclusion, TxOutcome, TxStatus};
+use alloy::eips::BlockId;
+use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 use alloy::rpc::types::{TransactionInput, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
@@ -110,13 +111,15 @@ impl RpcChain {
     }
 }
 
-impl Chain for RpcChain {
-    async fn send(
+impl RpcChain {
+    /// Signs (or, for another account, hands unsigned) and broadcasts; the hash once the node
+    /// accepted it.
+    async fn broadcast(
         &self,
         from: Address,
         to: Option<Address>,
         data: Bytes,
-    ) -> Result<TxOutcome, ChainError> {
+    ) -> Result<B256, ChainError> {
         // The nonce is read from the node for every transaction: a cached nonce would be
         // consumed by a transaction that failed gas estimation (a revert) and never sent,
         // leaving a gap that stalls every later transaction from the account.
@@ -139,7 +142,19 @@ impl Chain for RpcChain {
         };
         // Gas estimation runs the transaction first, so a revert surfaces here with its data.
         let pending = provider.send_transaction(tx).await.map_err(map_error)?;
-        let receipt = self.wait_for_receipt(*pending.tx_hash()).await?;
+        Ok(*pending.tx_hash())
+    }
+}
+
+impl Chain for RpcChain {
+    async fn send(
+        &self,
+        from: Address,
+        to: Option<Address>,
+        data: Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        let hash = self.broadcast(from, to, data).await?;
+        let receipt = self.wait_for_receipt(hash).await?;
         if !receipt.status() {
             return Err(ChainError::Reverted { data: Bytes::new() });
         }
@@ -157,14 +172,61 @@ impl Chain for RpcChain {
         })
     }
 
-    async fn call(&self, from: Address, to: Address, data: Bytes) -> Result<Bytes, ChainError> {
+    async fn submit(&self, from: Address, to: Address, data: Bytes) -> Result<B256, ChainError> {
+        self.broadcast(from, Some(to), data).await
+    }
+
+    async fn transaction(&self, hash: B256) -> Result<TxStatus, ChainError> {
+        if let Some(receipt) = self
+            .node
+            .get_transaction_receipt(hash)
+            .await
+            .map_err(map_error)?
+        {
+            let (Some(block_number), Some(block_hash)) = (receipt.block_number, receipt.block_hash)
+            else {
+                return Ok(TxStatus::Pending);
+            };
+            return Ok(TxStatus::Included(Inclusion {
+                block_number,
+                block_hash,
+                gas_used: receipt.gas_used,
+                success: receipt.status(),
+            }));
+        }
+        let known = self
+            .node
+            .get_transaction_by_hash(hash)
+            .await
+            .map_err(map_error)?;
+        Ok(if known.is_some() {
+            TxStatus::Pending
+        } else {
+            TxStatus::Unknown
+        })
+    }
+
+    async fn head(&self) -> Result<u64, ChainError> {
+        self.node.get_block_number().await.map_err(map_error)
+    }
+
+    async fn call_at(
+        &self,
+        from: Address,
+        to: Address,
+        data: Bytes,
+        block: Option<u64>,
+    ) -> Result<Bytes, ChainError> {
         let tx = TransactionRequest {
             from: Some(from),
             to: Some(TxKind::Call(to)),
             input: TransactionInput::new(data),
             ..Default::default()
         };
-        self.node.call(tx).await.map_err(map_error)
+        // Always a mined block: without one, a node (anvil) answers from its pending block,
+        // which holds transactions that may never be mined.
+        let at = block.map_or_else(BlockId::latest, BlockId::number);
+        self.node.call(tx).block(at).await.map_err(map_error)
     }
 
     async fn timestamp(&self) -> Result<u64, ChainError> {

@@ -3,7 +3,6 @@
 
 mod gas;
 mod harness;
-mod outbox;
 mod readings;
 mod settlement;
 mod staking;

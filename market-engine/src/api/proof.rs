@@ -11,7 +11,6 @@ use axum::routing::get;
 use axum::{Json, Router};
 use gridshare_contracts::{MerkleTree, TradeLeaf};
 use serde_json::json;
-use sqlx::Row;
 
 use super::{ApiError, AppState, Authenticated};
 use crate::chain::{account_address, batch_of};
@@ -22,45 +21,14 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new().route("/api/v1/my/settlements/{slot}/proof", get(proof))
 }
 
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn db(e: sqlx::Error) -> ApiError {
-    ApiError::from(crate::store::StoreError::Database(e))
-}
-
 /// The slot as settled: ledger amounts, trades, and the digests of the readings its delivery
-/// check used.
+/// check used; `None` while it is not settled.
 async fn settled_slot(state: &AppState, slot: u64) -> Result<Option<SettledSlot>, ApiError> {
-    let pool = state.store.pool();
     let (status, _) = state.market.slot_status(slot).await?;
     if status != "settled" {
         return Ok(None);
     }
-    let balances = sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1 ORDER BY id")
-        .bind(i64_of(slot))
-        .fetch_all(pool)
-        .await
-        .map_err(db)?
-        .into_iter()
-        .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
-        .collect();
-    let reading_digests =
-        sqlx::query("SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest")
-            .bind(i64_of(slot))
-            .fetch_all(pool)
-            .await
-            .map_err(db)?
-            .into_iter()
-            .map(|r| r.get::<String, _>(0))
-            .collect();
-    Ok(Some(SettledSlot {
-        slot,
-        balances,
-        trades: state.market.trades(slot).await?,
-        reading_digests,
-    }))
+    Ok(Some(state.market.settled_slot(slot).await?))
 }
 
 /// The caller's trades in a settled slot with their Merkle proofs against the batch root.

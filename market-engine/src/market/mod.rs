@@ -213,6 +213,11 @@ pub struct Market {
     books: Mutex<Exchange>,
     live: broadcast::Sender<LiveEvent>,
     log: mpsc::Sender<LogJob>,
+    /// Whether settlement writes each slot's batch into the chain outbox (a chain is
+    /// configured).
+    queue_batches: std::sync::atomic::AtomicBool,
+    /// How long past its settlement time a slot waits for late readings, s.
+    late_readings_wait_s: std::sync::atomic::AtomicU32,
     /// Counters for `/metrics`.
     pub metrics: MarketMetrics,
 }
@@ -267,6 +272,8 @@ impl Market {
         let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
         tokio::spawn(log_writer(store.clone(), log_rx));
         let market = Self {
+            queue_batches: std::sync::atomic::AtomicBool::new(false),
+            late_readings_wait_s: std::sync::atomic::AtomicU32::new(0),
             versions: std::sync::RwLock::new(versions),
             metrics: MarketMetrics::default(),
             log,
@@ -699,6 +706,24 @@ impl Market {
             closed.push(slot);
         }
         Ok(closed)
+    }
+
+    /// From now on, settle each slot's batch into the chain outbox (in the settlement's own
+    /// transaction); the engine turns this on when a chain is configured.
+    pub fn queue_batches(&self) {
+        self.queue_batches.store(true, Ordering::Relaxed);
+    }
+
+    /// Lets settlement wait up to `seconds` past a slot's settlement time for a meter that
+    /// reported during the slot but not yet past its end (0, the default of a bare market:
+    /// never wait). The engine sets `[ingest] late_readings_wait_s`.
+    pub fn wait_for_late_readings(&self, seconds: u32) {
+        self.late_readings_wait_s.store(seconds, Ordering::Relaxed);
+    }
+
+    /// Whether settlement queues batches for the chain.
+    pub fn queues_batches(&self) -> bool {
+        self.queue_batches.load(Ordering::Relaxed)
     }
 
     /// How many slots have an open book (orders accepted, gate not yet closed).

@@ -1,7 +1,7 @@
 //! Settlement of delivered slots: delivery from the meters' signed counters, the ledger, and
 //! the settled slots the chain outbox sends.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use gridshare_core::market::settle_slot_disputed;
 
@@ -14,6 +14,24 @@ struct Measured {
     /// SHA-256 (hex) of the readings used, sorted, once each.
     digests: Vec<String>,
     disputes: Vec<Dispute>,
+    /// Each settled meter's new position and what it was settled for.
+    moved: Vec<Moved>,
+}
+
+/// A signed reading's counters, as settlement uses them.
+struct Position {
+    import_wh: u64,
+    export_wh: u64,
+    timestamp_ms: i64,
+    digest: String,
+}
+
+/// One meter settled in a slot: from which reading to which, and its account.
+struct Moved {
+    meter_id: String,
+    account: AccountId,
+    from: Position,
+    to: Position,
 }
 
 /// A meter whose delivery in a slot cannot be established.
@@ -62,6 +80,16 @@ impl Market {
             .map_err(|e| MarketError::Slot(e.to_string()))?;
         if terms.slot.settlement > now_s {
             return Ok(false);
+        }
+        let wait_s = i64::from(self.late_readings_wait_s.load(Ordering::Relaxed));
+        if now_s < terms.slot.settlement.saturating_add(wait_s) {
+            let late = self
+                .late_meters(pool, terms.slot.delivery_start, terms.slot.delivery_end)
+                .await?;
+            if late > 0 {
+                tracing::debug!(target: "market", slot, meters = late, "settlement waits for late readings");
+                return Ok(false);
+            }
         }
         let trades = load_trades(pool, slot).await?;
         let traders: BTreeSet<AccountId> =
@@ -123,6 +151,25 @@ impl Market {
                 .execute(&mut *tx)
                 .await?;
         }
+        if self.queues_batches() && amounts.iter().any(|&(_, amount)| amount != 0) {
+            // The batch goes into the outbox in the same transaction as the ledger: a slot is
+            // never settled without its batch, nor queued twice.
+            let settled = SettledSlot {
+                slot,
+                balances: amounts.clone(),
+                trades,
+                reading_digests: measured.digests.clone(),
+            };
+            let excluded = measured
+                .disputes
+                .iter()
+                .map(|d| d.meter_id.clone())
+                .collect();
+            queue_batch(&mut tx, &settled, terms.slot.delivery_start, &excluded).await?;
+        }
+        for m in &measured.moved {
+            record_position(&mut tx, slot, m).await?;
+        }
         for d in &measured.disputes {
             sqlx::query(
                 "INSERT INTO disputed_meters (slot, meter_id, account_id, reason) \
@@ -172,11 +219,37 @@ impl Market {
         Ok(done)
     }
 
-    /// Each approved meter's delivery over `[start_s, end_s]` from its signed counters, the
-    /// digests of the readings used, and the meters whose delivery cannot be established: a
-    /// counter that went backwards or is corrupt, or — for a meter whose account traded in the
-    /// slot — no reading bracketing it. A meter that did not trade and sent nothing has
-    /// nothing to settle.
+    /// Approved meters that sent a reading during `[start_s, end_s)` but none yet at or after
+    /// `end_s`: their readings across the slot's end are late, not missing.
+    async fn late_meters(
+        &self,
+        pool: &AnyPool,
+        start_s: i64,
+        end_s: i64,
+    ) -> Result<i64, MarketError> {
+        Ok(sqlx::query(
+            "SELECT CAST(COUNT(DISTINCT r.meter_id) AS BIGINT) FROM readings r \
+             JOIN meters m ON m.meter_id = r.meter_id AND m.approved_ms IS NOT NULL \
+             WHERE r.timestamp_ms >= $1 AND r.timestamp_ms < $2 \
+             AND NOT EXISTS (SELECT 1 FROM readings l WHERE l.meter_id = r.meter_id \
+                             AND l.timestamp_ms >= $2)",
+        )
+        .bind(start_s.saturating_mul(1000))
+        .bind(end_s.saturating_mul(1000))
+        .fetch_one(pool)
+        .await?
+        .get::<i64, _>(0))
+    }
+
+    /// Each approved meter's delivery in the slot ending at `end_s`, from its signed counters:
+    /// from where its previous settlement ended (its position; for its first settlement, its
+    /// latest reading at or before `start_s`) to its latest reading at or before `end_s`. A
+    /// reading that arrives after its slot was settled is thereby carried into the next
+    /// settlement, and over any run of slots a meter is settled for exactly its counters'
+    /// difference. Also the digests of the readings used, and the meters whose delivery cannot
+    /// be established: a counter that went backwards or is corrupt, or — for a meter whose
+    /// account traded in the slot — no reading bracketing it. A meter that did not trade and
+    /// sent nothing has nothing to settle.
     async fn deliveries(
         &self,
         pool: &AnyPool,
@@ -200,7 +273,8 @@ impl Market {
             };
             let at = |t: i64| {
                 sqlx::query(
-                    "SELECT import_wh, export_wh, digest FROM readings WHERE meter_id = $1 AND timestamp_ms <= $2 \
+                    "SELECT import_wh, export_wh, timestamp_ms, digest FROM readings \
+                     WHERE meter_id = $1 AND timestamp_ms <= $2 \
                      AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
                      ORDER BY timestamp_ms DESC LIMIT 1",
                 )
@@ -208,8 +282,20 @@ impl Market {
                 .bind(t.saturating_mul(1000))
                 .fetch_optional(pool)
             };
-            let (start, end) = match (at(start_s).await?, at(end_s).await?) {
-                (Some(start), Some(end)) => (start, end),
+            let settled_to = sqlx::query(
+                "SELECT import_wh, export_wh, timestamp_ms, digest FROM meter_positions \
+                 WHERE meter_id = $1",
+            )
+            .bind(meter.meter_id.clone())
+            .fetch_optional(pool)
+            .await?;
+            let first_settlement = settled_to.is_none();
+            let start = match settled_to {
+                Some(p) => Some(p),
+                None => at(start_s).await?,
+            };
+            let (start, end) = match (start, at(end_s).await?) {
+                (Some(start), Some(end)) => (position(&start), position(&end)),
                 (start, _) => {
                     if traders.contains(&account) {
                         let when = if start.is_none() { "start" } else { "end" };
@@ -218,29 +304,54 @@ impl Market {
                     continue;
                 }
             };
-            let counters = |r: &sqlx::any::AnyRow| -> Result<MeterCounters, String> {
-                let unsigned = |i: usize| -> Result<u64, String> {
-                    let v: i64 = r.try_get(i).map_err(|e| e.to_string())?;
-                    u64::try_from(v).map_err(|_| format!("stored counter {v} is negative"))
-                };
-                Ok(MeterCounters {
-                    import_wh: unsigned(0)?,
-                    export_wh: unsigned(1)?,
-                })
-            };
-            let (start_counters, mut end_counters) = match (counters(&start), counters(&end)) {
+            let (start, end) = match (start, end) {
                 (Ok(s), Ok(e)) => (s, e),
                 (Err(e), _) | (_, Err(e)) => {
                     dispute(e);
                     continue;
                 }
             };
-            // What a meter is credited or charged in one slot never exceeds what its approved
-            // capacity can move in the slot (with the ingest's margin), however its readings
-            // bracket the slot: a meter that was silent for hours cannot land them all here.
+            // Settled past this slot's end already (a later slot settled first): nothing left.
+            let end = if end.timestamp_ms < start.timestamp_ms {
+                Position {
+                    import_wh: start.import_wh,
+                    export_wh: start.export_wh,
+                    timestamp_ms: start.timestamp_ms,
+                    digest: start.digest.clone(),
+                }
+            } else {
+                end
+            };
+            if end.timestamp_ms == start.timestamp_ms
+                && !first_settlement
+                && !traders.contains(&account)
+            {
+                // Nothing new from a meter that did not trade: nothing to settle. (A meter's
+                // first settlement is recorded even so: it fixes where its counters start.)
+                continue;
+            }
+            let start_counters = MeterCounters {
+                import_wh: start.import_wh,
+                export_wh: start.export_wh,
+            };
+            let mut end_counters = MeterCounters {
+                import_wh: end.import_wh,
+                export_wh: end.export_wh,
+            };
+            // What a meter is credited or charged never exceeds what its approved capacity can
+            // move (with the ingest's margin) in the slot — or, once the meter has settled
+            // before, since the reading it last settled to, so that what arrived late is
+            // carried in full. A meter's first settlement cannot bring in hours of history.
             let slot_ms = u64::try_from(end_s.saturating_sub(start_s))
                 .unwrap_or(0)
                 .saturating_mul(1000);
+            let elapsed_ms =
+                u64::try_from(end.timestamp_ms.saturating_sub(start.timestamp_ms)).unwrap_or(0);
+            let span_ms = if first_settlement {
+                slot_ms
+            } else {
+                slot_ms.max(elapsed_ms)
+            };
             for (counter, start_wh, capacity_w, name) in [
                 (
                     &mut end_counters.export_wh,
@@ -255,7 +366,7 @@ impl Market {
                     "import",
                 ),
             ] {
-                let bound = energy_bound_wh(capacity_w, slot_ms);
+                let bound = energy_bound_wh(capacity_w, span_ms);
                 if counter.saturating_sub(start_wh) > bound {
                     self.metrics
                         .deliveries_capped
@@ -265,7 +376,7 @@ impl Market {
                         meter = %meter.meter_id,
                         measured_wh = counter.saturating_sub(start_wh),
                         bound_wh = bound,
-                        "{name} in one slot beyond the meter's approved capacity; settled at the bound"
+                        "{name} beyond the meter's approved capacity; settled at the bound"
                     );
                     *counter = start_wh + bound;
                 }
@@ -283,52 +394,80 @@ impl Market {
                 continue;
             }
             out.deliveries.push(delivery);
-            out.digests.push(start.get::<String, _>(2));
-            out.digests.push(end.get::<String, _>(2));
+            out.digests.push(start.digest.clone());
+            out.digests.push(end.digest.clone());
+            out.moved.push(Moved {
+                meter_id: meter.meter_id.clone(),
+                account,
+                from: start,
+                to: end,
+            });
         }
         out.digests.sort();
         out.digests.dedup();
         Ok(out)
     }
 
-    /// Settled slots not yet handed to the chain: each with its net amounts per account
-    /// (households by id; −1 the utility, −2 the grid operator), its trades and the digests of
-    /// the readings its delivery check used.
-    pub async fn unqueued_settlements(&self) -> Result<Vec<SettledSlot>, MarketError> {
+    /// Puts the settled slots that have no batch in the outbox yet — slots settled before the
+    /// chain was configured, or by an engine older than the outbox in its database — each in
+    /// a transaction of its own. Returns how many were queued.
+    pub async fn queue_unqueued(&self) -> Result<usize, MarketError> {
         let pool = self.store.pool();
         let slots = slot_list(
             pool,
             "SELECT slot FROM slots WHERE status = 'settled' \
-             AND slot NOT IN (SELECT slot FROM chain_batches) \
+             AND slot NOT IN (SELECT slot FROM settlement_batches) \
              AND slot IN (SELECT slot FROM ledger WHERE amount <> 0) ORDER BY slot",
         )
         .await?;
-        let mut out = Vec::new();
-        for slot in slots {
-            let balances =
-                sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1 ORDER BY id")
-                    .bind(i64_of(slot))
-                    .fetch_all(pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
-                    .collect();
-            let reading_digests =
-                sqlx::query("SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest")
-                    .bind(i64_of(slot))
-                    .fetch_all(pool)
-                    .await?
-                    .into_iter()
-                    .map(|r| r.get::<String, _>(0))
-                    .collect();
-            out.push(SettledSlot {
+        for &slot in &slots {
+            let settled = self.settled_slot(slot).await?;
+            let excluded = texts_of_slot(
+                pool,
+                "SELECT meter_id FROM disputed_meters WHERE slot = $1",
                 slot,
-                balances,
-                trades: load_trades(pool, slot).await?,
-                reading_digests,
-            });
+            )
+            .await?
+            .into_iter()
+            .collect();
+            let start = self
+                .community_for(slot)
+                .terms(slot)
+                .map_err(|e| MarketError::Slot(e.to_string()))?
+                .slot
+                .delivery_start;
+            let mut tx = self.store.begin().await?;
+            queue_batch(&mut tx, &settled, start, &excluded).await?;
+            tx.commit().await?;
         }
-        Ok(out)
+        Ok(slots.len())
+    }
+
+    /// A settled slot as it goes on chain, rebuilt from the ledger: its net amounts per account
+    /// (households by id; −1 the utility, −2 the grid operator), its trades and the digests of
+    /// the readings its delivery check used.
+    pub async fn settled_slot(&self, slot: u64) -> Result<SettledSlot, MarketError> {
+        let pool = self.store.pool();
+        let balances =
+            sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1 ORDER BY id")
+                .bind(i64_of(slot))
+                .fetch_all(pool)
+                .await?
+                .into_iter()
+                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+                .collect();
+        let reading_digests = texts_of_slot(
+            pool,
+            "SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest",
+            slot,
+        )
+        .await?;
+        Ok(SettledSlot {
+            slot,
+            balances,
+            trades: load_trades(pool, slot).await?,
+            reading_digests,
+        })
     }
 
     /// Settled slots after `after`, oldest first: `(slot, accounts in the batch, total
@@ -343,7 +482,7 @@ impl Market {
              CAST(COALESCE(SUM(CASE WHEN l.amount < 0 THEN -l.amount ELSE 0 END), 0) AS BIGINT), \
              MAX(c.queued_ms) \
              FROM slots s LEFT JOIN ledger l ON l.slot = s.slot \
-             LEFT JOIN chain_batches c ON c.slot = s.slot \
+             LEFT JOIN settlement_batches c ON c.slot = s.slot \
              WHERE s.status = 'settled' AND s.slot > $1 GROUP BY s.slot ORDER BY s.slot LIMIT $2",
         )
         .bind(i64_of(after))
@@ -355,14 +494,100 @@ impl Market {
             .map(|r| (u64_of(r.get(0)), r.get(1), r.get(2), r.get(3)))
             .collect())
     }
+}
 
-    /// Records that a settled slot is in the settlement outbox.
-    pub async fn mark_queued(&self, slot: u64, now_ms: u64) -> Result<(), MarketError> {
-        sqlx::query("INSERT INTO chain_batches (slot, queued_ms) VALUES ($1, $2) ON CONFLICT (slot) DO NOTHING")
-            .bind(i64_of(slot))
-            .bind(i64_of(now_ms))
-            .execute(self.store.pool())
-            .await?;
-        Ok(())
-    }
+/// The text column of a query over one slot's rows.
+async fn texts_of_slot(
+    pool: &AnyPool,
+    query: &'static str,
+    slot: u64,
+) -> Result<Vec<String>, MarketError> {
+    Ok(sqlx::query(query)
+        .bind(i64_of(slot))
+        .fetch_all(pool)
+        .await?
+        .into_iter()
+        .map(|r| r.get::<String, _>(0))
+        .collect())
+}
+
+/// A stored reading's counters (`import_wh, export_wh, timestamp_ms, digest`).
+fn position(r: &sqlx::any::AnyRow) -> Result<Position, String> {
+    let unsigned = |i: usize| -> Result<u64, String> {
+        let v: i64 = r.try_get(i).map_err(|e| e.to_string())?;
+        u64::try_from(v).map_err(|_| format!("stored counter {v} is negative"))
+    };
+    Ok(Position {
+        import_wh: unsigned(0)?,
+        export_wh: unsigned(1)?,
+        timestamp_ms: r.try_get(2).map_err(|e| e.to_string())?,
+        digest: r.try_get(3).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Moves a meter's position to the reading its slot was settled to, and records what the
+/// slot settled for it, in the settlement's transaction.
+async fn record_position(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    slot: u64,
+    m: &Moved,
+) -> Result<(), MarketError> {
+    let wh =
+        |v: u64| i64::try_from(v).map_err(|_| MarketError::OutOfRange(format!("counter {v} Wh")));
+    sqlx::query(
+        "INSERT INTO meter_positions (meter_id, import_wh, export_wh, timestamp_ms, digest, slot) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (meter_id) DO UPDATE SET \
+         import_wh = excluded.import_wh, export_wh = excluded.export_wh, \
+         timestamp_ms = excluded.timestamp_ms, digest = excluded.digest, slot = excluded.slot",
+    )
+    .bind(m.meter_id.as_str())
+    .bind(wh(m.to.import_wh)?)
+    .bind(wh(m.to.export_wh)?)
+    .bind(m.to.timestamp_ms)
+    .bind(m.to.digest.as_str())
+    .bind(i64_of(slot))
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO slot_deliveries (slot, meter_id, account_id, import_wh, export_wh, from_ms, to_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(i64_of(slot))
+    .bind(m.meter_id.as_str())
+    .bind(i64::from(m.account.0))
+    .bind(wh(m.to.import_wh.saturating_sub(m.from.import_wh))?)
+    .bind(wh(m.to.export_wh.saturating_sub(m.from.export_wh))?)
+    .bind(m.from.timestamp_ms)
+    .bind(m.to.timestamp_ms)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Writes a settled slot's batch — its net amounts, the Merkle root of its trades and readings,
+/// and its sales between meters (`excluded`: meters whose delivery is disputed earn no sale) —
+/// into the settlement outbox, in the caller's transaction.
+async fn queue_batch(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    settled: &SettledSlot,
+    delivery_start_s: i64,
+    excluded: &BTreeSet<String>,
+) -> Result<(), MarketError> {
+    let slot = settled.slot;
+    let batch = crate::chain::batch_of(settled).map_err(MarketError::Slot)?;
+    let meters: HashMap<u64, String> = sqlx::query(
+        "SELECT order_id, meter_id FROM order_events WHERE slot = $1 AND kind = 'submit'",
+    )
+    .bind(i64_of(slot))
+    .fetch_all(&mut **tx)
+    .await?
+    .into_iter()
+    .map(|r| (u64_of(r.get(0)), r.get::<String, _>(1)))
+    .collect();
+    let delivered_at_ms = u64::try_from(delivery_start_s)
+        .unwrap_or_default()
+        .saturating_mul(1000);
+    let sales = crate::chain::sales_of(settled, delivered_at_ms, &meters, excluded);
+    crate::chain::outbox::insert(tx, &batch, &sales, crate::pipeline::now_ms()).await?;
+    Ok(())
 }

@@ -20,6 +20,7 @@ mod ingest;
 mod market;
 mod meters;
 mod money;
+mod outbox;
 mod privacy;
 mod roi;
 mod web;

@@ -576,18 +576,38 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         assert_eq!(operator, i64::try_from(t.amounts.fees).unwrap());
         let _ = (UTILITY, GRID_OPERATOR);
 
-        // On chain: the settled slot becomes one batch through the settlement outbox, on the
-        // embedded chain and (where this machine has one) on anvil.
-        let settled = market.unqueued_settlements().await.unwrap();
-        assert_eq!(settled.len(), 1);
-        let batch = market_engine::chain::batch_of(&settled[0]).unwrap();
-        let (settlers, _anvil) = settlers(dir.path(), &url, &settled[0]).await;
-        let settlers: Vec<_> = settlers.into_iter().map(Arc::new).collect();
-        for settler in &settlers {
-            settler.enqueue(&settled[0]).await.unwrap();
-            settler.enqueue(&settled[0]).await.unwrap(); // idempotent
-            assert_eq!(settler.flush().await.unwrap(), 1);
-            assert_eq!(settler.flush().await.unwrap(), 0, "never sent twice");
+        // An engine without a chain queues nothing: the slot is settled in the ledger only.
+        let (s, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
+        assert_eq!(s, StatusCode::OK);
+        let entry = &listed["settlements"][0];
+        assert_eq!(entry["slot"], slot, "{listed}");
+        assert!(entry["queued_for_chain_ms"].is_null(), "{listed}");
+        assert_eq!(
+            entry["total_debits"], -b,
+            "bob's debit is the slot's only one"
+        );
+        assert!(entry["chain"].is_null(), "an engine without a chain");
+
+        // On chain: the settled slot becomes one batch in the settlement outbox (the engine's
+        // own database), sent to the embedded chain and (where this machine has one) to anvil.
+        let settled = market.settled_slot(slot).await.unwrap();
+        let batch = market_engine::chain::batch_of(&settled).unwrap();
+        let (settlers, _anvil) = settlers(dir.path(), &url, &store, &settled).await;
+        for settler in settlers {
+            // Each chain starts from a fresh outbox.
+            sqlx::query("DELETE FROM settlement_batches")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            assert_eq!(market.queue_unqueued().await.unwrap(), 1);
+            assert_eq!(market.queue_unqueued().await.unwrap(), 0, "queued once");
+            let now = market_engine::pipeline::now_ms();
+            crate::outbox::confirm(&settler, now, 1).await;
+            assert_eq!(
+                settler.step(now).await.unwrap(),
+                Default::default(),
+                "never sent twice"
+            );
             assert_eq!(settler.settled_root(slot).await.unwrap(), Some(batch.root));
             let alice_id = ledger_account(&store, &rows, a).await;
             let on_chain = settler.balance(alice_id).await.unwrap();
@@ -596,26 +616,23 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 alloy::primitives::U256::from(u64::try_from(a).unwrap()),
                 "alice's credit on chain"
             );
-        }
-        market.mark_queued(slot, 0).await.unwrap();
-        assert!(market.unqueued_settlements().await.unwrap().is_empty());
-        let (s, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
-        assert_eq!(s, StatusCode::OK);
-        let entry = &listed["settlements"][0];
-        assert_eq!(entry["slot"], slot, "{listed}");
-        assert_eq!(entry["queued_for_chain_ms"], 0);
-        assert_eq!(
-            entry["total_debits"], -b,
-            "bob's debit is the slot's only one"
-        );
-        assert!(entry["chain"].is_null(), "an engine without a chain");
-        // Issue 11, item 10: where the batch stands on chain, at a glance.
-        for settler in settlers {
-            let app = api_with_settler(&store, &market, &KeyRegistry::default(), Some(settler));
+            // Issue 11, item 10: where the batch stands on chain, at a glance.
+            let app = api_with_settler(
+                &store,
+                &market,
+                &KeyRegistry::default(),
+                Some(Arc::new(settler)),
+            );
             let (_, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
-            let chain = &listed["settlements"][0]["chain"];
+            let entry = &listed["settlements"][0];
+            assert!(
+                entry["queued_for_chain_ms"].as_u64().is_some_and(|t| t > 0),
+                "{listed}"
+            );
+            let chain = &entry["chain"];
             assert_eq!(chain["status"], "confirmed", "{listed}");
             assert_eq!(chain["root"], batch.root.to_string(), "{listed}");
+            assert_eq!(chain["attempts"], 1, "{listed}");
             assert!(chain["block"].as_u64().is_some_and(|b| b > 0), "{listed}");
             assert!(
                 chain["gas_used"].as_u64().is_some_and(|g| g > 21_000),
@@ -900,15 +917,12 @@ async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64)
 async fn settlers(
     dir: &std::path::Path,
     db: &str,
+    store: &Store,
     settled: &market_engine::market::SettledSlot,
 ) -> (
     Vec<market_engine::chain::ChainSettler>,
     Option<gridshare_testbed::anvil::Anvil>,
 ) {
-    use alloy::primitives::U256;
-    use gridshare_contracts::bindings::{GridToken, Settlement};
-    use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
-    use gridshare_contracts::deploy::{Deployment, StakingParams};
     use market_engine::chain::{ChainConfig, ChainSettler, account_address};
 
     let tag = if db.starts_with("sqlite") {
@@ -919,64 +933,32 @@ async fn settlers(
     let embedded = ChainConfig {
         backend: "embedded".into(),
         state_file: dir.join(format!("chain-{tag}.json")),
-        outbox_file: dir.join(format!("outbox-embedded-{tag}.sqlite")),
         ..ChainConfig::default()
     };
-    let mut out = vec![ChainSettler::open(&embedded).await.unwrap().unwrap()];
+    let mut out = vec![
+        ChainSettler::open(&embedded, store.clone())
+            .await
+            .unwrap()
+            .unwrap(),
+    ];
     let node = gridshare_testbed::anvil::Anvil::start();
     if let Some(url) = node.as_ref().map(|n| n.url.clone()) {
-        // anvil's first development account.
-        let key = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
-        let signer: alloy::signers::local::PrivateKeySigner = key.parse().unwrap();
-        let operator = signer.address();
-        let chain = RpcChain::connect(&url, Some(signer)).unwrap();
-        let now = chain.timestamp().await.unwrap();
-        let supply = U256::from(10u64).pow(U256::from(30u64));
-        let d = Deployment::deploy(
-            &chain,
-            operator,
-            operator,
-            None,
-            supply,
-            &StakingParams::daily(now),
-        )
-        .await
-        .unwrap();
-        chain
-            .transact(
-                operator,
-                d.payment_token,
-                GridToken::approveCall {
-                    spender: d.settlement,
-                    value: U256::MAX,
-                },
-            )
-            .await
-            .unwrap();
+        let (chain, d, treasury) = crate::outbox::deploy(&url).await;
         for (account, amount) in &settled.balances {
             if *amount < 0 {
-                chain
-                    .transact(
-                        operator,
-                        d.settlement,
-                        Settlement::depositForCall {
-                            account: account_address(*account),
-                            amount: U256::from(amount.unsigned_abs()),
-                        },
-                    )
-                    .await
-                    .unwrap();
+                let amount = amount.unsigned_abs();
+                crate::outbox::deposit(&chain, &d, treasury, account_address(*account), amount)
+                    .await;
             }
         }
         let rpc = ChainConfig {
             backend: "rpc".into(),
             rpc_url: url,
             settlement_address: d.settlement.to_string(),
-            outbox_file: dir.join(format!("outbox-rpc-{tag}.sqlite")),
             ..ChainConfig::default()
         };
         out.push(
-            ChainSettler::open_with_key(&rpc, Some(key.into()))
+            ChainSettler::open_with_key(&rpc, store.clone(), Some(crate::outbox::ANVIL_KEY.into()))
                 .await
                 .unwrap()
                 .unwrap(),

@@ -8,6 +8,7 @@ use gridshare_core::reading::{MeterKey, SignedReading};
 use market_engine::ingest::{Checker, KeyRegistry, Rejection};
 use market_engine::market::Market;
 use market_engine::store::Stored;
+use proptest::prelude::*;
 use ring::rand::SystemRandom;
 use serde_json::json;
 use std::collections::HashMap;
@@ -180,8 +181,9 @@ async fn a_self_registered_meter_cannot_mint_money() {
     }
 }
 
-/// What a meter is credited in one slot never exceeds capacity × slot length (with the
-/// margin), even when its readings bracket the slot from hours apart.
+/// What a meter is credited in its first settled slot never exceeds capacity × slot length
+/// (with the margin), even when its readings bracket the slot from hours apart. (Later slots
+/// carry what arrived late, up to capacity × the time since the reading last settled.)
 #[tokio::test]
 async fn a_slot_settles_at_most_what_the_capacity_allows() {
     let dir = tempfile::tempdir().unwrap();
@@ -396,10 +398,14 @@ async fn slots_without_orders_are_settled_and_empty_ones_produce_nothing() {
         // 400 Wh imported with no trade: bought from the utility at retail.
         let cost = i64::try_from(400 * terms.band.retail_per_kwh / 1000).unwrap();
         assert_eq!(market.funds(id).await.balance, -cost, "{url}");
-        let batches = market.unqueued_settlements().await.unwrap();
+        assert_eq!(market.queue_unqueued().await.unwrap(), 1, "{url}");
+        let queued: Vec<i64> = sqlx::query_scalar("SELECT slot FROM settlement_batches")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
         assert_eq!(
-            batches.iter().map(|b| b.slot).collect::<Vec<_>>(),
-            vec![slot],
+            queued,
+            vec![i64::try_from(slot).unwrap()],
             "{url}: the empty slot sends no batch"
         );
         assert_eq!(market.slot_status(slot + 1).await.unwrap().0, "settled");
@@ -590,5 +596,160 @@ async fn meter_registration_refuses_bad_keys_reuse_squatting_and_floods() {
             body["error"].as_str().unwrap().contains("10 meters"),
             "{body}"
         );
+    }
+}
+
+/// Issue 11, item 4 and the outage property: with readings arriving late by random numbers of
+/// slots (a broker or network outage, an agent's outbox flushed later), settled with or
+/// without waiting for late readings, every slot with metered energy is settled once, each
+/// slot's money sums to zero, and over the run each meter is settled for exactly the
+/// difference of its counters. Before, a slot took each meter's latest reading at or before
+/// its end however old it was, and readings that arrived after their slot was settled fell
+/// into no slot.
+#[derive(Debug, Clone)]
+struct Outage {
+    /// Per meter and reading: counter increments (import, export), Wh.
+    steps: Vec<Vec<(u64, u64)>>,
+    /// Per meter and reading: how many slots after its own it arrives.
+    delays: Vec<Vec<usize>>,
+    /// Whether settlement waits for late readings (`late_readings_wait_s`).
+    wait: bool,
+}
+
+/// Readings per slot in [`outage_run`]; slots settled; meters.
+const PER_SLOT: usize = 3;
+const SLOTS: usize = 5;
+const METERS: usize = 2;
+
+fn outage() -> impl Strategy<Value = Outage> {
+    let readings = PER_SLOT * SLOTS + 1;
+    (
+        prop::collection::vec(
+            prop::collection::vec((0u64..300, 0u64..300), readings),
+            METERS,
+        ),
+        prop::collection::vec(
+            prop::collection::vec(prop_oneof![4 => Just(0usize), 1 => 1usize..4], readings),
+            METERS,
+        ),
+        any::<bool>(),
+    )
+        .prop_map(|(steps, delays, wait)| Outage {
+            steps,
+            delays,
+            wait,
+        })
+}
+
+async fn outage_run(case: Outage) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
+    let crate::Fixture {
+        store,
+        market,
+        keys,
+        app,
+    } = crate::Fixture::open(&url).await;
+    if case.wait {
+        market.wait_for_late_readings(120);
+    }
+    let community = market.community();
+    let first = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
+    let terms: Vec<SlotTerms> = (0..=SLOTS as u64)
+        .map(|i| community.terms(first + i).unwrap())
+        .collect();
+    let slot_s = terms[0].slot.delivery_end - terms[0].slot.delivery_start;
+    let every_s = slot_s / i64::try_from(PER_SLOT).unwrap();
+    // Each meter's readings: (slot index it arrives before settling, reading).
+    let mut pending: Vec<(usize, SignedReading)> = Vec::new();
+    let mut totals = Vec::new();
+    for m in 0..METERS {
+        let (_, _, key, meter) = home_with_meter(&app, &store, &keys, &format!("outage{m}")).await;
+        let (mut import, mut export) = (1_000u64, 2_000u64);
+        for (i, &(di, de)) in case.steps[m].iter().enumerate() {
+            if i > 0 {
+                import += di;
+                export += de;
+            }
+            let ts = terms[0].slot.delivery_start + every_s * i64::try_from(i).unwrap();
+            let arrives = (i / PER_SLOT + case.delays[m][i]).min(SLOTS);
+            // The first reading is the meter's baseline: it arrives on time.
+            let arrives = if i == 0 { 0 } else { arrives };
+            pending.push((
+                arrives,
+                signed(&key, &meter, i as u64 + 1, ts, import, export),
+            ));
+        }
+        totals.push((meter, import - 1_000, export - 2_000));
+    }
+    for (k, t) in terms.iter().enumerate() {
+        let due: Vec<_> = pending
+            .iter()
+            .filter(|(arrives, _)| *arrives == k)
+            .map(|(_, r)| check(&keys, r).unwrap())
+            .collect();
+        store
+            .store_readings(&due, 0, &mut HashMap::new())
+            .await
+            .unwrap();
+        market.close_quiet_slots(t.slot.gate_closure).await.unwrap();
+        market.settle_due(t.slot.settlement).await.unwrap();
+        market.settle_due(t.slot.settlement + 121).await.unwrap();
+    }
+    for (k, _) in terms.iter().enumerate() {
+        assert_eq!(
+            market.slot_status(first + k as u64).await.unwrap().0,
+            "settled",
+            "slot {k} of {case:?}"
+        );
+    }
+    let sums: Vec<(i64, i64)> =
+        sqlx::query_as("SELECT slot, CAST(SUM(amount) AS BIGINT) FROM ledger GROUP BY slot")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    assert!(
+        sums.iter().all(|(_, sum)| *sum == 0),
+        "money conserved: {sums:?}"
+    );
+    let twice: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT slot, account_id FROM ledger \
+         GROUP BY slot, account_id HAVING COUNT(*) > 1) AS t",
+    )
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(twice, 0, "no account settled twice in a slot");
+    for (meter, import, export) in totals {
+        let settled: (i64, i64) = sqlx::query_as(
+            "SELECT CAST(COALESCE(SUM(import_wh), 0) AS BIGINT), \
+             CAST(COALESCE(SUM(export_wh), 0) AS BIGINT) FROM slot_deliveries WHERE meter_id = $1",
+        )
+        .bind(&meter)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            settled,
+            (
+                i64::try_from(import).unwrap(),
+                i64::try_from(export).unwrap()
+            ),
+            "{meter}: settled energy = its counters' difference in {case:?}"
+        );
+    }
+    store.close().await;
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_meter_is_settled_for_exactly_its_counters_across_outages(case in outage()) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(outage_run(case));
     }
 }

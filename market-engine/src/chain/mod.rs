@@ -1,7 +1,8 @@
 //! Settlement on an EVM chain: each settled slot becomes one batch — net token amounts per
-//! account that sum to zero, and the Merkle root of the slot's trades and readings — written
-//! to the settlement outbox before it is sent, retried until a receipt confirms it, never sent
-//! twice (the slot index is the batch id).
+//! account that sum to zero, the Merkle root of the slot's trades and readings, and its local
+//! sales for the sellers' meter rewards — written to the settlement outbox ([`outbox`], in the
+//! engine's own database, in the slot's settlement transaction) and driven from there to a
+//! confirmation `confirmations` blocks deep, never sent twice (the slot index is the batch id).
 //!
 //! Two backends behind one interface (`gridshare-contracts`): the embedded chain (the same
 //! contracts executed in-process by revm, state in a file — the zero-setup default) and any
@@ -12,20 +13,22 @@
 //! treasury deposits for an account whose batch debit its balance would not cover, so the demo
 //! settles without wallets; on a real chain households deposit the payment token themselves.
 
-use std::path::{Path, PathBuf};
+pub mod outbox;
+
+use std::path::PathBuf;
 
 use alloy::primitives::{Address, B256, U256, keccak256};
-use gridshare_contracts::batch::{MerkleTree, NetDelta, SettlementBatch, TradeLeaf};
+use gridshare_contracts::batch::{
+    MerkleTree, NetDelta, SaleCredit, SettlementBatch, SlotSales, TradeLeaf,
+};
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt, EmbeddedChain, RpcChain};
 use gridshare_contracts::deploy::{Deployment, StakingParams};
-use gridshare_contracts::outbox::{OutboxEntry, OutboxStatus, RetryPolicy, SettlementOutbox};
 use gridshare_contracts::settlement::{ChainSettlement, SettlementBackend};
 use serde::{Deserialize, Serialize};
-use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use crate::market::SettledSlot;
-
+use crate::store::Store;
 /// The `[chain]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -40,8 +43,13 @@ pub struct ChainConfig {
     pub settlement_address: String,
     /// RPC: environment variable holding the operator's private key (hex).
     pub operator_key_env: String,
-    /// The settlement outbox (SQLite file).
-    pub outbox_file: PathBuf,
+    /// RPC: blocks on top of (and including) a batch's block before it counts as confirmed;
+    /// 1 is "in a block". Pick the depth the chain's reorganisations never reach (or its
+    /// finality). The embedded chain never reorganises: 1 there.
+    pub confirmations: u64,
+    /// No longer used: the settlement outbox lives in the engine's database. Accepted so
+    /// that older config files still load; a warning says it is ignored.
+    pub outbox_file: Option<PathBuf>,
     /// Embedded: what the treasury deposits for an account that needs it, token units.
     pub demo_deposit: u64,
 }
@@ -54,7 +62,8 @@ impl Default for ChainConfig {
             rpc_url: String::new(),
             settlement_address: String::new(),
             operator_key_env: "GRIDSHARE_OPERATOR_KEY".into(),
-            outbox_file: "gridshare-settlement-outbox.sqlite".into(),
+            confirmations: 1,
+            outbox_file: None,
             demo_deposit: 1_000_000_000,
         }
     }
@@ -80,45 +89,40 @@ struct DeploymentRecord {
 
 enum Backend {
     Embedded {
-        outbox: SettlementOutbox<ChainSettlement<EmbeddedChain>>,
-        settlement: Address,
+        settlement: ChainSettlement<EmbeddedChain>,
         demo_deposit: u64,
     },
-    Rpc(SettlementOutbox<ChainSettlement<RpcChain>>),
+    Rpc(ChainSettlement<RpcChain>),
 }
 
-/// Hands settled slots to the chain through the outbox.
+/// Drives the settlement outbox in the engine's database to the chain.
 pub struct ChainSettler {
     backend: Backend,
-}
-
-async fn outbox_pool(path: &Path) -> Result<sqlx::SqlitePool, String> {
-    let options = SqliteConnectOptions::new()
-        .filename(path)
-        .create_if_missing(true)
-        .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-        .synchronous(sqlx::sqlite::SqliteSynchronous::Full);
-    SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options)
-        .await
-        .map_err(|e| format!("settlement outbox {}: {e}", path.display()))
+    store: Store,
+    confirmations: u64,
 }
 
 impl ChainSettler {
     /// Opens the configured backend; `None` for `backend = "none"`. The embedded chain is
     /// deployed on first use and its addresses kept next to its state file. The RPC backend's
     /// operator key comes from the environment variable the config names.
-    pub async fn open(config: &ChainConfig) -> Result<Option<Self>, String> {
-        Self::open_with_key(config, std::env::var(&config.operator_key_env).ok()).await
+    pub async fn open(config: &ChainConfig, store: Store) -> Result<Option<Self>, String> {
+        Self::open_with_key(config, store, std::env::var(&config.operator_key_env).ok()).await
     }
 
     /// As [`ChainSettler::open`], with the RPC operator key given directly.
     pub async fn open_with_key(
         config: &ChainConfig,
+        store: Store,
         operator_key: Option<String>,
     ) -> Result<Option<Self>, String> {
-        let retry = RetryPolicy::default();
+        if let Some(file) = &config.outbox_file {
+            tracing::warn!(target: "chain", file = %file.display(), "chain.outbox_file is no longer used: the settlement outbox lives in the engine's database (batches already on chain are recognised by their root)");
+        }
+        if config.confirmations == 0 {
+            return Err("chain.confirmations: must be at least 1 (1 = in a block)".into());
+        }
+        let mut confirmations = config.confirmations;
         let backend = match config.backend.as_str() {
             "none" => return Ok(None),
             "embedded" => {
@@ -165,13 +169,10 @@ impl ChainSettler {
                         record
                     }
                 };
-                let pool = outbox_pool(&config.outbox_file).await?;
-                let backend = ChainSettlement::new(chain, record.settlement, EMBEDDED_OPERATOR);
+                // One block per transaction and no reorganisations: in a block is final.
+                confirmations = 1;
                 Backend::Embedded {
-                    outbox: SettlementOutbox::open(pool, backend, retry)
-                        .await
-                        .map_err(|e| e.to_string())?,
-                    settlement: record.settlement,
+                    settlement: ChainSettlement::new(chain, record.settlement, EMBEDDED_OPERATOR),
                     demo_deposit: config.demo_deposit,
                 }
             }
@@ -193,16 +194,7 @@ impl ChainSettler {
                     .settlement_address
                     .parse()
                     .map_err(|e| format!("chain.settlement_address: {e}"))?;
-                let pool = outbox_pool(&config.outbox_file).await?;
-                Backend::Rpc(
-                    SettlementOutbox::open(
-                        pool,
-                        ChainSettlement::new(chain, settlement, operator),
-                        retry,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?,
-                )
+                Backend::Rpc(ChainSettlement::new(chain, settlement, operator))
             }
             other => {
                 return Err(format!(
@@ -210,82 +202,77 @@ impl ChainSettler {
                 ));
             }
         };
-        Ok(Some(Self { backend }))
+        Ok(Some(Self {
+            backend,
+            store,
+            confirmations,
+        }))
     }
 
-    /// Writes a settled slot's batch into the outbox (idempotent).
-    pub async fn enqueue(&self, settled: &SettledSlot) -> Result<(), String> {
-        let batch = batch_of(settled)?;
+    /// Drives the outbox one step (see [`outbox`]): checks every open batch against the
+    /// chain, in slot order, and sends the next one once those before it are confirmed.
+    pub async fn step(&self, now_ms: u64) -> Result<outbox::Progress, String> {
         match &self.backend {
             Backend::Embedded {
-                outbox,
                 settlement,
                 demo_deposit,
             } => {
-                // Development chain: back every debit from the treasury.
-                for delta in batch.deltas.iter().filter(|d| d.amount < 0) {
-                    let balance = outbox
-                        .backend()
-                        .balance(delta.account)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    let need = U256::from(delta.amount.unsigned_abs());
-                    if balance < need {
-                        let amount = need.max(U256::from(*demo_deposit));
-                        outbox
-                            .backend()
-                            .chain()
-                            .transact(
-                                EMBEDDED_OPERATOR,
-                                *settlement,
-                                Settlement::depositForCall {
-                                    account: delta.account,
-                                    amount,
-                                },
-                            )
-                            .await
-                            .map_err(|e| format!("demo deposit for {}: {e}", delta.account))?;
-                    }
-                }
-                outbox.enqueue(&batch).await.map_err(|e| e.to_string())
+                self.demo_deposits(settlement, *demo_deposit).await?;
+                outbox::step(&self.store, settlement, self.confirmations, now_ms).await
             }
-            Backend::Rpc(outbox) => outbox.enqueue(&batch).await.map_err(|e| e.to_string()),
+            Backend::Rpc(settlement) => {
+                outbox::step(&self.store, settlement, self.confirmations, now_ms).await
+            }
         }
     }
 
-    /// Sends what is pending, in order, until confirmed or the retry policy gives up (the
-    /// rest stays pending for the next call). Returns how many batches were confirmed.
-    pub async fn flush(&self) -> Result<usize, String> {
-        match &self.backend {
-            Backend::Embedded { outbox, .. } => outbox.flush().await.map_err(|e| e.to_string()),
-            Backend::Rpc(outbox) => outbox.flush().await.map_err(|e| e.to_string()),
+    /// Development chain: the treasury backs every debit of the open batches that the
+    /// account's balance would not cover.
+    async fn demo_deposits(
+        &self,
+        settlement: &ChainSettlement<EmbeddedChain>,
+        demo_deposit: u64,
+    ) -> Result<(), String> {
+        for record in outbox::open_batches(&self.store)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            for delta in record.batch.deltas.iter().filter(|d| d.amount < 0) {
+                let balance = settlement
+                    .balance(delta.account)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let need = U256::from(delta.amount.unsigned_abs());
+                if balance < need {
+                    let amount = need.max(U256::from(demo_deposit));
+                    settlement
+                        .chain()
+                        .transact(
+                            EMBEDDED_OPERATOR,
+                            settlement.address(),
+                            Settlement::depositForCall {
+                                account: delta.account,
+                                amount,
+                            },
+                        )
+                        .await
+                        .map_err(|e| format!("demo deposit for {}: {e}", delta.account))?;
+                }
+            }
         }
+        Ok(())
     }
 
-    /// How many batches wait in the outbox for their confirmation.
-    pub async fn pending(&self) -> Result<usize, String> {
-        match &self.backend {
-            Backend::Embedded { outbox, .. } => outbox.pending().await.map(|p| p.len()),
-            Backend::Rpc(outbox) => outbox.pending().await.map(|p| p.len()),
-        }
-        .map_err(|e| e.to_string())
+    /// Blocks a batch must be deep before it counts as confirmed.
+    pub fn confirmations(&self) -> u64 {
+        self.confirmations
     }
 
-    /// Where a slot's batch stands in the settlement outbox (pending, confirmed or rejected,
-    /// with its transaction, block and gas once confirmed); `None` if it was never queued.
-    pub async fn batch(&self, slot: u64) -> Result<Option<OutboxEntry>, String> {
-        match &self.backend {
-            Backend::Embedded { outbox, .. } => outbox.entry(slot).await,
-            Backend::Rpc(outbox) => outbox.entry(slot).await,
-        }
-        .map_err(|e| e.to_string())
-    }
-
-    /// The batch root recorded on chain for a slot, once settled there.
+    /// The batch root recorded on chain for a slot (latest block), once settled there.
     pub async fn settled_root(&self, slot: u64) -> Result<Option<B256>, String> {
         match &self.backend {
-            Backend::Embedded { outbox, .. } => outbox.backend().batch_root(slot).await,
-            Backend::Rpc(outbox) => outbox.backend().batch_root(slot).await,
+            Backend::Embedded { settlement, .. } => settlement.batch_root(slot).await,
+            Backend::Rpc(settlement) => settlement.batch_root(slot).await,
         }
         .map_err(|e| e.to_string())
     }
@@ -294,30 +281,11 @@ impl ChainSettler {
     pub async fn balance(&self, account: i64) -> Result<U256, String> {
         let address = account_address(account);
         match &self.backend {
-            Backend::Embedded { outbox, .. } => outbox.backend().balance(address).await,
-            Backend::Rpc(outbox) => outbox.backend().balance(address).await,
+            Backend::Embedded { settlement, .. } => settlement.balance(address).await,
+            Backend::Rpc(settlement) => settlement.balance(address).await,
         }
         .map_err(|e| e.to_string())
     }
-}
-
-/// A batch's place in the outbox as the API shows it: `status` (`pending`, `confirmed`,
-/// `rejected`), `tx_hash`, `block`, `root`, `gas_used`, `attempts` and `last_error`.
-pub fn batch_status(e: &OutboxEntry) -> serde_json::Value {
-    let status = match e.status {
-        OutboxStatus::Pending => "pending",
-        OutboxStatus::Confirmed => "confirmed",
-        OutboxStatus::Rejected => "rejected",
-    };
-    serde_json::json!({
-        "status": status,
-        "tx_hash": e.tx_hash.map(|h| h.to_string()),
-        "block": e.block_number,
-        "root": e.batch.root.to_string(),
-        "gas_used": e.gas_used,
-        "attempts": e.attempts,
-        "last_error": e.last_error,
-    })
 }
 
 /// The on-chain batch of a settled slot.
@@ -355,6 +323,40 @@ pub fn batch_of(settled: &SettledSlot) -> Result<SettlementBatch, String> {
         amount: i128::from(*amount),
     });
     SettlementBatch::new(slot, root, transfers).map_err(|e| format!("slot {slot}: {e}"))
+}
+
+/// The local sales of a settled slot for `settleWithSales`: each trade between two meters whose
+/// ids fit `MeterStaking`'s bytes32 ids, at its traded energy. `meters` gives the meter that
+/// placed each order; sales involving a meter in `excluded` (its delivery is disputed) earn
+/// nothing.
+pub fn sales_of(
+    settled: &SettledSlot,
+    delivered_at_ms: u64,
+    meters: &std::collections::HashMap<u64, String>,
+    excluded: &std::collections::BTreeSet<String>,
+) -> SlotSales {
+    let id = |order: u64| {
+        meters
+            .get(&order)
+            .filter(|m| !excluded.contains(*m))
+            .and_then(|m| gridshare_contracts::staking::text_id(m).ok())
+    };
+    let sales = settled
+        .trades
+        .iter()
+        .filter(|t| t.energy_wh > 0)
+        .filter_map(|t| {
+            Some(SaleCredit {
+                seller: id(t.ask.0)?,
+                buyer: id(t.bid.0)?,
+                energy_wh: t.energy_wh,
+            })
+        })
+        .collect();
+    SlotSales {
+        delivered_at_ms,
+        sales,
+    }
 }
 
 fn hex_digest(text: &str) -> Result<[u8; 32], String> {

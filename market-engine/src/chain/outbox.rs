@@ -1,0 +1,548 @@
+//! The settlement outbox in the engine's database: one row per settled slot, written in the
+//! slot's settlement transaction, then driven to the chain strictly in slot order.
+//!
+//! Design: a row moves `pending → sent → included → confirmed`. `sent` means the node accepted
+//! the transaction (its hash is kept); `included` means a receipt in a block of the canonical
+//! chain; `confirmed` means that block is `confirmations` deep. Every state is re-checked
+//! against the chain on each step — after a restart as much as in a running engine — so a
+//! transaction that is dropped from the pool goes back to `pending` and is sent again, and one
+//! whose block is reorganised away goes back as well. Reads use mined blocks only, never the
+//! node's pending block. A batch is sent only when every earlier batch is confirmed: a slot's
+//! debits may rely on the previous slot's credits. A batch the contract refuses is `rejected`:
+//! tried again later by itself when the refusal can pass (a balance may be topped up, the
+//! operator key re-authorised), or kept for the operator (`market-engine settlement resend`)
+//! when the batch itself is wrong; later batches wait behind it either way.
+
+use std::time::Duration;
+
+use alloy::primitives::{B256, hex};
+use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
+use gridshare_contracts::bindings::Settlement;
+use gridshare_contracts::chain::{Chain, ChainError, TxStatus};
+use gridshare_contracts::settlement::ChainSettlement;
+use sqlx::Row;
+
+use crate::store::{Store, StoreError};
+
+/// Where a batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// Written, not (or no longer) in the chain's pool or blocks.
+    Pending,
+    /// Accepted by the node; waiting for a block.
+    Sent,
+    /// In a block, not yet `confirmations` deep.
+    Included,
+    /// In a block `confirmations` deep.
+    Confirmed,
+    /// Refused by the contract.
+    Rejected,
+}
+
+impl BatchStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Included => "included",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => Self::Pending,
+            "sent" => Self::Sent,
+            "included" => Self::Included,
+            "confirmed" => Self::Confirmed,
+            "rejected" => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// One batch as the outbox records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// The batch (its id is the slot).
+    pub batch: SettlementBatch,
+    /// The local sales it credits to staked seller meters.
+    pub sales: SlotSales,
+    /// Where it stands.
+    pub status: BatchStatus,
+    /// Transactions sent (or refused) for it so far.
+    pub attempts: u32,
+    /// The latest error, if any.
+    pub last_error: Option<String>,
+    /// For a rejected batch: whether it is tried again by itself.
+    pub retry: bool,
+    /// Not tried again before this time, ms since the epoch.
+    pub next_attempt_ms: u64,
+    /// The latest transaction sent for it (or, found on chain, none).
+    pub tx_hash: Option<B256>,
+    /// The block that includes it.
+    pub block_number: Option<u64>,
+    /// That block's hash.
+    pub block_hash: Option<B256>,
+    /// Gas its transaction used.
+    pub gas_used: Option<u64>,
+    /// When it was written, ms since the epoch.
+    pub queued_ms: u64,
+}
+
+impl BatchRecord {
+    /// The record as `GET /api/v1/settlements` shows it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "status": self.status,
+            "tx_hash": self.tx_hash.map(|h| h.to_string()),
+            "block": self.block_number,
+            "block_hash": self.block_hash.map(|h| h.to_string()),
+            "root": self.batch.root.to_string(),
+            "gas_used": self.gas_used,
+            "attempts": self.attempts,
+            "last_error": self.last_error,
+            "retries_by_itself": self.status != BatchStatus::Rejected || self.retry,
+            "next_attempt_ms": (self.status != BatchStatus::Confirmed && self.next_attempt_ms > 0)
+                .then_some(self.next_attempt_ms),
+            "sales_credited": self.sales.sales.len(),
+        })
+    }
+}
+
+/// The columns [`record_of`] reads, as a literal for `concat!`.
+macro_rules! columns {
+    () => {
+        "slot, root, deltas, sales, status, attempts, last_error, retry, next_attempt_ms, \
+         tx_hash, block_number, block_hash, gas_used, queued_ms"
+    };
+}
+
+fn corrupt(slot: i64, what: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(format!("settlement batch {slot}: {what}"))
+}
+
+fn unsigned(slot: i64, v: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(v).map_err(|_| corrupt(slot, format!("negative {what}")))
+}
+
+fn hash(slot: i64, text: Option<String>) -> Result<Option<B256>, StoreError> {
+    text.map(|t| t.parse::<B256>().map_err(|e| corrupt(slot, e)))
+        .transpose()
+}
+
+fn record_of(r: &sqlx::any::AnyRow) -> Result<BatchRecord, StoreError> {
+    let slot: i64 = r.try_get("slot")?;
+    let root: String = r.try_get("root")?;
+    let deltas = hex::decode(r.try_get::<String, _>("deltas")?).map_err(|e| corrupt(slot, e))?;
+    if !deltas.len().is_multiple_of(32) {
+        return Err(corrupt(slot, "deltas are not whole 32-byte words"));
+    }
+    let status: String = r.try_get("status")?;
+    let optional = |column: &str| -> Result<Option<u64>, StoreError> {
+        r.try_get::<Option<i64>, _>(column)?
+            .map(|v| unsigned(slot, v, column))
+            .transpose()
+    };
+    Ok(BatchRecord {
+        batch: SettlementBatch {
+            id: unsigned(slot, slot, "slot")?,
+            root: root.parse().map_err(|e| corrupt(slot, e))?,
+            deltas: deltas
+                .chunks_exact(32)
+                .map(|w| NetDelta::from_packed(B256::from_slice(w)))
+                .collect(),
+        },
+        sales: serde_json::from_str(&r.try_get::<String, _>("sales")?)
+            .map_err(|e| corrupt(slot, e))?,
+        status: BatchStatus::parse(&status)
+            .ok_or_else(|| corrupt(slot, format!("unknown status {status:?}")))?,
+        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?)
+            .map_err(|_| corrupt(slot, "attempts out of range"))?,
+        last_error: r.try_get("last_error")?,
+        retry: r.try_get::<i64, _>("retry")? != 0,
+        next_attempt_ms: unsigned(slot, r.try_get("next_attempt_ms")?, "next attempt")?,
+        tx_hash: hash(slot, r.try_get("tx_hash")?)?,
+        block_number: optional("block_number")?,
+        block_hash: hash(slot, r.try_get("block_hash")?)?,
+        gas_used: optional("gas_used")?,
+        queued_ms: unsigned(slot, r.try_get("queued_ms")?, "queue time")?,
+    })
+}
+
+fn sql(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Writes a settled slot's batch (in the caller's transaction: the slot's settlement). A slot
+/// already in the outbox is left as it is.
+pub async fn insert(
+    conn: &mut sqlx::AnyConnection,
+    batch: &SettlementBatch,
+    sales: &SlotSales,
+    now_ms: u64,
+) -> Result<(), StoreError> {
+    let deltas: Vec<u8> = batch.packed_deltas().iter().flat_map(|w| w.0).collect();
+    let sales = serde_json::to_string(sales).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO settlement_batches (slot, root, deltas, sales, status, queued_ms, updated_ms) \
+         VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (slot) DO NOTHING",
+    )
+    .bind(crate::store::checked_i64(batch.id, "a batch id")?)
+    .bind(batch.root.to_string())
+    .bind(hex::encode_prefixed(deltas))
+    .bind(sales)
+    .bind(sql(now_ms))
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// One slot's batch.
+pub async fn record(store: &Store, slot: u64) -> Result<Option<BatchRecord>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM settlement_batches WHERE slot = $1"
+    ))
+    .bind(sql(slot))
+    .fetch_optional(store.pool())
+    .await?
+    .map(|r| record_of(&r))
+    .transpose()
+}
+
+/// The batches not yet confirmed, in sending order.
+pub async fn open_batches(store: &Store) -> Result<Vec<BatchRecord>, StoreError> {
+    sqlx::query(concat!(
+        "SELECT ",
+        columns!(),
+        " FROM settlement_batches WHERE status <> 'confirmed' ORDER BY slot"
+    ))
+    .fetch_all(store.pool())
+    .await?
+    .iter()
+    .map(record_of)
+    .collect()
+}
+
+/// The operator's re-send: a rejected (or waiting) batch is tried again at the next step,
+/// whatever refused it before. Whether there was such a batch.
+pub async fn resend(store: &Store, slot: u64, now_ms: u64) -> Result<bool, StoreError> {
+    let changed = sqlx::query(
+        "UPDATE settlement_batches SET status = 'pending', retry = 1, next_attempt_ms = 0, \
+         updated_ms = $2 WHERE slot = $1 AND status IN ('rejected', 'pending')",
+    )
+    .bind(sql(slot))
+    .bind(sql(now_ms))
+    .execute(store.pool())
+    .await?;
+    Ok(changed.rows_affected() == 1)
+}
+
+async fn save(store: &Store, r: &BatchRecord, now_ms: u64) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE settlement_batches SET status = $2, attempts = $3, last_error = $4, retry = $5, \
+         next_attempt_ms = $6, tx_hash = $7, block_number = $8, block_hash = $9, gas_used = $10, \
+         updated_ms = $11 WHERE slot = $1",
+    )
+    .bind(sql(r.batch.id))
+    .bind(r.status.as_str())
+    .bind(i64::from(r.attempts))
+    .bind(r.last_error.clone())
+    .bind(i64::from(r.retry))
+    .bind(sql(r.next_attempt_ms))
+    .bind(r.tx_hash.map(|h| h.to_string()))
+    .bind(r.block_number.map(sql))
+    .bind(r.block_hash.map(|h| h.to_string()))
+    .bind(r.gas_used.map(sql))
+    .bind(sql(now_ms))
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// What one step did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Batches that reached `confirmations` deep.
+    pub confirmed: u64,
+    /// Batches whose transaction was dropped or whose block was reorganised away.
+    pub fell_back: u64,
+    /// Batches the contract refused in this step.
+    pub rejected: u64,
+}
+
+/// Backoff after the `attempts`-th failure: 2 s doubling to a minute for a chain that cannot
+/// be reached, 30 s doubling to an hour for a batch the contract refuses.
+fn backoff(attempts: u32, refused: bool) -> Duration {
+    let (first, most) = if refused { (30, 3_600) } else { (2, 60) };
+    Duration::from_secs((first << attempts.saturating_sub(1).min(12)).min(most))
+}
+
+fn later(now_ms: u64, wait: Duration) -> u64 {
+    now_ms.saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// Why the contract refused a batch, and whether the same batch can pass later.
+fn refusal(error: &ChainError) -> (String, bool) {
+    use Settlement::SettlementErrors as E;
+    match error.decode::<E>() {
+        // A household's balance on chain may be topped up; the operator key re-authorised.
+        Some(e @ (E::InsufficientBalance(_) | E::NotOperator(_))) => (format!("{e:?}"), true),
+        Some(e) => (format!("{e:?}"), false),
+        None => (error.to_string(), true),
+    }
+}
+
+/// Drives the open batches one step: each is checked against the chain and moved on; a batch
+/// is sent only once every earlier one is confirmed.
+pub async fn step<C: Chain>(
+    store: &Store,
+    chain: &ChainSettlement<C>,
+    confirmations: u64,
+    now_ms: u64,
+) -> Result<Progress, String> {
+    let mut progress = Progress::default();
+    let open = open_batches(store).await.map_err(|e| e.to_string())?;
+    if open.is_empty() {
+        return Ok(progress);
+    }
+    let head = chain.chain().head().await.map_err(|e| e.to_string())?;
+    for mut r in open {
+        advance(
+            chain,
+            &mut r,
+            head,
+            confirmations.max(1),
+            now_ms,
+            &mut progress,
+        )
+        .await;
+        save(store, &r, now_ms).await.map_err(|e| e.to_string())?;
+        if r.status != BatchStatus::Confirmed {
+            break;
+        }
+    }
+    Ok(progress)
+}
+
+/// Moves one batch as far as the chain allows now. Chain errors leave it where it is, with the
+/// error recorded and a later attempt time.
+async fn advance<C: Chain>(
+    chain: &ChainSettlement<C>,
+    r: &mut BatchRecord,
+    head: u64,
+    confirmations: u64,
+    now_ms: u64,
+    progress: &mut Progress,
+) {
+    let slot = r.batch.id;
+    // A few transitions per step at most (sent → included → confirmed; dropped → re-sent).
+    for _ in 0..4 {
+        let outcome = match r.status {
+            BatchStatus::Confirmed => return,
+            BatchStatus::Pending | BatchStatus::Rejected => {
+                if r.next_attempt_ms > now_ms || (r.status == BatchStatus::Rejected && !r.retry) {
+                    return;
+                }
+                send(chain, r, head, now_ms, progress).await
+            }
+            BatchStatus::Sent | BatchStatus::Included => {
+                follow(chain, r, head, confirmations, now_ms, progress).await
+            }
+        };
+        match outcome {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                // The chain could not be asked: try again after a pause, nothing else changes.
+                r.last_error = Some(e.to_string());
+                r.next_attempt_ms = later(now_ms, backoff(r.attempts.max(1), false));
+                tracing::warn!(target: "chain", slot, error = %e, "settlement batch waits for the chain");
+                return;
+            }
+        }
+    }
+}
+
+/// A pending batch: confirmed if the chain already has it (sent before a crash), otherwise
+/// sent. Whether it moved on.
+async fn send<C: Chain>(
+    chain: &ChainSettlement<C>,
+    r: &mut BatchRecord,
+    head: u64,
+    now_ms: u64,
+    progress: &mut Progress,
+) -> Result<bool, ChainError> {
+    let slot = r.batch.id;
+    match chain.batch_root_at(slot, Some(head)).await? {
+        Some(root) if root == r.batch.root => {
+            // On chain already, by a transaction this row does not know (the engine stopped
+            // between sending and writing its hash): follow the root instead of a receipt.
+            r.status = BatchStatus::Included;
+            r.tx_hash = None;
+            r.block_number = Some(head);
+            r.block_hash = None;
+            return Ok(true);
+        }
+        Some(root) => {
+            r.status = BatchStatus::Rejected;
+            r.retry = false;
+            r.last_error = Some(format!(
+                "batch id {slot} is settled on chain with another root ({root}); the engine's \
+                 database and the contract disagree"
+            ));
+            progress.rejected += 1;
+            tracing::error!(target: "chain", slot, "{}", r.last_error.as_deref().unwrap_or_default());
+            return Ok(false);
+        }
+        None => {}
+    }
+    r.attempts = r.attempts.saturating_add(1);
+    match chain.send_batch(&r.batch, &r.sales).await {
+        Ok(hash) => {
+            r.status = BatchStatus::Sent;
+            r.tx_hash = Some(hash);
+            r.block_number = None;
+            r.block_hash = None;
+            r.last_error = None;
+            r.next_attempt_ms = 0;
+            tracing::info!(target: "chain", slot, tx = %hash, "settlement batch sent");
+            Ok(true)
+        }
+        Err(e) if e.is_transient() => Err(e),
+        Err(e)
+            if matches!(
+                e.decode(),
+                Some(Settlement::SettlementErrors::BatchAlreadySettled(_))
+            ) =>
+        {
+            // Settled in the node's pending state by a transaction still in its pool: wait for
+            // it to be mined (or dropped) and look again.
+            r.last_error = Some("settled by a transaction not yet mined".into());
+            r.next_attempt_ms = later(now_ms, backoff(1, false));
+            Ok(false)
+        }
+        Err(e) => {
+            let (reason, retry) = refusal(&e);
+            r.status = BatchStatus::Rejected;
+            r.retry = retry;
+            r.last_error = Some(reason);
+            r.next_attempt_ms = later(now_ms, backoff(r.attempts, true));
+            progress.rejected += 1;
+            tracing::error!(
+                target: "chain",
+                slot,
+                reason = r.last_error.as_deref().unwrap_or_default(),
+                retries_by_itself = retry,
+                "settlement batch refused by the contract; later batches wait behind it"
+            );
+            Ok(false)
+        }
+    }
+}
+
+/// A sent or included batch: where its transaction stands now. Whether it moved on.
+async fn follow<C: Chain>(
+    chain: &ChainSettlement<C>,
+    r: &mut BatchRecord,
+    head: u64,
+    confirmations: u64,
+    now_ms: u64,
+    progress: &mut Progress,
+) -> Result<bool, ChainError> {
+    let slot = r.batch.id;
+    let deep_enough = |block: u64| {
+        head.checked_sub(block)
+            .is_some_and(|d| d + 1 >= confirmations)
+    };
+    let Some(tx) = r.tx_hash else {
+        // Found on chain without a receipt: the root itself must be deep enough.
+        let first = r.block_number.unwrap_or(head);
+        if !deep_enough(first) {
+            return Ok(false);
+        }
+        let at = head + 1 - confirmations;
+        return match chain.batch_root_at(slot, Some(at)).await? {
+            Some(root) if root == r.batch.root => {
+                r.status = BatchStatus::Confirmed;
+                progress.confirmed += 1;
+                Ok(false)
+            }
+            _ => {
+                fall_back(r, "its root is no longer on chain", progress);
+                Ok(true)
+            }
+        };
+    };
+    match chain.chain().transaction(tx).await? {
+        TxStatus::Pending => {
+            if r.status == BatchStatus::Included {
+                fall_back(
+                    r,
+                    "its block was reorganised away; back in the pool",
+                    progress,
+                );
+                r.status = BatchStatus::Sent;
+            }
+            Ok(false)
+        }
+        TxStatus::Unknown => {
+            let why = if r.status == BatchStatus::Included {
+                "its block was reorganised away"
+            } else {
+                "the node dropped its transaction"
+            };
+            fall_back(r, why, progress);
+            Ok(true)
+        }
+        TxStatus::Included(inc) if !inc.success => {
+            // Mined and reverted (say, a withdrawal in the same block left a debit uncovered):
+            // nothing was settled; send again after a pause.
+            fall_back(
+                r,
+                &format!("its transaction reverted in block {}", inc.block_number),
+                progress,
+            );
+            r.next_attempt_ms = later(now_ms, backoff(r.attempts, false));
+            Ok(false)
+        }
+        TxStatus::Included(inc) => {
+            // The receipt proves its block exists, even when `head` was read before it.
+            let head = head.max(inc.block_number);
+            let deep_enough = |block: u64| {
+                head.checked_sub(block)
+                    .is_some_and(|d| d + 1 >= confirmations)
+            };
+            if r.status == BatchStatus::Included
+                && r.block_hash.is_some_and(|h| h != inc.block_hash)
+            {
+                tracing::warn!(target: "chain", slot, block = inc.block_number, "settlement batch re-included after a reorganisation");
+            }
+            r.block_number = Some(inc.block_number);
+            r.block_hash = Some(inc.block_hash);
+            r.gas_used = Some(inc.gas_used);
+            r.status = BatchStatus::Included;
+            if deep_enough(inc.block_number) {
+                r.status = BatchStatus::Confirmed;
+                r.last_error = None;
+                progress.confirmed += 1;
+                tracing::info!(target: "chain", slot, block = inc.block_number, tx = %tx, "settlement batch confirmed");
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn fall_back(r: &mut BatchRecord, why: &str, progress: &mut Progress) {
+    tracing::warn!(target: "chain", slot = r.batch.id, "settlement batch back to pending: {why}");
+    r.status = BatchStatus::Pending;
+    r.last_error = Some(why.to_string());
+    r.block_number = None;
+    r.block_hash = None;
+    r.next_attempt_ms = 0;
+    progress.fell_back += 1;
+}

@@ -1,0 +1,336 @@
+//! The settlement outbox (issue 11, items 1, 2 and 7) against anvil: a batch counts as
+//! confirmed only from a receipt in a block deep enough — not from the node's pending state,
+//! not after a restart with its transaction still in the pool — and is sent again when its
+//! transaction is dropped or its block reorganised away; a batch the contract refuses holds
+//! back the later ones, is tried again by itself and can be re-sent by the operator.
+
+use alloy::primitives::{Address, U256, keccak256};
+use alloy::providers::{Provider, ProviderBuilder};
+use axum::http::StatusCode;
+use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
+use gridshare_contracts::bindings::{GridToken, Settlement};
+use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
+use gridshare_contracts::deploy::{Deployment, StakingParams};
+use market_engine::chain::outbox::{self, BatchRecord, BatchStatus};
+use market_engine::chain::{ChainConfig, ChainSettler};
+use market_engine::pipeline::now_ms;
+use market_engine::store::Store;
+use serde_json::json;
+
+use crate::api::call;
+use crate::market::login;
+use crate::{databases, unique};
+
+/// anvil's first development account: deployer, treasury and settlement operator here.
+pub(crate) const ANVIL_KEY: &str =
+    "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80";
+
+/// The contracts deployed fresh on the node at `url` by anvil's first account, which holds
+/// the payment token and has approved the settlement contract, so it can deposit for anyone.
+pub(crate) async fn deploy(url: &str) -> (RpcChain, Deployment, Address) {
+    let signer: alloy::signers::local::PrivateKeySigner = ANVIL_KEY.parse().unwrap();
+    let operator = signer.address();
+    let chain = RpcChain::connect(url, Some(signer)).unwrap();
+    let now = chain.timestamp().await.unwrap();
+    let supply = U256::from(10u64).pow(U256::from(30u64));
+    let d = Deployment::deploy(
+        &chain,
+        operator,
+        operator,
+        None,
+        supply,
+        &StakingParams::daily(now),
+    )
+    .await
+    .unwrap();
+    chain
+        .transact(
+            operator,
+            d.payment_token,
+            GridToken::approveCall {
+                spender: d.settlement,
+                value: U256::MAX,
+            },
+        )
+        .await
+        .unwrap();
+    (chain, d, operator)
+}
+
+/// Deposits `amount` into `account`'s settlement balance from the treasury.
+pub(crate) async fn deposit(
+    chain: &RpcChain,
+    d: &Deployment,
+    from: Address,
+    account: Address,
+    amount: u64,
+) {
+    chain
+        .transact(
+            from,
+            d.settlement,
+            Settlement::depositForCall {
+                account,
+                amount: U256::from(amount),
+            },
+        )
+        .await
+        .unwrap();
+}
+
+async fn rpc(url: &str, method: &'static str, params: serde_json::Value) -> serde_json::Value {
+    ProviderBuilder::new()
+        .connect_http(url.parse().unwrap())
+        .raw_request::<_, serde_json::Value>(method.into(), params)
+        .await
+        .unwrap_or_else(|e| panic!("{method}: {e}"))
+}
+
+/// A batch of slot `id` moving `amount` from `debit` to `credit`.
+fn batch(id: u64, credit: Address, debit: Address, amount: i128) -> SettlementBatch {
+    SettlementBatch::new(
+        id,
+        keccak256(id.to_be_bytes()),
+        [
+            NetDelta {
+                account: credit,
+                amount,
+            },
+            NetDelta {
+                account: debit,
+                amount: -amount,
+            },
+        ],
+    )
+    .unwrap()
+}
+
+async fn queue(store: &Store, batch: &SettlementBatch) {
+    let mut conn = store.pool().acquire().await.unwrap();
+    outbox::insert(&mut conn, batch, &SlotSales::default(), now_ms())
+        .await
+        .unwrap();
+}
+
+async fn record(store: &Store, slot: u64) -> BatchRecord {
+    outbox::record(store, slot).await.unwrap().unwrap()
+}
+
+/// The engine's settler on the node, as `serve` opens it (a new one is a restart).
+async fn settler(store: &Store, url: &str, d: &Deployment, confirmations: u64) -> ChainSettler {
+    let config = ChainConfig {
+        backend: "rpc".into(),
+        rpc_url: url.into(),
+        settlement_address: d.settlement.to_string(),
+        confirmations,
+        ..ChainConfig::default()
+    };
+    ChainSettler::open_with_key(&config, store.clone(), Some(ANVIL_KEY.into()))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// Steps the settler as the engine does (every tick) until `batches` more are confirmed; a
+/// node mines a moment after it accepts a transaction. Panics after ten seconds.
+pub(crate) async fn confirm(s: &ChainSettler, now: u64, batches: u64) {
+    let mut confirmed = 0;
+    for _ in 0..100 {
+        confirmed += s.step(now).await.unwrap().confirmed;
+        if confirmed >= batches {
+            assert_eq!(confirmed, batches, "confirmed more than were open");
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{confirmed} of {batches} batches confirmed after 10 s");
+}
+
+async fn balance(chain: &RpcChain, d: &Deployment, account: Address) -> U256 {
+    chain
+        .view(d.settlement, Settlement::balanceOfCall { account })
+        .await
+        .unwrap()
+}
+
+/// Regression (issue 11, item 1): after a kill -9 with a batch transaction sent but not mined,
+/// the restarted engine marked the batch confirmed because it read the batch root from the
+/// node's pending block; when the transaction was dropped, the chain never had the batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_is_confirmed_only_by_a_receipt_deep_enough_across_restarts_drops_and_reorgs() {
+    // A node of its own: this test stops its mining, empties its pool and reverts its chain.
+    let Some(node) = gridshare_testbed::anvil::Anvil::start_own() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let (chain, d, treasury) = deploy(url).await;
+        let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
+        deposit(&chain, &d, treasury, bob, 1_000).await;
+        let store = Store::open(&db).await.unwrap();
+        let b1 = batch(1, alice, bob, 100);
+        queue(&store, &b1).await;
+        rpc(url, "evm_setAutomine", json!([false])).await;
+        let now = now_ms();
+
+        let s = settler(&store, url, &d, 2).await;
+        s.step(now).await.unwrap();
+        let sent = record(&store, 1).await;
+        assert_eq!(sent.status, BatchStatus::Sent, "{db}");
+        assert_eq!(
+            s.settled_root(1).await.unwrap(),
+            None,
+            "not mined, not settled"
+        );
+        // kill -9 and restart: the transaction is still only in the pool.
+        drop(s);
+        let s = settler(&store, url, &d, 2).await;
+        s.step(now).await.unwrap();
+        let r = record(&store, 1).await;
+        assert_eq!(
+            (r.status, r.tx_hash),
+            (BatchStatus::Sent, sent.tx_hash),
+            "{db}: a transaction in the pool is no confirmation, before or after a restart"
+        );
+
+        // The node drops it: the batch is sent again.
+        rpc(url, "anvil_dropAllTransactions", json!([])).await;
+        let p = s.step(now).await.unwrap();
+        assert_eq!(p.fell_back, 1, "{db}");
+        let r = record(&store, 1).await;
+        assert_eq!(r.status, BatchStatus::Sent, "{db}");
+        assert_eq!(
+            r.attempts, 2,
+            "{db}: sent again (the same signed transaction, or a new one)"
+        );
+
+        // Mined: in a block, but one block deep is not two.
+        rpc(url, "evm_mine", json!([])).await;
+        s.step(now).await.unwrap();
+        let r = record(&store, 1).await;
+        assert_eq!(r.status, BatchStatus::Included, "{db}");
+        assert!(r.block_number.is_some() && r.block_hash.is_some(), "{db}");
+        rpc(url, "evm_mine", json!([])).await;
+        assert_eq!(s.step(now).await.unwrap().confirmed, 1, "{db}");
+        assert_eq!(record(&store, 1).await.status, BatchStatus::Confirmed);
+
+        // A reorganisation takes the block of the next batch away before it is deep enough.
+        let b2 = batch(2, alice, bob, 50);
+        queue(&store, &b2).await;
+        s.step(now).await.unwrap();
+        assert_eq!(record(&store, 2).await.status, BatchStatus::Sent, "{db}");
+        let snapshot = rpc(url, "evm_snapshot", json!([])).await;
+        rpc(url, "evm_mine", json!([])).await;
+        s.step(now).await.unwrap();
+        let included = record(&store, 2).await;
+        assert_eq!(included.status, BatchStatus::Included, "{db}");
+        rpc(url, "evm_revert", json!([snapshot])).await;
+        rpc(url, "anvil_dropAllTransactions", json!([])).await;
+        rpc(url, "evm_mine", json!([])).await;
+        let p = s.step(now).await.unwrap();
+        assert_eq!(p.fell_back, 1, "{db}: its block is gone");
+        let r = record(&store, 2).await;
+        assert_eq!(r.status, BatchStatus::Sent, "{db}: sent again");
+        rpc(url, "evm_mine", json!([])).await;
+        rpc(url, "evm_mine", json!([])).await;
+        assert_eq!(s.step(now).await.unwrap().confirmed, 1, "{db}");
+
+        // Each batch settled exactly once.
+        assert_eq!(balance(&chain, &d, alice).await, U256::from(150), "{db}");
+        assert_eq!(balance(&chain, &d, bob).await, U256::from(850), "{db}");
+        rpc(url, "evm_setAutomine", json!([true])).await;
+    }
+}
+
+/// Regression (issue 11, item 2): a batch the chain refused (an account without funds on chain)
+/// stayed `rejected` for ever, nothing re-queued it, and later batches went through anyway
+/// although the outbox documents strict order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_resend_it() {
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            ..
+        } = crate::Fixture::open(&db).await;
+        let (chain, d, treasury) = deploy(url).await;
+        let (alice, bob, carol) = (
+            Address::repeat_byte(0xa1),
+            Address::repeat_byte(0xb0),
+            Address::repeat_byte(0xc4),
+        );
+        deposit(&chain, &d, treasury, carol, 10).await;
+        // Bob has nothing on chain to pay with; carol's batch comes after his.
+        queue(&store, &batch(7, alice, bob, 100)).await;
+        queue(&store, &batch(8, alice, carol, 10)).await;
+        let s = std::sync::Arc::new(settler(&store, url, &d, 1).await);
+        let now = now_ms();
+        let p = s.step(now).await.unwrap();
+        assert_eq!(p.rejected, 1, "{db}");
+        let refused = record(&store, 7).await;
+        assert_eq!(refused.status, BatchStatus::Rejected, "{db}");
+        assert!(refused.retry, "{db}: a balance can be topped up");
+        assert!(
+            refused
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("InsufficientBalance")),
+            "{db}: {refused:?}"
+        );
+        let waiting = record(&store, 8).await;
+        assert_eq!(
+            (waiting.status, waiting.attempts),
+            (BatchStatus::Pending, 0),
+            "{db}: strict order, the later batch waits"
+        );
+        // Not again before its backoff; again by itself after it (still refused).
+        s.step(now).await.unwrap();
+        assert_eq!(record(&store, 7).await.attempts, 1, "{db}");
+        s.step(refused.next_attempt_ms).await.unwrap();
+        let again = record(&store, 7).await;
+        assert_eq!(
+            (again.status, again.attempts),
+            (BatchStatus::Rejected, 2),
+            "{db}"
+        );
+        assert!(
+            again.next_attempt_ms > refused.next_attempt_ms,
+            "{db}: backs off"
+        );
+
+        // Bob deposits; the operator re-sends at once instead of waiting out the backoff.
+        deposit(&chain, &d, treasury, bob, 100).await;
+        let app = crate::market::api_with_settler(&store, &market, &keys, Some(s.clone()));
+        let household = login(&app, &unique("household")).await;
+        let resend = "/api/v1/operator/settlements/7/resend";
+        let (status, _, _) = call(&app, "POST", resend, Some(&household), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{db}");
+        let operator_name = unique("operator");
+        let operator = login(&app, &operator_name).await;
+        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        let (status, body, _) = call(&app, "POST", resend, Some(&operator), None).await;
+        assert_eq!(status, StatusCode::OK, "{db}: {body}");
+        assert_eq!(body["chain"]["status"], "pending", "{body}");
+        let (status, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/operator/settlements/999/resend",
+            Some(&operator),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{db}");
+        // The refused batch, then the one behind it.
+        confirm(&s, now, 2).await;
+        assert_eq!(balance(&chain, &d, alice).await, U256::from(110), "{db}");
+        assert_eq!(balance(&chain, &d, bob).await, U256::ZERO, "{db}");
+        assert_eq!(balance(&chain, &d, carol).await, U256::ZERO, "{db}");
+    }
+}
