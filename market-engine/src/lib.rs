@@ -11,8 +11,9 @@
 //!   the live path and the replay after a restart;
 //! - [`market`]: the exchange behind its lock, the order log on disk, gate closure and
 //!   settlement;
-//! - [`chain`]: settled slots as batches through the settlement outbox to the embedded
-//!   chain or a JSON-RPC node;
+//! - [`chain`]: settled slots as batches through the settlement outbox (in the engine's
+//!   database) to the embedded chain or a JSON-RPC node;
+//! - [`watch`]: the fraud watcher that reports meters signing contradictory readings;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
 //! - [`metrics`]: every counter, exported on `/metrics`;
@@ -35,4 +36,5 @@ pub mod server;
 pub mod settings;
 pub mod store;
 pub mod tasks;
+pub mod watch;
 pub mod web;

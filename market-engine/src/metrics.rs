@@ -176,6 +176,11 @@ impl Snapshot {
             chain.fell_back.load(Ordering::Relaxed),
         );
         s.counter(
+            "gridshare_watcher_slashes",
+            "Meters the engine's fraud watcher reported to MeterStaking and had slashed (two signed readings that cannot both be true).",
+            chain.slashes.load(Ordering::Relaxed),
+        );
+        s.counter(
             "gridshare_chain_flush_failures",
             "Outbox steps that failed because the database or the chain could not be asked (retried).",
             chain.failures.load(Ordering::Relaxed),
@@ -305,4 +310,6 @@ pub struct ChainMetrics {
     pub fell_back: std::sync::atomic::AtomicU64,
     /// Outbox steps that failed (the database or the chain could not be asked; retried).
     pub failures: std::sync::atomic::AtomicU64,
+    /// Meters the engine's fraud watcher had slashed.
+    pub slashes: std::sync::atomic::AtomicU64,
 }

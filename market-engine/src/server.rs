@@ -60,6 +60,8 @@ pub struct Engine {
     pub broker_auth: Arc<BrokerAuthMetrics>,
     /// Restarts of the background tasks, and the task given up, if any.
     pub task_metrics: Arc<TaskMetrics>,
+    /// The chain settlement and its fraud watcher's target, if a chain is configured.
+    pub settler: Option<Arc<ChainSettler>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -134,6 +136,8 @@ impl Engine {
             };
             (Some(broker), subscription)
         };
+        // The fraud watcher connects as the engine does, under a client id of its own.
+        let watch_subscription = subscription.clone();
         let ingest = Arc::new(IngestMetrics::default());
         let community = config.market.community().map_err(ServeError::Market)?;
         let market = Arc::new(
@@ -243,6 +247,31 @@ impl Engine {
                 },
             ));
         }
+        if let Some(target) = settler.as_ref().and_then(|s| s.watch_target()).cloned() {
+            let source = gridshare_operator::watcher::MqttSource {
+                host: watch_subscription.host.clone(),
+                port: watch_subscription.port,
+                prefix: config.mqtt.topic_prefix.clone(),
+                community: config.community.clone(),
+                client_id: format!("{}-watcher", watch_subscription.client_id),
+                credentials: watch_subscription.credentials.clone(),
+                tls: watch_subscription.tls.clone(),
+            };
+            let (metrics, stop) = (chain_metrics.clone(), shutdown.subscribe());
+            tasks.push(supervise(
+                "watcher",
+                task_metrics.clone(),
+                stop.clone(),
+                move || {
+                    crate::watch::run(
+                        target.clone(),
+                        source.clone(),
+                        metrics.clone(),
+                        stop.clone(),
+                    )
+                },
+            ));
+        }
         let auth = Arc::new(Auth::new(config.auth.clone()));
         let app = router(AppState {
             store: store.clone(),
@@ -256,7 +285,7 @@ impl Engine {
             meters_per_account: config.http.meters_per_account,
             tasks: task_metrics.clone(),
             chain: chain_metrics,
-            settler,
+            settler: settler.clone(),
             broker_auth: broker_auth.clone(),
             auth: auth.clone(),
         });
@@ -282,6 +311,7 @@ impl Engine {
             keys,
             auth,
             task_metrics,
+            settler,
             shutdown,
             tasks,
         })

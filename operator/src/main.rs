@@ -487,6 +487,7 @@ async fn run<C: Chain>(
                 community,
                 client_id: format!("gridshare-watcher-{account}"),
                 credentials,
+                tls: None,
             };
             let (stop, shutdown) = tokio::sync::watch::channel(false);
             tokio::spawn(async move {

@@ -203,6 +203,8 @@ pub struct MqttSource {
     pub client_id: String,
     /// Optional user name and password.
     pub credentials: Option<(String, String)>,
+    /// TLS settings, for `mqtts://`.
+    pub tls: Option<rumqttc::TlsConfiguration>,
 }
 
 /// Follows the community's readings on the broker until `shutdown` turns true, feeding every
@@ -218,6 +220,9 @@ pub async fn run_mqtt<C: Chain>(
     options.set_keep_alive(std::time::Duration::from_secs(30));
     if let Some((user, password)) = &source.credentials {
         options.set_credentials(user, password);
+    }
+    if let Some(tls) = &source.tls {
+        options.set_transport(rumqttc::Transport::tls_with_config(tls.clone()));
     }
     let (client, mut events) = rumqttc::AsyncClient::new(options, 64);
     let filter = gridshare_core::mqtt::readings_filter(&source.prefix, &source.community);

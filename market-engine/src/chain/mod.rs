@@ -43,6 +43,13 @@ pub struct ChainConfig {
     pub settlement_address: String,
     /// RPC: environment variable holding the operator's private key (hex).
     pub operator_key_env: String,
+    /// RPC: address of the deployed `MeterStaking` contract, for the fraud watcher; empty:
+    /// no watcher. (The embedded chain knows its own.)
+    pub staking_address: String,
+    /// Watch the community's signed readings and report a meter that signs two readings that
+    /// cannot both be true (equivocation, a counter going backwards) to `MeterStaking`, which
+    /// slashes it and pays the engine's operator key the reporter's share.
+    pub watch: bool,
     /// RPC: blocks on top of (and including) a batch's block before it counts as confirmed;
     /// 1 is "in a block". Pick the depth the chain's reorganisations never reach (or its
     /// finality). The embedded chain never reorganises: 1 there.
@@ -62,6 +69,8 @@ impl Default for ChainConfig {
             rpc_url: String::new(),
             settlement_address: String::new(),
             operator_key_env: "GRIDSHARE_OPERATOR_KEY".into(),
+            staking_address: String::new(),
+            watch: true,
             confirmations: 1,
             outbox_file: None,
             demo_deposit: 1_000_000_000,
@@ -95,11 +104,33 @@ enum Backend {
     Rpc(ChainSettlement<RpcChain>),
 }
 
+/// The chain the fraud watcher reports to.
+#[derive(Debug, Clone)]
+pub enum WatchedChain {
+    /// The embedded chain.
+    Embedded(EmbeddedChain),
+    /// A JSON-RPC node.
+    Rpc(RpcChain),
+}
+
+/// Where the fraud watcher reports: the chain, the `MeterStaking` contract and the reporter
+/// (the engine's operator key).
+#[derive(Debug, Clone)]
+pub struct WatchTarget {
+    /// The chain.
+    pub chain: WatchedChain,
+    /// `MeterStaking`.
+    pub staking: Address,
+    /// The reporting account.
+    pub reporter: Address,
+}
+
 /// Drives the settlement outbox in the engine's database to the chain.
 pub struct ChainSettler {
     backend: Backend,
     store: Store,
     confirmations: u64,
+    watch: Option<WatchTarget>,
 }
 
 impl ChainSettler {
@@ -123,6 +154,7 @@ impl ChainSettler {
             return Err("chain.confirmations: must be at least 1 (1 = in a block)".into());
         }
         let mut confirmations = config.confirmations;
+        let mut watch = None;
         let backend = match config.backend.as_str() {
             "none" => return Ok(None),
             "embedded" => {
@@ -171,6 +203,11 @@ impl ChainSettler {
                 };
                 // One block per transaction and no reorganisations: in a block is final.
                 confirmations = 1;
+                watch = config.watch.then(|| WatchTarget {
+                    chain: WatchedChain::Embedded(chain.clone()),
+                    staking: record.staking,
+                    reporter: EMBEDDED_OPERATOR,
+                });
                 Backend::Embedded {
                     settlement: ChainSettlement::new(chain, record.settlement, EMBEDDED_OPERATOR),
                     demo_deposit: config.demo_deposit,
@@ -194,6 +231,17 @@ impl ChainSettler {
                     .settlement_address
                     .parse()
                     .map_err(|e| format!("chain.settlement_address: {e}"))?;
+                if config.watch && !config.staking_address.is_empty() {
+                    let staking: Address = config
+                        .staking_address
+                        .parse()
+                        .map_err(|e| format!("chain.staking_address: {e}"))?;
+                    watch = Some(WatchTarget {
+                        chain: WatchedChain::Rpc(chain.clone()),
+                        staking,
+                        reporter: operator,
+                    });
+                }
                 Backend::Rpc(ChainSettlement::new(chain, settlement, operator))
             }
             other => {
@@ -206,6 +254,7 @@ impl ChainSettler {
             backend,
             store,
             confirmations,
+            watch,
         }))
     }
 
@@ -261,6 +310,11 @@ impl ChainSettler {
             }
         }
         Ok(())
+    }
+
+    /// Where the fraud watcher reports, if it runs.
+    pub fn watch_target(&self) -> Option<&WatchTarget> {
+        self.watch.as_ref()
     }
 
     /// Blocks a batch must be deep before it counts as confirmed.

@@ -23,6 +23,7 @@ mod money;
 mod outbox;
 mod privacy;
 mod roi;
+mod watcher;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;

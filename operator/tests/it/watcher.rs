@@ -141,6 +141,7 @@ async fn cheating_meter_is_slashed_within_one_epoch<C: Chain + Clone + 'static>(
         community: community.clone(),
         client_id: format!("watcher-{community}"),
         credentials: None,
+        tls: None,
     };
     let watch_chain = staking.clone();
     let watcher = tokio::spawn(async move {
