@@ -218,7 +218,7 @@ pub struct CallAuction {
     terms: SlotTerms,
     rule: PriceRule,
     entries: Vec<AuctionEntry>,
-    index: HashMap<OrderId, usize>,
+    index: foldhash::HashMap<OrderId, usize>,
     next_sequence: u64,
 }
 
@@ -230,7 +230,7 @@ impl CallAuction {
             terms,
             rule,
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: foldhash::HashMap::default(),
             next_sequence: 0,
         }
     }
