@@ -264,6 +264,13 @@ impl CallAuction {
         self.index.get(&id).map(|&i| &self.entries[i].order)
     }
 
+    /// Makes room for `additional` more orders, so that a caller who knows how many are
+    /// coming does not grow the book step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+        self.index.reserve(additional);
+    }
+
     /// Accepts an order arriving at `now`.
     pub fn submit(&mut self, order: Order, now: UnixSeconds) -> Result<(), OrderError> {
         self.terms.check_window(order.id, now)?;

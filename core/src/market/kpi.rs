@@ -12,6 +12,7 @@
 //!   a net import, feed-in for a net export, floored like every amount) minus what it pays
 //!   in the settled slot (trades, fees and imbalances).
 
+use super::fees::wide_amount_for;
 use super::netting::SlotSettlement;
 use super::order::AccountId;
 use super::terms::SlotTerms;
@@ -193,10 +194,7 @@ pub struct SlotKpis {
 fn bill(net_import_wh: i128, retail: u64, feed_in: u64) -> i128 {
     let price = if net_import_wh >= 0 { retail } else { feed_in };
     // |net| < 2^65 and price < 2^64: the product fits in u128 after the division bound.
-    let magnitude = net_import_wh
-        .unsigned_abs()
-        .saturating_mul(u128::from(price))
-        / 1000;
+    let magnitude = wide_amount_for(net_import_wh.unsigned_abs(), price);
     let magnitude = i128::try_from(magnitude).unwrap_or(i128::MAX);
     if net_import_wh >= 0 {
         magnitude

@@ -8,7 +8,7 @@
 
 use super::accounts::PerAccount;
 use super::delivery::{DeliveryError, MeterDelivery, Position, positions};
-use super::fees::FeeError;
+use super::fees::{FeeError, wide_amount_for};
 use super::order::{AccountId, OrderId};
 use super::terms::SlotTerms;
 use super::trade::Trade;
@@ -160,7 +160,7 @@ pub fn settle_slot_disputed(
         };
         // |dev| < 2^64 and price < 2^64, so the product fits in i128 with room to spare.
         let magnitude =
-            i128::try_from(dev.unsigned_abs() * u128::from(price) / 1000).unwrap_or(i128::MAX);
+            i128::try_from(wide_amount_for(dev.unsigned_abs(), price)).unwrap_or(i128::MAX);
         let amount = if dev > 0 { magnitude } else { -magnitude };
         *net.entry(p.account) -= amount;
         *net.entry(terms.utility) += amount;
