@@ -111,8 +111,7 @@ pub fn sun_position(site: &Site, unix_s: f64) -> SunPosition {
     let y = (obliquity / 2.0).tan().powi(2);
     let l0r = l0.to_radians();
     let eq_of_time_min = 4.0
-        * (y * (2.0 * l0r).sin() - 2.0 * e * mr.sin()
-            + 4.0 * e * y * mr.sin() * (2.0 * l0r).cos()
+        * (y * (2.0 * l0r).sin() - 2.0 * e * mr.sin() + 4.0 * e * y * mr.sin() * (2.0 * l0r).cos()
             - 0.5 * y * y * (4.0 * l0r).sin()
             - 1.25 * e * e * (2.0 * mr).sin())
         .to_degrees();
@@ -162,7 +161,9 @@ pub fn plane_of_array(ghi: f64, dhi: f64, sun: SunPosition, orientation: Orienta
     let cos_aoi = (tilt.cos() * cos_zenith
         + tilt.sin()
             * zenith.sin()
-            * (sun.azimuth_deg - orientation.azimuth_deg).to_radians().cos())
+            * (sun.azimuth_deg - orientation.azimuth_deg)
+                .to_radians()
+                .cos())
     .clamp(-1.0, 1.0);
     let beam = (dni * cos_aoi).max(0.0);
     let sky = dhi * (1.0 + tilt.cos()) / 2.0;

@@ -5,10 +5,10 @@
 //! out (net export, energy sold). The deviation `delivered − traded` is positive for a
 //! shortfall (used more than bought, or delivered less than sold) and negative for a surplus.
 
+use super::accounts::PerAccount;
 use super::order::{AccountId, MeterId};
 use super::trade::Trade;
 use serde::{Deserialize, Serialize};
-use super::accounts::PerAccount;
 use std::collections::BTreeSet;
 
 /// A meter's cumulative lifetime counters at one instant.
