@@ -37,7 +37,7 @@ fn sun_position_matches_pvlib_spa() {
     let (zenith, azimuth) = (floats(&f["apparent_zenith"]), floats(&f["azimuth"]));
     let (mut worst_zenith, mut worst_azimuth) = (0.0f64, 0.0f64);
     for hour in 0..zenith.len() {
-        let t = (PROFILE_YEAR_START + hour as i64 * 3600 + 1800) as f64;
+        let t = (PROFILE_YEAR_START + i64::try_from(hour).unwrap() * 3600 + 1800) as f64;
         let sun = solar::sun_position(&ESSEN, t);
         // While the sun is up (below the horizon only the refraction cut-off differs, by a
         // hundredth of a degree of elevation, and no PV is computed there).
