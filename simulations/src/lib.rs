@@ -4,6 +4,7 @@
 //!
 //! - [`scenario`]: the scenario file (TOML);
 //! - [`profiles`]: load and PV time series (a default set is built in);
+//! - [`solar`]: PV output of any tilt and azimuth from the shipped irradiance;
 //! - [`agents`]: the trading agents (Grid Singularity's price ramp, the engine's forecast rule);
 //! - [`sim`]: the slot loop — physics of each home, the market, delivery, settlement, KPIs,
 //!   the power flow;
@@ -25,4 +26,5 @@ pub mod rng;
 pub mod roi;
 pub mod scenario;
 pub mod sim;
+pub mod solar;
 pub mod sweep;

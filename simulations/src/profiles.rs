@@ -92,7 +92,7 @@ impl ProfileSet {
         }
     }
 
-    fn from_gz(bytes: &[u8], origin: &str) -> Result<Self, ProfileError> {
+    pub(crate) fn from_gz(bytes: &[u8], origin: &str) -> Result<Self, ProfileError> {
         let mut text = String::new();
         GzDecoder::new(bytes)
             .read_to_string(&mut text)
@@ -174,6 +174,12 @@ impl ProfileSet {
             .enumerate()
             .find(|(_, v)| **v < 0.0)
             .map(|(r, v)| (r, *v))
+    }
+
+    /// Adds a column (as long as the others).
+    pub(crate) fn push_column(&mut self, name: String, values: Vec<f64>) {
+        self.names.push(name);
+        self.columns.push(values);
     }
 
     /// Column `i` (empty when out of range).

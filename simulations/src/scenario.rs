@@ -309,9 +309,14 @@ pub struct HouseholdGroup {
     /// PV peak power, kWp (0: none).
     #[serde(default)]
     pub pv_kwp: f64,
-    /// PV profile column (kW per kWp).
-    #[serde(default = "pv_south")]
-    pub pv_profile: String,
+    /// PV profile column (kW per kWp; default `pv_south`). Give this or `pv_orientation`.
+    #[serde(default)]
+    pub pv_profile: Option<String>,
+    /// PV computed from the built-in irradiance year for modules of this tilt and azimuth
+    /// (`{ tilt_deg = 30, azimuth_deg = 200 }`; see [`crate::solar`]), instead of a profile
+    /// column.
+    #[serde(default)]
+    pub pv_orientation: Option<PvOrientation>,
     /// Battery capacity, kWh (0: none).
     #[serde(default)]
     pub battery_kwh: f64,
@@ -349,14 +354,34 @@ pub struct HouseholdGroup {
     pub keep_battery_above_percent: Option<f64>,
 }
 
+/// How a group's PV modules face.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PvOrientation {
+    /// Tilt from horizontal, degrees: 0 (flat) to 90 (a façade).
+    pub tilt_deg: f64,
+    /// Direction the modules face, degrees clockwise from north: 90 east, 180 south, 270 west.
+    pub azimuth_deg: f64,
+}
+
+impl HouseholdGroup {
+    /// The profile column of the group's PV: the one named, or the one computed for its
+    /// orientation (see [`crate::sim::oriented_pv_column`]).
+    #[must_use]
+    pub fn pv_column(&self) -> String {
+        match (&self.pv_profile, self.pv_orientation) {
+            (_, Some(o)) => crate::sim::oriented_pv_column(o),
+            (Some(name), None) => name.clone(),
+            (None, None) => "pv_south".into(),
+        }
+    }
+}
+
 fn weight() -> f64 {
     1.0
 }
 fn one() -> u32 {
     1
-}
-fn pv_south() -> String {
-    "pv_south".into()
 }
 fn efficiency() -> f64 {
     0.9
@@ -596,6 +621,29 @@ impl Scenario {
             non_neg("battery_kwh", h.battery_kwh)?;
             non_neg("battery_kw", h.battery_kw)?;
             non_neg("share_weight", h.share_weight)?;
+            if h.pv_profile.is_some() && h.pv_orientation.is_some() {
+                return Err(invalid(
+                    key("pv_orientation"),
+                    "given with pv_profile",
+                    "expected either pv_profile (a profile column) or pv_orientation (computed from irradiance), not both",
+                ));
+            }
+            if let Some(o) = h.pv_orientation {
+                if !(0.0..=90.0).contains(&o.tilt_deg) {
+                    return Err(invalid(
+                        key("pv_orientation.tilt_deg"),
+                        o.tilt_deg,
+                        "expected 0 (flat) to 90 (vertical) degrees",
+                    ));
+                }
+                if !(0.0..=360.0).contains(&o.azimuth_deg) {
+                    return Err(invalid(
+                        key("pv_orientation.azimuth_deg"),
+                        o.azimuth_deg,
+                        "expected 0 to 360 degrees clockwise from north (180: south)",
+                    ));
+                }
+            }
             if h.count == 0 {
                 return Err(invalid(key("count"), 0, "expected at least 1"));
             }

@@ -12,8 +12,10 @@ use crate::grid::{GridError, GridFile, PowerFlow, PowerFlowError};
 use crate::profiles::{PROFILE_STEP_S, ProfileError, ProfileSet};
 use crate::rng::SplitMix64;
 use crate::scenario::{
-    AgentName, BatteryStrategy, MechanismName, Scenario, ScenarioError, SharingKeyName,
+    AgentName, BatteryStrategy, MechanismName, PvOrientation, Scenario, ScenarioError,
+    SharingKeyName,
 };
+use crate::solar;
 use gridshare_core::market::{
     AccountId, AllocationKey, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy,
     ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters, MeterDelivery, MeterId, Order,
@@ -136,6 +138,19 @@ pub enum SimulationError {
     /// The grid fee tree was refused.
     #[error("grid fee: {0}")]
     Fee(String),
+    /// PV of an orientation could not be computed from the weather.
+    #[error(transparent)]
+    Solar(#[from] solar::SolarError),
+    /// The weather year and the profiles differ in length.
+    #[error(
+        "`pv_orientation` computes PV from the built-in weather year ({weather_rows} quarter-hours), which does not line up with the profile set ({profile_rows} rows); use a profile set of that year or give `pv_profile` columns"
+    )]
+    WeatherYear {
+        /// Rows of the weather.
+        weather_rows: usize,
+        /// Rows of the profiles.
+        profile_rows: usize,
+    },
 }
 
 /// A household in the run.
@@ -381,6 +396,46 @@ fn column(p: &ProfileSet, key: String, name: &str) -> Result<usize, SimulationEr
         })
 }
 
+/// The name of the profile column computed for PV modules of orientation `o`.
+#[must_use]
+pub fn oriented_pv_column(o: PvOrientation) -> String {
+    format!("pv_tilt{}_azimuth{}", o.tilt_deg, o.azimuth_deg)
+}
+
+/// `profiles` with a PV column (kW per kWp) for each orientation the scenario's groups name,
+/// computed from the built-in weather year; `None` when no group names one.
+fn with_oriented_pv(
+    s: &Scenario,
+    profiles: &ProfileSet,
+) -> Result<Option<ProfileSet>, SimulationError> {
+    let mut wanted: Vec<PvOrientation> = Vec::new();
+    for o in s.groups.iter().filter_map(|g| g.pv_orientation) {
+        if !wanted.contains(&o) {
+            wanted.push(o);
+        }
+    }
+    if wanted.is_empty() {
+        return Ok(None);
+    }
+    let weather = solar::default_weather()?;
+    if weather.len() != profiles.len() {
+        return Err(SimulationError::WeatherYear {
+            weather_rows: weather.len(),
+            profile_rows: profiles.len(),
+        });
+    }
+    let mut out = profiles.clone();
+    for o in wanted {
+        let orientation = solar::Orientation {
+            tilt_deg: o.tilt_deg,
+            azimuth_deg: o.azimuth_deg,
+        };
+        let series = solar::pv_series(&weather, &solar::ESSEN, orientation, PROFILE_YEAR_START)?;
+        out.push_column(oriented_pv_column(o), series);
+    }
+    Ok(Some(out))
+}
+
 /// Runs a scenario on a loaded grid and profile set; `progress` is called with the fraction
 /// done every 1 % of the slots.
 pub fn run_with(
@@ -389,6 +444,8 @@ pub fn run_with(
     profiles: &ProfileSet,
     mut progress: impl FnMut(f64),
 ) -> Result<RunResult, SimulationError> {
+    let oriented = with_oriented_pv(s, profiles)?;
+    let profiles = oriented.as_ref().unwrap_or(profiles);
     let slot_s = s.period.slot_minutes * 60;
     let rows_per_slot = (slot_s / PROFILE_STEP_S) as usize;
     let slots_per_day = u64::from(86_400 / slot_s);
@@ -480,10 +537,15 @@ pub fn run_with(
             .iter()
             .map(|n| checked_column(profiles, format!("households[{gi}].load_profiles"), n))
             .collect::<Result<_, _>>()?;
+        let pv_key = if g.pv_orientation.is_some() {
+            "pv_orientation"
+        } else {
+            "pv_profile"
+        };
         let pv = checked_column(
             profiles,
-            format!("households[{gi}].pv_profile"),
-            &g.pv_profile,
+            format!("households[{gi}].{pv_key}"),
+            &g.pv_column(),
         )?;
         let mut extra_loads = Vec::new();
         for (key, profile, kwh) in [
@@ -630,7 +692,9 @@ pub fn run_with(
     let tan_phi = (1.0 - s.grid.power_factor.powi(2)).sqrt() / s.grid.power_factor;
 
     let mut kpis = PeriodKpis::default();
-    let mut balances: BTreeMap<AccountId, i128> = BTreeMap::new();
+    // Net token movement per account, indexed by account id (the utility, the grid operator,
+    // then the households): no tree lookup per account and slot.
+    let mut balances: Vec<Option<i128>> = vec![None; households.len() + 2];
     let mut records = Vec::with_capacity(usize::try_from(slots).unwrap_or(0));
     let mut pf_iterations = 0u64;
     let mut sellers_received = 0u128;
@@ -715,6 +779,7 @@ pub fn run_with(
 
         // The market: agents trade in the slot's order window, in a seeded random order.
         let mut market: SlotMarket = community.open_slot(slot)?;
+        market.reserve(households.len());
         let call = matches!(market, SlotMarket::Call(_));
         let opens = terms.slot.order_window_opens;
         let mut next_id = 0u64;
@@ -875,7 +940,11 @@ pub fn run_with(
         .map_err(|source| SimulationError::Kpi { slot, source })?;
         kpis.add(&sk);
         for b in &settlement.balances {
-            *balances.entry(b.account).or_default() += b.amount;
+            let at = b.account.0 as usize;
+            if at >= balances.len() {
+                balances.resize(at + 1, None);
+            }
+            *balances[at].get_or_insert(0) += b.amount;
         }
         let moved = settlement.balances.iter().filter(|b| b.amount != 0).count();
         if moved > 0 {
@@ -965,7 +1034,11 @@ pub fn run_with(
         households,
         slots: records,
         kpis,
-        balances,
+        balances: balances
+            .into_iter()
+            .zip(0u32..)
+            .filter_map(|(b, account)| Some((AccountId(account), b?)))
+            .collect(),
         power_flow: run_pf,
         pf_iterations,
         sellers_received,

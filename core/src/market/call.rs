@@ -218,7 +218,7 @@ pub struct CallAuction {
     terms: SlotTerms,
     rule: PriceRule,
     entries: Vec<AuctionEntry>,
-    index: HashMap<OrderId, usize>,
+    index: foldhash::HashMap<OrderId, usize>,
     next_sequence: u64,
 }
 
@@ -230,7 +230,7 @@ impl CallAuction {
             terms,
             rule,
             entries: Vec::new(),
-            index: HashMap::new(),
+            index: foldhash::HashMap::default(),
             next_sequence: 0,
         }
     }
@@ -262,6 +262,13 @@ impl CallAuction {
     #[must_use]
     pub fn get(&self, id: OrderId) -> Option<&Order> {
         self.index.get(&id).map(|&i| &self.entries[i].order)
+    }
+
+    /// Makes room for `additional` more orders, so that a caller who knows how many are
+    /// coming does not grow the book step by step.
+    pub fn reserve(&mut self, additional: usize) {
+        self.entries.reserve(additional);
+        self.index.reserve(additional);
     }
 
     /// Accepts an order arriving at `now`.

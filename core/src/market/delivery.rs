@@ -5,10 +5,11 @@
 //! out (net export, energy sold). The deviation `delivered − traded` is positive for a
 //! shortfall (used more than bought, or delivered less than sold) and negative for a surplus.
 
+use super::accounts::PerAccount;
 use super::order::{AccountId, MeterId};
 use super::trade::Trade;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
 /// A meter's cumulative lifetime counters at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -117,20 +118,23 @@ pub fn positions(
     trades: &[Trade],
     deliveries: &[MeterDelivery],
 ) -> Result<Vec<Position>, DeliveryError> {
-    let mut map: BTreeMap<AccountId, (i128, i128)> = BTreeMap::new();
+    let mut sums: PerAccount<(i128, i128)> = PerAccount::new(2 * trades.len() + deliveries.len());
     for t in trades {
         let e = i128::from(t.energy_wh);
-        map.entry(t.buyer).or_default().0 += e;
-        map.entry(t.seller).or_default().0 -= e;
+        sums.entry(t.buyer).0 += e;
+        sums.entry(t.seller).0 -= e;
     }
+    // Design: meters listed in ascending order (as the engine and the simulator list them)
+    // cannot repeat, so only other orders pay for the set that finds the first repeat.
+    let ascending = deliveries.windows(2).all(|w| w[0].meter < w[1].meter);
     let mut seen = BTreeSet::new();
     for d in deliveries {
-        if !seen.insert(d.meter) {
+        if !ascending && !seen.insert(d.meter) {
             return Err(DeliveryError::DuplicateMeter { meter: d.meter });
         }
-        map.entry(d.account).or_default().1 += i128::from(d.net_import_wh()?);
+        sums.entry(d.account).1 += i128::from(d.net_import_wh()?);
     }
-    map.into_iter()
+    sums.into_sorted()
         .map(|(account, (traded, delivered))| {
             // Sums of bounded per-order and per-meter flows; beyond i64 only with corrupt data.
             let fit = |v: i128| {

@@ -392,6 +392,17 @@ pub fn amount_for(energy_wh: u64, rate_per_kwh: u64) -> Result<u64, FeeError> {
     }
 }
 
+/// `floor(energy_wh × rate / 1000)` for the wide sums of settlement and KPIs (saturating):
+/// the same floor as [`amount_for`], through 64-bit arithmetic whenever the product fits.
+pub(crate) fn wide_amount_for(energy_wh: u128, rate_per_kwh: u64) -> u128 {
+    if let Ok(e) = u64::try_from(energy_wh)
+        && let Some(product) = e.checked_mul(rate_per_kwh)
+    {
+        return u128::from(product / 1000);
+    }
+    energy_wh.saturating_mul(u128::from(rate_per_kwh)) / 1000
+}
+
 fn floor_mul_div(x: u64, num: u64, den: u64) -> u64 {
     // num/den ≤ 1 at every call site, so the quotient never exceeds x and fits.
     u64::try_from(u128::from(x) * u128::from(num) / u128::from(den.max(1))).unwrap_or(u64::MAX)

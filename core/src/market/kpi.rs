@@ -12,6 +12,7 @@
 //!   a net import, feed-in for a net export, floored like every amount) minus what it pays
 //!   in the settled slot (trades, fees and imbalances).
 
+use super::fees::wide_amount_for;
 use super::netting::SlotSettlement;
 use super::order::AccountId;
 use super::terms::SlotTerms;
@@ -105,6 +106,15 @@ pub struct HouseholdKpis {
 }
 
 impl HouseholdKpis {
+    /// Adds another slot's figures of the same household.
+    fn add(&mut self, other: &Self) {
+        self.consumed_wh += other.consumed_wh;
+        self.produced_wh += other.produced_wh;
+        self.self_consumed_wh += other.self_consumed_wh;
+        self.utility_only_cost += other.utility_only_cost;
+        self.actual_cost += other.actual_cost;
+    }
+
     /// Self-consumed / consumed.
     #[must_use]
     pub fn self_sufficiency(&self) -> Ratio {
@@ -184,15 +194,45 @@ pub struct SlotKpis {
 fn bill(net_import_wh: i128, retail: u64, feed_in: u64) -> i128 {
     let price = if net_import_wh >= 0 { retail } else { feed_in };
     // |net| < 2^65 and price < 2^64: the product fits in u128 after the division bound.
-    let magnitude = net_import_wh
-        .unsigned_abs()
-        .saturating_mul(u128::from(price))
-        / 1000;
+    let magnitude = wide_amount_for(net_import_wh.unsigned_abs(), price);
     let magnitude = i128::try_from(magnitude).unwrap_or(i128::MAX);
     if net_import_wh >= 0 {
         magnitude
     } else {
         -magnitude
+    }
+}
+
+/// Looks up the balances of households given in ascending account order by walking the
+/// (sorted) balances once; any other order falls back to a binary search per lookup.
+struct BalanceCursor<'a> {
+    settlement: &'a SlotSettlement,
+    next: usize,
+}
+
+impl<'a> BalanceCursor<'a> {
+    fn new(settlement: &'a SlotSettlement) -> Self {
+        Self {
+            settlement,
+            next: 0,
+        }
+    }
+
+    fn balance(&mut self, account: AccountId) -> i128 {
+        let balances = &self.settlement.balances;
+        if self.next > 0 && balances[self.next - 1].account >= account {
+            return self.settlement.balance(account);
+        }
+        while self.next < balances.len() && balances[self.next].account < account {
+            self.next += 1;
+        }
+        match balances.get(self.next) {
+            Some(b) if b.account == account => {
+                self.next += 1;
+                b.amount
+            }
+            _ => 0,
+        }
     }
 }
 
@@ -207,6 +247,7 @@ pub fn slot_kpis(
     let mut community = CommunityKpis::default();
     let (mut imported, mut exported) = (0u128, 0u128);
     let mut out = Vec::with_capacity(households.len());
+    let mut balances = BalanceCursor::new(settlement);
     for h in households {
         let supply = u128::from(h.produced_wh) + u128::from(h.imported_wh);
         let consumed =
@@ -225,7 +266,7 @@ pub fn slot_kpis(
             produced_wh: u128::from(h.produced_wh),
             self_consumed_wh: u128::from(h.produced_wh.saturating_sub(h.exported_wh)),
             utility_only_cost: bill(net, terms.band.retail_per_kwh, terms.band.feed_in_per_kwh),
-            actual_cost: -settlement.balance(h.account),
+            actual_cost: -balances.balance(h.account),
         };
         community.consumed_wh += k.consumed_wh;
         community.produced_wh += k.produced_wh;
@@ -293,6 +334,20 @@ impl PeriodKpis {
         c.self_consumed_wh += slot.community.self_consumed_wh;
         c.utility_only_cost += slot.community.utility_only_cost;
         c.actual_cost += slot.community.actual_cost;
+        // Design: a period adds the same households in the same order every slot, so the
+        // common case walks the map alongside the slot instead of looking up each household.
+        let same_households = self.households.len() == slot.households.len()
+            && self
+                .households
+                .keys()
+                .zip(&slot.households)
+                .all(|(&a, h)| a == h.account);
+        if same_households {
+            for (acc, h) in self.households.values_mut().zip(&slot.households) {
+                acc.add(h);
+            }
+            return;
+        }
         for h in &slot.households {
             let acc = self.households.entry(h.account).or_insert(HouseholdKpis {
                 account: h.account,
@@ -302,11 +357,7 @@ impl PeriodKpis {
                 utility_only_cost: 0,
                 actual_cost: 0,
             });
-            acc.consumed_wh += h.consumed_wh;
-            acc.produced_wh += h.produced_wh;
-            acc.self_consumed_wh += h.self_consumed_wh;
-            acc.utility_only_cost += h.utility_only_cost;
-            acc.actual_cost += h.actual_cost;
+            acc.add(h);
         }
     }
 

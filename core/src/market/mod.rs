@@ -227,6 +227,7 @@
 //! allocation comes out as [`Trade`]s at the community's price, so [`settle_slot`] and the KPIs
 //! treat it like auction trades.
 
+mod accounts;
 mod book;
 mod call;
 mod delivery;

@@ -6,8 +6,9 @@
 //! 1000)`. On a shortfall the household pays the floored amount (it keeps the sub-unit
 //! remainder); on a surplus it receives the floored amount (the utility keeps it).
 
+use super::accounts::PerAccount;
 use super::delivery::{DeliveryError, MeterDelivery, Position, positions};
-use super::fees::FeeError;
+use super::fees::{FeeError, wide_amount_for};
 use super::order::{AccountId, OrderId};
 use super::terms::SlotTerms;
 use super::trade::Trade;
@@ -115,7 +116,8 @@ pub fn settle_slot_disputed(
     disputed: &[AccountId],
     terms: &SlotTerms,
 ) -> Result<SlotSettlement, SettlementError> {
-    let mut net: BTreeMap<AccountId, i128> = BTreeMap::new();
+    // Buyer, seller and fee recipients per trade; each account's deviation and the utility.
+    let mut net: PerAccount<i128> = PerAccount::new(3 * trades.len() + deliveries.len() + 1);
     let mut fees_by: BTreeMap<AccountId, u64> = BTreeMap::new();
     let (mut paid, mut received, mut fees) = (0u128, 0u128, 0u128);
     for t in trades {
@@ -133,10 +135,10 @@ pub fn settle_slot_disputed(
                 ask: t.ask,
             });
         }
-        *net.entry(t.buyer).or_default() -= i128::from(amounts.buyer_pays);
-        *net.entry(t.seller).or_default() += i128::from(amounts.seller_receives);
+        *net.entry(t.buyer) -= i128::from(amounts.buyer_pays);
+        *net.entry(t.seller) += i128::from(amounts.seller_receives);
         for leg in legs.as_slice().iter().filter(|l| l.amount > 0) {
-            *net.entry(leg.recipient).or_default() += i128::from(leg.amount);
+            *net.entry(leg.recipient) += i128::from(leg.amount);
             let f = fees_by.entry(leg.recipient).or_default();
             *f = f.saturating_add(leg.amount);
         }
@@ -158,10 +160,10 @@ pub fn settle_slot_disputed(
         };
         // |dev| < 2^64 and price < 2^64, so the product fits in i128 with room to spare.
         let magnitude =
-            i128::try_from(dev.unsigned_abs() * u128::from(price) / 1000).unwrap_or(i128::MAX);
+            i128::try_from(wide_amount_for(dev.unsigned_abs(), price)).unwrap_or(i128::MAX);
         let amount = if dev > 0 { magnitude } else { -magnitude };
-        *net.entry(p.account).or_default() -= amount;
-        *net.entry(terms.utility).or_default() += amount;
+        *net.entry(p.account) -= amount;
+        *net.entry(terms.utility) += amount;
         imbalances.push(ImbalanceCharge {
             account: p.account,
             deviation_wh: dev,
@@ -171,7 +173,7 @@ pub fn settle_slot_disputed(
     Ok(SlotSettlement {
         slot: terms.slot.index,
         balances: net
-            .into_iter()
+            .into_sorted()
             .map(|(account, amount)| NetBalance { account, amount })
             .collect(),
         fees_by_recipient: fees_by.into_iter().collect(),

@@ -125,6 +125,14 @@ impl SlotMarket {
         }
     }
 
+    /// Makes room for `additional` more orders in a call auction (continuous books grow by
+    /// price level and need no hint).
+    pub fn reserve(&mut self, additional: usize) {
+        if let Self::Call(a) = self {
+            a.reserve(additional);
+        }
+    }
+
     /// Submits an order at `now`; returns the trades it made at once (never any in a call
     /// auction).
     pub fn submit(&mut self, order: Order, now: UnixSeconds) -> Result<Vec<Trade>, OrderError> {

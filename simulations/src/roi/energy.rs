@@ -259,7 +259,8 @@ fn variant(
         heat_pump_profile: None,
         heat_pump_annual_kwh: 0.0,
         pv_kwp: input.pv_kwp,
-        pv_profile: h.pv_profile.clone(),
+        pv_profile: Some(h.pv_profile.clone()),
+        pv_orientation: None,
         battery_kwh,
         share_weight: 1.0,
         battery_kw: if battery_kwh > 0.0 {

@@ -6,3 +6,4 @@
 mod grid_validation;
 mod roi;
 mod scenarios;
+mod solar;

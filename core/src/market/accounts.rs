@@ -1,0 +1,108 @@
+//! Per-account sums over one slot, read back in ascending account order: what settlement nets
+//! and delivery compares, once per slot for every account in the community.
+//!
+//! Design: the engine and the simulator number accounts densely from zero, so the account id
+//! itself indexes a vector — no tree node per account and slot, which in a year of slots of a
+//! thousand households was most of the settlement's time. An id far beyond the number of
+//! entries (a sparse numbering) moves everything into a `BTreeMap`, so memory stays bounded
+//! by the input whatever the ids; either way the sums and their order are the same.
+
+use super::order::AccountId;
+use std::collections::BTreeMap;
+
+/// Sums of `T` per account.
+#[derive(Debug)]
+pub(crate) struct PerAccount<T> {
+    /// Largest id (exclusive) kept in `dense`.
+    limit: usize,
+    /// Indexed by account id; `None`: the account has no entry.
+    dense: Vec<Option<T>>,
+    /// Used instead of `dense` once an id reached `limit`.
+    sparse: Option<BTreeMap<AccountId, T>>,
+}
+
+impl<T: Default> PerAccount<T> {
+    /// A table for about `entries` additions.
+    pub(crate) fn new(entries: usize) -> Self {
+        Self {
+            limit: entries.saturating_mul(2).saturating_add(1024),
+            dense: Vec::new(),
+            sparse: None,
+        }
+    }
+
+    /// `account`'s entry, created (at `T::default()`) if it has none.
+    pub(crate) fn entry(&mut self, account: AccountId) -> &mut T {
+        let i = account.0 as usize;
+        if self.sparse.is_none() {
+            if i < self.limit {
+                if i >= self.dense.len() {
+                    self.dense.resize_with(i + 1, || None);
+                }
+                return self.dense[i].get_or_insert_with(T::default);
+            }
+            let moved = std::mem::take(&mut self.dense)
+                .into_iter()
+                .enumerate()
+                .filter_map(|(k, v)| Some((dense_id(k), v?)))
+                .collect();
+            self.sparse = Some(moved);
+        }
+        self.sparse
+            .get_or_insert_with(BTreeMap::new)
+            .entry(account)
+            .or_default()
+    }
+
+    /// Every account with an entry and its sum, in ascending account order.
+    pub(crate) fn into_sorted(self) -> impl Iterator<Item = (AccountId, T)> {
+        let dense = self
+            .dense
+            .into_iter()
+            .enumerate()
+            .filter_map(|(k, v)| Some((dense_id(k), v?)));
+        dense.chain(self.sparse.into_iter().flatten())
+    }
+}
+
+/// The account of a dense position (positions come from `u32` ids, so they fit).
+fn dense_id(k: usize) -> AccountId {
+    AccountId(u32::try_from(k).unwrap_or(u32::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dense_and_sparse_ids_sum_alike_in_account_order() {
+        let adds = [(5u32, 1i64), (2, 3), (5, 4), (0, -1), (3, 0)];
+        let mut small = PerAccount::<i64>::new(adds.len());
+        for &(a, v) in &adds {
+            *small.entry(AccountId(a)) += v;
+        }
+        let small: Vec<_> = small.into_sorted().collect();
+        assert_eq!(
+            small,
+            [
+                (AccountId(0), -1),
+                (AccountId(2), 3),
+                (AccountId(3), 0),
+                (AccountId(5), 5)
+            ]
+        );
+        // A huge id midway moves what was summed so far into the tree.
+        let mut mixed = PerAccount::<i64>::new(adds.len());
+        for &(a, v) in adds.iter().take(3) {
+            *mixed.entry(AccountId(a)) += v;
+        }
+        *mixed.entry(AccountId(u32::MAX)) += 7;
+        for &(a, v) in adds.iter().skip(3) {
+            *mixed.entry(AccountId(a)) += v;
+        }
+        let mixed: Vec<_> = mixed.into_sorted().collect();
+        let mut expected = small.clone();
+        expected.push((AccountId(u32::MAX), 7));
+        assert_eq!(mixed, expected);
+    }
+}
