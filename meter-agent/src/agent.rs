@@ -44,6 +44,14 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// Whether the household's configuration (the file, the key, the broker settings) is at
+    /// fault, so that starting again unchanged cannot help; `run` then exits with 78.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, Self::Config(_) | Self::Key(_) | Self::Mqtt(_))
+    }
+}
+
 /// Live counters of a running agent.
 #[derive(Debug, Default)]
 pub struct AgentStats {

@@ -29,6 +29,11 @@ use meter_agent::transport::{ModbusLink, Table, TransportKind};
 use meter_agent::value::PointRow;
 use tokio::sync::watch;
 
+/// Exit status of `run` when the configuration or the key is unusable (sysexits' EX_CONFIG):
+/// the systemd unit does not restart on it (`RestartPreventExitStatus=78`), since the same
+/// files would fail the same way every five seconds.
+const EX_CONFIG: u8 = 78;
+
 #[derive(Parser)]
 #[command(
     name = "meter-agent",
@@ -201,14 +206,27 @@ fn main() -> ExitCode {
 async fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run(o) => {
-            let config = load_config(&o)?;
+            let config = match load_config(&o) {
+                Ok(config) => config,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    return Ok(ExitCode::from(EX_CONFIG));
+                }
+            };
             let (tx, rx) = watch::channel(false);
             tokio::spawn(async move {
                 wait_for_signal().await;
                 tracing::info!(target: "agent", "stopping: flushing and announcing offline");
                 let _ = tx.send(true);
             });
-            agent::run(config, rx, Arc::new(AgentStats::default())).await?;
+            if let Err(e) = agent::run(config, rx, Arc::new(AgentStats::default())).await {
+                eprintln!("error: {e}");
+                return Ok(if e.is_configuration() {
+                    ExitCode::from(EX_CONFIG)
+                } else {
+                    ExitCode::FAILURE
+                });
+            }
         }
         Command::Keygen { out, force } => {
             let public = keys::generate(&out, force)?;

@@ -148,6 +148,10 @@ async fn discover_prints_a_table_of_points_and_the_same_as_json() {
 }
 
 fn write_config(dir: &Path, community: &str, device: &str, mqtt: &str) -> PathBuf {
+    write_config_for(dir, "doc-1", community, device, mqtt)
+}
+
+fn write_config_for(dir: &Path, meter: &str, community: &str, device: &str, mqtt: &str) -> PathBuf {
     let key = dir.join("meter.key");
     if !key.exists() {
         meter_agent::keys::generate(&key, false).unwrap();
@@ -156,7 +160,7 @@ fn write_config(dir: &Path, community: &str, device: &str, mqtt: &str) -> PathBu
     std::fs::write(
         &path,
         format!(
-            "meter_id = \"doc-1\"\ncommunity = \"{community}\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\npoll_interval_ms = 200\nclock_sync = \"auto\"\n[modbus]\naddress = \"{device}\"\ntimeout_ms = 500\n[mqtt]\nurl = \"{mqtt}\"\nreconnect_initial_ms = 100\n",
+            "meter_id = \"{meter}\"\ncommunity = \"{community}\"\nkey_file = \"{}\"\ndata_dir = \"{}\"\npoll_interval_ms = 200\nclock_sync = \"auto\"\n[modbus]\naddress = \"{device}\"\ntimeout_ms = 500\n[mqtt]\nurl = \"{mqtt}\"\nreconnect_initial_ms = 100\n",
             key.display(),
             dir.display()
         ),
@@ -321,4 +325,120 @@ async fn doctor_names_a_refused_broker_login() {
     let (code, out) = cli(args(), Some(fake_chronyc(dir.path(), "Normal"))).await;
     assert_eq!(code, 0, "{out}");
     assert!(line(&out, "ok", "broker").contains("as doc-1"), "{out}");
+}
+
+/// `meter-agent run -c CONFIG` with the log on stderr at info; returns the child and its
+/// stderr lines as they come.
+fn spawn_run(config: &Path) -> (std::process::Child, std::sync::mpsc::Receiver<String>) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meter-agent"))
+        .args(["run", "-c"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Waits (off the runtime's thread) for the child to exit within 20 s; its status code and
+/// everything it logged.
+async fn exit_of(run: (std::process::Child, std::sync::mpsc::Receiver<String>)) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let (mut child, lines) = run;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let code = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status.code().unwrap_or(-1);
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!(
+                    "meter-agent run did not exit: {:?}",
+                    lines.try_iter().collect::<Vec<_>>()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        (code, lines.try_iter().collect::<Vec<_>>().join("\n"))
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn run_exits_with_78_when_the_configuration_or_key_is_unusable() {
+    // The systemd unit does not restart on 78 (RestartPreventExitStatus=78): an agent that
+    // cannot start as configured must say why once, not every five seconds.
+    let (_sim, server) = simulated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let device = server.addr.to_string();
+    let config = write_config_for(
+        dir.path(),
+        "run-78",
+        &support::community("run"),
+        &device,
+        &support::broker_url(),
+    );
+
+    std::fs::remove_file(dir.path().join("meter.key")).unwrap();
+    let (code, log) = exit_of(spawn_run(&config)).await;
+    assert_eq!(code, 78, "{log}");
+    assert!(log.contains("meter.key"), "{log}");
+
+    std::fs::write(&config, "meter_idd = \"run-78\"\n").unwrap();
+    let (code, log) = exit_of(spawn_run(&config)).await;
+    assert_eq!(code, 78, "{log}");
+    assert!(log.contains("meter_idd"), "{log}");
+
+    let (code, log) = exit_of(spawn_run(&dir.path().join("missing.toml"))).await;
+    assert_eq!(code, 78, "{log}");
+    assert!(log.contains("missing.toml"), "{log}");
+}
+
+#[tokio::test]
+async fn run_logs_the_first_reading_the_broker_acknowledged() {
+    // `journalctl -u meter-agent` after installing: this line says the meter works (and
+    // scripts/deb-check.sh times the install to it).
+    let (_sim, server) = simulated().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config_for(
+        dir.path(),
+        "run-first-ack",
+        &support::community("run"),
+        &server.addr.to_string(),
+        &support::broker_url(),
+    );
+    let (mut child, lines) = spawn_run(&config);
+    let found = tokio::task::spawn_blocking(move || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+            match lines.recv_timeout(left) {
+                Ok(line) if line.contains("first reading acknowledged by the broker") => {
+                    return Ok(line);
+                }
+                Ok(line) => seen.push(line),
+                Err(_) => break,
+            }
+        }
+        Err(seen)
+    })
+    .await
+    .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let line = found.unwrap_or_else(|seen| panic!("no first acknowledgement in {seen:#?}"));
+    assert!(line.contains("seq=1"), "{line}");
 }
