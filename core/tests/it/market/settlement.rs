@@ -198,3 +198,60 @@ fn configured_imbalance_prices_replace_the_tariffs() {
     assert_eq!(s.balance(B), 2);
     assert_eq!(s.balance(UTILITY), 58);
 }
+
+/// Settlement sums per account in a table indexed by account id while ids are small, and in a
+/// tree beyond that: an account numbered in the billions settles exactly as a small one, in
+/// account order.
+#[test]
+fn sparse_account_ids_settle_like_dense_ones() {
+    let terms = flat_terms(40, 5);
+    let now = open_time(&terms);
+    let settle = |seller: AccountId| {
+        let mut book = ContinuousBook::new(terms.clone(), ContinuousKind::TwoSided);
+        book.submit(Order::ask(OrderId(1), seller, AreaId(0), 20, 1000), now)
+            .unwrap();
+        let trades = book
+            .submit(Order::bid(OrderId(2), A, AreaId(0), 20, 1000), now)
+            .unwrap();
+        let deliveries = [
+            delivery(1, A, 1500, 0),
+            delivery(2, C, 0, 300),
+            delivery(3, seller, 0, 800),
+        ];
+        settle_slot(&trades, &deliveries, &terms).unwrap()
+    };
+    let far = AccountId(3_000_000_000);
+    let (dense, sparse) = (settle(B), settle(far));
+    let mut expected: Vec<(AccountId, i128)> = dense
+        .balances
+        .iter()
+        .map(|b| (if b.account == B { far } else { b.account }, b.amount))
+        .collect();
+    expected.sort_by_key(|&(account, _)| account);
+    let got: Vec<(AccountId, i128)> = sparse
+        .balances
+        .iter()
+        .map(|b| (b.account, b.amount))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(sparse.balance(far), dense.balance(B));
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+}
+
+/// Meters listed out of order are still checked for repeats, and the first repeat is named.
+#[test]
+fn a_repeated_meter_is_found_in_any_order() {
+    let terms = flat_terms(40, 5);
+    let deliveries = [
+        delivery(2, A, 1, 0),
+        delivery(1, B, 1, 0),
+        delivery(3, C, 1, 0),
+        delivery(1, C, 1, 0),
+    ];
+    assert_eq!(
+        settle_slot(&[], &deliveries, &terms),
+        Err(SettlementError::Delivery(DeliveryError::DuplicateMeter {
+            meter: MeterId(1)
+        }))
+    );
+}
