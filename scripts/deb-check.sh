@@ -54,19 +54,18 @@ fi
 root="$work/root"
 mkdir "$root"
 tar -C "$root" -xf "$image"
-cp "$deb" "$root/tmp/"
-pkg="/tmp/$(basename "$deb")"
+cp "$deb" "$root/var/tmp/"
+pkg="/var/tmp/$(basename "$deb")"
 
 # Runs a command in the chroot (chroot's options first, then --), with /proc mounted in a
 # mount namespace of its own, so nothing stays mounted when it ends. The pid stays the one
 # of the command (exec all the way down).
+root_sh='root=$1; shift; mount -t proc proc "$root/proc" && exec chroot "$@"'
 in_root() {
   local opts=()
   while [ "$1" != -- ]; do opts+=("$1"); shift; done
   shift
-  unshare --mount --propagation private sh -c \
-    'root=$1; shift; mount -t proc proc "$root/proc" && exec chroot "$@"' \
-    sh "$root" "${opts[@]}" "$root" "$@"
+  unshare --mount --propagation private sh -c "$root_sh" sh "$root" "${opts[@]}" "$root" "$@"
 }
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
@@ -133,8 +132,10 @@ mosquitto_sub -p "$mqtt_port" -t 'gridshare/v1/deb/meters/deb-check/reading' -C 
 sub=$!
 pids+=("$sub")
 echo "--- start: $exec_start (as $user:$group +$groups, $env_line, umask $umask_value)"
-in_root --userspec="$user:$group" --groups="$groups" -- \
-  /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$env_line" \
+# Not through in_root: a function sent to the background runs in a subshell, and the pid to
+# signal must be the agent's.
+unshare --mount --propagation private sh -c "$root_sh" sh "$root" \
+  --userspec="$user:$group" --groups="$groups" "$root" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$env_line" \
   sh -c 'umask "$1"; shift; exec "$@"' sh "$umask_value" $exec_start \
   2>"$work/agent.log" &
 agent=$!
@@ -184,7 +185,7 @@ chroot_figure="$(awk -v a="$t0" -v b="$t_dpkg" -v c="$t_ack" 'BEGIN {
 boot="$work/boot"
 mkdir "$boot"
 tar -C "$boot" -xf "$image"
-cp "$deb" "$boot/tmp/"
+cp "$deb" "$boot/var/tmp/"   # /tmp is a tmpfs under systemd
 cg="$work/cgroup"
 tag="gridshare-deb-check-$$"
 mkdir -p "$cg"
