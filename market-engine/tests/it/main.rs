@@ -16,12 +16,14 @@ mod cli;
 mod crash;
 mod demo;
 mod funds;
+mod gaps;
 mod ingest;
 mod market;
 mod meters;
 mod money;
 mod privacy;
 mod roi;
+mod storage;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;
