@@ -73,18 +73,19 @@ pub fn storage_failure(e: &sqlx::Error) -> bool {
             let Some(code) = db.code() else {
                 return false;
             };
-            match code.parse::<i32>() {
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
                 // SQLite: the primary result code of an extended one — BUSY, LOCKED, NOMEM,
                 // READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
-                Ok(extended) => matches!(extended & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26),
-                // PostgreSQL SQLSTATE: connection exception, insufficient resources (disk
-                // full), operator intervention (a terminated backend), system error, internal
-                // error (data corrupted); a read-only transaction; a lock or serialisation
-                // conflict that succeeds when tried again.
-                Err(_) => {
-                    matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "XX"))
-                        || matches!(&*code, "25006" | "55P03" | "40001" | "40P01")
-                }
+                code.parse::<i32>()
+                    .is_ok_and(|extended| matches!(extended & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26))
+            } else {
+                // PostgreSQL SQLSTATE (five characters, often all digits): connection
+                // exception, insufficient resources (disk full), operator intervention (a
+                // terminated backend), system error, internal error (data corrupted); a
+                // read-only transaction; a lock or serialisation conflict that succeeds when
+                // tried again.
+                matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "XX"))
+                    || matches!(&*code, "25006" | "55P03" | "40001" | "40P01")
             }
         }
         _ => false,
