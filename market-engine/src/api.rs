@@ -142,7 +142,8 @@ pub enum ApiError {
         /// Seconds until the next attempt is looked at (the `Retry-After` header).
         retry_after_s: u64,
     },
-    /// 503: the engine is at capacity (password hashing); try again shortly.
+    /// 503: the engine is at capacity (password hashing) or its storage fails; try again
+    /// shortly.
     Busy {
         /// What to do.
         message: String,
@@ -153,10 +154,22 @@ pub enum ApiError {
     Internal(String),
 }
 
+/// Seconds a client is asked to wait while storage fails.
+const STORAGE_RETRY_AFTER_S: u64 = 5;
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict(what) => Self::Conflict(format!("{what} already exists")),
+            e if e.is_unavailable() => {
+                tracing::error!(target: "api", "storage failing: {e}");
+                Self::Busy {
+                    message: "the engine's storage is failing (full disk or database \
+                              unavailable); nothing was changed, try again shortly"
+                        .into(),
+                    retry_after_s: STORAGE_RETRY_AFTER_S,
+                }
+            }
             other => {
                 tracing::error!(target: "api", "{other}");
                 Self::Internal("database error".into())
@@ -980,13 +993,22 @@ async fn stream(
 }
 
 /// Healthy unless a background task kept panicking and was given up (the binary is then
-/// exiting, so that its service manager restarts it).
+/// exiting, so that its service manager restarts it), or storage takes no writes (a read-only
+/// database, a full disk, a lost connection: readings and orders cannot be stored).
 async fn healthz(State(state): State<AppState>) -> Response {
-    match state.tasks.given_up() {
-        None => "ok\n".into_response(),
-        Some(task) => (
+    if let Some(task) = state.tasks.given_up() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("background task {task} kept failing; the engine is restarting\n"),
+        )
+            .into_response();
+    }
+    match state.store.writable().await {
+        Ok(()) => "ok\n".into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, STORAGE_RETRY_AFTER_S.to_string())],
+            format!("storage takes no writes: {e}\n"),
         )
             .into_response(),
     }

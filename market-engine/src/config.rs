@@ -88,6 +88,10 @@ pub struct IngestConfig {
     /// during the slot but not yet past its end (a broker or network outage), seconds. What
     /// arrives later is carried into the meter's next settlement.
     pub late_readings_wait_s: u32,
+    /// A gap in a meter's sequence numbers is asked for (from the meter's agent) until this
+    /// long after it was found, then given up as unfillable, s. Match the agents'
+    /// `resend_retention_s`: they keep readings that long after the broker acknowledged them.
+    pub gap_give_up_after_s: u64,
 }
 
 impl Default for EngineConfig {
@@ -144,6 +148,7 @@ impl Default for IngestConfig {
             max_age_ms: 7 * 24 * 3_600_000,
             rejections_kept_days: 30,
             late_readings_wait_s: 120,
+            gap_give_up_after_s: 86_400,
         }
     }
 }
@@ -188,6 +193,13 @@ impl EngineConfig {
         BrokerUrl::parse(&self.mqtt.url).map_err(|e| format!("mqtt.url: {e}"))?;
         self.market.community()?;
         self.auth.validate()?;
+        if !(60..=30 * 86_400).contains(&self.ingest.gap_give_up_after_s) {
+            return Err(
+                "ingest.gap_give_up_after_s: between 60 and 2592000 (30 days), as the agents' \
+                 resend_retention_s"
+                    .into(),
+            );
+        }
         if !(self.database.url.starts_with("sqlite:") || self.database.url.starts_with("postgres"))
         {
             return Err("database.url: expected sqlite://path or postgres://...".into());

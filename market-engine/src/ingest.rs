@@ -119,6 +119,14 @@ pub struct IngestMetrics {
     pub accepted: AtomicU64,
     /// Exact duplicates dropped (an agent re-sending after a lost acknowledgement).
     pub duplicates: AtomicU64,
+    /// Readings stored that filled a gap in their meter's sequence (most of them sent again
+    /// at the engine's request).
+    pub recovered: AtomicU64,
+    /// Requests for missing readings.
+    pub gaps: crate::gaps::GapMetrics,
+    /// Rejections waiting to be recorded while storage fails (kept, within a bound, until it
+    /// works again).
+    pub rejections_backlog: AtomicU64,
     rejected: [AtomicU64; Rejection::ALL.len()],
     unrecorded: [AtomicU64; Rejection::ALL.len()],
 }

@@ -5,6 +5,7 @@
 //! - [`broker`]: the embedded MQTT broker's logins and topic access rules, meters' MQTT
 //!   credentials;
 //! - [`pipeline`]: MQTT subscription → checks → batched storage → acknowledgement;
+//! - [`gaps`]: readings missing from a meter's sequence, asked for again from its agent;
 //! - [`meters`]: registration by a household, approval by the community operator;
 //! - [`autotrade`]: households' automatic trading rules;
 //! - [`exchange`]: the books, funds and order ids as pure state — `apply(event)`, shared by
@@ -27,6 +28,7 @@ pub mod broker;
 pub mod chain;
 pub mod config;
 pub mod exchange;
+pub mod gaps;
 pub mod ingest;
 pub mod market;
 pub mod meters;

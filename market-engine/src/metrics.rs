@@ -89,6 +89,64 @@ impl Snapshot {
                 .map(|r| (vec![("reason", r.as_str().to_owned())], ingest.unrecorded(*r)))
                 .collect(),
         );
+        s.counter(
+            "gridshare_readings_recovered",
+            "Readings stored that filled a gap in their meter's sequence numbers (most sent again by the agent at the engine's request).",
+            ingest.recovered.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_rejections_backlog",
+            "Rejections waiting to be recorded while storage fails.",
+            ingest.rejections_backlog.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_resend_requests",
+            "Requests to meter agents to send missing readings again.",
+            ingest.gaps.requests.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_resend_readings_requested",
+            "Readings those requests asked for.",
+            ingest.gaps.readings_requested.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_reading_gaps_given_up",
+            "Gaps in meters' sequence numbers given up as unfillable (older than the agents keep readings).",
+            ingest.gaps.given_up.load(Ordering::Relaxed),
+        );
+        // A scrape while storage fails reports no gap totals rather than zeros.
+        if let Ok(t) = crate::gaps::totals(&state.store).await {
+            s.gauge(
+                "gridshare_reading_gaps_open",
+                "Gaps in meters' sequence numbers still asked for (GET /api/v1/operator/gaps).",
+                t.open_gaps,
+            );
+            s.gauge(
+                "gridshare_readings_missing",
+                "Readings missing in those gaps.",
+                t.open_missing,
+            );
+            s.gauge(
+                "gridshare_meters_with_gaps",
+                "Meters with readings missing that are still asked for.",
+                t.meters_with_open_gaps,
+            );
+            s.gauge(
+                "gridshare_reading_gaps_unfillable",
+                "Gaps given up as unfillable: their readings are lost.",
+                t.unfillable_gaps,
+            );
+            s.gauge(
+                "gridshare_readings_lost",
+                "Readings missing in unfillable gaps.",
+                t.unfillable_missing,
+            );
+            s.gauge(
+                "gridshare_meters_with_unfillable_gaps",
+                "Meters with at least one unfillable gap.",
+                t.meters_with_unfillable_gaps,
+            );
+        }
         let m = &state.market.metrics;
         s.counter(
             "gridshare_orders_accepted",

@@ -214,6 +214,7 @@ pub async fn run(
     store: Store,
     metrics: Arc<IngestMetrics>,
     live: broadcast::Sender<LiveEvent>,
+    resend: Arc<crate::gaps::ResendLink>,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -251,7 +252,9 @@ pub async fn run(
         store,
         metrics,
         live,
+        shutdown.clone(),
     ));
+    resend.set(client.clone());
     loop {
         tokio::select! {
             event = eventloop.poll() => match event {
@@ -320,6 +323,9 @@ const RECORDED_PER_KEY: u32 = 10;
 const RECORDED_PER_REASON: u32 = 200;
 /// The sampling window.
 const SAMPLING_WINDOW: Duration = Duration::from_secs(60);
+/// Rejections kept in memory while storage fails (two sampling windows' worth at the most
+/// every reason records); beyond them, counted as unrecorded.
+const REJECTIONS_BACKLOG: usize = 6_000;
 
 impl Default for RejectionSampler {
     fn default() -> Self {
@@ -436,9 +442,11 @@ async fn store_batches(
     store: Store,
     metrics: Arc<IngestMetrics>,
     live: broadcast::Sender<LiveEvent>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last = HashMap::new();
     let mut sampler = RejectionSampler::default();
+    let mut unrecorded: Vec<(u64, Rejected)> = Vec::new();
     while let Some(batch) = rx.recv().await {
         let CheckedBatch {
             publishes,
@@ -446,21 +454,32 @@ async fn store_batches(
             mut rejected,
             received,
         } = batch;
-        // Store until it works: a reading is acknowledged to the broker only once stored.
+        // Store until it works: a reading is acknowledged to the broker only once stored. When
+        // the engine stops meanwhile, the batch stays unacknowledged and the broker delivers it
+        // again to the next run.
         let outcomes = loop {
             match store.store_readings(&accepted, received, &mut last).await {
                 Ok(outcomes) => break outcomes,
                 Err(e) => {
                     tracing::error!(target: "ingest", "storing readings failed, retrying: {e}");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    if *shutdown.borrow() {
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => return,
+                    }
                 }
             }
         };
         for (accepted, outcome) in accepted.iter().zip(outcomes) {
             let signed = &accepted.signed;
             let meter = signed.reading.meter_id.to_string();
+            if outcome == Stored::Recovered {
+                metrics.recovered.fetch_add(1, Ordering::Relaxed);
+            }
             match outcome {
-                Stored::Inserted => {
+                Stored::Inserted | Stored::Recovered => {
                     metrics.accepted.fetch_add(1, Ordering::Relaxed);
                     let r = &signed.reading;
                     let _ = live.send(LiveEvent::Reading {
@@ -496,20 +515,31 @@ async fn store_batches(
             metrics.reject(r.reason);
             tracing::debug!(target: "ingest", reason = r.reason.as_str(), meter = ?r.meter, "rejected: {}", r.detail);
         }
-        let recorded: Vec<Rejected> = rejected
-            .into_iter()
-            .filter(|r| {
-                let keep = sampler.admit(r);
-                if !keep {
-                    metrics.skip_recording(r.reason, 1);
+        unrecorded.extend(rejected.into_iter().filter_map(|r| {
+            let keep = sampler.admit(&r);
+            if !keep {
+                metrics.skip_recording(r.reason, 1);
+            }
+            keep.then_some((received, r))
+        }));
+        // While storage fails, rejections wait (the oldest kept, within a bound) and are
+        // recorded with the next batch that can be.
+        if !unrecorded.is_empty() {
+            match store.record_rejections(&unrecorded).await {
+                Ok(()) => unrecorded.clear(),
+                Err(e) => {
+                    tracing::error!(target: "ingest", waiting = unrecorded.len(), "recording rejections failed, kept for the next batch: {e}");
+                    if unrecorded.len() > REJECTIONS_BACKLOG {
+                        for (_, r) in unrecorded.drain(REJECTIONS_BACKLOG..) {
+                            metrics.skip_recording(r.reason, 1);
+                        }
+                    }
                 }
-                keep
-            })
-            .collect();
-        if !recorded.is_empty()
-            && let Err(e) = store.record_rejections(&recorded, received).await
-        {
-            tracing::error!(target: "ingest", "recording rejections failed: {e}");
+            }
+            metrics.rejections_backlog.store(
+                u64::try_from(unrecorded.len()).unwrap_or(u64::MAX),
+                Ordering::Relaxed,
+            );
         }
         for p in &publishes {
             if let Err(e) = client.ack(p).await {

@@ -10,6 +10,7 @@ use crate::api::{AppState, RateLimits, router};
 use crate::broker::{BrokerAuthMetrics, EmbeddedBroker};
 use crate::chain::ChainSettler;
 use crate::config::EngineConfig;
+use crate::gaps::{Requester, ResendLink};
 use crate::ingest::{Checker, IngestMetrics, KeyRegistry};
 use crate::market::Market;
 use crate::metrics::ChainMetrics;
@@ -38,6 +39,19 @@ pub enum ServeError {
     /// The market settings or the order log.
     #[error("market: {0}")]
     Market(String),
+    /// The database opens but cannot be written (read-only, full disk): the engine stores
+    /// every reading and order before it answers, so it does not start on it.
+    #[error(
+        "database {url}: cannot write to it ({reason}); the engine does not start on a \
+         database it cannot write (make it writable, free disk space, or point \
+         [database] url at another)"
+    )]
+    Unwritable {
+        /// The database URL.
+        url: String,
+        /// What the write said.
+        reason: String,
+    },
 }
 
 /// A running engine.
@@ -70,6 +84,13 @@ impl Engine {
     /// Starts everything; returns once the HTTP API listens and the ingest runs.
     pub async fn start(config: &EngineConfig) -> Result<Self, ServeError> {
         let store = Store::open(&config.database.url).await?;
+        if let Err(e) = store.probe_write().await {
+            store.close().await;
+            return Err(ServeError::Unwritable {
+                url: config.database.url.clone(),
+                reason: e.to_string(),
+            });
+        }
         // Tokens issued before they expired get the default lifetime from now.
         let token_ms = u64::from(config.auth.token_days) * 86_400_000;
         store
@@ -155,9 +176,15 @@ impl Engine {
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let chain_metrics = Arc::new(ChainMetrics::default());
         let mut subscribed_tx = Some(subscribed_tx);
+        let resend = Arc::new(ResendLink::default());
         tasks.push({
-            let (store, ingest, live, stopped) =
-                (store.clone(), ingest.clone(), live.clone(), stopped.clone());
+            let (store, ingest, live, resend, stopped) = (
+                store.clone(),
+                ingest.clone(),
+                live.clone(),
+                resend.clone(),
+                stopped.clone(),
+            );
             supervise("ingest", task_metrics.clone(), stopped.clone(), move || {
                 // After a restart nobody waits for the subscription any more.
                 let subscribed = subscribed_tx
@@ -169,9 +196,24 @@ impl Engine {
                     store.clone(),
                     ingest.clone(),
                     live.clone(),
+                    resend.clone(),
                     stopped.clone(),
                     subscribed,
                 )
+            })
+        });
+        tasks.push({
+            let requester = Requester {
+                store: store.clone(),
+                link: resend,
+                prefix: config.mqtt.topic_prefix.clone(),
+                community: config.community.clone(),
+                give_up_after_ms: config.ingest.gap_give_up_after_s.saturating_mul(1000),
+                metrics: ingest.clone(),
+            };
+            let stop = shutdown.subscribe();
+            supervise("gaps", task_metrics.clone(), stop.clone(), move || {
+                crate::gaps::run(requester.clone(), stop.clone())
             })
         });
         tasks.push({
@@ -317,15 +359,29 @@ impl Engine {
         })
     }
 
-    /// Stops the ingest (after storing and acknowledging what it holds) and the HTTP API.
+    /// Stops the ingest (after storing and acknowledging what it holds) and the HTTP API,
+    /// in bounded time: a task still busy after [`STOP_GRACE`] (storage that hangs) is
+    /// aborted, and what it had not stored stays unacknowledged at the broker for the next run.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        for mut task in self.tasks {
+            if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+                tracing::warn!(target: "engine", "a background task did not stop in time; aborted");
+                task.abort();
+            }
         }
-        self.store.close().await;
+        if tokio::time::timeout(STOP_GRACE, self.store.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!(target: "engine", "the database did not close in time");
+        }
     }
 }
+
+/// How long [`Engine::stop`] waits for the background tasks, and then for the database.
+pub const STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Drives the slot timeline on wall-clock time: closes gates and settles delivered slots.
 async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {

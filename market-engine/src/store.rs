@@ -37,7 +37,66 @@ pub enum StoreError {
     /// A value is beyond what the database stores (i64).
     #[error("{0} is beyond the largest value the engine stores")]
     OutOfRange(&'static str),
+    /// Storage failed (a full disk, a read-only or unreachable database) where only a message
+    /// survived: a write queued to another task.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
+
+impl StoreError {
+    /// Whether this is storage failing — a full disk, a read-only file or database, a lost
+    /// connection, a timeout — rather than a request or the code at fault: the API answers
+    /// 503 with Retry-After, and the same request succeeds once storage works again.
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            Self::Database(e) => storage_failure(e),
+            Self::Unavailable(_) => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether `e` says storage failed rather than the statement: see
+/// [`StoreError::is_unavailable`].
+pub fn storage_failure(e: &sqlx::Error) -> bool {
+    use sqlx::Error as E;
+    match e {
+        E::Io(_)
+        | E::Tls(_)
+        | E::Protocol(_)
+        | E::PoolTimedOut
+        | E::PoolClosed
+        | E::WorkerCrashed
+        | E::BeginFailed
+        | E::InvalidSavePointStatement => true,
+        E::Database(db) => {
+            let Some(code) = db.code() else {
+                return false;
+            };
+            if db.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                // SQLite: the primary result code of an extended one — BUSY, LOCKED, NOMEM,
+                // READONLY, IOERR, CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+                code.parse::<i32>()
+                    .is_ok_and(|extended| matches!(extended & 0xff, 5..=8 | 10 | 11 | 13..=15 | 26))
+            } else {
+                // PostgreSQL SQLSTATE (five characters, often all digits): connection
+                // exception, insufficient resources (disk full), operator intervention (a
+                // terminated backend), system error, internal error (data corrupted); a
+                // read-only transaction; a lock or serialisation conflict that succeeds when
+                // tried again.
+                matches!(code.get(..2), Some("08" | "53" | "57" | "58" | "XX"))
+                    || matches!(&*code, "25006" | "55P03" | "40001" | "40P01")
+            }
+        }
+        _ => false,
+    }
+}
+
+/// How long a storage probe's answer stands for `/healthz`.
+const PROBE_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How long one storage probe may take before storage counts as failing.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Which SQL dialect is behind the pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +112,9 @@ pub enum Backend {
 pub enum Stored {
     /// New, stored.
     Inserted,
+    /// New, stored, and it filled a gap in its meter's sequence numbers (typically sent again
+    /// at the engine's request, [`crate::gaps`]).
+    Recovered,
     /// Already stored with the same content (an agent re-sent it).
     Duplicate,
     /// Already stored with different content.
@@ -267,6 +329,8 @@ async fn neighbours(
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The latest write probe: when, and what it found.
+    probed: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
 }
 
 /// A u64 as the database stores it; readings beyond i64 are refused by the ingest checks
@@ -327,6 +391,32 @@ impl Store {
         };
         let pool = AnyPoolOptions::new()
             .max_connections(if backend == Backend::Sqlite { 4 } else { 10 })
+            // Design: a connection goes back to the pool only in a known state. A transaction
+            // whose COMMIT or ROLLBACK failed (SQLite rolls back by itself on a full disk, and
+            // sqlx's ROLLBACK then fails) leaves sqlx counting an open transaction, and every
+            // later BEGIN on that connection failed with "attempted to call begin_with at
+            // non-zero transaction depth" until a restart (issue 11, item 9). Such a
+            // connection is closed instead, and so is a PostgreSQL session left read-only
+            // (`default_transaction_read_only` is read when a session starts, so only a new
+            // one sees the database writable again); the pool opens fresh ones as needed.
+            .after_release(move |conn, _| {
+                Box::pin(async move {
+                    // On SQLite this waits for a rollback queued by a dropped transaction.
+                    sqlx::Connection::ping(&mut *conn).await?;
+                    if sqlx::Connection::is_in_transaction(&*conn) {
+                        tracing::warn!(target: "store", "closing a connection left inside a failed transaction");
+                        return Ok(false);
+                    }
+                    if backend == Backend::Postgres {
+                        let read_only: String =
+                            sqlx::query_scalar("SHOW default_transaction_read_only")
+                            .fetch_one(&mut *conn)
+                            .await?;
+                        return Ok(read_only != "on");
+                    }
+                    Ok(true)
+                })
+            })
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Sqlite {
@@ -352,7 +442,49 @@ impl Store {
             Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await?,
         }
-        Ok(Self { pool, backend })
+        Ok(Self {
+            pool,
+            backend,
+            probed: Default::default(),
+        })
+    }
+
+    /// Writes one row in a transaction of its own: whether storage takes writes now (a
+    /// read-only file or database, a full disk, a lost connection fail here).
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
+        let probe = async {
+            let mut tx = self.begin().await?;
+            sqlx::query(
+                "INSERT INTO storage_probe (id, probed_ms) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET probed_ms = excluded.probed_ms",
+            )
+            .bind(i64_of(crate::pipeline::now_ms()))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        };
+        match tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "a one-row write took longer than {} s",
+                PROBE_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
+    /// Whether storage takes writes, from a probe at most [`PROBE_FRESH`] old (`/healthz`
+    /// asks often; one probe a second answers them all).
+    pub async fn writable(&self) -> Result<(), String> {
+        let mut probed = self.probed.lock().await;
+        if let Some((at, result)) = probed.as_ref()
+            && at.elapsed() < PROBE_FRESH
+        {
+            return result.clone();
+        }
+        let result = self.probe_write().await.map_err(|e| e.to_string());
+        *probed = Some((std::time::Instant::now(), result.clone()));
+        result
     }
 
     /// Starts a write transaction. On SQLite it takes the write lock at once (`BEGIN
@@ -676,8 +808,10 @@ impl Store {
 
     /// Stores a batch of verified readings in one transaction, checking duplicates and the
     /// step from each meter's neighbouring readings (time and counters forward, no faster than
-    /// its capacity) against what is stored. Returns one outcome per reading. `last` caches
-    /// each meter's latest stored reading across batches.
+    /// its capacity) against what is stored, and keeping each meter's gaps (sequence numbers
+    /// missing between its stored readings, [`crate::gaps`]) in the same transaction. Returns
+    /// one outcome per reading. `last` caches each meter's latest stored reading across
+    /// batches; it changes only when the transaction commits.
     pub async fn store_readings(
         &self,
         batch: &[Accepted],
@@ -685,6 +819,7 @@ impl Store {
         last: &mut HashMap<String, CounterSnapshot>,
     ) -> Result<Vec<Stored>, StoreError> {
         let mut tx = self.begin().await?;
+        let mut latest: HashMap<String, CounterSnapshot> = HashMap::new();
         let mut outcomes = Vec::with_capacity(batch.len());
         // Accepted readings are inserted many rows per statement: one round trip to the
         // database thread per chunk instead of per reading.
@@ -695,13 +830,14 @@ impl Store {
             let meter = r.meter_id.as_str();
             let this = CounterSnapshot::of(signed);
             let digest = hex::encode(signed.digest());
-            let cached = last.get(meter).copied();
+            let cached = latest.get(meter).or_else(|| last.get(meter)).copied();
             let refused = |e: (Rejection, String)| Stored::Implausible(e.0, e.1);
-            let outcome = match cached {
+            // Where the reading goes: its stored neighbours, and whether it is the highest.
+            let placed = match cached {
                 // The common case: the next reading of a meter whose last reading is known.
                 Some(prev) if r.seq > prev.seq => check_step(&prev, &this, accepted.capacity)
-                    .err()
-                    .map(refused),
+                    .map(|()| (Some(prev.seq), None, true))
+                    .map_err(refused),
                 _ => {
                     // This check reads what is stored: store what is pending first.
                     insert_readings(&mut tx, &pending, received_ms).await?;
@@ -714,36 +850,51 @@ impl Store {
                             .await?;
                     match existing {
                         Some(row) if row.try_get::<String, _>(0)? == digest => {
-                            Some(Stored::Duplicate)
+                            Err(Stored::Duplicate)
                         }
-                        Some(_) => Some(Stored::Conflicting),
+                        Some(_) => Err(Stored::Conflicting),
                         None => {
                             let (before, after) = neighbours(&mut tx, meter, r.seq).await?;
-                            let step = match before {
+                            match before {
                                 Some(p) => check_step(&p, &this, accepted.capacity),
                                 None => Ok(()),
                             }
                             .and_then(|()| match after {
                                 Some(n) => check_step(&this, &n, accepted.capacity),
                                 None => Ok(()),
-                            });
-                            step.err().map(refused)
+                            })
+                            .map(|()| (before.map(|b| b.seq), after.map(|a| a.seq), false))
+                            .map_err(refused)
                         }
                     }
                 }
             };
-            if let Some(outcome) = outcome {
-                outcomes.push(outcome);
-                continue;
-            }
+            let (before, after, highest) = match placed {
+                Ok(placed) => placed,
+                Err(outcome) => {
+                    outcomes.push(outcome);
+                    continue;
+                }
+            };
+            let next_in_line = highest && before.is_some_and(|b| b.checked_add(1) == Some(r.seq));
+            let filled = !next_in_line
+                && crate::gaps::record(&mut tx, meter, r.seq, before, after, highest, received_ms)
+                    .await?;
             pending.push((signed, digest));
-            if cached.is_none_or(|c| r.seq > c.seq) {
-                last.insert(meter.to_owned(), this);
+            // Only the meter's highest stored reading is cached: a gap filled below it (the
+            // cache empty after a restart) must not become the reading the next one follows.
+            if after.is_none() {
+                latest.insert(meter.to_owned(), this);
             }
-            outcomes.push(Stored::Inserted);
+            outcomes.push(if filled {
+                Stored::Recovered
+            } else {
+                Stored::Inserted
+            });
         }
         insert_readings(&mut tx, &pending, received_ms).await?;
         tx.commit().await?;
+        last.extend(latest);
         Ok(outcomes)
     }
 
@@ -879,18 +1030,15 @@ impl Store {
         Ok(Some(sum / count))
     }
 
-    /// Records rejected messages (the audit trail of bad input).
-    pub async fn record_rejections(
-        &self,
-        rejected: &[Rejected],
-        received_ms: u64,
-    ) -> Result<(), StoreError> {
+    /// Records rejected messages, each with when it was received (the audit trail of bad
+    /// input).
+    pub async fn record_rejections(&self, rejected: &[(u64, Rejected)]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
-        for r in rejected {
+        for (received_ms, r) in rejected {
             sqlx::query(
                 "INSERT INTO rejections (received_ms, meter_id, reason, detail) VALUES ($1, $2, $3, $4)",
             )
-            .bind(i64_of(received_ms))
+            .bind(i64_of(*received_ms))
             // A topic's meter id and a detail are bounded here: both can come from junk.
             .bind(r.meter.as_deref().map(|m| truncated(m, 64)))
             .bind(r.reason.as_str())

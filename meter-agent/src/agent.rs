@@ -112,6 +112,7 @@ pub async fn run(
         outbox: outbox.clone(),
         wake: wake.clone(),
         stats: stats.publish.clone(),
+        retention: Duration::from_secs(config.resend_retention_s),
     };
     publisher.validate()?;
     let publisher_task = tokio::spawn(publisher.run(shutdown.clone()));

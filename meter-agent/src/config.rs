@@ -15,6 +15,13 @@ use crate::transport::{LinkConfig, TransportKind};
 /// The commented default configuration.
 pub const DEFAULT_CONFIG: &str = include_str!("../meter-agent.toml");
 
+/// How long acknowledged readings are kept for the engine's resend requests by default, s
+/// (a day: at one reading a second, 86 400 rows of about 700 bytes).
+pub const DEFAULT_RESEND_RETENTION_S: u64 = 86_400;
+
+/// The longest retention accepted, s (30 days).
+pub const MAX_RESEND_RETENTION_S: u64 = 30 * 86_400;
+
 /// Everything the agent needs to run.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -27,6 +34,9 @@ pub struct AgentConfig {
     pub key_file: PathBuf,
     /// Directory of the outbox.
     pub data_dir: PathBuf,
+    /// How long a reading stays in the outbox after the broker acknowledged it, s, so that the
+    /// market engine can ask for it again if the broker lost it.
+    pub resend_retention_s: u64,
     /// Poll period, ms.
     pub poll_interval_ms: u64,
     /// First wait after a device failure, ms.
@@ -52,6 +62,7 @@ impl Default for AgentConfig {
             community: "demo".into(),
             key_file: "/var/lib/gridshare/meter.key".into(),
             data_dir: "/var/lib/gridshare".into(),
+            resend_retention_s: DEFAULT_RESEND_RETENTION_S,
             poll_interval_ms: 1000,
             backoff_initial_ms: 1000,
             backoff_max_ms: 60_000,
@@ -234,6 +245,12 @@ impl AgentConfig {
         self.meter_id()?;
         MeterId::new(self.community.clone())
             .map_err(|e| invalid("community", e.to_string().replace("meter_id", "community")))?;
+        if self.resend_retention_s > MAX_RESEND_RETENTION_S {
+            return Err(invalid(
+                "resend_retention_s",
+                format!("must be at most {MAX_RESEND_RETENTION_S} (30 days)"),
+            ));
+        }
         if self.poll_interval_ms < 100 {
             return Err(invalid("poll_interval_ms", "must be at least 100"));
         }

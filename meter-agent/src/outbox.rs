@@ -1,7 +1,10 @@
 //! The on-disk outbox: every signed reading is committed to a local SQLite file before it is
-//! published, and deleted only after the broker acknowledged it (MQTT PUBACK). The same
-//! transaction advances the persisted sequence number and the last good counters, so after a
-//! crash or a power cut the agent resumes with no gap and no duplicate sequence number.
+//! published, and kept until the broker acknowledged it (MQTT PUBACK) and `resend_retention_s`
+//! has passed since: a broker restarted without persistence loses what it had queued for an
+//! absent market engine, and the engine then asks for those readings again
+//! ([`gridshare_core::mqtt::ResendRequest`]). The same transaction that stores a reading
+//! advances the persisted sequence number and the last good counters, so after a crash or a
+//! power cut the agent resumes with no gap and no duplicate sequence number.
 //!
 //! Design: SQLite in WAL mode with `synchronous = FULL` — a reading acknowledged as stored is
 //! on disk, even if the Raspberry Pi loses power the next millisecond.
@@ -197,15 +200,22 @@ impl Outbox {
         tx.commit().await.map_err(|e| self.err(e))
     }
 
-    /// Up to `limit` readings with a sequence number above `after`, oldest first.
+    /// Up to `limit` readings not yet acknowledged with a sequence number above `after`,
+    /// oldest first.
     pub async fn pending(&self, after: u64, limit: u32) -> Result<Vec<Pending>, OutboxError> {
-        let rows =
-            sqlx::query("SELECT seq, payload FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?")
-                .bind(to_i64(after))
-                .bind(i64::from(limit))
-                .fetch_all(&self.pool)
-                .await
-                .map_err(|e| self.err(e))?;
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM outbox WHERE seq > ? AND acked_ms IS NULL \
+             ORDER BY seq LIMIT ?",
+        )
+        .bind(to_i64(after))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        self.rows(rows)
+    }
+
+    fn rows(&self, rows: Vec<sqlx::sqlite::SqliteRow>) -> Result<Vec<Pending>, OutboxError> {
         rows.into_iter()
             .map(|row| {
                 Ok(Pending {
@@ -219,9 +229,32 @@ impl Outbox {
             .collect()
     }
 
-    /// Deletes a reading the broker acknowledged.
-    pub async fn acknowledge(&self, seq: u64) -> Result<(), OutboxError> {
-        sqlx::query("DELETE FROM outbox WHERE seq = ?")
+    /// Up to `limit` acknowledged readings still kept, with a sequence number in
+    /// `first..=last`, oldest first: what a resend request can be answered with.
+    pub async fn retained(
+        &self,
+        first: u64,
+        last: u64,
+        limit: u32,
+    ) -> Result<Vec<Pending>, OutboxError> {
+        let rows = sqlx::query(
+            "SELECT seq, payload FROM outbox WHERE seq >= ? AND seq <= ? \
+             AND acked_ms IS NOT NULL ORDER BY seq LIMIT ?",
+        )
+        .bind(to_i64(first))
+        .bind(to_i64(last))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| self.err(e))?;
+        self.rows(rows)
+    }
+
+    /// Marks a reading the broker acknowledged at `now_ms` (the first acknowledgement counts:
+    /// a reading sent again at the engine's request keeps its retention).
+    pub async fn acknowledge(&self, seq: u64, now_ms: u64) -> Result<(), OutboxError> {
+        sqlx::query("UPDATE outbox SET acked_ms = COALESCE(acked_ms, ?) WHERE seq = ?")
+            .bind(to_i64(now_ms))
             .bind(to_i64(seq))
             .execute(&self.pool)
             .await
@@ -229,9 +262,28 @@ impl Outbox {
         Ok(())
     }
 
-    /// Number of readings waiting.
+    /// Deletes the readings acknowledged before `before_ms`; returns how many.
+    pub async fn prune(&self, before_ms: u64) -> Result<u64, OutboxError> {
+        let done = sqlx::query("DELETE FROM outbox WHERE acked_ms IS NOT NULL AND acked_ms < ?")
+            .bind(to_i64(before_ms))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(done.rows_affected())
+    }
+
+    /// Number of acknowledged readings kept for resend requests.
+    pub async fn retained_len(&self) -> Result<u64, OutboxError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE acked_ms IS NOT NULL")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(|e| self.err(e))?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// Number of readings waiting for the broker's acknowledgement.
     pub async fn len(&self) -> Result<u64, OutboxError> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM outbox WHERE acked_ms IS NULL")
             .fetch_one(&self.pool)
             .await
             .map_err(|e| self.err(e))?;

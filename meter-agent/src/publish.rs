@@ -8,8 +8,16 @@
 //! sent again; receivers drop the duplicate by (meter, sequence number). PUBACKs carry only a
 //! packet id, so each publish is matched to its packet id through the `Outgoing::Publish`
 //! events, which rumqttc emits in the order the publishes were queued.
+//!
+//! The publisher also listens on the meter's `resend` topic, where the market engine asks for
+//! readings it found missing (a broker restarted without persistence loses what it queued for
+//! an absent engine). It answers from the acknowledged readings the outbox keeps for
+//! `resend_retention_s`, publishing the very same signed envelopes again, ahead of new ones.
+//! Bounded: a request names at most [`gridshare_core::mqtt::MAX_RESEND_READINGS`] readings,
+//! and at most [`MAX_RESEND_QUEUE`] wait to be sent again; a request beyond that is dropped
+//! (the engine asks again later).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,9 +32,9 @@ use tokio::sync::{Notify, watch};
 use crate::outbox::Outbox;
 
 pub use gridshare_core::mqtt::BrokerUrl;
-use gridshare_core::mqtt::BrokerUrlError;
 /// The topics of one meter (the layout is `gridshare_core`'s).
 pub use gridshare_core::mqtt::MeterTopics as Topics;
+use gridshare_core::mqtt::{BrokerUrlError, ResendRequest};
 
 /// Broker settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -90,7 +98,22 @@ pub struct PublishStats {
     pub acknowledged: AtomicU64,
     /// Successful connections.
     pub connections: AtomicU64,
+    /// Requests from the market engine to send readings again.
+    pub resend_requests: AtomicU64,
+    /// Of those, refused (malformed, or more than the agent queues at once).
+    pub resend_refused: AtomicU64,
+    /// Readings published again at the engine's request.
+    pub resent: AtomicU64,
 }
+
+/// Readings waiting to be published again at the engine's request, at most.
+pub const MAX_RESEND_QUEUE: usize = 1000;
+
+/// How often acknowledged readings older than the retention are deleted.
+const PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// Readings requested again, by sequence number, with their signed envelopes.
+type ResendQueue = BTreeMap<u64, String>;
 
 /// Everything the publisher needs.
 pub struct Publisher {
@@ -108,6 +131,8 @@ pub struct Publisher {
     pub wake: Arc<Notify>,
     /// Counters.
     pub stats: Arc<PublishStats>,
+    /// How long an acknowledged reading is kept to answer the engine's resend requests.
+    pub retention: Duration,
 }
 
 const OFFLINE: &str = r#"{"state":"offline"}"#;
@@ -181,6 +206,8 @@ impl Publisher {
         let mut in_flight: HashMap<u16, Option<u64>> = HashMap::new();
         // Highest sequence number queued in this session.
         let mut cursor = 0u64;
+        let mut resend = ResendQueue::new();
+        let mut prune = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
                 event = eventloop.poll() => match event {
@@ -194,11 +221,19 @@ impl Publisher {
                         {
                             queued.push_back(None);
                         }
-                        self.fill(client, &mut queued, &in_flight, &mut cursor).await;
+                        // A clean session: the subscription is made on every connection.
+                        if let Err(e) = client.try_subscribe(&self.topics.resend, QoS::AtLeastOnce) {
+                            tracing::warn!(target: "mqtt", "not listening for resend requests: {e}");
+                        }
+                        self.fill(client, &mut queued, &in_flight, &mut cursor, &mut resend).await;
+                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == self.topics.resend => {
+                        self.requested(&p.payload, &mut resend).await;
+                        self.fill(client, &mut queued, &in_flight, &mut cursor, &mut resend).await;
                     }
                     Ok(event) => {
                         if self.track(&event, &mut queued, &mut in_flight).await {
-                            self.fill(client, &mut queued, &in_flight, &mut cursor).await;
+                            self.fill(client, &mut queued, &in_flight, &mut cursor, &mut resend).await;
                         }
                     }
                     Err(e) => {
@@ -211,8 +246,9 @@ impl Publisher {
                     }
                 },
                 () = self.wake.notified(), if connected => {
-                    self.fill(client, &mut queued, &in_flight, &mut cursor).await;
+                    self.fill(client, &mut queued, &in_flight, &mut cursor, &mut resend).await;
                 }
+                _ = prune.tick() => self.prune().await,
                 _ = shutdown.changed() => {
                     if connected {
                         self.goodbye(client, &mut eventloop, &mut queued, &mut in_flight).await;
@@ -241,7 +277,7 @@ impl Publisher {
             }
             Event::Incoming(Incoming::PubAck(ack)) => {
                 if let Some(Some(seq)) = in_flight.remove(&ack.pkid) {
-                    match self.outbox.acknowledge(seq).await {
+                    match self.outbox.acknowledge(seq, now_ms()).await {
                         Ok(()) => {
                             // Once per run: the line a household looks for in the journal
                             // after installing (and what the install figure is timed to).
@@ -258,16 +294,85 @@ impl Publisher {
         }
     }
 
-    /// Queues readings from the outbox until the in-flight window is full.
+    /// Takes a resend request from the engine: queues the acknowledged readings it names that
+    /// the outbox still keeps, within [`MAX_RESEND_QUEUE`].
+    async fn requested(&self, payload: &[u8], resend: &mut ResendQueue) {
+        self.stats.resend_requests.fetch_add(1, Ordering::Relaxed);
+        let request = match ResendRequest::parse(payload) {
+            Ok(r) => r,
+            Err(e) => {
+                self.stats.resend_refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(target: "mqtt", "ignoring a resend request: {e}");
+                return;
+            }
+        };
+        if resend.len() >= MAX_RESEND_QUEUE {
+            self.stats.resend_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(target: "mqtt", waiting = resend.len(), "resend request dropped: the readings asked for before are still being sent");
+            return;
+        }
+        let mut found = 0usize;
+        for &(first, last) in &request.ranges {
+            let room = u32::try_from(MAX_RESEND_QUEUE - resend.len()).unwrap_or(0);
+            if room == 0 {
+                break;
+            }
+            match self.outbox.retained(first, last, room).await {
+                Ok(kept) => {
+                    found += kept.len();
+                    resend.extend(kept.into_iter().map(|p| (p.seq, p.payload)));
+                }
+                Err(e) => tracing::error!(target: "mqtt", "{e}"),
+            }
+        }
+        tracing::info!(target: "mqtt", ranges = ?request.ranges, found, "the market engine asked for readings again");
+    }
+
+    /// Deletes acknowledged readings older than the retention.
+    async fn prune(&self) {
+        let retention = u64::try_from(self.retention.as_millis()).unwrap_or(u64::MAX);
+        match self.outbox.prune(now_ms().saturating_sub(retention)).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::debug!(target: "mqtt", deleted = n, "acknowledged readings past their retention deleted")
+            }
+            Err(e) => tracing::error!(target: "mqtt", "{e}"),
+        }
+    }
+
+    /// Queues readings until the in-flight window is full: those the engine asked for again
+    /// first (it is waiting for them), then the outbox's new ones.
     async fn fill(
         &self,
         client: &AsyncClient,
         queued: &mut VecDeque<Option<u64>>,
         in_flight: &HashMap<u16, Option<u64>>,
         cursor: &mut u64,
+        resend: &mut ResendQueue,
     ) {
         let window = usize::from(self.config.max_inflight.max(1));
-        let busy = queued.len() + in_flight.len();
+        let mut busy = queued.len() + in_flight.len();
+        while busy < window {
+            let Some((seq, payload)) = resend.pop_first() else {
+                break;
+            };
+            if client
+                .try_publish(
+                    &self.topics.reading,
+                    QoS::AtLeastOnce,
+                    false,
+                    payload.clone(),
+                )
+                .is_err()
+            {
+                // The request channel is full; the next acknowledgement continues.
+                resend.insert(seq, payload);
+                return;
+            }
+            queued.push_back(Some(seq));
+            self.stats.resent.fetch_add(1, Ordering::Relaxed);
+            busy += 1;
+        }
         if busy >= window {
             return;
         }
@@ -311,6 +416,14 @@ impl Publisher {
         };
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
 }
 
 enum SessionEnd {

@@ -21,6 +21,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/meters/{meter_id}/approval", post(approve))
         .route("/api/v1/meters/{meter_id}", delete(refuse))
         .route("/api/v1/operator/meters", get(every))
+        .route("/api/v1/operator/gaps", get(gaps))
 }
 
 impl From<MeterError> for ApiError {
@@ -159,6 +160,43 @@ async fn every(
         })
         .collect();
     Ok(Json(serde_json::json!({ "meters": meters })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GapQuery {
+    /// Only this meter's gaps.
+    meter: Option<String>,
+    #[serde(default = "default_gap_limit")]
+    limit: u32,
+}
+
+fn default_gap_limit() -> u32 {
+    1000
+}
+
+/// Readings missing from meters' sequences: what the engine still asks the agents for, and
+/// what it gave up as unfillable (operator only).
+async fn gaps(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    query: Result<axum::extract::Query<GapQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    operator_only(&account, "sees the meters' missing readings")?;
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if !(1..=10_000).contains(&q.limit) {
+        return Err(ApiError::Invalid {
+            field: "limit".into(),
+            message: "limit: 1 to 10000".into(),
+        });
+    }
+    let gaps = crate::gaps::list(&state.store, q.meter.as_deref(), q.limit).await?;
+    let totals = crate::gaps::totals(&state.store).await?;
+    Ok(Json(serde_json::json!({
+        "gaps": gaps,
+        "requesting": { "gaps": totals.open_gaps, "readings": totals.open_missing, "meters": totals.meters_with_open_gaps },
+        "unfillable": { "gaps": totals.unfillable_gaps, "readings": totals.unfillable_missing, "meters": totals.meters_with_unfillable_gaps },
+    })))
 }
 
 /// The operator approves a meter with its rated capacity and installed device identity.

@@ -1,8 +1,10 @@
 //! Who may do what on the embedded broker: the access rules, pure.
 //!
 //! A meter publishes only its own `reading` and `status` (its last will likewise) in its own
-//! community, and may subscribe only under its own topics (to check what it sent). The engine
-//! may do anything. The same rules are shipped for Mosquitto and EMQX in
+//! community, and may subscribe only under its own topics: to check what it sent, and to hear
+//! the engine's requests on its `resend` topic, where only the engine publishes (a meter that
+//! could publish there could make a neighbour's agent flood the broker). The engine may do
+//! anything. The same rules are shipped for Mosquitto and EMQX in
 //! `market-engine/dist/`.
 
 use gridshare_core::mqtt::{MeterTopics, filter_stays_under, meter_base};
@@ -72,6 +74,8 @@ mod tests {
             "gridshare/v1/elm/meters/home-02/status",
             "gridshare/v1/oak/meters/home-01/reading",
             "gridshare/v1/elm/meters/home-01/command",
+            "gridshare/v1/elm/meters/home-01/resend",
+            "gridshare/v1/elm/meters/home-02/resend",
             "gridshare/v1/elm/meters/home-01",
             "gridshare/v1/elm/meters/+/reading",
             "gridshare/v1/elm/meters/home-01/reading/x",
@@ -79,6 +83,7 @@ mod tests {
             assert!(!a.may_publish(denied), "{denied}");
         }
         assert!(Identity::Engine.may_publish("anything/at/all"));
+        assert!(Identity::Engine.may_publish("gridshare/v1/elm/meters/home-01/resend"));
     }
 
     #[test]
@@ -86,7 +91,10 @@ mod tests {
         let a = Identity::meter("gridshare/v1", "elm", "home-01");
         assert!(a.may_subscribe("gridshare/v1/elm/meters/home-01/#"));
         assert!(a.may_subscribe("gridshare/v1/elm/meters/home-01/status"));
+        assert!(a.may_subscribe("gridshare/v1/elm/meters/home-01/resend"));
         for denied in [
+            "gridshare/v1/elm/meters/home-02/resend",
+            "gridshare/v1/elm/meters/+/resend",
             "gridshare/v1/elm/meters/+/reading",
             "gridshare/v1/elm/meters/#",
             "#",

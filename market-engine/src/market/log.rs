@@ -21,7 +21,43 @@ pub(super) enum LogWrite {
 
 pub(super) struct LogJob {
     pub(super) write: LogWrite,
-    pub(super) done: oneshot::Sender<Result<(), String>>,
+    pub(super) done: oneshot::Sender<Result<(), LogFailure>>,
+}
+
+/// Why a queued write was not committed.
+#[derive(Debug, Clone)]
+pub(super) struct LogFailure {
+    /// Storage failed (full disk, read-only or lost database), not the write itself.
+    storage: bool,
+    message: String,
+}
+
+impl LogFailure {
+    fn of(e: &sqlx::Error) -> Self {
+        Self {
+            storage: crate::store::storage_failure(e),
+            message: e.to_string(),
+        }
+    }
+
+    pub(super) fn stopped() -> Self {
+        Self {
+            storage: false,
+            message: "the order log writer stopped".into(),
+        }
+    }
+
+    /// The error the request gets, `what` failed: storage failing is
+    /// [`StoreError::Unavailable`] (the API answers 503, try again), anything else refuses
+    /// the request.
+    pub(super) fn refusal(self, what: &str) -> MarketError {
+        let message = format!("{what}: {}", self.message);
+        if self.storage {
+            MarketError::Store(StoreError::Unavailable(message))
+        } else {
+            MarketError::Slot(message)
+        }
+    }
 }
 
 /// Largest number of requests committed in one transaction.
@@ -35,17 +71,16 @@ pub(super) const GROUP_COMMIT: usize = 256;
 pub(super) async fn log_writer(store: Store, mut rx: mpsc::Receiver<LogJob>) {
     let mut jobs = Vec::with_capacity(GROUP_COMMIT);
     while rx.recv_many(&mut jobs, GROUP_COMMIT).await > 0 {
-        let result = commit(&store, &jobs).await;
-        let failed = result.is_err();
-        let outcome = result.map_err(|e| e.to_string());
+        let outcome = commit(&store, &jobs).await.map_err(|e| LogFailure::of(&e));
         for job in jobs.drain(..) {
             let _ = job.done.send(outcome.clone());
         }
-        if failed {
+        if let Err(failure) = outcome {
             while let Ok(job) = rx.try_recv() {
-                let _ = job
-                    .done
-                    .send(Err("an earlier order-log write failed; retry".into()));
+                let _ = job.done.send(Err(LogFailure {
+                    storage: failure.storage,
+                    message: "an earlier order-log write failed; retry".into(),
+                }));
             }
         }
     }

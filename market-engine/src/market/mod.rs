@@ -29,7 +29,9 @@ mod funding;
 mod log;
 mod settle;
 
-use log::{GROUP_COMMIT, LogJob, LogWrite, OrderEventRow, load_trades, log_writer, slot_list};
+use log::{
+    GROUP_COMMIT, LogFailure, LogJob, LogWrite, OrderEventRow, load_trades, log_writer, slot_list,
+};
 
 /// An order as a client places it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -570,7 +572,7 @@ impl Market {
     async fn queue(
         &self,
         write: LogWrite,
-    ) -> Result<oneshot::Receiver<Result<(), String>>, MarketError> {
+    ) -> Result<oneshot::Receiver<Result<(), LogFailure>>, MarketError> {
         let (done, rx) = oneshot::channel();
         self.log
             .send(LogJob { write, done })
@@ -583,15 +585,13 @@ impl Market {
     async fn committed(
         &self,
         slot: u64,
-        rx: oneshot::Receiver<Result<(), String>>,
+        rx: oneshot::Receiver<Result<(), LogFailure>>,
     ) -> Result<(), MarketError> {
-        let outcome = rx
-            .await
-            .unwrap_or_else(|_| Err("the order log writer stopped".into()));
+        let outcome = rx.await.unwrap_or_else(|_| Err(LogFailure::stopped()));
         if let Err(e) = outcome {
             let mut books = self.books.lock().await;
             self.replay(&mut books, slot).await?;
-            return Err(MarketError::Slot(format!("order not stored: {e}")));
+            return Err(e.refusal("order not stored"));
         }
         Ok(())
     }
@@ -628,14 +628,10 @@ impl Market {
                 })
                 .await?;
             // Holding the lock: no order for this slot can slip in while its closure commits.
-            let outcome = pending
-                .await
-                .unwrap_or_else(|_| Err("the order log writer stopped".into()));
+            let outcome = pending.await.unwrap_or_else(|_| Err(LogFailure::stopped()));
             if let Err(e) = outcome {
                 self.replay(&mut books, *slot).await?;
-                return Err(MarketError::Slot(format!(
-                    "slot {slot}: gate closure not stored: {e}"
-                )));
+                return Err(e.refusal(&format!("slot {slot}: gate closure not stored")));
             }
             books.gate_closed(*slot, &closure.trades);
             self.announce_trades(*slot, &closure.trades, closure.clearing_price);

@@ -301,6 +301,10 @@ async fn a_meter_reads_no_readings_and_publishes_only_its_own_topics() {
             false,
         ),
         (format!("gridshare/v1/{community}/market"), false),
+        // Only the engine asks an agent to send readings again: a meter asking a neighbour's
+        // agent (or its own) could make it flood the broker.
+        (topics(&b).resend, false),
+        (topics(&a).resend, false),
     ] {
         let (client, events) = connect(as_a("a-forger")).await.unwrap();
         client
@@ -342,8 +346,16 @@ async fn a_meter_reads_no_readings_and_publishes_only_its_own_topics() {
         .unwrap()
         .unwrap();
     assert_eq!(topic, topics(&a).reading);
+    // The engine's request to send readings again reaches A on A's resend topic.
+    publish_acked(
+        as_engine("engine-asks"),
+        &topics(&a).resend,
+        br#"{"ranges":[[1,2]]}"#,
+        false,
+    )
+    .await;
     let mut seen = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..3 {
         let (topic, _, _) = tokio::time::timeout(Duration::from_secs(5), own.recv())
             .await
             .unwrap()
@@ -351,7 +363,7 @@ async fn a_meter_reads_no_readings_and_publishes_only_its_own_topics() {
         seen.push(topic);
     }
     seen.sort();
-    let mut want = vec![topics(&a).reading, topics(&a).status];
+    let mut want = vec![topics(&a).reading, topics(&a).status, topics(&a).resend];
     want.sort();
     assert_eq!(seen, want);
     // Client ids are kept apart per user: A cannot end the engine's session by taking its id.
@@ -367,7 +379,7 @@ async fn a_meter_reads_no_readings_and_publishes_only_its_own_topics() {
 
     let auth = &engine.broker_auth;
     assert_eq!(auth.denied_subscribe.load(Ordering::Relaxed), 2);
-    assert_eq!(auth.denied_publish.load(Ordering::Relaxed), 4);
+    assert_eq!(auth.denied_publish.load(Ordering::Relaxed), 6);
     assert_eq!(auth.denied_will.load(Ordering::Relaxed), 1);
     engine.stop().await;
 }
@@ -560,29 +572,18 @@ async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
         .unwrap();
     assert_eq!(topic, topics("home-b").reading);
     expect_nothing(&mut sniffer, "meter A read B's reading").await;
-    // A publishes under B's topics and into another community: Mosquitto drops it (2.0
-    // answers a denied QoS 1 publish of an MQTT 3.1.1 client with a PUBACK carrying a reason
-    // code, which rumqttc takes for a broken connection: either way, it goes nowhere).
+    // A publishes under B's topics and into another community: Mosquitto drops it.
     for (topic, retain) in [
         (topics("home-b").reading, false),
         (topics("home-b").status, true),
         ("gridshare/v1/other/meters/home-a/reading".to_owned(), false),
     ] {
-        let (client, mut events) = connect(options(port, "a-forger", Some(("home-a", pass_a))))
-            .await
-            .unwrap();
-        client
-            .publish(&topic, QoS::AtLeastOnce, retain, b"forged".to_vec())
-            .await
-            .unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match events.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
+        publish_to_mosquitto(
+            options(port, "a-forger", Some(("home-a", pass_a))),
+            &topic,
+            b"forged",
+            retain,
+        )
         .await;
     }
     expect_nothing(&mut engine_view, "A's forged reading").await;
@@ -605,6 +606,59 @@ async fn the_shipped_mosquitto_acl_confines_meters_to_their_own_topics() {
         .unwrap()
         .unwrap();
     assert_eq!(topic, topics("home-a").reading);
+
+    // Only the engine asks A's agent to send readings again: B's and A's own requests on A's
+    // resend topic go nowhere, the engine's arrives.
+    let mut requests = subscriber(
+        options(port, "a-requests", Some(("home-a", pass_a))),
+        &topics("home-a").resend,
+    )
+    .await;
+    for (user, password) in [("home-b", pass_b), ("home-a", pass_a)] {
+        publish_to_mosquitto(
+            options(port, &format!("{user}-asks"), Some((user, password))),
+            &topics("home-a").resend,
+            br#"{"ranges":[[1,1000]]}"#,
+            false,
+        )
+        .await;
+    }
+    expect_nothing(&mut requests, "a meter's request on A's resend topic").await;
+    publish_acked(
+        options(port, "engine-asks", Some(("market-engine", pass_engine))),
+        &topics("home-a").resend,
+        br#"{"ranges":[[1,2]]}"#,
+        false,
+    )
+    .await;
+    let (topic, payload, _) = tokio::time::timeout(Duration::from_secs(5), requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (topic, payload),
+        (topics("home-a").resend, br#"{"ranges":[[1,2]]}"#.to_vec())
+    );
+}
+
+/// Publishes one QoS 1 message to Mosquitto, which may deny it: 2.0 answers a denied QoS 1
+/// publish of an MQTT 3.1.1 client with a PUBACK carrying a reason code, which rumqttc takes
+/// for a broken connection. Returns on the PUBACK, the error, or after two seconds.
+async fn publish_to_mosquitto(options: MqttOptions, topic: &str, payload: &[u8], retain: bool) {
+    let (client, mut events) = connect(options).await.unwrap();
+    client
+        .publish(topic, QoS::AtLeastOnce, retain, payload.to_vec())
+        .await
+        .unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Incoming::PubAck(_))) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 /// A throw-away CA and a server certificate for 127.0.0.1 and localhost, made with the

@@ -16,6 +16,7 @@ mod cli;
 mod crash;
 mod demo;
 mod funds;
+mod gaps;
 mod ingest;
 mod market;
 mod meters;
@@ -24,6 +25,7 @@ mod outbox;
 mod privacy;
 mod roi;
 mod watcher;
+mod storage;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;

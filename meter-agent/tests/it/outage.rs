@@ -209,3 +209,168 @@ fn verify_command_accepts_a_good_reading_and_rejects_a_tampered_one() {
     assert_eq!(garbage.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&garbage.stderr).contains("malformed"));
 }
+
+/// Every reading message on `rx` within `within`, raw, by sequence number, in arrival order
+/// (duplicates included), until `done` says enough arrived.
+async fn receive_until(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+    within: Duration,
+    got: &mut Vec<(u64, Vec<u8>)>,
+    done: impl Fn(&[(u64, Vec<u8>)]) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + within;
+    while !done(got.as_slice()) {
+        let (topic, payload) = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out; received seqs {:?}", seqs(got.as_slice())))
+            .unwrap();
+        if topic.ends_with("/reading") {
+            let signed = gridshare_core::reading::SignedReading::from_json_bytes(&payload).unwrap();
+            got.push((signed.reading.seq, payload));
+        }
+    }
+}
+
+fn seqs(got: &[(u64, Vec<u8>)]) -> Vec<u64> {
+    got.iter().map(|(s, _)| *s).collect()
+}
+
+/// Publishes `payload` on the meter's resend topic, as the market engine does.
+async fn ask(url: &str, community: &str, meter: &str, payload: &str) {
+    let rest = url.split_once("://").unwrap().1;
+    let (host, port) = rest.rsplit_once(':').unwrap();
+    let options = rumqttc::MqttOptions::new(
+        format!("{community}-asker"),
+        host,
+        port.parse::<u16>().unwrap(),
+    );
+    let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+    let topic = gridshare_core::mqtt::MeterTopics::new("gridshare/v1", community, meter).resend;
+    client
+        .publish(
+            topic,
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            payload.as_bytes().to_vec(),
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let rumqttc::Event::Incoming(rumqttc::Incoming::PubAck(_)) =
+                events.poll().await.unwrap()
+            {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the broker acknowledged the request");
+    let _ = client.disconnect().await;
+}
+
+/// Issue 11, item 6: the agent keeps acknowledged readings for its retention and, when the
+/// market engine asks on the meter's resend topic, publishes the very same signed bytes again;
+/// what it does not keep, and malformed requests, produce nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_readings_are_sent_again_on_the_engines_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = broker_url();
+    let community = community("resend");
+    let device = simulated_device(60_000).await;
+    let mut config = agent_config(dir.path(), "home-06", &community, device.addr, &url);
+    let mut rx = subscribe(
+        &url,
+        &format!("gridshare/v1/{community}/meters/+/reading"),
+        &format!("{community}-engine"),
+        false,
+    )
+    .await;
+    let stats = Arc::new(AgentStats::default());
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(agent::run(config.clone(), stopped, stats.clone()));
+    let mut got = Vec::new();
+    receive_until(&mut rx, Duration::from_secs(20), &mut got, |g| {
+        (1..=10).all(|s| seqs(g).contains(&s))
+    })
+    .await;
+    let publish = stats.publish.clone();
+    for _ in 0..100 {
+        if publish.acknowledged.load(Ordering::Relaxed) >= 10 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first: std::collections::BTreeMap<u64, Vec<u8>> = got.iter().cloned().collect();
+
+    ask(&url, &community, "home-06", r#"{"ranges":[[2,4],[7,7]]}"#).await;
+    let asked = [2u64, 3, 4, 7];
+    receive_until(&mut rx, Duration::from_secs(10), &mut got, |g| {
+        asked
+            .iter()
+            .all(|s| seqs(g).iter().filter(|x| *x == s).count() >= 2)
+    })
+    .await;
+    for s in asked {
+        for (_, payload) in got.iter().filter(|(x, _)| *x == s) {
+            assert_eq!(payload, &first[&s], "seq {s} sent again byte for byte");
+        }
+    }
+    assert_eq!(publish.resent.load(Ordering::Relaxed), 4);
+
+    // Malformed or unbounded requests are refused; readings it never signed produce nothing.
+    for bad in [
+        r#"{"ranges":[[5,1]]}"#,
+        r#"{"ranges":[[1,1000000]]}"#,
+        "not json",
+    ] {
+        ask(&url, &community, "home-06", bad).await;
+    }
+    ask(
+        &url,
+        &community,
+        "home-06",
+        r#"{"ranges":[[100000,100010]]}"#,
+    )
+    .await;
+    for _ in 0..100 {
+        if publish.resend_requests.load(Ordering::Relaxed) >= 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(publish.resend_requests.load(Ordering::Relaxed), 5);
+    assert_eq!(publish.resend_refused.load(Ordering::Relaxed), 3);
+    assert_eq!(publish.resent.load(Ordering::Relaxed), 4);
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+
+    // Past the retention the readings are gone: restarted with none, the agent answers nothing.
+    let (outbox, _) = Outbox::open(&config.outbox_path(), &config.meter_id().unwrap())
+        .await
+        .unwrap();
+    assert!(outbox.retained_len().await.unwrap() >= 10);
+    outbox.close().await;
+    config.resend_retention_s = 0;
+    let stats = Arc::new(AgentStats::default());
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(agent::run(config.clone(), stopped, stats.clone()));
+    for _ in 0..100 {
+        if stats.publish.connections.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    ask(&url, &community, "home-06", r#"{"ranges":[[1,10]]}"#).await;
+    for _ in 0..100 {
+        if stats.publish.resend_requests.load(Ordering::Relaxed) >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(stats.publish.resend_requests.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.publish.resent.load(Ordering::Relaxed), 0);
+    stop.send(true).unwrap();
+    task.await.unwrap().unwrap();
+}
