@@ -24,8 +24,8 @@ mod money;
 mod outbox;
 mod privacy;
 mod roi;
-mod watcher;
 mod storage;
+mod watcher;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;
