@@ -92,6 +92,15 @@ pub struct ChainSettler {
     backend: Backend,
 }
 
+/// The chain a settler writes to and its Settlement contract, for what is read beside
+/// settlement (the meters' stakes and rewards: [`crate::staking`]).
+pub enum ChainHandle<'a> {
+    /// The in-process EVM.
+    Embedded(&'a ChainSettlement<EmbeddedChain>),
+    /// A JSON-RPC node.
+    Rpc(&'a ChainSettlement<RpcChain>),
+}
+
 async fn outbox_pool(path: &Path) -> Result<sqlx::SqlitePool, String> {
     let options = SqliteConnectOptions::new()
         .filename(path)
@@ -211,6 +220,14 @@ impl ChainSettler {
             }
         };
         Ok(Some(Self { backend }))
+    }
+
+    /// The chain and Settlement contract this settler writes to.
+    pub fn handle(&self) -> ChainHandle<'_> {
+        match &self.backend {
+            Backend::Embedded { outbox, .. } => ChainHandle::Embedded(outbox.backend()),
+            Backend::Rpc(outbox) => ChainHandle::Rpc(outbox.backend()),
+        }
     }
 
     /// Writes a settled slot's batch into the outbox (idempotent).

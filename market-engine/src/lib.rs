@@ -13,6 +13,7 @@
 //!   settlement;
 //! - [`chain`]: settled slots as batches through the settlement outbox to the embedded
 //!   chain or a JSON-RPC node;
+//! - [`staking`]: a meter's stake and rewards, read from the staking contract on the chain;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
 //! - [`metrics`]: every counter, exported on `/metrics`;
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod settings;
+pub mod staking;
 pub mod store;
 pub mod tasks;
 pub mod web;

@@ -60,6 +60,8 @@ pub struct Engine {
     pub broker_auth: Arc<BrokerAuthMetrics>,
     /// Restarts of the background tasks, and the task given up, if any.
     pub task_metrics: Arc<TaskMetrics>,
+    /// The settlement outbox and its chain, when the engine settles on one.
+    pub settler: Option<Arc<ChainSettler>>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -249,7 +251,7 @@ impl Engine {
             meters_per_account: config.http.meters_per_account,
             tasks: task_metrics.clone(),
             chain: chain_metrics,
-            settler,
+            settler: settler.clone(),
             broker_auth: broker_auth.clone(),
             auth: auth.clone(),
         });
@@ -275,6 +277,7 @@ impl Engine {
             keys,
             auth,
             task_metrics,
+            settler,
             shutdown,
             tasks,
         })

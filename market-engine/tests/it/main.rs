@@ -22,6 +22,7 @@ mod meters;
 mod money;
 mod privacy;
 mod roi;
+mod staking;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;
