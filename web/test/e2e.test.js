@@ -119,11 +119,11 @@ test('Home: solar, battery, house and grid power now from the signed readings, a
     return m ? Number(m[1].replace(/,/g, '')) * (m[2] === 'kW' ? 1000 : 1) : null;
   };
   await page.waitForFunction(() => /\d/.test(document.querySelector('#v-pv').textContent), null, { timeout: 20_000 });
-  const pv = watts(await page.locator('#v-pv').innerText());
-  assert.ok(pv > 0, `solar in the demo's daytime: ${await page.locator('#v-pv').innerText()}`);
+  const pv = watts(await page.locator('#v-pv').textContent());
+  assert.ok(pv > 0, `solar in the demo's daytime: ${await page.locator('#v-pv').textContent()}`);
   // The house's own power: grid + solar − battery, so a number too.
   await page.waitForFunction(() => /\d\s*k?W/.test(document.querySelector('#v-home').textContent), null, { timeout: 20_000 });
-  assert.ok(watts(await page.locator('#v-home').innerText()) >= 0);
+  assert.ok(watts(await page.locator('#v-home').textContent()) >= 0);
   assert.match(await page.locator('#flow-desc').textContent(), /Solar: [\d.,]+ k?W/);
   assert.equal(await page.locator('#wire-pv').getAttribute('class'), 'wire active');
   // The gauges fill once two slot boundaries have readings (a slot is 15 s in the demo).
@@ -143,7 +143,7 @@ test('Home: solar, battery, house and grid power now from the signed readings, a
   await signIn(other, 'home-01', 'demo-password');
   await other.locator('#live-count').waitFor();
   await other.waitForFunction(() => /%/.test(document.querySelector('#v-soc').textContent), null, { timeout: 20_000 });
-  assert.match(await other.locator('#v-batt').innerText(), /\d\s*k?W/);
+  assert.match(await other.locator('#v-batt').textContent(), /\d\s*k?W/);
   await other.context().close();
 });
 
