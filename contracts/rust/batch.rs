@@ -169,7 +169,7 @@ pub enum TradeLeaf {
     Reading {
         /// Batch (slot).
         batch_id: u64,
-        /// SHA-256 of the reading's 222-byte encoding.
+        /// SHA-256 of the reading's encoding (222 bytes, or 241 with the power flow).
         digest: B256,
     },
 }

@@ -1,20 +1,28 @@
 // SPDX-License-Identifier: MIT OR Apache-2.0
 pragma solidity 0.8.37;
 
-/// @title Signed meter reading, encoding version 1
-/// @notice Parses the fixed 222-byte encoding defined in `core/src/reading/mod.rs` and checks
-/// its ECDSA P-256 signature with the P256VERIFY precompile (EIP-7951 at 0x100; RIP-7212 on L2s).
+/// @title Signed meter reading, encoding versions 1 and 2
+/// @notice Parses the fixed 222-byte encoding (version 1) or 241-byte encoding (version 2, with
+/// solar and battery power) defined in `core/src/reading/mod.rs` and checks its ECDSA P-256
+/// signature with the P256VERIFY precompile (EIP-7951 at 0x100; RIP-7212 on L2s).
 /// @dev Layout (big-endian, no gaps): tag 0..32, version 32, meterId 33, manufacturer 65,
 /// model 97, serial 129, seq 161 (u64), timestampMs 169 (u64), clockSync 177,
 /// import status 178 + Wh 179 (u64), export 187 + 188, battery charge 196 + 197,
-/// battery discharge 205 + 206, power 214 + 215 (i32), state of charge 219 + 220 (u16).
+/// battery discharge 205 + 206, power 214 + 215 (i32), state of charge 219 + 220 (u16);
+/// version 2 appends PV power 222 + 223 (i32), PV energy 227 + 228 (u64) and battery power
+/// 236 + 237 (i32), which the contracts do not act on. Every version-1 offset is the same in
+/// version 2, so one parser reads the counters of both.
 library MeterReading {
-    /// Length of an encoded reading.
+    /// Length of an encoded reading of version 1.
     uint256 internal constant ENCODED_LEN = 222;
+    /// Length of an encoded reading of version 2 (version 1 and the power flow).
+    uint256 internal constant ENCODED_LEN_V2 = 241;
     /// ASCII "GRIDSHARE/METER-READING", right-padded with zero bytes.
     bytes32 internal constant DOMAIN_TAG = bytes32("GRIDSHARE/METER-READING");
-    /// The only encoding version this library reads.
+    /// The version of a 222-byte encoding.
     uint8 internal constant VERSION = 1;
+    /// The version of a 241-byte encoding.
+    uint8 internal constant VERSION_2 = 2;
     /// EIP-7951 / RIP-7212 precompile.
     address internal constant P256VERIFY = address(0x100);
 
@@ -38,7 +46,7 @@ library MeterReading {
         uint64 dischargeWh;
     }
 
-    /// The encoding is not 222 bytes long.
+    /// The encoding is neither 222 nor 241 bytes long.
     error ReadingWrongLength(uint256 length);
     /// The encoding does not start with the reading domain tag.
     error ReadingBadDomainTag();
@@ -47,9 +55,13 @@ library MeterReading {
     /// The signature is not 64 bytes (r || s).
     error SignatureWrongLength(uint256 length);
 
-    /// Parses an encoded reading; reverts on a wrong length, tag or version.
+    /// Parses an encoded reading; reverts on a wrong length, tag, or a version that does not
+    /// match the length.
     function parse(bytes calldata encoded) internal pure returns (Reading memory r) {
-        if (encoded.length != ENCODED_LEN) revert ReadingWrongLength(encoded.length);
+        uint8 expected;
+        if (encoded.length == ENCODED_LEN) expected = VERSION;
+        else if (encoded.length == ENCODED_LEN_V2) expected = VERSION_2;
+        else revert ReadingWrongLength(encoded.length);
         bytes32 tag;
         uint256 w32;
         uint256 w161;
@@ -71,7 +83,7 @@ library MeterReading {
         }
         if (tag != DOMAIN_TAG) revert ReadingBadDomainTag();
         uint8 version = uint8(w32 >> 248);
-        if (version != VERSION) revert ReadingUnsupportedVersion(version);
+        if (version != expected) revert ReadingUnsupportedVersion(version);
         // The meter id starts one byte after the version: the low 31 bytes of w32 and the
         // first byte of the next word.
         r.meterId = bytes32(calldataWord(encoded, 33));

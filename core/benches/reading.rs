@@ -7,7 +7,7 @@
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use gridshare_core::reading::{
-    ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading, SignedReading,
+    ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, PowerFlow, Reading, SignedReading,
 };
 use ring::rand::SystemRandom;
 use std::hint::black_box;
@@ -25,6 +25,7 @@ fn reading(seq: u64) -> Reading {
         battery_discharge_wh: Measured::ok(380_000),
         power_w: Measured::ok(-2_350),
         soc_bp: Measured::ok(6_550),
+        flow: PowerFlow::NOT_MEASURED,
     }
 }
 

@@ -105,6 +105,7 @@ async fn main() {
                 battery_discharge_wh: Measured::not_implemented(),
                 power_w: Measured::ok(-1200),
                 soc_bp: Measured::not_implemented(),
+                flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
             };
             messages.push(key.sign(reading, &rng).expect("sign").to_json());
         }

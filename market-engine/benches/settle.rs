@@ -104,6 +104,7 @@ async fn main() {
                 battery_discharge_wh: Measured::not_implemented(),
                 power_w: Measured::not_implemented(),
                 soc_bp: Measured::not_implemented(),
+                flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
             };
             let signed = own.sign(reading, &rng).expect("sign");
             batch.push(Accepted {

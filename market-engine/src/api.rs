@@ -391,6 +391,7 @@ pub fn router(state: AppState) -> Router {
         .merge(history::routes())
         .merge(proof::routes())
         .merge(roi::routes())
+        .merge(crate::staking::routes())
         .merge(crate::web::router())
         .fallback(no_route)
         .layer(axum::middleware::map_response(json_errors))

@@ -3,7 +3,10 @@
 //! meter agent, which signs its readings and publishes them to the engine's embedded broker.
 //! Each home also has an automatic trading rule (the engine's `autotrade`: sell the forecast
 //! surplus, buy the forecast need, from the meter's own recent readings), so orders, auctions,
-//! trades and settlement follow within a minute.
+//! trades and settlement follow within a minute. Each home's meter is registered on the
+//! embedded chain's staking contract with its key's signed registration (as the `gridshare`
+//! command does it), attested by the operator as verifier, and staked, so the wallet shows a
+//! real stake and the rewards its settled local sales earn.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,7 +19,12 @@ use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
 use tokio::sync::watch;
 
-use gridshare_core::reading::DeviceIdentity;
+use alloy::primitives::{Address, U256};
+use gridshare_contracts::bindings::{GridToken, MeterStaking};
+use gridshare_contracts::chain::{Chain, ChainExt};
+use gridshare_contracts::staking::{StakingClient, describe, device_hash, text_id};
+use gridshare_core::reading::{DeviceIdentity, MeterKey};
+use market_engine::chain::{ChainHandle, EMBEDDED_OPERATOR, account_address};
 use market_engine::config::EngineConfig;
 use market_engine::ingest::{Approval, IngestMetrics};
 use market_engine::market::Market;
@@ -150,11 +158,11 @@ pub(crate) async fn run(
         )
         .await?;
         let key_file = options.dir.join(format!("{name}.key"));
-        let public = if key_file.exists() {
-            meter_agent::keys::load(&key_file)?.public_key()
-        } else {
-            meter_agent::keys::generate(&key_file, false)?
-        };
+        if !key_file.exists() {
+            meter_agent::keys::generate(&key_file, false)?;
+        }
+        let key = meter_agent::keys::load(&key_file)?;
+        let public = key.public_key();
         if engine.store.meter_owner(&name).await?.is_none() {
             meters::register(
                 &engine.store,
@@ -184,6 +192,20 @@ pub(crate) async fn run(
             device: DeviceIdentity::new("Gridshare", "SIM-HYBRID", serial)?,
         };
         meters::approve(&engine.store, &engine.keys, &name, &approval, 0, now_ms()).await?;
+        if let Some(settler) = &engine.settler
+            && let ChainHandle::Embedded(settlement) = settler.handle()
+        {
+            stake_on_chain(
+                settlement.chain(),
+                settlement.address(),
+                account,
+                &name,
+                &key,
+                &approval,
+                i,
+            )
+            .await?;
+        }
         let mut agent_config = AgentConfig {
             meter_id: name.clone(),
             community: config.community.clone(),
@@ -226,6 +248,105 @@ pub(crate) async fn run(
         let _ = a.await;
     }
     engine.stop().await;
+    Ok(())
+}
+
+/// Network tokens (whole tokens) the operator pays into the staking contract's reward pool
+/// when the demo chain is new.
+const DEMO_REWARD_POOL_TOKENS: u64 = 1_000_000;
+
+/// Registers `meter` on the staking contract the embedded chain's settlement credits, for the
+/// chain address of `account`, with the meter key's signature over the contract's registration
+/// statement (the `gridshare register` path); the operator, as verifier, attests the device,
+/// capacities and a grid connection point of its own; and the owner stakes the contract's
+/// minimum stake plus a tenth per home number. Idempotent: a meter registered before (a demo
+/// restarted in its directory) is left as it is.
+async fn stake_on_chain<C: Chain>(
+    chain: &C,
+    settlement: Address,
+    account: i64,
+    meter: &str,
+    key: &MeterKey,
+    approval: &Approval,
+    home: usize,
+) -> anyhow::Result<()> {
+    let refused = |e: gridshare_contracts::chain::ChainError| anyhow::anyhow!(describe(&e));
+    let Some(staking) = market_engine::staking::staking_contract(chain, settlement)
+        .await
+        .map_err(anyhow::Error::msg)?
+    else {
+        return Ok(());
+    };
+    let client = StakingClient::new(chain, staking);
+    let id = text_id(meter).map_err(anyhow::Error::msg)?;
+    if client.meter(id).await.map_err(refused)?.owner != Address::ZERO {
+        return Ok(());
+    }
+    let decimals = U256::from(10u64).pow(U256::from(18u64));
+    let funded = chain
+        .view(staking, MeterStaking::rewardsFundedCall {})
+        .await
+        .map_err(refused)?;
+    if funded.is_zero() {
+        client.approve(EMBEDDED_OPERATOR).await.map_err(refused)?;
+        chain
+            .transact(
+                EMBEDDED_OPERATOR,
+                staking,
+                MeterStaking::fundRewardsCall {
+                    amount: U256::from(DEMO_REWARD_POOL_TOKENS) * decimals,
+                },
+            )
+            .await
+            .map_err(refused)?;
+        client
+            .set_verifier(EMBEDDED_OPERATOR, EMBEDDED_OPERATOR, true)
+            .await
+            .map_err(refused)?;
+    }
+    let owner = account_address(account);
+    chain.prepare_account(owner).await.map_err(refused)?;
+    let signature =
+        gridshare_operator::registration::sign_registration(&client, key, meter, owner, false)
+            .await?;
+    let public = key.public_key();
+    let xy = (public.x().into(), public.y().into());
+    client
+        .register(owner, id, xy, signature)
+        .await
+        .map_err(refused)?;
+    let d = &approval.device;
+    client
+        .attest(
+            EMBEDDED_OPERATOR,
+            id,
+            xy,
+            device_hash(&d.manufacturer, &d.model, &d.serial).map_err(anyhow::Error::msg)?,
+            approval.export_capacity_w,
+            approval.import_capacity_w,
+            text_id(&format!("demo-gcp-{meter}")).map_err(anyhow::Error::msg)?,
+        )
+        .await
+        .map_err(refused)?;
+    let min = chain
+        .view(staking, MeterStaking::minStakeCall {})
+        .await
+        .map_err(refused)?;
+    let amount = min + min * U256::from(home) / U256::from(10u64);
+    let token = client.token().await.map_err(refused)?;
+    chain
+        .transact(
+            EMBEDDED_OPERATOR,
+            token,
+            GridToken::transferCall {
+                to: owner,
+                value: amount,
+            },
+        )
+        .await
+        .map_err(refused)?;
+    client.approve(owner).await.map_err(refused)?;
+    client.stake(owner, id, amount).await.map_err(refused)?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@
 //! - [`chain`]: settled slots as batches through the settlement outbox (in the engine's
 //!   database) to the embedded chain or a JSON-RPC node;
 //! - [`watch`]: the fraud watcher that reports meters signing contradictory readings;
+//! - [`staking`]: a meter's stake and rewards, read from the staking contract on the chain;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
 //! - [`api`]: the REST API, `/metrics`, `/healthz`, `/openapi.json`;
 //! - [`metrics`]: every counter, exported on `/metrics`;
@@ -36,6 +37,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod settings;
+pub mod staking;
 pub mod store;
 pub mod tasks;
 pub mod watch;

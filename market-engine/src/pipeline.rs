@@ -62,6 +62,10 @@ pub enum LiveEvent {
         power_w: Option<i32>,
         /// Battery state of charge, basis points, if the reading carries it.
         soc_bp: Option<u16>,
+        /// Solar power, W, if the reading carries it.
+        pv_power_w: Option<i32>,
+        /// Battery power, W, positive = charging, if the reading carries it.
+        battery_power_w: Option<i32>,
         /// Device time of the reading, ms since the epoch.
         timestamp_ms: u64,
     },
@@ -490,6 +494,8 @@ async fn store_batches(
                         export_wh: r.export_wh.ok_value(),
                         power_w: r.power_w.ok_value(),
                         soc_bp: r.soc_bp.ok_value(),
+                        pv_power_w: r.flow.pv_power_w.ok_value(),
+                        battery_power_w: r.flow.battery_power_w.ok_value(),
                         timestamp_ms: r.timestamp_ms,
                     });
                 }

@@ -237,7 +237,7 @@ pub struct TradingRule {
     pub keep_battery_above_bp: Option<u16>,
 }
 
-/// Rows per multi-row INSERT (12 parameters each, well below every backend's limit).
+/// Rows per multi-row INSERT (15 parameters each, well below every backend's limit).
 const INSERT_CHUNK: usize = 64;
 
 async fn insert_readings(
@@ -250,14 +250,14 @@ async fn insert_readings(
         // writes `?`, which PostgreSQL does not). The text depends only on the chunk's length.
         let values: Vec<String> = (0..chunk.len())
             .map(|row| {
-                let cols: Vec<String> = (1..=12).map(|c| format!("${}", row * 12 + c)).collect();
+                let cols: Vec<String> = (1..=15).map(|c| format!("${}", row * 15 + c)).collect();
                 format!("({})", cols.join(", "))
             })
             .collect();
         let sql = format!(
             "INSERT INTO readings (meter_id, seq, timestamp_ms, received_ms, import_wh, \
-             export_wh, battery_charge_wh, battery_discharge_wh, power_w, soc_bp, digest, envelope) \
-             VALUES {}",
+             export_wh, battery_charge_wh, battery_discharge_wh, power_w, soc_bp, pv_power_w, \
+             pv_wh, battery_power_w, digest, envelope) VALUES {}",
             values.join(", ")
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
@@ -275,6 +275,9 @@ async fn insert_readings(
                 .bind(value(r.battery_discharge_wh))
                 .bind(r.power_w.value().map(i64::from))
                 .bind(r.soc_bp.value().map(i64::from))
+                .bind(r.flow.pv_power_w.value().map(i64::from))
+                .bind(value(r.flow.pv_wh))
+                .bind(r.flow.battery_power_w.value().map(i64::from))
                 .bind(digest.clone())
                 .bind(signed.to_json());
         }

@@ -279,6 +279,7 @@ impl Poller {
             battery_discharge_wh: measurements.battery_discharge_wh,
             power_w: measurements.power_w,
             soc_bp: measurements.soc_bp,
+            flow: measurements.flow,
         };
         let signed = match self.key.sign(reading, &self.rng) {
             Ok(s) => s,

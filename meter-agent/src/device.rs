@@ -81,6 +81,12 @@ pub struct Snapshot {
     pub power_w: Sample,
     /// Battery state of charge, basis points.
     pub soc_bp: Sample,
+    /// PV power, W (DC).
+    pub pv_power_w: Sample,
+    /// Lifetime energy produced by PV, Wh.
+    pub pv_wh: Sample,
+    /// Battery power, W, positive = charging.
+    pub battery_power_w: Sample,
 }
 
 impl Snapshot {
@@ -93,6 +99,9 @@ impl Snapshot {
             Quantity::BatteryDischargeWh => &mut self.battery_discharge_wh,
             Quantity::PowerW => &mut self.power_w,
             Quantity::SocPercent => &mut self.soc_bp,
+            Quantity::PvPowerW => &mut self.pv_power_w,
+            Quantity::PvWh => &mut self.pv_wh,
+            Quantity::BatteryPowerW => &mut self.battery_power_w,
         }
     }
 
@@ -105,6 +114,9 @@ impl Snapshot {
             battery_discharge_wh: Sample::NotImplemented,
             power_w: Sample::NotImplemented,
             soc_bp: Sample::NotImplemented,
+            pv_power_w: Sample::NotImplemented,
+            pv_wh: Sample::NotImplemented,
+            battery_power_w: Sample::NotImplemented,
         }
     }
 }
@@ -247,25 +259,13 @@ impl SunSpecDevice {
                     snapshot.power_w = sample;
                 }
             }
-        } else if let Some(loc) = self.inverter {
-            // No grid meter: the inverter's lifetime production is what it feeds out, and its
-            // output power flows toward the grid (negative import).
-            match read_or_sample(link, loc).await? {
-                Ok(inverter) => {
-                    snapshot.export_wh =
-                        Sample::from_point(self.counter(inverter.value("WH")), floor);
-                    snapshot.power_w = Sample::from_point(inverter.value("W"), round).negate();
-                }
-                Err(sample) => {
-                    snapshot.export_wh = sample.clone();
-                    snapshot.power_w = sample;
-                }
-            }
         }
+        let mut battery_modules = false;
         if let Some(loc) = self.mppt {
             match read_or_sample(link, loc).await? {
                 Ok(mppt) => {
                     let (charge, discharge) = self.battery_modules(&mppt);
+                    battery_modules = charge.is_some() || discharge.is_some();
                     if let Some(i) = charge {
                         snapshot.battery_charge_wh =
                             Sample::from_point(mppt.group_value(i, "DCWH"), floor);
@@ -274,10 +274,73 @@ impl SunSpecDevice {
                         snapshot.battery_discharge_wh =
                             Sample::from_point(mppt.group_value(i, "DCWH"), floor);
                     }
+                    // Battery power as evcc's SunSpec battery template takes it: the charge
+                    // module's DC power less the discharge module's.
+                    if let (Some(c), Some(d)) = (charge, discharge) {
+                        snapshot.battery_power_w = difference(
+                            Sample::from_point(mppt.group_value(c, "DCW"), round),
+                            Sample::from_point(mppt.group_value(d, "DCW"), round),
+                        );
+                    }
+                    // Every other module is a PV string.
+                    let strings: Vec<usize> = (0..mppt.group_count())
+                        .filter(|i| Some(*i) != charge && Some(*i) != discharge)
+                        .collect();
+                    if !strings.is_empty() {
+                        snapshot.pv_power_w = sum(strings
+                            .iter()
+                            .map(|i| Sample::from_point(mppt.group_value(*i, "DCW"), round)));
+                        snapshot.pv_wh = sum(strings.iter().map(|i| {
+                            Sample::from_point(self.counter(mppt.group_value(*i, "DCWH")), floor)
+                        }));
+                    }
                 }
                 Err(sample) => {
                     snapshot.battery_charge_wh = sample.clone();
-                    snapshot.battery_discharge_wh = sample;
+                    snapshot.battery_discharge_wh = sample.clone();
+                    snapshot.pv_power_w = sample.clone();
+                    snapshot.pv_wh = sample;
+                }
+            }
+        }
+        let no_meter = self.meter.is_none();
+        // Without PV strings in model 160, the inverter's DC side is the PV generator as long
+        // as no battery shares it (no storage model, no battery modules).
+        let inverter_is_pv = snapshot.pv_power_w == Sample::NotImplemented
+            && self.storage.is_none()
+            && !battery_modules;
+        if let Some(loc) = self.inverter
+            && (no_meter || inverter_is_pv)
+        {
+            match read_or_sample(link, loc).await? {
+                Ok(inverter) => {
+                    if no_meter {
+                        // No grid meter: the inverter's lifetime production is what it feeds
+                        // out, and its output power flows toward the grid (negative import).
+                        snapshot.export_wh =
+                            Sample::from_point(self.counter(inverter.value("WH")), floor);
+                        snapshot.power_w = Sample::from_point(inverter.value("W"), round).negate();
+                    }
+                    if inverter_is_pv {
+                        snapshot.pv_power_w = match inverter.value("DCW") {
+                            Err(PointError::NotImplemented | PointError::UnknownPoint { .. }) => {
+                                Sample::from_point(inverter.value("W"), round)
+                            }
+                            dcw => Sample::from_point(dcw, round),
+                        };
+                        snapshot.pv_wh =
+                            Sample::from_point(self.counter(inverter.value("WH")), floor);
+                    }
+                }
+                Err(sample) => {
+                    if no_meter {
+                        snapshot.export_wh = sample.clone();
+                        snapshot.power_w = sample.clone();
+                    }
+                    if inverter_is_pv {
+                        snapshot.pv_power_w = sample.clone();
+                        snapshot.pv_wh = sample;
+                    }
                 }
             }
         }
@@ -327,6 +390,23 @@ impl SunSpecDevice {
             pick(self.options.battery_discharge_module, discharge),
         )
     }
+}
+
+/// The sum of samples: a value only when every one has a value; otherwise the first reason.
+fn sum(samples: impl Iterator<Item = Sample>) -> Sample {
+    let mut total = 0i64;
+    for sample in samples {
+        match sample {
+            Sample::Value(v) => total = total.saturating_add(v),
+            other => return other,
+        }
+    }
+    Sample::Value(total)
+}
+
+/// `a − b`, a value only when both have one.
+fn difference(a: Sample, b: Sample) -> Sample {
+    sum([a, b.negate()].into_iter())
 }
 
 /// A model that answered with an exception gives device-error samples for its quantities; a
@@ -412,6 +492,11 @@ impl ProfileDevice {
                 }
                 Quantity::PowerW => snapshot.power_w = Sample::from_point(result, round),
                 Quantity::SocPercent => snapshot.soc_bp = Sample::from_point(result, percent_to_bp),
+                Quantity::PvPowerW => snapshot.pv_power_w = Sample::from_point(result, round),
+                Quantity::PvWh => snapshot.pv_wh = Sample::from_point(result, floor),
+                Quantity::BatteryPowerW => {
+                    snapshot.battery_power_w = Sample::from_point(result, round);
+                }
             }
         }
         Ok(snapshot)
@@ -458,13 +543,16 @@ impl ExtraDevice {
     }
 }
 
-const QUANTITIES: [Quantity; 6] = [
+const QUANTITIES: [Quantity; 9] = [
     Quantity::ImportWh,
     Quantity::ExportWh,
     Quantity::BatteryChargeWh,
     Quantity::BatteryDischargeWh,
     Quantity::PowerW,
     Quantity::SocPercent,
+    Quantity::PvPowerW,
+    Quantity::PvWh,
+    Quantity::BatteryPowerW,
 ];
 
 /// The device as configured: SunSpec (discovered) or a register profile.

@@ -78,6 +78,9 @@ fn describe(s: &Snapshot) -> String {
         show("battery charged", &s.battery_charge_wh, "Wh"),
         show("battery discharged", &s.battery_discharge_wh, "Wh"),
         show("SoC", &s.soc_bp, "bp"),
+        show("PV power", &s.pv_power_w, "W"),
+        show("PV produced", &s.pv_wh, "Wh"),
+        show("battery power", &s.battery_power_w, "W"),
     ]
     .into_iter()
     .flatten()

@@ -453,6 +453,9 @@ async fn discover(config: &AgentConfig, json: bool) -> anyhow::Result<()> {
         "battery_discharge_wh": sample(&snapshot.battery_discharge_wh),
         "power_w": sample(&snapshot.power_w),
         "soc_bp": sample(&snapshot.soc_bp),
+        "pv_power_w": sample(&snapshot.pv_power_w),
+        "pv_wh": sample(&snapshot.pv_wh),
+        "battery_power_w": sample(&snapshot.battery_power_w),
     });
     if json {
         header["points"] = rows
@@ -695,7 +698,7 @@ fn print_reading(payload: &[u8], public: &PublicKey) {
     let r = &signed.reading;
     let show = |v: Option<u64>| v.map_or_else(|| "—".to_owned(), |v| v.to_string());
     println!(
-        "seq {:>5}  import {:>9} Wh  export {:>9} Wh  battery +{} / -{} Wh  power {:>6} W  soc {:>6}  {check}",
+        "seq {:>5}  import {:>9} Wh  export {:>9} Wh  battery +{} / -{} Wh  power {:>6} W  soc {:>6}  pv {:>6} W {} Wh  battery {:>6} W  {check}",
         r.seq,
         show(r.import_wh.value()),
         show(r.export_wh.value()),
@@ -707,5 +710,14 @@ fn print_reading(payload: &[u8], public: &PublicKey) {
         r.soc_bp
             .value()
             .map_or_else(|| "—".into(), |v| format!("{}.{:02}%", v / 100, v % 100)),
+        r.flow
+            .pv_power_w
+            .value()
+            .map_or_else(|| "—".into(), |v| v.to_string()),
+        show(r.flow.pv_wh.value()),
+        r.flow
+            .battery_power_w
+            .value()
+            .map_or_else(|| "—".into(), |v| v.to_string()),
     );
 }

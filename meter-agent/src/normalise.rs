@@ -7,7 +7,7 @@
 //!   battery counters are known to do this). The last good values survive restarts.
 //! - Values that do not fit their field are implausible, not truncated.
 
-use gridshare_core::reading::{MAX_SOC_BP, Measured};
+use gridshare_core::reading::{MAX_SOC_BP, Measured, PowerFlow};
 
 use crate::device::{Sample, Snapshot};
 
@@ -22,6 +22,8 @@ pub struct LastGood {
     pub battery_charge_wh: Option<u64>,
     /// Battery discharge, Wh.
     pub battery_discharge_wh: Option<u64>,
+    /// PV production, Wh.
+    pub pv_wh: Option<u64>,
 }
 
 /// The values of one reading, ready to sign.
@@ -39,6 +41,8 @@ pub struct Measurements {
     pub power_w: Measured<i32>,
     /// State of charge, basis points.
     pub soc_bp: Measured<u16>,
+    /// PV power and energy, battery power.
+    pub flow: PowerFlow,
 }
 
 /// Applies the plausibility rules, remembering the last good values.
@@ -81,6 +85,17 @@ impl Normaliser {
             ),
             power_w: power(&snapshot.power_w),
             soc_bp: soc(&snapshot.soc_bp, self.last_soc_bp),
+            flow: PowerFlow {
+                pv_power_w: match power(&snapshot.pv_power_w) {
+                    m if m.value().is_some_and(|w| w < 0) => {
+                        tracing::warn!(target: "normalise", "implausible negative PV power {:?} W", m.value());
+                        Measured::device_error()
+                    }
+                    m => m,
+                },
+                pv_wh: counter("pv_wh", &snapshot.pv_wh, &mut next.pv_wh),
+                battery_power_w: power(&snapshot.battery_power_w),
+            },
         };
         (m, next)
     }
@@ -169,6 +184,9 @@ mod tests {
             battery_discharge_wh: Sample::Value(5),
             power_w: Sample::Value(i64::from(i32::MAX) + 1),
             soc_bp: Sample::Value(10_001),
+            pv_power_w: Sample::Value(-5),
+            pv_wh: Sample::NotImplemented,
+            battery_power_w: Sample::Value(-1_200),
         }
     }
 
@@ -195,6 +213,26 @@ mod tests {
         assert_eq!(m.battery_discharge_wh, Measured::ok(5));
         assert_eq!(m.power_w, Measured::device_error());
         assert_eq!(m.soc_bp, Measured::device_error());
+        assert_eq!(
+            m.flow.pv_power_w,
+            Measured::device_error(),
+            "negative PV power"
+        );
+        assert_eq!(m.flow.pv_wh, Measured::not_implemented());
+        assert_eq!(m.flow.battery_power_w, Measured::ok(-1_200));
+    }
+
+    #[test]
+    fn pv_counter_going_backwards_is_flagged_like_the_grid_counters() {
+        let mut n = Normaliser::default();
+        let mut s = snapshot(Sample::Value(1));
+        s.pv_wh = Sample::Value(5_000);
+        let (m, last) = n.measure(&s);
+        assert_eq!(m.flow.pv_wh, Measured::ok(5_000));
+        n.commit(&m, last);
+        s.pv_wh = Sample::Value(4_999);
+        let (m, _) = n.measure(&s);
+        assert_eq!(m.flow.pv_wh, Measured::implausible(5_000));
     }
 
     #[test]

@@ -128,7 +128,7 @@ impl Outbox {
         .map_err(db)?;
         let row = sqlx::query(
             "SELECT meter_id, next_seq, last_import_wh, last_export_wh, last_charge_wh, \
-             last_discharge_wh FROM agent_state WHERE id = 1",
+             last_discharge_wh, last_pv_wh FROM agent_state WHERE id = 1",
         )
         .fetch_one(&pool)
         .await
@@ -157,6 +157,7 @@ impl Outbox {
                 export_wh: counter(3, "last_export_wh")?,
                 battery_charge_wh: counter(4, "last_charge_wh")?,
                 battery_discharge_wh: counter(5, "last_discharge_wh")?,
+                pv_wh: counter(6, "last_pv_wh")?,
             },
         };
         Ok((Self { pool, path: shown }, state))
@@ -187,13 +188,14 @@ impl Outbox {
             .map_err(|e| self.err(e))?;
         sqlx::query(
             "UPDATE agent_state SET next_seq = ?, last_import_wh = ?, last_export_wh = ?, \
-             last_charge_wh = ?, last_discharge_wh = ? WHERE id = 1",
+             last_charge_wh = ?, last_discharge_wh = ?, last_pv_wh = ? WHERE id = 1",
         )
         .bind(seq.saturating_add(1))
         .bind(last_good.import_wh.map(to_i64))
         .bind(last_good.export_wh.map(to_i64))
         .bind(last_good.battery_charge_wh.map(to_i64))
         .bind(last_good.battery_discharge_wh.map(to_i64))
+        .bind(last_good.pv_wh.map(to_i64))
         .execute(&mut *tx)
         .await
         .map_err(|e| self.err(e))?;

@@ -28,7 +28,8 @@
 //!
 //! [[register]]
 //! quantity = "power_w"          # import_wh | export_wh | battery_charge_wh |
-//!                               # battery_discharge_wh | power_w | soc_percent
+//!                               # battery_discharge_wh | power_w | soc_percent |
+//!                               # pv_power_w | pv_wh | battery_power_w (+ = charging)
 //! function = "input"            # "holding" (FC 3) | "input" (FC 4)
 //! address = 0x0034              # protocol address before address_base is subtracted
 //! type = "f32"                  # u16 i16 u32 i32 u64 i64 f32 f64
@@ -80,6 +81,12 @@ pub enum Quantity {
     PowerW,
     /// Battery state of charge, percent.
     SocPercent,
+    /// PV (solar) power, W.
+    PvPowerW,
+    /// Lifetime energy produced by PV, Wh.
+    PvWh,
+    /// Battery power, W; positive = charging.
+    BatteryPowerW,
 }
 
 impl Quantity {
@@ -92,6 +99,9 @@ impl Quantity {
             Quantity::BatteryDischargeWh => "battery_discharge_wh",
             Quantity::PowerW => "power_w",
             Quantity::SocPercent => "soc_percent",
+            Quantity::PvPowerW => "pv_power_w",
+            Quantity::PvWh => "pv_wh",
+            Quantity::BatteryPowerW => "battery_power_w",
         }
     }
 }
@@ -562,7 +572,7 @@ impl RegisterProfile {
                 let words = find_words(r, data);
                 let decoded = decode_register(r, words);
                 let unit = match r.quantity {
-                    Quantity::PowerW => "W",
+                    Quantity::PowerW | Quantity::PvPowerW | Quantity::BatteryPowerW => "W",
                     Quantity::SocPercent => "%",
                     _ => "Wh",
                 };

@@ -103,6 +103,7 @@ mod tests {
             battery_discharge_wh: Measured::not_implemented(),
             power_w: Measured::ok(0),
             soc_bp: Measured::not_implemented(),
+            flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
         }
     }
 

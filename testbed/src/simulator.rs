@@ -186,6 +186,20 @@ impl SimulatedDevice {
         (self.import_mwh / 1000, self.export_mwh / 1000)
     }
 
+    /// What the registers say of solar and battery now, as a reader sums model 160's modules:
+    /// PV power (W, each string rounded), lifetime PV energy (Wh, each string floored) and
+    /// battery power (W, positive = charging: the charge module's power less the discharge
+    /// module's).
+    pub fn flow(&self) -> (i64, u64, i64) {
+        #[allow(clippy::cast_possible_truncation)]
+        let w = |v: f64| v.round() as i64;
+        (
+            w(self.pv_w[0]) + w(self.pv_w[1]),
+            self.pv_mwh[0] / 1000 + self.pv_mwh[1] / 1000,
+            w(self.battery_w.max(0.0)) - w((-self.battery_w).max(0.0)),
+        )
+    }
+
     /// Advances simulated time by `dt_ms`: integrates the current power flows, then computes
     /// the new ones, and publishes every register in one atomic update.
     pub fn advance(&mut self, dt_ms: u64) {

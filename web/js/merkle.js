@@ -103,12 +103,14 @@ export function rootOf(leaf, proof) {
 
 /**
  * Checks every trade of a proof answer (GET /api/v1/my/settlements/{slot}/proof): the leaf is
- * recomputed from the trade's fields, then folded with its proof onto the root.
+ * recomputed from the trade's fields, then folded with its proof onto `root` — by default the
+ * root the settlement contract holds for the batch (`chain_root`, read from the chain).
  */
-export function checkInclusion(answer) {
+export function checkInclusion(answer, root = answer.chain_root) {
+  if (!root) throw new Error('no root to check against');
   return answer.trades.map((trade) => {
     const leaf = tradeLeaf(answer.batch_id, trade);
-    const root = toHex(rootOf(leaf, trade.proof));
-    return { trade, leafMatches: toHex(leaf) === trade.leaf.toLowerCase(), included: root === answer.root.toLowerCase() };
+    const folded = toHex(rootOf(leaf, trade.proof));
+    return { trade, leafMatches: toHex(leaf) === trade.leaf.toLowerCase(), included: folded === root.toLowerCase() };
   });
 }

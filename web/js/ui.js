@@ -41,6 +41,16 @@ export function watts(v) {
 }
 /** Money in token units (integers, as the engine settles them). */
 export const money = (v) => (v === null || v === undefined ? '–' : `${num(v)} ${t('units')}`);
+/** Network tokens from base units (18 decimals, a decimal string or a BigInt), to 2 places. */
+export function tokens(v) {
+  if (v === null || v === undefined) return '–';
+  const units = BigInt(v);
+  const cents = (units + 5n * 10n ** 15n) / 10n ** 16n;
+  const whole = new Intl.NumberFormat(lang()).format(cents / 100n);
+  const frac = String(cents % 100n).padStart(2, '0');
+  const sep = new Intl.NumberFormat(lang()).format(1.5).charAt(1);
+  return `${whole}${sep}${frac} ${t('network_tokens')}`;
+}
 export const perKwh = (v) => (v === null || v === undefined ? '–' : `${num(v)} ${t('units')}/kWh`);
 export const pct = (part, whole) => (whole ? `${new Intl.NumberFormat(lang(), { maximumFractionDigits: 0 }).format((100 * part) / whole)} %` : '–');
 export const time = (s) => new Date(s * 1000).toLocaleTimeString(lang(), { hour: '2-digit', minute: '2-digit', second: '2-digit', hour12: false });

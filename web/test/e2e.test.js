@@ -109,6 +109,44 @@ test('a wrong password is shown by the password field; a demo home sees live rea
   await page.context().close();
 });
 
+test('Home: solar, battery, house and grid power now from the signed readings, and today\'s self-sufficiency and self-consumption as gauges, compared with the previous period', async () => {
+  const page = await fresh();
+  // home-02 has solar panels and no battery; the demo's homes start at 10:00 of their day.
+  await signIn(page, 'home-02', 'demo-password');
+  await page.locator('#live-count').waitFor();
+  const watts = (text) => {
+    const m = /([\d.,]+)\s*(k?W)/.exec(text);
+    return m ? Number(m[1].replace(/,/g, '')) * (m[2] === 'kW' ? 1000 : 1) : null;
+  };
+  await page.waitForFunction(() => /\d/.test(document.querySelector('#v-pv').textContent), null, { timeout: 20_000 });
+  const pv = watts(await page.locator('#v-pv').textContent());
+  assert.ok(pv > 0, `solar in the demo's daytime: ${await page.locator('#v-pv').textContent()}`);
+  // The house's own power: grid + solar − battery, so a number too.
+  await page.waitForFunction(() => /\d\s*k?W/.test(document.querySelector('#v-home').textContent), null, { timeout: 20_000 });
+  assert.ok(watts(await page.locator('#v-home').textContent()) >= 0);
+  assert.match(await page.locator('#flow-desc').textContent(), /Solar: [\d.,]+ k?W/);
+  assert.equal(await page.locator('#wire-pv').getAttribute('class'), 'wire active');
+  // The gauges fill once two slot boundaries have readings (a slot is 15 s in the demo).
+  for (const id of ['g-sufficiency', 'g-consumption']) {
+    await page.waitForFunction((g) => document.querySelector(`#${g}`).dataset.bp, id, { timeout: 90_000 });
+    const bp = Number(await page.locator(`#${id}`).getAttribute('data-bp'));
+    assert.ok(bp >= 0 && bp <= 10_000, `${id}: ${bp}`);
+    assert.match(await page.locator(`#${id}-value`).textContent(), /^\d{1,3} %$/);
+  }
+  // Compared with the previous day and the months, from the same figures.
+  const row = page.locator('#c-pv');
+  await row.locator('td').first().filter({ hasText: /Wh/ }).waitFor({ timeout: 30_000 });
+  assert.equal(await page.locator('#compare-table thead th').count(), 4);
+  // A home with a battery shows its power and state of charge.
+  await page.context().close();
+  const other = await fresh();
+  await signIn(other, 'home-01', 'demo-password');
+  await other.locator('#live-count').waitFor();
+  await other.waitForFunction(() => /%/.test(document.querySelector('#v-soc').textContent), null, { timeout: 20_000 });
+  assert.match(await other.locator('#v-batt').textContent(), /\d\s*k?W/);
+  await other.context().close();
+});
+
 test('market: an invalid order and an over-budget bid are shown by their field; an offer trades after gate closure, its settlement reaches the wallet and the browser finds it in the batch root', async () => {
   const page = await fresh();
   await signIn(page, 'home-03', 'demo-password');
@@ -162,8 +200,23 @@ test('market: an invalid order and an over-budget bid are shown by their field; 
   const settledRow = page.locator(`#settlements tr[data-slot="${slot.slot}"]`);
   await settledRow.waitFor({ timeout: 90_000 });
   // The browser checks that the trades are in the batch's Merkle root (keccak256 in the page).
-  await settledRow.getByRole('button', { name: /Check that my trades/ }).click();
-  await settledRow.locator('.inclusion').filter({ hasText: /✓ \d+ trade\(s\) included in root 0x/ }).waitFor({ timeout: 15_000 });
+  // The root it checks against is the one the Settlement contract holds (read from the chain);
+  // until the batch is confirmed there, the page says so, and the check is asked again.
+  const inclusion = settledRow.locator('.inclusion');
+  for (let i = 0; i < 30; i += 1) {
+    await settledRow.getByRole('button', { name: /Check that my trades/ }).click();
+    await inclusion.filter({ hasText: /./ }).waitFor({ timeout: 15_000 });
+    if (!/not on chain yet/.test(await inclusion.innerText())) break;
+    await page.waitForTimeout(1000);
+  }
+  await inclusion.filter({ hasText: /✓ \d+ trade\(s\) included in root 0x[0-9a-f]+… \(read from the Settlement contract\)/ }).waitFor({ timeout: 15_000 });
+  // The home's meter is registered and staked on the chain's staking contract.
+  const stake = page.locator('#stakes tr[data-meter="home-03"]');
+  await stake.waitFor({ timeout: 15_000 });
+  assert.equal(await stake.getAttribute('data-registered'), 'true');
+  assert.match(await stake.locator('td').nth(1).innerText(), /registered, attested/);
+  // The demo stakes the contract's minimum (100 GRID) plus a tenth per home number.
+  assert.match(await stake.locator('td').nth(2).innerText(), /^120\.00 GRID$/);
   await page.context().close();
 });
 

@@ -484,6 +484,7 @@ impl TestMeter {
             battery_discharge_wh: Measured::not_implemented(),
             power_w: Measured::ok(-1_000),
             soc_bp: Measured::not_implemented(),
+            flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
         }
     }
 

@@ -1,29 +1,52 @@
-//! The fixed binary encoding of a reading (version 1), the bytes that are signed.
+//! The fixed binary encoding of a reading (version 1, or version 2 with the power flow), the
+//! bytes that are signed.
 
 use super::{
-    ClockSync, DeviceIdentity, MAX_TEXT_LEN, Measured, MeterId, Reading, ReadingError, ValueStatus,
+    ClockSync, DeviceIdentity, MAX_TEXT_LEN, Measured, MeterId, PowerFlow, Reading, ReadingError,
+    ValueStatus,
 };
 
 /// The domain tag that starts every encoded reading: `bytes32("GRIDSHARE/METER-READING")`.
 /// It keeps a reading signature from being valid for anything else signed by the same key.
 pub const DOMAIN_TAG: [u8; 32] = *b"GRIDSHARE/METER-READING\0\0\0\0\0\0\0\0\0";
 
-/// Version byte of this encoding.
+/// Version byte of the encoding of a reading without power-flow values.
 pub const ENCODING_VERSION: u8 = 1;
 
-/// Length of an encoded reading in bytes.
+/// Version byte of the encoding of a reading with power-flow values.
+pub const ENCODING_VERSION_POWER_FLOW: u8 = 2;
+
+/// Length of a version-1 encoded reading in bytes.
 pub const ENCODED_LEN: usize = 32 + 1 + 4 * 32 + 8 + 8 + 1 + 4 * (1 + 8) + (1 + 4) + (1 + 2);
 
+/// Length of a version-2 encoded reading: version 1 and the power flow.
+pub const ENCODED_LEN_V2: usize = ENCODED_LEN + (1 + 4) + (1 + 8) + (1 + 4);
+
 impl Reading {
-    /// The exact bytes that are signed. See the [module documentation](super) for the layout.
-    pub fn encode(&self) -> [u8; ENCODED_LEN] {
-        let mut out = [0u8; ENCODED_LEN];
+    /// The encoding version of this reading: 2 when it carries a power-flow value, else 1.
+    pub fn encoding_version(&self) -> u8 {
+        if self.flow.is_measured() {
+            ENCODING_VERSION_POWER_FLOW
+        } else {
+            ENCODING_VERSION
+        }
+    }
+
+    /// The exact bytes that are signed: [`ENCODED_LEN`] bytes of version 1, or
+    /// [`ENCODED_LEN_V2`] of version 2. See the [module documentation](super) for the layout.
+    pub fn encode(&self) -> Vec<u8> {
+        let version = self.encoding_version();
+        let len = if version == ENCODING_VERSION {
+            ENCODED_LEN
+        } else {
+            ENCODED_LEN_V2
+        };
         let mut w = Writer {
-            buf: &mut out,
+            buf: vec![0u8; len],
             at: 0,
         };
         w.put(&DOMAIN_TAG);
-        w.put(&[ENCODING_VERSION]);
+        w.put(&[version]);
         for text in [
             self.meter_id.as_str(),
             &self.device.manufacturer,
@@ -48,25 +71,44 @@ impl Reading {
         w.put(&self.power_w.value().unwrap_or(0).to_be_bytes());
         w.put(&[self.soc_bp.status() as u8]);
         w.put(&self.soc_bp.value().unwrap_or(0).to_be_bytes());
-        debug_assert_eq!(w.at, ENCODED_LEN);
-        out
+        if version == ENCODING_VERSION_POWER_FLOW {
+            let f = &self.flow;
+            w.put(&[f.pv_power_w.status() as u8]);
+            w.put(&f.pv_power_w.value().unwrap_or(0).to_be_bytes());
+            w.put(&[f.pv_wh.status() as u8]);
+            w.put(&f.pv_wh.value().unwrap_or(0).to_be_bytes());
+            w.put(&[f.battery_power_w.status() as u8]);
+            w.put(&f.battery_power_w.value().unwrap_or(0).to_be_bytes());
+        }
+        debug_assert_eq!(w.at, len);
+        w.buf
     }
 
-    /// Parses an encoding back into a reading, checking tag, version, text fields, status bytes
-    /// and ranges. `decode(encode(r)) == r` for every valid reading.
+    /// Parses an encoding back into a reading, checking tag, version (and that it matches the
+    /// length), text fields, status bytes and ranges. `decode(encode(r)) == r` for every valid
+    /// reading, and only the canonical encoding is accepted: a version-2 encoding without a
+    /// power-flow value is refused.
     pub fn decode(bytes: &[u8]) -> Result<Reading, ReadingError> {
-        if bytes.len() != ENCODED_LEN {
-            return Err(ReadingError::WrongLength {
-                expected: ENCODED_LEN,
-                got: bytes.len(),
-            });
-        }
+        let expected_version = match bytes.len() {
+            ENCODED_LEN => ENCODING_VERSION,
+            ENCODED_LEN_V2 => ENCODING_VERSION_POWER_FLOW,
+            got => {
+                return Err(ReadingError::WrongLength {
+                    expected: if got < ENCODED_LEN_V2 {
+                        ENCODED_LEN
+                    } else {
+                        ENCODED_LEN_V2
+                    },
+                    got,
+                });
+            }
+        };
         let mut r = Reader { bytes, at: 0 };
         if r.take::<32>() != DOMAIN_TAG {
             return Err(ReadingError::BadDomainTag);
         }
         let [version] = r.take::<1>();
-        if version != ENCODING_VERSION {
+        if version != expected_version {
             return Err(ReadingError::UnsupportedVersion(version));
         }
         let meter_id = MeterId::new(r.text("meter_id")?)?;
@@ -88,6 +130,24 @@ impl Reading {
         let battery_discharge_wh = r.measured("battery_discharge_wh", u64::from_be_bytes)?;
         let power_w = r.measured("power_w", i32::from_be_bytes)?;
         let soc_bp = r.measured("soc_bp", u16::from_be_bytes)?;
+        let flow = if version == ENCODING_VERSION_POWER_FLOW {
+            let flow = PowerFlow {
+                pv_power_w: r.measured("pv_power_w", i32::from_be_bytes)?,
+                pv_wh: r.measured("pv_wh", u64::from_be_bytes)?,
+                battery_power_w: r.measured("battery_power_w", i32::from_be_bytes)?,
+            };
+            if !flow.is_measured() {
+                return Err(ReadingError::InvalidField {
+                    field: "flow",
+                    reason: "a version-2 encoding carries at least one power-flow value \
+                             (without one, the reading is encoded as version 1)"
+                        .into(),
+                });
+            }
+            flow
+        } else {
+            PowerFlow::NOT_MEASURED
+        };
         let reading = Reading {
             meter_id,
             device,
@@ -100,18 +160,19 @@ impl Reading {
             battery_discharge_wh,
             power_w,
             soc_bp,
+            flow,
         };
         reading.validate()?;
         Ok(reading)
     }
 }
 
-struct Writer<'a> {
-    buf: &'a mut [u8; ENCODED_LEN],
+struct Writer {
+    buf: Vec<u8>,
     at: usize,
 }
 
-impl Writer<'_> {
+impl Writer {
     fn put(&mut self, bytes: &[u8]) {
         self.buf[self.at..self.at + bytes.len()].copy_from_slice(bytes);
         self.at += bytes.len();

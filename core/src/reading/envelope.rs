@@ -3,12 +3,18 @@
 use serde::{Deserialize, Serialize};
 
 use super::{
-    ClockSync, DeviceIdentity, KeyId, Measured, MeterId, Reading, ReadingError, Signature,
-    SignedReading, ValueStatus,
+    ClockSync, DeviceIdentity, KeyId, Measured, MeterId, PowerFlow, Reading, ReadingError,
+    Signature, SignedReading, ValueStatus,
 };
 
-/// The `format` field of every envelope of this version.
+/// The `format` field of the envelope of a reading without power-flow values (encoding
+/// version 1).
 pub const ENVELOPE_FORMAT: &str = "gridshare-reading/1";
+
+/// The `format` field of the envelope of a reading with power-flow values (encoding version
+/// 2): the version-1 fields plus `pv_power_w`, `pv_wh` and `battery_power_w`, each optional
+/// (absent = not implemented).
+pub const ENVELOPE_FORMAT_POWER_FLOW: &str = "gridshare-reading/2";
 
 /// Largest envelope accepted, in bytes. A real envelope is about 900 bytes; anything far larger
 /// is refused before parsing so a hostile publisher cannot make a receiver allocate at will.
@@ -29,8 +35,26 @@ struct Envelope {
     battery_discharge_wh: RawMeasured<u64>,
     power_w: RawMeasured<i32>,
     soc_bp: RawMeasured<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pv_power_w: Option<RawMeasured<i32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pv_wh: Option<RawMeasured<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    battery_power_w: Option<RawMeasured<i32>>,
     key_id: String,
     signature: String,
+}
+
+/// A power-flow value in the envelope: left out when not implemented.
+fn optional<T: Copy>(m: Measured<T>) -> Option<RawMeasured<T>> {
+    (m.status() != ValueStatus::NotImplemented).then(|| m.into())
+}
+
+fn flow_value<T: Copy>(
+    raw: Option<RawMeasured<T>>,
+    field: &'static str,
+) -> Result<Measured<T>, ReadingError> {
+    raw.map_or(Ok(Measured::NOT_IMPLEMENTED), |r| r.check(field))
 }
 
 #[derive(Serialize, Deserialize)]
@@ -59,8 +83,13 @@ impl SignedReading {
     /// The JSON envelope (one line).
     pub fn to_json(&self) -> String {
         let r = &self.reading;
+        let format = if r.flow.is_measured() {
+            ENVELOPE_FORMAT_POWER_FLOW
+        } else {
+            ENVELOPE_FORMAT
+        };
         let envelope = Envelope {
-            format: ENVELOPE_FORMAT.to_owned(),
+            format: format.to_owned(),
             meter_id: r.meter_id.clone(),
             device: r.device.clone(),
             seq: r.seq,
@@ -72,6 +101,9 @@ impl SignedReading {
             battery_discharge_wh: r.battery_discharge_wh.into(),
             power_w: r.power_w.into(),
             soc_bp: r.soc_bp.into(),
+            pv_power_w: optional(r.flow.pv_power_w),
+            pv_wh: optional(r.flow.pv_wh),
+            battery_power_w: optional(r.flow.battery_power_w),
             key_id: self.key_id.to_string(),
             signature: self.signature.to_hex(),
         };
@@ -111,10 +143,27 @@ impl SignedReading {
         de.end().map_err(|e| ReadingError::Malformed {
             reason: format!("trailing data after the envelope: {e}"),
         })?;
-        if e.format != ENVELOPE_FORMAT {
+        if e.format != ENVELOPE_FORMAT && e.format != ENVELOPE_FORMAT_POWER_FLOW {
             return Err(ReadingError::UnsupportedFormat {
                 found: e.format,
-                expected: ENVELOPE_FORMAT,
+                expected: ENVELOPE_FORMAT_POWER_FLOW,
+            });
+        }
+        let flow = PowerFlow {
+            pv_power_w: flow_value(e.pv_power_w, "pv_power_w")?,
+            pv_wh: flow_value(e.pv_wh, "pv_wh")?,
+            battery_power_w: flow_value(e.battery_power_w, "battery_power_w")?,
+        };
+        // One envelope per reading: the format says whether power-flow values follow.
+        if flow.is_measured() != (e.format == ENVELOPE_FORMAT_POWER_FLOW) {
+            return Err(ReadingError::InvalidField {
+                field: "format",
+                reason: format!(
+                    "{:?} with{} power-flow values: use {ENVELOPE_FORMAT_POWER_FLOW:?} exactly \
+                     when pv_power_w, pv_wh or battery_power_w is reported",
+                    e.format,
+                    if flow.is_measured() { "" } else { "out" }
+                ),
             });
         }
         let reading = Reading {
@@ -129,6 +178,7 @@ impl SignedReading {
             battery_discharge_wh: e.battery_discharge_wh.check("battery_discharge_wh")?,
             power_w: e.power_w.check("power_w")?,
             soc_bp: e.soc_bp.check("soc_bp")?,
+            flow,
         };
         reading.validate()?;
         Ok(Self {

@@ -9,8 +9,8 @@
 //!
 //! # Binary encoding (version 1)
 //!
-//! The signature covers exactly these [`ENCODED_LEN`] = 222 bytes, all integers big-endian, no
-//! gaps. It is what Solidity produces with
+//! A reading without [`PowerFlow`] values is signed over exactly these [`ENCODED_LEN`] = 222
+//! bytes, all integers big-endian, no gaps. It is what Solidity produces with
 //!
 //! ```solidity
 //! abi.encodePacked(
@@ -42,6 +42,23 @@
 //! | 205 | 1 + 8 | battery discharge status, lifetime energy discharged, Wh |
 //! | 214 | 1 + 4 | power status, instantaneous grid power, W, signed, positive = import |
 //! | 219 | 1 + 2 | state-of-charge status, battery state of charge in basis points (0–10 000) |
+//!
+//! # Version 2: solar and battery power
+//!
+//! A reading that carries any [`PowerFlow`] value is signed over [`ENCODED_LEN_V2`] = 241
+//! bytes: the 222 bytes above with version byte `2`, followed by
+//!
+//! | offset | bytes | field |
+//! |---:|---:|---|
+//! | 222 | 1 + 4 | PV power status, W, signed (never negative) |
+//! | 227 | 1 + 8 | PV energy status, lifetime energy produced by the PV generator, Wh |
+//! | 236 | 1 + 4 | battery power status, W, signed, positive = charging |
+//!
+//! The version follows from the fields: a reading whose power-flow values are all "not
+//! implemented" is always version 1, so readings signed before version 2 existed, and readings
+//! of plain grid meters, keep their bytes and their signatures; a version-2 encoding without a
+//! power-flow value is refused as non-canonical. Every offset of version 1 is unchanged, so a
+//! contract that reads the counters reads them at the same place in both versions.
 //!
 //! A status byte is a [`ValueStatus`] (0 ok, 1 not implemented, 2 implausible, 3 device
 //! error). When the status says there is no value (not implemented, device error) the value
@@ -79,6 +96,7 @@
 //!     battery_discharge_wh: Measured::not_implemented(),
 //!     power_w: Measured::ok(-1_500),
 //!     soc_bp: Measured::not_implemented(),
+//!     flow: PowerFlow::NOT_MEASURED,
 //! };
 //! let signed = key.sign(reading, &rng).unwrap();
 //! let json = signed.to_json();
@@ -91,8 +109,10 @@ mod envelope;
 mod registration;
 mod signature;
 
-pub use encoding::{DOMAIN_TAG, ENCODED_LEN, ENCODING_VERSION};
-pub use envelope::{ENVELOPE_FORMAT, MAX_ENVELOPE_LEN};
+pub use encoding::{
+    DOMAIN_TAG, ENCODED_LEN, ENCODED_LEN_V2, ENCODING_VERSION, ENCODING_VERSION_POWER_FLOW,
+};
+pub use envelope::{ENVELOPE_FORMAT, ENVELOPE_FORMAT_POWER_FLOW, MAX_ENVELOPE_LEN};
 pub use registration::{KeyStatement, REGISTRATION_TAG, ROTATION_TAG, STATEMENT_LEN};
 pub use signature::{KeyId, MeterKey, PublicKey, Signature, SignedReading};
 
@@ -141,8 +161,11 @@ pub enum ReadingError {
     /// Binary encoding that does not start with the reading domain tag.
     #[error("encoded bytes are not a Gridshare meter reading (domain tag mismatch)")]
     BadDomainTag,
-    /// Binary encoding of a version this implementation does not know.
-    #[error("unsupported reading encoding version {0} (expected {ENCODING_VERSION})")]
+    /// Binary encoding of a version this implementation does not know, or of a version that
+    /// does not match its length.
+    #[error(
+        "unsupported reading encoding version {0} (expected {ENCODING_VERSION} in {ENCODED_LEN} bytes or {ENCODING_VERSION_POWER_FLOW} in {ENCODED_LEN_V2})"
+    )]
     UnsupportedVersion(u8),
     /// A public key or private key that cannot be used.
     #[error("invalid key: {reason}")]
@@ -343,6 +366,14 @@ pub struct Measured<T> {
     status: ValueStatus,
 }
 
+impl<T> Measured<T> {
+    /// The device does not provide this value (as a constant).
+    pub const NOT_IMPLEMENTED: Self = Self {
+        value: None,
+        status: ValueStatus::NotImplemented,
+    };
+}
+
 impl<T: Copy> Measured<T> {
     /// A good value.
     pub fn ok(value: T) -> Self {
@@ -440,6 +471,47 @@ pub struct Reading {
     pub power_w: Measured<i32>,
     /// Battery state of charge in basis points (10 000 = 100 %).
     pub soc_bp: Measured<u16>,
+    /// Solar production and battery power (encoding version 2); all not implemented for a
+    /// device that reports only the grid, and then the reading encodes as version 1.
+    pub flow: PowerFlow,
+}
+
+/// What a hybrid inverter reports beyond the grid connection: the household's solar
+/// production and its battery's power. With the grid counters and power these give the house's
+/// own consumption (`load = pv + grid − battery`), and so self-sufficiency and
+/// self-consumption.
+///
+/// Design: a separate group, appended to the signed bytes as encoding version 2 only when one
+/// of its values is present, so that every reading signed before it existed — and every reading
+/// of a plain grid meter — keeps its exact version-1 bytes and signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PowerFlow {
+    /// Instantaneous PV power, W (DC side of the inverter), never negative.
+    pub pv_power_w: Measured<i32>,
+    /// Lifetime energy produced by the PV generator, Wh.
+    pub pv_wh: Measured<u64>,
+    /// Instantaneous battery power, W; positive = charging, negative = discharging.
+    pub battery_power_w: Measured<i32>,
+}
+
+impl PowerFlow {
+    /// Nothing beyond the grid connection is measured.
+    pub const NOT_MEASURED: PowerFlow = PowerFlow {
+        pv_power_w: Measured::NOT_IMPLEMENTED,
+        pv_wh: Measured::NOT_IMPLEMENTED,
+        battery_power_w: Measured::NOT_IMPLEMENTED,
+    };
+
+    /// Whether any of its values is reported (the reading then encodes as version 2).
+    pub fn is_measured(&self) -> bool {
+        *self != Self::NOT_MEASURED
+    }
+}
+
+impl Default for PowerFlow {
+    fn default() -> Self {
+        Self::NOT_MEASURED
+    }
 }
 
 impl Reading {
@@ -452,6 +524,14 @@ impl Reading {
             return Err(ReadingError::InvalidField {
                 field: "soc_bp",
                 reason: format!("{soc} exceeds {MAX_SOC_BP} basis points (100 %)"),
+            });
+        }
+        if let Some(pv) = self.flow.pv_power_w.value()
+            && pv < 0
+        {
+            return Err(ReadingError::InvalidField {
+                field: "pv_power_w",
+                reason: format!("{pv} W: solar power cannot be negative"),
             });
         }
         Ok(())

@@ -6,7 +6,7 @@ use ring::signature::{
     UnparsedPublicKey,
 };
 
-use super::{ENCODED_LEN, Reading, ReadingError};
+use super::{Reading, ReadingError};
 
 /// A meter's signing key (P-256), loaded from PKCS#8.
 pub struct MeterKey {
@@ -226,7 +226,7 @@ pub struct SignedReading {
 
 impl SignedReading {
     /// The signed bytes, rebuilt from the fields.
-    pub fn encoded(&self) -> [u8; ENCODED_LEN] {
+    pub fn encoded(&self) -> Vec<u8> {
         self.reading.encode()
     }
 

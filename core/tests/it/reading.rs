@@ -112,7 +112,7 @@ fn malformed_and_truncated_envelopes_are_rejected_with_a_reason() {
         assert!(matches!(err, ReadingError::Malformed { .. }), "{err}");
     }
     let mut value: serde_json::Value = serde_json::from_str(&json).unwrap();
-    value["format"] = "gridshare-reading/2".into();
+    value["format"] = "gridshare-reading/3".into();
     assert!(matches!(
         SignedReading::from_json(&value.to_string()),
         Err(ReadingError::UnsupportedFormat { .. })
@@ -154,6 +154,109 @@ fn malformed_and_truncated_envelopes_are_rejected_with_a_reason() {
         SignedReading::from_json(&huge),
         Err(ReadingError::Malformed { .. })
     ));
+}
+
+const VECTORS_V2: &str = include_str!("../vectors/reading-v2.json");
+
+/// Readings with solar and battery power (encoding version 2) verify from their committed
+/// envelopes and bytes; the committed version-1 vectors above still verify unchanged, so every
+/// reading signed before version 2 existed stays valid.
+#[test]
+fn committed_power_flow_vectors_encode_hash_and_verify() {
+    let doc: serde_json::Value = serde_json::from_str(VECTORS_V2).unwrap();
+    let public = PublicKey::from_hex(doc["public_key_sec1_hex"].as_str().unwrap()).unwrap();
+    let cases = doc["vectors"].as_array().unwrap();
+    assert!(cases.len() >= 3);
+    for case in cases {
+        assert_eq!(case["envelope"]["format"], ENVELOPE_FORMAT_POWER_FLOW);
+        let signed = SignedReading::from_json(&case["envelope"].to_string()).unwrap();
+        assert!(signed.reading.flow.is_measured());
+        let bytes = hex::decode(case["encoded_hex"].as_str().unwrap()).unwrap();
+        assert_eq!(bytes.len(), ENCODED_LEN_V2);
+        assert_eq!(bytes[32], ENCODING_VERSION_POWER_FLOW);
+        assert_eq!(signed.encoded(), bytes, "{}", case["description"]);
+        assert_eq!(
+            hex::encode(signed.digest()),
+            case["sha256_hex"].as_str().unwrap()
+        );
+        signed.verify(&public).unwrap();
+        assert_eq!(Reading::decode(&bytes).unwrap(), signed.reading);
+    }
+    // The first vector: PV 4 120 W, 9 876 543 Wh, battery charging at 1 500 W.
+    let bytes = hex::decode(cases[0]["encoded_hex"].as_str().unwrap()).unwrap();
+    assert_eq!(bytes[222], 0, "pv power status ok");
+    assert_eq!(
+        i32::from_be_bytes(bytes[223..227].try_into().unwrap()),
+        4_120
+    );
+    assert_eq!(bytes[227], 0, "pv energy status ok");
+    assert_eq!(
+        u64::from_be_bytes(bytes[228..236].try_into().unwrap()),
+        9_876_543
+    );
+    assert_eq!(bytes[236], 0, "battery power status ok");
+    assert_eq!(
+        i32::from_be_bytes(bytes[237..241].try_into().unwrap()),
+        1_500
+    );
+    // The version-1 part is laid out as in version 1.
+    let v1 = vectors();
+    let old = hex::decode(v1["vectors"][0]["encoded_hex"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        &bytes[178..222],
+        &old[178..222],
+        "same counters at the same offsets"
+    );
+}
+
+/// One reading, one encoding: the version follows from the fields, so a version-2 encoding or
+/// envelope without a power-flow value, or a version-1 envelope with one, is refused.
+#[test]
+fn power_flow_encoding_is_canonical() {
+    let doc: serde_json::Value = serde_json::from_str(VECTORS_V2).unwrap();
+    let signed = SignedReading::from_json(&doc["vectors"][0]["envelope"].to_string()).unwrap();
+    let mut without = signed.reading.clone();
+    without.flow = PowerFlow::NOT_MEASURED;
+    assert_eq!(without.encode().len(), ENCODED_LEN);
+    assert_eq!(without.encoding_version(), ENCODING_VERSION);
+    // Version-2 bytes whose power-flow values all say "not implemented".
+    let mut bytes = signed.encoded();
+    for at in [222, 227, 236] {
+        bytes[at] = ValueStatus::NotImplemented as u8;
+    }
+    bytes[223..227].fill(0);
+    bytes[228..236].fill(0);
+    bytes[237..241].fill(0);
+    assert!(matches!(
+        Reading::decode(&bytes),
+        Err(ReadingError::InvalidField { field: "flow", .. })
+    ));
+    // A version byte that does not match the length.
+    let mut version = signed.encoded();
+    version[32] = ENCODING_VERSION;
+    assert_eq!(
+        Reading::decode(&version),
+        Err(ReadingError::UnsupportedVersion(1))
+    );
+    assert!(matches!(
+        Reading::decode(&version[..ENCODED_LEN_V2 - 1]),
+        Err(ReadingError::WrongLength { .. })
+    ));
+    // Envelopes: version 1 with a power-flow field, version 2 without one.
+    let mut v: serde_json::Value = serde_json::from_str(&signed.to_json()).unwrap();
+    v["format"] = ENVELOPE_FORMAT.into();
+    let err = SignedReading::from_json(&v.to_string()).unwrap_err();
+    assert!(err.to_string().contains("format"), "{err}");
+    let old = vectors();
+    let mut v = old["vectors"][0]["envelope"].clone();
+    v["format"] = ENVELOPE_FORMAT_POWER_FLOW.into();
+    let err = SignedReading::from_json(&v.to_string()).unwrap_err();
+    assert!(err.to_string().contains("format"), "{err}");
+    // Negative solar power is not a reading.
+    let mut v: serde_json::Value = serde_json::from_str(&signed.to_json()).unwrap();
+    v["pv_power_w"] = serde_json::json!({"value": -1, "status": "ok"});
+    let err = SignedReading::from_json(&v.to_string()).unwrap_err();
+    assert!(err.to_string().contains("pv_power_w"), "{err}");
 }
 
 #[test]
@@ -220,9 +323,18 @@ fn reading() -> impl Strategy<Value = Reading> {
         ),
         measured(any::<i32>()),
         measured(0..=MAX_SOC_BP),
+        prop_oneof![
+            1 => Just(PowerFlow::NOT_MEASURED),
+            3 => (measured(0..=i32::MAX), measured(any::<u64>()), measured(any::<i32>()))
+                .prop_map(|(pv_power_w, pv_wh, battery_power_w)| PowerFlow {
+                    pv_power_w,
+                    pv_wh,
+                    battery_power_w,
+                }),
+        ],
     )
         .prop_map(
-            |(id, (mn, md, sn), seq, ts, clock, (imp, exp, ch, dis), p, soc)| Reading {
+            |(id, (mn, md, sn), seq, ts, clock, (imp, exp, ch, dis), p, soc, flow)| Reading {
                 meter_id: MeterId::new(id).unwrap(),
                 device: DeviceIdentity::new(mn, md, sn).unwrap(),
                 seq,
@@ -234,6 +346,7 @@ fn reading() -> impl Strategy<Value = Reading> {
                 battery_discharge_wh: dis,
                 power_w: p,
                 soc_bp: soc,
+                flow,
             },
         )
 }
@@ -248,8 +361,15 @@ fn mutate(r: &Reading, which: usize) -> Reading {
             None => Measured::ok(0),
         }
     }
+    fn bump_power(m: Measured<i32>) -> Measured<i32> {
+        match m.ok_value() {
+            Some(p) if p < i32::MAX => Measured::ok(p + 1),
+            Some(_) => Measured::ok(0),
+            None => Measured::ok(1),
+        }
+    }
     let mut m = r.clone();
-    match which % 13 {
+    match which % 16 {
         0 => {
             let mut id = r.meter_id.as_str().to_owned();
             let last = id.pop().unwrap();
@@ -272,6 +392,9 @@ fn mutate(r: &Reading, which: usize) -> Reading {
         8 => m.export_wh = bump_counter(r.export_wh),
         9 => m.battery_charge_wh = bump_counter(r.battery_charge_wh),
         10 => m.battery_discharge_wh = bump_counter(r.battery_discharge_wh),
+        13 => m.flow.pv_power_w = bump_power(r.flow.pv_power_w),
+        14 => m.flow.pv_wh = bump_counter(r.flow.pv_wh),
+        15 => m.flow.battery_power_w = bump_power(r.flow.battery_power_w),
         11 => {
             m.power_w = match r.power_w.ok_value() {
                 Some(p) => Measured::ok(p.wrapping_add(1)),
@@ -316,7 +439,7 @@ proptest! {
     }
 
     #[test]
-    fn every_single_field_mutation_is_rejected(r in reading(), which in 0usize..13) {
+    fn every_single_field_mutation_is_rejected(r in reading(), which in 0usize..16) {
         let rng = SystemRandom::new();
         let (key, public) = vector_key();
         let signed = key.sign(r.clone(), &rng).unwrap();

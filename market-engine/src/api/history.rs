@@ -183,6 +183,28 @@ async fn slots(
 /// Lifetime import and export counters of one reading.
 type Counters = (u64, u64);
 
+/// Lifetime counters of a meter, by the column names of the readings table.
+#[derive(Clone, Copy)]
+enum CounterSet {
+    /// Grid import and export.
+    Grid,
+    /// Solar production.
+    Solar,
+    /// Battery charge and discharge.
+    Battery,
+}
+
+impl CounterSet {
+    fn columns(self) -> [&'static str; 2] {
+        match self {
+            // The solar set has one counter; the second column repeats it.
+            Self::Grid => ["import_wh", "export_wh"],
+            Self::Solar => ["pv_wh", "pv_wh"],
+            Self::Battery => ["battery_charge_wh", "battery_discharge_wh"],
+        }
+    }
+}
+
 /// Import and export of `meter` per slot of `from..=to` (slot boundaries every `length_s`
 /// seconds from slot 0 at the Unix epoch): the counters of the last reading at or before each
 /// boundary, as settlement takes them. A slot without a reading on both sides has none.
@@ -193,18 +215,33 @@ async fn meter_energy(
     to: u64,
     length_s: u64,
 ) -> Result<BTreeMap<u64, Counters>, ApiError> {
+    meter_counters(state, meter, CounterSet::Grid, from, to, length_s).await
+}
+
+/// What a pair of lifetime counters of `meter` advanced per slot of `from..=to`, by the
+/// settlement's rule (the last reading at or before each boundary).
+async fn meter_counters(
+    state: &AppState,
+    meter: &str,
+    set: CounterSet,
+    from: u64,
+    to: u64,
+    length_s: u64,
+) -> Result<BTreeMap<u64, Counters>, ApiError> {
     let start_ms = i64_of(from.saturating_mul(length_s).saturating_mul(1000));
     let end_ms = i64_of(
         to.saturating_add(1)
             .saturating_mul(length_s)
             .saturating_mul(1000),
     );
+    let [a, b] = set.columns();
     let pool = state.store.pool();
-    let before = sqlx::query(
-        "SELECT timestamp_ms, import_wh, export_wh FROM readings WHERE meter_id = $1 \
-         AND timestamp_ms <= $2 AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
-         ORDER BY timestamp_ms DESC LIMIT 1",
-    )
+    // The column names come from `CounterSet`, never from a request.
+    let before = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT timestamp_ms, {a}, {b} FROM readings WHERE meter_id = $1 \
+         AND timestamp_ms <= $2 AND {a} IS NOT NULL AND {b} IS NOT NULL \
+         ORDER BY timestamp_ms DESC LIMIT 1"
+    )))
     .bind(meter)
     .bind(start_ms)
     .fetch_optional(pool)
@@ -212,15 +249,15 @@ async fn meter_energy(
     .map_err(db)?;
     // Only the last reading of each slot (a reading exactly at a boundary closes the slot
     // before it): one row per slot leaves the database instead of every reading.
-    let inside = sqlx::query(
-        "SELECT r.timestamp_ms, r.import_wh, r.export_wh FROM readings r JOIN ( \
+    let inside = sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT r.timestamp_ms, r.{a}, r.{b} FROM readings r JOIN ( \
            SELECT MAX(timestamp_ms) AS t FROM readings WHERE meter_id = $1 \
            AND timestamp_ms > $2 AND timestamp_ms <= $3 \
-           AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
+           AND {a} IS NOT NULL AND {b} IS NOT NULL \
            GROUP BY (timestamp_ms - 1) / $4) last ON r.timestamp_ms = last.t \
-         WHERE r.meter_id = $1 AND r.import_wh IS NOT NULL AND r.export_wh IS NOT NULL \
-         ORDER BY r.timestamp_ms, r.seq",
-    )
+         WHERE r.meter_id = $1 AND r.{a} IS NOT NULL AND r.{b} IS NOT NULL \
+         ORDER BY r.timestamp_ms, r.seq"
+    )))
     .bind(meter)
     .bind(start_ms)
     .bind(end_ms)
@@ -269,6 +306,48 @@ struct MySlot {
     fees: u64,
     settled: Option<i64>,
     utility_only: Option<i64>,
+    /// Solar production, Wh (meters whose readings carry a PV counter).
+    pv_wh: Option<u64>,
+    /// Energy charged into and discharged from the battery, Wh.
+    battery_charge_wh: Option<u64>,
+    battery_discharge_wh: Option<u64>,
+    /// The house's own consumption, Wh: `import + pv + discharge − export − charge`, where the
+    /// solar counter is known (a meter without a battery charges and discharges nothing).
+    consumption_wh: Option<u64>,
+}
+
+/// Self-sufficiency and self-consumption over some slots, in basis points, as Home Assistant's
+/// Energy dashboard defines them — except that energy traded with neighbours counts as local:
+///
+/// - self-sufficiency = 1 − (energy from the utility) / consumption, where energy from the
+///   utility is the import less what was bought from neighbours (HA: 1 − grid import /
+///   consumption);
+/// - self-consumption = 1 − (energy to the utility) / solar production, where energy to the
+///   utility is the export less what was sold to neighbours (HA: 1 − grid export / production).
+///
+/// Only slots whose consumption (respectively production) is known count; `None` without any.
+fn shares<'a>(rows: impl Iterator<Item = &'a MySlot> + Clone) -> (Option<u64>, Option<u64>) {
+    let bp = |part: u64, whole: u64| (whole > 0).then(|| part.min(whole) * 10_000 / whole);
+    let known = rows.clone().filter(|r| r.consumption_wh.is_some());
+    let consumption: u64 = known.clone().filter_map(|r| r.consumption_wh).sum();
+    let from_utility: u64 = known
+        .map(|r| {
+            let import = r.import_wh.unwrap_or(0);
+            import - r.bought_wh.min(import)
+        })
+        .sum();
+    let produced = rows.filter(|r| r.pv_wh.is_some());
+    let pv: u64 = produced.clone().filter_map(|r| r.pv_wh).sum();
+    let to_utility: u64 = produced
+        .map(|r| {
+            let export = r.export_wh.unwrap_or(0);
+            export - r.sold_wh.min(export)
+        })
+        .sum();
+    (
+        bp(consumption.saturating_sub(from_utility), consumption),
+        bp(pv.saturating_sub(to_utility), pv),
+    )
 }
 
 async fn my_meter_ids(state: &AppState, account: &AccountRow) -> Result<Vec<String>, ApiError> {
@@ -307,12 +386,25 @@ async fn my_slots(
             )
         })
         .collect();
+    let add = |into: &mut Option<u64>, v: u64| *into = Some(into.unwrap_or(0) + v);
     for meter in my_meter_ids(&state, &account).await? {
         for (slot, (import, export)) in meter_energy(&state, &meter, q.from, q.to, length_s).await?
         {
             if let Some(row) = rows.get_mut(&slot) {
-                row.import_wh = Some(row.import_wh.unwrap_or(0) + import);
-                row.export_wh = Some(row.export_wh.unwrap_or(0) + export);
+                add(&mut row.import_wh, import);
+                add(&mut row.export_wh, export);
+            }
+        }
+        let solar =
+            meter_counters(&state, &meter, CounterSet::Solar, q.from, q.to, length_s).await?;
+        let battery =
+            meter_counters(&state, &meter, CounterSet::Battery, q.from, q.to, length_s).await?;
+        for (slot, (pv, _)) in solar {
+            if let Some(row) = rows.get_mut(&slot) {
+                let (charge, discharge) = battery.get(&slot).copied().unwrap_or_default();
+                add(&mut row.pv_wh, pv);
+                add(&mut row.battery_charge_wh, charge);
+                add(&mut row.battery_discharge_wh, discharge);
             }
         }
     }
@@ -362,11 +454,17 @@ async fn my_slots(
         let (Some(import), Some(export)) = (row.import_wh, row.export_wh) else {
             continue;
         };
+        if let Some(pv) = row.pv_wh {
+            let gained = import + pv + row.battery_discharge_wh.unwrap_or(0);
+            let left = export + row.battery_charge_wh.unwrap_or(0);
+            row.consumption_wh = Some(gained.saturating_sub(left));
+        }
         let c = settings_for(&versions, row.slot);
         let cost = amount_for(import, c.retail_per_kwh).unwrap_or(u64::MAX);
         let credit = amount_for(export, c.feed_in_per_kwh).unwrap_or(u64::MAX);
         row.utility_only = Some(i64_of(cost) - i64_of(credit));
     }
+    let (self_sufficiency, self_consumption) = shares(rows.values());
     if q.format.as_deref() == Some("totals") {
         // The sums over the range; money only over settled slots, so what was paid and what
         // the utility alone would have cost compare like with like.
@@ -381,17 +479,21 @@ async fn my_slots(
             "settled_slots": settled.len(),
             "settled": settled.iter().filter_map(|r| r.settled).sum::<i64>(),
             "utility_only": settled.iter().filter_map(|r| r.utility_only).sum::<i64>(),
+            "pv_wh": sum(|r| r.pv_wh.unwrap_or(0)),
+            "consumption_wh": sum(|r| r.consumption_wh.unwrap_or(0)),
+            "self_sufficiency_bp": self_sufficiency,
+            "self_consumption_bp": self_consumption,
         }))
         .into_response());
     }
     if q.format.as_deref() == Some("csv") {
         let mut csv = String::from(
-            "slot,start_utc_s,import_wh,export_wh,bought_wh,sold_wh,paid,received,fees,settled,utility_only\n",
+            "slot,start_utc_s,import_wh,export_wh,bought_wh,sold_wh,paid,received,fees,settled,utility_only,pv_wh,consumption_wh\n",
         );
         let opt = |v: Option<String>| v.unwrap_or_default();
         for r in rows.values() {
             csv.push_str(&format!(
-                "{},{},{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                 r.slot,
                 r.start_s,
                 opt(r.import_wh.map(|v| v.to_string())),
@@ -403,6 +505,8 @@ async fn my_slots(
                 r.fees,
                 opt(r.settled.map(|v| v.to_string())),
                 opt(r.utility_only.map(|v| v.to_string())),
+                opt(r.pv_wh.map(|v| v.to_string())),
+                opt(r.consumption_wh.map(|v| v.to_string())),
             ));
         }
         let file = format!(
@@ -421,6 +525,8 @@ async fn my_slots(
     Ok(Json(json!({
         "account": account.name,
         "slot_length_s": length_s,
+        "self_sufficiency_bp": self_sufficiency,
+        "self_consumption_bp": self_consumption,
         "slots": rows.into_values().collect::<Vec<_>>(),
     }))
     .into_response())
@@ -508,9 +614,11 @@ async fn my_orders(
 /// How far back the battery's power is averaged from its counters.
 const BATTERY_WINDOW_MS: i64 = 60_000;
 
-/// Each of the caller's meters now: its latest reading (grid power, state of charge, lifetime
-/// counters, when it was taken) and the battery's average power over the last minute of signed
-/// counters (positive = charging), for the live power-flow picture.
+/// Each of the caller's meters now, for the live power-flow picture: its latest reading (grid
+/// power, solar power, battery power and state of charge, lifetime counters, when it was
+/// taken); the battery's power (positive = charging) as the reading reports it, or else its
+/// average over the last minute of signed counters; and the house's own power,
+/// `grid + solar − battery`, when the reading carries solar power.
 async fn my_power(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
@@ -520,7 +628,8 @@ async fn my_power(
     for meter in my_meter_ids(&state, &account).await? {
         let latest = sqlx::query(
             "SELECT seq, timestamp_ms, power_w, soc_bp, import_wh, export_wh, battery_charge_wh, \
-             battery_discharge_wh FROM readings WHERE meter_id = $1 ORDER BY seq DESC LIMIT 1",
+             battery_discharge_wh, pv_power_w, pv_wh, battery_power_w FROM readings \
+             WHERE meter_id = $1 ORDER BY seq DESC LIMIT 1",
         )
         .bind(&meter)
         .fetch_optional(pool)
@@ -553,14 +662,27 @@ async fn my_power(
                 }
             }
         }
+        let grid: Option<i64> = r.get(2);
+        let (pv, battery_reported): (Option<i64>, Option<i64>) = (r.get(8), r.get(10));
+        // A meter without battery counters, power or state of charge has no battery.
+        let no_battery =
+            charge.is_none() && battery_reported.is_none() && r.get::<Option<i64>, _>(3).is_none();
+        let battery = battery_reported.or(battery_w).or(no_battery.then_some(0));
+        let house_w = match (grid, pv, battery) {
+            (Some(g), Some(p), Some(b)) => Some((g + p - b).max(0)),
+            _ => None,
+        };
         meters.push(json!({
             "meter_id": meter,
             "reading": {
                 "seq": r.get::<i64, _>(0), "timestamp_ms": ts,
-                "power_w": r.get::<Option<i64>, _>(2), "soc_bp": r.get::<Option<i64>, _>(3),
+                "power_w": grid, "soc_bp": r.get::<Option<i64>, _>(3),
                 "import_wh": r.get::<Option<i64>, _>(4), "export_wh": r.get::<Option<i64>, _>(5),
+                "pv_power_w": pv, "pv_wh": r.get::<Option<i64>, _>(9),
+                "battery_power_w": battery_reported,
             },
-            "battery_w": battery_w,
+            "battery_w": battery,
+            "house_w": house_w,
         }));
     }
     Ok(Json(json!({ "now_ms": now_ms(), "meters": meters })))

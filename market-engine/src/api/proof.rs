@@ -1,6 +1,8 @@
-//! Proof that a household's trades are in a settled slot's batch: the batch's Merkle root and,
-//! for each of the caller's trades, its leaf fields and the sibling path, so that the browser
-//! (or anyone) recomputes the leaf hash and the root without trusting the engine's word for it.
+//! Proof that a household's trades are in a settled slot's batch: the batch's Merkle root, the
+//! root the settlement contract holds for the batch (read from the chain, not from the
+//! engine's outbox), and for each of the caller's trades its leaf fields and the sibling path,
+//! so that the browser (or anyone) recomputes the leaf hash and folds it onto the root the
+//! chain holds without trusting the engine's word for it.
 //!
 //! Design: the batch is rebuilt from the database by [`crate::chain::batch_of`], the function
 //! that builds what goes on chain, and the proofs come from a tree over leaves built here the
@@ -81,6 +83,15 @@ async fn proof(
             "slot {slot}: the batch root could not be reproduced"
         )));
     }
+    // What the Settlement contract recorded for this batch id (`batchRoot`), if it is there yet.
+    let chain_root = match &state.settler {
+        Some(settler) => settler
+            .settled_root(slot)
+            .await
+            .map_err(ApiError::Internal)?
+            .map(|root| root.to_string()),
+        None => None,
+    };
     let trades: Vec<_> = mine
         .into_iter()
         .map(|(index, t, leaf)| {
@@ -100,6 +111,8 @@ async fn proof(
         "slot": slot,
         "batch_id": batch.id,
         "root": batch.root.to_string(),
+        "chain_root": chain_root,
+        "on_chain": state.settler.is_some(),
         "leaves": count,
         "account_address": account_address(account.id).to_string(),
         "trades": trades,

@@ -133,6 +133,15 @@ pub struct ChainSettler {
     watch: Option<WatchTarget>,
 }
 
+/// The chain a settler writes to and its Settlement contract, for what is read beside
+/// settlement (the meters' stakes and rewards: [`crate::staking`]).
+pub enum ChainHandle<'a> {
+    /// The in-process EVM.
+    Embedded(&'a ChainSettlement<EmbeddedChain>),
+    /// A JSON-RPC node.
+    Rpc(&'a ChainSettlement<RpcChain>),
+}
+
 impl ChainSettler {
     /// Opens the configured backend; `None` for `backend = "none"`. The embedded chain is
     /// deployed on first use and its addresses kept next to its state file. The RPC backend's
@@ -256,6 +265,14 @@ impl ChainSettler {
             confirmations,
             watch,
         }))
+    }
+
+    /// The chain and Settlement contract this settler writes to.
+    pub fn handle(&self) -> ChainHandle<'_> {
+        match &self.backend {
+            Backend::Embedded { settlement, .. } => ChainHandle::Embedded(settlement),
+            Backend::Rpc(settlement) => ChainHandle::Rpc(settlement),
+        }
     }
 
     /// Drives the outbox one step (see [`outbox`]): checks every open batch against the

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::Mosquitto;
 use gridshare_core::reading::{
-    ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading, SignedReading,
+    ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, PowerFlow, Reading, SignedReading,
 };
 use gridshare_testbed::register_server::Framing;
 use gridshare_testbed::simulator::Household;
@@ -101,6 +101,28 @@ async fn a_real_meter_agent_feeds_the_engine() {
                 "{url}: stored in sequence"
             );
         }
+        // The simulated hybrid inverter reports solar and battery power: the agent signs them
+        // (encoding version 2) and the engine stores them beside the grid counters.
+        for envelope in &stored {
+            let flow = SignedReading::from_json(envelope).unwrap().reading.flow;
+            assert!(flow.pv_wh.ok_value().is_some(), "{url}: {envelope}");
+            assert!(
+                flow.battery_power_w.ok_value().is_some(),
+                "{url}: {envelope}"
+            );
+        }
+        let (pv_w, pv_wh): (Option<i64>, Option<i64>) = sqlx::query_as(
+            "SELECT pv_power_w, pv_wh FROM readings WHERE meter_id = $1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(meter)
+        .fetch_one(engine.store.pool())
+        .await
+        .unwrap();
+        assert!(pv_w.is_some_and(|w| w > 0), "{url}: solar at noon");
+        assert!(
+            pv_wh.is_some_and(|wh| wh >= 2_000_000),
+            "{url}: lifetime PV counter"
+        );
         stop.send(true).unwrap();
         agent.await.unwrap().unwrap();
         engine.stop().await;
@@ -140,6 +162,7 @@ fn reading(meter: &str, seq: u64, import_wh: u64, timestamp_ms: u64) -> Reading 
         battery_discharge_wh: Measured::not_implemented(),
         power_w: Measured::ok(250),
         soc_bp: Measured::not_implemented(),
+        flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
     }
 }
 
@@ -184,14 +207,53 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
                 .unwrap()
         };
 
-        // Accepted: seq 1 and 2.
-        publish(topic(&meter), good(1, 1000).to_json().into_bytes()).await;
-        publish(topic(&meter), good(2, 1100).to_json().into_bytes()).await;
+        // A hybrid inverter's reading: solar and battery power (encoding version 2).
+        let with_flow = |seq, import| {
+            let mut r = reading(&meter, seq, import, at(seq));
+            r.flow = PowerFlow {
+                pv_power_w: Measured::ok(3_210),
+                pv_wh: Measured::ok(7_654_321),
+                battery_power_w: Measured::ok(-450),
+            };
+            key.sign(r, &rng).unwrap()
+        };
+
+        // Accepted: seq 1 in the old format (version 1, as every agent signed before solar
+        // and battery power were added) and seq 2 in the new one, from the same meter.
+        let old = good(1, 1000).to_json();
+        assert!(old.contains("\"gridshare-reading/1\"") && !old.contains("pv_power_w"));
+        publish(topic(&meter), old.into_bytes()).await;
+        publish(topic(&meter), with_flow(2, 1100).to_json().into_bytes()).await;
         let ingest = engine.ingest.clone();
         wait_until("two accepted", || {
             ingest.accepted.load(Ordering::Relaxed) == 2
         })
         .await;
+        let stored: Vec<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+            "SELECT seq, pv_power_w, pv_wh, battery_power_w FROM readings WHERE meter_id = $1 \
+             ORDER BY seq",
+        )
+        .bind(&meter)
+        .fetch_all(engine.store.pool())
+        .await
+        .unwrap();
+        assert_eq!(
+            stored,
+            [
+                (1, None, None, None),
+                (2, Some(3_210), Some(7_654_321), Some(-450))
+            ],
+            "{url}"
+        );
+        for envelope in engine.store.readings(&meter, 0, 10).await.unwrap() {
+            SignedReading::from_json(&envelope)
+                .unwrap()
+                .verify(&key.public_key())
+                .unwrap();
+        }
+        // A changed solar value breaks the signature like any other field.
+        let mut forged_flow = with_flow(3, 1200);
+        forged_flow.reading.flow.pv_power_w = Measured::ok(9_999);
 
         let mut forged = good(3, 1200);
         forged.reading.import_wh = Measured::ok(999_999);
@@ -327,6 +389,12 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
             let reason = *reason;
             wait_until(reason.as_str(), move || ingest.rejected(reason) == 1).await;
         }
+        publish(topic(&meter), forged_flow.to_json().into_bytes()).await;
+        let ingest = engine.ingest.clone();
+        wait_until("a forged solar value", move || {
+            ingest.rejected(Rejection::BadSignature) == 2
+        })
+        .await;
         // An exact re-delivery is a duplicate, not an error.
         publish(topic(&meter), good(1, 1000).to_json().into_bytes()).await;
         let ingest = engine.ingest.clone();

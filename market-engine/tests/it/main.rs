@@ -24,6 +24,7 @@ mod money;
 mod outbox;
 mod privacy;
 mod roi;
+mod staking;
 mod storage;
 mod watcher;
 mod web;

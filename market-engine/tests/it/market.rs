@@ -152,6 +152,7 @@ pub(crate) fn signed(
         battery_discharge_wh: Measured::not_implemented(),
         power_w: Measured::not_implemented(),
         soc_bp: Measured::not_implemented(),
+        flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
     };
     key.sign(reading, &SystemRandom::new()).unwrap()
 }
@@ -660,6 +661,14 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 Some(66),
                 "{listed}"
             );
+            // The inclusion proof names the root the Settlement contract holds for the batch
+            // (read from the chain), which the browser checks the trades against.
+            let path = format!("/api/v1/my/settlements/{slot}/proof");
+            let (s, proof, _) = call(&app, "GET", &path, Some(&alice), None).await;
+            assert_eq!(s, StatusCode::OK, "{proof}");
+            assert_eq!(proof["on_chain"], true);
+            assert_eq!(proof["chain_root"], batch.root.to_string(), "{proof}");
+            assert_eq!(proof["root"], proof["chain_root"]);
         }
     }
 }

@@ -60,6 +60,8 @@ fn reading(account: i64, meter: &str) -> LiveEvent {
         export_wh: Some(2_000),
         power_w: Some(-1_500),
         soc_bp: None,
+        pv_power_w: None,
+        battery_power_w: None,
         timestamp_ms: 0,
     }
 }

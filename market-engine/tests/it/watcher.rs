@@ -107,6 +107,7 @@ async fn the_engine_has_a_meter_that_signs_two_different_readings_slashed() {
             battery_discharge_wh: Measured::not_implemented(),
             power_w: Measured::not_implemented(),
             soc_bp: Measured::not_implemented(),
+            flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
         };
         let signed = key.sign(reading, &rng).unwrap();
         client

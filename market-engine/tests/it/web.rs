@@ -107,6 +107,7 @@ fn signed(
         battery_discharge_wh: Measured::ok(1_000),
         power_w: Measured::ok(power),
         soc_bp: Measured::ok(5_500),
+        flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
     };
     key.sign(reading, &SystemRandom::new()).unwrap()
 }
@@ -460,8 +461,8 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             "{csv}"
         );
         assert!(
-            lines[2].ends_with(&format!(",{settled},{utility}")),
-            "{csv}"
+            lines[2].ends_with(&format!(",{settled},{utility},,")),
+            "{csv}: no solar counter, no solar or consumption column"
         );
 
         // The slot after gate closure: status and clearing price, traded energy.
@@ -576,12 +577,151 @@ async fn history_follows_readings_orders_trades_and_settlement() {
             "/api/v1/neighbourhood",
             "/api/v1/operator/rejections",
             "/api/v1/my/settlements/{slot}/proof",
+            "/api/v1/meters/{meter_id}/stake",
         ] {
             assert!(
                 doc["paths"][path]["get"].is_object(),
                 "{path} in /openapi.json"
             );
         }
+        store.close().await;
+    }
+}
+
+/// The Home page's power-flow picture and gauges from readings with solar and battery power
+/// (encoding version 2): the house's power now is grid + solar − battery, and over a slot the
+/// consumption is import + solar + discharge − export − charge, self-sufficiency and
+/// self-consumption as Home Assistant's Energy dashboard defines them. A meter whose readings
+/// carry no solar counter has neither.
+#[tokio::test]
+async fn power_flow_readings_give_the_house_power_and_the_days_shares() {
+    use gridshare_core::reading::PowerFlow;
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let market = Arc::new(
+            Market::open(MarketConfig::default().community().unwrap(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let app = app(&store, &market);
+        let cookie = session(&app, &unique("sunny")).await;
+        let rng = SystemRandom::new();
+        let key = MeterKey::from_pkcs8(&MeterKey::generate_pkcs8(&rng).unwrap(), &rng).unwrap();
+        let meter = unique("s");
+        let meter = meter[meter.len().saturating_sub(30)..].to_owned();
+        let body = json!({"meter_id": meter, "public_key": key.public_key().to_hex()});
+        let (s, _, _) = send(&app, "POST", "/api/v1/meters", Some(&cookie), Some(body)).await;
+        assert_eq!(s, StatusCode::CREATED);
+        crate::approve(
+            &store,
+            &KeyRegistry::default(),
+            &meter,
+            &DeviceIdentity::default(),
+            market_engine::meters::MAX_CAPACITY_W,
+        )
+        .await;
+
+        let length = i64::from(MarketConfig::default().slot_length_s);
+        let now = i64::try_from(market_engine::pipeline::now_ms() / 1000).unwrap();
+        let slot = u64::try_from(now / length - 3).unwrap();
+        let start_ms = i64::try_from(slot).unwrap() * length * 1000;
+        // (seq, time, import, export, pv Wh, charge, discharge, grid W, pv W, battery W)
+        let rows = [
+            (
+                1,
+                start_ms - 1_000,
+                1_000,
+                500,
+                10_000,
+                2_000,
+                3_000,
+                100,
+                0,
+                -100,
+            ),
+            (
+                2,
+                start_ms + length * 1000 - 1_000,
+                1_300,
+                1_500,
+                12_000,
+                2_500,
+                3_100,
+                -700,
+                2_500,
+                400,
+            ),
+        ];
+        let readings: Vec<_> = rows
+            .iter()
+            .map(|&(seq, ts, imp, exp, pv, ch, dis, grid, pv_w, batt)| {
+                let mut r = signed(&key, &meter, seq, ts, imp, exp, grid).reading;
+                r.battery_charge_wh = Measured::ok(ch);
+                r.battery_discharge_wh = Measured::ok(dis);
+                r.flow = PowerFlow {
+                    pv_power_w: Measured::ok(pv_w),
+                    pv_wh: Measured::ok(pv),
+                    battery_power_w: Measured::ok(batt),
+                };
+                key.sign(r, &rng).unwrap()
+            })
+            .collect();
+        store
+            .store_readings(&crate::accepted(&readings), 0, &mut HashMap::new())
+            .await
+            .unwrap();
+
+        let (s, body) = get_json(&app, "/api/v1/my/power", Some(&cookie)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let m = &body["meters"][0];
+        assert_eq!(m["reading"]["pv_power_w"], 2_500, "{body}");
+        assert_eq!(m["reading"]["pv_wh"], 12_000);
+        assert_eq!(m["reading"]["battery_power_w"], 400);
+        assert_eq!(m["battery_w"], 400, "the reported battery power");
+        assert_eq!(m["house_w"], -700 + 2_500 - 400, "grid + solar − battery");
+
+        let range = format!("/api/v1/my/slots?from={}&to={slot}", slot - 1);
+        let (s, body) = get_json(&app, &range, Some(&cookie)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let row = &body["slots"][1];
+        assert_eq!(row["pv_wh"], 2_000, "{row}");
+        assert_eq!(row["battery_charge_wh"], 500);
+        assert_eq!(row["battery_discharge_wh"], 100);
+        // 300 imported + 2 000 solar + 100 from the battery − 1 000 exported − 500 charged.
+        assert_eq!(row["consumption_wh"], 900);
+        assert!(body["slots"][0]["pv_wh"].is_null(), "no reading before");
+        // Self-sufficiency: 1 − 300 / 900; self-consumption: 1 − 1 000 / 2 000.
+        assert_eq!(body["self_sufficiency_bp"], 6_666, "{body}");
+        assert_eq!(body["self_consumption_bp"], 5_000);
+        let (_, totals) = get_json(&app, &format!("{range}&format=totals"), Some(&cookie)).await;
+        assert_eq!(totals["pv_wh"], 2_000, "{totals}");
+        assert_eq!(totals["consumption_wh"], 900);
+        assert_eq!(totals["self_sufficiency_bp"], 6_666);
+        assert_eq!(totals["self_consumption_bp"], 5_000);
+        let (_, headers, csv) = send(
+            &app,
+            "GET",
+            &format!("{range}&format=csv"),
+            Some(&cookie),
+            None,
+        )
+        .await;
+        assert_eq!(headers[header::CONTENT_TYPE], "text/csv; charset=utf-8");
+        let csv = String::from_utf8(csv).unwrap();
+        assert!(
+            csv.lines()
+                .next()
+                .unwrap()
+                .ends_with(",pv_wh,consumption_wh"),
+            "{csv}"
+        );
+        assert!(csv.lines().nth(2).unwrap().ends_with(",2000,900"), "{csv}");
+
+        // The slot before has no reading on both sides: no shares to show.
+        let before = format!("/api/v1/my/slots?from={}&to={}", slot - 1, slot - 1);
+        let (_, body) = get_json(&app, &before, Some(&cookie)).await;
+        assert!(body["self_sufficiency_bp"].is_null() && body["self_consumption_bp"].is_null());
         store.close().await;
     }
 }

@@ -62,6 +62,90 @@ async fn rtu_over_tcp_reads_the_same_device_as_modbus_tcp() {
     assert!(matches!(sa.soc_bp, Sample::Value(bp) if (0..=10_000).contains(&bp)));
 }
 
+/// The hybrid inverter's solar and battery power (for the household's power-flow picture and
+/// its self-sufficiency): PV strings and battery modules of model 160 told apart by their
+/// labels, at noon with the battery charging and at night with it discharging.
+#[tokio::test]
+async fn solar_and_battery_power_come_from_the_mppt_modules() {
+    for (hour, charging) in [(9, true), (22, false)] {
+        let mut sim = SimulatedDevice::new(Household::default(), 0);
+        sim.advance(hour * 3_600_000);
+        let server =
+            RegisterServer::start("127.0.0.1:0".parse().unwrap(), sim.bank(), 1, Framing::Tcp)
+                .await
+                .unwrap();
+        let mut l = link(server.addr, TransportKind::Tcp);
+        let device = SunSpecDevice::discover(&mut l, SunSpecOptions::default())
+            .await
+            .unwrap();
+        let snap = device.poll(&mut l).await.unwrap();
+        let (pv_w, pv_wh, battery_w) = sim.flow();
+        assert_eq!(snap.pv_power_w, Sample::Value(pv_w), "hour {hour}");
+        assert_eq!(snap.pv_wh, Sample::Value(i64::try_from(pv_wh).unwrap()));
+        assert_eq!(snap.battery_power_w, Sample::Value(battery_w));
+        if charging {
+            assert!(
+                pv_w > 1_000 && battery_w > 0,
+                "morning: {pv_w} W PV, {battery_w} W"
+            );
+        } else {
+            assert!(
+                pv_w == 0 && battery_w < 0,
+                "night: {pv_w} W PV, {battery_w} W"
+            );
+        }
+        server.stop();
+    }
+}
+
+/// A PV inverter with a grid meter and no battery: the inverter's DC power and lifetime
+/// energy are the solar production.
+#[tokio::test]
+async fn a_pv_inverter_without_battery_reports_its_dc_side_as_solar() {
+    let bank = RegisterBank::new();
+    let common = BlockBuilder::new(1).unwrap().registers();
+    let inverter = {
+        let mut b = BlockBuilder::new(103).unwrap();
+        b.set_raw("W", 1_950)
+            .set_raw("W_SF", 0)
+            .set_raw("DCW", 2_010)
+            .set_raw("DCW_SF", 0)
+            .set_raw("WH", 123_456)
+            .set_raw("WH_SF", 0);
+        b.registers()
+    };
+    let meter = {
+        let mut b = BlockBuilder::new(203).unwrap();
+        b.set_raw("W", -1_500).set_raw("W_SF", 0);
+        b.registers()
+    };
+    let len = |r: &Vec<u16>| u16::try_from(r.len()).unwrap();
+    bank.set_holding(40000, &[0x5375, 0x6e53]);
+    let mut at = 40002;
+    for (id, regs) in [(1, &common), (103, &inverter), (203, &meter)] {
+        bank.set_holding(at, &[id, len(regs)]);
+        bank.set_holding(at + 2, regs);
+        at += 2 + len(regs);
+    }
+    bank.set_holding(at, &[0xFFFF, 0]);
+    let server = RegisterServer::start("127.0.0.1:0".parse().unwrap(), bank, 1, Framing::Tcp)
+        .await
+        .unwrap();
+    let mut l = link(server.addr, TransportKind::Tcp);
+    let device = SunSpecDevice::discover(&mut l, SunSpecOptions::default())
+        .await
+        .unwrap();
+    let snap = device.poll(&mut l).await.unwrap();
+    assert_eq!(
+        snap.power_w,
+        Sample::Value(-1_500),
+        "grid power from the meter"
+    );
+    assert_eq!(snap.pv_power_w, Sample::Value(2_010));
+    assert_eq!(snap.pv_wh, Sample::Value(123_456));
+    assert_eq!(snap.battery_power_w, Sample::NotImplemented);
+}
+
 #[tokio::test]
 async fn discovery_at_base_zero_without_end_marker_reports_unknown_models() {
     let bank = RegisterBank::new();

@@ -158,6 +158,9 @@ async fn every_builtin_profile_reads_its_vendor_register_map() {
             battery_discharge_wh: expected(&fx, "battery_discharge_wh"),
             power_w: expected(&fx, "power_w"),
             soc_bp: expected(&fx, "soc_bp"),
+            pv_power_w: expected(&fx, "pv_power_w"),
+            pv_wh: expected(&fx, "pv_wh"),
+            battery_power_w: expected(&fx, "battery_power_w"),
         };
         assert_eq!(snap, want, "profile {name}");
         l.disconnect().await;

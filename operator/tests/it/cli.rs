@@ -89,6 +89,7 @@ fn envelope(key: &str, meter: &str, seq: u64, at_ms: u64, export_wh: u64) -> Str
             battery_discharge_wh: Measured::not_implemented(),
             power_w: Measured::ok(-2_000),
             soc_bp: Measured::not_implemented(),
+            flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
         },
         &SystemRandom::new(),
     )

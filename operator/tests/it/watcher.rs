@@ -51,6 +51,7 @@ impl CheatingAgent {
             battery_discharge_wh: Measured::not_implemented(),
             power_w: Measured::ok(0),
             soc_bp: Measured::not_implemented(),
+            flow: gridshare_core::reading::PowerFlow::NOT_MEASURED,
         };
         let json = self
             .key

@@ -1,8 +1,9 @@
 // Wallet: balance, what bids and purchases hold, what is available; deposits and
-// withdrawals; my settled slots and their batches on chain.
+// withdrawals; my settled slots and their batches on chain; my meters' stake and rewards as the
+// staking contract holds them.
 import { get, post } from '../api.js';
 import { t } from '../i18n.js';
-import { h, field, form, submitting, showError, table, toast, money, wh, dateTime, figures } from '../ui.js';
+import { h, field, form, submitting, showError, table, toast, money, wh, dateTime, figures, tokens } from '../ui.js';
 import { subscribe } from '../live.js';
 import { clock, ranges } from './home.js';
 
@@ -10,6 +11,7 @@ export async function render(main) {
   const funds = h('div', { id: 'funds' });
   const funding = h('div', { id: 'funding' });
   const settled = h('div', { id: 'settlements' });
+  const stakes = h('div', { id: 'stakes' });
   const csv = h('p', { id: 'csv' });
   const amount = h('input', { type: 'number', min: 1, step: 1, inputmode: 'numeric', required: true });
   const wf = form({ id: 'withdraw-form' }, field('amount', t('amount'), amount, t('withdraw_hint')), h('div', {}, h('button', { type: 'submit' }, t('withdraw'))));
@@ -28,6 +30,7 @@ export async function render(main) {
     h('section', { class: 'card', 'aria-labelledby': 'funds-h' }, h('h2', { id: 'funds-h' }, t('funds')), funds),
     h('section', { class: 'card', 'aria-labelledby': 'wd-h' }, h('h2', { id: 'wd-h' }, t('withdraw')), wf),
     h('section', { class: 'card wide', 'aria-labelledby': 'set-h' }, h('h2', { id: 'set-h' }, t('settlements')), h('p', { class: 'hint' }, t('settlements_hint')), settled),
+    h('section', { class: 'card wide', 'aria-labelledby': 'stake-h' }, h('h2', { id: 'stake-h' }, t('stake_rewards')), h('p', { class: 'hint' }, t('stake_hint')), stakes),
     h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding),
     h('section', { class: 'card wide', 'aria-labelledby': 'csv-h' }, h('h2', { id: 'csv-h' }, t('export_csv')), csv)));
 
@@ -54,6 +57,16 @@ export async function render(main) {
           x.bought_wh || x.sold_wh ? inclusionCell(x.slot) : t('no_trades_short')] };
       }), [1, 2, 3, 4, 5, 6]));
   }
+  /** Each of my meters' stake and rewards, read from the staking contract by the engine. */
+  async function refreshStakes() {
+    const { meters } = await get('/meters');
+    const answers = await Promise.all(meters.map((m) => get(`/meters/${encodeURIComponent(m.meter_id)}/stake`).catch((err) => ({ meter_id: m.meter_id, error: err.message }))));
+    if (answers.length === 0) { stakes.replaceChildren(h('p', { class: 'muted' }, t('no_meters'))); return; }
+    const state = (a) => (a.error ? a.error : !a.registered ? t('not_registered_on_chain') : a.slashed ? t('slashed') : a.attested ? t('attested') : t('not_attested'));
+    const rewards = (a) => (a.epochs || []).reduce((sum, e) => sum + BigInt(e.reward), 0n);
+    stakes.replaceChildren(table(t('stake_rewards'), [t('meter'), t('on_chain'), t('staked'), t('unbonding'), t('claimable'), t('rewards_recent'), t('credited_recent')],
+      answers.map((a) => ({ attrs: { 'data-meter': a.meter_id, 'data-registered': a.registered ? 'true' : 'false' }, cells: [a.meter_id, state(a), a.registered ? tokens(a.staked) : '–', a.registered ? tokens(a.unbonding) : '–', a.registered ? tokens(a.claimable) : '–', a.registered ? tokens(rewards(a)) : '–', a.registered ? wh(a.epochs.reduce((sum, e) => sum + e.credited_wh, 0)) : '–'] })), [2, 3, 4, 5, 6]));
+  }
   // Inclusion checks done in this page, kept across refreshes of the table.
   const checks = new Map();
   function inclusionCell(slot) {
@@ -62,9 +75,17 @@ export async function render(main) {
       button.disabled = true;
       try {
         const [{ checkInclusion }, answer] = await Promise.all([import('../merkle.js'), get(`/my/settlements/${slot}/proof`)]);
-        const results = checkInclusion(answer);
-        const ok = results.length > 0 && results.every((r) => r.leafMatches && r.included);
-        checks.set(slot, ok ? t('included', { n: results.length, root: `${answer.root.slice(0, 10)}…` }) : t('not_included'));
+        // Against the root the Settlement contract holds; an engine settling on no chain can
+        // only show its own root.
+        const root = answer.chain_root || (answer.on_chain ? null : answer.root);
+        if (!root) {
+          checks.set(slot, t('not_on_chain_yet'));
+        } else {
+          const results = checkInclusion(answer, root);
+          const ok = results.length > 0 && results.every((r) => r.leafMatches && r.included);
+          const where = answer.chain_root ? t('root_on_chain') : t('root_of_engine');
+          checks.set(slot, ok ? `${t('included', { n: results.length, root: `${root.slice(0, 10)}…` })} ${where}` : t('not_included'));
+        }
       } catch (err) {
         checks.set(slot, err.message);
       }
@@ -73,7 +94,7 @@ export async function render(main) {
     } }, t('check'));
     return h('span', {}, button, ' ', out);
   }
-  await refresh();
+  await Promise.all([refresh(), refreshStakes()]);
   let pending = null;
   const stop = subscribe((e) => { if ((e.type === 'trades' || e.type === 'settled') && !pending) pending = setTimeout(() => { pending = null; refresh(); }, 1000); });
   const tick = setInterval(refresh, 10000);

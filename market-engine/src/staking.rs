@@ -1,0 +1,155 @@
+//! A meter's stake and rewards as the chain holds them (`GET /api/v1/meters/{meter_id}/stake`),
+//! read from the `MeterStaking` contract that the community's `Settlement` contract credits its
+//! local sales to: registered or not, attested, staked, unbonding, what the owner could claim
+//! now, and per recent epoch the energy sold and credited and the reward it earned.
+//!
+//! Design: read-only, and nothing here is the engine's own record — every figure is a view call
+//! on the chain the engine settles on, so the wallet shows what anyone can check on chain. The
+//! staking contract is found through `Settlement.salesRecorder()`, so an engine needs no second
+//! address in its configuration. Meter ids are `bytes32` as the `gridshare` command and the
+//! contract write them (ASCII, right-padded with zeros).
+
+use alloy::primitives::{Address, U256};
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::{Json, Router};
+use gridshare_contracts::bindings::{MeterStaking, Settlement};
+use gridshare_contracts::chain::{Chain, ChainExt};
+use gridshare_contracts::staking::{StakingClient, text_id};
+use serde_json::json;
+
+use crate::api::auth::Authenticated;
+use crate::api::{ApiError, AppState};
+use crate::chain::ChainHandle;
+
+/// How many epochs back (the current one included) the answer lists.
+pub const EPOCHS_SHOWN: u64 = 7;
+
+/// The routes of this module (merged into [`crate::api::router`]).
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/v1/meters/{meter_id}/stake", get(stake))
+}
+
+/// The staking contract the settlement contract credits its sales to (`None`: it credits
+/// none, so no meter has a stake there).
+pub async fn staking_contract<C: Chain>(
+    chain: &C,
+    settlement: Address,
+) -> Result<Option<Address>, String> {
+    let recorder = chain
+        .view(settlement, Settlement::salesRecorderCall {})
+        .await
+        .map_err(|e| format!("reading Settlement.salesRecorder: {e}"))?;
+    Ok((recorder != Address::ZERO).then_some(recorder))
+}
+
+/// Token amounts (18 decimals) as decimal strings: they do not fit a JSON number.
+fn amount(v: U256) -> String {
+    v.to_string()
+}
+
+/// What the chain holds for `meter`: the `meter` record, `claimable` through the current
+/// epoch, and `credit` and `rewardOf` for the last [`EPOCHS_SHOWN`] epochs.
+pub async fn meter_stake<C: Chain>(
+    chain: &C,
+    settlement: Address,
+    meter: &str,
+) -> Result<serde_json::Value, String> {
+    let Some(staking) = staking_contract(chain, settlement).await? else {
+        return Ok(json!({
+            "meter_id": meter, "staking_contract": null, "registered": false,
+        }));
+    };
+    let client = StakingClient::new(chain, staking);
+    let id = text_id(meter)?;
+    let err = |what: &str| {
+        let what = what.to_owned();
+        move |e: gridshare_contracts::chain::ChainError| format!("reading MeterStaking.{what}: {e}")
+    };
+    let m = client.meter(id).await.map_err(err("meter"))?;
+    let current = client.current_epoch().await.map_err(err("epoch"))?;
+    let base = json!({
+        "meter_id": meter,
+        "meter_id_bytes32": id.to_string(),
+        "staking_contract": staking.to_string(),
+        "token_decimals": 18,
+        "current_epoch": current,
+    });
+    if m.owner == Address::ZERO {
+        let mut out = base;
+        out["registered"] = json!(false);
+        return Ok(out);
+    }
+    let claimable = client
+        .claimable(id, current)
+        .await
+        .map_err(err("claimable"))?;
+    let mut epochs = Vec::new();
+    for epoch in (current.saturating_sub(EPOCHS_SHOWN - 1)..=current).rev() {
+        let credit = client.credit(id, epoch).await.map_err(err("credit"))?;
+        let reward = chain
+            .view(staking, MeterStaking::rewardOfCall { meterId: id, epoch })
+            .await
+            .map_err(err("rewardOf"))?;
+        epochs.push(json!({
+            "epoch": epoch,
+            "sold_wh": credit.soldWh,
+            "exported_wh": credit.exportedWh,
+            "covered_s": credit.coveredS,
+            "credited_wh": credit.creditedWh,
+            "reward": amount(reward),
+        }));
+    }
+    let mut out = base;
+    let fields = json!({
+        "registered": true,
+        "owner": m.owner.to_string(),
+        "active": m.active,
+        "attested": m.attested,
+        "slashed": m.slashed,
+        "staked": amount(m.stake),
+        "bonded_since_s": (m.bondedSince > 0).then_some(m.bondedSince),
+        "unbonding": amount(m.unbonding),
+        "unbonding_ends_s": (m.unbondingEnds > 0).then_some(m.unbondingEnds),
+        "export_capacity_w": m.exportCapacityW,
+        "next_claim_epoch": m.nextClaimEpoch,
+        "claimable": amount(claimable),
+        "epochs": epochs,
+    });
+    if let (Some(out), Some(fields)) = (out.as_object_mut(), fields.as_object()) {
+        out.extend(fields.clone());
+    }
+    Ok(out)
+}
+
+/// `GET /api/v1/meters/{meter_id}/stake`: for the meter's owner or the community operator.
+async fn stake(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    match state.store.meter_owner(&meter_id).await? {
+        None => {
+            return Err(ApiError::NotFound(format!(
+                "meter {meter_id:?} is not registered"
+            )));
+        }
+        Some(owner) if owner != account.id && account.role != "operator" => {
+            return Err(ApiError::Forbidden(format!(
+                "meter {meter_id:?} belongs to another account: you can only see the stake of your own meters"
+            )));
+        }
+        Some(_) => {}
+    }
+    let Some(settler) = &state.settler else {
+        return Err(ApiError::NotFound(
+            "this engine settles on no chain (chain.backend = \"none\"), so its meters have no stake"
+                .into(),
+        ));
+    };
+    let answer = match settler.handle() {
+        ChainHandle::Embedded(s) => meter_stake(s.chain(), s.address(), &meter_id).await,
+        ChainHandle::Rpc(s) => meter_stake(s.chain(), s.address(), &meter_id).await,
+    };
+    answer.map(Json).map_err(ApiError::Internal)
+}
