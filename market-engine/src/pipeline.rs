@@ -39,6 +39,9 @@ pub struct Subscription {
     pub client_id: String,
     /// Topic filter.
     pub filter: String,
+    /// Where the engine's requests to send missing readings again go out: this
+    /// subscription's connection, once it exists.
+    pub resend: Arc<crate::gaps::ResendLink>,
 }
 
 /// What the live stream (`/api/v1/stream`) carries.
@@ -218,7 +221,6 @@ pub async fn run(
     store: Store,
     metrics: Arc<IngestMetrics>,
     live: broadcast::Sender<LiveEvent>,
-    resend: Arc<crate::gaps::ResendLink>,
     mut shutdown: watch::Receiver<bool>,
     subscribed: tokio::sync::oneshot::Sender<()>,
 ) {
@@ -258,7 +260,7 @@ pub async fn run(
         live,
         shutdown.clone(),
     ));
-    resend.set(client.clone());
+    subscription.resend.set(client.clone());
     loop {
         tokio::select! {
             event = eventloop.poll() => match event {

@@ -104,6 +104,7 @@ impl Engine {
         let client_id = format!("market-engine-{}", config.community);
         let filter =
             gridshare_core::mqtt::readings_filter(&config.mqtt.topic_prefix, &config.community);
+        let resend = Arc::new(ResendLink::default());
         let (broker, subscription) = if config.mqtt.embedded_listen.is_empty() {
             let url = gridshare_core::mqtt::BrokerUrl::parse(&config.mqtt.url)
                 .map_err(|e| ServeError::Mqtt(format!("mqtt.url {e}")))?;
@@ -126,6 +127,7 @@ impl Engine {
                     .map(|u| (u, config.mqtt.password.clone().unwrap_or_default())),
                 client_id,
                 filter,
+                resend: resend.clone(),
             };
             (None, subscription)
         } else {
@@ -154,6 +156,7 @@ impl Engine {
                 credentials: Some(broker.engine_login()),
                 client_id,
                 filter,
+                resend: resend.clone(),
             };
             (Some(broker), subscription)
         };
@@ -176,15 +179,9 @@ impl Engine {
         let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
         let chain_metrics = Arc::new(ChainMetrics::default());
         let mut subscribed_tx = Some(subscribed_tx);
-        let resend = Arc::new(ResendLink::default());
         tasks.push({
-            let (store, ingest, live, resend, stopped) = (
-                store.clone(),
-                ingest.clone(),
-                live.clone(),
-                resend.clone(),
-                stopped.clone(),
-            );
+            let (store, ingest, live, stopped) =
+                (store.clone(), ingest.clone(), live.clone(), stopped.clone());
             supervise("ingest", task_metrics.clone(), stopped.clone(), move || {
                 // After a restart nobody waits for the subscription any more.
                 let subscribed = subscribed_tx
@@ -196,7 +193,6 @@ impl Engine {
                     store.clone(),
                     ingest.clone(),
                     live.clone(),
-                    resend.clone(),
                     stopped.clone(),
                     subscribed,
                 )

@@ -332,9 +332,12 @@ async fn neighbours(
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// The latest write probe: when, and what it found.
-    probed: std::sync::Arc<tokio::sync::Mutex<Option<(std::time::Instant, Result<(), String>)>>>,
+    /// The latest write probe.
+    probed: std::sync::Arc<tokio::sync::Mutex<Option<Probe>>>,
 }
+
+/// A write probe: when, and what it found.
+type Probe = (std::time::Instant, Result<(), String>);
 
 /// A u64 as the database stores it; readings beyond i64 are refused by the ingest checks
 /// and money beyond it by the market, so this never clips what they let through.
