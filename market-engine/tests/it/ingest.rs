@@ -21,6 +21,9 @@ use tokio::sync::watch;
 
 use crate::{databases, engine_config, unique};
 
+/// A stored reading's sequence number, solar power, solar energy and battery power.
+type FlowColumns = (i64, Option<i64>, Option<i64>, Option<i64>);
+
 async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     for _ in 0..300 {
         if done() {
@@ -229,7 +232,7 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
             ingest.accepted.load(Ordering::Relaxed) == 2
         })
         .await;
-        let stored: Vec<(i64, Option<i64>, Option<i64>, Option<i64>)> = sqlx::query_as(
+        let stored: Vec<FlowColumns> = sqlx::query_as(
             "SELECT seq, pv_power_w, pv_wh, battery_power_w FROM readings WHERE meter_id = $1 \
              ORDER BY seq",
         )
