@@ -185,7 +185,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                         println!(
                             "slot {:>10}  {:<9} attempts {:<3} {}",
                             r.batch.id,
-                            serde_json::to_value(r.status)?.as_str().unwrap_or_default(),
+                            r.status.as_str(),
                             r.attempts,
                             r.last_error.as_deref().unwrap_or("")
                         );

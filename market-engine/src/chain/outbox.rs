@@ -41,7 +41,8 @@ pub enum BatchStatus {
 }
 
 impl BatchStatus {
-    fn as_str(self) -> &'static str {
+    /// The status as stored and shown (`pending`, `sent`, ...).
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Pending => "pending",
             Self::Sent => "sent",
@@ -455,14 +456,10 @@ async fn follow<C: Chain>(
     progress: &mut Progress,
 ) -> Result<bool, ChainError> {
     let slot = r.batch.id;
-    let deep_enough = |block: u64| {
-        head.checked_sub(block)
-            .is_some_and(|d| d + 1 >= confirmations)
-    };
     let Some(tx) = r.tx_hash else {
         // Found on chain without a receipt: the root itself must be deep enough.
         let first = r.block_number.unwrap_or(head);
-        if !deep_enough(first) {
+        if !deep_enough(first, head, confirmations) {
             return Ok(false);
         }
         let at = head + 1 - confirmations;
@@ -513,10 +510,6 @@ async fn follow<C: Chain>(
         TxStatus::Included(inc) => {
             // The receipt proves its block exists, even when `head` was read before it.
             let head = head.max(inc.block_number);
-            let deep_enough = |block: u64| {
-                head.checked_sub(block)
-                    .is_some_and(|d| d + 1 >= confirmations)
-            };
             if r.status == BatchStatus::Included
                 && r.block_hash.is_some_and(|h| h != inc.block_hash)
             {
@@ -526,7 +519,7 @@ async fn follow<C: Chain>(
             r.block_hash = Some(inc.block_hash);
             r.gas_used = Some(inc.gas_used);
             r.status = BatchStatus::Included;
-            if deep_enough(inc.block_number) {
+            if deep_enough(inc.block_number, head, confirmations) {
                 r.status = BatchStatus::Confirmed;
                 r.last_error = None;
                 progress.confirmed += 1;
@@ -535,6 +528,12 @@ async fn follow<C: Chain>(
             Ok(false)
         }
     }
+}
+
+/// Whether `block` is `confirmations` deep below `head` (itself counting as one).
+fn deep_enough(block: u64, head: u64, confirmations: u64) -> bool {
+    head.checked_sub(block)
+        .is_some_and(|d| d + 1 >= confirmations)
 }
 
 fn fall_back(r: &mut BatchRecord, why: &str, progress: &mut Progress) {
