@@ -897,6 +897,10 @@ struct SettingsRequest {
     settlement_after_s: Option<u32>,
     /// Accepted only as the current length (slot indices count slots of it).
     slot_length_s: Option<u32>,
+    /// For `sharing`; each keeps its current value when absent.
+    sharing_key: Option<crate::settings::SharingKeyName>,
+    sharing_price_per_kwh: Option<u64>,
+    sharing_shares: Option<Vec<crate::settings::ShareEntry>>,
 }
 
 /// The community operator changes tariffs, fees, the mechanism or the slot timeline; the change
@@ -937,6 +941,9 @@ async fn put_settings(
             .gate_closure_before_s
             .unwrap_or(current.gate_closure_before_s),
         settlement_after_s: req.settlement_after_s.unwrap_or(current.settlement_after_s),
+        sharing_key: req.sharing_key.unwrap_or(current.sharing_key),
+        sharing_price_per_kwh: req.sharing_price_per_kwh.or(current.sharing_price_per_kwh),
+        sharing_shares: req.sharing_shares.unwrap_or(current.sharing_shares),
     };
     let from_slot = state.market.change_settings(settings, now_s()).await?;
     Ok(Json(json!({ "from_slot": from_slot })))

@@ -8,8 +8,8 @@
 //! start). A new layout is a new `StoredSettings` variant whose reader converts the old one.
 
 use gridshare_core::market::{
-    AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism, PriceRule, SlotCalendar, Tariff,
-    TimeProfile,
+    AccountId, AllocationKey, AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism,
+    PriceRule, SharingRule, SlotCalendar, Tariff, TimeProfile,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,30 @@ pub enum MechanismName {
     Continuous,
     /// Sellers' offers fill buyers at the offer price.
     PayAsOffer,
+    /// No orders: after delivery, local generation is shared among the members by an
+    /// allocation key at the community's price (EU collective self-consumption).
+    Sharing,
+}
+
+/// How a sharing community splits its local generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SharingKeyName {
+    /// In proportion to each member's net consumption in the slot (the French default).
+    #[default]
+    Proportional,
+    /// Static shares per account (`sharing_shares`).
+    Fixed,
+}
+
+/// One member's static share of a sharing community's generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShareEntry {
+    /// The member's account id.
+    pub account: u32,
+    /// Its share of the injected energy, basis points (10 000 = all of it).
+    pub basis_points: u32,
 }
 
 /// How a call auction sets its price within the crossing range.
@@ -48,7 +72,8 @@ pub enum PriceRuleName {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MarketConfig {
-    /// `call` (uniform price at gate closure), `continuous` (pay-as-bid) or `pay-as-offer`.
+    /// `call` (uniform price at gate closure), `continuous` (pay-as-bid), `pay-as-offer` or
+    /// `sharing` (no orders: generation shared by an allocation key after delivery).
     pub mechanism: MechanismName,
     /// For `call`: `midpoint`, `k-factor`, `marginal-bid` or `marginal-ask`.
     pub price_rule: PriceRuleName,
@@ -71,6 +96,14 @@ pub struct MarketConfig {
     pub feed_in_per_kwh: u64,
     /// Grid fee of the community's market, token units per kWh.
     pub grid_fee_per_kwh: u64,
+    /// For `sharing`: `proportional` (to each member's consumption in the slot) or `fixed`.
+    pub sharing_key: SharingKeyName,
+    /// For `sharing`: what a producer receives per kWh shared; unset: halfway between the
+    /// feed-in and the retail tariff.
+    pub sharing_price_per_kwh: Option<u64>,
+    /// For `sharing` with the `fixed` key: each member's share, at most 10 000 basis points in
+    /// total; a member capped at what it drew leaves the rest to the utility.
+    pub sharing_shares: Vec<ShareEntry>,
 }
 
 impl Default for MarketConfig {
@@ -87,11 +120,60 @@ impl Default for MarketConfig {
             retail_per_kwh: 30_000,
             feed_in_per_kwh: 8_000,
             grid_fee_per_kwh: 1_000,
+            sharing_key: SharingKeyName::Proportional,
+            sharing_price_per_kwh: None,
+            sharing_shares: Vec::new(),
         }
     }
 }
 
 impl MarketConfig {
+    /// The sharing rule of a `sharing` community, checked: a price inside the tariff band, and
+    /// for the `fixed` key one share per member adding up to at most 100 %.
+    fn sharing_rule(&self) -> Result<SharingRule, String> {
+        let price_per_kwh = self
+            .sharing_price_per_kwh
+            .unwrap_or(self.feed_in_per_kwh / 2 + self.retail_per_kwh / 2);
+        if price_per_kwh < self.feed_in_per_kwh || price_per_kwh > self.retail_per_kwh {
+            return Err(format!(
+                "market.sharing_price_per_kwh: {price_per_kwh} is outside the tariff band [{}, {}]; set a price between the feed-in and the retail tariff",
+                self.feed_in_per_kwh, self.retail_per_kwh
+            ));
+        }
+        let key = match self.sharing_key {
+            SharingKeyName::Proportional => {
+                if !self.sharing_shares.is_empty() {
+                    return Err("market.sharing_shares: only used with sharing_key = \"fixed\"; remove them or set the key".into());
+                }
+                AllocationKey::ProportionalToConsumption
+            }
+            SharingKeyName::Fixed => {
+                if self.sharing_shares.is_empty() {
+                    return Err("market.sharing_shares: the fixed key needs each member's share, e.g. [{ account = 1, basis_points = 5000 }]".into());
+                }
+                let mut shares: Vec<(AccountId, u32)> = Vec::new();
+                for e in &self.sharing_shares {
+                    if shares.iter().any(|(a, _)| a.0 == e.account) {
+                        return Err(format!(
+                            "market.sharing_shares: account {} appears twice; give one share per member",
+                            e.account
+                        ));
+                    }
+                    shares.push((AccountId(e.account), e.basis_points));
+                }
+                let total: u64 = shares.iter().map(|(_, bp)| u64::from(*bp)).sum();
+                if total > 10_000 {
+                    return Err(format!(
+                        "market.sharing_shares: the shares add up to {total} basis points, more than 10000 (100 %)"
+                    ));
+                }
+                shares.sort_unstable();
+                AllocationKey::Fixed(shares)
+            }
+        };
+        Ok(SharingRule { key, price_per_kwh })
+    }
+
     /// The `core` community these settings describe.
     pub fn community(&self) -> Result<Community, String> {
         let mechanism = match self.mechanism {
@@ -109,6 +191,7 @@ impl MarketConfig {
                     seller_max_margin_basis_points: self.seller_max_margin_basis_points,
                 },
             }),
+            MechanismName::Sharing => Mechanism::Sharing(self.sharing_rule()?),
         };
         if self.seller_max_margin_basis_points > 10_000 {
             return Err("market.seller_max_margin_basis_points: at most 10000 (100 %)".into());
@@ -182,6 +265,15 @@ pub struct SettingsV1 {
     pub feed_in_per_kwh: u64,
     /// See [`MarketConfig::grid_fee_per_kwh`].
     pub grid_fee_per_kwh: u64,
+    /// See [`MarketConfig::sharing_key`] (rows from before sharing read as the default).
+    #[serde(default)]
+    pub sharing_key: SharingKeyName,
+    /// See [`MarketConfig::sharing_price_per_kwh`].
+    #[serde(default)]
+    pub sharing_price_per_kwh: Option<u64>,
+    /// See [`MarketConfig::sharing_shares`].
+    #[serde(default)]
+    pub sharing_shares: Vec<ShareEntry>,
 }
 
 fn default_seller_margin() -> u16 {
@@ -203,6 +295,9 @@ impl StoredSettings {
             retail_per_kwh: c.retail_per_kwh,
             feed_in_per_kwh: c.feed_in_per_kwh,
             grid_fee_per_kwh: c.grid_fee_per_kwh,
+            sharing_key: c.sharing_key,
+            sharing_price_per_kwh: c.sharing_price_per_kwh,
+            sharing_shares: c.sharing_shares.clone(),
         })
     }
 
@@ -221,6 +316,9 @@ impl StoredSettings {
                 retail_per_kwh: v.retail_per_kwh,
                 feed_in_per_kwh: v.feed_in_per_kwh,
                 grid_fee_per_kwh: v.grid_fee_per_kwh,
+                sharing_key: v.sharing_key,
+                sharing_price_per_kwh: v.sharing_price_per_kwh,
+                sharing_shares: v.sharing_shares,
             },
         }
     }
@@ -298,6 +396,88 @@ mod tests {
             StoredSettings::from_json(&text).unwrap().into_config(),
             config
         );
+    }
+
+    #[test]
+    fn a_sharing_community_is_checked_and_stored() {
+        let config: MarketConfig = toml::from_str(
+            "mechanism = \"sharing\"\nsharing_key = \"fixed\"\nsharing_price_per_kwh = 19000\n\
+             sharing_shares = [{ account = 2, basis_points = 4000 }, { account = 1, basis_points = 6000 }]",
+        )
+        .unwrap();
+        assert_eq!(
+            config.community().unwrap().mechanism,
+            Mechanism::Sharing(SharingRule {
+                key: AllocationKey::Fixed(vec![(AccountId(1), 6000), (AccountId(2), 4000)]),
+                price_per_kwh: 19_000,
+            })
+        );
+        let text = StoredSettings::from_config(&config).to_json();
+        assert_eq!(
+            StoredSettings::from_json(&text).unwrap().into_config(),
+            config
+        );
+        // Unset price: halfway between the tariffs.
+        let halfway = MarketConfig {
+            mechanism: MechanismName::Sharing,
+            ..MarketConfig::default()
+        };
+        assert!(matches!(
+            halfway.community().unwrap().mechanism,
+            Mechanism::Sharing(SharingRule {
+                price_per_kwh: 19_000,
+                key: AllocationKey::ProportionalToConsumption
+            })
+        ));
+        for (bad, says) in [
+            (
+                MarketConfig {
+                    sharing_price_per_kwh: Some(40_000),
+                    ..config.clone()
+                },
+                "outside the tariff band",
+            ),
+            (
+                MarketConfig {
+                    sharing_shares: vec![ShareEntry {
+                        account: 1,
+                        basis_points: 10_001,
+                    }],
+                    ..config.clone()
+                },
+                "more than 10000",
+            ),
+            (
+                MarketConfig {
+                    sharing_shares: vec![
+                        ShareEntry {
+                            account: 1,
+                            basis_points: 1
+                        };
+                        2
+                    ],
+                    ..config.clone()
+                },
+                "appears twice",
+            ),
+            (
+                MarketConfig {
+                    sharing_shares: Vec::new(),
+                    ..config.clone()
+                },
+                "needs each member's share",
+            ),
+            (
+                MarketConfig {
+                    sharing_key: SharingKeyName::Proportional,
+                    ..config.clone()
+                },
+                "only used with",
+            ),
+        ] {
+            let e = bad.community().unwrap_err();
+            assert!(e.contains(says), "{e}");
+        }
     }
 
     #[test]

@@ -19,8 +19,8 @@ use crate::solar;
 use gridshare_core::market::{
     AccountId, AllocationKey, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy,
     ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters, MeterDelivery, MeterId, Order,
-    OrderId, PeriodKpis, SettlementError, Side, SlotCalendar, SlotMarket, Tariff, TermsError,
-    TimeProfile, Trade, settle_slot, share_slot, slot_kpis,
+    OrderId, PeriodKpis, SettlementError, SharingRule, Side, SlotCalendar, SlotMarket, Tariff,
+    TermsError, TimeProfile, Trade, settle_slot, share_slot, slot_kpis,
 };
 use std::collections::BTreeMap;
 
@@ -635,13 +635,6 @@ pub fn run_with(
             &mut house_area,
         )?;
     }
-    let mechanism = match s.market.mechanism {
-        MechanismName::Call => Mechanism::CallAuction(s.price_rule()),
-        MechanismName::Continuous => Mechanism::ContinuousDoubleAuction,
-        MechanismName::PayAsOffer => Mechanism::PayAsOffer,
-        // Sharing opens no auction; the terms (tariffs, fees) are the community's all the same.
-        MechanismName::Sharing => Mechanism::CallAuction(s.price_rule()),
-    };
     let sharing = (s.market.mechanism == MechanismName::Sharing).then(|| {
         let price = s
             .market
@@ -675,6 +668,15 @@ pub fn run_with(
         };
         (key, price)
     });
+    let mechanism = match (&s.market.mechanism, &sharing) {
+        (MechanismName::Continuous, _) => Mechanism::ContinuousDoubleAuction,
+        (MechanismName::PayAsOffer, _) => Mechanism::PayAsOffer,
+        (MechanismName::Sharing, Some((key, price))) => Mechanism::Sharing(SharingRule {
+            key: key.clone(),
+            price_per_kwh: *price,
+        }),
+        (MechanismName::Call | MechanismName::Sharing, _) => Mechanism::CallAuction(s.price_rule()),
+    };
     let mut members: Vec<MemberFlow> = Vec::with_capacity(households.len());
     // The order window opens one slot before delivery and closes at delivery start.
     let calendar = SlotCalendar::new(epoch, slot_s, slot_s, 0, 0).map_err(TermsError::from)?;

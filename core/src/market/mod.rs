@@ -268,11 +268,13 @@ pub use order::{
     Preference, Side,
 };
 pub use rule::{RuleOrder, TradingRule};
-pub use sharing::{Allocation, AllocationKey, MemberFlow, SharedSlot, SharingError, share_slot};
+pub use sharing::{
+    Allocation, AllocationKey, MemberFlow, SharedSlot, SharingError, member_flows, share_slot,
+};
 pub use slot::{DeliverySlot, SlotCalendar, SlotError, SlotPhase, UnixSeconds};
 pub use slot_market::{BookDepth, GateClosure, SlotMarket};
 pub use tariff::{
     ImbalancePrices, SlotImbalancePrices, Tariff, TariffBand, TariffError, TimeProfile,
 };
-pub use terms::{Community, Mechanism, SlotTerms, TermsError};
+pub use terms::{Community, Mechanism, SharingRule, SlotTerms, TermsError};
 pub use trade::{MatchPass, Trade};

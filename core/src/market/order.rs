@@ -236,6 +236,14 @@ pub enum OrderError {
         /// Orders a book can hold, [`MAX_BOOK_ORDERS`].
         capacity: u64,
     },
+    /// The community shares its local generation by an allocation key: it has no auction.
+    #[error(
+        "order {order}: this community shares its local generation among its members by an allocation key after delivery and takes no orders; nothing to submit"
+    )]
+    NoOrdersWhenSharing {
+        /// The rejected order.
+        order: OrderId,
+    },
     /// Energy × price does not fit the token amount range.
     #[error(
         "order {order}: {energy_wh} Wh at up to {price_per_kwh} per kWh exceeds the largest token amount; reduce the energy"
@@ -265,6 +273,7 @@ impl OrderError {
             Self::UnknownArea { .. } => "unknown_area",
             Self::BookFull { .. } => "book_full",
             Self::AmountOverflow { .. } => "amount_overflow",
+            Self::NoOrdersWhenSharing { .. } => "no_orders_when_sharing",
         }
     }
 }

@@ -25,6 +25,7 @@
 //! order (each consumer's allocation drawn from the producers in turn), which splits the
 //! energy into at most `consumers + producers − 1` trades.
 
+use super::delivery::{DeliveryError, MeterDelivery};
 use super::fees::{FeeError, PriceAnchor};
 use super::order::{AccountId, AreaId, OrderId};
 use super::terms::SlotTerms;
@@ -32,7 +33,7 @@ use super::trade::{MatchPass, Trade};
 use serde::{Deserialize, Serialize};
 
 /// How local generation is split among members.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum AllocationKey {
     /// In proportion to each member's withdrawal in the slot (the French default).
     ProportionalToConsumption,
@@ -113,6 +114,32 @@ pub enum SharingError {
     /// A shared energy could not be priced under the slot's fees.
     #[error(transparent)]
     Fees(#[from] FeeError),
+}
+
+/// Each account's net flow in a slot from its meters' deliveries, the input of [`share_slot`]:
+/// an account with several meters is one member with its net import or export over all of
+/// them (sharing works on net flows per slot). Members come out in account order, all in
+/// `area`.
+pub fn member_flows(
+    deliveries: &[MeterDelivery],
+    area: AreaId,
+) -> Result<Vec<MemberFlow>, DeliveryError> {
+    let mut net: std::collections::BTreeMap<AccountId, i64> = std::collections::BTreeMap::new();
+    for d in deliveries {
+        let n = d.net_import_wh()?;
+        let sum = net.entry(d.account).or_default();
+        // Each meter's flow is bounded by MAX_SLOT_FLOW_WH: no realistic sum comes near i64.
+        *sum = sum.saturating_add(n);
+    }
+    Ok(net
+        .into_iter()
+        .map(|(account, n)| MemberFlow {
+            account,
+            area,
+            injected_wh: if n < 0 { n.unsigned_abs() } else { 0 },
+            withdrawn_wh: u64::try_from(n).unwrap_or(0),
+        })
+        .collect())
 }
 
 /// Splits `total` Wh in proportion to `weights` with the largest-remainder method: the parts
@@ -437,5 +464,52 @@ mod tests {
             let fees: u128 = s.trades.iter().map(|t| u128::from(t.amounts.fees)).sum();
             prop_assert_eq!(settled.fees, fees);
         }
+    }
+
+    #[test]
+    fn an_account_with_several_meters_is_one_member_with_its_net_flow() {
+        let meter = |m: u32, account: u32, import: (u64, u64), export: (u64, u64)| MeterDelivery {
+            meter: MeterId(m),
+            account: AccountId(account),
+            start: MeterCounters {
+                import_wh: import.0,
+                export_wh: export.0,
+            },
+            end: MeterCounters {
+                import_wh: import.1,
+                export_wh: export.1,
+            },
+        };
+        let flows = member_flows(
+            &[
+                meter(0, 7, (10, 110), (0, 0)),
+                meter(1, 3, (0, 0), (50, 90)),
+                meter(2, 7, (0, 0), (0, 300)),
+            ],
+            AreaId(0),
+        )
+        .unwrap();
+        assert_eq!(
+            flows,
+            vec![
+                MemberFlow {
+                    account: AccountId(3),
+                    area: AreaId(0),
+                    injected_wh: 40,
+                    withdrawn_wh: 0
+                },
+                MemberFlow {
+                    account: AccountId(7),
+                    area: AreaId(0),
+                    injected_wh: 200,
+                    withdrawn_wh: 0
+                },
+            ]
+        );
+        let backwards = member_flows(&[meter(4, 1, (100, 90), (0, 0))], AreaId(0));
+        assert!(matches!(
+            backwards,
+            Err(DeliveryError::CounterWentBackwards { .. })
+        ));
     }
 }

@@ -16,6 +16,9 @@ pub enum SlotMarket {
     Continuous(ContinuousBook),
     /// Call auction: orders collect until gate closure, then clear once.
     Call(CallAuction),
+    /// A sharing community's slot: no orders; its energy is shared after delivery
+    /// ([`share_slot`](super::share_slot)).
+    Sharing(SlotTerms),
 }
 
 /// What closing a slot's gate produces.
@@ -44,6 +47,7 @@ impl Community {
                 SlotMarket::Continuous(ContinuousBook::new(terms, ContinuousKind::PayAsOffer))
             }
             Mechanism::CallAuction(rule) => SlotMarket::Call(CallAuction::new(terms, rule)),
+            Mechanism::Sharing(_) => SlotMarket::Sharing(terms),
         })
     }
 }
@@ -90,6 +94,7 @@ impl SlotMarket {
                 .orders()
                 .map(|o| (o.side, o.price_per_kwh, o.energy_wh))
                 .collect(),
+            Self::Sharing(_) => Vec::new(),
         };
         let side = |want: Side| {
             open.iter()
@@ -113,6 +118,7 @@ impl SlotMarket {
             Self::Call(auction) => auction
                 .get(id)
                 .map(|o| (o.side, o.price_per_kwh, o.energy_wh)),
+            Self::Sharing(_) => None,
         }
     }
 
@@ -122,6 +128,7 @@ impl SlotMarket {
         match self {
             Self::Continuous(b) => b.terms(),
             Self::Call(a) => a.terms(),
+            Self::Sharing(terms) => terms,
         }
     }
 
@@ -139,6 +146,7 @@ impl SlotMarket {
         match self {
             Self::Continuous(b) => b.submit(order, now),
             Self::Call(a) => a.submit(order, now).map(|()| Vec::new()),
+            Self::Sharing(_) => Err(OrderError::NoOrdersWhenSharing { order: order.id }),
         }
     }
 
@@ -147,6 +155,7 @@ impl SlotMarket {
         match self {
             Self::Continuous(b) => b.cancel(id, now).map(|_| ()),
             Self::Call(a) => a.cancel(id, now).map(|_| ()),
+            Self::Sharing(_) => Err(OrderError::UnknownOrder { order: id }),
         }
     }
 
@@ -168,6 +177,7 @@ impl SlotMarket {
             Self::Call(a) => a
                 .amend(id, price_per_kwh, energy_wh, now)
                 .map(|()| Vec::new()),
+            Self::Sharing(_) => Err(OrderError::UnknownOrder { order: id }),
         }
     }
 
@@ -200,6 +210,45 @@ impl SlotMarket {
                     unmatched: r.unmatched,
                 }
             }
+            Self::Sharing(terms) => GateClosure {
+                slot: terms.slot.index,
+                trades: Vec::new(),
+                clearing_price: None,
+                unmatched: Vec::new(),
+            },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::market::{
+        AccountId, AllocationKey, AreaId, AreaTree, FeeProfile, ImbalancePrices, SharingRule,
+        SlotCalendar, Tariff,
+    };
+
+    #[test]
+    fn a_sharing_community_takes_no_orders_and_clears_nothing_at_gate_closure() {
+        let community = Community {
+            calendar: SlotCalendar::new(0, 900, 3600, 300, 900).unwrap(),
+            tariff: Tariff::flat(30_000, 8_000),
+            imbalance: ImbalancePrices::default(),
+            areas: AreaTree::new(FeeProfile::Free, AccountId(9_999)).unwrap(),
+            utility: AccountId(0),
+            mechanism: Mechanism::Sharing(SharingRule {
+                key: AllocationKey::ProportionalToConsumption,
+                price_per_kwh: 19_000,
+            }),
+        };
+        let mut market = community.open_slot(10).unwrap();
+        let order = Order::bid(OrderId(1), AccountId(1), AreaId(0), 20_000, 500);
+        let e = market.submit(order, 8_000).unwrap_err();
+        assert_eq!(e, OrderError::NoOrdersWhenSharing { order: OrderId(1) });
+        assert!(e.to_string().contains("takes no orders"), "{e}");
+        assert_eq!(market.terms().slot.index, 10);
+        assert!(market.depth().bids.is_empty());
+        let closed = market.close_gate();
+        assert!(closed.trades.is_empty() && closed.unmatched.is_empty());
     }
 }

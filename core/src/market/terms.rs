@@ -3,12 +3,13 @@
 use super::call::PriceRule;
 use super::fees::{AreaTree, SlotFees};
 use super::order::{AccountId, MAX_ORDER_ENERGY_WH, Order, OrderError, OrderId, Side};
+use super::sharing::AllocationKey;
 use super::slot::{DeliverySlot, SlotCalendar, SlotError, UnixSeconds};
 use super::tariff::{ImbalancePrices, SlotImbalancePrices, Tariff, TariffBand, TariffError};
 use serde::{Deserialize, Serialize};
 
 /// The matching mechanism a community chose.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Mechanism {
     /// Continuous double auction, price-time priority, trade at the resting order's price.
     ContinuousDoubleAuction,
@@ -16,6 +17,21 @@ pub enum Mechanism {
     CallAuction(PriceRule),
     /// One-sided: sellers post offers, buyers take them at the offer price plus fees.
     PayAsOffer,
+    /// No auction and no orders: after delivery, each slot's local generation is shared among
+    /// the members by an allocation key at the community's price ([`share_slot`]).
+    ///
+    /// [`share_slot`]: super::share_slot
+    Sharing(SharingRule),
+}
+
+/// How a sharing community splits its local generation, and at what price.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SharingRule {
+    /// The allocation key.
+    pub key: AllocationKey,
+    /// What a producer receives per kWh shared (the consumer pays it plus the grid fees of
+    /// the path); within every slot's tariff band.
+    pub price_per_kwh: u64,
 }
 
 /// Everything that fixes a community's market: time, tariffs, areas and fees, mechanism.

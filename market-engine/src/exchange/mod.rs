@@ -15,7 +15,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use gridshare_core::market::{
-    AccountId, AreaId, BookDepth, Community, Order, OrderError, OrderId, Side, SlotMarket, Trade,
+    AccountId, AreaId, BookDepth, Community, Mechanism, Order, OrderError, OrderId, Side,
+    SlotMarket, Trade,
 };
 use serde::{Deserialize, Serialize};
 
@@ -323,6 +324,12 @@ impl Exchange {
                 at_s,
                 meter: _,
             } => {
+                if let Mechanism::Sharing(_) = community.mechanism {
+                    return Err(OrderError::NoOrdersWhenSharing {
+                        order: OrderId(*order),
+                    }
+                    .into());
+                }
                 let owner = account_id(*account)?;
                 let id = OrderId(*order);
                 let new = match side {

@@ -224,7 +224,7 @@ impl TryFrom<OrderEventRow> for OrderEvent {
     }
 }
 
-async fn store_trade(
+pub(super) async fn store_trade(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     slot: u64,
     t: &Trade,

@@ -31,6 +31,7 @@ mod settle;
 
 use log::{
     GROUP_COMMIT, LogFailure, LogJob, LogWrite, OrderEventRow, load_trades, log_writer, slot_list,
+    store_trade,
 };
 
 /// An order as a client places it.

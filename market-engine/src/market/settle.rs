@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use gridshare_core::market::settle_slot_disputed;
+use gridshare_core::market::{AreaId, Mechanism, member_flows, settle_slot_disputed, share_slot};
 
 use super::*;
 
@@ -74,8 +74,8 @@ impl Market {
     /// was settled now.
     async fn settle_slot_due(&self, slot: u64, now_s: i64) -> Result<bool, MarketError> {
         let pool = self.store.pool();
-        let terms = self
-            .community_for(slot)
+        let community = self.community_for(slot);
+        let terms = community
             .terms(slot)
             .map_err(|e| MarketError::Slot(e.to_string()))?;
         if terms.slot.settlement > now_s {
@@ -91,7 +91,7 @@ impl Market {
                 return Ok(false);
             }
         }
-        let trades = load_trades(pool, slot).await?;
+        let mut trades = load_trades(pool, slot).await?;
         let traders: BTreeSet<AccountId> =
             trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
         let measured = self
@@ -109,6 +109,27 @@ impl Market {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        // Design: a sharing community has no orders; its slot's trades are the allocation of
+        // what its members fed in, made here from the same metered deliveries that settle it,
+        // and stored with the ledger, so a household's history and the batch's Merkle root
+        // show them like auction trades. A disputed account neither shares nor is shared with.
+        let shared = match &community.mechanism {
+            Mechanism::Sharing(rule) => {
+                let undisputed: Vec<MeterDelivery> = measured
+                    .deliveries
+                    .iter()
+                    .filter(|d| !disputed.contains(&d.account))
+                    .copied()
+                    .collect();
+                let members = member_flows(&undisputed, AreaId(0))
+                    .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+                let shared = share_slot(&rule.key, rule.price_per_kwh, &members, &terms)
+                    .map_err(|e| MarketError::Slot(format!("slot {slot}: sharing: {e}")))?;
+                trades.extend(shared.trades.iter().cloned());
+                shared.trades
+            }
+            _ => Vec::new(),
+        };
         let settlement = settle_slot_disputed(&trades, &measured.deliveries, &disputed, &terms)
             .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
         // The books lock before the transaction (the order every writer takes them in):
@@ -136,21 +157,31 @@ impl Market {
             }
         }
         let mut tx = self.store.begin().await?;
-        for &(account, amount) in &amounts {
-            sqlx::query("INSERT INTO ledger (slot, account_id, amount) VALUES ($1, $2, $3)")
-                .bind(i64_of(slot))
-                .bind(account)
-                .bind(amount)
-                .execute(&mut *tx)
-                .await?;
+        let slot_id = Bind::Int(i64_of(slot));
+        insert_rows(
+            &mut tx,
+            "INSERT INTO ledger (slot, account_id, amount)",
+            "",
+            amounts
+                .iter()
+                .map(|&(account, amount)| [slot_id.clone(), Bind::Int(account), Bind::Int(amount)])
+                .collect(),
+        )
+        .await?;
+        for t in &shared {
+            store_trade(&mut tx, slot, t).await?;
         }
-        for digest in &measured.digests {
-            sqlx::query("INSERT INTO slot_readings (slot, digest) VALUES ($1, $2)")
-                .bind(i64_of(slot))
-                .bind(digest)
-                .execute(&mut *tx)
-                .await?;
-        }
+        insert_rows(
+            &mut tx,
+            "INSERT INTO slot_readings (slot, digest)",
+            "",
+            measured
+                .digests
+                .iter()
+                .map(|d| [slot_id.clone(), Bind::Text(d.clone())])
+                .collect(),
+        )
+        .await?;
         if self.queues_batches() && amounts.iter().any(|&(_, amount)| amount != 0) {
             // The batch goes into the outbox in the same transaction as the ledger: a slot is
             // never settled without its batch, nor queued twice.
@@ -167,9 +198,7 @@ impl Market {
                 .collect();
             queue_batch(&mut tx, &settled, terms.slot.delivery_start, &excluded).await?;
         }
-        for m in &measured.moved {
-            record_position(&mut tx, slot, m).await?;
-        }
+        record_positions(&mut tx, slot, &measured.moved).await?;
         for d in &measured.disputes {
             sqlx::query(
                 "INSERT INTO disputed_meters (slot, meter_id, account_id, reason) \
@@ -200,6 +229,7 @@ impl Market {
                 }
             }
             self.metrics.slots_settled.fetch_add(1, Ordering::Relaxed);
+            self.announce_trades(slot, &shared, None);
             for d in &measured.disputes {
                 self.metrics.meters_disputed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
@@ -228,10 +258,12 @@ impl Market {
         end_s: i64,
     ) -> Result<i64, MarketError> {
         Ok(sqlx::query(
-            "SELECT CAST(COUNT(DISTINCT r.meter_id) AS BIGINT) FROM readings r \
-             JOIN meters m ON m.meter_id = r.meter_id AND m.approved_ms IS NOT NULL \
-             WHERE r.timestamp_ms >= $1 AND r.timestamp_ms < $2 \
-             AND NOT EXISTS (SELECT 1 FROM readings l WHERE l.meter_id = r.meter_id \
+            // Per meter through the (meter_id, timestamp_ms) index: two seeks each, however
+            // long the history of readings.
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM meters m WHERE m.approved_ms IS NOT NULL \
+             AND EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = m.meter_id \
+                         AND r.timestamp_ms >= $1 AND r.timestamp_ms < $2) \
+             AND NOT EXISTS (SELECT 1 FROM readings l WHERE l.meter_id = m.meter_id \
                              AND l.timestamp_ms >= $2)",
         )
         .bind(start_s.saturating_mul(1000))
@@ -259,6 +291,18 @@ impl Market {
     ) -> Result<Measured, MarketError> {
         let meters = self.store.meters().await?;
         let mut out = Measured::default();
+        // Design: three queries for the whole community (positions, and each meter's latest
+        // reading at or before the slot's start and end), not three per meter: settlement of
+        // 10 000 meters must finish within a second.
+        let mut positions = counters_by_meter(
+            sqlx::query(
+                "SELECT meter_id, import_wh, export_wh, timestamp_ms, digest FROM meter_positions",
+            )
+            .fetch_all(pool)
+            .await?,
+        );
+        let mut at_start = counters_by_meter(latest_readings(pool, start_s, true).await?);
+        let mut at_end = counters_by_meter(latest_readings(pool, end_s, false).await?);
         for (index, meter) in meters.iter().enumerate() {
             let Some(approval) = &meter.approval else {
                 continue;
@@ -271,31 +315,14 @@ impl Market {
                     reason,
                 });
             };
-            let at = |t: i64| {
-                sqlx::query(
-                    "SELECT import_wh, export_wh, timestamp_ms, digest FROM readings \
-                     WHERE meter_id = $1 AND timestamp_ms <= $2 \
-                     AND import_wh IS NOT NULL AND export_wh IS NOT NULL \
-                     ORDER BY timestamp_ms DESC LIMIT 1",
-                )
-                .bind(meter.meter_id.clone())
-                .bind(t.saturating_mul(1000))
-                .fetch_optional(pool)
-            };
-            let settled_to = sqlx::query(
-                "SELECT import_wh, export_wh, timestamp_ms, digest FROM meter_positions \
-                 WHERE meter_id = $1",
-            )
-            .bind(meter.meter_id.clone())
-            .fetch_optional(pool)
-            .await?;
+            let settled_to = positions.remove(&meter.meter_id);
             let first_settlement = settled_to.is_none();
             let start = match settled_to {
                 Some(p) => Some(p),
-                None => at(start_s).await?,
+                None => at_start.remove(&meter.meter_id),
             };
-            let (start, end) = match (start, at(end_s).await?) {
-                (Some(start), Some(end)) => (position(&start), position(&end)),
+            let (start, end) = match (start, at_end.remove(&meter.meter_id)) {
+                (Some(start), Some(end)) => (start, end),
                 (start, _) => {
                     if traders.contains(&account) {
                         let when = if start.is_none() { "start" } else { "end" };
@@ -511,56 +538,161 @@ async fn texts_of_slot(
         .collect())
 }
 
-/// A stored reading's counters (`import_wh, export_wh, timestamp_ms, digest`).
+/// A stored reading's counters (`meter_id, import_wh, export_wh, timestamp_ms, digest`).
 fn position(r: &sqlx::any::AnyRow) -> Result<Position, String> {
     let unsigned = |i: usize| -> Result<u64, String> {
         let v: i64 = r.try_get(i).map_err(|e| e.to_string())?;
         u64::try_from(v).map_err(|_| format!("stored counter {v} is negative"))
     };
     Ok(Position {
-        import_wh: unsigned(0)?,
-        export_wh: unsigned(1)?,
-        timestamp_ms: r.try_get(2).map_err(|e| e.to_string())?,
-        digest: r.try_get(3).map_err(|e| e.to_string())?,
+        import_wh: unsigned(1)?,
+        export_wh: unsigned(2)?,
+        timestamp_ms: r.try_get(3).map_err(|e| e.to_string())?,
+        digest: r.try_get(4).map_err(|e| e.to_string())?,
     })
 }
 
-/// Moves a meter's position to the reading its slot was settled to, and records what the
-/// slot settled for it, in the settlement's transaction.
-async fn record_position(
+/// Rows of `meter_id, import_wh, export_wh, timestamp_ms, digest` by meter (the first row of
+/// a meter wins); a row that does not read as counters is kept as its error, for a dispute.
+fn counters_by_meter(rows: Vec<sqlx::any::AnyRow>) -> HashMap<String, Result<Position, String>> {
+    let mut out = HashMap::with_capacity(rows.len());
+    for r in &rows {
+        let Ok(meter) = r.try_get::<String, _>(0) else {
+            continue;
+        };
+        out.entry(meter).or_insert_with(|| position(r));
+    }
+    out
+}
+
+/// Each approved meter's latest reading with both counters at or before `at_s` (only meters
+/// without a settled position, when `unpositioned`). Ties on the timestamp come out in digest
+/// order, so the choice does not depend on the database.
+async fn latest_readings(
+    pool: &AnyPool,
+    at_s: i64,
+    unpositioned: bool,
+) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
+    let only = if unpositioned {
+        "AND NOT EXISTS (SELECT 1 FROM meter_positions p WHERE p.meter_id = m.meter_id)"
+    } else {
+        ""
+    };
+    // The scalar subquery walks the (meter_id, timestamp_ms) index backwards from `at_s` and
+    // stops at the first reading with both counters: its cost does not grow with history.
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "SELECT r.meter_id, r.import_wh, r.export_wh, r.timestamp_ms, r.digest \
+         FROM meters m JOIN readings r ON r.meter_id = m.meter_id AND r.timestamp_ms = \
+           (SELECT l.timestamp_ms FROM readings l WHERE l.meter_id = m.meter_id \
+            AND l.timestamp_ms <= $1 AND l.import_wh IS NOT NULL AND l.export_wh IS NOT NULL \
+            ORDER BY l.timestamp_ms DESC LIMIT 1) \
+         WHERE m.approved_ms IS NOT NULL AND r.import_wh IS NOT NULL AND r.export_wh IS NOT NULL {only} \
+         ORDER BY r.meter_id, r.digest"
+    )))
+    .bind(at_s.saturating_mul(1000))
+    .fetch_all(pool)
+    .await
+}
+
+/// Moves each settled meter's position to the reading its slot was settled to, and records
+/// what the slot settled for it, in the settlement's transaction.
+async fn record_positions(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     slot: u64,
-    m: &Moved,
+    moved: &[Moved],
 ) -> Result<(), MarketError> {
-    let wh =
-        |v: u64| i64::try_from(v).map_err(|_| MarketError::OutOfRange(format!("counter {v} Wh")));
-    sqlx::query(
-        "INSERT INTO meter_positions (meter_id, import_wh, export_wh, timestamp_ms, digest, slot) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (meter_id) DO UPDATE SET \
+    let wh = |v: u64| {
+        i64::try_from(v)
+            .map(Bind::Int)
+            .map_err(|_| MarketError::OutOfRange(format!("counter {v} Wh")))
+    };
+    let slot = Bind::Int(i64_of(slot));
+    let mut positions = Vec::with_capacity(moved.len());
+    let mut deliveries = Vec::with_capacity(moved.len());
+    for m in moved {
+        positions.push([
+            Bind::Text(m.meter_id.clone()),
+            wh(m.to.import_wh)?,
+            wh(m.to.export_wh)?,
+            Bind::Int(m.to.timestamp_ms),
+            Bind::Text(m.to.digest.clone()),
+            slot.clone(),
+        ]);
+        deliveries.push([
+            slot.clone(),
+            Bind::Text(m.meter_id.clone()),
+            Bind::Int(i64::from(m.account.0)),
+            wh(m.to.import_wh.saturating_sub(m.from.import_wh))?,
+            wh(m.to.export_wh.saturating_sub(m.from.export_wh))?,
+            Bind::Int(m.from.timestamp_ms),
+            Bind::Int(m.to.timestamp_ms),
+        ]);
+    }
+    insert_rows(
+        tx,
+        "INSERT INTO meter_positions (meter_id, import_wh, export_wh, timestamp_ms, digest, slot)",
+        " ON CONFLICT (meter_id) DO UPDATE SET \
          import_wh = excluded.import_wh, export_wh = excluded.export_wh, \
          timestamp_ms = excluded.timestamp_ms, digest = excluded.digest, slot = excluded.slot",
+        positions,
     )
-    .bind(m.meter_id.as_str())
-    .bind(wh(m.to.import_wh)?)
-    .bind(wh(m.to.export_wh)?)
-    .bind(m.to.timestamp_ms)
-    .bind(m.to.digest.as_str())
-    .bind(i64_of(slot))
-    .execute(&mut **tx)
     .await?;
-    sqlx::query(
-        "INSERT INTO slot_deliveries (slot, meter_id, account_id, import_wh, export_wh, from_ms, to_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    insert_rows(
+        tx,
+        "INSERT INTO slot_deliveries (slot, meter_id, account_id, import_wh, export_wh, from_ms, to_ms)",
+        "",
+        deliveries,
     )
-    .bind(i64_of(slot))
-    .bind(m.meter_id.as_str())
-    .bind(i64::from(m.account.0))
-    .bind(wh(m.to.import_wh.saturating_sub(m.from.import_wh))?)
-    .bind(wh(m.to.export_wh.saturating_sub(m.from.export_wh))?)
-    .bind(m.from.timestamp_ms)
-    .bind(m.to.timestamp_ms)
-    .execute(&mut **tx)
     .await?;
+    Ok(())
+}
+
+/// A value bound into a multi-row statement.
+#[derive(Clone)]
+enum Bind {
+    Int(i64),
+    Text(String),
+}
+
+/// Runs `head VALUES (..), (..) tail` over `rows`, in statements of at most a few thousand
+/// bound values (below every supported database's limit): one round trip per chunk instead of
+/// one per row.
+async fn insert_rows<const WIDTH: usize>(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    head: &str,
+    tail: &str,
+    rows: Vec<[Bind; WIDTH]>,
+) -> Result<(), sqlx::Error> {
+    const MAX_BINDS: usize = 4_000;
+    for chunk in rows.chunks((MAX_BINDS / WIDTH.max(1)).max(1)) {
+        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * WIDTH * 6);
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        let mut n = 0usize;
+        for (i, _) in chunk.iter().enumerate() {
+            sql.push_str(if i == 0 { "(" } else { ", (" });
+            for c in 0..WIDTH {
+                n += 1;
+                if c > 0 {
+                    sql.push_str(", ");
+                }
+                sql.push('$');
+                sql.push_str(&n.to_string());
+            }
+            sql.push(')');
+        }
+        sql.push_str(tail);
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for row in chunk {
+            for v in row {
+                q = match v {
+                    Bind::Int(i) => q.bind(*i),
+                    Bind::Text(t) => q.bind(t.as_str()),
+                };
+            }
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 

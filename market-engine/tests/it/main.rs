@@ -24,6 +24,7 @@ mod money;
 mod outbox;
 mod privacy;
 mod roi;
+mod sharing;
 mod staking;
 mod storage;
 mod watcher;
@@ -183,10 +184,13 @@ pub(crate) struct Fixture {
 
 impl Fixture {
     pub(crate) async fn open(url: &str) -> Self {
+        Self::open_with(url, market_engine::market::MarketConfig::default()).await
+    }
+
+    /// As [`Fixture::open`], with the market rules `config`.
+    pub(crate) async fn open_with(url: &str, config: market_engine::market::MarketConfig) -> Self {
         let store = Store::open(url).await.unwrap();
-        let community = market_engine::market::MarketConfig::default()
-            .community()
-            .unwrap();
+        let community = config.community().unwrap();
         let market = std::sync::Arc::new(
             market_engine::market::Market::open(community, store.clone())
                 .await

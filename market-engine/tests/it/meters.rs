@@ -35,7 +35,7 @@ fn checker(keys: &KeyRegistry) -> Checker {
     }
 }
 
-fn check(
+pub(crate) fn check(
     keys: &KeyRegistry,
     signed: &SignedReading,
 ) -> Result<market_engine::ingest::Accepted, Rejection> {
@@ -51,7 +51,7 @@ fn check(
 
 /// A household signed up as a fresh `who`, with one meter of its own key approved at 4 kW:
 /// its account id, session, key and meter id.
-async fn home_with_meter(
+pub(crate) async fn home_with_meter(
     app: &axum::Router,
     store: &market_engine::store::Store,
     keys: &KeyRegistry,

@@ -27,7 +27,7 @@ export async function render(main) {
     const current = list[list.length - 1].settings;
     const inputs = {};
     const num$ = (name) => { inputs[name] = h('input', { type: 'number', min: 0, step: 1, required: true, value: current[name] }); return inputs[name]; };
-    const mech = h('select', {}, ['call', 'continuous', 'pay-as-offer'].map((m) => h('option', { value: m, selected: m === current.mechanism }, t(`mech_${m}`))));
+    const mech = h('select', {}, ['call', 'continuous', 'pay-as-offer', 'sharing'].map((m) => h('option', { value: m, selected: m === current.mechanism }, t(`mech_${m}`))));
     const rule = h('select', {}, ['k-factor', 'midpoint', 'marginal-bid', 'marginal-ask'].map((m) => h('option', { value: m, selected: m === current.price_rule }, t(`rule_${m}`))));
     const result = h('p', { id: 'settings-result', 'aria-live': 'polite' });
     const f = form({ id: 'settings-form' },

@@ -327,7 +327,7 @@ fn every_mechanism_through_the_slot_market() {
             40,
             5,
         );
-        community.mechanism = mechanism;
+        community.mechanism = mechanism.clone();
         let mut market = community.open_slot(super::SLOT).unwrap();
         let now = open_time(market.terms());
         let mut trades = market

@@ -320,7 +320,7 @@ fn depth_aggregates_open_energy_per_price_level_best_first() {
         Mechanism::CallAuction(PriceRule::default()),
     ] {
         let mut c = community.clone();
-        c.mechanism = mechanism;
+        c.mechanism = mechanism.clone();
         let mut market = c.open_slot(slot).unwrap();
         let o = |id, side, price, wh| {
             if side == Side::Buy {
