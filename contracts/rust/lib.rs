@@ -27,7 +27,8 @@ pub use chain::{
     Chain, ChainError, ChainExt, EmbeddedChain, Inclusion, RpcChain, TxOutcome, TxStatus,
 };
 pub use deploy::{
-    Deployment, P256VERIFY, REFERENCE_FEE_PER_KWH, StakingParams, p256_precompile_available,
+    Deployment, P256VERIFY, REFERENCE_FEE_PER_KWH, SettlementParams, StakingParams,
+    p256_precompile_available,
 };
 pub use settlement::{
     ChainSettlement, EmbeddedBackend, RpcBackend, SettlementBackend, SettlementReceipt,

@@ -6,7 +6,9 @@ use alloy::signers::local::PrivateKeySigner;
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::ChainExt;
 use gridshare_contracts::staking::{Sale, StakingClient, device_hash, text_id};
-use gridshare_contracts::{Chain, ChainError, Deployment, EmbeddedChain, RpcChain, StakingParams};
+use gridshare_contracts::{
+    Chain, ChainError, Deployment, EmbeddedChain, RpcChain, SettlementParams, StakingParams,
+};
 use gridshare_core::reading::{
     ClockSync, DeviceIdentity, KeyStatement, Measured, MeterId, MeterKey, PublicKey, Reading,
     SignedReading,
@@ -84,17 +86,23 @@ pub(crate) fn test_params(genesis: u64) -> StakingParams {
     }
 }
 
-/// The embedded chain with a clock that ignores the wall clock, for reproducible gas figures.
+/// The embedded chain with a clock that ignores the wall clock, for reproducible gas figures;
+/// the settlement contract's default allowance is 50 000 000 a day (50 at the gas report's six
+/// decimals, the standard default's 50 € in that unit).
 pub(crate) async fn embedded_fixed_clock() -> Env<EmbeddedChain> {
     // 2026-01-01T00:00:00Z
     let chain = EmbeddedChain::with_fixed_clock(1_767_225_600);
-    deploy(
+    deploy_with(
         chain,
         Address::repeat_byte(0xde),
         Address::repeat_byte(0x0e),
         None,
         None,
         test_params,
+        SettlementParams {
+            default_allowance: 50_000_000,
+            ..SettlementParams::standard()
+        },
     )
     .await
 }
@@ -131,6 +139,27 @@ async fn deploy<C: Chain>(
     serial: Option<tokio::sync::MutexGuard<'static, ()>>,
     params: fn(u64) -> StakingParams,
 ) -> Env<C> {
+    deploy_with(
+        chain,
+        deployer,
+        operator,
+        anvil,
+        serial,
+        params,
+        SettlementParams::standard(),
+    )
+    .await
+}
+
+async fn deploy_with<C: Chain>(
+    chain: C,
+    deployer: Address,
+    operator: Address,
+    anvil: Option<Anvil>,
+    serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+    params: fn(u64) -> StakingParams,
+    settlement: SettlementParams,
+) -> Env<C> {
     chain
         .prepare_account(deployer)
         .await
@@ -138,13 +167,14 @@ async fn deploy<C: Chain>(
     let now = chain.timestamp().await.expect("timestamp");
     // Epoch 0 starts a little after deployment, so stake placed right away is bonded for it.
     let params = params(now + GENESIS_DELAY_S);
-    let d = Deployment::deploy(
+    let d = Deployment::deploy_with(
         &chain,
         deployer,
         operator,
         None,
         tokens(1_000_000_000),
         &params,
+        &settlement,
     )
     .await
     .expect("deploy");
@@ -165,12 +195,17 @@ async fn deploy<C: Chain>(
 }
 
 impl<C: Chain> Env<C> {
-    /// Gives `who` gas money, `amount` of both tokens, and approvals for both contracts.
+    /// Gives `who` gas money, `amount` of both tokens, and approvals for both contracts, and
+    /// opens its settlement account (as its key would).
     pub(crate) async fn fund(&self, who: Address, amount: U256) {
         self.chain
             .prepare_account(who)
             .await
             .expect("prepare account");
+        self.chain
+            .transact(who, self.d.settlement, Settlement::openAccountCall {})
+            .await
+            .expect("open account");
         for token in [self.d.network_token, self.d.payment_token] {
             self.chain
                 .transact(

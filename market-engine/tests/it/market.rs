@@ -971,6 +971,7 @@ async fn settlers(
     if let Some(url) = node.as_ref().map(|n| n.url.clone()) {
         let (chain, d, treasury) = crate::outbox::deploy(&url).await;
         for (account, amount) in &settled.balances {
+            crate::outbox::open(&chain, &d, account_address(*account)).await;
             if *amount < 0 {
                 let amount = amount.unsigned_abs();
                 crate::outbox::deposit(&chain, &d, treasury, account_address(*account), amount)

@@ -57,7 +57,16 @@ pub(crate) async fn deploy(url: &str) -> (RpcChain, Deployment, Address) {
     (chain, d, operator)
 }
 
-/// Deposits `amount` into `account`'s settlement balance from the treasury.
+/// Opens `account` in the settlement contract as its key would (anvil impersonates it).
+pub(crate) async fn open(chain: &RpcChain, d: &Deployment, account: Address) {
+    chain.prepare_account(account).await.unwrap();
+    chain
+        .transact(account, d.settlement, Settlement::openAccountCall {})
+        .await
+        .unwrap();
+}
+
+/// Opens `account` and deposits `amount` into its settlement balance from the treasury.
 pub(crate) async fn deposit(
     chain: &RpcChain,
     d: &Deployment,
@@ -65,6 +74,7 @@ pub(crate) async fn deposit(
     account: Address,
     amount: u64,
 ) {
+    open(chain, d, account).await;
     chain
         .transact(
             from,
@@ -168,6 +178,7 @@ async fn a_batch_is_confirmed_only_by_a_receipt_deep_enough_across_restarts_drop
         let (chain, d, treasury) = deploy(url).await;
         let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
         deposit(&chain, &d, treasury, bob, 1_000).await;
+        open(&chain, &d, alice).await;
         let store = Store::open(&db).await.unwrap();
         let b1 = batch(1, alice, bob, 100);
         queue(&store, &b1).await;
@@ -267,7 +278,8 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
             Address::repeat_byte(0xc4),
         );
         deposit(&chain, &d, treasury, carol, 10).await;
-        // Bob has nothing on chain to pay with; carol's batch comes after his.
+        open(&chain, &d, alice).await;
+        // Bob never opened his account on chain; carol's batch comes after his.
         queue(&store, &batch(7, alice, bob, 100)).await;
         queue(&store, &batch(8, alice, carol, 10)).await;
         let s = std::sync::Arc::new(settler(&store, url, &d, 1).await);
@@ -276,12 +288,12 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
         assert_eq!(p.rejected, 1, "{db}");
         let refused = record(&store, 7).await;
         assert_eq!(refused.status, BatchStatus::Rejected, "{db}");
-        assert!(refused.retry, "{db}: a balance can be topped up");
+        assert!(refused.retry, "{db}: an account can be opened");
         assert!(
             refused
                 .last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("InsufficientBalance")),
+                .is_some_and(|e| e.contains("AccountNotOpened")),
             "{db}: {refused:?}"
         );
         let waiting = record(&store, 8).await;
@@ -305,7 +317,7 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
             "{db}: backs off"
         );
 
-        // Bob deposits; the operator re-sends at once instead of waiting out the backoff.
+        // Bob opens his account and deposits; the operator re-sends at once instead of waiting out the backoff.
         deposit(&chain, &d, treasury, bob, 100).await;
         let app = crate::market::api_with_settler(&store, &market, &keys, Some(s.clone()));
         let household = login(&app, &unique("household")).await;
