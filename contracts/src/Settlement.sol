@@ -85,6 +85,12 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         uint32 defaultPeriod;
     }
 
+    /// A governance change waiting out `governanceDelay`.
+    struct PendingChange {
+        address next;
+        uint64 readyAt;
+    }
+
     /// Running totals of one batch.
     struct Tally {
         uint256 debits;
@@ -121,13 +127,9 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     /// The community treasury account.
     address public treasury;
     /// Operator proposed by the owner, and when it may take over.
-    address public pendingOperator;
-    /// When `pendingOperator` may be activated.
-    uint64 public operatorReadyAt;
-    /// Treasury proposed by the owner.
-    address public pendingTreasury;
-    /// When `pendingTreasury` may be activated.
-    uint64 public treasuryReadyAt;
+    PendingChange public pendingOperator;
+    /// Treasury proposed by the owner, and when it may take over.
+    PendingChange public pendingTreasury;
     /// When the pending owner may accept ownership.
     uint64 public ownershipReadyAt;
 
@@ -236,22 +238,14 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
 
     /// Proposes a new operator key; it may be activated `governanceDelay` from now.
     function proposeOperator(address operator_) external onlyOwner {
-        if (operator_ == address(0)) revert ZeroAddress();
-        uint64 readyAt = uint64(block.timestamp + governanceDelay);
-        pendingOperator = operator_;
-        operatorReadyAt = readyAt;
-        emit OperatorChangeProposed(operator_, readyAt);
+        emit OperatorChangeProposed(operator_, _propose(pendingOperator, operator_));
     }
 
     /// Makes the proposed operator the operator once its delay has passed (anyone may call).
     function activateOperator() external {
-        address next = pendingOperator;
-        if (next == address(0)) revert NothingPending();
-        if (block.timestamp < operatorReadyAt) revert TooEarly(operatorReadyAt);
+        address next = _activate(pendingOperator);
         emit OperatorChanged(operator, next);
         operator = next;
-        delete pendingOperator;
-        delete operatorReadyAt;
     }
 
     /// Removes the operator at once (a leaked key): settlement stops, no money moves. Taking
@@ -263,21 +257,27 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
 
     /// Proposes a new treasury account; it may be activated `governanceDelay` from now.
     function proposeTreasury(address treasury_) external onlyOwner {
-        if (treasury_ == address(0)) revert ZeroAddress();
-        uint64 readyAt = uint64(block.timestamp + governanceDelay);
-        pendingTreasury = treasury_;
-        treasuryReadyAt = readyAt;
-        emit TreasuryChangeProposed(treasury_, readyAt);
+        emit TreasuryChangeProposed(treasury_, _propose(pendingTreasury, treasury_));
     }
 
     /// Makes the proposed treasury the treasury once its delay has passed (anyone may call).
     function activateTreasury() external {
-        address next = pendingTreasury;
+        _setTreasury(_activate(pendingTreasury));
+    }
+
+    function _propose(PendingChange storage change, address next) private returns (uint64 readyAt) {
+        if (next == address(0)) revert ZeroAddress();
+        readyAt = uint64(block.timestamp + governanceDelay);
+        change.next = next;
+        change.readyAt = readyAt;
+    }
+
+    function _activate(PendingChange storage change) private returns (address next) {
+        next = change.next;
         if (next == address(0)) revert NothingPending();
-        if (block.timestamp < treasuryReadyAt) revert TooEarly(treasuryReadyAt);
-        delete pendingTreasury;
-        delete treasuryReadyAt;
-        _setTreasury(next);
+        if (block.timestamp < change.readyAt) revert TooEarly(change.readyAt);
+        delete change.next;
+        delete change.readyAt;
     }
 
     /// Starts an ownership transfer; `newOwner` may accept `governanceDelay` from now.

@@ -131,31 +131,35 @@ async fn allow(env: &Env<EmbeddedChain>, h: Address) {
         .expect("allowance");
 }
 
-/// Households with 100 000 000 deposited each, on the default allowance.
-async fn fund_households(env: &Env<EmbeddedChain>, households: &[Address]) {
+/// Gives a household payment tokens and approves the settlement contract for them.
+async fn give_tokens(env: &Env<EmbeddedChain>, h: Address) {
+    env.chain
+        .transact(
+            env.deployer,
+            env.d.payment_token,
+            GridToken::transferCall {
+                to: h,
+                value: tokens(10),
+            },
+        )
+        .await
+        .expect("transfer");
+    env.chain
+        .transact(
+            h,
+            env.d.payment_token,
+            GridToken::approveCall {
+                spender: env.d.settlement,
+                value: U256::MAX,
+            },
+        )
+        .await
+        .expect("approve");
+}
+
+/// Each household deposits 100 000 000 (and stays on the default allowance).
+async fn deposit_each(env: &Env<EmbeddedChain>, households: &[Address]) {
     for h in households {
-        env.chain
-            .transact(
-                env.deployer,
-                env.d.payment_token,
-                GridToken::transferCall {
-                    to: *h,
-                    value: tokens(10),
-                },
-            )
-            .await
-            .expect("transfer");
-        env.chain
-            .transact(
-                *h,
-                env.d.payment_token,
-                GridToken::approveCall {
-                    spender: env.d.settlement,
-                    value: U256::MAX,
-                },
-            )
-            .await
-            .expect("approve");
         env.chain
             .transact(
                 *h,
@@ -199,7 +203,7 @@ async fn measure_settlement(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
             env.d.settlement,
             Settlement::openAccountForCall {
                 account: key.address(),
-                signature: open_signature(env, &key).await,
+                signature: env.open_signature(&key).await,
             },
         )
         .await
@@ -210,29 +214,7 @@ async fn measure_settlement(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
         note: "submitted by anyone, e.g. the engine for a custodial key without gas".into(),
     });
     for h in &households {
-        env.chain.prepare_account(*h).await.expect("prepare");
-        env.chain
-            .transact(
-                env.deployer,
-                env.d.payment_token,
-                GridToken::transferCall {
-                    to: *h,
-                    value: tokens(10),
-                },
-            )
-            .await
-            .expect("transfer");
-        env.chain
-            .transact(
-                *h,
-                env.d.payment_token,
-                GridToken::approveCall {
-                    spender: env.d.settlement,
-                    value: U256::MAX,
-                },
-            )
-            .await
-            .expect("approve");
+        give_tokens(env, *h).await;
     }
     let first = env
         .chain
@@ -250,18 +232,7 @@ async fn measure_settlement(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
         gas: first.gas_used,
         note: "opens the sender's account".into(),
     });
-    for h in &households[1..] {
-        env.chain
-            .transact(
-                *h,
-                env.d.settlement,
-                Settlement::depositCall {
-                    amount: U256::from(100_000_000u64),
-                },
-            )
-            .await
-            .expect("deposit");
-    }
+    deposit_each(env, &households[1..]).await;
     // The fee account has a balance already: it has been paid in earlier slots.
     let backend = ChainSettlement::new(&env.chain, env.d.settlement, env.operator);
     let warmup = slot(1, &households, fee_account, 100);
@@ -314,15 +285,7 @@ async fn measure_settlement(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
         gas: request.gas_used,
         note: "payable after the withdrawal delay (6 h by default)".into(),
     });
-    let delay = env
-        .chain
-        .view(env.d.settlement, Settlement::withdrawalDelayCall {})
-        .await
-        .expect("delay");
-    env.chain
-        .advance_time(u64::from(delay))
-        .await
-        .expect("advance");
+    env.pass_withdrawal_delay().await;
     let withdraw = env
         .chain
         .transact(households[1], env.d.settlement, Settlement::withdrawCall {})
@@ -409,42 +372,11 @@ async fn measure_settlement(env: &Env<EmbeddedChain>, rows: &mut Vec<Row>) {
 /// 100 funded households from `first` on (for the wide slot).
 async fn households_tail(env: &Env<EmbeddedChain>, first: u64) -> Vec<Address> {
     let funded = addresses(first, 100);
-    fund_households(env, &funded).await;
+    for h in &funded {
+        give_tokens(env, *h).await;
+    }
+    deposit_each(env, &funded).await;
     funded
-}
-
-/// `key`'s EIP-712 signature of `OpenAccount(key's address)` for this settlement contract.
-async fn open_signature(
-    env: &Env<EmbeddedChain>,
-    key: &alloy::signers::local::PrivateKeySigner,
-) -> Bytes {
-    use alloy::signers::SignerSync;
-    use alloy::sol_types::SolStruct;
-    alloy::sol! {
-        struct OpenAccount { address account; }
-    }
-    let domain = env
-        .chain
-        .view(env.d.settlement, Settlement::eip712DomainCall {})
-        .await
-        .expect("domain");
-    let domain = alloy::sol_types::Eip712Domain::new(
-        Some(domain.name.into()),
-        Some(domain.version.into()),
-        Some(domain.chainId),
-        Some(domain.verifyingContract),
-        None,
-    );
-    let digest = OpenAccount {
-        account: key.address(),
-    }
-    .eip712_signing_hash(&domain);
-    Bytes::from(
-        key.sign_hash_sync(&digest)
-            .expect("sign")
-            .as_bytes()
-            .to_vec(),
-    )
 }
 
 /// Gas figures of one operator's epoch, for the L2 cost goal.

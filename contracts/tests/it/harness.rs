@@ -234,6 +234,54 @@ impl<C: Chain> Env<C> {
         }
     }
 
+    /// Seconds between a withdrawal request (or a stricter allowance) and its effect.
+    pub(crate) async fn withdrawal_delay(&self) -> u64 {
+        u64::from(
+            self.chain
+                .view(self.d.settlement, Settlement::withdrawalDelayCall {})
+                .await
+                .expect("withdrawal delay"),
+        )
+    }
+
+    /// Moves the clock past the withdrawal delay.
+    pub(crate) async fn pass_withdrawal_delay(&self) {
+        let delay = self.withdrawal_delay().await;
+        self.chain.advance_time(delay).await.expect("advance");
+    }
+
+    /// `key`'s EIP-712 signature of `OpenAccount(key's address)` for this settlement contract,
+    /// as `openAccountFor` takes it.
+    pub(crate) async fn open_signature(&self, key: &PrivateKeySigner) -> Bytes {
+        use alloy::signers::SignerSync;
+        use alloy::sol_types::SolStruct;
+        alloy::sol! {
+            struct OpenAccount { address account; }
+        }
+        let domain = self
+            .chain
+            .view(self.d.settlement, Settlement::eip712DomainCall {})
+            .await
+            .expect("domain");
+        let domain = alloy::sol_types::Eip712Domain::new(
+            Some(domain.name.into()),
+            Some(domain.version.into()),
+            Some(domain.chainId),
+            Some(domain.verifyingContract),
+            None,
+        );
+        let digest = OpenAccount {
+            account: key.address(),
+        }
+        .eip712_signing_hash(&domain);
+        Bytes::from(
+            key.sign_hash_sync(&digest)
+                .expect("sign")
+                .as_bytes()
+                .to_vec(),
+        )
+    }
+
     pub(crate) async fn token_balance(&self, token: Address, who: Address) -> U256 {
         self.chain
             .view(token, GridToken::balanceOfCall { account: who })

@@ -7,9 +7,8 @@ use crate::harness::{Env, actor, revert_of, tokens};
 use crate::on_both_chains;
 use crate::settlement::{assert_conserved, balance, debt, deposit, pending, settle};
 use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
-use alloy::signers::SignerSync;
 use alloy::signers::local::PrivateKeySigner;
-use alloy::sol_types::{SolCall, SolEvent, SolStruct};
+use alloy::sol_types::{SolCall, SolEvent};
 use gridshare_contracts::bindings::Settlement;
 use gridshare_contracts::bindings::Settlement::SettlementErrors as E;
 use gridshare_contracts::chain::ChainExt;
@@ -60,15 +59,6 @@ async fn remaining<C: Chain>(env: &Env<C>, who: Address) -> U256 {
         .remaining
 }
 
-async fn withdrawal_delay<C: Chain>(env: &Env<C>) -> u64 {
-    u64::from(
-        env.chain
-            .view(env.d.settlement, Settlement::withdrawalDelayCall {})
-            .await
-            .expect("delay"),
-    )
-}
-
 /// The treasury (the deployer here) deposits `amount` so it can front shortfalls.
 async fn fund_treasury<C: Chain>(env: &Env<C>, amount: u64) {
     env.chain
@@ -96,10 +86,7 @@ async fn regression_operator_cannot_debit_beyond_the_allowance<C: Chain>(env: En
     deposit(&env, alice, U256::from(10_000_000u64)).await;
     set_allowance(&env, alice, 1_000, 86_400).await;
     // A stricter allowance takes effect after the withdrawal delay.
-    env.chain
-        .advance_time(withdrawal_delay(&env).await)
-        .await
-        .expect("advance");
+    env.pass_withdrawal_delay().await;
     assert_eq!(remaining(&env, alice).await, U256::from(1_000u64));
 
     let outcome = settle(&env, 1, &[(alice, -10_000_000), (mallory, 10_000_000)])
@@ -192,7 +179,7 @@ async fn regression_owner_cannot_replace_the_operator_and_drain_in_one_block<C: 
             .await
             .expect("delay"),
     );
-    assert!(delay > withdrawal_delay(&env).await);
+    assert!(delay > env.withdrawal_delay().await);
     env.chain.advance_time(delay).await.expect("advance");
     let activated = env
         .chain
@@ -280,10 +267,7 @@ async fn regression_a_withdrawal_ahead_of_the_batch_still_pays_the_seller<C: Cha
     assert_eq!(pending(&env, buyer).await, U256::from(400u64));
     assert_eq!(debt(&env, buyer).await, U256::ZERO);
 
-    env.chain
-        .advance_time(withdrawal_delay(&env).await)
-        .await
-        .expect("advance");
+    env.pass_withdrawal_delay().await;
     let before = env.token_balance(env.d.payment_token, buyer).await;
     env.chain
         .transact(buyer, s, Settlement::withdrawCall {})
@@ -485,10 +469,7 @@ async fn a_stricter_allowance_waits_a_looser_one_applies_at_once<C: Chain>(env: 
     set_allowance(&env, alice, 1_000, 86_400).await;
     // The engine has `withdrawalDelay` to stop accepting bids the lower allowance would not pay.
     assert_eq!(remaining(&env, alice).await, U256::from(default));
-    env.chain
-        .advance_time(withdrawal_delay(&env).await)
-        .await
-        .expect("advance");
+    env.pass_withdrawal_delay().await;
     assert_eq!(remaining(&env, alice).await, U256::from(1_000u64));
     set_allowance(&env, alice, 2_000, 3_600).await;
     assert_eq!(remaining(&env, alice).await, U256::from(2_000u64));
@@ -537,49 +518,25 @@ async fn an_uncovered_shortfall_cuts_the_credits_pro_rata<C: Chain>(env: Env<C>)
 /// A key without gas money (a custodial key of the engine, a fresh wallet) opens its account
 /// by signing `OpenAccount(account)` under the contract's EIP-712 domain; anyone submits it.
 async fn a_signature_opens_an_account<C: Chain>(env: Env<C>) {
-    alloy::sol! {
-        struct OpenAccount { address account; }
-    }
     let key = PrivateKeySigner::random();
     let other = PrivateKeySigner::random();
-    let domain = env
-        .chain
-        .view(env.d.settlement, Settlement::eip712DomainCall {})
-        .await
-        .expect("domain");
-    let domain = alloy::sol_types::Eip712Domain::new(
-        Some(domain.name.into()),
-        Some(domain.version.into()),
-        Some(domain.chainId),
-        Some(domain.verifyingContract),
-        None,
-    );
-    let digest = OpenAccount {
-        account: key.address(),
-    }
-    .eip712_signing_hash(&domain);
-    let forged = other.sign_hash_sync(&digest).expect("sign");
+    let open_for =
+        |account: Address, signature: Bytes| Settlement::openAccountForCall { account, signature };
+    // Another key's signature (of its own statement) does not open this account.
     let r = env
         .chain
         .transact(
             env.operator,
             env.d.settlement,
-            Settlement::openAccountForCall {
-                account: key.address(),
-                signature: Bytes::from(forged.as_bytes().to_vec()),
-            },
+            open_for(key.address(), env.open_signature(&other).await),
         )
         .await;
     assert!(matches!(revert_of::<E, _>(r), E::InvalidSignature(_)));
-    let signature = key.sign_hash_sync(&digest).expect("sign");
     env.chain
         .transact(
             env.operator,
             env.d.settlement,
-            Settlement::openAccountForCall {
-                account: key.address(),
-                signature: Bytes::from(signature.as_bytes().to_vec()),
-            },
+            open_for(key.address(), env.open_signature(&key).await),
         )
         .await
         .expect("open");

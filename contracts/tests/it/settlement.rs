@@ -222,15 +222,7 @@ async fn settles_a_slot_and_rejects_bad_batches<C: Chain>(env: Env<C>) {
         .transact(bob, env.d.settlement, Settlement::withdrawCall {})
         .await;
     assert!(matches!(revert_of::<E, _>(r), E::TooEarly(_)));
-    let delay = env
-        .chain
-        .view(env.d.settlement, Settlement::withdrawalDelayCall {})
-        .await
-        .expect("delay");
-    env.chain
-        .advance_time(u64::from(delay))
-        .await
-        .expect("advance");
+    env.pass_withdrawal_delay().await;
     let before = env.token_balance(env.d.payment_token, bob).await;
     env.chain
         .transact(bob, env.d.settlement, Settlement::withdrawCall {})
@@ -457,7 +449,7 @@ proptest! {
                 env.chain.view(s, Settlement::defaultAllowanceCall {}).await.expect("default").to::<u128>(),
                 u64::from(env.chain.view(s, Settlement::defaultPeriodCall {}).await.expect("period")),
             );
-            let delay = u64::from(env.chain.view(s, Settlement::withdrawalDelayCall {}).await.expect("delay"));
+            let delay = env.withdrawal_delay().await;
             let mut model = vec![Model::default(); N];
             let mut deposited: u128 = 0;
             let mut next_id = 1u64;
