@@ -346,3 +346,43 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
         assert_eq!(balance(&chain, &d, carol).await, U256::ZERO, "{db}");
     }
 }
+
+/// Regression (issue 14): one household without the money for its debit made the contract
+/// revert the slot's whole batch, the outbox held every later batch behind it, and nobody in
+/// the community was settled until that household paid. Now the batch settles: the household's
+/// shortfall is debt on chain, the treasury fronts it, and the next batch follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_empty_account_settles_as_debt_and_the_outbox_moves_on() {
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let store = Store::open(&db).await.unwrap();
+        let (chain, d, treasury) = deploy(url).await;
+        let (alice, empty, carol) = (
+            Address::repeat_byte(0xa1),
+            Address::repeat_byte(0xe0),
+            Address::repeat_byte(0xc4),
+        );
+        // The treasury (the deployer) can front the shortfall; the empty household has only
+        // opened its account.
+        deposit(&chain, &d, treasury, treasury, 1_000).await;
+        deposit(&chain, &d, treasury, carol, 10).await;
+        open(&chain, &d, alice).await;
+        open(&chain, &d, empty).await;
+        queue(&store, &batch(7, alice, empty, 100)).await;
+        queue(&store, &batch(8, alice, carol, 10)).await;
+        let s = settler(&store, url, &d, 1).await;
+        let now = now_ms();
+        confirm(&s, now, 2).await;
+        assert_eq!(balance(&chain, &d, alice).await, U256::from(110), "{db}");
+        let debt: U256 = chain
+            .view(d.settlement, Settlement::debtOfCall { account: empty })
+            .await
+            .unwrap();
+        assert_eq!(debt, U256::from(100), "{db}: the shortfall is public debt");
+        assert_eq!(balance(&chain, &d, treasury).await, U256::from(900), "{db}");
+    }
+}
