@@ -43,26 +43,28 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     using SafeERC20 for IERC20;
     using SafeCast for uint256;
 
-    /// One account's state, one storage word.
+    /// One account's state, one storage word: a batch reads and writes nothing else of an
+    /// account whose allowance change is not pending.
     struct Account {
         /// Available balance, payment-token units.
-        uint112 balance;
+        uint96 balance;
         /// Taken by batches (and debt collection) in the current allowance window.
-        uint96 spent;
+        uint80 spent;
         /// Start of the current allowance window (unix seconds).
-        uint40 windowStart;
-        /// `OPENED`, `INDEBTED`, `HAS_TERMS`.
+        uint32 windowStart;
+        /// `OPENED`, `INDEBTED`, `HAS_TERMS`, `HAS_NEXT`, and the period's index in `_PERIODS`
+        /// (bits 4 and 5).
         uint8 flags;
+        /// The account's own allowance is `mantissa × 10^exponent` per period.
+        uint32 mantissa;
+        uint8 exponent;
     }
 
-    /// An account's own allowance terms (one storage word): the current terms and, while a
-    /// stricter change waits out its delay, the next ones.
-    struct Terms {
+    /// Stricter allowance terms waiting out the withdrawal delay.
+    struct NextTerms {
         uint80 amount;
         uint32 period;
-        uint80 nextAmount;
-        uint32 nextPeriod;
-        uint32 nextAt;
+        uint32 effectiveAt;
     }
 
     /// A requested withdrawal: paid out from `readyAt` on; due debits are taken from it first.
@@ -104,10 +106,8 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     uint8 private constant OPENED = 1;
     uint8 private constant INDEBTED = 2;
     uint8 private constant HAS_TERMS = 4;
-    /// Shortest allowance period an account may set.
-    uint32 public constant MIN_PERIOD = 1 hours;
-    /// Longest allowance period an account may set.
-    uint32 public constant MAX_PERIOD = 366 days;
+    uint8 private constant HAS_NEXT = 8;
+    uint8 private constant PERIOD_SHIFT = 4;
     /// EIP-712 type of the statement by which a key opens its account.
     bytes32 public constant OPEN_ACCOUNT_TYPEHASH = keccak256("OpenAccount(address account)");
 
@@ -134,7 +134,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     uint64 public ownershipReadyAt;
 
     mapping(address account => Account) private _accounts;
-    mapping(address account => Terms) private _terms;
+    mapping(address account => NextTerms) private _nextTerms;
     /// Each account's requested withdrawal.
     mapping(address account => Withdrawal) public withdrawalOf;
     /// What each account owes (unpaid debits), collected from its next credits and deposits.
@@ -168,7 +168,8 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     error ZeroAmount();
     /// A zero address where a real one is needed.
     error ZeroAddress();
-    /// Allowance period outside [MIN_PERIOD, MAX_PERIOD].
+    /// An allowance period other than an hour, a day, a week or 30 days, or an amount that is
+    /// not `m × 10^e` with m < 2^32.
     error InvalidTerms(uint256 amount, uint256 period);
     /// Deployment parameters that cannot work (named).
     error InvalidConfig(string name);
@@ -223,7 +224,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         if (c.withdrawalDelay == 0) revert InvalidConfig("withdrawalDelay");
         // Households must be able to leave before a newly proposed operator acts.
         if (c.governanceDelay <= c.withdrawalDelay) revert InvalidConfig("governanceDelay");
-        if (c.defaultPeriod < MIN_PERIOD || c.defaultPeriod > MAX_PERIOD) revert InvalidConfig("defaultPeriod");
+        if (c.defaultPeriod < 1 hours || c.defaultPeriod > 30 days) revert InvalidConfig("defaultPeriod");
         paymentToken = token;
         withdrawalDelay = c.withdrawalDelay;
         governanceDelay = c.governanceDelay;
@@ -341,30 +342,31 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         return _accounts[account].balance;
     }
 
-    /// Sets how much the operator may take from the caller per `period` seconds. Looser terms
-    /// (no smaller amount, no longer period) apply at once; stricter ones after
+    /// Sets how much the operator may take from the caller per `period` seconds: an hour, a
+    /// day, a week or 30 days; `amount` is `m × 10^e` with m < 2^32 (any round figure). Looser
+    /// terms (no smaller amount, no longer period) apply at once; stricter ones after
     /// `withdrawalDelay`, so the engine learns of them before it accepts bids they would not
     /// pay for.
+    /// @dev Design: the terms live in the account's own storage word, packed, so a batch that
+    /// debits an account which set its own allowance reads no second slot.
     function setAllowance(uint80 amount, uint32 period) external {
-        if (period < MIN_PERIOD || period > MAX_PERIOD) revert InvalidTerms(amount, period);
-        Account storage a = _accounts[msg.sender];
-        (uint256 current, uint256 currentPeriod) = _termsOf(msg.sender, a.flags);
-        Terms memory t;
-        uint256 effectiveAt;
+        uint8 index = _periodIndex(period);
+        (uint32 mantissa, uint8 exponent) = _encode(amount);
+        if (index == type(uint8).max || exponent == type(uint8).max) revert InvalidTerms(amount, period);
+        Account memory a = _accounts[msg.sender];
+        _promote(msg.sender, a);
+        (uint256 current, uint256 currentPeriod) = _termsOf(msg.sender, a);
+        uint256 effectiveAt = block.timestamp;
         if (amount >= current && period <= currentPeriod) {
-            t.amount = amount;
-            t.period = period;
-            effectiveAt = block.timestamp;
+            a.mantissa = mantissa;
+            a.exponent = exponent;
+            a.flags = (a.flags & ~uint8(HAS_NEXT | (3 << PERIOD_SHIFT))) | HAS_TERMS | (index << PERIOD_SHIFT);
         } else {
-            t.amount = uint80(current);
-            t.period = uint32(currentPeriod);
-            t.nextAmount = amount;
-            t.nextPeriod = period;
-            t.nextAt = uint32(block.timestamp + withdrawalDelay);
-            effectiveAt = t.nextAt;
+            effectiveAt += withdrawalDelay;
+            _nextTerms[msg.sender] = NextTerms(amount, period, uint32(effectiveAt));
+            a.flags |= HAS_NEXT;
         }
-        _terms[msg.sender] = t;
-        a.flags |= HAS_TERMS;
+        _accounts[msg.sender] = a;
         emit AllowanceChanged(msg.sender, amount, period, effectiveAt);
     }
 
@@ -372,15 +374,56 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     /// current window.
     function allowanceOf(address account) external view returns (uint256 amount, uint256 period, uint256 remaining) {
         Account memory a = _accounts[account];
-        (amount, period) = _termsOf(account, a.flags);
+        (amount, period) = _termsOf(account, a);
         remaining = _remaining(a, amount, period);
     }
 
-    function _termsOf(address account, uint8 flags) private view returns (uint256, uint256) {
-        if (flags & HAS_TERMS == 0) return (defaultAllowance, defaultPeriod);
-        Terms memory t = _terms[account];
-        if (t.nextAt != 0 && block.timestamp >= t.nextAt) return (t.nextAmount, t.nextPeriod);
-        return (t.amount, t.period);
+    function _periodIndex(uint256 period) private pure returns (uint8) {
+        if (period == 1 hours) return 0;
+        if (period == 1 days) return 1;
+        if (period == 7 days) return 2;
+        if (period == 30 days) return 3;
+        return type(uint8).max;
+    }
+
+    function _periodOf(uint8 flags) private pure returns (uint256) {
+        uint256 index = (flags >> PERIOD_SHIFT) & 3;
+        if (index == 0) return 1 hours;
+        if (index == 1) return 1 days;
+        if (index == 2) return 7 days;
+        return 30 days;
+    }
+
+    /// `amount` as `mantissa × 10^exponent` with mantissa < 2^32; exponent 255: not exact.
+    function _encode(uint256 amount) private pure returns (uint32, uint8) {
+        uint8 exponent;
+        while (amount > type(uint32).max) {
+            if (amount % 10 != 0) return (0, type(uint8).max);
+            amount /= 10;
+            ++exponent;
+        }
+        return (uint32(amount), exponent);
+    }
+
+    /// Moves stricter terms whose delay has passed into the account word (in memory).
+    function _promote(address account, Account memory a) private view {
+        if (a.flags & HAS_NEXT == 0) return;
+        NextTerms memory n = _nextTerms[account];
+        if (block.timestamp < n.effectiveAt) return;
+        (uint32 mantissa, uint8 exponent) = _encode(n.amount);
+        a.mantissa = mantissa;
+        a.exponent = exponent;
+        a.flags = (a.flags & ~uint8(HAS_NEXT | (3 << PERIOD_SHIFT))) | HAS_TERMS
+            | (_periodIndex(n.period) << PERIOD_SHIFT);
+    }
+
+    function _termsOf(address account, Account memory a) private view returns (uint256, uint256) {
+        if (a.flags & HAS_NEXT != 0) {
+            NextTerms memory n = _nextTerms[account];
+            if (block.timestamp >= n.effectiveAt) return (n.amount, n.period);
+        }
+        if (a.flags & HAS_TERMS == 0) return (defaultAllowance, defaultPeriod);
+        return (uint256(a.mantissa) * 10 ** uint256(a.exponent), _periodOf(a.flags));
     }
 
     function _remaining(Account memory a, uint256 amount, uint256 period) private view returns (uint256) {
@@ -391,14 +434,15 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
     /// Takes up to `want` from `account`'s allowance (in memory); returns what it allows.
     function _spend(address account, Account memory a, uint256 want) private view returns (uint256 take) {
         if (want == 0) return 0;
-        (uint256 amount, uint256 period) = _termsOf(account, a.flags);
+        _promote(account, a);
+        (uint256 amount, uint256 period) = _termsOf(account, a);
         if (block.timestamp >= uint256(a.windowStart) + period) {
-            a.windowStart = uint40(block.timestamp);
+            a.windowStart = uint32(block.timestamp);
             a.spent = 0;
         }
         uint256 left = a.spent >= amount ? 0 : amount - a.spent;
         take = want < left ? want : left;
-        a.spent += uint96(take);
+        a.spent += uint80(take);
     }
 
     /// Collects up to `available` of `account`'s debt, within its allowance; the caller repays
@@ -448,7 +492,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         paymentToken.safeTransferFrom(from, address(this), amount);
         uint256 received = paymentToken.balanceOf(address(this)) - before;
         uint256 k = a.flags & INDEBTED != 0 ? _collect(account, a, received) : 0;
-        a.balance = (uint256(a.balance) + received - k).toUint112();
+        a.balance = (uint256(a.balance) + received - k).toUint96();
         _accounts[account] = a;
         totalBalances += received;
         emit Deposited(account, from, received);
@@ -463,7 +507,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         Account storage a = _accounts[msg.sender];
         uint256 balance = a.balance;
         if (balance < amount) revert InsufficientBalance(msg.sender, balance, amount);
-        a.balance = uint112(balance - amount);
+        a.balance = uint96(balance - amount);
         Withdrawal storage w = withdrawalOf[msg.sender];
         uint64 readyAt = uint64(block.timestamp + withdrawalDelay);
         w.amount = (uint256(w.amount) + amount).toUint128();
@@ -479,7 +523,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         if (amount == 0) revert NothingPending();
         delete withdrawalOf[msg.sender];
         Account storage a = _accounts[msg.sender];
-        a.balance = (uint256(a.balance) + amount).toUint112();
+        a.balance = (uint256(a.balance) + amount).toUint96();
         totalPendingWithdrawals -= amount;
         totalBalances += amount;
         emit WithdrawalCancelled(msg.sender, amount);
@@ -511,7 +555,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
 
     function _repayTreasury(uint256 k) private {
         Account storage t = _accounts[treasury];
-        t.balance = (uint256(t.balance) + k).toUint112();
+        t.balance = (uint256(t.balance) + k).toUint96();
     }
 
     // ---- settlement ----
@@ -601,7 +645,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         }
         uint256 taken = _spend(account, a, d < have ? d : have);
         uint256 fromBalance = taken < balance ? taken : balance;
-        a.balance = uint112(balance - fromBalance);
+        a.balance = uint96(balance - fromBalance);
         if (taken > fromBalance) {
             uint256 fromPending = taken - fromBalance;
             withdrawalOf[account].amount = uint128(pending - fromPending);
@@ -631,7 +675,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         address tr = treasury;
         Account memory a = _accounts[tr];
         uint256 fronted = _spend(tr, a, t.shortfall < a.balance ? t.shortfall : a.balance);
-        a.balance -= uint112(fronted);
+        a.balance -= uint96(fronted);
         _accounts[tr] = a;
         t.uncovered = t.shortfall - fronted;
         emit ShortfallCovered(batchId, t.shortfall, fronted, t.uncovered);
@@ -648,7 +692,7 @@ contract Settlement is Ownable2Step, ReentrancyGuardTransient, EIP712 {
         if (a.flags & OPENED == 0) revert AccountNotOpened(account);
         uint256 k = a.flags & INDEBTED != 0 ? _collect(account, a, c) : 0;
         t.repaid += k;
-        a.balance = (uint256(a.balance) + c - k).toUint112();
+        a.balance = (uint256(a.balance) + c - k).toUint96();
         _accounts[account] = a;
     }
 

@@ -485,6 +485,24 @@ async fn a_stricter_allowance_waits_a_looser_one_applies_at_once<C: Chain>(env: 
         )
         .await;
     assert!(matches!(revert_of::<E, _>(r), E::InvalidTerms(_)));
+    // An amount is a round figure m × 10^e with m < 2^32; 2^32 + 1 is not.
+    let r = env
+        .chain
+        .transact(
+            alice,
+            env.d.settlement,
+            Settlement::setAllowanceCall {
+                amount: alloy::primitives::Uint::<80, 2>::from(4_294_967_297u64),
+                period: 86_400,
+            },
+        )
+        .await;
+    assert!(matches!(revert_of::<E, _>(r), E::InvalidTerms(_)));
+    set_allowance(&env, alice, 5_000_000_000_000, 3_600).await;
+    assert_eq!(
+        remaining(&env, alice).await,
+        U256::from(5_000_000_000_000u64)
+    );
 }
 
 /// When the treasury cannot front a shortfall, the batch's credits carry it pro rata, rounded

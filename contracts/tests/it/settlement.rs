@@ -370,7 +370,7 @@ fn op() -> impl Strategy<Value = Op> {
         (0..N).prop_map(Op::Cancel),
         prop::collection::vec((0..N, 0..N, 1..3_000u64), 1..8).prop_map(Op::Batch),
         prop::collection::vec((0..N, 0..N, 1..3_000u64), 1..8).prop_map(Op::Batch),
-        (0..N, 0..6_000u64, prop::sample::select(vec![1u32, 24, 48]))
+        (0..N, 0..6_000u64, prop::sample::select(vec![1u32, 24, 168]))
             .prop_map(|(a, n, h)| Op::SetAllowance(a, n, h)),
         prop::sample::select(vec![600u64, 3_600, 6 * 3_600 + 1, 86_400]).prop_map(Op::Advance),
         Just(Op::Replay),
