@@ -172,7 +172,11 @@ impl ChainSettler {
             "embedded" => {
                 let chain = EmbeddedChain::open(&config.state_file)
                     .map_err(|e| format!("chain.state_file: {e}"))?;
-                let record_path = config.state_file.with_extension("deployment.json");
+                // v2: the Settlement of issue 14 (opened accounts, allowances, debt). A state
+                // file from before names a contract this engine cannot drive; the contracts are
+                // deployed again beside it on the same chain (a demo chain: its old balances
+                // stay in the old contract).
+                let record_path = config.state_file.with_extension("deployment-v2.json");
                 let record = match std::fs::read(&record_path) {
                     Ok(bytes) => serde_json::from_slice::<DeploymentRecord>(&bytes)
                         .map_err(|e| format!("{}: {e}", record_path.display()))?,
