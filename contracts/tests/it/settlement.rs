@@ -15,7 +15,8 @@ use proptest::prelude::*;
 
 on_both_chains!(
     settles_a_slot_and_rejects_bad_batches,
-    trades_prove_against_the_root
+    trades_prove_against_the_root,
+    a_permit_replaces_the_approval
 );
 
 pub(crate) fn delta(account: Address, amount: i128) -> NetDelta {
@@ -339,6 +340,97 @@ async fn trades_prove_against_the_root<C: Chain>(env: Env<C>) {
         amount: U256::from(1u64),
     };
     assert!(!verify(9, &forged, tree.proof(0).expect("proof")).await);
+}
+
+/// A household deposits with an EIP-2612 permit instead of a prior approval transaction; a
+/// permit copied from the mempool and used first does not make the deposit fail.
+async fn a_permit_replaces_the_approval<C: Chain>(env: Env<C>) {
+    use alloy::signers::SignerSync;
+    use alloy::sol_types::SolStruct;
+    alloy::sol! {
+        struct Permit { address owner; address spender; uint256 value; uint256 nonce; uint256 deadline; }
+    }
+    let key = alloy::signers::local::PrivateKeySigner::random();
+    let owner = key.address();
+    env.chain.prepare_account(owner).await.expect("prepare");
+    env.chain
+        .transact(
+            env.deployer,
+            env.d.payment_token,
+            GridToken::transferCall {
+                to: owner,
+                value: U256::from(5_000u64),
+            },
+        )
+        .await
+        .expect("transfer");
+    let domain = env
+        .chain
+        .view(env.d.payment_token, GridToken::eip712DomainCall {})
+        .await
+        .expect("domain");
+    let domain = alloy::sol_types::Eip712Domain::new(
+        Some(domain.name.into()),
+        Some(domain.version.into()),
+        Some(domain.chainId),
+        Some(domain.verifyingContract),
+        None,
+    );
+    let deadline = U256::from(env.chain.timestamp().await.expect("now") + 3_600);
+    let deposit = |value: u64, nonce: u64| {
+        let permit = Permit {
+            owner,
+            spender: env.d.settlement,
+            value: U256::from(value),
+            nonce: U256::from(nonce),
+            deadline,
+        };
+        let sig = key
+            .sign_hash_sync(&permit.eip712_signing_hash(&domain))
+            .expect("sign");
+        Settlement::depositWithPermitCall {
+            amount: U256::from(value),
+            deadline,
+            v: 27 + u8::from(sig.v()),
+            r: sig.r().into(),
+            s: sig.s().into(),
+        }
+    };
+    // No approval transaction: the contract uses the permit.
+    env.chain
+        .transact(owner, env.d.settlement, deposit(1_000, 0))
+        .await
+        .expect("deposit with permit");
+    assert_eq!(balance(&env, owner).await, U256::from(1_000u64));
+    // Someone front-runs the next permit itself: the allowance is there, the deposit works.
+    let call = deposit(2_000, 1);
+    env.chain
+        .transact(
+            env.deployer,
+            env.d.payment_token,
+            GridToken::permitCall {
+                owner,
+                spender: env.d.settlement,
+                value: call.amount,
+                deadline,
+                v: call.v,
+                r: call.r,
+                s: call.s,
+            },
+        )
+        .await
+        .expect("permit");
+    env.chain
+        .transact(owner, env.d.settlement, call)
+        .await
+        .expect("deposit after a front-run permit");
+    assert_eq!(balance(&env, owner).await, U256::from(3_000u64));
+    assert!(
+        env.chain
+            .view(env.d.settlement, Settlement::isOpenCall { account: owner })
+            .await
+            .expect("isOpen")
+    );
 }
 
 /// One step of the settlement property test.
