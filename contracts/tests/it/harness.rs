@@ -250,6 +250,23 @@ impl<C: Chain> Env<C> {
         self.chain.advance_time(delay).await.expect("advance");
     }
 
+    /// The EIP-712 domain `contract` declares (EIP-5267 `eip712Domain`).
+    pub(crate) async fn eip712_domain(&self, contract: Address) -> alloy::sol_types::Eip712Domain {
+        // The same function in every OpenZeppelin EIP712 contract; GridToken's binding serves.
+        let d = self
+            .chain
+            .view(contract, GridToken::eip712DomainCall {})
+            .await
+            .expect("eip712Domain");
+        alloy::sol_types::Eip712Domain::new(
+            Some(d.name.into()),
+            Some(d.version.into()),
+            Some(d.chainId),
+            Some(d.verifyingContract),
+            None,
+        )
+    }
+
     /// `key`'s EIP-712 signature of `OpenAccount(key's address)` for this settlement contract,
     /// as `openAccountFor` takes it.
     pub(crate) async fn open_signature(&self, key: &PrivateKeySigner) -> Bytes {
@@ -258,18 +275,7 @@ impl<C: Chain> Env<C> {
         alloy::sol! {
             struct OpenAccount { address account; }
         }
-        let domain = self
-            .chain
-            .view(self.d.settlement, Settlement::eip712DomainCall {})
-            .await
-            .expect("domain");
-        let domain = alloy::sol_types::Eip712Domain::new(
-            Some(domain.name.into()),
-            Some(domain.version.into()),
-            Some(domain.chainId),
-            Some(domain.verifyingContract),
-            None,
-        );
+        let domain = self.eip712_domain(self.d.settlement).await;
         let digest = OpenAccount {
             account: key.address(),
         }

@@ -34,7 +34,12 @@ fn events<T: SolEvent>(outcome: &TxOutcome) -> Vec<T> {
         .collect()
 }
 
-async fn set_allowance<C: Chain>(env: &Env<C>, who: Address, amount: u64, period: u32) {
+async fn try_allowance<C: Chain>(
+    env: &Env<C>,
+    who: Address,
+    amount: u64,
+    period: u32,
+) -> Result<TxOutcome, gridshare_contracts::ChainError> {
     env.chain
         .transact(
             who,
@@ -44,6 +49,11 @@ async fn set_allowance<C: Chain>(env: &Env<C>, who: Address, amount: u64, period
                 period,
             },
         )
+        .await
+}
+
+async fn set_allowance<C: Chain>(env: &Env<C>, who: Address, amount: u64, period: u32) {
+    try_allowance(env, who, amount, period)
         .await
         .expect("set allowance");
 }
@@ -473,30 +483,10 @@ async fn a_stricter_allowance_waits_a_looser_one_applies_at_once<C: Chain>(env: 
     assert_eq!(remaining(&env, alice).await, U256::from(1_000u64));
     set_allowance(&env, alice, 2_000, 3_600).await;
     assert_eq!(remaining(&env, alice).await, U256::from(2_000u64));
-    let r = env
-        .chain
-        .transact(
-            alice,
-            env.d.settlement,
-            Settlement::setAllowanceCall {
-                amount: alloy::primitives::Uint::<80, 2>::from(1u64),
-                period: 60,
-            },
-        )
-        .await;
+    let r = try_allowance(&env, alice, 1, 60).await;
     assert!(matches!(revert_of::<E, _>(r), E::InvalidTerms(_)));
     // An amount is a round figure m × 10^e with m < 2^32; 2^32 + 1 is not.
-    let r = env
-        .chain
-        .transact(
-            alice,
-            env.d.settlement,
-            Settlement::setAllowanceCall {
-                amount: alloy::primitives::Uint::<80, 2>::from(4_294_967_297u64),
-                period: 86_400,
-            },
-        )
-        .await;
+    let r = try_allowance(&env, alice, 4_294_967_297, 86_400).await;
     assert!(matches!(revert_of::<E, _>(r), E::InvalidTerms(_)));
     set_allowance(&env, alice, 5_000_000_000_000, 3_600).await;
     assert_eq!(

@@ -364,18 +364,7 @@ async fn a_permit_replaces_the_approval<C: Chain>(env: Env<C>) {
         )
         .await
         .expect("transfer");
-    let domain = env
-        .chain
-        .view(env.d.payment_token, GridToken::eip712DomainCall {})
-        .await
-        .expect("domain");
-    let domain = alloy::sol_types::Eip712Domain::new(
-        Some(domain.name.into()),
-        Some(domain.version.into()),
-        Some(domain.chainId),
-        Some(domain.verifyingContract),
-        None,
-    );
+    let domain = env.eip712_domain(env.d.payment_token).await;
     let deadline = U256::from(env.chain.timestamp().await.expect("now") + 3_600);
     let deposit = |value: u64, nonce: u64| {
         let permit = Permit {
