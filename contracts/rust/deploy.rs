@@ -111,7 +111,36 @@ impl SettlementParams {
         }
     }
 
+    /// Why the contract would refuse these parameters (it checks them too, `InvalidConfig`);
+    /// checking first costs no transaction.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.withdrawal_delay == 0 {
+            return Err("the withdrawal delay must be at least a second".into());
+        }
+        if self.governance_delay <= self.withdrawal_delay {
+            return Err(format!(
+                "the governance delay ({} s) must be longer than the withdrawal delay ({} s), so \
+                 households can leave before a new operator key acts",
+                self.governance_delay, self.withdrawal_delay
+            ));
+        }
+        if !(3_600..=30 * 86_400).contains(&self.default_period) {
+            return Err(format!(
+                "the default allowance period ({} s) must be between an hour and 30 days",
+                self.default_period
+            ));
+        }
+        if self.default_allowance >= 1 << 80 {
+            return Err(format!(
+                "the default allowance {} does not fit the contract's uint80",
+                self.default_allowance
+            ));
+        }
+        Ok(())
+    }
+
     fn config(&self, deployer: Address) -> Result<Settlement::Config, ChainError> {
+        self.validate().map_err(ChainError::Protocol)?;
         let default_allowance = alloy::primitives::Uint::<80, 2>::try_from(self.default_allowance)
             .map_err(|_| {
                 ChainError::Protocol(format!(
@@ -273,4 +302,34 @@ pub async fn p256_precompile_available<C: Chain>(chain: &C) -> Result<bool, Chai
         .call(Address::ZERO, P256VERIFY, Bytes::from_static(&P256_PROBE))
         .await?;
     Ok(out.len() == 32 && out[31] == 1 && out[..31].iter().all(|b| *b == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settlement_parameters_that_cannot_work_are_refused_before_deploying() {
+        assert_eq!(SettlementParams::standard().validate(), Ok(()));
+        let swapped = SettlementParams {
+            withdrawal_delay: 7_200,
+            governance_delay: 3_600,
+            ..SettlementParams::standard()
+        };
+        assert!(
+            swapped
+                .validate()
+                .is_err_and(|e| e.contains("longer than the withdrawal delay"))
+        );
+        let minute = SettlementParams {
+            default_period: 60,
+            ..SettlementParams::standard()
+        };
+        assert!(minute.validate().is_err());
+        let huge = SettlementParams {
+            default_allowance: 1 << 80,
+            ..SettlementParams::standard()
+        };
+        assert!(huge.validate().is_err());
+    }
 }

@@ -121,6 +121,9 @@ async fn deploy<C: Chain>(
         default_allowance: args.default_allowance,
         ..SettlementParams::standard()
     };
+    if let Err(reason) = settlement.validate() {
+        bail!("{reason}");
+    }
     Ok(Deployment::deploy_with(
         chain,
         deployer,
