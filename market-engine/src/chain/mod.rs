@@ -17,6 +17,7 @@
 //! household opens it.
 
 pub mod outbox;
+pub mod verify;
 
 use std::path::PathBuf;
 

@@ -386,3 +386,98 @@ async fn one_empty_account_settles_as_debt_and_the_outbox_moves_on() {
         assert_eq!(balance(&chain, &d, treasury).await, U256::from(900), "{db}");
     }
 }
+
+/// `market-engine verify-trade` (issue 14): a household's saved proof document checks out
+/// against a plain JSON-RPC node — the leaf rebuilt from the trade's fields, off chain and by
+/// the contract's `verifyTrade` — and a trade with another amount does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_trade_checks_a_proof_document_against_the_node() {
+    use gridshare_contracts::batch::{MerkleTree, TradeLeaf};
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let (chain, d, treasury) = deploy(url).await;
+    let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
+    deposit(&chain, &d, treasury, alice, 1_000).await;
+    open(&chain, &d, bob).await;
+    let trades = [(500u64, 120u64), (300, 80)];
+    let leaves = trades
+        .iter()
+        .map(|(wh, amount)| {
+            TradeLeaf::Trade {
+                batch_id: 42,
+                buyer: alice,
+                seller: bob,
+                energy_wh: *wh,
+                amount: U256::from(*amount),
+            }
+            .hash()
+        })
+        .collect();
+    let tree = MerkleTree::new(leaves).unwrap();
+    let b = SettlementBatch::new(
+        42,
+        tree.root(),
+        [
+            NetDelta {
+                account: alice,
+                amount: -200,
+            },
+            NetDelta {
+                account: bob,
+                amount: 200,
+            },
+        ],
+    )
+    .unwrap();
+    chain
+        .transact(
+            treasury,
+            d.settlement,
+            Settlement::settleCall {
+                batchId: 42,
+                root: b.root,
+                deltas: b.packed_deltas(),
+            },
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |first_amount: u64| {
+        let doc = json!({
+            "slot": 42,
+            "batch_id": 42,
+            "trades": trades.iter().enumerate().map(|(i, (wh, amount))| json!({
+                "buyer": alice,
+                "seller": bob,
+                "energy_wh": wh,
+                "amount": if i == 0 { first_amount } else { *amount }.to_string(),
+                "proof": tree.proof(i).unwrap(),
+            })).collect::<Vec<_>>(),
+        });
+        let path = dir.path().join(format!("proof-{first_amount}.json"));
+        std::fs::write(&path, doc.to_string()).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_market-engine"))
+            .args(["verify-trade", "--rpc-url", url, "--settlement"])
+            .arg(d.settlement.to_string())
+            .arg("--proof")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let good = run(120);
+    assert!(good.status.success(), "{good:?}");
+    let out: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    for t in out["trades"].as_array().unwrap() {
+        assert_eq!(
+            (t["on_chain"].clone(), t["off_chain"].clone()),
+            (json!(true), json!(true)),
+            "{out}"
+        );
+    }
+    let forged = run(1);
+    assert!(!forged.status.success());
+    let err = String::from_utf8_lossy(&forged.stderr);
+    assert!(err.contains("1 of 2 trades do not verify"), "{err}");
+}
