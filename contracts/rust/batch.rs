@@ -149,10 +149,11 @@ pub struct SlotSales {
 }
 
 /// What a leaf of a slot's Merkle tree commits to; mirrors `Settlement.tradeLeaf` and
-/// `Settlement.readingLeaf`.
+/// `Settlement.readingLeaf`, and what `Settlement.verifyTrade` / `verifyReading` rebuild.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TradeLeaf {
-    /// A matched trade: the buyer paid `amount` (fees excluded) for `energy_wh`.
+    /// A matched trade: the buyer paid `amount` for `energy_wh`, fees included (the engine's
+    /// `buyer_pays`; the seller received it less the trade's fees).
     Trade {
         /// Batch (slot) the trade settles in.
         batch_id: u64,
@@ -162,7 +163,7 @@ pub enum TradeLeaf {
         seller: Address,
         /// Energy traded, Wh.
         energy_wh: u64,
-        /// Price paid, payment-token units.
+        /// What the buyer paid, fees included, payment-token units.
         amount: U256,
     },
     /// A signed reading the slot's delivery check relied on.

@@ -75,6 +75,95 @@ impl StakingParams {
     }
 }
 
+/// Parameters of `Settlement`, fixed at deployment (the treasury can be changed later through
+/// the owner's timelock).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SettlementParams {
+    /// The community treasury account: fronts what debtors cannot pay, is repaid from their
+    /// debt; `None`: the deployer.
+    pub treasury: Option<Address>,
+    /// Seconds between a withdrawal request (or a stricter allowance) and its effect; longer
+    /// than the engine's settlement latency.
+    pub withdrawal_delay: u32,
+    /// Seconds between proposing a new operator, treasury or owner and its effect; longer
+    /// than `withdrawal_delay`, so households can leave before a new operator key acts.
+    pub governance_delay: u32,
+    /// Operator allowance of an account that never set one, payment-token units per
+    /// `default_period`.
+    pub default_allowance: u128,
+    /// Seconds.
+    pub default_period: u32,
+}
+
+impl SettlementParams {
+    /// Withdrawals after 6 hours (a slot settles within about 30 minutes of its end, retries
+    /// included), governance changes after 3 days, and a default allowance of 5 000 000 units a
+    /// day: 50 € at the engine's unit of 1/1 000 cent (`retail_per_kwh = 30000` is 0.30 €), five
+    /// times a large household's daily consumption bought entirely at the retail tariff.
+    /// Deploying for a token with another unit, pass `--default-allowance`.
+    pub const fn standard() -> Self {
+        Self {
+            treasury: None,
+            withdrawal_delay: 6 * 3_600,
+            governance_delay: 3 * 86_400,
+            default_allowance: 5_000_000,
+            default_period: 86_400,
+        }
+    }
+
+    /// Why the contract would refuse these parameters (it checks them too, `InvalidConfig`);
+    /// checking first costs no transaction.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.withdrawal_delay == 0 {
+            return Err("the withdrawal delay must be at least a second".into());
+        }
+        if self.governance_delay <= self.withdrawal_delay {
+            return Err(format!(
+                "the governance delay ({} s) must be longer than the withdrawal delay ({} s), so \
+                 households can leave before a new operator key acts",
+                self.governance_delay, self.withdrawal_delay
+            ));
+        }
+        if !(3_600..=30 * 86_400).contains(&self.default_period) {
+            return Err(format!(
+                "the default allowance period ({} s) must be between an hour and 30 days",
+                self.default_period
+            ));
+        }
+        if self.default_allowance >= 1 << 80 {
+            return Err(format!(
+                "the default allowance {} does not fit the contract's uint80",
+                self.default_allowance
+            ));
+        }
+        Ok(())
+    }
+
+    fn config(&self, deployer: Address) -> Result<Settlement::Config, ChainError> {
+        self.validate().map_err(ChainError::Protocol)?;
+        let default_allowance = alloy::primitives::Uint::<80, 2>::try_from(self.default_allowance)
+            .map_err(|_| {
+                ChainError::Protocol(format!(
+                    "default allowance {} does not fit the contract's uint80",
+                    self.default_allowance
+                ))
+            })?;
+        Ok(Settlement::Config {
+            treasury: self.treasury.unwrap_or(deployer),
+            withdrawalDelay: self.withdrawal_delay,
+            governanceDelay: self.governance_delay,
+            defaultAllowance: default_allowance,
+            defaultPeriod: self.default_period,
+        })
+    }
+}
+
+impl Default for SettlementParams {
+    fn default() -> Self {
+        Self::standard()
+    }
+}
+
 /// The market engine's default grid fee per kWh traded, in payment-token units
 /// (`grid_fee_per_kwh` in `market-engine.toml`): the reference against which
 /// [`StakingParams::daily`]'s reward ceiling is set.
@@ -96,7 +185,7 @@ pub struct Deployment {
 impl Deployment {
     /// Deploys everything from `deployer`, who becomes the owner of settlement and staking
     /// (it appoints the verifiers), the treasury, and receives the network token's whole
-    /// `supply`; settlement credits its local sales to the staking contract. `payment_token` is an existing ERC-20 (a stablecoin on
+    /// `supply`; settlement has [`SettlementParams::standard`] and credits its local sales to the staking contract. `payment_token` is an existing ERC-20 (a stablecoin on
     /// a real chain); `None` deploys a second `GridToken` with the same supply as a stand-in,
     /// for demos and tests.
     pub async fn deploy<C: Chain>(
@@ -106,6 +195,28 @@ impl Deployment {
         payment_token: Option<Address>,
         supply: U256,
         params: &StakingParams,
+    ) -> Result<Self, ChainError> {
+        Self::deploy_with(
+            chain,
+            deployer,
+            operator,
+            payment_token,
+            supply,
+            params,
+            &SettlementParams::standard(),
+        )
+        .await
+    }
+
+    /// [`Deployment::deploy`] with the settlement contract's own parameters.
+    pub async fn deploy_with<C: Chain>(
+        chain: &C,
+        deployer: Address,
+        operator: Address,
+        payment_token: Option<Address>,
+        supply: U256,
+        params: &StakingParams,
+        settlement_params: &SettlementParams,
     ) -> Result<Self, ChainError> {
         let token_args = GridToken::constructorCall {
             treasury: deployer,
@@ -125,6 +236,7 @@ impl Deployment {
                 token: payment_token,
                 owner_: deployer,
                 operator_: operator,
+                c: settlement_params.config(deployer)?,
             },
         )
         .await?;
@@ -190,4 +302,34 @@ pub async fn p256_precompile_available<C: Chain>(chain: &C) -> Result<bool, Chai
         .call(Address::ZERO, P256VERIFY, Bytes::from_static(&P256_PROBE))
         .await?;
     Ok(out.len() == 32 && out[31] == 1 && out[..31].iter().all(|b| *b == 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settlement_parameters_that_cannot_work_are_refused_before_deploying() {
+        assert_eq!(SettlementParams::standard().validate(), Ok(()));
+        let swapped = SettlementParams {
+            withdrawal_delay: 7_200,
+            governance_delay: 3_600,
+            ..SettlementParams::standard()
+        };
+        assert!(
+            swapped
+                .validate()
+                .is_err_and(|e| e.contains("longer than the withdrawal delay"))
+        );
+        let minute = SettlementParams {
+            default_period: 60,
+            ..SettlementParams::standard()
+        };
+        assert!(minute.validate().is_err());
+        let huge = SettlementParams {
+            default_allowance: 1 << 80,
+            ..SettlementParams::standard()
+        };
+        assert!(huge.validate().is_err());
+    }
 }

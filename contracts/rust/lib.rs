@@ -10,6 +10,8 @@
 //!   once over any [`Chain`]; [`EmbeddedBackend`] and [`RpcBackend`] are its two backends.
 //! - [`batch`]: a slot's net deltas and the Merkle tree of its trades and readings.
 //! - [`deploy`]: deploys the token, settlement and staking contracts on any [`Chain`].
+//! - [`household`]: [`SettlementClient`], the calls households and the owner make to
+//!   `Settlement` with their own keys.
 //! - [`staking`]: [`StakingClient`], every call an operator, a verifier or a watcher makes to
 //!   `MeterStaking`.
 
@@ -17,6 +19,7 @@ pub mod batch;
 pub mod bindings;
 pub mod chain;
 pub mod deploy;
+pub mod household;
 pub mod settlement;
 pub mod staking;
 
@@ -27,8 +30,10 @@ pub use chain::{
     Chain, ChainError, ChainExt, EmbeddedChain, Inclusion, RpcChain, TxOutcome, TxStatus,
 };
 pub use deploy::{
-    Deployment, P256VERIFY, REFERENCE_FEE_PER_KWH, StakingParams, p256_precompile_available,
+    Deployment, P256VERIFY, REFERENCE_FEE_PER_KWH, SettlementParams, StakingParams,
+    p256_precompile_available,
 };
+pub use household::{AccountStatus, SettlementClient};
 pub use settlement::{
     ChainSettlement, EmbeddedBackend, RpcBackend, SettlementBackend, SettlementReceipt,
 };

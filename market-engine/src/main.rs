@@ -64,6 +64,21 @@ enum Command {
         #[command(subcommand)]
         action: SettlementAction,
     },
+    /// Check my trades against the chain: rebuild each trade's leaf from its fields in a proof
+    /// document (`GET /api/v1/my/settlements/{slot}/proof`, saved to a file), fold it onto the
+    /// root the Settlement contract holds and ask the contract's `verifyTrade`. Exits with an
+    /// error unless every trade verifies both ways.
+    VerifyTrade {
+        /// Any JSON-RPC node of the chain.
+        #[arg(long, env = "GRIDSHARE_RPC_URL")]
+        rpc_url: String,
+        /// The Settlement contract.
+        #[arg(long, env = "GRIDSHARE_SETTLEMENT")]
+        settlement: alloy::primitives::Address,
+        /// The proof document (JSON).
+        #[arg(long)]
+        proof: PathBuf,
+    },
     /// The engine plus a simulated neighbourhood (simulated inverters read by real meter
     /// agents, each home trading its forecast surplus or need), in 15-second slots of
     /// accelerated time.
@@ -128,6 +143,37 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Config => print!("{DEFAULT_CONFIG}"),
+        Command::VerifyTrade {
+            rpc_url,
+            settlement,
+            proof,
+        } => {
+            use market_engine::chain::verify::{ProofDocument, verify_trades};
+            let text = std::fs::read_to_string(&proof)
+                .map_err(|e| anyhow::anyhow!("--proof {}: {e}", proof.display()))?;
+            let doc: ProofDocument = serde_json::from_str(&text)
+                .map_err(|e| anyhow::anyhow!("--proof {}: {e}", proof.display()))?;
+            let chain = gridshare_contracts::chain::RpcChain::connect(&rpc_url, None)
+                .map_err(|e| anyhow::anyhow!("--rpc-url: {e}"))?;
+            let checks = verify_trades(&chain, settlement, &doc)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+            println!(
+                "{}",
+                serde_json::json!({"batch_id": doc.batch_id, "trades": checks})
+            );
+            let failed = checks
+                .iter()
+                .filter(|c| !(c.on_chain && c.off_chain))
+                .count();
+            if failed > 0 {
+                anyhow::bail!(
+                    "{failed} of {} trades do not verify against batch {}'s root on chain",
+                    checks.len(),
+                    doc.batch_id
+                );
+            }
+        }
         Command::Operator {
             config,
             database_url,

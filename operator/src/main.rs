@@ -1,5 +1,6 @@
 //! `gridshare`: a meter operator's, a verifier's and a watcher's command line for the Gridshare
-//! staking contract, on a JSON-RPC chain or an embedded chain state file.
+//! staking contract, and a household's and the owner's for the settlement contract (`account`,
+//! `operator`), on a JSON-RPC chain or an embedded chain state file.
 //!
 //! Every command prints one JSON object on success and a reason on failure (a contract's
 //! refusal is named, e.g. `NotVested`). An account key is read from an environment variable,
@@ -10,6 +11,7 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
 use gridshare_contracts::chain::{Chain, EmbeddedChain, RpcChain};
+use gridshare_contracts::household::{self, SettlementClient};
 use gridshare_contracts::staking::{StakingClient, describe, device_hash, text_id};
 use gridshare_core::mqtt::{BrokerUrl, DEFAULT_TOPIC_PREFIX};
 use gridshare_core::reading::{PublicKey, SignedReading};
@@ -38,6 +40,10 @@ struct Cli {
     /// Address of the MeterStaking contract (`staking` in gridshare-deploy's output).
     #[arg(long, global = true, env = "GRIDSHARE_STAKING")]
     staking: Option<Address>,
+    /// Address of the Settlement contract (`settlement` in gridshare-deploy's output), for
+    /// `account` and `operator`.
+    #[arg(long, global = true, env = "GRIDSHARE_SETTLEMENT")]
+    settlement: Option<Address>,
     /// Environment variable holding the account's hex private key (JSON-RPC).
     #[arg(long, global = true, default_value = "GRIDSHARE_ACCOUNT_KEY")]
     key_env: String,
@@ -50,6 +56,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Household: this account in the Settlement contract (amounts in the payment token's
+    /// smallest unit).
+    Account {
+        #[command(subcommand)]
+        action: AccountAction,
+    },
+    /// Settlement owner: propose, activate or revoke the operator key.
+    Operator {
+        #[command(subcommand)]
+        action: OperatorAction,
+    },
     /// Register a meter for this account, signed by the meter's key (`meter-agent keygen`).
     Register {
         /// Meter id, as the agent's readings carry it.
@@ -173,6 +190,65 @@ enum Command {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum AccountAction {
+    /// Open the account: from now on settlement batches may credit and debit it.
+    Open,
+    /// Deposit from this wallet (approves the contract first if needed; opens the account).
+    Deposit { amount: u128 },
+    /// Set how much the market operator may take per period (stricter terms apply after the
+    /// withdrawal delay, looser ones at once).
+    Allowance {
+        /// A round figure m × 10^e with m < 2^32.
+        amount: u128,
+        #[arg(long, value_enum, default_value_t = Period::Day)]
+        period: Period,
+    },
+    /// Ask to withdraw; payable after the contract's withdrawal delay.
+    RequestWithdrawal { amount: u128 },
+    /// Take a pending withdrawal back into the balance.
+    CancelWithdrawal,
+    /// Take out the pending withdrawal once its delay has passed.
+    Withdraw,
+    /// Balance, pending withdrawal, debt and allowance (of this account, or --address).
+    Status {
+        #[arg(long)]
+        address: Option<Address>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OperatorAction {
+    /// Owner: propose a new operator key (it may take over after the governance delay).
+    Propose { address: Address },
+    /// Anyone: make the proposed operator the operator once its delay has passed.
+    Activate,
+    /// Owner: remove the operator at once (settlement stops; no money moves).
+    Revoke,
+    /// The operator key.
+    Show,
+}
+
+/// Allowance periods the contract accepts.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Period {
+    Hour,
+    Day,
+    Week,
+    Month,
+}
+
+impl Period {
+    fn seconds(self) -> u32 {
+        match self {
+            Self::Hour => 3_600,
+            Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+            Self::Month => 30 * 86_400,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -182,9 +258,6 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let staking = cli
-        .staking
-        .context("give --staking (the MeterStaking address) or set GRIDSHARE_STAKING")?;
     match (&cli.rpc_url, &cli.embedded_state) {
         (Some(url), _) => {
             let key: PrivateKeySigner = std::env::var(&cli.key_env)
@@ -194,7 +267,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_context(|| format!("{} is not a hex secp256k1 private key", cli.key_env))?;
             let account = key.address();
             let chain = RpcChain::connect(url, Some(key))?;
-            run(StakingClient::new(chain, staking), account, cli.command).await
+            dispatch(chain, account, cli).await
         }
         (None, Some(path)) => {
             let account = cli
@@ -202,10 +275,120 @@ async fn main() -> anyhow::Result<()> {
                 .context("give --from: the account acting on the embedded chain")?;
             let chain = EmbeddedChain::open(path)
                 .with_context(|| format!("embedded chain {}", path.display()))?;
-            run(StakingClient::new(chain, staking), account, cli.command).await
+            dispatch(chain, account, cli).await
         }
         (None, None) => bail!("give --rpc-url or --embedded-state"),
     }
+}
+
+/// Settlement commands need `--settlement`, the others `--staking`.
+async fn dispatch<C: Chain>(chain: C, account: Address, cli: Cli) -> anyhow::Result<()> {
+    let settlement = || {
+        cli.settlement
+            .context("give --settlement (the Settlement address) or set GRIDSHARE_SETTLEMENT")
+    };
+    match cli.command {
+        Command::Account { action } => {
+            household_command(SettlementClient::new(chain, settlement()?), account, action).await
+        }
+        Command::Operator { action } => {
+            operator_command(SettlementClient::new(chain, settlement()?), account, action).await
+        }
+        command => {
+            let staking = cli
+                .staking
+                .context("give --staking (the MeterStaking address) or set GRIDSHARE_STAKING")?;
+            run(StakingClient::new(chain, staking), account, command).await
+        }
+    }
+}
+
+/// Turns a settlement contract refusal into an error naming it.
+fn settlement_refused(e: gridshare_contracts::ChainError) -> anyhow::Error {
+    anyhow::anyhow!(household::describe(&e))
+}
+
+async fn household_command<C: Chain>(
+    client: SettlementClient<C>,
+    account: Address,
+    action: AccountAction,
+) -> anyhow::Result<()> {
+    let out = match action {
+        AccountAction::Open => client.open(account).await,
+        AccountAction::Deposit { amount } => client.deposit(account, U256::from(amount)).await,
+        AccountAction::Allowance { amount, period } => {
+            client
+                .set_allowance(account, amount, period.seconds())
+                .await
+        }
+        AccountAction::RequestWithdrawal { amount } => {
+            client.request_withdrawal(account, U256::from(amount)).await
+        }
+        AccountAction::CancelWithdrawal => client.cancel_withdrawal(account).await,
+        AccountAction::Withdraw => {
+            let (paid, out) = client.withdraw(account).await.map_err(settlement_refused)?;
+            print(json!({"withdrawn": paid.to_string(), "account": account, "tx": out.tx_hash}));
+            return Ok(());
+        }
+        AccountAction::Status { address } => {
+            let address = address.unwrap_or(account);
+            print(status_json(address, &client.account(address).await?));
+            return Ok(());
+        }
+    }
+    .map_err(settlement_refused)?;
+    let mut value = status_json(account, &client.account(account).await?);
+    value["tx"] = json!(out.tx_hash);
+    value["gas_used"] = json!(out.gas_used);
+    print(value);
+    Ok(())
+}
+
+/// An account's state with amounts as decimal strings (payment-token units).
+fn status_json(account: Address, s: &household::AccountStatus) -> serde_json::Value {
+    json!({
+        "account": account,
+        "open": s.open,
+        "balance": s.balance.to_string(),
+        "pending_withdrawal": s.pending_withdrawal.to_string(),
+        "withdrawable_at": s.withdrawable_at,
+        "debt": s.debt.to_string(),
+        "allowance": s.allowance.to_string(),
+        "allowance_period_s": s.allowance_period.to_string(),
+        "allowance_remaining": s.allowance_remaining.to_string(),
+    })
+}
+
+async fn operator_command<C: Chain>(
+    client: SettlementClient<C>,
+    account: Address,
+    action: OperatorAction,
+) -> anyhow::Result<()> {
+    match action {
+        OperatorAction::Propose { address } => {
+            let (ready_at, out) = client
+                .propose_operator(account, address)
+                .await
+                .map_err(settlement_refused)?;
+            print(json!({"proposed": address, "ready_at": ready_at, "tx": out.tx_hash}));
+        }
+        OperatorAction::Activate => {
+            let out = client
+                .activate_operator(account)
+                .await
+                .map_err(settlement_refused)?;
+            print(json!({"operator": client.operator().await?, "tx": out.tx_hash}));
+        }
+        OperatorAction::Revoke => {
+            let out = client
+                .revoke_operator(account)
+                .await
+                .map_err(settlement_refused)?;
+            print(json!({"operator": client.operator().await?, "tx": out.tx_hash}));
+        }
+        OperatorAction::Show => print(json!({"operator": client.operator().await?})),
+    }
+    Ok(())
 }
 
 fn meter_id(meter: &str) -> anyhow::Result<alloy::primitives::B256> {
@@ -459,6 +642,9 @@ async fn run<C: Chain>(
                 "current_epoch": epoch,
                 "claimable": format_tokens(claimable),
             }));
+        }
+        Command::Account { .. } | Command::Operator { .. } => {
+            unreachable!("settlement commands are dispatched before")
         }
         Command::Watch {
             broker,

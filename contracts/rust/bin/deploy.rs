@@ -9,7 +9,9 @@ use alloy::signers::local::PrivateKeySigner;
 use anyhow::{Context, bail};
 use clap::Parser;
 use gridshare_contracts::deploy::p256_precompile_available;
-use gridshare_contracts::{Chain, Deployment, EmbeddedChain, RpcChain, StakingParams};
+use gridshare_contracts::{
+    Chain, Deployment, EmbeddedChain, RpcChain, SettlementParams, StakingParams,
+};
 
 /// Deploy GridToken, Settlement and MeterStaking.
 #[derive(Debug, Parser)]
@@ -43,6 +45,21 @@ struct Args {
     /// Unix time at which reward epoch 0 starts; defaults to the chain's latest block time.
     #[arg(long)]
     genesis: Option<u64>,
+    /// The community treasury account in Settlement (fronts what a household cannot pay, is
+    /// repaid from its debt). Defaults to the deployer.
+    #[arg(long)]
+    treasury: Option<Address>,
+    /// Operator allowance per day of a household that never set its own, in the payment
+    /// token's smallest unit (the default assumes the engine's unit of 1/1 000 cent: 50 €).
+    #[arg(long, default_value_t = SettlementParams::standard().default_allowance)]
+    default_allowance: u128,
+    /// Seconds between a withdrawal request and its payout; longer than settlement latency.
+    #[arg(long, default_value_t = SettlementParams::standard().withdrawal_delay)]
+    withdrawal_delay: u32,
+    /// Seconds between proposing a new operator, treasury or owner and its effect; longer
+    /// than the withdrawal delay.
+    #[arg(long, default_value_t = SettlementParams::standard().governance_delay)]
+    governance_delay: u32,
 }
 
 #[tokio::main]
@@ -97,13 +114,24 @@ async fn deploy<C: Chain>(
     };
     let params = StakingParams::daily(genesis);
     let operator = args.operator.unwrap_or(deployer);
-    Ok(Deployment::deploy(
+    let settlement = SettlementParams {
+        treasury: args.treasury,
+        withdrawal_delay: args.withdrawal_delay,
+        governance_delay: args.governance_delay,
+        default_allowance: args.default_allowance,
+        ..SettlementParams::standard()
+    };
+    if let Err(reason) = settlement.validate() {
+        bail!("{reason}");
+    }
+    Ok(Deployment::deploy_with(
         chain,
         deployer,
         operator,
         args.payment_token,
         supply,
         &params,
+        &settlement,
     )
     .await?)
 }

@@ -6,7 +6,9 @@ use alloy::signers::local::PrivateKeySigner;
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::ChainExt;
 use gridshare_contracts::staking::{Sale, StakingClient, device_hash, text_id};
-use gridshare_contracts::{Chain, ChainError, Deployment, EmbeddedChain, RpcChain, StakingParams};
+use gridshare_contracts::{
+    Chain, ChainError, Deployment, EmbeddedChain, RpcChain, SettlementParams, StakingParams,
+};
 use gridshare_core::reading::{
     ClockSync, DeviceIdentity, KeyStatement, Measured, MeterId, MeterKey, PublicKey, Reading,
     SignedReading,
@@ -84,17 +86,23 @@ pub(crate) fn test_params(genesis: u64) -> StakingParams {
     }
 }
 
-/// The embedded chain with a clock that ignores the wall clock, for reproducible gas figures.
+/// The embedded chain with a clock that ignores the wall clock, for reproducible gas figures;
+/// the settlement contract's default allowance is 50 000 000 a day (50 at the gas report's six
+/// decimals, the standard default's 50 € in that unit).
 pub(crate) async fn embedded_fixed_clock() -> Env<EmbeddedChain> {
     // 2026-01-01T00:00:00Z
     let chain = EmbeddedChain::with_fixed_clock(1_767_225_600);
-    deploy(
+    deploy_with(
         chain,
         Address::repeat_byte(0xde),
         Address::repeat_byte(0x0e),
         None,
         None,
         test_params,
+        SettlementParams {
+            default_allowance: 50_000_000,
+            ..SettlementParams::standard()
+        },
     )
     .await
 }
@@ -131,6 +139,27 @@ async fn deploy<C: Chain>(
     serial: Option<tokio::sync::MutexGuard<'static, ()>>,
     params: fn(u64) -> StakingParams,
 ) -> Env<C> {
+    deploy_with(
+        chain,
+        deployer,
+        operator,
+        anvil,
+        serial,
+        params,
+        SettlementParams::standard(),
+    )
+    .await
+}
+
+async fn deploy_with<C: Chain>(
+    chain: C,
+    deployer: Address,
+    operator: Address,
+    anvil: Option<Anvil>,
+    serial: Option<tokio::sync::MutexGuard<'static, ()>>,
+    params: fn(u64) -> StakingParams,
+    settlement: SettlementParams,
+) -> Env<C> {
     chain
         .prepare_account(deployer)
         .await
@@ -138,13 +167,14 @@ async fn deploy<C: Chain>(
     let now = chain.timestamp().await.expect("timestamp");
     // Epoch 0 starts a little after deployment, so stake placed right away is bonded for it.
     let params = params(now + GENESIS_DELAY_S);
-    let d = Deployment::deploy(
+    let d = Deployment::deploy_with(
         &chain,
         deployer,
         operator,
         None,
         tokens(1_000_000_000),
         &params,
+        &settlement,
     )
     .await
     .expect("deploy");
@@ -165,12 +195,17 @@ async fn deploy<C: Chain>(
 }
 
 impl<C: Chain> Env<C> {
-    /// Gives `who` gas money, `amount` of both tokens, and approvals for both contracts.
+    /// Gives `who` gas money, `amount` of both tokens, and approvals for both contracts, and
+    /// opens its settlement account (as its key would).
     pub(crate) async fn fund(&self, who: Address, amount: U256) {
         self.chain
             .prepare_account(who)
             .await
             .expect("prepare account");
+        self.chain
+            .transact(who, self.d.settlement, Settlement::openAccountCall {})
+            .await
+            .expect("open account");
         for token in [self.d.network_token, self.d.payment_token] {
             self.chain
                 .transact(
@@ -197,6 +232,60 @@ impl<C: Chain> Env<C> {
                     .expect("approve");
             }
         }
+    }
+
+    /// Seconds between a withdrawal request (or a stricter allowance) and its effect.
+    pub(crate) async fn withdrawal_delay(&self) -> u64 {
+        u64::from(
+            self.chain
+                .view(self.d.settlement, Settlement::withdrawalDelayCall {})
+                .await
+                .expect("withdrawal delay"),
+        )
+    }
+
+    /// Moves the clock past the withdrawal delay.
+    pub(crate) async fn pass_withdrawal_delay(&self) {
+        let delay = self.withdrawal_delay().await;
+        self.chain.advance_time(delay).await.expect("advance");
+    }
+
+    /// The EIP-712 domain `contract` declares (EIP-5267 `eip712Domain`).
+    pub(crate) async fn eip712_domain(&self, contract: Address) -> alloy::sol_types::Eip712Domain {
+        // The same function in every OpenZeppelin EIP712 contract; GridToken's binding serves.
+        let d = self
+            .chain
+            .view(contract, GridToken::eip712DomainCall {})
+            .await
+            .expect("eip712Domain");
+        alloy::sol_types::Eip712Domain::new(
+            Some(d.name.into()),
+            Some(d.version.into()),
+            Some(d.chainId),
+            Some(d.verifyingContract),
+            None,
+        )
+    }
+
+    /// `key`'s EIP-712 signature of `OpenAccount(key's address)` for this settlement contract,
+    /// as `openAccountFor` takes it.
+    pub(crate) async fn open_signature(&self, key: &PrivateKeySigner) -> Bytes {
+        use alloy::signers::SignerSync;
+        use alloy::sol_types::SolStruct;
+        alloy::sol! {
+            struct OpenAccount { address account; }
+        }
+        let domain = self.eip712_domain(self.d.settlement).await;
+        let digest = OpenAccount {
+            account: key.address(),
+        }
+        .eip712_signing_hash(&domain);
+        Bytes::from(
+            key.sign_hash_sync(&digest)
+                .expect("sign")
+                .as_bytes()
+                .to_vec(),
+        )
     }
 
     pub(crate) async fn token_balance(&self, token: Address, who: Address) -> U256 {

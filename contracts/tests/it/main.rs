@@ -3,6 +3,7 @@
 
 mod gas;
 mod harness;
+mod operator_bounds;
 mod readings;
 mod settlement;
 mod staking;

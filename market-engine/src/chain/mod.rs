@@ -9,11 +9,15 @@
 //! EVM node over JSON-RPC.
 //!
 //! Accounts are mapped to chain addresses derived from their id (`keccak256("gridshare-account"
-//! ‖ id)`). On the embedded chain, which is a development and demo chain, the operator's
-//! treasury deposits for an account whose batch debit its balance would not cover, so the demo
-//! settles without wallets; on a real chain households deposit the payment token themselves.
+//! ‖ id)`). The settlement contract credits and debits only accounts whose key opened them
+//! (`openAccount`): on the embedded chain, which is a development and demo chain without
+//! signatures, the engine opens them and the operator's treasury deposits for an account whose
+//! batch debit its balance would not cover, so the demo settles without wallets; on a real
+//! chain a batch naming an account nobody opened is refused (`AccountNotOpened`) until its
+//! household opens it.
 
 pub mod outbox;
+pub mod verify;
 
 use std::path::PathBuf;
 
@@ -23,7 +27,7 @@ use gridshare_contracts::batch::{
 };
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt, EmbeddedChain, RpcChain};
-use gridshare_contracts::deploy::{Deployment, StakingParams};
+use gridshare_contracts::deploy::{Deployment, SettlementParams, StakingParams};
 use gridshare_contracts::settlement::{ChainSettlement, SettlementBackend};
 use serde::{Deserialize, Serialize};
 
@@ -169,20 +173,31 @@ impl ChainSettler {
             "embedded" => {
                 let chain = EmbeddedChain::open(&config.state_file)
                     .map_err(|e| format!("chain.state_file: {e}"))?;
-                let record_path = config.state_file.with_extension("deployment.json");
+                // v2: the Settlement of issue 14 (opened accounts, allowances, debt). A state
+                // file from before names a contract this engine cannot drive; the contracts are
+                // deployed again beside it on the same chain (a demo chain: its old balances
+                // stay in the old contract).
+                let record_path = config.state_file.with_extension("deployment-v2.json");
                 let record = match std::fs::read(&record_path) {
                     Ok(bytes) => serde_json::from_slice::<DeploymentRecord>(&bytes)
                         .map_err(|e| format!("{}: {e}", record_path.display()))?,
                     Err(_) => {
                         let now = chain.timestamp().await.map_err(|e| e.to_string())?;
                         let supply = U256::from(10u64).pow(U256::from(30u64));
-                        let d = Deployment::deploy(
+                        // A development chain: no allowance limit by default, so the demo's
+                        // utility and grid-operator accounts settle any volume.
+                        let settlement_params = SettlementParams {
+                            default_allowance: (1u128 << 80) - 1,
+                            ..SettlementParams::standard()
+                        };
+                        let d = Deployment::deploy_with(
                             &chain,
                             EMBEDDED_OPERATOR,
                             EMBEDDED_OPERATOR,
                             None,
                             supply,
                             &StakingParams::daily(now),
+                            &settlement_params,
                         )
                         .await
                         .map_err(|e| format!("deploying to the embedded chain: {e}"))?;
@@ -292,8 +307,9 @@ impl ChainSettler {
         }
     }
 
-    /// Development chain: the treasury backs every debit of the open batches that the
-    /// account's balance would not cover.
+    /// Development chain: opens every account of the open batches (the embedded chain takes
+    /// any sender without a signature) and the treasury backs every debit that the account's
+    /// balance would not cover.
     async fn demo_deposits(
         &self,
         settlement: &ChainSettlement<EmbeddedChain>,
@@ -303,6 +319,29 @@ impl ChainSettler {
             .await
             .map_err(|e| e.to_string())?
         {
+            for delta in &record.batch.deltas {
+                let open = settlement
+                    .chain()
+                    .view(
+                        settlement.address(),
+                        Settlement::isOpenCall {
+                            account: delta.account,
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if !open {
+                    settlement
+                        .chain()
+                        .transact(
+                            delta.account,
+                            settlement.address(),
+                            Settlement::openAccountCall {},
+                        )
+                        .await
+                        .map_err(|e| format!("opening {} on the demo chain: {e}", delta.account))?;
+                }
+            }
             for delta in record.batch.deltas.iter().filter(|d| d.amount < 0) {
                 let balance = settlement
                     .balance(delta.account)

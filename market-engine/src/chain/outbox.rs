@@ -291,8 +291,9 @@ fn later(now_ms: u64, wait: Duration) -> u64 {
 fn refusal(error: &ChainError) -> (String, bool) {
     use Settlement::SettlementErrors as E;
     match error.decode::<E>() {
-        // A household's balance on chain may be topped up; the operator key re-authorised.
-        Some(e @ (E::InsufficientBalance(_) | E::NotOperator(_))) => (format!("{e:?}"), true),
+        // A household may open its account; the operator key may be re-authorised. (A lack
+        // of money is never a refusal: the contract records it as the account's debt.)
+        Some(e @ (E::AccountNotOpened(_) | E::NotOperator(_))) => (format!("{e:?}"), true),
         Some(e) => (format!("{e:?}"), false),
         None => (error.to_string(), true),
     }

@@ -635,11 +635,12 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 "alice's credit on chain"
             );
             // Issue 11, item 10: where the batch stands on chain, at a glance.
+            let settler = Arc::new(settler);
             let app = api_with_settler(
                 &store,
                 &market,
                 &KeyRegistry::default(),
-                Some(Arc::new(settler)),
+                Some(settler.clone()),
             );
             let (_, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
             let entry = &listed["settlements"][0];
@@ -669,6 +670,21 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             assert_eq!(proof["on_chain"], true);
             assert_eq!(proof["chain_root"], batch.root.to_string(), "{proof}");
             assert_eq!(proof["root"], proof["chain_root"]);
+            // The document the endpoint serves is what `market-engine verify-trade` checks:
+            // each leaf rebuilt from its fields verifies off chain and in the contract.
+            use market_engine::chain::ChainHandle;
+            use market_engine::chain::verify::{ProofDocument, verify_trades};
+            let doc: ProofDocument = serde_json::from_value(proof.clone()).unwrap();
+            let checks = match settler.handle() {
+                ChainHandle::Embedded(s) => verify_trades(s.chain(), s.address(), &doc).await,
+                ChainHandle::Rpc(s) => verify_trades(s.chain(), s.address(), &doc).await,
+            }
+            .unwrap();
+            assert!(!checks.is_empty(), "{proof}");
+            assert!(
+                checks.iter().all(|c| c.on_chain && c.off_chain),
+                "{checks:?}"
+            );
         }
     }
 }
@@ -971,6 +987,7 @@ async fn settlers(
     if let Some(url) = node.as_ref().map(|n| n.url.clone()) {
         let (chain, d, treasury) = crate::outbox::deploy(&url).await;
         for (account, amount) in &settled.balances {
+            crate::outbox::open(&chain, &d, account_address(*account)).await;
             if *amount < 0 {
                 let amount = amount.unsigned_abs();
                 crate::outbox::deposit(&chain, &d, treasury, account_address(*account), amount)

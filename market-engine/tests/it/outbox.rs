@@ -57,7 +57,16 @@ pub(crate) async fn deploy(url: &str) -> (RpcChain, Deployment, Address) {
     (chain, d, operator)
 }
 
-/// Deposits `amount` into `account`'s settlement balance from the treasury.
+/// Opens `account` in the settlement contract as its key would (anvil impersonates it).
+pub(crate) async fn open(chain: &RpcChain, d: &Deployment, account: Address) {
+    chain.prepare_account(account).await.unwrap();
+    chain
+        .transact(account, d.settlement, Settlement::openAccountCall {})
+        .await
+        .unwrap();
+}
+
+/// Opens `account` and deposits `amount` into its settlement balance from the treasury.
 pub(crate) async fn deposit(
     chain: &RpcChain,
     d: &Deployment,
@@ -65,6 +74,7 @@ pub(crate) async fn deposit(
     account: Address,
     amount: u64,
 ) {
+    open(chain, d, account).await;
     chain
         .transact(
             from,
@@ -168,6 +178,7 @@ async fn a_batch_is_confirmed_only_by_a_receipt_deep_enough_across_restarts_drop
         let (chain, d, treasury) = deploy(url).await;
         let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
         deposit(&chain, &d, treasury, bob, 1_000).await;
+        open(&chain, &d, alice).await;
         let store = Store::open(&db).await.unwrap();
         let b1 = batch(1, alice, bob, 100);
         queue(&store, &b1).await;
@@ -267,7 +278,8 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
             Address::repeat_byte(0xc4),
         );
         deposit(&chain, &d, treasury, carol, 10).await;
-        // Bob has nothing on chain to pay with; carol's batch comes after his.
+        open(&chain, &d, alice).await;
+        // Bob never opened his account on chain; carol's batch comes after his.
         queue(&store, &batch(7, alice, bob, 100)).await;
         queue(&store, &batch(8, alice, carol, 10)).await;
         let s = std::sync::Arc::new(settler(&store, url, &d, 1).await);
@@ -276,12 +288,12 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
         assert_eq!(p.rejected, 1, "{db}");
         let refused = record(&store, 7).await;
         assert_eq!(refused.status, BatchStatus::Rejected, "{db}");
-        assert!(refused.retry, "{db}: a balance can be topped up");
+        assert!(refused.retry, "{db}: an account can be opened");
         assert!(
             refused
                 .last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("InsufficientBalance")),
+                .is_some_and(|e| e.contains("AccountNotOpened")),
             "{db}: {refused:?}"
         );
         let waiting = record(&store, 8).await;
@@ -305,7 +317,7 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
             "{db}: backs off"
         );
 
-        // Bob deposits; the operator re-sends at once instead of waiting out the backoff.
+        // Bob opens his account and deposits; the operator re-sends at once instead of waiting out the backoff.
         deposit(&chain, &d, treasury, bob, 100).await;
         let app = crate::market::api_with_settler(&store, &market, &keys, Some(s.clone()));
         let household = login(&app, &unique("household")).await;
@@ -333,4 +345,139 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
         assert_eq!(balance(&chain, &d, bob).await, U256::ZERO, "{db}");
         assert_eq!(balance(&chain, &d, carol).await, U256::ZERO, "{db}");
     }
+}
+
+/// Regression (issue 14): one household without the money for its debit made the contract
+/// revert the slot's whole batch, the outbox held every later batch behind it, and nobody in
+/// the community was settled until that household paid. Now the batch settles: the household's
+/// shortfall is debt on chain, the treasury fronts it, and the next batch follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_empty_account_settles_as_debt_and_the_outbox_moves_on() {
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let store = Store::open(&db).await.unwrap();
+        let (chain, d, treasury) = deploy(url).await;
+        let (alice, empty, carol) = (
+            Address::repeat_byte(0xa1),
+            Address::repeat_byte(0xe0),
+            Address::repeat_byte(0xc4),
+        );
+        // The treasury (the deployer) can front the shortfall; the empty household has only
+        // opened its account.
+        deposit(&chain, &d, treasury, treasury, 1_000).await;
+        deposit(&chain, &d, treasury, carol, 10).await;
+        open(&chain, &d, alice).await;
+        open(&chain, &d, empty).await;
+        queue(&store, &batch(7, alice, empty, 100)).await;
+        queue(&store, &batch(8, alice, carol, 10)).await;
+        let s = settler(&store, url, &d, 1).await;
+        let now = now_ms();
+        confirm(&s, now, 2).await;
+        assert_eq!(balance(&chain, &d, alice).await, U256::from(110), "{db}");
+        let debt: U256 = chain
+            .view(d.settlement, Settlement::debtOfCall { account: empty })
+            .await
+            .unwrap();
+        assert_eq!(debt, U256::from(100), "{db}: the shortfall is public debt");
+        assert_eq!(balance(&chain, &d, treasury).await, U256::from(900), "{db}");
+    }
+}
+
+/// `market-engine verify-trade` (issue 14): a household's saved proof document checks out
+/// against a plain JSON-RPC node — the leaf rebuilt from the trade's fields, off chain and by
+/// the contract's `verifyTrade` — and a trade with another amount does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_trade_checks_a_proof_document_against_the_node() {
+    use gridshare_contracts::batch::{MerkleTree, TradeLeaf};
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let (chain, d, treasury) = deploy(url).await;
+    let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
+    deposit(&chain, &d, treasury, alice, 1_000).await;
+    open(&chain, &d, bob).await;
+    let trades = [(500u64, 120u64), (300, 80)];
+    let leaves = trades
+        .iter()
+        .map(|(wh, amount)| {
+            TradeLeaf::Trade {
+                batch_id: 42,
+                buyer: alice,
+                seller: bob,
+                energy_wh: *wh,
+                amount: U256::from(*amount),
+            }
+            .hash()
+        })
+        .collect();
+    let tree = MerkleTree::new(leaves).unwrap();
+    let b = SettlementBatch::new(
+        42,
+        tree.root(),
+        [
+            NetDelta {
+                account: alice,
+                amount: -200,
+            },
+            NetDelta {
+                account: bob,
+                amount: 200,
+            },
+        ],
+    )
+    .unwrap();
+    chain
+        .transact(
+            treasury,
+            d.settlement,
+            Settlement::settleCall {
+                batchId: 42,
+                root: b.root,
+                deltas: b.packed_deltas(),
+            },
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let run = |first_amount: u64| {
+        let doc = json!({
+            "slot": 42,
+            "batch_id": 42,
+            "trades": trades.iter().enumerate().map(|(i, (wh, amount))| json!({
+                "buyer": alice,
+                "seller": bob,
+                "energy_wh": wh,
+                "amount": if i == 0 { first_amount } else { *amount }.to_string(),
+                "proof": tree.proof(i).unwrap(),
+            })).collect::<Vec<_>>(),
+        });
+        let path = dir.path().join(format!("proof-{first_amount}.json"));
+        std::fs::write(&path, doc.to_string()).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_market-engine"))
+            .args(["verify-trade", "--rpc-url", url, "--settlement"])
+            .arg(d.settlement.to_string())
+            .arg("--proof")
+            .arg(&path)
+            .output()
+            .unwrap()
+    };
+    let good = run(120);
+    assert!(good.status.success(), "{good:?}");
+    let out: serde_json::Value = serde_json::from_slice(&good.stdout).unwrap();
+    for t in out["trades"].as_array().unwrap() {
+        assert_eq!(
+            (t["on_chain"].clone(), t["off_chain"].clone()),
+            (json!(true), json!(true)),
+            "{out}"
+        );
+    }
+    let forged = run(1);
+    assert!(!forged.status.success());
+    let err = String::from_utf8_lossy(&forged.stderr);
+    assert!(err.contains("1 of 2 trades do not verify"), "{err}");
 }

@@ -41,6 +41,7 @@ impl<C: Chain, F: Fn() -> C> World<F> {
         cmd.env_remove("GRIDSHARE_RPC_URL")
             .env_remove("GRIDSHARE_EMBEDDED_STATE")
             .args(["--staking", &self.d.staking.to_string()])
+            .args(["--settlement", &self.d.settlement.to_string()])
             .args(&self.chain_args);
         match &who.key {
             Some(key) => cmd.env("GRIDSHARE_ACCOUNT_KEY", key),
@@ -98,7 +99,7 @@ fn envelope(key: &str, meter: &str, seq: u64, at_ms: u64, export_wh: u64) -> Str
 }
 
 async fn operator_stakes_earns_and_claims<C: Chain, F: Fn() -> C>(
-    w: World<F>,
+    w: &World<F>,
     alice: Account,
     bob: Account,
 ) {
@@ -298,6 +299,69 @@ async fn operator_stakes_earns_and_claims<C: Chain, F: Fn() -> C>(
     assert_eq!(w.ok(&alice, &["status", "alice-pv"])["stake"], "100");
 }
 
+/// A household through `gridshare account`: deposit, a stricter allowance that waits, a
+/// withdrawal that waits; the owner through `gridshare operator`: a proposed operator waits,
+/// only the owner revokes.
+async fn household_keeps_its_money_and_the_owner_rotates_the_operator<C: Chain, F: Fn() -> C>(
+    w: &World<F>,
+    alice: Account,
+) {
+    let chain = (w.open)();
+    fund(&chain, &w.d, w.deployer.address, alice.address, tokens(1)).await;
+    chain
+        .transact(
+            w.deployer.address,
+            w.d.payment_token,
+            GridToken::transferCall {
+                to: alice.address,
+                value: alloy::primitives::U256::from(1_000_000u64),
+            },
+        )
+        .await
+        .expect("payment tokens");
+    drop(chain);
+    let out = w.ok(&alice, &["account", "deposit", "1000000"]);
+    assert_eq!(
+        (out["open"].clone(), out["balance"].clone()),
+        (true.into(), "1000000".into())
+    );
+    let out = w.ok(
+        &alice,
+        &["account", "allowance", "2000", "--period", "week"],
+    );
+    assert_eq!(
+        out["allowance"], "5000000",
+        "a stricter allowance waits: {out}"
+    );
+    let err = w.fails(&alice, &["account", "allowance", "4294967297"]);
+    assert!(err.contains("InvalidTerms"), "{err}");
+    let out = w.ok(&alice, &["account", "request-withdrawal", "400000"]);
+    assert_eq!(out["pending_withdrawal"], "400000");
+    assert_eq!(out["balance"], "600000");
+    let err = w.fails(&alice, &["account", "withdraw"]);
+    assert!(err.contains("TooEarly"), "{err}");
+    let chain = (w.open)();
+    chain.advance_time(6 * 3_600 + 1).await.expect("advance");
+    drop(chain);
+    assert_eq!(
+        w.ok(&alice, &["account", "withdraw"])["withdrawn"],
+        "400000"
+    );
+    let out = w.ok(&alice, &["account", "status"]);
+    assert_eq!(out["allowance"], "2000", "{out}");
+    assert_eq!(out["allowance_period_s"], "604800", "{out}");
+
+    let me = alice.address.to_string();
+    let out = w.ok(&w.deployer, &["operator", "propose", &me]);
+    assert!(out["ready_at"].as_u64().is_some_and(|t| t > 0), "{out}");
+    let err = w.fails(&alice, &["operator", "activate"]);
+    assert!(err.contains("TooEarly"), "{err}");
+    let err = w.fails(&alice, &["operator", "revoke"]);
+    assert!(err.contains("OwnableUnauthorizedAccount"), "{err}");
+    let out = w.ok(&w.deployer, &["operator", "revoke"]);
+    assert_eq!(out["operator"], Address::ZERO.to_string());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_path_on_the_embedded_chain() {
     let dir = tempfile::tempdir().expect("dir");
@@ -322,7 +386,8 @@ async fn operator_path_on_the_embedded_chain() {
         address: Address::repeat_byte(b),
         key: None,
     };
-    operator_stakes_earns_and_claims(world, account(0xa1), account(0xb2)).await;
+    operator_stakes_earns_and_claims(&world, account(0xa1), account(0xb2)).await;
+    household_keeps_its_money_and_the_owner_rotates_the_operator(&world, account(0xc3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -356,6 +421,7 @@ async fn operator_path_on_anvil() {
             key: Some(key),
         }
     };
-    operator_stakes_earns_and_claims(world, account(), account()).await;
+    operator_stakes_earns_and_claims(&world, account(), account()).await;
+    household_keeps_its_money_and_the_owner_rotates_the_operator(&world, account()).await;
     drop(anvil);
 }
