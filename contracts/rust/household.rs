@@ -61,6 +61,68 @@ impl<C: Chain> SettlementClient<C> {
             .await
     }
 
+    /// The EIP-712 domain the contract declares (EIP-5267 `eip712Domain`: name, version, chain
+    /// id, the contract itself), under which `OpenAccount` is signed.
+    pub async fn eip712_domain(&self) -> Result<alloy::sol_types::Eip712Domain, ChainError> {
+        // The same function in every OpenZeppelin EIP712 contract; GridToken's binding serves.
+        let d = self
+            .chain
+            .view(self.settlement, GridToken::eip712DomainCall {})
+            .await?;
+        Ok(alloy::sol_types::Eip712Domain::new(
+            Some(d.name.into()),
+            Some(d.version.into()),
+            Some(d.chainId),
+            Some(d.verifyingContract),
+            None,
+        ))
+    }
+
+    /// `key`'s EIP-712 signature of `OpenAccount(key's address)` for this contract, as
+    /// `openAccountFor` takes it: the account's consent to be credited and debited by batches.
+    pub async fn open_signature(
+        &self,
+        key: &alloy::signers::local::PrivateKeySigner,
+    ) -> Result<alloy::primitives::Bytes, ChainError> {
+        use alloy::signers::SignerSync;
+        use alloy::sol_types::SolStruct;
+        alloy::sol! {
+            struct OpenAccount { address account; }
+        }
+        let digest = OpenAccount {
+            account: key.address(),
+        }
+        .eip712_signing_hash(&self.eip712_domain().await?);
+        let signature = key
+            .sign_hash_sync(&digest)
+            .map_err(|e| ChainError::Protocol(format!("signing OpenAccount: {e}")))?;
+        Ok(signature.as_bytes().to_vec().into())
+    }
+
+    /// Opens `account` with its `OpenAccount` signature, the transaction sent by `from`
+    /// (anyone: the signature is the account's consent).
+    pub async fn open_for(
+        &self,
+        from: Address,
+        account: Address,
+        signature: alloy::primitives::Bytes,
+    ) -> Result<TxOutcome, ChainError> {
+        self.chain
+            .transact(
+                from,
+                self.settlement,
+                Settlement::openAccountForCall { account, signature },
+            )
+            .await
+    }
+
+    /// Whether `account` is open (batches may credit and debit it).
+    pub async fn is_open(&self, account: Address) -> Result<bool, ChainError> {
+        self.chain
+            .view(self.settlement, Settlement::isOpenCall { account })
+            .await
+    }
+
     /// Deposits `amount` payment-token units from `from` to its own account (opening it),
     /// approving the contract first if its token allowance is short.
     pub async fn deposit(&self, from: Address, amount: U256) -> Result<TxOutcome, ChainError> {

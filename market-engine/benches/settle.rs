@@ -40,7 +40,9 @@ async fn main() {
     let market = Market::open(community.clone(), store.clone())
         .await
         .expect("market");
-    market.queue_batches();
+    market.queue_batches(std::sync::Arc::new(
+        market_engine::chain::custody::Custody::generate().expect("custody"),
+    ));
     let keys = KeyRegistry::default();
     let rng = SystemRandom::new();
     let now_s = i64::try_from(market_engine::pipeline::now_ms() / 1000).expect("clock");

@@ -24,7 +24,7 @@ use gridshare_contracts::bindings::{GridToken, MeterStaking};
 use gridshare_contracts::chain::{Chain, ChainExt};
 use gridshare_contracts::staking::{StakingClient, describe, device_hash, text_id};
 use gridshare_core::reading::{DeviceIdentity, MeterKey};
-use market_engine::chain::{ChainHandle, EMBEDDED_OPERATOR, account_address};
+use market_engine::chain::{ChainHandle, EMBEDDED_OPERATOR};
 use market_engine::config::EngineConfig;
 use market_engine::ingest::{Approval, IngestMetrics};
 use market_engine::market::Market;
@@ -198,7 +198,7 @@ pub(crate) async fn run(
             stake_on_chain(
                 settlement.chain(),
                 settlement.address(),
-                account,
+                settler.custody().address(account),
                 &name,
                 &key,
                 &approval,
@@ -264,7 +264,7 @@ const DEMO_REWARD_POOL_TOKENS: u64 = 1_000_000;
 async fn stake_on_chain<C: Chain>(
     chain: &C,
     settlement: Address,
-    account: i64,
+    owner: Address,
     meter: &str,
     key: &MeterKey,
     approval: &Approval,
@@ -304,7 +304,6 @@ async fn stake_on_chain<C: Chain>(
             .await
             .map_err(refused)?;
     }
-    let owner = account_address(account);
     chain.prepare_account(owner).await.map_err(refused)?;
     let signature =
         gridshare_operator::registration::sign_registration(&client, key, meter, owner, false)

@@ -263,7 +263,7 @@ impl Engine {
             .map_err(ServeError::Market)?
             .map(Arc::new);
         if let Some(settler) = settler.clone() {
-            market.queue_batches();
+            market.queue_batches(settler.custody().clone());
             let (market, store, metrics, stop) = (
                 market.clone(),
                 store.clone(),

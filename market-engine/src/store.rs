@@ -545,6 +545,13 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Every account's id, ascending.
+    pub async fn account_ids(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT id FROM accounts ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     /// An account by login name.
     pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
         let row = sqlx::query("SELECT id, name, password_hash, role FROM accounts WHERE name = $1")

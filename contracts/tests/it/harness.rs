@@ -268,24 +268,12 @@ impl<C: Chain> Env<C> {
     }
 
     /// `key`'s EIP-712 signature of `OpenAccount(key's address)` for this settlement contract,
-    /// as `openAccountFor` takes it.
+    /// as `openAccountFor` takes it (the library's helper, the one the engine uses).
     pub(crate) async fn open_signature(&self, key: &PrivateKeySigner) -> Bytes {
-        use alloy::signers::SignerSync;
-        use alloy::sol_types::SolStruct;
-        alloy::sol! {
-            struct OpenAccount { address account; }
-        }
-        let domain = self.eip712_domain(self.d.settlement).await;
-        let digest = OpenAccount {
-            account: key.address(),
-        }
-        .eip712_signing_hash(&domain);
-        Bytes::from(
-            key.sign_hash_sync(&digest)
-                .expect("sign")
-                .as_bytes()
-                .to_vec(),
-        )
+        gridshare_contracts::household::SettlementClient::new(&self.chain, self.d.settlement)
+            .open_signature(key)
+            .await
+            .expect("sign OpenAccount")
     }
 
     pub(crate) async fn token_balance(&self, token: Address, who: Address) -> U256 {

@@ -15,7 +15,7 @@ use gridshare_contracts::{MerkleTree, TradeLeaf};
 use serde_json::json;
 
 use super::{ApiError, AppState, Authenticated};
-use crate::chain::{account_address, batch_of};
+use crate::chain::{batch_of, trade_leaf};
 use crate::market::SettledSlot;
 
 /// The routes of this module (merged into [`super::router`]).
@@ -44,19 +44,17 @@ async fn proof(
             "slot {slot} is not settled (yet): its batch has no root"
         ))
     })?;
-    let batch = batch_of(&settled).map_err(ApiError::Internal)?;
+    let custody = state.market.custody().ok_or_else(|| {
+        ApiError::NotFound(
+            "no chain is configured: settlements stay in the ledger and have no batch root".into(),
+        )
+    })?;
+    let batch = batch_of(&settled, custody).map_err(ApiError::Internal)?;
     let mut leaves = Vec::new();
     let mut mine = Vec::new();
     for t in &settled.trades {
         let (buyer, seller) = (i64::from(t.buyer.0), i64::from(t.seller.0));
-        let leaf = TradeLeaf::Trade {
-            batch_id: slot,
-            buyer: account_address(buyer),
-            seller: account_address(seller),
-            energy_wh: t.energy_wh,
-            amount: alloy::primitives::U256::from(t.amounts.buyer_pays),
-        }
-        .hash();
+        let leaf = trade_leaf(slot, t, custody).hash();
         if buyer == account.id || seller == account.id {
             mine.push((leaves.len(), t, leaf));
         }
@@ -98,8 +96,8 @@ async fn proof(
             let proof = tree.proof(index).unwrap_or_default();
             json!({
                 "side": if i64::from(t.buyer.0) == account.id { "buy" } else { "sell" },
-                "buyer": account_address(i64::from(t.buyer.0)).to_string(),
-                "seller": account_address(i64::from(t.seller.0)).to_string(),
+                "buyer": custody.address(i64::from(t.buyer.0)).to_string(),
+                "seller": custody.address(i64::from(t.seller.0)).to_string(),
                 "energy_wh": t.energy_wh,
                 "amount": t.amounts.buyer_pays.to_string(),
                 "leaf": leaf.to_string(),
@@ -114,7 +112,7 @@ async fn proof(
         "chain_root": chain_root,
         "on_chain": state.settler.is_some(),
         "leaves": count,
-        "account_address": account_address(account.id).to_string(),
+        "account_address": custody.address(account.id).to_string(),
         "trades": trades,
     })))
 }

@@ -8,20 +8,21 @@
 //! contracts executed in-process by revm, state in a file — the zero-setup default) and any
 //! EVM node over JSON-RPC.
 //!
-//! Accounts are mapped to chain addresses derived from their id (`keccak256("gridshare-account"
-//! ‖ id)`). The settlement contract credits and debits only accounts whose key opened them
-//! (`openAccount`): on the embedded chain, which is a development and demo chain without
-//! signatures, the engine opens them and the operator's treasury deposits for an account whose
-//! batch debit its balance would not cover, so the demo settles without wallets; on a real
-//! chain a batch naming an account nobody opened is refused (`AccountNotOpened`) until its
-//! household opens it.
+//! Each account's chain address comes from [`custody::Custody`]: a custodial key the engine
+//! holds for it (or the configured address of the utility and the grid operator). The
+//! settlement contract credits and debits only accounts whose key opened them: before a batch
+//! is sent, the engine opens every custodial account in it with an EIP-712 `OpenAccount`
+//! signature of that account's key (`openAccountFor`), on any chain. On the embedded chain,
+//! a development and demo chain, the operator's treasury also deposits for an account whose
+//! batch debit its balance would not cover, so the demo settles without wallets.
 
+pub mod custody;
 pub mod outbox;
 pub mod verify;
 
 use std::path::PathBuf;
 
-use alloy::primitives::{Address, B256, U256, keccak256};
+use alloy::primitives::{Address, B256, U256};
 use gridshare_contracts::batch::{
     MerkleTree, NetDelta, SaleCredit, SettlementBatch, SlotSales, TradeLeaf,
 };
@@ -63,6 +64,17 @@ pub struct ChainConfig {
     pub outbox_file: Option<PathBuf>,
     /// Embedded: what the treasury deposits for an account that needs it, token units.
     pub demo_deposit: u64,
+    /// Environment variable holding the custody master secret (32 bytes, hex) from which the
+    /// households' custodial keys are derived; unset: `custody_key_file`.
+    pub custody_key_env: String,
+    /// File holding the custody master secret (mode 0600), created on first start when
+    /// absent; default: beside `state_file`, with the extension `custody.key`.
+    pub custody_key_file: Option<PathBuf>,
+    /// Address the utility's legs settle to (it must open its account and keep it funded);
+    /// empty: a custodial key of the engine.
+    pub utility_address: String,
+    /// Address the grid operator's legs settle to; empty: a custodial key of the engine.
+    pub grid_operator_address: String,
 }
 
 impl Default for ChainConfig {
@@ -78,15 +90,12 @@ impl Default for ChainConfig {
             confirmations: 1,
             outbox_file: None,
             demo_deposit: 1_000_000_000,
+            custody_key_env: "GRIDSHARE_CUSTODY_KEY".into(),
+            custody_key_file: None,
+            utility_address: String::new(),
+            grid_operator_address: String::new(),
         }
     }
-}
-
-/// The chain address of an engine account (−1 the utility, −2 the grid operator).
-pub fn account_address(account: i64) -> Address {
-    let mut seed = b"gridshare-account".to_vec();
-    seed.extend_from_slice(&account.to_be_bytes());
-    Address::from_slice(&keccak256(&seed)[12..])
 }
 
 /// The operator of the embedded chain (deployer, treasury and settlement operator).
@@ -135,6 +144,7 @@ pub struct ChainSettler {
     store: Store,
     confirmations: u64,
     watch: Option<WatchTarget>,
+    custody: std::sync::Arc<custody::Custody>,
 }
 
 /// The chain a settler writes to and its Settlement contract, for what is read beside
@@ -166,6 +176,7 @@ impl ChainSettler {
         if config.confirmations == 0 {
             return Err("chain.confirmations: must be at least 1 (1 = in a block)".into());
         }
+        let custody = std::sync::Arc::new(custody::Custody::load(config)?);
         let mut confirmations = config.confirmations;
         let mut watch = None;
         let backend = match config.backend.as_str() {
@@ -279,6 +290,7 @@ impl ChainSettler {
             store,
             confirmations,
             watch,
+            custody,
         }))
     }
 
@@ -290,21 +302,94 @@ impl ChainSettler {
         }
     }
 
-    /// Drives the outbox one step (see [`outbox`]): checks every open batch against the
-    /// chain, in slot order, and sends the next one once those before it are confirmed.
+    /// Every account's chain address (and the custodial keys).
+    pub fn custody(&self) -> &std::sync::Arc<custody::Custody> {
+        &self.custody
+    }
+
+    /// Drives the outbox one step (see [`outbox`]): opens the custodial accounts of the next
+    /// batch to send, checks every open batch against the chain, in slot order, and sends the
+    /// next one once those before it are confirmed.
     pub async fn step(&self, now_ms: u64) -> Result<outbox::Progress, String> {
         match &self.backend {
             Backend::Embedded {
                 settlement,
                 demo_deposit,
             } => {
+                self.open_accounts(settlement).await?;
                 self.demo_deposits(settlement, *demo_deposit).await?;
                 outbox::step(&self.store, settlement, self.confirmations, now_ms).await
             }
             Backend::Rpc(settlement) => {
+                self.open_accounts(settlement).await?;
                 outbox::step(&self.store, settlement, self.confirmations, now_ms).await
             }
         }
+    }
+
+    /// Opens, with its custodial key's `OpenAccount` signature (`openAccountFor`, sent by the
+    /// operator), every custodial account of the first batch not yet confirmed that is not
+    /// open. Idempotent: an open account is left alone, so a restart or a second step does
+    /// nothing twice. An account that cannot be opened now (the node is away) is logged and
+    /// the batch goes on to be refused `AccountNotOpened`, a refusal tried again by itself.
+    async fn open_accounts<C: Chain>(&self, settlement: &ChainSettlement<C>) -> Result<(), String> {
+        let Some(record) = outbox::open_batches(&self.store)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .next()
+        else {
+            return Ok(());
+        };
+        let client =
+            gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
+        let mut candidates: Option<Vec<i64>> = None;
+        for delta in &record.batch.deltas {
+            if client
+                .is_open(delta.account)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                continue;
+            }
+            if candidates.is_none() {
+                candidates = Some(
+                    self.store
+                        .account_ids()
+                        .await
+                        .map_err(|e| e.to_string())?
+                        .into_iter()
+                        .chain([custody::UTILITY, custody::GRID_OPERATOR])
+                        .collect(),
+                );
+            }
+            let ids = candidates.iter().flatten().copied();
+            let Some(key) = self
+                .custody
+                .custodial_account(delta.account, ids)
+                .and_then(|a| self.custody.signer(a))
+            else {
+                tracing::warn!(target: "chain", slot = record.batch.id, account = %delta.account, "an account of the next batch is not open and the engine holds no key for it; its owner must open it");
+                continue;
+            };
+            let opened = match client.open_signature(&key).await {
+                Ok(signature) => {
+                    client
+                        .open_for(settlement.operator(), delta.account, signature)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match opened {
+                Ok(_) => {
+                    tracing::info!(target: "chain", slot = record.batch.id, account = %delta.account, "custodial account opened on chain");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "chain", slot = record.batch.id, account = %delta.account, error = %gridshare_contracts::household::describe(&e), "could not open a custodial account; the batch waits");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Development chain: opens every account of the open batches (the embedded chain takes
@@ -389,7 +474,7 @@ impl ChainSettler {
 
     /// An account's balance in the settlement contract.
     pub async fn balance(&self, account: i64) -> Result<U256, String> {
-        let address = account_address(account);
+        let address = self.custody.address(account);
         match &self.backend {
             Backend::Embedded { settlement, .. } => settlement.balance(address).await,
             Backend::Rpc(settlement) => settlement.balance(address).await,
@@ -398,22 +483,32 @@ impl ChainSettler {
     }
 }
 
-/// The on-chain batch of a settled slot.
-pub fn batch_of(settled: &SettledSlot) -> Result<SettlementBatch, String> {
+/// A trade's leaf in its slot's batch: buyer's and seller's chain addresses from `custody`,
+/// energy, and what the buyer pays (fees included).
+pub fn trade_leaf(
+    slot: u64,
+    t: &gridshare_core::market::Trade,
+    custody: &custody::Custody,
+) -> TradeLeaf {
+    TradeLeaf::Trade {
+        batch_id: slot,
+        buyer: custody.address(i64::from(t.buyer.0)),
+        seller: custody.address(i64::from(t.seller.0)),
+        energy_wh: t.energy_wh,
+        amount: U256::from(t.amounts.buyer_pays),
+    }
+}
+
+/// The on-chain batch of a settled slot, every account at its address in `custody`.
+pub fn batch_of(
+    settled: &SettledSlot,
+    custody: &custody::Custody,
+) -> Result<SettlementBatch, String> {
     let slot = settled.slot;
     let mut leaves: Vec<B256> = settled
         .trades
         .iter()
-        .map(|t| {
-            TradeLeaf::Trade {
-                batch_id: slot,
-                buyer: account_address(i64::from(t.buyer.0)),
-                seller: account_address(i64::from(t.seller.0)),
-                energy_wh: t.energy_wh,
-                amount: U256::from(t.amounts.buyer_pays),
-            }
-            .hash()
-        })
+        .map(|t| trade_leaf(slot, t, custody).hash())
         .collect();
     for digest in &settled.reading_digests {
         let bytes: [u8; 32] = hex_digest(digest)?;
@@ -429,7 +524,7 @@ pub fn batch_of(settled: &SettledSlot) -> Result<SettlementBatch, String> {
         .map(|t| t.root())
         .ok_or_else(|| format!("slot {slot}: no trades and no readings to commit to"))?;
     let transfers = settled.balances.iter().map(|(account, amount)| NetDelta {
-        account: account_address(*account),
+        account: custody.address(*account),
         amount: i128::from(*amount),
     });
     SettlementBatch::new(slot, root, transfers).map_err(|e| format!("slot {slot}: {e}"))

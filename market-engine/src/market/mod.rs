@@ -218,7 +218,7 @@ pub struct Market {
     log: mpsc::Sender<LogJob>,
     /// Whether settlement writes each slot's batch into the chain outbox (a chain is
     /// configured).
-    queue_batches: std::sync::atomic::AtomicBool,
+    queue_batches: std::sync::OnceLock<std::sync::Arc<crate::chain::custody::Custody>>,
     /// How long past its settlement time a slot waits for late readings, s.
     late_readings_wait_s: std::sync::atomic::AtomicU32,
     /// Counters for `/metrics`.
@@ -275,7 +275,7 @@ impl Market {
         let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
         tokio::spawn(log_writer(store.clone(), log_rx));
         let market = Self {
-            queue_batches: std::sync::atomic::AtomicBool::new(false),
+            queue_batches: std::sync::OnceLock::new(),
             late_readings_wait_s: std::sync::atomic::AtomicU32::new(0),
             versions: std::sync::RwLock::new(versions),
             metrics: MarketMetrics::default(),
@@ -706,9 +706,16 @@ impl Market {
     }
 
     /// From now on, settle each slot's batch into the chain outbox (in the settlement's own
-    /// transaction); the engine turns this on when a chain is configured.
-    pub fn queue_batches(&self) {
-        self.queue_batches.store(true, Ordering::Relaxed);
+    /// transaction), each account at its address in `custody`; the engine turns this on when
+    /// a chain is configured. The first custody given stays (addresses never change under a
+    /// running engine).
+    pub fn queue_batches(&self, custody: std::sync::Arc<crate::chain::custody::Custody>) {
+        let _ = self.queue_batches.set(custody);
+    }
+
+    /// Every account's chain address, once a chain is configured.
+    pub fn custody(&self) -> Option<&std::sync::Arc<crate::chain::custody::Custody>> {
+        self.queue_batches.get()
     }
 
     /// Lets settlement wait up to `seconds` past a slot's settlement time for a meter that
@@ -720,7 +727,7 @@ impl Market {
 
     /// Whether settlement queues batches for the chain.
     pub fn queues_batches(&self) -> bool {
-        self.queue_batches.load(Ordering::Relaxed)
+        self.queue_batches.get().is_some()
     }
 
     /// How many slots have an open book (orders accepted, gate not yet closed).

@@ -182,7 +182,10 @@ impl Market {
                 .collect(),
         )
         .await?;
-        if self.queues_batches() && amounts.iter().any(|&(_, amount)| amount != 0) {
+        if let Some(custody) = self
+            .custody()
+            .filter(|_| amounts.iter().any(|&(_, a)| a != 0))
+        {
             // The batch goes into the outbox in the same transaction as the ledger: a slot is
             // never settled without its batch, nor queued twice.
             let settled = SettledSlot {
@@ -196,7 +199,14 @@ impl Market {
                 .iter()
                 .map(|d| d.meter_id.clone())
                 .collect();
-            queue_batch(&mut tx, &settled, terms.slot.delivery_start, &excluded).await?;
+            queue_batch(
+                &mut tx,
+                &settled,
+                terms.slot.delivery_start,
+                &excluded,
+                custody,
+            )
+            .await?;
         }
         record_positions(&mut tx, slot, &measured.moved).await?;
         for d in &measured.disputes {
@@ -439,6 +449,9 @@ impl Market {
     /// chain was configured, or by an engine older than the outbox in its database — each in
     /// a transaction of its own. Returns how many were queued.
     pub async fn queue_unqueued(&self) -> Result<usize, MarketError> {
+        let Some(custody) = self.custody() else {
+            return Ok(0);
+        };
         let pool = self.store.pool();
         let slots = slot_list(
             pool,
@@ -464,7 +477,7 @@ impl Market {
                 .slot
                 .delivery_start;
             let mut tx = self.store.begin().await?;
-            queue_batch(&mut tx, &settled, start, &excluded).await?;
+            queue_batch(&mut tx, &settled, start, &excluded, custody).await?;
             tx.commit().await?;
         }
         Ok(slots.len())
@@ -704,9 +717,10 @@ async fn queue_batch(
     settled: &SettledSlot,
     delivery_start_s: i64,
     excluded: &BTreeSet<String>,
+    custody: &crate::chain::custody::Custody,
 ) -> Result<(), MarketError> {
     let slot = settled.slot;
-    let batch = crate::chain::batch_of(settled).map_err(MarketError::Slot)?;
+    let batch = crate::chain::batch_of(settled, custody).map_err(MarketError::Slot)?;
     let meters: HashMap<u64, String> = sqlx::query(
         "SELECT order_id, meter_id FROM order_events WHERE slot = $1 AND kind = 'submit'",
     )

@@ -592,8 +592,11 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         // On chain: the settled slot becomes one batch in the settlement outbox (the engine's
         // own database), sent to the embedded chain and (where this machine has one) to anvil.
         let settled = market.settled_slot(slot).await.unwrap();
-        let batch = market_engine::chain::batch_of(&settled).unwrap();
-        let (settlers, _anvil) = settlers(dir.path(), &url, &store, &settled).await;
+        let (settlers, _anvil) = settlers(dir.path(), &url, &store).await;
+        // Every settler of this database shares one custody (one master secret): the same
+        // addresses on both chains.
+        market.queue_batches(settlers[0].custody().clone());
+        let batch = market_engine::chain::batch_of(&settled, market.custody().unwrap()).unwrap();
         for settler in settlers {
             // Each chain starts from a fresh outbox.
             sqlx::query("DELETE FROM settlement_batches")
@@ -955,26 +958,29 @@ async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64)
 
 /// The chain backends to settle on: the embedded chain always, anvil where this machine has it
 /// (see `gridshare_testbed::peers`; returned, to live as long as its settler). On anvil the
-/// contracts are deployed fresh and the debited accounts deposit first, as households would.
+/// contracts are deployed fresh; nobody opens the households' accounts but the engine, with
+/// their custodial keys, and the treasury holds the money to front what a debited household
+/// has not deposited (its debt).
 async fn settlers(
     dir: &std::path::Path,
     db: &str,
     store: &Store,
-    settled: &market_engine::market::SettledSlot,
 ) -> (
     Vec<market_engine::chain::ChainSettler>,
     Option<gridshare_testbed::anvil::Anvil>,
 ) {
-    use market_engine::chain::{ChainConfig, ChainSettler, account_address};
+    use market_engine::chain::{ChainConfig, ChainSettler};
 
     let tag = if db.starts_with("sqlite") {
         "sqlite"
     } else {
         "pg"
     };
+    let custody_key_file = Some(dir.join(format!("custody-{tag}.key")));
     let embedded = ChainConfig {
         backend: "embedded".into(),
         state_file: dir.join(format!("chain-{tag}.json")),
+        custody_key_file: custody_key_file.clone(),
         ..ChainConfig::default()
     };
     let mut out = vec![
@@ -986,18 +992,12 @@ async fn settlers(
     let node = gridshare_testbed::anvil::Anvil::start();
     if let Some(url) = node.as_ref().map(|n| n.url.clone()) {
         let (chain, d, treasury) = crate::outbox::deploy(&url).await;
-        for (account, amount) in &settled.balances {
-            crate::outbox::open(&chain, &d, account_address(*account)).await;
-            if *amount < 0 {
-                let amount = amount.unsigned_abs();
-                crate::outbox::deposit(&chain, &d, treasury, account_address(*account), amount)
-                    .await;
-            }
-        }
+        crate::outbox::deposit(&chain, &d, treasury, treasury, 1_000_000).await;
         let rpc = ChainConfig {
             backend: "rpc".into(),
             rpc_url: url,
             settlement_address: d.settlement.to_string(),
+            custody_key_file,
             ..ChainConfig::default()
         };
         out.push(

@@ -6,7 +6,9 @@
 
 use alloy::primitives::{Address, U256, keccak256};
 use alloy::providers::{Provider, ProviderBuilder};
+use alloy::signers::local::PrivateKeySigner;
 use axum::http::StatusCode;
+use gridshare_contracts::SettlementClient;
 use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
@@ -57,16 +59,20 @@ pub(crate) async fn deploy(url: &str) -> (RpcChain, Deployment, Address) {
     (chain, d, operator)
 }
 
-/// Opens `account` in the settlement contract as its key would (anvil impersonates it).
-pub(crate) async fn open(chain: &RpcChain, d: &Deployment, account: Address) {
-    chain.prepare_account(account).await.unwrap();
-    chain
-        .transact(account, d.settlement, Settlement::openAccountCall {})
+/// Opens the account of `key` in the settlement contract with its `OpenAccount` signature
+/// (a household's own wallet, or its custodial key), the transaction sent by the treasury.
+pub(crate) async fn open(chain: &RpcChain, d: &Deployment, key: &PrivateKeySigner) {
+    let client = SettlementClient::new(chain.clone(), d.settlement);
+    let signature = client.open_signature(key).await.unwrap();
+    let treasury = ANVIL_KEY.parse::<PrivateKeySigner>().unwrap().address();
+    client
+        .open_for(treasury, key.address(), signature)
         .await
         .unwrap();
 }
 
-/// Opens `account` and deposits `amount` into its settlement balance from the treasury.
+/// Deposits `amount` into the open `account`'s settlement balance from `from` (which holds the
+/// payment token and has approved the contract).
 pub(crate) async fn deposit(
     chain: &RpcChain,
     d: &Deployment,
@@ -74,7 +80,6 @@ pub(crate) async fn deposit(
     account: Address,
     amount: u64,
 ) {
-    open(chain, d, account).await;
     chain
         .transact(
             from,
@@ -126,19 +131,34 @@ async fn record(store: &Store, slot: u64) -> BatchRecord {
     outbox::record(store, slot).await.unwrap().unwrap()
 }
 
-/// The engine's settler on the node, as `serve` opens it (a new one is a restart).
+/// The engine's settler on the node, as `serve` opens it (a new one is a restart: the same
+/// custody master secret, kept in a file of this test process).
 async fn settler(store: &Store, url: &str, d: &Deployment, confirmations: u64) -> ChainSettler {
     let config = ChainConfig {
         backend: "rpc".into(),
         rpc_url: url.into(),
         settlement_address: d.settlement.to_string(),
         confirmations,
+        custody_key_file: Some(custody_file()),
         ..ChainConfig::default()
     };
     ChainSettler::open_with_key(&config, store.clone(), Some(ANVIL_KEY.into()))
         .await
         .unwrap()
         .unwrap()
+}
+
+fn custody_file() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("gridshare-it-custody-{}.key", std::process::id()))
+}
+
+/// A new household account in the engine and its custodial key.
+async fn household(store: &Store, s: &ChainSettler) -> (i64, PrivateKeySigner) {
+    let id = store
+        .create_account(&unique("household"), "x", "household", now_ms())
+        .await
+        .unwrap();
+    (id, s.custody().signer(id).unwrap())
 }
 
 /// Steps the settler as the engine does (every tick) until `batches` more are confirmed; a
@@ -176,16 +196,21 @@ async fn a_batch_is_confirmed_only_by_a_receipt_deep_enough_across_restarts_drop
     let dir = tempfile::tempdir().unwrap();
     for db in databases(dir.path()).await {
         let (chain, d, treasury) = deploy(url).await;
-        let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
-        deposit(&chain, &d, treasury, bob, 1_000).await;
-        open(&chain, &d, alice).await;
         let store = Store::open(&db).await.unwrap();
+        let s = settler(&store, url, &d, 2).await;
+        // Two households with custodial keys, their accounts opened (with those keys) before
+        // the node stops mining; bob deposits.
+        let (_, alice_key) = household(&store, &s).await;
+        let (_, bob_key) = household(&store, &s).await;
+        let (alice, bob) = (alice_key.address(), bob_key.address());
+        open(&chain, &d, &alice_key).await;
+        open(&chain, &d, &bob_key).await;
+        deposit(&chain, &d, treasury, bob, 1_000).await;
         let b1 = batch(1, alice, bob, 100);
         queue(&store, &b1).await;
         rpc(url, "evm_setAutomine", json!([false])).await;
         let now = now_ms();
 
-        let s = settler(&store, url, &d, 2).await;
         s.step(now).await.unwrap();
         let sent = record(&store, 1).await;
         assert_eq!(sent.status, BatchStatus::Sent, "{db}");
@@ -272,17 +297,18 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
             ..
         } = crate::Fixture::open(&db).await;
         let (chain, d, treasury) = deploy(url).await;
-        let (alice, bob, carol) = (
-            Address::repeat_byte(0xa1),
-            Address::repeat_byte(0xb0),
-            Address::repeat_byte(0xc4),
-        );
+        let s = std::sync::Arc::new(settler(&store, url, &d, 1).await);
+        // Alice's custodial account the engine opens; carol opened hers and deposited; bob
+        // linked a wallet of his own (the engine holds no key for it) and never opened his
+        // account on chain. Carol's batch comes after his.
+        let (_, alice_key) = household(&store, &s).await;
+        let (_, carol_key) = household(&store, &s).await;
+        let bob_key = PrivateKeySigner::random();
+        let (alice, bob, carol) = (alice_key.address(), bob_key.address(), carol_key.address());
+        open(&chain, &d, &carol_key).await;
         deposit(&chain, &d, treasury, carol, 10).await;
-        open(&chain, &d, alice).await;
-        // Bob never opened his account on chain; carol's batch comes after his.
         queue(&store, &batch(7, alice, bob, 100)).await;
         queue(&store, &batch(8, alice, carol, 10)).await;
-        let s = std::sync::Arc::new(settler(&store, url, &d, 1).await);
         let now = now_ms();
         let p = s.step(now).await.unwrap();
         assert_eq!(p.rejected, 1, "{db}");
@@ -318,6 +344,7 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
         );
 
         // Bob opens his account and deposits; the operator re-sends at once instead of waiting out the backoff.
+        open(&chain, &d, &bob_key).await;
         deposit(&chain, &d, treasury, bob, 100).await;
         let app = crate::market::api_with_settler(&store, &market, &keys, Some(s.clone()));
         let household = login(&app, &unique("household")).await;
@@ -361,20 +388,22 @@ async fn one_empty_account_settles_as_debt_and_the_outbox_moves_on() {
     for db in databases(dir.path()).await {
         let store = Store::open(&db).await.unwrap();
         let (chain, d, treasury) = deploy(url).await;
+        let s = settler(&store, url, &d, 1).await;
+        // The treasury (the deployer) can front the shortfall; the empty household has no
+        // money on chain (the engine opens its custodial account); carol deposited.
+        let (_, alice_key) = household(&store, &s).await;
+        let (_, empty_key) = household(&store, &s).await;
+        let (_, carol_key) = household(&store, &s).await;
         let (alice, empty, carol) = (
-            Address::repeat_byte(0xa1),
-            Address::repeat_byte(0xe0),
-            Address::repeat_byte(0xc4),
+            alice_key.address(),
+            empty_key.address(),
+            carol_key.address(),
         );
-        // The treasury (the deployer) can front the shortfall; the empty household has only
-        // opened its account.
         deposit(&chain, &d, treasury, treasury, 1_000).await;
+        open(&chain, &d, &carol_key).await;
         deposit(&chain, &d, treasury, carol, 10).await;
-        open(&chain, &d, alice).await;
-        open(&chain, &d, empty).await;
         queue(&store, &batch(7, alice, empty, 100)).await;
         queue(&store, &batch(8, alice, carol, 10)).await;
-        let s = settler(&store, url, &d, 1).await;
         let now = now_ms();
         confirm(&s, now, 2).await;
         assert_eq!(balance(&chain, &d, alice).await, U256::from(110), "{db}");
@@ -384,6 +413,140 @@ async fn one_empty_account_settles_as_debt_and_the_outbox_moves_on() {
             .unwrap();
         assert_eq!(debt, U256::from(100), "{db}: the shortfall is public debt");
         assert_eq!(balance(&chain, &d, treasury).await, U256::from(900), "{db}");
+    }
+}
+
+/// Regression (issue 14, step 2): the engine settled to addresses derived from account ids
+/// that no key controls, so on a JSON-RPC chain every batch was refused `AccountNotOpened`
+/// (only the embedded chain, which opens accounts without signatures, settled). Now each
+/// account's address is its custodial key's, and the engine opens the accounts of the next
+/// batch with those keys' `OpenAccount` signatures before sending it — households and the
+/// utility alike — once, across restarts; an address the engine holds no key for (a utility
+/// address the operator configured and did not open) is still refused, retryably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custodial_accounts_are_opened_with_their_keys_and_the_batch_settles() {
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    for db in databases(dir.path()).await {
+        let store = Store::open(&db).await.unwrap();
+        let (chain, d, treasury) = deploy(url).await;
+        deposit(&chain, &d, treasury, treasury, 1_000).await;
+        let s = settler(&store, url, &d, 1).await;
+        let (alice_id, alice_key) = household(&store, &s).await;
+        let (bob_id, bob_key) = household(&store, &s).await;
+        let custody = s.custody().clone();
+        let utility = custody.address(market_engine::chain::custody::UTILITY);
+        assert_eq!(custody.address(alice_id), alice_key.address());
+        assert_ne!(custody.address(alice_id), custody.address(bob_id));
+        let is_open = |account: Address| {
+            let chain = chain.clone();
+            async move {
+                chain
+                    .view(d.settlement, Settlement::isOpenCall { account })
+                    .await
+                    .unwrap()
+            }
+        };
+        for a in [alice_key.address(), bob_key.address(), utility] {
+            assert!(!is_open(a).await, "{db}: nobody opened {a} yet");
+        }
+        // Slot 1: bob (no deposit: debt the treasury fronts) pays alice 100 and the utility 30.
+        let b1 = SettlementBatch::new(
+            1,
+            keccak256(1u64.to_be_bytes()),
+            [
+                NetDelta {
+                    account: alice_key.address(),
+                    amount: 100,
+                },
+                NetDelta {
+                    account: utility,
+                    amount: 30,
+                },
+                NetDelta {
+                    account: bob_key.address(),
+                    amount: -130,
+                },
+            ],
+        )
+        .unwrap();
+        queue(&store, &b1).await;
+        let now = now_ms();
+        confirm(&s, now, 1).await;
+        for a in [alice_key.address(), bob_key.address(), utility] {
+            assert!(is_open(a).await, "{db}: {a} opened by the engine");
+        }
+        assert_eq!(record(&store, 1).await.attempts, 1, "{db}: never refused");
+        assert_eq!(
+            balance(&chain, &d, alice_key.address()).await,
+            U256::from(100)
+        );
+        assert_eq!(balance(&chain, &d, utility).await, U256::from(30));
+        assert_eq!(s.balance(alice_id).await.unwrap(), U256::from(100));
+
+        // A restart: the same addresses, nothing opened twice, the next batch settles.
+        drop(s);
+        let s = settler(&store, url, &d, 1).await;
+        assert_eq!(s.custody().address(alice_id), alice_key.address());
+        queue(
+            &store,
+            &batch(2, bob_key.address(), alice_key.address(), 40),
+        )
+        .await;
+        confirm(&s, now, 1).await;
+        assert_eq!(
+            balance(&chain, &d, alice_key.address()).await,
+            U256::from(60)
+        );
+
+        // A utility address the operator configured but never opened: the engine has no key
+        // for it, and the batch naming it waits (retryably) until its owner opens it.
+        let supplier = PrivateKeySigner::random();
+        let config = ChainConfig {
+            backend: "rpc".into(),
+            rpc_url: url.into(),
+            settlement_address: d.settlement.to_string(),
+            custody_key_file: Some(custody_file()),
+            utility_address: supplier.address().to_string(),
+            ..ChainConfig::default()
+        };
+        let s = ChainSettler::open_with_key(&config, store.clone(), Some(ANVIL_KEY.into()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.custody().address(market_engine::chain::custody::UTILITY),
+            supplier.address()
+        );
+        assert!(
+            !s.custody()
+                .is_custodial(market_engine::chain::custody::UTILITY)
+        );
+        queue(
+            &store,
+            &batch(3, supplier.address(), alice_key.address(), 10),
+        )
+        .await;
+        let p = s.step(now).await.unwrap();
+        assert_eq!(p.rejected, 1, "{db}");
+        let refused = record(&store, 3).await;
+        assert!(refused.retry, "{db}");
+        assert!(
+            refused
+                .last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("AccountNotOpened")),
+            "{db}: {refused:?}"
+        );
+        open(&chain, &d, &supplier).await;
+        confirm(&s, refused.next_attempt_ms, 1).await;
+        assert_eq!(
+            balance(&chain, &d, supplier.address()).await,
+            U256::from(10)
+        );
     }
 }
 
@@ -398,9 +561,11 @@ async fn verify_trade_checks_a_proof_document_against_the_node() {
     };
     let url = node.url.as_str();
     let (chain, d, treasury) = deploy(url).await;
-    let (alice, bob) = (Address::repeat_byte(0xa1), Address::repeat_byte(0xb0));
+    let (alice_key, bob_key) = (PrivateKeySigner::random(), PrivateKeySigner::random());
+    let (alice, bob) = (alice_key.address(), bob_key.address());
+    open(&chain, &d, &alice_key).await;
     deposit(&chain, &d, treasury, alice, 1_000).await;
-    open(&chain, &d, bob).await;
+    open(&chain, &d, &bob_key).await;
     let trades = [(500u64, 120u64), (300, 80)];
     let leaves = trades
         .iter()

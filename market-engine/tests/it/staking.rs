@@ -150,7 +150,7 @@ async fn a_meters_stake_and_rewards_come_from_the_staking_contract() {
         .unwrap()
         .unwrap()
         .id;
-    let owner_address = market_engine::chain::account_address(account);
+    let owner_address = settler.custody().address(account);
     let min_stake = chain
         .view(staking, MeterStaking::minStakeCall {})
         .await

@@ -496,6 +496,13 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         let proof_path = format!("/api/v1/my/settlements/{slot}/proof");
         let (s, _) = get_json(&app, &proof_path, None).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED);
+        // Without a chain there is no batch and no chain address: nothing to prove against.
+        let (s, body) = get_json(&app, &proof_path, Some(&alice)).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+        // With one (its custody gives every account's address), the slot's batch.
+        let custody =
+            std::sync::Arc::new(market_engine::chain::custody::Custody::generate().unwrap());
+        market.queue_batches(custody.clone());
         let (s, body) = get_json(
             &app,
             &format!("/api/v1/my/settlements/{}/proof", slot + 5),
@@ -560,7 +567,7 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         let (_, body) = get_json(&app, &proof_path, Some(&alice)).await;
         assert_eq!(
             body["root"].as_str().unwrap(),
-            market_engine::chain::batch_of(&settled_slot)
+            market_engine::chain::batch_of(&settled_slot, &custody)
                 .unwrap()
                 .root
                 .to_string(),
