@@ -357,6 +357,10 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/tokens/{token_id}", delete(auth::revoke_token))
         .route("/api/v1/me", get(auth::me))
+        .route(
+            "/api/v1/me/custodial-key/export",
+            post(auth::export_custodial_key),
+        )
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
         .route(
             "/api/v1/meters/{meter_id}/rule",

@@ -1031,8 +1031,78 @@ pub(super) async fn revoke_token(
 }
 
 /// `GET /api/v1/me`: the authenticated account.
-pub(super) async fn me(Authenticated(account): Authenticated) -> Json<serde_json::Value> {
-    Json(json!({ "id": account.id, "name": account.name, "role": account.role }))
+pub(super) async fn me(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Json<serde_json::Value> {
+    // The account's chain address, from the one lookup batches and proofs use; null without a
+    // chain.
+    let chain = state.market.custody().map(|custody| {
+        json!({
+            "address": custody.address(account.id).to_string(),
+            "custodial": custody.is_custodial(account.id),
+        })
+    });
+    Json(json!({ "id": account.id, "name": account.name, "role": account.role, "chain": chain }))
+}
+
+/// The body of `POST /api/v1/me/custodial-key/export`: the account's password, re-entered.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PasswordAgain {
+    password: String,
+}
+
+/// `POST /api/v1/me/custodial-key/export`: the household's custodial private key, to import
+/// into a wallet of its own.
+///
+/// Design: the household takes its key itself — no operator ever handles it on its behalf —
+/// and only with its password re-entered (a stolen session or API token alone is not enough),
+/// under the same per-name and per-address throttle as logging in; the answer is marked
+/// `no-store` and the export is logged (without the key). The engine still holds the key after
+/// an export (it is derived, not stored): the household should move its money to a wallet it
+/// alone controls once it has one.
+pub(super) async fn export_custodial_key(
+    State(state): State<AppState>,
+    ClientAddress(address): ClientAddress,
+    Authenticated(account): Authenticated,
+    body: Result<Json<PasswordAgain>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let body = json_body(body)?;
+    if body.password.len() > MAX_PASSWORD_BYTES {
+        return Err(invalid(
+            "password",
+            format!("password: at most {MAX_PASSWORD_BYTES} bytes"),
+        ));
+    }
+    let custody = state.market.custody().cloned().ok_or_else(|| {
+        ApiError::NotFound("no chain is configured: the account has no chain key".into())
+    })?;
+    let attempt = state
+        .auth
+        .admit(Some(&account.name), address)
+        .map_err(throttled)?;
+    let right = state
+        .auth
+        .verify(Some(account.password_hash.clone()), body.password)
+        .await?;
+    if !right {
+        attempt.failed();
+        return Err(ApiError::LoginFailed);
+    }
+    attempt.succeeded();
+    let key = custody
+        .signer(account.id)
+        .ok_or_else(|| ApiError::NotFound("the engine holds no key for this account".into()))?;
+    tracing::warn!(target: "api", account = account.name, address = %key.address(), "custodial key exported by its household");
+    Ok((
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "address": key.address().to_string(),
+            "private_key": alloy::primitives::B256::from(key.to_bytes()).to_string(),
+        })),
+    )
+        .into_response())
 }
 
 #[cfg(test)]

@@ -550,6 +550,79 @@ async fn custodial_accounts_are_opened_with_their_keys_and_the_batch_settles() {
     }
 }
 
+/// Issue 14, step 2: `GET /api/v1/me` names the household's chain address (the one its
+/// batches use) and that it is custodial; the household exports its custodial key with its
+/// password re-entered (not with the session alone), and the exported key really controls the
+/// account on chain: it requests a withdrawal of what a batch credited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn me_shows_the_chain_address_and_the_household_exports_a_key_that_controls_it() {
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let db = databases(dir.path()).await.remove(0);
+    let crate::Fixture {
+        store,
+        market,
+        keys,
+        ..
+    } = crate::Fixture::open(&db).await;
+    let (chain, d, treasury) = deploy(url).await;
+    let s = std::sync::Arc::new(settler(&store, url, &d, 1).await);
+    let app = crate::market::api_with_settler(&store, &market, &keys, Some(s.clone()));
+    let name = unique("household");
+    let session = login(&app, &name).await;
+    let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+    let export = "/api/v1/me/custodial-key/export";
+
+    // Without a chain: no address, nothing to export.
+    let (status, me, _) = call(&app, "GET", "/api/v1/me", Some(&session), None).await;
+    assert_eq!(status, StatusCode::OK, "{me}");
+    assert!(me["chain"].is_null(), "{me}");
+    let right = json!({"password": "correct horse battery"});
+    let (status, _, _) = call(&app, "POST", export, Some(&session), Some(right.clone())).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    market.queue_batches(s.custody().clone());
+    let (_, me, _) = call(&app, "GET", "/api/v1/me", Some(&session), None).await;
+    let address: Address = me["chain"]["address"].as_str().unwrap().parse().unwrap();
+    assert_eq!(address, s.custody().address(id), "{me}");
+    assert_eq!(me["chain"]["custodial"], true, "{me}");
+
+    // The session alone is not enough; a wrong password gets nothing.
+    let (status, body, _) = call(&app, "POST", export, Some(&session), None).await;
+    assert!(status.is_client_error(), "{status} {body}");
+    let wrong = json!({"password": "battery staple"});
+    let (status, body, _) = call(&app, "POST", export, Some(&session), Some(wrong)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert!(body.get("private_key").is_none(), "{body}");
+    let (status, body, _) = call(&app, "POST", export, None, Some(right.clone())).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    let (status, body, _) = call(&app, "POST", export, Some(&session), Some(right)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let key: PrivateKeySigner = body["private_key"].as_str().unwrap().parse().unwrap();
+    assert_eq!(key.address(), address);
+
+    // A batch credits the custodial account (the engine opens it); the household, with the
+    // exported key in a wallet of its own (gas from the node), asks for its money.
+    deposit(&chain, &d, treasury, treasury, 1_000).await;
+    queue(&store, &batch(1, address, treasury, 70)).await;
+    confirm(&s, now_ms(), 1).await;
+    let wallet = RpcChain::connect(url, Some(key)).unwrap();
+    wallet.prepare_account(address).await.unwrap();
+    SettlementClient::new(wallet, d.settlement)
+        .request_withdrawal(address, U256::from(70))
+        .await
+        .unwrap();
+    let status = SettlementClient::new(chain.clone(), d.settlement)
+        .account(address)
+        .await
+        .unwrap();
+    assert_eq!(status.pending_withdrawal, U256::from(70));
+    assert_eq!(status.balance, U256::ZERO);
+}
+
 /// `market-engine verify-trade` (issue 14): a household's saved proof document checks out
 /// against a plain JSON-RPC node — the leaf rebuilt from the trade's fields, off chain and by
 /// the contract's `verifyTrade` — and a trade with another amount does not.
