@@ -277,7 +277,9 @@ impl ChainSettler {
                         reporter: operator,
                     });
                 }
-                Backend::Rpc(ChainSettlement::new(chain, settlement, operator))
+                let settlement = ChainSettlement::new(chain, settlement, operator);
+                check_treasury(&settlement).await;
+                Backend::Rpc(settlement)
             }
             other => {
                 return Err(format!(
@@ -480,6 +482,25 @@ impl ChainSettler {
             Backend::Rpc(settlement) => settlement.balance(address).await,
         }
         .map_err(|e| e.to_string())
+    }
+}
+
+/// Says in the log when the treasury has nothing in Settlement to front shortfalls with: then
+/// a debit an account cannot pay — a household's, or the utility's when it buys surplus at
+/// feed-in before its own credits came in — is cut from that batch's credits instead of being
+/// fronted. A chain that cannot be asked now is left to the outbox to report.
+async fn check_treasury<C: Chain>(settlement: &ChainSettlement<C>) {
+    let chain = settlement.chain();
+    let Ok(treasury) = chain
+        .view(settlement.address(), Settlement::treasuryCall {})
+        .await
+    else {
+        return;
+    };
+    if let Ok(balance) = settlement.balance(treasury).await
+        && balance.is_zero()
+    {
+        tracing::warn!(target: "chain", %treasury, "the treasury holds nothing in Settlement: debits an account cannot pay (the utility buying surplus before its credits, an empty household) will be cut from the batch's credits instead of fronted; deposit into the treasury's account");
     }
 }
 

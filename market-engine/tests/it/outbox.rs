@@ -550,6 +550,59 @@ async fn custodial_accounts_are_opened_with_their_keys_and_the_batch_settles() {
     }
 }
 
+/// Issue 14, step 2: the utility's custodial account starts empty. When it buys surplus at
+/// feed-in before anything credited it, its debit becomes debt the treasury fronts (the seller
+/// is paid in full, nothing is refused); the utility's next credit (selling a shortfall at
+/// retail) repays the treasury.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_utility_buying_surplus_first_is_fronted_by_the_treasury_and_repays_it() {
+    use market_engine::chain::custody::UTILITY;
+    let Some(node) = gridshare_testbed::anvil::Anvil::start() else {
+        return;
+    };
+    let url = node.url.as_str();
+    let dir = tempfile::tempdir().unwrap();
+    let db = databases(dir.path()).await.remove(0);
+    let store = Store::open(&db).await.unwrap();
+    let (chain, d, treasury) = deploy(url).await;
+    deposit(&chain, &d, treasury, treasury, 10_000).await;
+    let s = settler(&store, url, &d, 1).await;
+    let (_, seller) = household(&store, &s).await;
+    let (_, buyer) = household(&store, &s).await;
+    let utility = s.custody().address(UTILITY);
+    // Slot 1: the seller's surplus goes to the utility at feed-in.
+    queue(&store, &batch(1, seller.address(), utility, 1_600)).await;
+    let now = now_ms();
+    confirm(&s, now, 1).await;
+    assert_eq!(
+        balance(&chain, &d, seller.address()).await,
+        U256::from(1_600)
+    );
+    let debt = |account: Address| {
+        let chain = chain.clone();
+        async move {
+            chain
+                .view(d.settlement, Settlement::debtOfCall { account })
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(debt(utility).await, U256::from(1_600), "public debt");
+    assert_eq!(balance(&chain, &d, treasury).await, U256::from(8_400));
+    // Slot 2: the buyer's shortfall comes from the utility at retail; the buyer deposited.
+    open(&chain, &d, &buyer).await;
+    deposit(&chain, &d, treasury, buyer.address(), 5_000).await;
+    queue(&store, &batch(2, utility, buyer.address(), 3_000)).await;
+    confirm(&s, now, 1).await;
+    assert_eq!(debt(utility).await, U256::ZERO, "repaid from its credit");
+    assert_eq!(balance(&chain, &d, utility).await, U256::from(1_400));
+    assert_eq!(
+        balance(&chain, &d, treasury).await,
+        U256::from(10_000),
+        "the treasury is whole again"
+    );
+}
+
 /// Issue 14, step 2: `GET /api/v1/me` names the household's chain address (the one its
 /// batches use) and that it is custodial; the household exports its custodial key with its
 /// password re-entered (not with the session alone), and the exported key really controls the
