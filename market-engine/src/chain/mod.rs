@@ -176,11 +176,20 @@ impl ChainSettler {
         if config.confirmations == 0 {
             return Err("chain.confirmations: must be at least 1 (1 = in a block)".into());
         }
+        match config.backend.as_str() {
+            "none" => return Ok(None),
+            "embedded" | "rpc" => {}
+            other => {
+                return Err(format!(
+                    "chain.backend {other:?}: expected embedded, rpc or none"
+                ));
+            }
+        }
+        // Read (or created) only once the configuration is known to settle on a chain.
         let custody = std::sync::Arc::new(custody::Custody::load(config)?);
         let mut confirmations = config.confirmations;
         let mut watch = None;
         let backend = match config.backend.as_str() {
-            "none" => return Ok(None),
             "embedded" => {
                 let chain = EmbeddedChain::open(&config.state_file)
                     .map_err(|e| format!("chain.state_file: {e}"))?;
@@ -281,11 +290,7 @@ impl ChainSettler {
                 check_treasury(&settlement).await;
                 Backend::Rpc(settlement)
             }
-            other => {
-                return Err(format!(
-                    "chain.backend {other:?}: expected embedded, rpc or none"
-                ));
-            }
+            _ => unreachable!("the backend was checked above"),
         };
         Ok(Some(Self {
             backend,
