@@ -398,6 +398,12 @@ async fn slots_without_orders_are_settled_and_empty_ones_produce_nothing() {
         // 400 Wh imported with no trade: bought from the utility at retail.
         let cost = i64::try_from(400 * terms.band.retail_per_kwh / 1000).unwrap();
         assert_eq!(market.funds(id).await.balance, -cost, "{url}");
+        // Nothing to queue before a chain is configured; once one is (with its custody, the
+        // accounts' addresses), the settled slot with money in it.
+        assert_eq!(market.queue_unqueued().await.unwrap(), 0, "{url}");
+        market.queue_batches(std::sync::Arc::new(
+            market_engine::chain::custody::Custody::generate().unwrap(),
+        ));
         assert_eq!(market.queue_unqueued().await.unwrap(), 1, "{url}");
         let queued: Vec<i64> = sqlx::query_scalar("SELECT slot FROM settlement_batches")
             .fetch_all(store.pool())
