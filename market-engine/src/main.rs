@@ -84,6 +84,11 @@ enum Command {
         /// Directory for the database and keys (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Length of a reward epoch on the demo chain, s (proof window one epoch, vesting
+        /// seven): the first reward is claimable about ten epochs after the start. Used when the
+        /// directory's chain is new.
+        #[arg(long, default_value_t = 30)]
+        epoch_s: u64,
     },
 }
 
@@ -212,7 +217,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             mqtt_port,
             speed,
             dir,
+            epoch_s,
         } => {
+            if !(10..=86_400).contains(&epoch_s) {
+                anyhow::bail!("--epoch-s must be between 10 and 86400");
+            }
             if !(1..=200).contains(&homes) {
                 anyhow::bail!("--homes must be between 1 and 200");
             }
@@ -228,6 +237,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 mqtt_port,
                 speed,
                 dir,
+                epoch_s,
             };
             demo::run(options, shutdown_signal()).await?;
         }
