@@ -226,6 +226,12 @@ pub(crate) async fn run(
             key_file,
             data_dir: options.dir.join(&name),
             poll_interval_ms: 1000,
+            // The simulated devices, the engine and the embedded chain share this machine's
+            // clock, so the readings' time is the chain's: vouch for it, as an installer does
+            // with `clock_sync = "synchronised"` for a meter with its own time source. (With
+            // "auto" a host without a time daemon signs "unsynchronised" readings, which
+            // MeterStaking refuses as proofs: the demo would earn nothing.)
+            clock_sync: meter_agent::config::ClockPolicy::Synchronised,
             ..AgentConfig::default()
         };
         agent_config.modbus.address = server.addr.to_string();
