@@ -305,42 +305,44 @@ async fn rounds<A: Chain, B: Chain>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_proves_each_epoch_once_from_its_readings_on_the_embedded_chain_and_anvil() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
-    let store = Store::open(&url).await.unwrap();
-    let embedded = ChainConfig {
-        backend: "embedded".into(),
-        state_file: dir.path().join("chain.json"),
-        embedded_epoch_s: EPOCH_S,
-        ..ChainConfig::default()
-    };
-    let settler = ChainSettler::open(&embedded, store.clone())
-        .await
-        .unwrap()
-        .unwrap();
-    let target = settler.watch_target().cloned().unwrap();
-    let WatchedChain::Embedded(chain) = target.chain else {
-        panic!("embedded chain expected");
-    };
-    let client = StakingClient::new(&chain, target.staking);
-    let (genesis, epoch, _) = client.schedule().await.unwrap();
-    assert_eq!(
-        epoch, EPOCH_S,
-        "chain.embedded_epoch_s sets the deployment's epoch"
-    );
-    let owner = Address::repeat_byte(0x71);
-    chain.prepare_account(owner).await.unwrap();
-    rounds(
-        &settler,
-        &store,
-        &chain,
-        EMBEDDED_OPERATOR,
-        &chain,
-        owner,
-        target.staking,
-        genesis,
-        EMBEDDED_OPERATOR,
-    )
-    .await;
+    // The embedded chain on each database (SQLite, and PostgreSQL where this machine has it).
+    for (i, url) in crate::databases(dir.path()).await.into_iter().enumerate() {
+        let store = Store::open(&url).await.unwrap();
+        let embedded = ChainConfig {
+            backend: "embedded".into(),
+            state_file: dir.path().join(format!("chain-{i}.json")),
+            embedded_epoch_s: EPOCH_S,
+            ..ChainConfig::default()
+        };
+        let settler = ChainSettler::open(&embedded, store.clone())
+            .await
+            .unwrap()
+            .unwrap();
+        let target = settler.watch_target().cloned().unwrap();
+        let WatchedChain::Embedded(chain) = target.chain else {
+            panic!("embedded chain expected");
+        };
+        let client = StakingClient::new(&chain, target.staking);
+        let (genesis, epoch, _) = client.schedule().await.unwrap();
+        assert_eq!(
+            epoch, EPOCH_S,
+            "chain.embedded_epoch_s sets the deployment's epoch"
+        );
+        let owner = Address::repeat_byte(0x71);
+        chain.prepare_account(owner).await.unwrap();
+        rounds(
+            &settler,
+            &store,
+            &chain,
+            EMBEDDED_OPERATOR,
+            &chain,
+            owner,
+            target.staking,
+            genesis,
+            EMBEDDED_OPERATOR,
+        )
+        .await;
+    }
 
     // anvil: the engine's operator key is anvil's first account (deployer), the household's
     // anvil's second.
