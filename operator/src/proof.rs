@@ -1,6 +1,8 @@
-//! Which reading proves a meter's latest epoch: its last reading in the newest epoch whose
-//! proof window is open, after where the contract's last proof ended (for a key's first proof,
-//! also the earliest reading to start from). Pure: the readings come from the agent's or the engine's store, the rest from the chain.
+//! Which readings prove a meter's epoch: its last reading in the epoch, after where the
+//! contract's last proof ended (for a key's first proof, also a reading to start from). [`plan`]
+//! picks the newest provable epoch (`gridshare prove`, run now and then by an owner);
+//! [`plan_epoch`] proves a given one, so the engine can prove every epoch in turn. Pure: the
+//! readings come from the agent's or the engine's store, the rest from the chain.
 
 use gridshare_core::reading::{ClockSync, SignedReading, ValueStatus};
 
