@@ -57,6 +57,17 @@ impl StakingParams {
         }
     }
 
+    /// [`StakingParams::daily`] with epochs of `epoch_s` seconds instead of a day (a demo's
+    /// few minutes): the proof window is one epoch, the unbonding period seven, as for a day.
+    pub fn with_epoch(genesis: u64, epoch_s: u64) -> Self {
+        Self {
+            epoch_duration: epoch_s,
+            proof_window: epoch_s,
+            unbonding_period: 7 * epoch_s,
+            ..Self::daily(genesis)
+        }
+    }
+
     fn config(&self, treasury: Address, settlement: Address) -> MeterStaking::Config {
         MeterStaking::Config {
             minStake: self.min_stake,

@@ -46,6 +46,8 @@ pub(crate) struct DemoOptions {
     pub(crate) speed: f64,
     /// Directory for the database and the meters' keys.
     pub(crate) dir: PathBuf,
+    /// Reward epoch of the demo chain, s.
+    pub(crate) epoch_s: u64,
 }
 
 /// Delivery slot length of the demo, seconds.
@@ -80,6 +82,12 @@ pub(crate) async fn run(
     config.market.window_opens_before_s = 600;
     config.market.gate_closure_before_s = 3;
     config.market.settlement_after_s = 4;
+    // Short reward epochs, proven by the engine (each home's delegate) a few seconds after
+    // they end: the first reward is earned within minutes and vests about ten epochs after
+    // the start.
+    config.chain.embedded_epoch_s = options.epoch_s;
+    config.chain.prove_after_s = 5;
+    config.chain.prove_retry_s = 5;
     let engine = Engine::start(&config).await?;
     let market = engine.market.clone();
     let community = market.community().clone();
@@ -107,10 +115,16 @@ pub(crate) async fn run(
         "  log in as  home-01 … home-{:02} with password \"demo-password\"",
         options.homes
     );
+    println!(
+        "  rewards    {}-second epochs; the engine proves each home's epochs as its delegate, \
+         the homes claim what vested (GET /api/v1/meters/home-01/stake)",
+        options.epoch_s
+    );
     println!();
 
     let (stop_agents, agents_stopped) = watch::channel(false);
     let mut agents = Vec::new();
+    let mut homes = Vec::new();
     for i in 0..options.homes {
         let name = format!("home-{:02}", i + 1);
         let account = match engine.store.account_by_name(&name).await? {
@@ -212,6 +226,12 @@ pub(crate) async fn run(
             key_file,
             data_dir: options.dir.join(&name),
             poll_interval_ms: 1000,
+            // The simulated devices, the engine and the embedded chain share this machine's
+            // clock, so the readings' time is the chain's: vouch for it, as an installer does
+            // with `clock_sync = "synchronised"` for a meter with its own time source. (With
+            // "auto" a host without a time daemon signs "unsynchronised" readings, which
+            // MeterStaking refuses as proofs: the demo would earn nothing.)
+            clock_sync: meter_agent::config::ClockPolicy::Synchronised,
             ..AgentConfig::default()
         };
         agent_config.modbus.address = server.addr.to_string();
@@ -238,11 +258,27 @@ pub(crate) async fn run(
             keep_battery_above_bp: (i % 3 == 0).then_some(3_000),
         };
         engine.store.set_rule(&rule, now_ms()).await?;
+        homes.push((name.clone(), account));
     }
 
     let reporter = tokio::spawn(report_loop(market.clone(), engine.ingest.clone()));
+    let claimer = engine.settler.clone().map(|settler| {
+        // Each home claims to its account's chain address (its custodial key's).
+        let homes: Vec<(String, Address)> = homes
+            .iter()
+            .map(|(name, account)| (name.clone(), settler.custody().address(*account)))
+            .collect();
+        tokio::spawn(async move {
+            if let ChainHandle::Embedded(settlement) = settler.handle() {
+                claim_loop(settlement.chain(), settlement.address(), &homes).await;
+            }
+        })
+    });
     stop.await;
     reporter.abort();
+    if let Some(claimer) = claimer {
+        claimer.abort();
+    }
     let _ = stop_agents.send(true);
     for a in agents {
         let _ = a.await;
@@ -346,7 +382,64 @@ async fn stake_on_chain<C: Chain>(
         .map_err(refused)?;
     client.approve(owner).await.map_err(refused)?;
     client.stake(owner, id, amount).await.map_err(refused)?;
+    // The household lets the engine prove its epochs from the readings it holds.
+    client
+        .set_delegate(owner, id, EMBEDDED_OPERATOR)
+        .await
+        .map_err(refused)?;
     Ok(())
+}
+
+/// Plays the households' part in the reward loop: every few seconds each home claims what has
+/// vested (as `gridshare claim` would), and the demo prints what was proven and paid.
+async fn claim_loop<C: Chain>(chain: &C, settlement: Address, homes: &[(String, Address)]) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    let mut shown: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    loop {
+        tick.tick().await;
+        let Ok(Some(staking)) = market_engine::staking::staking_contract(chain, settlement).await
+        else {
+            continue;
+        };
+        let client = StakingClient::new(chain, staking);
+        let Ok(current) = client.current_epoch().await else {
+            continue;
+        };
+        for (name, owner) in homes {
+            let Ok(id) = text_id(name) else { continue };
+            let Ok(m) = client.meter(id).await else {
+                continue;
+            };
+            // Newly proven epochs, once each.
+            for epoch in m.nextClaimEpoch..current {
+                let Ok(c) = client.credit(id, epoch).await else {
+                    continue;
+                };
+                if c.coveredS > 0 && shown.get(name).is_none_or(|e| *e < epoch + 1) {
+                    shown.insert(name.clone(), epoch + 1);
+                    println!(
+                        "        {name}: epoch {epoch} proven by the engine: sold {} Wh, \
+                         exported {} Wh, credited {} Wh",
+                        c.soldWh, c.exportedWh, c.creditedWh
+                    );
+                }
+            }
+            let Ok(claimable) = client.claimable(id, current).await else {
+                continue;
+            };
+            if claimable.is_zero() {
+                continue;
+            }
+            match client.claim(*owner, id, current).await {
+                Ok((paid, _)) => println!(
+                    "        {name} claimed a reward of {} tokens for its settled local sales \
+                     (GET /api/v1/meters/{name}/stake)",
+                    gridshare_operator::amount::format_tokens(paid)
+                ),
+                Err(e) => tracing::warn!(target: "demo", "{name}: claim: {}", describe(&e)),
+            }
+        }
+    }
 }
 
 async fn report_loop(market: Arc<Market>, ingest: Arc<IngestMetrics>) {

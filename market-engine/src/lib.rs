@@ -14,6 +14,8 @@
 //!   settlement;
 //! - [`chain`]: settled slots as batches through the settlement outbox (in the engine's
 //!   database) to the embedded chain or a JSON-RPC node;
+//! - [`prover`]: proofs of every finished epoch of the meters that made the engine their
+//!   delegate, from the readings it holds;
 //! - [`watch`]: the fraud watcher that reports meters signing contradictory readings;
 //! - [`staking`]: a meter's stake and rewards, read from the staking contract on the chain;
 //! - [`store`]: SQLite or PostgreSQL through one code path;
@@ -35,6 +37,7 @@ pub mod market;
 pub mod meters;
 pub mod metrics;
 pub mod pipeline;
+pub mod prover;
 pub mod server;
 pub mod settings;
 pub mod staking;

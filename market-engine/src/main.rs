@@ -99,6 +99,12 @@ enum Command {
         /// Directory for the database and keys (default: a new temporary directory).
         #[arg(long)]
         dir: Option<PathBuf>,
+        /// Length of a reward epoch on the demo chain, s (proof window one epoch, vesting
+        /// seven): the first reward is claimable about ten epochs after the start. Used when the
+        /// directory's chain is new. At least 20: every transaction is a block of the embedded
+        /// chain at least a second after the last, so a burst of proofs moves its clock ahead.
+        #[arg(long, default_value_t = 30)]
+        epoch_s: u64,
     },
 }
 
@@ -258,7 +264,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
             mqtt_port,
             speed,
             dir,
+            epoch_s,
         } => {
+            if !(20..=86_400).contains(&epoch_s) {
+                anyhow::bail!("--epoch-s must be between 20 and 86400");
+            }
             if !(1..=200).contains(&homes) {
                 anyhow::bail!("--homes must be between 1 and 200");
             }
@@ -274,6 +284,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 mqtt_port,
                 speed,
                 dir,
+                epoch_s,
             };
             demo::run(options, shutdown_signal()).await?;
         }

@@ -239,6 +239,21 @@ impl Snapshot {
             chain.slashes.load(Ordering::Relaxed),
         );
         s.counter(
+            "gridshare_epoch_proofs",
+            "Epochs the engine proved to MeterStaking for meters whose owner made it their delegate.",
+            chain.proofs.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_epoch_proof_failures",
+            "Epoch proofs that failed (refused by the contract, or not sent); tried again while the proof window is open.",
+            chain.proof_failures.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_epoch_proofs_failing",
+            "Meters whose oldest unproven epoch failed to be proven in the latest round.",
+            chain.proofs_failing.load(Ordering::Relaxed),
+        );
+        s.counter(
             "gridshare_chain_flush_failures",
             "Outbox steps that failed because the database or the chain could not be asked (retried).",
             chain.failures.load(Ordering::Relaxed),
@@ -370,4 +385,10 @@ pub struct ChainMetrics {
     pub failures: std::sync::atomic::AtomicU64,
     /// Meters the engine's fraud watcher had slashed.
     pub slashes: std::sync::atomic::AtomicU64,
+    /// Epochs the engine proved for its meters ([`crate::prover`]).
+    pub proofs: std::sync::atomic::AtomicU64,
+    /// Proofs that failed (refused by the contract, or not sent); tried again.
+    pub proof_failures: std::sync::atomic::AtomicU64,
+    /// Meters whose oldest unproven epoch is failing, after the latest round.
+    pub proofs_failing: std::sync::atomic::AtomicU64,
 }

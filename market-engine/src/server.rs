@@ -285,6 +285,28 @@ impl Engine {
                 },
             ));
         }
+        if let Some(settler) = settler.clone().filter(|_| config.chain.prove) {
+            let settings = crate::prover::ProverSettings {
+                after_s: config.chain.prove_after_s,
+                retry_s: config.chain.prove_retry_s,
+            };
+            let (store, metrics, stop) =
+                (store.clone(), chain_metrics.clone(), shutdown.subscribe());
+            tasks.push(supervise(
+                "prover",
+                task_metrics.clone(),
+                stop.clone(),
+                move || {
+                    crate::prover::run(
+                        settler.clone(),
+                        store.clone(),
+                        settings,
+                        metrics.clone(),
+                        stop.clone(),
+                    )
+                },
+            ));
+        }
         if let Some(target) = settler.as_ref().and_then(|s| s.watch_target()).cloned() {
             let source = gridshare_operator::watcher::MqttSource {
                 host: watch_subscription.host.clone(),

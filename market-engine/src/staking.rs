@@ -22,8 +22,12 @@ use crate::api::auth::Authenticated;
 use crate::api::{ApiError, AppState};
 use crate::chain::ChainHandle;
 
-/// How many epochs back (the current one included) the answer lists.
-pub const EPOCHS_SHOWN: u64 = 7;
+/// How many of the engine's latest proofs of the meter the answer lists.
+pub const PROOFS_SHOWN: u32 = 7;
+
+/// How many epochs back (the current one included) the answer lists: enough to reach the
+/// newest vested epoch (proof window one epoch, vesting seven, at the default parameters).
+pub const EPOCHS_SHOWN: u64 = 10;
 
 /// The routes of this module (merged into [`crate::api::router`]).
 pub fn routes() -> Router<AppState> {
@@ -113,6 +117,9 @@ pub async fn meter_stake<C: Chain>(
         "unbonding_ends_s": (m.unbondingEnds > 0).then_some(m.unbondingEnds),
         "export_capacity_w": m.exportCapacityW,
         "next_claim_epoch": m.nextClaimEpoch,
+        "delegate": (m.delegate != Address::ZERO).then(|| m.delegate.to_string()),
+        "last_proven_seq": (m.lastTimestampMs != 0).then_some(m.lastSeq),
+        "last_proven_ms": (m.lastTimestampMs != 0).then_some(m.lastTimestampMs),
         "claimable": amount(claimable),
         "epochs": epochs,
     });
@@ -147,9 +154,37 @@ async fn stake(
                 .into(),
         ));
     };
-    let answer = match settler.handle() {
-        ChainHandle::Embedded(s) => meter_stake(s.chain(), s.address(), &meter_id).await,
-        ChainHandle::Rpc(s) => meter_stake(s.chain(), s.address(), &meter_id).await,
+    let (answer, engine) = match settler.handle() {
+        ChainHandle::Embedded(s) => (
+            meter_stake(s.chain(), s.address(), &meter_id).await,
+            s.operator(),
+        ),
+        ChainHandle::Rpc(s) => (
+            meter_stake(s.chain(), s.address(), &meter_id).await,
+            s.operator(),
+        ),
     };
-    answer.map(Json).map_err(ApiError::Internal)
+    let mut answer = answer.map_err(ApiError::Internal)?;
+    // The engine's own proofs of the meter's epochs ([`crate::prover`]): what it tried, and
+    // why a proof failed.
+    let proofs = crate::prover::records(&state.store, &meter_id, PROOFS_SHOWN).await?;
+    if let Some(out) = answer.as_object_mut()
+        && out.get("registered") == Some(&json!(true))
+    {
+        let delegate = out
+            .get("delegate")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<Address>().ok());
+        let owner = out
+            .get("owner")
+            .and_then(|d| d.as_str())
+            .and_then(|d| d.parse::<Address>().ok());
+        out.insert("engine_address".into(), json!(engine.to_string()));
+        out.insert(
+            "proved_by_engine".into(),
+            json!(delegate == Some(engine) || owner == Some(engine)),
+        );
+        out.insert("proofs".into(), json!(proofs));
+    }
+    Ok(Json(answer))
 }

@@ -5,7 +5,7 @@
 //!   what the contract will verify before the key signs anything.
 //! - [`fraud`]: when two signed readings of one meter cannot both be true — the same rule the
 //!   staking contract applies, so the watcher never reports what the chain would refuse.
-//! - [`proof`]: which two stored readings prove the newest provable epoch.
+//! - [`proof`]: which two stored readings prove the newest provable epoch, or a given one.
 //! - [`watcher`]: follows a community's readings (MQTT) and reports fraud automatically.
 
 pub mod amount;

@@ -1,6 +1,8 @@
-//! Which reading proves a meter's latest epoch: its last reading in the newest epoch whose
-//! proof window is open, after where the contract's last proof ended (for a key's first proof,
-//! also the earliest reading to start from). Pure: the readings come from the agent's or the engine's store, the rest from the chain.
+//! Which readings prove a meter's epoch: its last reading in the epoch, after where the
+//! contract's last proof ended (for a key's first proof, also a reading to start from). [`plan`]
+//! picks the newest provable epoch (`gridshare prove`, run now and then by an owner);
+//! [`plan_epoch`] proves a given one, so the engine can prove every epoch in turn. Pure: the
+//! readings come from the agent's or the engine's store, the rest from the chain.
 
 use gridshare_core::reading::{ClockSync, SignedReading, ValueStatus};
 
@@ -128,6 +130,72 @@ pub fn plan(
         .ok_or(PlanError::NothingToProve)
 }
 
+/// The proof of one given `epoch` (the engine proves every epoch in turn, oldest first, so that
+/// each is credited its own export): it ends at the meter's last usable reading in the epoch
+/// after `last`, the contract's record. For a key's first proof it starts at the last usable
+/// reading before the epoch (the whole epoch is then covered), or failing that at the epoch's
+/// first one. Whether the epoch can be proven now is the caller's question
+/// ([`Schedule::provable`]); `readings` may be any subset of the meter's readings that holds
+/// those near the epoch's boundaries.
+pub fn plan_epoch(
+    readings: &[SignedReading],
+    last: Option<LastProven>,
+    schedule: Schedule,
+    epoch: u64,
+) -> Result<ProofPlan, PlanError> {
+    let starts_ms = (schedule.genesis + epoch * schedule.epoch_duration) * 1000;
+    let ends_ms = starts_ms + schedule.epoch_duration * 1000;
+    let follows = |r: &SignedReading, from: &LastProven| {
+        let (export, import) = counters(r);
+        r.reading.seq > from.seq
+            && r.reading.timestamp_ms >= from.timestamp_ms
+            && export >= from.export_wh
+            && import >= from.import_wh
+    };
+    let end = readings
+        .iter()
+        .filter(|r| usable(r))
+        .filter(|r| (starts_ms..ends_ms).contains(&r.reading.timestamp_ms))
+        .filter(|r| last.as_ref().is_none_or(|l| follows(r, l)))
+        .max_by_key(|r| (r.reading.timestamp_ms, r.reading.seq))
+        .ok_or(PlanError::NothingToProve)?;
+    if last.is_some() {
+        return Ok(ProofPlan {
+            start: None,
+            end: end.clone(),
+            epoch,
+        });
+    }
+    let (end_export, end_import) = counters(end);
+    let precedes = |r: &&SignedReading| {
+        let (export, import) = counters(r);
+        usable(r)
+            && r.reading.seq < end.reading.seq
+            && r.reading.timestamp_ms <= end.reading.timestamp_ms
+            && export <= end_export
+            && import <= end_import
+    };
+    let before = readings
+        .iter()
+        .filter(precedes)
+        .filter(|r| r.reading.timestamp_ms < starts_ms)
+        .max_by_key(|r| (r.reading.timestamp_ms, r.reading.seq));
+    let start = before
+        .or_else(|| {
+            readings
+                .iter()
+                .filter(precedes)
+                .filter(|r| r.reading.timestamp_ms >= starts_ms)
+                .min_by_key(|r| (r.reading.timestamp_ms, r.reading.seq))
+        })
+        .ok_or(PlanError::NoStart)?;
+    Ok(ProofPlan {
+        start: Some(start.clone()),
+        end: end.clone(),
+        epoch,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +257,38 @@ mod tests {
         assert_eq!(
             plan(&readings, Some(after(4, 1_199, 30)), schedule, 1_250).unwrap_err(),
             PlanError::NothingToProve
+        );
+        // One epoch at a time, oldest first: epoch 0 ends at seq 2; a first proof of epoch 1
+        // starts at the last reading before it, so the whole epoch is covered.
+        let p = plan_epoch(&readings, None, schedule, 0).expect("epoch 0");
+        assert_eq!(
+            (p.start.map(|s| s.reading.seq), p.end.reading.seq),
+            (Some(1), 2)
+        );
+        let p = plan_epoch(&readings, None, schedule, 1).expect("epoch 1");
+        assert_eq!(
+            (p.start.map(|s| s.reading.seq), p.end.reading.seq),
+            (Some(2), 4)
+        );
+        let p = plan_epoch(&readings, Some(after(2, 1_090, 10)), schedule, 1).expect("next");
+        assert_eq!((p.start.is_none(), p.end.reading.seq), (true, 4));
+        // Proven through seq 4: epoch 1 has nothing more, epoch 2 goes on from there.
+        assert_eq!(
+            plan_epoch(&readings, Some(after(4, 1_199, 30)), schedule, 1).unwrap_err(),
+            PlanError::NothingToProve
+        );
+        assert_eq!(
+            plan_epoch(&readings, Some(after(4, 1_199, 30)), schedule, 2)
+                .expect("epoch 2")
+                .end
+                .reading
+                .seq,
+            5
+        );
+        // A single reading in the epoch and none before it: nothing to start from.
+        assert_eq!(
+            plan_epoch(&readings[4..], None, schedule, 2).unwrap_err(),
+            PlanError::NoStart
         );
         // Counters below the last proven ones are never an end.
         assert_eq!(

@@ -75,6 +75,18 @@ pub struct ChainConfig {
     pub utility_address: String,
     /// Address the grid operator's legs settle to; empty: a custodial key of the engine.
     pub grid_operator_address: String,
+    /// Prove every finished epoch of every staked meter whose owner made the engine's operator
+    /// key its delegate in `MeterStaking`, from the readings the engine holds
+    /// ([`crate::prover`]).
+    pub prove: bool,
+    /// Seconds after an epoch ends before the engine proves it, so late readings are in (at
+    /// most half the contract's proof window is used).
+    pub prove_after_s: u64,
+    /// Seconds before a proof that failed is tried again (while its proof window is open).
+    pub prove_retry_s: u64,
+    /// Embedded: `MeterStaking`'s epoch length when the engine deploys it (first start). The
+    /// proof window is one epoch and the unbonding period seven; the default is a day.
+    pub embedded_epoch_s: u64,
 }
 
 impl Default for ChainConfig {
@@ -94,6 +106,10 @@ impl Default for ChainConfig {
             custody_key_file: None,
             utility_address: String::new(),
             grid_operator_address: String::new(),
+            prove: true,
+            prove_after_s: 300,
+            prove_retry_s: 600,
+            embedded_epoch_s: 86_400,
         }
     }
 }
@@ -173,6 +189,12 @@ impl ChainSettler {
         if let Some(file) = &config.outbox_file {
             tracing::warn!(target: "chain", file = %file.display(), "chain.outbox_file is no longer used: the settlement outbox lives in the engine's database (batches already on chain are recognised by their root)");
         }
+        if config.embedded_epoch_s == 0 || config.embedded_epoch_s > u64::from(u32::MAX) {
+            return Err("chain.embedded_epoch_s: between 1 and 4294967295 seconds".into());
+        }
+        if config.prove_retry_s == 0 {
+            return Err("chain.prove_retry_s: at least 1 second".into());
+        }
         if config.confirmations == 0 {
             return Err("chain.confirmations: must be at least 1 (1 = in a block)".into());
         }
@@ -216,7 +238,7 @@ impl ChainSettler {
                             EMBEDDED_OPERATOR,
                             None,
                             supply,
-                            &StakingParams::daily(now),
+                            &StakingParams::with_epoch(now, config.embedded_epoch_s),
                             &settlement_params,
                         )
                         .await

@@ -593,13 +593,16 @@ async fn latest_readings(
     };
     // The scalar subquery walks the (meter_id, timestamp_ms) index backwards from `at_s` and
     // stops at the first reading with both counters: its cost does not grow with history.
+    // `CROSS JOIN` makes SQLite drive the join from the meters (one index seek each); with a
+    // plain join it scanned every stored reading and ran the subquery for each.
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT r.meter_id, r.import_wh, r.export_wh, r.timestamp_ms, r.digest \
-         FROM meters m JOIN readings r ON r.meter_id = m.meter_id AND r.timestamp_ms = \
+         FROM meters m CROSS JOIN readings r \
+         WHERE r.meter_id = m.meter_id AND r.timestamp_ms = \
            (SELECT l.timestamp_ms FROM readings l WHERE l.meter_id = m.meter_id \
             AND l.timestamp_ms <= $1 AND l.import_wh IS NOT NULL AND l.export_wh IS NOT NULL \
             ORDER BY l.timestamp_ms DESC LIMIT 1) \
-         WHERE m.approved_ms IS NOT NULL AND r.import_wh IS NOT NULL AND r.export_wh IS NOT NULL {only} \
+         AND m.approved_ms IS NOT NULL AND r.import_wh IS NOT NULL AND r.export_wh IS NOT NULL {only} \
          ORDER BY r.meter_id, r.digest"
     )))
     .bind(at_s.saturating_mul(1000))

@@ -23,6 +23,7 @@ mod meters;
 mod money;
 mod outbox;
 mod privacy;
+mod prover;
 mod roi;
 mod sharing;
 mod staking;

@@ -171,7 +171,7 @@ async fn a_meters_stake_and_rewards_come_from_the_staking_contract() {
     let epochs = body["epochs"].as_array().unwrap();
     let current = body["current_epoch"].as_u64().unwrap();
     assert_eq!(epochs[0]["epoch"], current, "newest first");
-    assert!(epochs.len() <= 7 && !epochs.is_empty());
+    assert!(epochs.len() <= 10 && !epochs.is_empty());
     assert!(
         epochs
             .iter()

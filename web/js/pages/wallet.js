@@ -64,8 +64,16 @@ export async function render(main) {
     if (answers.length === 0) { stakes.replaceChildren(h('p', { class: 'muted' }, t('no_meters'))); return; }
     const state = (a) => (a.error ? a.error : !a.registered ? t('not_registered_on_chain') : a.slashed ? t('slashed') : a.attested ? t('attested') : t('not_attested'));
     const rewards = (a) => (a.epochs || []).reduce((sum, e) => sum + BigInt(e.reward), 0n);
-    stakes.replaceChildren(table(t('stake_rewards'), [t('meter'), t('on_chain'), t('staked'), t('unbonding'), t('claimable'), t('rewards_recent'), t('credited_recent')],
-      answers.map((a) => ({ attrs: { 'data-meter': a.meter_id, 'data-registered': a.registered ? 'true' : 'false' }, cells: [a.meter_id, state(a), a.registered ? tokens(a.staked) : '–', a.registered ? tokens(a.unbonding) : '–', a.registered ? tokens(a.claimable) : '–', a.registered ? tokens(rewards(a)) : '–', a.registered ? wh(a.epochs.reduce((sum, e) => sum + e.credited_wh, 0)) : '–'] })), [2, 3, 4, 5, 6]));
+    // The engine proves the epochs of meters that made it their delegate; its latest attempt.
+    const proofs = (a) => {
+      if (!a.registered) return '–';
+      if (!a.proved_by_engine) return t('proofs_by_owner');
+      const p = (a.proofs || [])[0];
+      if (!p) return t('proofs_none_yet');
+      return p.status === 'failed' ? h('span', { class: 'neg' }, t('proof_failed', { epoch: p.epoch, error: p.last_error || '' })) : t('proof_proved', { epoch: p.epoch });
+    };
+    stakes.replaceChildren(table(t('stake_rewards'), [t('meter'), t('on_chain'), t('staked'), t('unbonding'), t('claimable'), t('rewards_recent'), t('credited_recent'), t('proofs')],
+      answers.map((a) => ({ attrs: { 'data-meter': a.meter_id, 'data-registered': a.registered ? 'true' : 'false' }, cells: [a.meter_id, state(a), a.registered ? tokens(a.staked) : '–', a.registered ? tokens(a.unbonding) : '–', a.registered ? tokens(a.claimable) : '–', a.registered ? tokens(rewards(a)) : '–', a.registered ? wh(a.epochs.reduce((sum, e) => sum + e.credited_wh, 0)) : '–', proofs(a)] })), [2, 3, 4, 5, 6]));
   }
   // Inclusion checks done in this page, kept across refreshes of the table.
   const checks = new Map();
