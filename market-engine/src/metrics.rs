@@ -234,6 +234,16 @@ impl Snapshot {
             chain.fell_back.load(Ordering::Relaxed),
         );
         s.counter(
+            "gridshare_chain_accounts_opened",
+            "Custodial accounts the engine opened on chain with their keys' OpenAccount signatures before a batch naming them.",
+            chain.accounts_opened.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_account_open_failures",
+            "Custodial accounts the engine could not open on chain (the batch waits, refused AccountNotOpened, and is tried again).",
+            chain.account_open_failures.load(Ordering::Relaxed),
+        );
+        s.counter(
             "gridshare_watcher_slashes",
             "Meters the engine's fraud watcher reported to MeterStaking and had slashed (two signed readings that cannot both be true).",
             chain.slashes.load(Ordering::Relaxed),
@@ -385,6 +395,10 @@ pub struct ChainMetrics {
     pub failures: std::sync::atomic::AtomicU64,
     /// Meters the engine's fraud watcher had slashed.
     pub slashes: std::sync::atomic::AtomicU64,
+    /// Custodial accounts the engine opened on chain (`openAccountFor`).
+    pub accounts_opened: std::sync::atomic::AtomicU64,
+    /// Custodial accounts it could not open (tried again at the next step).
+    pub account_open_failures: std::sync::atomic::AtomicU64,
     /// Epochs the engine proved for its meters ([`crate::prover`]).
     pub proofs: std::sync::atomic::AtomicU64,
     /// Proofs that failed (refused by the contract, or not sent); tried again.

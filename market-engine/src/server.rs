@@ -458,6 +458,12 @@ async fn settle_on_chain(
                 metrics
                     .refusals
                     .fetch_add(progress.rejected, Ordering::Relaxed);
+                metrics
+                    .accounts_opened
+                    .fetch_add(progress.accounts_opened, Ordering::Relaxed);
+                metrics
+                    .account_open_failures
+                    .fetch_add(progress.account_open_failures, Ordering::Relaxed);
             }
             Err(e) => {
                 metrics.failures.fetch_add(1, Ordering::Relaxed);

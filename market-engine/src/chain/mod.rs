@@ -345,13 +345,25 @@ impl ChainSettler {
                 settlement,
                 demo_deposit,
             } => {
-                self.open_accounts(settlement).await?;
+                let opened = self.open_accounts(settlement).await?;
                 self.demo_deposits(settlement, *demo_deposit).await?;
-                outbox::step(&self.store, settlement, self.confirmations, now_ms).await
+                let progress =
+                    outbox::step(&self.store, settlement, self.confirmations, now_ms).await?;
+                Ok(outbox::Progress {
+                    accounts_opened: opened.0,
+                    account_open_failures: opened.1,
+                    ..progress
+                })
             }
             Backend::Rpc(settlement) => {
-                self.open_accounts(settlement).await?;
-                outbox::step(&self.store, settlement, self.confirmations, now_ms).await
+                let opened = self.open_accounts(settlement).await?;
+                let progress =
+                    outbox::step(&self.store, settlement, self.confirmations, now_ms).await?;
+                Ok(outbox::Progress {
+                    accounts_opened: opened.0,
+                    account_open_failures: opened.1,
+                    ..progress
+                })
             }
         }
     }
@@ -361,15 +373,20 @@ impl ChainSettler {
     /// open. Idempotent: an open account is left alone, so a restart or a second step does
     /// nothing twice. An account that cannot be opened now (the node is away) is logged and
     /// the batch goes on to be refused `AccountNotOpened`, a refusal tried again by itself.
-    async fn open_accounts<C: Chain>(&self, settlement: &ChainSettlement<C>) -> Result<(), String> {
+    /// Returns (accounts opened, accounts that could not be opened).
+    async fn open_accounts<C: Chain>(
+        &self,
+        settlement: &ChainSettlement<C>,
+    ) -> Result<(u64, u64), String> {
         let Some(record) = outbox::open_batches(&self.store)
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
             .next()
         else {
-            return Ok(());
+            return Ok((0, 0));
         };
+        let (mut opened_count, mut failed) = (0, 0);
         let client =
             gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
         let mut candidates: Option<Vec<i64>> = None;
@@ -411,14 +428,16 @@ impl ChainSettler {
             };
             match opened {
                 Ok(_) => {
+                    opened_count += 1;
                     tracing::info!(target: "chain", slot = record.batch.id, account = %delta.account, "custodial account opened on chain");
                 }
                 Err(e) => {
+                    failed += 1;
                     tracing::warn!(target: "chain", slot = record.batch.id, account = %delta.account, error = %gridshare_contracts::household::describe(&e), "could not open a custodial account; the batch waits");
                 }
             }
         }
-        Ok(())
+        Ok((opened_count, failed))
     }
 
     /// Development chain: opens every account of the open batches (the embedded chain takes

@@ -274,6 +274,10 @@ pub struct Progress {
     pub fell_back: u64,
     /// Batches the contract refused in this step.
     pub rejected: u64,
+    /// Custodial accounts the engine opened on chain for the next batch.
+    pub accounts_opened: u64,
+    /// Custodial accounts it could not open (the batch then waits, refused retryably).
+    pub account_open_failures: u64,
 }
 
 /// Backoff after the `attempts`-th failure: 2 s doubling to a minute for a chain that cannot

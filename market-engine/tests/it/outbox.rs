@@ -475,7 +475,15 @@ async fn custodial_accounts_are_opened_with_their_keys_and_the_batch_settles() {
         .unwrap();
         queue(&store, &b1).await;
         let now = now_ms();
-        confirm(&s, now, 1).await;
+        let p = s.step(now).await.unwrap();
+        assert_eq!(
+            (p.accounts_opened, p.account_open_failures),
+            (3, 0),
+            "{db}: the three accounts opened in the step that sends the batch"
+        );
+        if p.confirmed == 0 {
+            confirm(&s, now, 1).await;
+        }
         for a in [alice_key.address(), bob_key.address(), utility] {
             assert!(is_open(a).await, "{db}: {a} opened by the engine");
         }
@@ -496,7 +504,11 @@ async fn custodial_accounts_are_opened_with_their_keys_and_the_batch_settles() {
             &batch(2, bob_key.address(), alice_key.address(), 40),
         )
         .await;
-        confirm(&s, now, 1).await;
+        let p = s.step(now).await.unwrap();
+        assert_eq!(p.accounts_opened, 0, "{db}: open already");
+        if p.confirmed == 0 {
+            confirm(&s, now, 1).await;
+        }
         assert_eq!(
             balance(&chain, &d, alice_key.address()).await,
             U256::from(60)
