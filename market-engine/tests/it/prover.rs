@@ -375,6 +375,8 @@ async fn the_engine_proves_each_epoch_once_from_its_readings_on_the_embedded_cha
         backend: "rpc".into(),
         rpc_url: node.url.clone(),
         settlement_address: d.settlement.to_string(),
+        // The custody secret beside it, in the test's directory (not the source tree).
+        state_file: dir.path().join("chain-rpc.json"),
         ..ChainConfig::default()
     };
     let settler =
