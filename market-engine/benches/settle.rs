@@ -134,6 +134,9 @@ async fn main() {
         "{meters} meters with a reading every {interval_s} s over two slots stored in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // The engine's scheduler derives each new account's chain address within a second of
+    // its creation, long before its first slot settles.
+    market.derive_addresses().await.expect("addresses");
     for t in &terms {
         market
             .close_quiet_slots(t.slot.gate_closure)

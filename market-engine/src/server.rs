@@ -420,6 +420,9 @@ async fn schedule(market: Arc<Market>, mut stop: watch::Receiver<bool>) {
         if let Err(e) = market.settle_due(now).await {
             tracing::error!(target: "market", "settlement failed (retrying): {e}");
         }
+        if let Err(e) = market.derive_addresses().await {
+            tracing::error!(target: "market", "deriving new accounts' chain addresses failed (retrying): {e}");
+        }
     }
 }
 

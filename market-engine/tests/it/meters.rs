@@ -759,3 +759,27 @@ proptest! {
             .block_on(outage_run(case));
     }
 }
+
+/// Settlement never derives a chain address (a curve multiplication per account): the
+/// scheduler derives each new account's address first, once.
+#[tokio::test]
+async fn new_accounts_get_their_chain_address_once_before_any_settlement() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let f = crate::Fixture::open(&url).await;
+        assert_eq!(
+            f.market.derive_addresses().await.unwrap(),
+            0,
+            "no chain yet"
+        );
+        f.market.queue_batches(std::sync::Arc::new(
+            market_engine::chain::custody::Custody::generate().unwrap(),
+        ));
+        login(&f.app, &unique("first")).await;
+        login(&f.app, &unique("second")).await;
+        assert_eq!(f.market.derive_addresses().await.unwrap(), 2, "{url}");
+        assert_eq!(f.market.derive_addresses().await.unwrap(), 0, "{url}: once");
+        login(&f.app, &unique("third")).await;
+        assert_eq!(f.market.derive_addresses().await.unwrap(), 1, "{url}");
+    }
+}
