@@ -240,25 +240,38 @@ pub struct TradingRule {
 /// Rows per multi-row INSERT (15 parameters each, well below every backend's limit).
 const INSERT_CHUNK: usize = 64;
 
+/// The `VALUES` list of a multi-row statement: `rows` tuples of `width` `$n` placeholders,
+/// numbered from `$1` — the form SQLite and PostgreSQL both take (sqlx's `Any` query builder
+/// writes `?`, which PostgreSQL does not). The text depends only on `rows` and `width`.
+pub(crate) fn values_placeholders(rows: usize, width: usize) -> String {
+    let mut sql = String::with_capacity(rows * width * 6);
+    let mut n = 0usize;
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for c in 0..width {
+            n += 1;
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('$');
+            sql.push_str(&n.to_string());
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 async fn insert_readings(
     tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     rows: &[(&SignedReading, String)],
     received_ms: u64,
 ) -> Result<(), StoreError> {
     for chunk in rows.chunks(INSERT_CHUNK) {
-        // `$n` placeholders, which SQLite and PostgreSQL both take (sqlx's `Any` query builder
-        // writes `?`, which PostgreSQL does not). The text depends only on the chunk's length.
-        let values: Vec<String> = (0..chunk.len())
-            .map(|row| {
-                let cols: Vec<String> = (1..=15).map(|c| format!("${}", row * 15 + c)).collect();
-                format!("({})", cols.join(", "))
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO readings (meter_id, seq, timestamp_ms, received_ms, import_wh, \
              export_wh, battery_charge_wh, battery_discharge_wh, power_w, soc_bp, pv_power_w, \
              pv_wh, battery_power_w, digest, envelope) VALUES {}",
-            values.join(", ")
+            values_placeholders(chunk.len(), 15)
         );
         let mut insert = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (signed, digest) in chunk {

@@ -347,25 +347,29 @@ impl ChainSettler {
             } => {
                 let opened = self.open_accounts(settlement).await?;
                 self.demo_deposits(settlement, *demo_deposit).await?;
-                let progress =
-                    outbox::step(&self.store, settlement, self.confirmations, now_ms).await?;
-                Ok(outbox::Progress {
-                    accounts_opened: opened.0,
-                    account_open_failures: opened.1,
-                    ..progress
-                })
+                self.send(settlement, opened, now_ms).await
             }
             Backend::Rpc(settlement) => {
                 let opened = self.open_accounts(settlement).await?;
-                let progress =
-                    outbox::step(&self.store, settlement, self.confirmations, now_ms).await?;
-                Ok(outbox::Progress {
-                    accounts_opened: opened.0,
-                    account_open_failures: opened.1,
-                    ..progress
-                })
+                self.send(settlement, opened, now_ms).await
             }
         }
+    }
+
+    /// The outbox's step proper, once the accounts of its next batch were opened (`opened`:
+    /// how many were opened, how many could not be), counted in the step's progress.
+    async fn send<C: Chain>(
+        &self,
+        settlement: &ChainSettlement<C>,
+        (opened, failures): (u64, u64),
+        now_ms: u64,
+    ) -> Result<outbox::Progress, String> {
+        let progress = outbox::step(&self.store, settlement, self.confirmations, now_ms).await?;
+        Ok(outbox::Progress {
+            accounts_opened: opened,
+            account_open_failures: failures,
+            ..progress
+        })
     }
 
     /// Opens, with its custodial key's `OpenAccount` signature (`openAccountFor`, sent by the

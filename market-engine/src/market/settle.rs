@@ -686,23 +686,10 @@ async fn insert_rows<const WIDTH: usize>(
     rows: Vec<[Bind; WIDTH]>,
 ) -> Result<(), sqlx::Error> {
     for chunk in rows.chunks((MAX_BINDS / WIDTH.max(1)).max(1)) {
-        let mut sql = String::with_capacity(head.len() + tail.len() + chunk.len() * WIDTH * 6);
-        sql.push_str(head);
-        sql.push_str(" VALUES ");
-        let mut n = 0usize;
-        for (i, _) in chunk.iter().enumerate() {
-            sql.push_str(if i == 0 { "(" } else { ", (" });
-            for c in 0..WIDTH {
-                n += 1;
-                if c > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push('$');
-                sql.push_str(&n.to_string());
-            }
-            sql.push(')');
-        }
-        sql.push_str(tail);
+        let sql = format!(
+            "{head} VALUES {}{tail}",
+            crate::store::values_placeholders(chunk.len(), WIDTH)
+        );
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for row in chunk {
             for v in row {
