@@ -126,6 +126,15 @@ impl<C: Chain> SettlementClient<C> {
     /// Deposits `amount` payment-token units from `from` to its own account (opening it),
     /// approving the contract first if its token allowance is short.
     pub async fn deposit(&self, from: Address, amount: U256) -> Result<TxOutcome, ChainError> {
+        self.approve(from, amount).await?;
+        self.chain
+            .transact(from, self.settlement, Settlement::depositCall { amount })
+            .await
+    }
+
+    /// Lets the contract take `amount` payment-token units from `from` (approving without
+    /// limit when its token allowance is short).
+    pub async fn approve(&self, from: Address, amount: U256) -> Result<(), ChainError> {
         let token = self
             .chain
             .view(self.settlement, Settlement::paymentTokenCall {})
@@ -152,9 +161,7 @@ impl<C: Chain> SettlementClient<C> {
                 )
                 .await?;
         }
-        self.chain
-            .transact(from, self.settlement, Settlement::depositCall { amount })
-            .await
+        Ok(())
     }
 
     /// Sets how much the operator may take from `from` per `period` seconds (an hour, a day,

@@ -361,6 +361,8 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/me/custodial-key/export",
             post(auth::export_custodial_key),
         )
+        .route("/api/v1/me/wallet/challenge", post(wallet_challenge))
+        .route("/api/v1/me/wallet", post(link_wallet))
         .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
         .route(
             "/api/v1/meters/{meter_id}/rule",
@@ -614,7 +616,8 @@ fn funds_json(
 ) -> serde_json::Value {
     let mut body = json!({
         "account": account, "balance": funds.balance, "held_by_bids": funds.held_by_bids,
-        "held_by_purchases": funds.held_by_purchases, "available": funds.available,
+        "held_by_purchases": funds.held_by_purchases,
+        "withdrawal_pending": funds.withdrawal_pending, "available": funds.available,
     });
     if let Some(settled) = settled {
         body["settled"] = json!(settled);
@@ -697,15 +700,164 @@ async fn move_funds(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
-/// A household takes money out: at most what it has available.
+/// A household takes money out: at most what it has available. Without a chain the engine
+/// books it at once (the operator pays it out off chain). On a chain the money is in the
+/// Settlement contract, so it leaves only on chain: the engine asks the contract with the
+/// household's custodial key (`requestWithdrawal`), answers 202, and the books follow the
+/// contract's events — the amount is held back once the request is confirmed and leaves the
+/// balance when it is paid out to the custodial address after the withdrawal delay. (A
+/// household with its own wallet calls the contract itself.)
 async fn withdraw(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
     body: Result<Json<FundingRequest>, axum::extract::rejection::JsonRejection>,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     state.limits.take(account.id)?;
     let (amount, reference) = json_body(body)?.checked("withdrawal")?;
-    move_funds(&state, &account, -amount, &reference).await
+    let Some(settler) = state.settler.clone() else {
+        return Ok(move_funds(&state, &account, -amount, &reference)
+            .await?
+            .into_response());
+    };
+    let funds = state.market.funds(account.id).await;
+    if amount > funds.available {
+        return Err(ApiError::Invalid {
+            field: "amount".into(),
+            message: format!(
+                "amount: {amount} is more than the {} token units available (open bids, unsettled purchases and a pending withdrawal hold the rest)",
+                funds.available.max(0)
+            ),
+        });
+    }
+    let request = settler
+        .request_withdrawal(account.id, amount.unsigned_abs())
+        .await
+        .map_err(|e| {
+            ApiError::Unprocessable(format!(
+                "the Settlement contract refused the withdrawal: {e}"
+            ))
+        })?;
+    let mut body = funds_json(&account.name, funds, None);
+    body["requested"] = json!(amount);
+    body["tx"] = json!(format!("{:#x}", request.tx));
+    body["paid_to"] = json!(format!("{:#x}", request.address));
+    body["ready_at"] = json!(request.ready_at);
+    body["settlement_contract"] = json!(format!("{:#x}", settler.settlement_address()));
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST /api/v1/me/wallet/challenge`: what a household's own wallet signs to become its
+/// account's chain address (see [`crate::chain::link`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WalletChallengeRequest {
+    /// The wallet, `0x…`.
+    address: String,
+}
+
+/// `POST /api/v1/me/wallet`: the wallet's signatures of its challenge.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LinkWalletRequest {
+    address: String,
+    nonce: String,
+    link_signature: String,
+    open_signature: Option<String>,
+}
+
+fn settler_of(state: &AppState) -> Result<Arc<crate::chain::ChainSettler>, ApiError> {
+    state.settler.clone().ok_or_else(|| {
+        ApiError::NotFound("no chain is configured: there is no wallet to link".into())
+    })
+}
+
+fn parse_field<T: std::str::FromStr>(
+    field: &'static str,
+    text: &str,
+    what: &str,
+) -> Result<T, ApiError>
+where
+    T::Err: std::fmt::Display,
+{
+    text.trim().parse().map_err(|e| ApiError::Invalid {
+        field: field.into(),
+        message: format!("{field}: not {what}: {e}"),
+    })
+}
+
+impl From<crate::chain::link::LinkError> for ApiError {
+    fn from(e: crate::chain::link::LinkError) -> Self {
+        use crate::chain::link::LinkError;
+        match e {
+            LinkError::Invalid(field, message) => ApiError::Invalid {
+                field: field.into(),
+                message,
+            },
+            LinkError::Conflict(m) => ApiError::Conflict(m),
+            LinkError::Chain(m) => ApiError::Busy {
+                message: format!("the chain could not be asked: {m}"),
+                retry_after_s: 5,
+            },
+        }
+    }
+}
+
+async fn wallet_challenge(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<WalletChallengeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.limits.take(account.id)?;
+    let settler = settler_of(&state)?;
+    let wallet: alloy::primitives::Address = parse_field(
+        "address",
+        &json_body(body)?.address,
+        "an EVM address (0x and 40 hex digits)",
+    )?;
+    Ok(Json(
+        settler.link_challenge(account.id, wallet, now_ms()).await?,
+    ))
+}
+
+async fn link_wallet(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    body: Result<Json<LinkWalletRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    state.limits.take(account.id)?;
+    let settler = settler_of(&state)?;
+    let body = json_body(body)?;
+    let wallet: alloy::primitives::Address = parse_field(
+        "address",
+        &body.address,
+        "an EVM address (0x and 40 hex digits)",
+    )?;
+    let nonce: alloy::primitives::B256 = parse_field(
+        "nonce",
+        &body.nonce,
+        "the challenge's nonce (0x and 64 hex digits)",
+    )?;
+    let link_signature: alloy::primitives::Bytes =
+        parse_field("link_signature", &body.link_signature, "a hex signature")?;
+    let open_signature: Option<alloy::primitives::Bytes> = body
+        .open_signature
+        .as_deref()
+        .map(|s| parse_field("open_signature", s, "a hex signature"))
+        .transpose()?;
+    let signed = crate::chain::link::WalletSignatures {
+        wallet,
+        nonce,
+        link_signature,
+        open_signature,
+    };
+    settler
+        .link_wallet(&state.market, account.id, signed, now_ms())
+        .await?;
+    Ok(Json(json!({
+        "account": account.name,
+        "chain": {"address": format!("{wallet:#x}"), "custodial": false,
+                  "settlement_contract": format!("{:#x}", settler.settlement_address())},
+    })))
 }
 
 /// The account's deposits and withdrawals, newest first.

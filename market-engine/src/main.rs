@@ -112,6 +112,14 @@ enum Command {
 enum SettlementAction {
     /// The batches not yet confirmed on chain, oldest first.
     List,
+    /// Compares every account's balance in the engine's books with the Settlement contract
+    /// (`balanceOf + withdrawalOf − debtOf`, plus batches and deposits still on their way).
+    /// Exits with an error when any account differs.
+    Balances {
+        /// One JSON object per account instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Sends a refused batch again at the engine's next outbox step.
     Resend {
         /// The slot (= batch id).
@@ -240,6 +248,63 @@ async fn run(command: Command) -> anyhow::Result<()> {
                             r.status.as_str(),
                             r.attempts,
                             r.last_error.as_deref().unwrap_or("")
+                        );
+                    }
+                }
+                SettlementAction::Balances { json } => {
+                    let Some(settler) =
+                        market_engine::chain::ChainSettler::open(&c.chain, store.clone())
+                            .await
+                            .map_err(anyhow::Error::msg)?
+                    else {
+                        anyhow::bail!(
+                            "[chain] backend = \"none\": the books have no chain to agree with"
+                        );
+                    };
+                    let rows = settler.reconcile().await.map_err(anyhow::Error::msg)?;
+                    if !json {
+                        println!(
+                            "{:>8} {:<16} {:<42} {:>22} {:>22} {:>14} {:>14} {:>14} {:>10}",
+                            "account",
+                            "name",
+                            "address",
+                            "engine",
+                            "chain balance",
+                            "pending",
+                            "debt",
+                            "in flight",
+                            "differs by"
+                        );
+                    }
+                    for r in &rows {
+                        if json {
+                            println!("{}", serde_json::to_string(r)?);
+                        } else {
+                            println!(
+                                "{:>8} {:<16} {:<42} {:>22} {:>22} {:>14} {:>14} {:>14} {:>10}",
+                                r.account,
+                                r.name,
+                                format!("{:#x}", r.address),
+                                r.engine,
+                                r.chain_balance,
+                                r.chain_pending,
+                                r.chain_debt,
+                                r.in_flight,
+                                r.difference
+                            );
+                        }
+                    }
+                    let differ = rows.iter().filter(|r| r.difference != 0).count();
+                    if differ > 0 {
+                        anyhow::bail!(
+                            "{differ} of {} accounts differ between the engine's books and the chain",
+                            rows.len()
+                        );
+                    }
+                    if !json {
+                        println!(
+                            "the engine's books and the chain agree for all {} accounts",
+                            rows.len()
                         );
                     }
                 }

@@ -244,6 +244,36 @@ impl Snapshot {
             chain.account_open_failures.load(Ordering::Relaxed),
         );
         s.counter(
+            "gridshare_chain_money_events",
+            "Deposits, withdrawal requests, cancellations and payouts read from the Settlement contract's events (confirmed blocks only) and applied to the engine's books.",
+            chain.money_events.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_chain_followed_block",
+            "The last block whose Settlement events the engine applied.",
+            chain.followed_block.load(Ordering::Relaxed),
+        );
+        s.gauge(
+            "gridshare_chain_follow_behind_blocks",
+            "Confirmed blocks whose Settlement events the engine has not read yet.",
+            chain.follow_behind.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_follow_failures",
+            "Steps of the Settlement event follower that failed (node or database away, or a reorganisation deeper than [chain] confirmations); tried again.",
+            chain.follow_failures.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_deposits_mirrored",
+            "Operator-recorded deposits (money that arrived off chain) that the engine deposited on chain for their household with depositFor.",
+            chain.deposits_mirrored.load(Ordering::Relaxed),
+        );
+        s.counter(
+            "gridshare_chain_deposit_mirror_failures",
+            "Attempts to deposit an operator-recorded deposit on chain that failed (the operator key lacks tokens or gas, the node is away); tried again.",
+            chain.deposit_mirror_failures.load(Ordering::Relaxed),
+        );
+        s.counter(
             "gridshare_watcher_slashes",
             "Meters the engine's fraud watcher reported to MeterStaking and had slashed (two signed readings that cannot both be true).",
             chain.slashes.load(Ordering::Relaxed),
@@ -405,4 +435,18 @@ pub struct ChainMetrics {
     pub proof_failures: std::sync::atomic::AtomicU64,
     /// Meters whose oldest unproven epoch is failing, after the latest round.
     pub proofs_failing: std::sync::atomic::AtomicU64,
+    /// Deposits, withdrawal requests, cancellations and payouts read from the contract's
+    /// events and applied to the books ([`crate::chain::follow`]).
+    pub money_events: std::sync::atomic::AtomicU64,
+    /// The last block whose events the engine applied.
+    pub followed_block: std::sync::atomic::AtomicU64,
+    /// Confirmed blocks not yet read, after the latest step.
+    pub follow_behind: std::sync::atomic::AtomicU64,
+    /// Steps of the event follower that failed (the node, the database, or a reorganisation
+    /// deeper than `confirmations`).
+    pub follow_failures: std::sync::atomic::AtomicU64,
+    /// Operator-recorded deposits deposited on chain for their household (`depositFor`).
+    pub deposits_mirrored: std::sync::atomic::AtomicU64,
+    /// Attempts to do so that failed (tried again at the next step).
+    pub deposit_mirror_failures: std::sync::atomic::AtomicU64,
 }

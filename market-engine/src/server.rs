@@ -450,6 +450,25 @@ async fn settle_on_chain(
             }
             Err(e) => tracing::error!(target: "chain", "settled slots not queued: {e}"),
         }
+        let money = settler.money_step(&market, crate::pipeline::now_ms()).await;
+        metrics
+            .deposits_mirrored
+            .fetch_add(money.mirrored, Ordering::Relaxed);
+        metrics
+            .deposit_mirror_failures
+            .fetch_add(money.mirror_failures, Ordering::Relaxed);
+        match money.follow {
+            Some(f) => {
+                metrics.money_events.fetch_add(f.applied, Ordering::Relaxed);
+                metrics
+                    .followed_block
+                    .store(f.through_block, Ordering::Relaxed);
+                metrics.follow_behind.store(f.behind, Ordering::Relaxed);
+            }
+            None => {
+                metrics.follow_failures.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         match settler.step(crate::pipeline::now_ms()).await {
             Ok(progress) => {
                 metrics

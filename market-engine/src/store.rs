@@ -548,6 +548,53 @@ impl Store {
             .ok_or_else(|| StoreError::Conflict(format!("account {name:?}")))
     }
 
+    /// Every linked wallet: (account, address `0x…`).
+    pub async fn linked_wallets(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        Ok(
+            sqlx::query("SELECT account_id, address FROM linked_wallets ORDER BY account_id")
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<_, sqlx::Error>>()?,
+        )
+    }
+
+    /// Links `address` (lowercase `0x…`) as `account`'s wallet, replacing an earlier link;
+    /// `Conflict` if another account has it.
+    pub async fn link_wallet(
+        &self,
+        account: i64,
+        address: &str,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.begin().await?;
+        let taken: Option<i64> =
+            sqlx::query("SELECT account_id FROM linked_wallets WHERE address = $1")
+                .bind(address)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.try_get(0))
+                .transpose()?;
+        if taken.is_some_and(|a| a != account) {
+            return Err(StoreError::Conflict(format!(
+                "the wallet {address} of another account"
+            )));
+        }
+        sqlx::query(
+            "INSERT INTO linked_wallets (account_id, address, linked_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (account_id) DO UPDATE SET address = excluded.address, \
+             linked_ms = excluded.linked_ms",
+        )
+        .bind(account)
+        .bind(address)
+        .bind(i64_of(now_ms))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Gives an existing account a role (`household` or `operator`); whether it exists.
     pub async fn set_role(&self, name: &str, role: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE accounts SET role = $1 WHERE name = $2")

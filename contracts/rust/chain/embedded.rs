@@ -2,8 +2,8 @@
 //! hardfork (so the P256VERIFY precompile exists), one block per transaction, state written to
 //! a file after every transaction so a demo survives a restart.
 
-use super::{Chain, ChainError, Inclusion, TxOutcome, TxStatus};
-use alloy::primitives::{Address, B256, Bytes, U256, keccak256};
+use super::{Chain, ChainError, ChainLog, Inclusion, TxOutcome, TxStatus};
+use alloy::primitives::{Address, B256, Bytes, Log, U256, keccak256};
 use revm::context::{BlockEnv, CfgEnv, TxEnv};
 use revm::context_interface::result::{ExecutionResult, Output};
 use revm::database::{Cache, CacheDB, EmptyDB};
@@ -22,7 +22,8 @@ const TX_GAS_LIMIT: u64 = 1 << 24;
 const BLOCK_GAS_LIMIT: u64 = 60_000_000;
 /// Identifies the state file format.
 const STATE_FORMAT: &str = "gridshare-embedded-chain/1";
-/// Receipts the chain keeps (and persists) for [`Chain::transaction`]: the latest ones.
+/// Receipts the chain keeps (and persists) for [`Chain::transaction`] and [`Chain::logs`]:
+/// the latest ones.
 const RECEIPTS_KEPT: usize = 4096;
 
 /// Chain id of a fresh embedded chain (anvil's default, so signatures made for one verify on
@@ -56,12 +57,16 @@ struct Snapshot {
 }
 
 /// A kept receipt.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Receipt {
     tx_hash: B256,
     block_number: u64,
     gas_used: u64,
     success: bool,
+    /// The transaction's logs (none if it reverted). Receipts written before logs were kept
+    /// have none.
+    #[serde(default)]
+    logs: Vec<Log>,
 }
 
 struct EmbeddedState {
@@ -267,6 +272,7 @@ impl EmbeddedState {
             block_number: self.block_number,
             gas_used: result.tx_gas_used(),
             success: result.is_success(),
+            logs: result.logs().to_vec(),
         });
         // A reverted transaction still happened (nonce, block): persist either way.
         self.persist()?;
@@ -392,6 +398,45 @@ impl Chain for EmbeddedChain {
             state.persist()
         })
         .await
+    }
+
+    async fn logs(
+        &self,
+        address: Address,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ChainLog>, ChainError> {
+        let state = self.lock()?;
+        // One transaction per block: the kept receipts are the blocks from the oldest kept on.
+        if let Some(oldest) = state.receipts.front()
+            && state.receipts.len() == RECEIPTS_KEPT
+            && from < oldest.block_number
+        {
+            return Err(ChainError::Evm(format!(
+                "the embedded chain keeps the logs of its last {RECEIPTS_KEPT} blocks (from block {}), not block {from}",
+                oldest.block_number
+            )));
+        }
+        Ok(state
+            .receipts
+            .iter()
+            .filter(|r| (from..=to).contains(&r.block_number))
+            .flat_map(|r| {
+                r.logs.iter().enumerate().map(|(i, log)| ChainLog {
+                    block_number: r.block_number,
+                    block_hash: block_hash(state.chain_id, r.block_number),
+                    tx_hash: r.tx_hash,
+                    log_index: u64::try_from(i).unwrap_or(u64::MAX),
+                    log: log.clone(),
+                })
+            })
+            .filter(|l| l.log.address == address)
+            .collect())
+    }
+
+    async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        let state = self.lock()?;
+        Ok((number <= state.block_number).then(|| block_hash(state.chain_id, number)))
     }
 
     async fn prepare_account(&self, _account: Address) -> Result<(), ChainError> {

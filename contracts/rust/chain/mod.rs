@@ -108,6 +108,21 @@ pub struct Inclusion {
     pub success: bool,
 }
 
+/// A log of the canonical chain, with where it was emitted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainLog {
+    /// Block it was emitted in.
+    pub block_number: u64,
+    /// That block's hash (a reorganisation that replaces the block changes it).
+    pub block_hash: B256,
+    /// Transaction that emitted it.
+    pub tx_hash: B256,
+    /// Its index among the logs of its block.
+    pub log_index: u64,
+    /// The log itself (emitting contract, topics, data).
+    pub log: Log,
+}
+
 /// An EVM chain the contracts run on.
 pub trait Chain: Send + Sync {
     /// Sends a transaction from `from` (to `None`: a contract creation) and waits until it is
@@ -160,6 +175,20 @@ pub trait Chain: Send + Sync {
 
     /// Development chains only: moves the clock forward by `seconds`.
     fn advance_time(&self, seconds: u64) -> impl Future<Output = Result<(), ChainError>> + Send;
+
+    /// The logs `address` emitted in blocks `from..=to` of the canonical chain, oldest first.
+    fn logs(
+        &self,
+        address: Address,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<ChainLog>, ChainError>> + Send;
+
+    /// The hash of the canonical block `number`; `None` beyond the head.
+    fn block_hash(
+        &self,
+        number: u64,
+    ) -> impl Future<Output = Result<Option<B256>, ChainError>> + Send;
 
     /// Development chains only: lets `account` send transactions (gas money, and on a node the
     /// right to send unsigned transactions as it).
@@ -253,6 +282,22 @@ impl<C: Chain> Chain for &C {
 
     fn advance_time(&self, seconds: u64) -> impl Future<Output = Result<(), ChainError>> + Send {
         (**self).advance_time(seconds)
+    }
+
+    fn logs(
+        &self,
+        address: Address,
+        from: u64,
+        to: u64,
+    ) -> impl Future<Output = Result<Vec<ChainLog>, ChainError>> + Send {
+        (**self).logs(address, from, to)
+    }
+
+    fn block_hash(
+        &self,
+        number: u64,
+    ) -> impl Future<Output = Result<Option<B256>, ChainError>> + Send {
+        (**self).block_hash(number)
     }
 
     fn prepare_account(

@@ -1,11 +1,11 @@
 //! A chain reached over JSON-RPC through `alloy`: anvil in development and CI, any
 //! Osaka-capable chain or L2 in production (the P256VERIFY precompile must exist).
 
-use super::{Chain, ChainError, Inclusion, TxOutcome, TxStatus};
+use super::{Chain, ChainError, ChainLog, Inclusion, TxOutcome, TxStatus};
 use alloy::eips::BlockId;
 use alloy::primitives::{Address, B256, Bytes, TxKind, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
-use alloy::rpc::types::{TransactionInput, TransactionRequest};
+use alloy::rpc::types::{Filter, TransactionInput, TransactionRequest};
 use alloy::signers::local::PrivateKeySigner;
 use alloy::transports::{RpcError, TransportError};
 use std::borrow::Cow;
@@ -255,6 +255,60 @@ impl Chain for RpcChain {
         self.dev_request("advance_time", "evm_mine", serde_json::json!([]))
             .await?;
         Ok(())
+    }
+
+    async fn logs(
+        &self,
+        address: Address,
+        from: u64,
+        to: u64,
+    ) -> Result<Vec<ChainLog>, ChainError> {
+        let filter = Filter::new().address(address).from_block(from).to_block(to);
+        let logs = self.node.get_logs(&filter).await.map_err(map_error)?;
+        logs.into_iter()
+            .filter(|l| !l.removed)
+            .map(|l| {
+                match (
+                    l.block_number,
+                    l.block_hash,
+                    l.transaction_hash,
+                    l.log_index,
+                ) {
+                    (Some(block_number), Some(block_hash), Some(tx_hash), Some(log_index)) => {
+                        Ok(ChainLog {
+                            block_number,
+                            block_hash,
+                            tx_hash,
+                            log_index,
+                            log: l.inner,
+                        })
+                    }
+                    _ => Err(ChainError::Protocol(format!(
+                        "the node answered eth_getLogs with a log outside a block: {l:?}"
+                    ))),
+                }
+            })
+            .collect()
+    }
+
+    async fn block_hash(&self, number: u64) -> Result<Option<B256>, ChainError> {
+        let block = self
+            .node
+            .raw_request::<_, serde_json::Value>(
+                Cow::Borrowed("eth_getBlockByNumber"),
+                (format!("{number:#x}"), false),
+            )
+            .await
+            .map_err(map_error)?;
+        if block.is_null() {
+            return Ok(None);
+        }
+        block
+            .get("hash")
+            .and_then(|h| h.as_str())
+            .and_then(|h| h.parse().ok())
+            .map(Some)
+            .ok_or_else(|| ChainError::Protocol(format!("block {number} without a hash: {block}")))
     }
 
     async fn prepare_account(&self, account: Address) -> Result<(), ChainError> {

@@ -1041,6 +1041,7 @@ pub(super) async fn me(
         json!({
             "address": custody.address(account.id).to_string(),
             "custodial": custody.is_custodial(account.id),
+            "settlement_contract": state.settler.as_ref().map(|s| format!("{:#x}", s.settlement_address())),
         })
     });
     Json(json!({ "id": account.id, "name": account.name, "role": account.role, "chain": chain }))

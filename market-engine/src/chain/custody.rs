@@ -41,6 +41,8 @@ pub struct Custody {
     grid_operator: Option<Address>,
     /// Addresses derived so far, both ways (deriving one costs a curve multiplication).
     cache: Mutex<(HashMap<i64, Address>, HashMap<Address, i64>)>,
+    /// Wallets households linked as their addresses, both ways ([`super::link`]).
+    links: std::sync::RwLock<(HashMap<i64, Address>, HashMap<Address, i64>)>,
 }
 
 impl std::fmt::Debug for Custody {
@@ -65,6 +67,7 @@ impl Custody {
             utility: None,
             grid_operator: None,
             cache: Mutex::new(Default::default()),
+            links: Default::default(),
         }
     }
 
@@ -122,8 +125,34 @@ impl Custody {
         }
     }
 
+    /// Makes `wallet` the account's address from now on (its owner linked it): the engine holds
+    /// no key for it any more.
+    pub fn link(&self, account: i64, wallet: Address) {
+        let mut links = self
+            .links
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(old) = links.0.insert(account, wallet) {
+            links.1.remove(&old);
+        }
+        links.1.insert(wallet, account);
+    }
+
+    /// The wallet the account linked, if any.
+    pub fn linked(&self, account: i64) -> Option<Address> {
+        self.links
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
+            .get(&account)
+            .copied()
+    }
+
     /// Whether the engine holds the account's key.
     pub fn is_custodial(&self, account: i64) -> bool {
+        if self.linked(account).is_some() {
+            return false;
+        }
         match account {
             UTILITY => self.utility.is_none(),
             GRID_OPERATOR => self.grid_operator.is_none(),
@@ -137,7 +166,7 @@ impl Custody {
         let configured = match account {
             UTILITY => self.utility,
             GRID_OPERATOR => self.grid_operator,
-            _ => None,
+            _ => self.linked(account),
         };
         if let Some(address) = configured {
             return address;
@@ -169,6 +198,31 @@ impl Custody {
             .into_iter()
             .filter(|a| self.is_custodial(*a))
             .find(|a| self.address(*a) == address)
+    }
+
+    /// The account whose chain address is `address` — the utility's or grid operator's
+    /// configured one, or a custodial one among `candidates` and those derived before.
+    pub fn account_of(
+        &self,
+        address: Address,
+        candidates: impl IntoIterator<Item = i64>,
+    ) -> Option<i64> {
+        if self.utility == Some(address) {
+            return Some(UTILITY);
+        }
+        if self.grid_operator == Some(address) {
+            return Some(GRID_OPERATOR);
+        }
+        if let Some(account) = self
+            .links
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .1
+            .get(&address)
+        {
+            return Some(*account);
+        }
+        self.custodial_account(address, candidates)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (HashMap<i64, Address>, HashMap<Address, i64>)> {

@@ -17,6 +17,8 @@
 //! batch debit its balance would not cover, so the demo settles without wallets.
 
 pub mod custody;
+pub mod follow;
+pub mod link;
 pub mod outbox;
 pub mod verify;
 
@@ -32,7 +34,7 @@ use gridshare_contracts::deploy::{Deployment, SettlementParams, StakingParams};
 use gridshare_contracts::settlement::{ChainSettlement, SettlementBackend};
 use serde::{Deserialize, Serialize};
 
-use crate::market::SettledSlot;
+use crate::market::{Market, SettledSlot};
 use crate::store::Store;
 /// The `[chain]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -62,8 +64,12 @@ pub struct ChainConfig {
     /// No longer used: the settlement outbox lives in the engine's database. Accepted so
     /// that older config files still load; a warning says it is ignored.
     pub outbox_file: Option<PathBuf>,
-    /// Embedded: what the treasury deposits for an account that needs it, token units.
-    pub demo_deposit: u64,
+    /// No longer used: operator-recorded deposits are deposited on chain for their household
+    /// instead (see [`follow`]). Accepted so that older config files still load.
+    pub demo_deposit: Option<u64>,
+    /// Where the engine starts reading the Settlement contract's events the first time (its
+    /// deployment block; 0 reads from genesis). The embedded chain starts at 0.
+    pub follow_from_block: u64,
     /// Environment variable holding the custody master secret (32 bytes, hex) from which the
     /// households' custodial keys are derived; unset: `custody_key_file`.
     pub custody_key_env: String,
@@ -101,7 +107,8 @@ impl Default for ChainConfig {
             watch: true,
             confirmations: 1,
             outbox_file: None,
-            demo_deposit: 1_000_000_000,
+            demo_deposit: None,
+            follow_from_block: 0,
             custody_key_env: "GRIDSHARE_CUSTODY_KEY".into(),
             custody_key_file: None,
             utility_address: String::new(),
@@ -126,11 +133,11 @@ struct DeploymentRecord {
 }
 
 enum Backend {
-    Embedded {
-        settlement: ChainSettlement<EmbeddedChain>,
-        demo_deposit: u64,
+    Embedded(ChainSettlement<EmbeddedChain>),
+    Rpc {
+        settlement: ChainSettlement<RpcChain>,
+        url: String,
     },
-    Rpc(ChainSettlement<RpcChain>),
 }
 
 /// The chain the fraud watcher reports to.
@@ -159,6 +166,12 @@ pub struct ChainSettler {
     backend: Backend,
     store: Store,
     confirmations: u64,
+    /// Where the event follower starts without a cursor.
+    follow_from: u64,
+    /// When a custodial payout was last tried, per account.
+    payouts_tried: std::sync::Mutex<std::collections::HashMap<i64, u64>>,
+    /// Wallet-link challenges issued, per account ([`link`]).
+    challenges: std::sync::Mutex<std::collections::HashMap<i64, link::Issued>>,
     watch: Option<WatchTarget>,
     custody: std::sync::Arc<custody::Custody>,
 }
@@ -186,6 +199,9 @@ impl ChainSettler {
         store: Store,
         operator_key: Option<String>,
     ) -> Result<Option<Self>, String> {
+        if config.demo_deposit.is_some() {
+            tracing::warn!(target: "chain", "chain.demo_deposit is no longer used: deposits the operator records are deposited on chain for their household");
+        }
         if let Some(file) = &config.outbox_file {
             tracing::warn!(target: "chain", file = %file.display(), "chain.outbox_file is no longer used: the settlement outbox lives in the engine's database (batches already on chain are recognised by their root)");
         }
@@ -208,7 +224,14 @@ impl ChainSettler {
             }
         }
         // Read (or created) only once the configuration is known to settle on a chain.
-        let custody = std::sync::Arc::new(custody::Custody::load(config)?);
+        let custody = custody::Custody::load(config)?;
+        for (account, address) in store.linked_wallets().await.map_err(|e| e.to_string())? {
+            let wallet: Address = address
+                .parse()
+                .map_err(|e| format!("linked wallet {address:?} of account {account}: {e}"))?;
+            custody.link(account, wallet);
+        }
+        let custody = std::sync::Arc::new(custody);
         let mut confirmations = config.confirmations;
         let mut watch = None;
         let backend = match config.backend.as_str() {
@@ -274,10 +297,9 @@ impl ChainSettler {
                     staking: record.staking,
                     reporter: EMBEDDED_OPERATOR,
                 });
-                Backend::Embedded {
-                    settlement: ChainSettlement::new(chain, record.settlement, EMBEDDED_OPERATOR),
-                    demo_deposit: config.demo_deposit,
-                }
+                let settlement = ChainSettlement::new(chain, record.settlement, EMBEDDED_OPERATOR);
+                fund_embedded_treasury(&settlement).await?;
+                Backend::Embedded(settlement)
             }
             "rpc" => {
                 let key = operator_key.ok_or_else(|| {
@@ -310,14 +332,24 @@ impl ChainSettler {
                 }
                 let settlement = ChainSettlement::new(chain, settlement, operator);
                 check_treasury(&settlement).await;
-                Backend::Rpc(settlement)
+                Backend::Rpc {
+                    settlement,
+                    url: config.rpc_url.clone(),
+                }
             }
             _ => unreachable!("the backend was checked above"),
+        };
+        let follow_from = match &backend {
+            Backend::Embedded(_) => 0,
+            Backend::Rpc { .. } => config.follow_from_block,
         };
         Ok(Some(Self {
             backend,
             store,
             confirmations,
+            follow_from,
+            payouts_tried: Default::default(),
+            challenges: Default::default(),
             watch,
             custody,
         }))
@@ -326,8 +358,8 @@ impl ChainSettler {
     /// The chain and Settlement contract this settler writes to.
     pub fn handle(&self) -> ChainHandle<'_> {
         match &self.backend {
-            Backend::Embedded { settlement, .. } => ChainHandle::Embedded(settlement),
-            Backend::Rpc(settlement) => ChainHandle::Rpc(settlement),
+            Backend::Embedded(settlement) => ChainHandle::Embedded(settlement),
+            Backend::Rpc { settlement, .. } => ChainHandle::Rpc(settlement),
         }
     }
 
@@ -341,15 +373,11 @@ impl ChainSettler {
     /// next one once those before it are confirmed.
     pub async fn step(&self, now_ms: u64) -> Result<outbox::Progress, String> {
         match &self.backend {
-            Backend::Embedded {
-                settlement,
-                demo_deposit,
-            } => {
+            Backend::Embedded(settlement) => {
                 let opened = self.open_accounts(settlement).await?;
-                self.demo_deposits(settlement, *demo_deposit).await?;
                 self.send(settlement, opened, now_ms).await
             }
-            Backend::Rpc(settlement) => {
+            Backend::Rpc { settlement, .. } => {
                 let opened = self.open_accounts(settlement).await?;
                 self.send(settlement, opened, now_ms).await
             }
@@ -444,65 +472,363 @@ impl ChainSettler {
         Ok((opened_count, failed))
     }
 
-    /// Development chain: opens every account of the open batches (the embedded chain takes
-    /// any sender without a signature) and the treasury backs every debit that the account's
-    /// balance would not cover.
-    async fn demo_deposits(
+    /// Money between the engine's books and the chain, one step: every deposit the operator
+    /// recorded (money that arrived off chain) is deposited on chain for its household, before
+    /// the batches that spend it; the contract's confirmed money events are applied to the
+    /// books ([`follow`]); and the custodial accounts' withdrawals that are due are paid out to
+    /// their custodial addresses.
+    pub async fn money_step(&self, market: &Market, now_ms: u64) -> MoneyProgress {
+        match &self.backend {
+            Backend::Embedded(settlement) => {
+                self.money_step_on(settlement, market, now_ms, |_| {
+                    Some(settlement.chain().clone())
+                })
+                .await
+            }
+            Backend::Rpc { settlement, url } => {
+                self.money_step_on(settlement, market, now_ms, |key| {
+                    RpcChain::connect(url, Some(key)).ok()
+                })
+                .await
+            }
+        }
+    }
+
+    async fn money_step_on<C: Chain + Clone>(
         &self,
-        settlement: &ChainSettlement<EmbeddedChain>,
-        demo_deposit: u64,
-    ) -> Result<(), String> {
-        for record in outbox::open_batches(&self.store)
-            .await
-            .map_err(|e| e.to_string())?
+        settlement: &ChainSettlement<C>,
+        market: &Market,
+        now_ms: u64,
+        as_household: impl Fn(alloy::signers::local::PrivateKeySigner) -> Option<C>,
+    ) -> MoneyProgress {
+        let mut progress = MoneyProgress::default();
+        match self.mirror_deposits(settlement, market).await {
+            Ok((mirrored, failed)) => {
+                progress.mirrored = mirrored;
+                progress.mirror_failures = failed;
+            }
+            Err(e) => {
+                progress.mirror_failures += 1;
+                tracing::warn!(target: "chain", "operator-recorded deposits not deposited on chain: {e}");
+            }
+        }
+        match follow::step(
+            market,
+            &self.store,
+            settlement,
+            &self.custody,
+            self.confirmations,
+            self.follow_from,
+            now_ms,
+        )
+        .await
         {
-            for delta in &record.batch.deltas {
-                let open = settlement
-                    .chain()
-                    .view(
-                        settlement.address(),
-                        Settlement::isOpenCall {
-                            account: delta.account,
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !open {
-                    settlement
-                        .chain()
-                        .transact(
-                            delta.account,
-                            settlement.address(),
-                            Settlement::openAccountCall {},
-                        )
+            Ok(f) => progress.follow = Some(f),
+            Err(e) => {
+                tracing::warn!(target: "chain", "deposits and withdrawals on chain not followed: {e}");
+                progress.follow_error = Some(e);
+            }
+        }
+        if let Err(e) = self.pay_out(settlement, market, now_ms, as_household).await {
+            tracing::warn!(target: "chain", "custodial withdrawals not paid out: {e}");
+        }
+        progress
+    }
+
+    /// Deposits what the operator recorded for each household and is not on chain yet — the
+    /// net of its unmirrored rows, so a withdrawal paid off chain before a chain was configured
+    /// lowers it — with `depositFor` from the operator key (which must hold the payment
+    /// token), opening a custodial account first if needed. The transaction's hash is written
+    /// on the rows as soon as the node has it; they count as on chain once it is in a block,
+    /// and a dropped or reverted one is sent again. Returns (accounts mirrored, failures).
+    async fn mirror_deposits<C: Chain>(
+        &self,
+        settlement: &ChainSettlement<C>,
+        market: &Market,
+    ) -> Result<(u64, u64), String> {
+        use alloy::sol_types::SolCall;
+        use gridshare_contracts::chain::TxStatus;
+        let rows = unmirrored(&self.store).await?;
+        let (mut mirrored, mut failed) = (0, 0);
+        // First what was sent: in a block now, still waiting, or to be sent again.
+        let mut waiting = std::collections::BTreeSet::new();
+        let sent: std::collections::BTreeMap<&str, i64> = rows
+            .iter()
+            .filter_map(|r| r.chain_tx.as_deref().map(|tx| (tx, r.account)))
+            .collect();
+        for (tx, account) in sent {
+            let hash: B256 = tx.parse().map_err(|e| format!("funding tx {tx}: {e}"))?;
+            match settlement
+                .chain()
+                .transaction(hash)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                TxStatus::Included(i) if i.success => {
+                    market
+                        .mark_mirrored(tx, i.block_number)
                         .await
-                        .map_err(|e| format!("opening {} on the demo chain: {e}", delta.account))?;
+                        .map_err(|e| e.to_string())?;
+                    mirrored += 1;
+                }
+                TxStatus::Pending => {
+                    waiting.insert(account);
+                }
+                _ => {
+                    market
+                        .unmark_mirrored(tx)
+                        .await
+                        .map_err(|e| e.to_string())?;
                 }
             }
-            for delta in record.batch.deltas.iter().filter(|d| d.amount < 0) {
-                let balance = settlement
-                    .balance(delta.account)
+        }
+        // Then what is new: one deposit per account, of the net of its rows not yet sent.
+        let mut net: std::collections::BTreeMap<i64, (i64, Vec<i64>)> = Default::default();
+        for r in rows
+            .iter()
+            .filter(|r| r.chain_tx.is_none() && !waiting.contains(&r.account))
+        {
+            let entry = net.entry(r.account).or_default();
+            entry.0 = entry.0.saturating_add(r.amount);
+            entry.1.push(r.id);
+        }
+        let client =
+            gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
+        let operator = settlement.operator();
+        for (account, (amount, ids)) in net {
+            // Nothing to deposit (more was paid out off chain than recorded since): the rows
+            // wait for the next deposit to net against.
+            let Ok(amount) = u64::try_from(amount) else {
+                continue;
+            };
+            if amount == 0 {
+                continue;
+            }
+            let address = self.custody.address(account);
+            let sent = async {
+                if !client.is_open(address).await?
+                    && let Some(key) = self.custody.signer(account)
+                {
+                    let signature = client.open_signature(&key).await?;
+                    client.open_for(operator, address, signature).await?;
+                }
+                client.approve(operator, U256::from(amount)).await?;
+                let data = Settlement::depositForCall {
+                    account: address,
+                    amount: U256::from(amount),
+                }
+                .abi_encode();
+                settlement
+                    .chain()
+                    .submit(operator, settlement.address(), data.into())
                     .await
-                    .map_err(|e| e.to_string())?;
-                let need = U256::from(delta.amount.unsigned_abs());
-                if balance < need {
-                    let amount = need.max(U256::from(demo_deposit));
-                    settlement
-                        .chain()
-                        .transact(
-                            EMBEDDED_OPERATOR,
-                            settlement.address(),
-                            Settlement::depositForCall {
-                                account: delta.account,
-                                amount,
-                            },
-                        )
+            }
+            .await;
+            match sent {
+                Ok(hash) => {
+                    let tx = format!("{hash:#x}");
+                    market
+                        .mark_sent(&ids, &tx)
                         .await
-                        .map_err(|e| format!("demo deposit for {}: {e}", delta.account))?;
+                        .map_err(|e| e.to_string())?;
+                    if let TxStatus::Included(i) = settlement
+                        .chain()
+                        .transaction(hash)
+                        .await
+                        .map_err(|e| e.to_string())?
+                        && i.success
+                    {
+                        market
+                            .mark_mirrored(&tx, i.block_number)
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        mirrored += 1;
+                    }
+                    tracing::info!(target: "chain", account, amount, tx, "operator-recorded deposit deposited on chain");
+                }
+                Err(e) => {
+                    failed += 1;
+                    tracing::warn!(target: "chain", account, amount, error = %gridshare_contracts::household::describe(&e), "could not deposit an operator-recorded deposit on chain (does the operator key hold the payment token?); tried again");
+                }
+            }
+        }
+        Ok((mirrored, failed))
+    }
+
+    /// Pays out the pending withdrawals of custodial accounts that are due (to the custodial
+    /// address, whose key the household can export).
+    async fn pay_out<C: Chain + Clone>(
+        &self,
+        settlement: &ChainSettlement<C>,
+        market: &Market,
+        now_ms: u64,
+        as_household: impl Fn(alloy::signers::local::PrivateKeySigner) -> Option<C>,
+    ) -> Result<(), String> {
+        let due = market.due_withdrawals().await.map_err(|e| e.to_string())?;
+        if due.is_empty() {
+            return Ok(());
+        }
+        let chain_now = settlement
+            .chain()
+            .timestamp()
+            .await
+            .map_err(|e| e.to_string())?;
+        for (account, ready_at) in due {
+            if ready_at > chain_now || !self.payout_may_try(account, now_ms) {
+                continue;
+            }
+            let Some(key) = self.custody.signer(account) else {
+                continue;
+            };
+            let from = key.address();
+            let Some(chain) = as_household(key) else {
+                continue;
+            };
+            let client = gridshare_contracts::SettlementClient::new(chain, settlement.address());
+            match client.withdraw(from).await {
+                Ok((paid, out)) => {
+                    tracing::info!(target: "chain", account, %paid, tx = %out.tx_hash, "custodial withdrawal paid out");
+                }
+                Err(e) => {
+                    tracing::warn!(target: "chain", account, error = %gridshare_contracts::household::describe(&e), "could not pay out a custodial withdrawal (gas for its address?); tried again in a minute");
                 }
             }
         }
         Ok(())
+    }
+
+    /// Whether a payout for `account` may be tried now (at most once a minute each).
+    fn payout_may_try(&self, account: i64, now_ms: u64) -> bool {
+        let mut tried = self
+            .payouts_tried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match tried.get(&account) {
+            Some(at) if now_ms < at + 60_000 => false,
+            _ => {
+                tried.insert(account, now_ms);
+                true
+            }
+        }
+    }
+
+    /// Asks the contract, with the account's custodial key, to pay out `amount` after the
+    /// withdrawal delay. The books change when the request is confirmed on chain (it then
+    /// holds `amount` back from bids) and again when it is paid out.
+    pub async fn request_withdrawal(
+        &self,
+        account: i64,
+        amount: u64,
+    ) -> Result<WithdrawalRequest, String> {
+        let Some(key) = self.custody.signer(account) else {
+            return Err(
+                "the engine holds no key for this account: withdraw with your own wallet".into(),
+            );
+        };
+        let from = key.address();
+        let outcome = match &self.backend {
+            Backend::Embedded(settlement) => {
+                gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address())
+                    .request_withdrawal(from, U256::from(amount))
+                    .await
+            }
+            Backend::Rpc { settlement, url } => {
+                let chain = RpcChain::connect(url, Some(key)).map_err(|e| e.to_string())?;
+                gridshare_contracts::SettlementClient::new(chain, settlement.address())
+                    .request_withdrawal(from, U256::from(amount))
+                    .await
+            }
+        }
+        .map_err(|e| gridshare_contracts::household::describe(&e))?;
+        let ready_at = outcome
+            .logs
+            .iter()
+            .find_map(|log| {
+                use alloy::sol_types::SolEvent;
+                Settlement::WithdrawalRequested::decode_log_data(&log.data).ok()
+            })
+            .map_or(0, |e| e.readyAt);
+        Ok(WithdrawalRequest {
+            address: from,
+            tx: outcome.tx_hash,
+            ready_at,
+        })
+    }
+
+    /// The Settlement contract's address.
+    pub fn settlement_address(&self) -> Address {
+        match &self.backend {
+            Backend::Embedded(settlement) => settlement.address(),
+            Backend::Rpc { settlement, .. } => settlement.address(),
+        }
+    }
+
+    /// Every account's books against the chain (see [`Reconciliation`]).
+    pub async fn reconcile(&self) -> Result<Vec<Reconciliation>, String> {
+        match &self.backend {
+            Backend::Embedded(settlement) => self.reconcile_on(settlement).await,
+            Backend::Rpc { settlement, .. } => self.reconcile_on(settlement).await,
+        }
+    }
+
+    async fn reconcile_on<C: Chain>(
+        &self,
+        settlement: &ChainSettlement<C>,
+    ) -> Result<Vec<Reconciliation>, String> {
+        let client =
+            gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
+        // Money on its way: batches not yet applied on chain, deposits not yet mirrored.
+        let mut in_flight: std::collections::BTreeMap<Address, i128> = Default::default();
+        for record in outbox::open_batches(&self.store)
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if settlement
+                .batch_root(record.batch.id)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none()
+            {
+                for d in &record.batch.deltas {
+                    *in_flight.entry(d.account).or_default() += d.amount;
+                }
+            }
+        }
+        for r in unmirrored(&self.store).await? {
+            *in_flight
+                .entry(self.custody.address(r.account))
+                .or_default() += i128::from(r.amount);
+        }
+        let names = self
+            .store
+            .account_names()
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        for (account, engine) in booked_balances(&self.store).await? {
+            let address = self.custody.address(account);
+            let a = client.account(address).await.map_err(|e| e.to_string())?;
+            let chain = i128::try_from(a.balance).unwrap_or(i128::MAX)
+                + i128::try_from(a.pending_withdrawal).unwrap_or(i128::MAX)
+                - i128::try_from(a.debt).unwrap_or(i128::MAX);
+            let flight = in_flight.get(&address).copied().unwrap_or(0);
+            out.push(Reconciliation {
+                account,
+                name: match account {
+                    custody::UTILITY => "(utility)".into(),
+                    custody::GRID_OPERATOR => "(grid operator)".into(),
+                    _ => names.get(&account).cloned().unwrap_or_default(),
+                },
+                address,
+                engine: i128::from(engine),
+                chain_balance: a.balance,
+                chain_pending: a.pending_withdrawal,
+                chain_debt: a.debt,
+                in_flight: flight,
+                difference: i128::from(engine) - chain - flight,
+            });
+        }
+        Ok(out)
     }
 
     /// Where the fraud watcher reports, if it runs.
@@ -518,8 +844,8 @@ impl ChainSettler {
     /// The batch root recorded on chain for a slot (latest block), once settled there.
     pub async fn settled_root(&self, slot: u64) -> Result<Option<B256>, String> {
         match &self.backend {
-            Backend::Embedded { settlement, .. } => settlement.batch_root(slot).await,
-            Backend::Rpc(settlement) => settlement.batch_root(slot).await,
+            Backend::Embedded(settlement) => settlement.batch_root(slot).await,
+            Backend::Rpc { settlement, .. } => settlement.batch_root(slot).await,
         }
         .map_err(|e| e.to_string())
     }
@@ -528,11 +854,144 @@ impl ChainSettler {
     pub async fn balance(&self, account: i64) -> Result<U256, String> {
         let address = self.custody.address(account);
         match &self.backend {
-            Backend::Embedded { settlement, .. } => settlement.balance(address).await,
-            Backend::Rpc(settlement) => settlement.balance(address).await,
+            Backend::Embedded(settlement) => settlement.balance(address).await,
+            Backend::Rpc { settlement, .. } => settlement.balance(address).await,
         }
         .map_err(|e| e.to_string())
     }
+}
+
+/// What one money step did ([`ChainSettler::money_step`]).
+#[derive(Debug, Clone, Default)]
+pub struct MoneyProgress {
+    /// Operator-recorded deposits now on chain.
+    pub mirrored: u64,
+    /// Attempts to put one there that failed.
+    pub mirror_failures: u64,
+    /// The event follower's step, if it succeeded.
+    pub follow: Option<follow::FollowProgress>,
+    /// Why it did not.
+    pub follow_error: Option<String>,
+}
+
+/// A withdrawal requested on chain with a custodial key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WithdrawalRequest {
+    /// The custodial address it will be paid to.
+    pub address: Address,
+    /// The request's transaction.
+    pub tx: B256,
+    /// When it may be paid out (unix seconds).
+    pub ready_at: u64,
+}
+
+/// One account's books against the chain: `engine` should equal `balanceOf + withdrawalOf −
+/// debtOf` plus what is on its way there (`in_flight`: batches not yet applied on chain,
+/// operator-recorded deposits not yet deposited); `difference` is what is left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reconciliation {
+    /// Account id (−1 the utility, −2 the grid operator).
+    pub account: i64,
+    /// Its name.
+    pub name: String,
+    /// Its chain address.
+    pub address: Address,
+    /// Its balance in the engine's books.
+    #[serde(with = "as_string")]
+    pub engine: i128,
+    /// `balanceOf` on chain.
+    pub chain_balance: U256,
+    /// `withdrawalOf` on chain (requested, not paid out).
+    pub chain_pending: U256,
+    /// `debtOf` on chain.
+    pub chain_debt: U256,
+    /// On its way to the chain.
+    #[serde(with = "as_string")]
+    pub in_flight: i128,
+    /// engine − (balance + pending − debt) − in flight; zero when the books agree.
+    #[serde(with = "as_string")]
+    pub difference: i128,
+}
+
+mod as_string {
+    pub(super) fn serialize<S: serde::Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+}
+
+/// Every account's balance in the engine's books (deposits less withdrawals plus the settled
+/// ledger; the utility and grid operator included), by account id.
+async fn booked_balances(store: &Store) -> Result<Vec<(i64, i64)>, String> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM \
+         (SELECT account_id, amount FROM funding \
+          UNION ALL SELECT account_id, amount FROM ledger) AS f \
+         GROUP BY account_id ORDER BY account_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| e.to_string())?
+    .into_iter()
+    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+    .collect::<Result<_, sqlx::Error>>()
+    .map_err(|e| e.to_string())
+}
+
+/// An operator-recorded funding row not yet in a block on chain.
+struct Unmirrored {
+    id: i64,
+    account: i64,
+    amount: i64,
+    /// The deposit it was sent in, if sent.
+    chain_tx: Option<String>,
+}
+
+/// Operator-recorded funding not yet in a block on chain, oldest first.
+async fn unmirrored(store: &Store) -> Result<Vec<Unmirrored>, String> {
+    use sqlx::Row;
+    sqlx::query(
+        "SELECT id, account_id, amount, chain_tx FROM funding \
+         WHERE source = 'operator' AND chain_block IS NULL ORDER BY id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .map_err(|e| e.to_string())?
+    .into_iter()
+    .map(|r| {
+        Ok(Unmirrored {
+            id: r.try_get(0)?,
+            account: r.try_get(1)?,
+            amount: r.try_get(2)?,
+            chain_tx: r.try_get(3)?,
+        })
+    })
+    .collect::<Result<_, sqlx::Error>>()
+    .map_err(|e| e.to_string())
+}
+
+/// The embedded chain's treasury (the operator) keeps a balance in Settlement, so it fronts
+/// what an account cannot pay (the utility buying surplus before its own credits came in)
+/// instead of the batch's credits being cut.
+async fn fund_embedded_treasury(settlement: &ChainSettlement<EmbeddedChain>) -> Result<(), String> {
+    let balance = settlement
+        .balance(EMBEDDED_OPERATOR)
+        .await
+        .map_err(|e| e.to_string())?;
+    if balance.is_zero() {
+        settlement
+            .chain()
+            .transact(
+                EMBEDDED_OPERATOR,
+                settlement.address(),
+                Settlement::depositCall {
+                    amount: U256::from(10u64).pow(U256::from(27u64)),
+                },
+            )
+            .await
+            .map_err(|e| format!("funding the embedded treasury: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Says in the log when the treasury has nothing in Settlement to front shortfalls with: then

@@ -33,14 +33,32 @@ pub(crate) struct Funds {
     held: HashMap<i64, u64>,
     /// What each buyer's trades cost, per slot not yet settled.
     bought: BTreeMap<u64, HashMap<i64, u64>>,
+    /// Withdrawals requested on chain and not yet paid out, per account: part of the balance
+    /// (the contract may still take due debits from them) that may not be spent.
+    withdrawing: HashMap<i64, u64>,
 }
 
 impl Funds {
-    /// Balance less both holds.
+    /// Balance less the holds of bids and purchases and a pending withdrawal.
     pub(crate) fn available(&self, account: i64) -> i64 {
         let balance = i128::from(self.balance(account));
         let held = i128::from(self.held.get(&account).copied().unwrap_or(0));
-        i64::try_from(balance - held).unwrap_or(i64::MIN)
+        let withdrawing = i128::from(self.withdrawing(account));
+        i64::try_from(balance - held - withdrawing).unwrap_or(i64::MIN)
+    }
+
+    /// What a withdrawal requested on chain and not yet paid out holds.
+    pub(crate) fn withdrawing(&self, account: i64) -> u64 {
+        self.withdrawing.get(&account).copied().unwrap_or(0)
+    }
+
+    /// Sets what the account's pending on-chain withdrawal holds (0: none).
+    pub(crate) fn set_withdrawing(&mut self, account: i64, amount: u64) {
+        if amount == 0 {
+            self.withdrawing.remove(&account);
+        } else {
+            self.withdrawing.insert(account, amount);
+        }
     }
 
     /// Deposits less withdrawals plus the settled ledger.

@@ -2,7 +2,233 @@
 
 use super::*;
 
+/// Money the Settlement contract's events moved for an account (see
+/// [`crate::chain::follow`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainMoney {
+    /// Tokens arrived in the account (`Deposited`), from the household's own wallet or anyone
+    /// else's except the engine's operator key (whose deposits mirror operator-recorded ones).
+    Deposited {
+        /// The account.
+        account: i64,
+        /// Token units received.
+        amount: i64,
+        /// `chain:<tx hash>:<log index>`.
+        reference: String,
+    },
+    /// The household asked for `amount` to be paid out from `ready_at` (unix seconds).
+    WithdrawalRequested {
+        /// The account.
+        account: i64,
+        /// Token units added to its pending withdrawal.
+        amount: u64,
+        /// When it may be paid.
+        ready_at: u64,
+    },
+    /// The household took its pending withdrawal back.
+    WithdrawalCancelled {
+        /// The account.
+        account: i64,
+    },
+    /// The pending withdrawal was paid out (`paid` less any debt collected from it).
+    Withdrawn {
+        /// The account.
+        account: i64,
+        /// Token units that left the contract.
+        paid: i64,
+        /// `chain:<tx hash>:<log index>`.
+        reference: String,
+    },
+}
+
+/// How far the engine has applied the contract's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowCursor {
+    /// The last block applied.
+    pub block: u64,
+    /// Its hash, `0x…`.
+    pub block_hash: String,
+}
+
 impl Market {
+    /// Where the engine stands in `contract`'s events, if it read any.
+    pub async fn follow_cursor(&self, contract: &str) -> Result<Option<FollowCursor>, MarketError> {
+        let row = sqlx::query("SELECT block, block_hash FROM chain_follow WHERE contract = $1")
+            .bind(contract)
+            .fetch_optional(self.store.pool())
+            .await?;
+        Ok(match row {
+            Some(row) => Some(FollowCursor {
+                block: u64_of(row.try_get(0)?),
+                block_hash: row.try_get(1)?,
+            }),
+            None => None,
+        })
+    }
+
+    /// Applies the money events of `contract`'s blocks up to `cursor` (which must follow the
+    /// last applied) and moves the cursor there, in one transaction: a restart re-reads from
+    /// the cursor, so nothing is counted twice or missed. A deposit or payout whose reference
+    /// the account already has is not counted again. Returns how many events changed funds.
+    pub async fn apply_chain_money(
+        &self,
+        contract: &str,
+        events: &[ChainMoney],
+        cursor: &FollowCursor,
+        now_ms: u64,
+    ) -> Result<u64, MarketError> {
+        let mut books = self.books.lock().await;
+        let mut tx = self.store.begin().await?;
+        // What memory must do once the transaction is committed.
+        let mut booked: Vec<(i64, i64)> = Vec::new();
+        let mut withdrawing: Vec<(i64, Option<u64>)> = Vec::new();
+        for event in events {
+            match event {
+                ChainMoney::Deposited {
+                    account,
+                    amount,
+                    reference,
+                }
+                | ChainMoney::Withdrawn {
+                    account,
+                    paid: amount,
+                    reference,
+                } => {
+                    let signed = if matches!(event, ChainMoney::Withdrawn { .. }) {
+                        -amount
+                    } else {
+                        *amount
+                    };
+                    if signed != 0 {
+                        let inserted = sqlx::query(
+                            "INSERT INTO funding (account_id, amount, reference, created_ms, source) \
+                             VALUES ($1, $2, $3, $4, 'chain') \
+                             ON CONFLICT (account_id, reference) DO NOTHING",
+                        )
+                        .bind(account)
+                        .bind(signed)
+                        .bind(reference)
+                        .bind(i64_of(now_ms))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                        if inserted == 1 {
+                            booked.push((*account, signed));
+                        }
+                    }
+                    if matches!(event, ChainMoney::Withdrawn { .. }) {
+                        sqlx::query("DELETE FROM chain_withdrawals WHERE account_id = $1")
+                            .bind(account)
+                            .execute(&mut *tx)
+                            .await?;
+                        withdrawing.push((*account, None));
+                    }
+                }
+                ChainMoney::WithdrawalRequested {
+                    account,
+                    amount,
+                    ready_at,
+                } => {
+                    let total: i64 = sqlx::query(
+                        "INSERT INTO chain_withdrawals (account_id, amount, ready_at) \
+                         VALUES ($1, $2, $3) ON CONFLICT (account_id) DO UPDATE SET \
+                         amount = chain_withdrawals.amount + excluded.amount, \
+                         ready_at = excluded.ready_at RETURNING amount",
+                    )
+                    .bind(account)
+                    .bind(db(*amount, "withdrawal")?)
+                    .bind(i64_of(*ready_at))
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get(0)?;
+                    withdrawing.push((*account, Some(u64_of(total))));
+                }
+                ChainMoney::WithdrawalCancelled { account } => {
+                    sqlx::query("DELETE FROM chain_withdrawals WHERE account_id = $1")
+                        .bind(account)
+                        .execute(&mut *tx)
+                        .await?;
+                    withdrawing.push((*account, None));
+                }
+            }
+        }
+        sqlx::query(
+            "INSERT INTO chain_follow (contract, block, block_hash, updated_ms) \
+             VALUES ($1, $2, $3, $4) ON CONFLICT (contract) DO UPDATE SET \
+             block = excluded.block, block_hash = excluded.block_hash, \
+             updated_ms = excluded.updated_ms",
+        )
+        .bind(contract)
+        .bind(db(cursor.block, "block")?)
+        .bind(&cursor.block_hash)
+        .bind(i64_of(now_ms))
+        .execute(&mut *tx)
+        .await?;
+        // Checked before the commit, so memory can follow what is written.
+        let mut check = books.funds.clone();
+        for (account, amount) in &booked {
+            check.book(*account, *amount)?;
+        }
+        tx.commit().await?;
+        books.funds = check;
+        for (account, amount) in withdrawing {
+            books.funds.set_withdrawing(account, amount.unwrap_or(0));
+        }
+        let changed = u64::try_from(booked.len()).unwrap_or(u64::MAX);
+        for (account, amount) in &booked {
+            tracing::info!(target: "market", account, amount, "funds moved on chain");
+        }
+        Ok(changed)
+    }
+
+    /// Operator-recorded funding rows `ids` went on chain in the deposit `tx_hash` (sent, not
+    /// yet in a block).
+    pub async fn mark_sent(&self, ids: &[i64], tx_hash: &str) -> Result<(), MarketError> {
+        let mut tx = self.store.begin().await?;
+        for id in ids {
+            sqlx::query("UPDATE funding SET chain_tx = $1 WHERE id = $2")
+                .bind(tx_hash)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The deposit `tx_hash` is in block `block`.
+    pub async fn mark_mirrored(&self, tx_hash: &str, block: u64) -> Result<(), MarketError> {
+        sqlx::query("UPDATE funding SET chain_block = $1 WHERE chain_tx = $2")
+            .bind(i64_of(block))
+            .bind(tx_hash)
+            .execute(self.store.pool())
+            .await?;
+        Ok(())
+    }
+
+    /// The deposit `tx_hash` was dropped or reverted: its rows are to be sent again.
+    pub async fn unmark_mirrored(&self, tx_hash: &str) -> Result<(), MarketError> {
+        sqlx::query(
+            "UPDATE funding SET chain_tx = NULL WHERE chain_tx = $1 AND chain_block IS NULL",
+        )
+        .bind(tx_hash)
+        .execute(self.store.pool())
+        .await?;
+        Ok(())
+    }
+
+    /// Withdrawals requested on chain and not yet paid out: (account, ready at, unix s).
+    pub async fn due_withdrawals(&self) -> Result<Vec<(i64, u64)>, MarketError> {
+        Ok(
+            sqlx::query("SELECT account_id, ready_at FROM chain_withdrawals ORDER BY ready_at")
+                .fetch_all(self.store.pool())
+                .await?
+                .into_iter()
+                .map(|r| Ok((r.try_get(0)?, u64_of(r.try_get(1)?))))
+                .collect::<Result<_, sqlx::Error>>()?,
+        )
+    }
+
     /// Net balance of an account over all settled slots.
     pub async fn balance(&self, account: i64) -> Result<i64, MarketError> {
         let row = sqlx::query(
@@ -24,6 +250,7 @@ impl Market {
             balance: funds.balance(account),
             held_by_bids: held.saturating_sub(unsettled),
             held_by_purchases: unsettled,
+            withdrawal_pending: funds.withdrawing(account),
             available: funds.available(account),
         }
     }

@@ -26,6 +26,7 @@ use crate::settings::StoredSettings;
 use crate::store::{Store, StoreError};
 
 mod funding;
+pub use funding::{ChainMoney, FollowCursor};
 mod log;
 mod settle;
 
@@ -129,7 +130,10 @@ pub struct FundsView {
     pub held_by_bids: u64,
     /// Held by trades bought in slots not yet settled.
     pub held_by_purchases: u64,
-    /// What new bids and withdrawals may use: balance less both holds.
+    /// Requested for withdrawal on chain and not yet paid out (still in the balance: the
+    /// contract takes due debits from it first).
+    pub withdrawal_pending: u64,
+    /// What new bids and withdrawals may use: balance less the three holds.
     pub available: i64,
 }
 
@@ -307,6 +311,14 @@ impl Market {
             .await?;
             for row in balances {
                 books.funds.book(row.try_get(0)?, row.try_get(1)?)?;
+            }
+            for row in sqlx::query("SELECT account_id, amount FROM chain_withdrawals")
+                .fetch_all(pool)
+                .await?
+            {
+                books
+                    .funds
+                    .set_withdrawing(row.try_get(0)?, u64_of(row.try_get(1)?));
             }
             for slot in slot_list(
                 pool,

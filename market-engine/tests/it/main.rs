@@ -12,6 +12,7 @@
 mod api;
 mod auth;
 mod broker;
+mod chain_money;
 mod cli;
 mod crash;
 mod demo;

@@ -598,8 +598,12 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         market.queue_batches(settlers[0].custody().clone());
         let batch = market_engine::chain::batch_of(&settled, market.custody().unwrap()).unwrap();
         for settler in settlers {
-            // Each chain starts from a fresh outbox.
+            // Each chain starts from a fresh outbox, with no deposit on it yet.
             sqlx::query("DELETE FROM settlement_batches")
+                .execute(store.pool())
+                .await
+                .unwrap();
+            sqlx::query("UPDATE funding SET chain_tx = NULL, chain_block = NULL")
                 .execute(store.pool())
                 .await
                 .unwrap();
@@ -630,6 +634,23 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 "never sent twice"
             );
             assert_eq!(settler.settled_root(slot).await.unwrap(), Some(batch.root));
+            // Issue 14: the deposit the operator recorded for bob goes on chain for him (after
+            // the batch here, so his debit was fronted as debt and is now collected), and then
+            // every account's books agree with the chain — alice, bob, the utility and the
+            // grid operator.
+            let mut books = Vec::new();
+            for _ in 0..50 {
+                settler.money_step(&market, now).await;
+                books = settler.reconcile().await.unwrap();
+                if books.iter().all(|r| r.in_flight == 0) {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            assert!(books.len() >= 4, "{url}: {books:?}");
+            for r in &books {
+                assert_eq!((r.in_flight, r.difference), (0, 0), "{url}: {r:?}");
+            }
             let alice_id = ledger_account(&store, &rows, a).await;
             let on_chain = settler.balance(alice_id).await.unwrap();
             assert_eq!(

@@ -20,8 +20,8 @@ export async function render(main) {
     submitting(wf, async () => {
       const a = Number(amount.value);
       if (!Number.isInteger(a) || a < 1) return showError(wf, 'amount', t('amount_invalid'));
-      await post('/withdrawals', { amount: a });
-      toast(t('withdrawn', { amount: money(a) }));
+      const r = await post('/withdrawals', { amount: a });
+      toast(r && r.paid_to ? t('withdrawal_requested', { amount: money(a), address: r.paid_to, when: dateTime(r.ready_at * 1000) }) : t('withdrawn', { amount: money(a) }));
       wf.reset();
       await refresh();
     }, (err) => (/amount|insufficient/i.test(err.message) ? 'amount' : null));
@@ -40,11 +40,15 @@ export async function render(main) {
     const link = (range, label) => h('a', { href: `/api/v1/my/slots?from=${range.from}&to=${range.to}&format=csv`, download: '' }, label);
     csv.replaceChildren(t('export_csv_hint'), ' ', link(r.today, r.accelerated ? t('last_96') : t('today')), ' · ', link(r.month, t('this_month')));
     const from = Math.max(0, c.current - 95);
-    const [b, f, mine, batches] = await Promise.all([get('/balance'), get('/funding'), get(`/my/slots?from=${from}&to=${c.current}`), get(`/settlements?after=${Math.max(0, from - 1)}&limit=200`)]);
+    const [b, f, mine, batches, me] = await Promise.all([get('/balance'), get('/funding'), get(`/my/slots?from=${from}&to=${c.current}`), get(`/settlements?after=${Math.max(0, from - 1)}&limit=200`), get('/me')]);
+    const chain = me.chain;
     funds.replaceChildren(figures([
       [t('balance'), money(b.balance), 'f-balance'], [t('held_by_bids'), money(b.held_by_bids), 'f-bids'],
-      [t('held_by_purchases'), money(b.held_by_purchases), 'f-purchases'], [t('available'), money(b.available), 'f-available']]),
-    h('p', { class: 'hint' }, t('funds_hint')));
+      [t('held_by_purchases'), money(b.held_by_purchases), 'f-purchases'],
+      ...(b.withdrawal_pending ? [[t('withdrawal_pending'), money(b.withdrawal_pending), 'f-withdrawing']] : []),
+      [t('available'), money(b.available), 'f-available']]),
+    h('p', { class: 'hint' }, t('funds_hint')),
+    ...(chain && chain.address ? [h('p', { class: 'hint', id: 'chain-money' }, t('chain_money', { contract: chain.settlement_contract || '', address: chain.address }), chain.custodial ? ' ' + t('custodial_note') : '')] : []));
     funding.replaceChildren(f.funding.length === 0 ? h('p', { class: 'muted' }, t('none')) : table(t('deposits_withdrawals'), [t('when'), t('kind'), t('amount'), t('reference')],
       f.funding.map((x) => [dateTime(x.at_ms), x.amount > 0 ? t('deposit') : t('withdrawal'), money(Math.abs(x.amount)), x.reference]), [2]));
     const queued = new Map(batches.settlements.map((x) => [x.slot, x]));

@@ -1,0 +1,577 @@
+//! Money on chain belongs to the households (issue 14, step 3): the engine's books follow the
+//! Settlement contract's events — a household's own deposit, a withdrawal requested, paid out
+//! — only once confirmed, once each across restarts; a deposit the operator records is
+//! deposited on chain for the household; and a household withdraws only on chain, so the
+//! engine's balance and the chain's agree at every step (`ChainSettler::reconcile`, the check
+//! behind `market-engine settlement balances`). On the embedded chain and on anvil.
+
+use std::sync::Arc;
+
+use alloy::primitives::{Address, U256};
+use alloy::signers::local::PrivateKeySigner;
+use axum::http::StatusCode;
+use gridshare_contracts::SettlementClient;
+use gridshare_contracts::bindings::{GridToken, Settlement};
+use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
+use market_engine::chain::{ChainConfig, ChainHandle, ChainSettler, EMBEDDED_OPERATOR};
+use market_engine::market::Market;
+use market_engine::store::Store;
+use serde_json::json;
+
+use crate::api::call;
+use crate::market::{api_with_settler, login};
+use crate::{databases, unique};
+
+/// Seconds past the contract's withdrawal delay (6 h by default).
+const PAST_WITHDRAWAL_DELAY_S: u64 = 6 * 3600 + 60;
+
+/// Where a test's chain is: the embedded one in `dir`, or anvil at `url` with fresh contracts.
+enum Backend {
+    Embedded,
+    Anvil(String),
+}
+
+async fn open_settler(
+    backend: &Backend,
+    dir: &std::path::Path,
+    store: &Store,
+    settlement: Option<Address>,
+    confirmations: u64,
+) -> ChainSettler {
+    let custody_key_file = Some(dir.join("custody.key"));
+    let config = match backend {
+        Backend::Embedded => ChainConfig {
+            backend: "embedded".into(),
+            state_file: dir.join("chain.json"),
+            custody_key_file,
+            ..ChainConfig::default()
+        },
+        Backend::Anvil(url) => ChainConfig {
+            backend: "rpc".into(),
+            rpc_url: url.clone(),
+            settlement_address: settlement.unwrap().to_string(),
+            confirmations,
+            custody_key_file,
+            ..ChainConfig::default()
+        },
+    };
+    ChainSettler::open_with_key(
+        &config,
+        store.clone(),
+        Some(crate::outbox::ANVIL_KEY.into()),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+}
+
+/// The household, with its custodial key in a wallet (gas from the node where it costs any),
+/// takes `amount` tokens from the operator and deposits them itself.
+async fn household_deposits(
+    settler: &ChainSettler,
+    url: Option<&str>,
+    key: &PrivateKeySigner,
+    amount: u64,
+) {
+    let address = key.address();
+    match settler.handle() {
+        ChainHandle::Embedded(s) => {
+            let token = s
+                .chain()
+                .view(s.address(), Settlement::paymentTokenCall {})
+                .await
+                .unwrap();
+            s.chain()
+                .transact(
+                    EMBEDDED_OPERATOR,
+                    token,
+                    GridToken::transferCall {
+                        to: address,
+                        value: U256::from(amount),
+                    },
+                )
+                .await
+                .unwrap();
+            SettlementClient::new(s.chain().clone(), s.address())
+                .deposit(address, U256::from(amount))
+                .await
+                .unwrap();
+        }
+        ChainHandle::Rpc(s) => {
+            let token = s
+                .chain()
+                .view(s.address(), Settlement::paymentTokenCall {})
+                .await
+                .unwrap();
+            s.chain()
+                .transact(
+                    s.operator(),
+                    token,
+                    GridToken::transferCall {
+                        to: address,
+                        value: U256::from(amount),
+                    },
+                )
+                .await
+                .unwrap();
+            let wallet = RpcChain::connect(url.unwrap(), Some(key.clone())).unwrap();
+            wallet.prepare_account(address).await.unwrap();
+            SettlementClient::new(wallet, s.address())
+                .deposit(address, U256::from(amount))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// The payment tokens `address` holds in its wallet (outside the contract).
+async fn wallet_tokens(settler: &ChainSettler, address: Address) -> U256 {
+    async fn on<C: Chain>(chain: &C, settlement: Address, address: Address) -> U256 {
+        let token = chain
+            .view(settlement, Settlement::paymentTokenCall {})
+            .await
+            .unwrap();
+        chain
+            .view(token, GridToken::balanceOfCall { account: address })
+            .await
+            .unwrap()
+    }
+    match settler.handle() {
+        ChainHandle::Embedded(s) => on(s.chain(), s.address(), address).await,
+        ChainHandle::Rpc(s) => on(s.chain(), s.address(), address).await,
+    }
+}
+
+/// Moves the chain's clock and mines a block (a block on top of the last: one more
+/// confirmation).
+async fn advance(settler: &ChainSettler, seconds: u64) {
+    match settler.handle() {
+        ChainHandle::Embedded(s) => s.chain().advance_time(seconds).await.unwrap(),
+        ChainHandle::Rpc(s) => s.chain().advance_time(seconds).await.unwrap(),
+    }
+}
+
+/// Every account's books agree with the chain, nothing on its way.
+async fn agree(settler: &ChainSettler, what: &str) {
+    let rows = settler.reconcile().await.unwrap();
+    assert!(!rows.is_empty(), "{what}: no account to compare");
+    for r in &rows {
+        assert_eq!(r.difference, 0, "{what}: {r:?}");
+    }
+}
+
+async fn funds(app: &axum::Router, session: &str) -> serde_json::Value {
+    let (status, body, _) = call(app, "GET", "/api/v1/balance", Some(session), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    body
+}
+
+/// Regression: `POST /api/v1/withdrawals` answered 201 and zeroed the household's balance in
+/// the engine while the chain kept the money, deposits made on chain never reached the
+/// engine, and deposits recorded by the operator never reached the chain — the two books
+/// diverged. Now: a deposit the operator records is deposited on chain for the household (and
+/// counted once, not again when its event arrives); the household's own deposit counts once it
+/// is `confirmations` deep, and once only across a restart; a withdrawal is asked of the
+/// contract with the household's key (202), held back from bids once confirmed and taken from
+/// the balance when paid out after the delay; a withdrawal beyond what is available is
+/// refused by the field. The books agree with the chain after every step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposits_and_withdrawals_on_chain_reach_the_books_once_each_and_both_books_agree() {
+    let node = gridshare_testbed::anvil::Anvil::start_own();
+    let mut backends = vec![Backend::Embedded];
+    if let Some(node) = &node {
+        backends.push(Backend::Anvil(node.url.clone()));
+    }
+    for backend in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let db = databases(dir.path()).await.remove(0);
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            ..
+        } = crate::Fixture::open(&db).await;
+        let (settlement, url, confirmations) = match &backend {
+            Backend::Embedded => (None, None, 1),
+            Backend::Anvil(url) => {
+                let (_, d, _) = crate::outbox::deploy(url).await;
+                (Some(d.settlement), Some(url.as_str()), 2)
+            }
+        };
+        let what = if url.is_some() { "anvil" } else { "embedded" };
+        let settler =
+            Arc::new(open_settler(&backend, dir.path(), &store, settlement, confirmations).await);
+        market.queue_batches(settler.custody().clone());
+        let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+        let name = unique("household");
+        let session = login(&app, &name).await;
+        let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+        let key = settler.custody().signer(id).unwrap();
+        let address = key.address();
+        let step = |settler: Arc<ChainSettler>, market: Arc<Market>| async move {
+            settler
+                .money_step(&market, market_engine::pipeline::now_ms())
+                .await
+        };
+
+        // The operator records cash paid in: spendable at once, deposited on chain for the
+        // household by the next step, and not counted again when that deposit's event comes.
+        market
+            .fund(id, 5_000, "cash-1", market_engine::pipeline::now_ms())
+            .await
+            .unwrap();
+        let mut mirrored = 0;
+        for _ in 0..50 {
+            mirrored += step(settler.clone(), market.clone()).await.mirrored;
+            if mirrored > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(mirrored, 1, "{what}");
+        advance(&settler, 1).await;
+        step(settler.clone(), market.clone()).await;
+        assert_eq!(funds(&app, &session).await["balance"], 5_000, "{what}");
+        assert_eq!(
+            settler.balance(id).await.unwrap(),
+            U256::from(5_000),
+            "{what}"
+        );
+        agree(&settler, what).await;
+
+        // The household deposits with its own key: counted once confirmed, not before.
+        household_deposits(&settler, url, &key, 2_000).await;
+        let progress = step(settler.clone(), market.clone()).await;
+        if confirmations > 1 {
+            assert!(progress.follow_error.is_none(), "{what}: {progress:?}");
+            assert_eq!(
+                funds(&app, &session).await["balance"],
+                5_000,
+                "{what}: not yet {confirmations} deep"
+            );
+            advance(&settler, 1).await;
+            step(settler.clone(), market.clone()).await;
+        }
+        assert_eq!(funds(&app, &session).await["balance"], 7_000, "{what}");
+        agree(&settler, what).await;
+
+        // A restart (a new market over the same database, a new settler) counts nothing twice.
+        let market = Arc::new(
+            Market::open(market.community(), store.clone())
+                .await
+                .unwrap(),
+        );
+        let settler =
+            Arc::new(open_settler(&backend, dir.path(), &store, settlement, confirmations).await);
+        market.queue_batches(settler.custody().clone());
+        let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+        let progress = step(settler.clone(), market.clone()).await;
+        assert_eq!(progress.mirrored, 0, "{what}: {progress:?}");
+        assert_eq!(
+            progress.follow.map(|f| f.applied),
+            Some(0),
+            "{what}: {progress:?}"
+        );
+        assert_eq!(funds(&app, &session).await["balance"], 7_000, "{what}");
+
+        // Withdrawing: asked of the contract with the household's key; the balance stays whole
+        // (the chain still holds the money), the amount is held back once confirmed.
+        let (status, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&session),
+            Some(json!({"amount": 3_000})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{what}: {body}");
+        assert_eq!(body["requested"], 3_000, "{body}");
+        assert_eq!(body["paid_to"], format!("{address:#x}"), "{body}");
+        assert_eq!(
+            funds(&app, &session).await["balance"],
+            7_000,
+            "{what}: the engine books nothing the chain did not do"
+        );
+        for _ in 0..confirmations {
+            advance(&settler, 1).await;
+        }
+        step(settler.clone(), market.clone()).await;
+        let f = funds(&app, &session).await;
+        assert_eq!(
+            (
+                f["balance"].as_i64(),
+                f["withdrawal_pending"].as_i64(),
+                f["available"].as_i64()
+            ),
+            (Some(7_000), Some(3_000), Some(4_000)),
+            "{what}: {f}"
+        );
+        agree(&settler, what).await;
+        // Beyond what is available: refused by the field, nothing asked of the chain.
+        let (status, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&session),
+            Some(json!({"amount": 4_001})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {body}");
+        assert_eq!(body["field"], "amount", "{body}");
+
+        // After the delay the engine pays it out to the custodial address; the books follow.
+        advance(&settler, PAST_WITHDRAWAL_DELAY_S).await;
+        step(settler.clone(), market.clone()).await;
+        for _ in 0..confirmations {
+            advance(&settler, 1).await;
+        }
+        step(settler.clone(), market.clone()).await;
+        let f = funds(&app, &session).await;
+        assert_eq!(
+            (
+                f["balance"].as_i64(),
+                f["withdrawal_pending"].as_i64(),
+                f["available"].as_i64()
+            ),
+            (Some(4_000), Some(0), Some(4_000)),
+            "{what}: {f}"
+        );
+        assert_eq!(
+            wallet_tokens(&settler, address).await,
+            U256::from(3_000),
+            "{what}: paid to the household's wallet"
+        );
+        agree(&settler, what).await;
+    }
+}
+
+alloy::sol! {
+    struct LinkWallet { address wallet; uint64 account; bytes32 nonce; }
+    struct OpenAccount { address account; }
+}
+
+/// The wallet's signatures of a challenge, computed from the challenge's own typed data as a
+/// wallet's `eth_signTypedData_v4` would: the domain and message as served.
+fn sign_challenge(wallet: &PrivateKeySigner, challenge: &serde_json::Value) -> serde_json::Value {
+    use alloy::signers::SignerSync;
+    use alloy::sol_types::{Eip712Domain, SolStruct};
+    let typed = &challenge["link"];
+    assert_eq!(typed["primaryType"], "LinkWallet");
+    assert_eq!(
+        typed["types"]["LinkWallet"],
+        json!([{"name": "wallet", "type": "address"}, {"name": "account", "type": "uint64"}, {"name": "nonce", "type": "bytes32"}])
+    );
+    let d = &typed["domain"];
+    let domain = Eip712Domain::new(
+        Some(d["name"].as_str().unwrap().to_owned().into()),
+        Some(d["version"].as_str().unwrap().to_owned().into()),
+        Some(U256::from(d["chainId"].as_u64().unwrap())),
+        Some(d["verifyingContract"].as_str().unwrap().parse().unwrap()),
+        None,
+    );
+    let m = &typed["message"];
+    let link = LinkWallet {
+        wallet: m["wallet"].as_str().unwrap().parse().unwrap(),
+        account: m["account"].as_u64().unwrap(),
+        nonce: m["nonce"].as_str().unwrap().parse().unwrap(),
+    }
+    .eip712_signing_hash(&domain);
+    let mut body = json!({
+        "address": format!("{:#x}", wallet.address()),
+        "nonce": challenge["nonce"],
+        "link_signature": alloy::hex::encode_prefixed(wallet.sign_hash_sync(&link).unwrap().as_bytes()),
+    });
+    if !challenge["open"].is_null() {
+        assert_eq!(challenge["open"]["domain"], typed["domain"]);
+        let open = OpenAccount {
+            account: challenge["open"]["message"]["account"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        }
+        .eip712_signing_hash(&domain);
+        body["open_signature"] = json!(alloy::hex::encode_prefixed(
+            wallet.sign_hash_sync(&open).unwrap().as_bytes()
+        ));
+    }
+    body
+}
+
+/// Issue 14: a household replaces its custodial key by its own wallet by signing the engine's
+/// EIP-712 challenge; the wallet's account is opened on chain with its own signature, and
+/// from then on the account settles to the wallet (a deposit the operator records lands
+/// there) and the engine holds no key for it. Refused: a challenge signed by another key, a
+/// signature replayed to link the wallet to another account (so that account's bills would be
+/// taken from the wallet), a used nonce, a wallet another account has, and a move while the
+/// custodial address still holds money.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_household_links_its_own_wallet_by_signing_and_settles_to_it() {
+    let node = gridshare_testbed::anvil::Anvil::start();
+    let mut backends = vec![Backend::Embedded];
+    if let Some(node) = &node {
+        backends.push(Backend::Anvil(node.url.clone()));
+    }
+    for backend in backends {
+        let dir = tempfile::tempdir().unwrap();
+        let db = databases(dir.path()).await.remove(0);
+        let crate::Fixture {
+            store,
+            market,
+            keys,
+            ..
+        } = crate::Fixture::open(&db).await;
+        let settlement = match &backend {
+            Backend::Embedded => None,
+            Backend::Anvil(url) => Some(crate::outbox::deploy(url).await.1.settlement),
+        };
+        let settler = Arc::new(open_settler(&backend, dir.path(), &store, settlement, 1).await);
+        market.queue_batches(settler.custody().clone());
+        let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+        let (alice, mallory) = (unique("alice"), unique("mallory"));
+        let alice_session = login(&app, &alice).await;
+        let mallory_session = login(&app, &mallory).await;
+        let alice_id = store.account_by_name(&alice).await.unwrap().unwrap().id;
+        let wallet = PrivateKeySigner::random();
+        let challenge_for = |session: String, address: Address| {
+            let app = app.clone();
+            async move {
+                let (status, body, _) = call(
+                    &app,
+                    "POST",
+                    "/api/v1/me/wallet/challenge",
+                    Some(&session),
+                    Some(json!({"address": format!("{address:#x}")})),
+                )
+                .await;
+                assert_eq!(status, StatusCode::OK, "{body}");
+                body
+            }
+        };
+        let link = |session: String, body: serde_json::Value| {
+            let app = app.clone();
+            async move {
+                call(
+                    &app,
+                    "POST",
+                    "/api/v1/me/wallet",
+                    Some(&session),
+                    Some(body),
+                )
+                .await
+            }
+        };
+
+        // A malformed address is refused by its field.
+        let (status, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/me/wallet/challenge",
+            Some(&alice_session),
+            Some(json!({"address": "0x12"})),
+        )
+        .await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("address")),
+            "{body}"
+        );
+
+        // Signed by another key: refused, nothing linked.
+        let challenge = challenge_for(alice_session.clone(), wallet.address()).await;
+        let mut forged = sign_challenge(&PrivateKeySigner::random(), &challenge);
+        forged["address"] = json!(format!("{:#x}", wallet.address()));
+        let (status, body, _) = link(alice_session.clone(), forged).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("link_signature")),
+            "{body}"
+        );
+
+        // Mallory replays alice's wallet signature for her own account: the signature names
+        // alice's account, so it does not verify for mallory's (nor her nonce).
+        let signed = sign_challenge(&wallet, &challenge);
+        challenge_for(mallory_session.clone(), wallet.address()).await;
+        let (status, body, _) = link(mallory_session.clone(), signed.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+        // Alice links it: her address is the wallet, opened on chain, no custodial key.
+        let (status, body, _) = link(alice_session.clone(), signed.clone()).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (_, me, _) = call(&app, "GET", "/api/v1/me", Some(&alice_session), None).await;
+        assert_eq!(me["chain"]["address"], wallet.address().to_string(), "{me}");
+        assert_eq!(me["chain"]["custodial"], false, "{me}");
+        assert_eq!(settler.custody().address(alice_id), wallet.address());
+        assert!(settler.custody().signer(alice_id).is_none());
+        let (status, _, _) = call(
+            &app,
+            "POST",
+            "/api/v1/me/custodial-key/export",
+            Some(&alice_session),
+            Some(json!({"password": "correct horse battery"})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no key to export any more");
+        // The nonce was single use.
+        let (status, body, _) = link(alice_session.clone(), signed).await;
+        assert_eq!(
+            (status, body["field"].as_str()),
+            (StatusCode::BAD_REQUEST, Some("nonce")),
+            "{body}"
+        );
+        // The wallet is alice's: mallory cannot have it even with a valid signature of her own
+        // challenge.
+        let c = challenge_for(mallory_session.clone(), wallet.address()).await;
+        let (status, body, _) = link(mallory_session.clone(), sign_challenge(&wallet, &c)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+        // Money now lands at the wallet: a recorded deposit goes on chain there.
+        market
+            .fund(alice_id, 1_234, "cash", market_engine::pipeline::now_ms())
+            .await
+            .unwrap();
+        for _ in 0..50 {
+            if settler
+                .money_step(&market, market_engine::pipeline::now_ms())
+                .await
+                .mirrored
+                > 0
+            {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let status = match settler.handle() {
+            ChainHandle::Embedded(s) => SettlementClient::new(s.chain().clone(), s.address())
+                .account(wallet.address())
+                .await
+                .unwrap(),
+            ChainHandle::Rpc(s) => SettlementClient::new(s.chain().clone(), s.address())
+                .account(wallet.address())
+                .await
+                .unwrap(),
+        };
+        assert!(status.open);
+        assert_eq!(status.balance, U256::from(1_234));
+        agree(&settler, "after linking").await;
+
+        // With money at her address, mallory (custodial) cannot move to a wallet.
+        market
+            .fund(
+                store.account_by_name(&mallory).await.unwrap().unwrap().id,
+                10,
+                "cash",
+                market_engine::pipeline::now_ms(),
+            )
+            .await
+            .unwrap();
+        let other = PrivateKeySigner::random();
+        let c = challenge_for(mallory_session.clone(), other.address()).await;
+        let (status, body, _) = link(mallory_session.clone(), sign_challenge(&other, &c)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+        // A restart keeps the link.
+        let again = open_settler(&backend, dir.path(), &store, settlement, 1).await;
+        assert_eq!(again.custody().address(alice_id), wallet.address());
+    }
+}
