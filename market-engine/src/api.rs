@@ -855,7 +855,7 @@ async fn link_wallet(
         .await?;
     Ok(Json(json!({
         "account": account.name,
-        "chain": {"address": format!("{wallet:#x}"), "custodial": false,
+        "chain": {"address": wallet.to_string(), "custodial": false,
                   "settlement_contract": format!("{:#x}", settler.settlement_address())},
     })))
 }
