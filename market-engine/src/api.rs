@@ -183,6 +183,14 @@ impl From<MarketError> for ApiError {
         match e {
             MarketError::Order(e) => Self::Unprocessable(e.to_string()),
             MarketError::Slot(m) => Self::Unprocessable(m),
+            MarketError::Settlement(m) => {
+                tracing::error!(target: "api", "{m}");
+                Self::Internal("settlement failed".into())
+            }
+            MarketError::Stopped(what) => Self::Busy {
+                message: format!("{what} stopped: the engine is shutting down"),
+                retry_after_s: STORAGE_RETRY_AFTER_S,
+            },
             MarketError::Settings(m) => Self::BadRequest(m),
             MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
             MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),

@@ -272,7 +272,7 @@ impl Market {
         now_ms: u64,
     ) -> Result<FundsView, MarketError> {
         if amount == 0 {
-            return Err(MarketError::Slot("amount must not be zero".into()));
+            return Err(MarketError::OutOfRange("amount must not be zero".into()));
         }
         {
             let mut books = self.books.lock().await;

@@ -55,7 +55,7 @@ impl LogFailure {
         if self.storage {
             MarketError::Store(StoreError::Unavailable(message))
         } else {
-            MarketError::Slot(message)
+            MarketError::OutOfRange(message)
         }
     }
 }
@@ -259,7 +259,7 @@ pub(super) async fn load_trades(pool: &AnyPool, slot: u64) -> Result<Vec<Trade>,
     rows.into_iter()
         .map(|r| {
             serde_json::from_str::<Trade>(&r.get::<String, _>(0)).map_err(|e| {
-                MarketError::Slot(format!("slot {slot}: stored trade unreadable: {e}"))
+                StoreError::Corrupt(format!("slot {slot}: stored trade unreadable: {e}")).into()
             })
         })
         .collect()

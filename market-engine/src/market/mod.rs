@@ -146,6 +146,13 @@ pub enum MarketError {
     /// The slot cannot be traded (outside the calendar, already closed).
     #[error("{0}")]
     Slot(String),
+    /// A slot could not be settled or put into a chain batch: the engine's failure, not the
+    /// request's (the slot is tried again; `gridshare_settlement_failures`).
+    #[error("{0}")]
+    Settlement(String),
+    /// A task the market relies on has stopped (the engine is shutting down).
+    #[error("{0} stopped")]
+    Stopped(&'static str),
     /// Market settings that cannot apply (the operator's request, or a stored row).
     #[error("{0}")]
     Settings(String),
@@ -180,6 +187,8 @@ impl MarketError {
         match self {
             Self::Order(e) => e.reason(),
             Self::Slot(_) => "slot_not_trading",
+            Self::Settlement(_) => "settlement",
+            Self::Stopped(_) => "stopped",
             Self::Settings(_) => "invalid_settings",
             Self::UnknownOrder(_) => "unknown_order",
             Self::InsufficientFunds { .. } => "insufficient_funds",
@@ -593,7 +602,7 @@ impl Market {
         self.log
             .send(LogJob { write, done })
             .await
-            .map_err(|_| MarketError::Slot("the order log writer stopped".into()))?;
+            .map_err(|_| MarketError::Stopped("the order log writer"))?;
         Ok(rx)
     }
 
@@ -759,7 +768,7 @@ impl Market {
             }
         })
         .await
-        .map_err(|e| MarketError::Slot(format!("deriving chain addresses: {e}")))?;
+        .map_err(|e| MarketError::Settlement(format!("deriving chain addresses: {e}")))?;
         self.addresses_derived_to.store(last, Ordering::Relaxed);
         Ok(derived)
     }

@@ -77,7 +77,7 @@ impl Market {
         let community = self.community_for(slot);
         let terms = community
             .terms(slot)
-            .map_err(|e| MarketError::Slot(e.to_string()))?;
+            .map_err(|e| MarketError::Settlement(e.to_string()))?;
         if terms.slot.settlement > now_s {
             return Ok(false);
         }
@@ -122,16 +122,16 @@ impl Market {
                     .copied()
                     .collect();
                 let members = member_flows(&undisputed, AreaId(0))
-                    .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+                    .map_err(|e| MarketError::Settlement(format!("slot {slot}: {e}")))?;
                 let shared = share_slot(&rule.key, rule.price_per_kwh, &members, &terms)
-                    .map_err(|e| MarketError::Slot(format!("slot {slot}: sharing: {e}")))?;
+                    .map_err(|e| MarketError::Settlement(format!("slot {slot}: sharing: {e}")))?;
                 trades.extend(shared.trades.iter().cloned());
                 shared.trades
             }
             _ => Vec::new(),
         };
         let settlement = settle_slot_disputed(&trades, &measured.deliveries, &disputed, &terms)
-            .map_err(|e| MarketError::Slot(format!("slot {slot}: {e}")))?;
+            .map_err(|e| MarketError::Settlement(format!("slot {slot}: {e}")))?;
         // The books lock before the transaction (the order every writer takes them in):
         // no bid sees the slot both held and settled.
         let mut amounts = Vec::with_capacity(settlement.balances.len());
@@ -473,7 +473,7 @@ impl Market {
             let start = self
                 .community_for(slot)
                 .terms(slot)
-                .map_err(|e| MarketError::Slot(e.to_string()))?
+                .map_err(|e| MarketError::Settlement(e.to_string()))?
                 .slot
                 .delivery_start;
             let mut tx = self.store.begin().await?;
@@ -715,7 +715,7 @@ async fn queue_batch(
     custody: &crate::chain::custody::Custody,
 ) -> Result<(), MarketError> {
     let slot = settled.slot;
-    let batch = crate::chain::batch_of(settled, custody).map_err(MarketError::Slot)?;
+    let batch = crate::chain::batch_of(settled, custody).map_err(MarketError::Settlement)?;
     let meters: HashMap<u64, String> = sqlx::query(
         "SELECT order_id, meter_id FROM order_events WHERE slot = $1 AND kind = 'submit'",
     )
