@@ -749,3 +749,140 @@ proptest::proptest! {
             .block_on(run_money(ops));
     }
 }
+
+/// Issue 14: a reorganisation of the chain no deeper than `[chain] confirmations` never
+/// reaches the books — a deposit in a block that is then replaced is not counted — and one
+/// deeper than that stops the follower with an error saying so, counting nothing else, rather
+/// than keep books the chain no longer agrees with. On a node of the test's own (anvil's
+/// snapshots stand in for reorganisations).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reorganisation_within_the_confirmations_never_reaches_the_books_and_a_deeper_one_stops_the_follower()
+ {
+    let Some(node) = gridshare_testbed::anvil::Anvil::start_own() else {
+        return;
+    };
+    let url = node.url.clone();
+    let dir = tempfile::tempdir().unwrap();
+    let db = databases(dir.path()).await.remove(0);
+    let crate::Fixture {
+        store,
+        market,
+        keys,
+        ..
+    } = crate::Fixture::open(&db).await;
+    let (_, d, _) = crate::outbox::deploy(&url).await;
+    let backend = Backend::Anvil(url.clone());
+    let settler = Arc::new(open_settler(&backend, dir.path(), &store, Some(d.settlement), 3).await);
+    market.queue_batches(settler.custody().clone());
+    let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+    let name = unique("household");
+    let session = login(&app, &name).await;
+    let id = store.account_by_name(&name).await.unwrap().unwrap().id;
+    let key = settler.custody().signer(id).unwrap();
+    let step = || settler.money_step(&market, market_engine::pipeline::now_ms());
+
+    // The household's wallet holds tokens, has approved the contract and has gas (and its
+    // first 1-unit deposit is counted).
+    household_deposits(&settler, Some(&url), &key, 1).await;
+    let ChainHandle::Rpc(s) = settler.handle() else {
+        unreachable!()
+    };
+    let token = s
+        .chain()
+        .view(s.address(), Settlement::paymentTokenCall {})
+        .await
+        .unwrap();
+    s.chain()
+        .transact(
+            s.operator(),
+            token,
+            GridToken::transferCall {
+                to: key.address(),
+                value: U256::from(10_000),
+            },
+        )
+        .await
+        .unwrap();
+    let wallet = SettlementClient::new(
+        RpcChain::connect(&url, Some(key.clone())).unwrap(),
+        d.settlement,
+    );
+    for _ in 0..3 {
+        advance(&settler, 1).await;
+    }
+    step().await;
+    assert_eq!(funds(&app, &session).await["balance"], 1);
+
+    // Replaced within the confirmation depth: a deposit mined two blocks deep, then the chain
+    // goes back before it and on without it.
+    let before = crate::outbox::rpc(&url, "evm_snapshot", json!([])).await;
+    wallet
+        .deposit(key.address(), U256::from(2_000))
+        .await
+        .unwrap();
+    advance(&settler, 1).await;
+    assert!(step().await.follow_error.is_none());
+    assert_eq!(
+        funds(&app, &session).await["balance"],
+        1,
+        "two blocks deep of three: not yet"
+    );
+    crate::outbox::rpc(&url, "evm_revert", json!([before])).await;
+    for _ in 0..4 {
+        advance(&settler, 1).await;
+    }
+    let progress = step().await;
+    assert!(progress.follow_error.is_none(), "{progress:?}");
+    assert_eq!(
+        funds(&app, &session).await["balance"],
+        1,
+        "the replaced deposit never counted"
+    );
+
+    // A deposit that stays: counted once three deep.
+    wallet
+        .deposit(key.address(), U256::from(700))
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        advance(&settler, 1).await;
+    }
+    step().await;
+    assert_eq!(funds(&app, &session).await["balance"], 701);
+    agree(&settler, "after a shallow reorganisation").await;
+
+    // Deeper than the confirmations: blocks the engine has read are replaced (the new branch
+    // holds another transaction, so its blocks differ).
+    let deep = crate::outbox::rpc(&url, "evm_snapshot", json!([])).await;
+    let head = |s: &ChainSettler| {
+        let ChainHandle::Rpc(s) = s.handle() else {
+            unreachable!()
+        };
+        let chain = s.chain().clone();
+        async move { chain.head().await.unwrap() }
+    };
+    let fork_at = head(&settler).await;
+    for _ in 0..4 {
+        advance(&settler, 1).await;
+    }
+    let read_to = step().await.follow.unwrap().through_block;
+    assert!(
+        read_to > fork_at,
+        "the follower read past the fork: {read_to} > {fork_at}"
+    );
+    crate::outbox::rpc(&url, "evm_revert", json!([deep])).await;
+    wallet.deposit(key.address(), U256::from(55)).await.unwrap();
+    for _ in 0..6 {
+        advance(&settler, 1).await;
+    }
+    let progress = step().await;
+    let error = progress
+        .follow_error
+        .expect("the deeper reorganisation is noticed");
+    assert!(
+        error.contains("reorganised below the confirmed depth"),
+        "{error}"
+    );
+    // Nothing counted from the new branch: the books stay as they were, and say why.
+    assert_eq!(funds(&app, &session).await["balance"], 701);
+}

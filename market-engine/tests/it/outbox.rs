@@ -93,7 +93,11 @@ pub(crate) async fn deposit(
         .unwrap();
 }
 
-async fn rpc(url: &str, method: &'static str, params: serde_json::Value) -> serde_json::Value {
+pub(crate) async fn rpc(
+    url: &str,
+    method: &'static str,
+    params: serde_json::Value,
+) -> serde_json::Value {
     ProviderBuilder::new()
         .connect_http(url.parse().unwrap())
         .raw_request::<_, serde_json::Value>(method.into(), params)
