@@ -18,7 +18,7 @@
 # Usage: scripts/walkthrough-anvil.sh            (builds the binaries first)
 #   WALKTHROUGH_NO_BUILD=1  use the binaries already in ${CARGO_TARGET_DIR:-target}/debug
 #   WALKTHROUGH_DIR=<dir>   keep the keys, configs and logs there (default: a temporary dir)
-#   WALKTHROUGH_PORT=<n>    first of the five local ports used (default 28545)
+#   WALKTHROUGH_PORT=<n>    first of the seven local ports used (default 28545)
 # Needs bash, curl, jq and `npm ci` in contracts/ (anvil and cast). Takes about five minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,7 +75,7 @@ wait_for() {
     sleep 2
   done
 }
-for p in $RPC_PORT $HTTP_PORT $MQTT_PORT $((DEVICE_PORT)) $((DEVICE_PORT + 3)); do
+for p in $(seq "$PORT" $((PORT + 6))); do
   if port_open "$p"; then echo "port $p is taken: set WALKTHROUGH_PORT" >&2; exit 1; fi
 done
 
@@ -277,6 +277,11 @@ GRIDSHARE_ACCOUNT_KEY=$SELLER_KEY "$BIN/gridshare" status home-01
 show "GRIDSHARE_ACCOUNT_KEY=\$SELLER_KEY gridshare claim home-01"
 GRIDSHARE_ACCOUNT_KEY=$SELLER_KEY "$BIN/gridshare" claim home-01 | tee "$WORK/claim.json"
 jq -e '.claimed != "0"' "$WORK/claim.json" >/dev/null || { echo "nothing was claimed" >&2; exit 1; }
+show "cast call \$NETWORK_TOKEN 'balanceOf(address)(uint256)' $SELLER   # 1000 - 150 staked + the reward"
+"$CAST" call "$NETWORK_TOKEN" 'balanceOf(address)(uint256)' "$SELLER"
+show "curl -b home-01 \$api/meters/home-01/stake | jq '{staked, claimable, paid: [.epochs[] | select(.reward != \"0\")]}'"
+curl -sf -b "$WORK/home-01.jar" "$api/meters/home-01/stake" \
+  | jq -c '{staked, claimable, paid: [.epochs[] | select(.reward != "0") | {epoch, sold_wh, exported_wh, credited_wh, reward}]}'
 
 say "a cheating meter: two meter agents on cheat-03's one key, each reading its own inverter"
 device $((DEVICE_PORT + 2)) SIM-000003 6000
