@@ -48,6 +48,8 @@ pub(crate) struct DemoOptions {
     pub(crate) dir: PathBuf,
     /// Reward epoch of the demo chain, s.
     pub(crate) epoch_s: u64,
+    /// The last home's key also signs for a second inverter, through a second agent.
+    pub(crate) cheat: bool,
 }
 
 /// Delivery slot length of the demo, seconds.
@@ -241,6 +243,36 @@ pub(crate) async fn run(
         agent_config.mqtt.username = Some(name.clone());
         agent_config.mqtt.password =
             Some(market_engine::broker::issue_meter_credentials(&engine.store, &name).await?);
+        if options.cheat && i + 1 == options.homes {
+            // The clone: the same key and meter id, another inverter (no PV, so its counters
+            // part from the first's at once), its own outbox and broker session.
+            let clone_device = gridshare_testbed::simulator::serve(
+                Household {
+                    pv_peak_w: 0.0,
+                    battery_wh: 0.0,
+                    serial: approval.device.serial.clone(),
+                    ..Household::default()
+                },
+                10 * 3_600_000,
+                "127.0.0.1:0".parse()?,
+                Framing::Tcp,
+                200,
+                options.speed,
+            )
+            .await?;
+            let mut clone = agent_config.clone();
+            clone.data_dir = options.dir.join(format!("{name}-clone"));
+            clone.modbus.address = clone_device.addr.to_string();
+            clone.mqtt.client_id = Some(format!("meter-agent-{name}-clone"));
+            println!(
+                "  cheating   {name}: a second agent signs a second inverter's readings with its key"
+            );
+            agents.push(tokio::spawn(agent::run(
+                clone,
+                agents_stopped.clone(),
+                Arc::new(AgentStats::default()),
+            )));
+        }
         agents.push(tokio::spawn(agent::run(
             agent_config,
             agents_stopped.clone(),
@@ -395,6 +427,7 @@ async fn stake_on_chain<C: Chain>(
 async fn claim_loop<C: Chain>(chain: &C, settlement: Address, homes: &[(String, Address)]) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     let mut shown: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    let mut slashed = std::collections::HashSet::new();
     loop {
         tick.tick().await;
         let Ok(Some(staking)) = market_engine::staking::staking_contract(chain, settlement).await
@@ -410,6 +443,13 @@ async fn claim_loop<C: Chain>(chain: &C, settlement: Address, homes: &[(String, 
             let Ok(m) = client.meter(id).await else {
                 continue;
             };
+            if m.slashed && slashed.insert(name.clone()) {
+                println!(
+                    "        {name} was slashed by the watcher: its key signed readings that cannot \
+                     both be true; {} tokens of stake left (GET /api/v1/meters/{name}/stake)",
+                    gridshare_operator::amount::format_tokens(m.stake)
+                );
+            }
             // Newly proven epochs, once each.
             for epoch in m.nextClaimEpoch..current {
                 let Ok(c) = client.credit(id, epoch).await else {

@@ -105,6 +105,11 @@ enum Command {
         /// chain at least a second after the last, so a burst of proofs moves its clock ahead.
         #[arg(long, default_value_t = 30)]
         epoch_s: u64,
+        /// For showing the fraud watcher: the last home's meter key also signs the readings of
+        /// a second simulated inverter, read by a second agent (a cloned meter). Its counters
+        /// contradict the first's, and the engine's watcher gets the meter slashed.
+        #[arg(long)]
+        cheat: bool,
     },
 }
 
@@ -330,6 +335,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             speed,
             dir,
             epoch_s,
+            cheat,
         } => {
             if !(20..=86_400).contains(&epoch_s) {
                 anyhow::bail!("--epoch-s must be between 20 and 86400");
@@ -350,6 +356,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 speed,
                 dir,
                 epoch_s,
+                cheat,
             };
             demo::run(options, shutdown_signal()).await?;
         }

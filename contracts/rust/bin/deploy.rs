@@ -45,6 +45,10 @@ struct Args {
     /// Unix time at which reward epoch 0 starts; defaults to the chain's latest block time.
     #[arg(long)]
     genesis: Option<u64>,
+    /// Reward epoch, seconds (the proof window is one epoch, unbonding and vesting seven).
+    /// Shorter than the default day only for demos and tests on a development chain.
+    #[arg(long, default_value_t = StakingParams::daily(0).epoch_duration, value_parser = clap::value_parser!(u64).range(1..=u64::from(u32::MAX)))]
+    epoch_s: u64,
     /// The community treasury account in Settlement (fronts what a household cannot pay, is
     /// repaid from its debt). Defaults to the deployer.
     #[arg(long)]
@@ -112,7 +116,7 @@ async fn deploy<C: Chain>(
         Some(g) => g,
         None => chain.timestamp().await?,
     };
-    let params = StakingParams::daily(genesis);
+    let params = StakingParams::with_epoch(genesis, args.epoch_s);
     let operator = args.operator.unwrap_or(deployer);
     let settlement = SettlementParams {
         treasury: args.treasury,

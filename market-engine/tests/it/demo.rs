@@ -186,3 +186,47 @@ async fn the_demo_pays_a_reward_for_settled_sales_within_minutes() {
     }
     panic!("no home of the demo was paid a reward within 10 minutes; last stake seen: {last}");
 }
+
+/// The fraud watcher in the demo: with `--cheat` the last home's key also signs a second
+/// inverter's readings through a second agent, and the engine's watcher gets that meter — and
+/// only that one — slashed on the embedded chain, as its stake in the API shows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_with_a_cloned_meter_has_it_slashed_by_the_watcher() {
+    let dir = tempfile::tempdir().unwrap();
+    let (http_port, mqtt_port) = (free_port(), free_port());
+    let _demo = demo_with(
+        dir.path(),
+        http_port,
+        mqtt_port,
+        &["--homes", "2", "--cheat"],
+    );
+    accepted_above(http_port, 0).await;
+    let mut slashes = None;
+    for _ in 0..240 {
+        slashes = metric(http_port, "gridshare_watcher_slashes_total").await;
+        if slashes.is_some_and(|n| n > 0) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert_eq!(
+        slashes,
+        Some(1),
+        "the cloned meter is slashed within two minutes"
+    );
+    for (home, slashed) in [("home-01", false), ("home-02", true)] {
+        let cookie = crate::prover::http_post(
+            http_port,
+            "/api/v1/sessions",
+            &serde_json::json!({"name": home, "password": "demo-password"}),
+        )
+        .await
+        .1
+        .expect("the demo's homes log in");
+        let body =
+            crate::prover::http_get_as(http_port, &format!("/api/v1/meters/{home}/stake"), &cookie)
+                .await;
+        let stake: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(stake["slashed"], slashed, "{home}: {stake}");
+    }
+}

@@ -235,3 +235,149 @@ async fn watcher_slashes_a_cheating_meter_on_anvil() {
     cheating_meter_is_slashed_within_one_epoch(chain, deployer, owner, reporter).await;
     drop(anvil);
 }
+
+/// The cheat the anvil walk-through plays (`scripts/walkthrough-anvil.sh`), through the real
+/// agent's signing path and a real broker: two meter agents run on one meter key, each reading
+/// its own simulated inverter (one with PV, one without), so the key signs counters that cannot
+/// all be true. The watcher gets the meter slashed; its owner's honest neighbour is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_on_one_meter_key_are_slashed_by_the_watcher() {
+    use gridshare_testbed::register_server::Framing;
+    use gridshare_testbed::simulator::Household;
+    use meter_agent::agent::{self, AgentStats};
+    use meter_agent::config::{AgentConfig, ClockPolicy};
+
+    let chain = EmbeddedChain::in_memory();
+    let (deployer, owner, reporter) = (
+        Address::repeat_byte(0xde),
+        Address::repeat_byte(0xa2),
+        Address::repeat_byte(0xe2),
+    );
+    let (d, _) = deploy(&chain, deployer).await;
+    fund(&chain, &d, deployer, owner, tokens(1_000)).await;
+    let staking = StakingClient::new(chain.clone(), d.staking);
+    staking
+        .set_verifier(deployer, deployer, true)
+        .await
+        .expect("verifier");
+    let dir = tempfile::tempdir().expect("dir");
+    let key_file = dir.path().join("cheat.key");
+    meter_agent::keys::generate(&key_file, false).expect("keygen");
+    let key = meter_agent::keys::load(&key_file).expect("key");
+    let meter = "cheat-02";
+    let id = text_id(meter).expect("id");
+    let sig = sign_registration(&staking, &key, meter, owner, false)
+        .await
+        .expect("sign");
+    let public = key.public_key();
+    let xy = (B256::from(public.x()), B256::from(public.y()));
+    staking
+        .register(owner, id, xy, sig)
+        .await
+        .expect("register");
+    staking
+        .attest(
+            deployer,
+            id,
+            xy,
+            gridshare_contracts::staking::device_hash("Gridshare", "SIM-HYBRID", "SIM-000009")
+                .expect("d"),
+            500_000,
+            500_000,
+            text_id("gcp-cheat").expect("gcp"),
+        )
+        .await
+        .expect("attest");
+    staking.approve(owner).await.expect("approve");
+    staking.stake(owner, id, tokens(200)).await.expect("stake");
+
+    let (host, port) = broker();
+    let community = format!("two-agents-{}", std::process::id());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let (tx, mut outcomes) = tokio::sync::mpsc::unbounded_channel();
+    let source = MqttSource {
+        host: host.clone(),
+        port,
+        prefix: "gridshare/v1".into(),
+        community: community.clone(),
+        client_id: format!("watcher-{community}"),
+        credentials: None,
+        tls: None,
+    };
+    let watch_chain = staking.clone();
+    let watcher = tokio::spawn(async move {
+        let mut w = Watcher::new(watch_chain, reporter);
+        run_mqtt(&mut w, &source, shutdown, |o| {
+            let _ = tx.send(o.clone());
+        })
+        .await
+        .expect("watcher");
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // One inverter with PV, one without: their counters part at once.
+    let mut agents = Vec::new();
+    let (stop_agents, agents_stopped) = tokio::sync::watch::channel(false);
+    for (instance, pv_peak_w) in [("a", 6_000.0), ("b", 0.0)] {
+        let device = gridshare_testbed::simulator::serve(
+            Household {
+                pv_peak_w,
+                battery_wh: 0.0,
+                serial: "SIM-000009".into(),
+                ..Household::default()
+            },
+            11 * 3_600_000,
+            "127.0.0.1:0".parse().expect("addr"),
+            Framing::Tcp,
+            50,
+            1_200.0,
+        )
+        .await
+        .expect("device");
+        let mut config = AgentConfig {
+            meter_id: meter.into(),
+            community: community.clone(),
+            key_file: key_file.clone(),
+            data_dir: dir.path().join(instance),
+            poll_interval_ms: 200,
+            clock_sync: ClockPolicy::Synchronised,
+            ..AgentConfig::default()
+        };
+        config.modbus.address = device.addr.to_string();
+        config.mqtt.url = format!("mqtt://{host}:{port}");
+        config.mqtt.client_id = Some(format!("{meter}-{instance}-{community}"));
+        agents.push((
+            device,
+            tokio::spawn(agent::run(
+                config,
+                agents_stopped.clone(),
+                std::sync::Arc::new(AgentStats::default()),
+            )),
+        ));
+    }
+
+    let outcome = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            if let Outcome::Slashed {
+                meter,
+                contradiction,
+                ..
+            } = outcomes.recv().await.expect("watcher running")
+            {
+                return (meter, contradiction);
+            }
+        }
+    })
+    .await
+    .expect("the meter with two agents is reported within a minute");
+    assert_eq!(outcome.0, meter);
+    let _ = stop_agents.send(true);
+    for (_device, agent) in agents {
+        let _ = agent.await;
+    }
+    let _ = stop.send(true);
+    watcher.await.expect("watcher stops");
+    let record = staking.meter(id).await.expect("meter");
+    assert!(record.slashed, "{outcome:?}");
+    assert_eq!(record.stake, tokens(100));
+}
