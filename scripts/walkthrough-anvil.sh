@@ -101,6 +101,7 @@ GRIDSHARE_DEPLOYER_KEY=$OWNER_KEY "$BIN/gridshare-deploy" --rpc-url "$GRIDSHARE_
   --operator "$ENGINE" --epoch-s "$EPOCH_S" >"$WORK/deployment.json"
 cat "$WORK/deployment.json"
 NETWORK_TOKEN=$(jq -r .network_token "$WORK/deployment.json")
+PAYMENT_TOKEN=$(jq -r .payment_token "$WORK/deployment.json")
 export GRIDSHARE_STAKING=$(jq -r .staking "$WORK/deployment.json")
 export GRIDSHARE_SETTLEMENT=$(jq -r .settlement "$WORK/deployment.json")
 
@@ -113,6 +114,10 @@ send $OWNER_KEY "$GRIDSHARE_STAKING" 'fundRewards(uint256)' 1000000ether
 for who in $SELLER $BUYER $CHEATER; do
   send $OWNER_KEY "$NETWORK_TOKEN" 'transfer(address,uint256)' "$who" 1000ether
 done
+# The payment token (a stand-in stablecoin here): home-02's wallet has some to deposit, and the
+# engine's key some to deposit what the operator records as paid in off chain.
+send $OWNER_KEY "$PAYMENT_TOKEN" 'transfer(address,uint256)' "$BUYER" 50000000
+send $OWNER_KEY "$PAYMENT_TOKEN" 'transfer(address,uint256)' "$ENGINE" 50000000
 show "cast call \$NETWORK_TOKEN 'balanceOf(address)(uint256)' $SELLER"
 "$CAST" call "$NETWORK_TOKEN" 'balanceOf(address)(uint256)' "$SELLER"
 show "GRIDSHARE_ACCOUNT_KEY=\$OWNER_KEY gridshare verifier $OWNER"
@@ -210,8 +215,46 @@ say "two households join the engine; the operator approves their meters; each tr
 engine_home home-01 SIM-000001 $((6000 * SPEED)) $((12000 * SPEED))
 engine_home home-02 SIM-000002 $((1000 * SPEED)) $((12000 * SPEED))
 engine_home cheat-03 SIM-000003 $((6000 * SPEED)) $((12000 * SPEED))
-curl -sf -b "$WORK/op.jar" -H "$j" -d '{"amount":10000000,"reference":"walkthrough-deposit"}' \
+
+say "each household links its own wallet to its engine account: the wallet signs the engine's EIP-712 challenge"
+# Args: meter, the wallet's key.
+link_wallet() {
+  local meter=$1 key=$2 wallet
+  wallet=$(addr "$key")
+  show "curl -b $meter -X POST \$api/me/wallet/challenge -d '{\"address\":\"$wallet\"}' > challenge.json"
+  curl -sf -b "$WORK/$meter.jar" -H "$j" -d "{\"address\":\"$wallet\"}" "$api/me/wallet/challenge" \
+    >"$WORK/$meter.challenge.json"
+  jq .link "$WORK/$meter.challenge.json" >"$WORK/$meter.link.json"
+  jq .open "$WORK/$meter.challenge.json" >"$WORK/$meter.open.json"
+  show "cast wallet sign --private-key \$WALLET_KEY --data --from-file link.json   # LinkWallet(wallet, account, nonce)"
+  local link open
+  link=$("$CAST" wallet sign --private-key "$key" --data --from-file "$WORK/$meter.link.json")
+  show "cast wallet sign --private-key \$WALLET_KEY --data --from-file open.json   # the contract's OpenAccount(wallet)"
+  open=$("$CAST" wallet sign --private-key "$key" --data --from-file "$WORK/$meter.open.json")
+  show "curl -b $meter -X POST \$api/me/wallet -d '{\"address\":…,\"nonce\":…,\"link_signature\":…,\"open_signature\":…}'"
+  curl -sf -b "$WORK/$meter.jar" -H "$j" -d "{\"address\":\"$wallet\",\"nonce\":$(jq .nonce "$WORK/$meter.challenge.json"),\"link_signature\":\"$link\",\"open_signature\":\"$open\"}" \
+    "$api/me/wallet" | jq -c .
+}
+link_wallet home-01 $SELLER_KEY
+link_wallet home-02 $BUYER_KEY
+
+say "home-02 deposits from its own wallet; the engine counts it from the contract's Deposited event"
+show "cast send \$PAYMENT_TOKEN 'approve(address,uint256)' \$GRIDSHARE_SETTLEMENT 9000000   # as home-02"
+send $BUYER_KEY "$PAYMENT_TOKEN" 'approve(address,uint256)' "$GRIDSHARE_SETTLEMENT" 9000000
+show "cast send \$GRIDSHARE_SETTLEMENT 'deposit(uint256)' 9000000"
+send $BUYER_KEY "$GRIDSHARE_SETTLEMENT" 'deposit(uint256)' 9000000
+say "the operator records 1000000 home-02 paid in cash; the engine deposits it on chain for home-02 (depositFor)"
+show "curl -b operator -X POST \$api/accounts/home-02/deposits -d '{\"amount\":1000000,\"reference\":\"cash-0001\"}'"
+curl -sf -b "$WORK/op.jar" -H "$j" -d '{"amount":1000000,"reference":"cash-0001"}' \
   "$api/accounts/home-02/deposits" >/dev/null
+funded() {
+  curl -sf -b "$WORK/home-02.jar" "$api/balance" | jq -e '.balance == 10000000' >/dev/null
+}
+wait_for 60 funded
+show "curl -b home-02 \$api/funding"
+curl -sf -b "$WORK/home-02.jar" "$api/funding" | jq -c '[.funding[] | {amount, reference}]'
+show "cast call \$GRIDSHARE_SETTLEMENT 'balanceOf(address)(uint256)' $BUYER"
+"$CAST" call "$GRIDSHARE_SETTLEMENT" 'balanceOf(address)(uint256)' "$BUYER"
 show "curl -b home-01 -X PUT \$api/meters/home-01/rule -d '{\"sell_at_least_per_kwh\":12000}'"
 curl -sf -b "$WORK/home-01.jar" -X PUT -H "$j" -d '{"sell_at_least_per_kwh":12000}' \
   "$api/meters/home-01/rule" >/dev/null
@@ -306,4 +349,47 @@ curl -sf "http://127.0.0.1:$HTTP_PORT/metrics" | grep '^gridshare_watcher_slashe
 show "cast call \$NETWORK_TOKEN 'balanceOf(address)(uint256)' $ENGINE   # the reporter's share"
 "$CAST" call "$NETWORK_TOKEN" 'balanceOf(address)(uint256)' "$ENGINE"
 
-say "done: home-01 was paid for energy home-02 bought, and cheat-03 lost half its stake"
+say "the books: every account's balance in the engine against the Settlement contract"
+agree() {
+  GRIDSHARE_OPERATOR_KEY=$ENGINE_KEY "$BIN/market-engine" settlement --config "$WORK/engine.toml" balances \
+    >"$WORK/balances.txt" 2>&1
+}
+show "market-engine settlement --config engine.toml balances"
+wait_for 30 agree
+cat "$WORK/balances.txt"
+
+say "home-01 withdraws what it earned, on chain with its own wallet: requested now, paid after the contract's delay"
+earned=$(curl -sf -b "$WORK/home-01.jar" "$api/balance" | jq .available)
+((earned > 0)) || { echo "home-01 earned nothing to withdraw" >&2; exit 1; }
+show "cast send \$GRIDSHARE_SETTLEMENT 'requestWithdrawal(uint256)' $earned   # as home-01"
+send $SELLER_KEY "$GRIDSHARE_SETTLEMENT" 'requestWithdrawal(uint256)' "$earned"
+pending() {
+  curl -sf -b "$WORK/home-01.jar" "$api/balance" | jq -e ".withdrawal_pending == $earned" >/dev/null
+}
+wait_for 30 pending
+show "curl -b home-01 \$api/balance   # held back from bids, still in the balance until paid"
+curl -sf -b "$WORK/home-01.jar" "$api/balance" | jq -c '{balance, withdrawal_pending, available}'
+show "cast send \$GRIDSHARE_SETTLEMENT 'withdraw()'   # too early"
+if "$CAST" send --private-key $SELLER_KEY "$GRIDSHARE_SETTLEMENT" 'withdraw()' >"$WORK/early.txt" 2>&1; then
+  echo "withdrawn before the delay" >&2
+  exit 1
+fi
+grep -o 'TooEarly[^"]*' "$WORK/early.txt" | head -n 1 || tail -n 1 "$WORK/early.txt"
+show "cast rpc evm_increaseTime 21700 && cast rpc evm_mine   # anvil: six hours pass"
+"$CAST" rpc evm_increaseTime 21700 >/dev/null
+"$CAST" rpc evm_mine >/dev/null
+show "cast send \$GRIDSHARE_SETTLEMENT 'withdraw()'"
+send $SELLER_KEY "$GRIDSHARE_SETTLEMENT" 'withdraw()'
+paid() {
+  curl -sf -b "$WORK/home-01.jar" "$api/balance" | jq -e '.withdrawal_pending == 0' >/dev/null
+}
+wait_for 30 paid
+show "cast call \$PAYMENT_TOKEN 'balanceOf(address)(uint256)' $SELLER   # in home-01's wallet"
+"$CAST" call "$PAYMENT_TOKEN" 'balanceOf(address)(uint256)' "$SELLER"
+show "curl -b home-01 \$api/funding"
+curl -sf -b "$WORK/home-01.jar" "$api/funding" | jq -c '[.funding[] | {amount, reference}]'
+show "market-engine settlement --config engine.toml balances"
+wait_for 30 agree
+cat "$WORK/balances.txt"
+
+say "done: home-01 was paid for energy home-02 bought and took it out, cheat-03 lost half its stake, and the engine's books agree with the chain"
