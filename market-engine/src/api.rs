@@ -873,13 +873,7 @@ async fn funding(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let entries: Vec<_> = state
-        .market
-        .funding(account.id, 100)
-        .await?
-        .into_iter()
-        .map(|(amount, reference, at_ms)| json!({"amount": amount, "reference": reference, "at_ms": at_ms}))
-        .collect();
+    let entries = state.market.funding(account.id, 100).await?;
     Ok(Json(json!({ "account": account.name, "funding": entries })))
 }
 

@@ -310,22 +310,50 @@ impl Market {
         Ok(self.funds(account).await)
     }
 
-    /// An account's deposits and withdrawals, newest first: `(amount, reference, at ms)`.
+    /// An account's deposits and withdrawals, newest first.
     pub async fn funding(
         &self,
         account: i64,
         limit: u32,
-    ) -> Result<Vec<(i64, String, i64)>, MarketError> {
+    ) -> Result<Vec<FundingEntry>, MarketError> {
         Ok(sqlx::query(
-            "SELECT amount, reference, created_ms FROM funding WHERE account_id = $1 \
-             ORDER BY id DESC LIMIT $2",
+            "SELECT amount, reference, created_ms, source, chain_tx, chain_block FROM funding \
+             WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(account)
         .bind(i64::from(limit))
         .fetch_all(self.store.pool())
         .await?
         .into_iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect())
+        .map(|r| {
+            Ok(FundingEntry {
+                amount: r.try_get(0)?,
+                reference: r.try_get(1)?,
+                at_ms: r.try_get(2)?,
+                source: r.try_get(3)?,
+                chain_tx: r.try_get(4)?,
+                on_chain: r.try_get::<Option<i64>, _>(5)?.is_some()
+                    || r.try_get::<String, _>(3)? == "chain",
+            })
+        })
+        .collect::<Result<_, sqlx::Error>>()?)
     }
+}
+
+/// One deposit or withdrawal of an account.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FundingEntry {
+    /// Token units, positive in, negative out.
+    pub amount: i64,
+    /// Its reference (`chain:<tx>:<log>` for one read from the chain).
+    pub reference: String,
+    /// When the engine booked it, ms.
+    pub at_ms: i64,
+    /// `operator`: recorded by the community operator (money that arrived off chain);
+    /// `chain`: read from the Settlement contract's events.
+    pub source: String,
+    /// For an operator-recorded deposit on a chain: the transaction that deposited it there.
+    pub chain_tx: Option<String>,
+    /// Whether that transaction is in a block (or the entry came from the chain).
+    pub on_chain: bool,
 }

@@ -26,7 +26,7 @@ use crate::settings::StoredSettings;
 use crate::store::{Store, StoreError};
 
 mod funding;
-pub use funding::{ChainMoney, FollowCursor};
+pub use funding::{ChainMoney, FollowCursor, FundingEntry};
 mod log;
 mod settle;
 

@@ -254,6 +254,29 @@ async fn deposits_and_withdrawals_on_chain_reach_the_books_once_each_and_both_bo
         }
         assert_eq!(funds(&app, &session).await["balance"], 7_000, "{what}");
         agree(&settler, what).await;
+        // The household sees where each came from: its own deposit read from the chain, the
+        // operator's record deposited there.
+        let (_, listed, _) = call(&app, "GET", "/api/v1/funding", Some(&session), None).await;
+        let sources: Vec<_> = listed["funding"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["source"].as_str().unwrap().to_owned(),
+                    e["on_chain"] == true,
+                    e["amount"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                ("chain".to_owned(), true, 2_000),
+                ("operator".to_owned(), true, 5_000)
+            ],
+            "{what}: {listed}"
+        );
 
         // A restart (a new market over the same database, a new settler) counts nothing twice.
         let market = Arc::new(
