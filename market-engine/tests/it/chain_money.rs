@@ -160,6 +160,53 @@ async fn agree(settler: &ChainSettler, what: &str) -> usize {
     rows.len()
 }
 
+/// An engine on `backend` (fresh contracts on anvil), wired as `serve` wires its API and
+/// settler; the test drives the money steps.
+struct Engine {
+    dir: tempfile::TempDir,
+    store: Store,
+    market: Arc<Market>,
+    keys: market_engine::ingest::KeyRegistry,
+    settler: Arc<ChainSettler>,
+    app: axum::Router,
+    settlement: Option<Address>,
+}
+
+async fn engine(backend: &Backend, confirmations: u64) -> Engine {
+    let dir = tempfile::tempdir().unwrap();
+    let db = databases(dir.path()).await.remove(0);
+    let crate::Fixture {
+        store,
+        market,
+        keys,
+        ..
+    } = crate::Fixture::open(&db).await;
+    let settlement = match backend {
+        Backend::Embedded => None,
+        Backend::Anvil(url) => Some(crate::outbox::deploy(url).await.1.settlement),
+    };
+    let settler =
+        Arc::new(open_settler(backend, dir.path(), &store, settlement, confirmations).await);
+    market.queue_batches(settler.custody().clone());
+    let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+    Engine {
+        dir,
+        store,
+        market,
+        keys,
+        settler,
+        app,
+        settlement,
+    }
+}
+
+/// The embedded chain, and `node` where this machine has anvil.
+fn backends(node: Option<&gridshare_testbed::anvil::Anvil>) -> Vec<Backend> {
+    let mut out = vec![Backend::Embedded];
+    out.extend(node.map(|n| Backend::Anvil(n.url.clone())));
+    out
+}
+
 async fn funds(app: &axum::Router, session: &str) -> serde_json::Value {
     let (status, body, _) = call(app, "GET", "/api/v1/balance", Some(session), None).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -178,31 +225,21 @@ async fn funds(app: &axum::Router, session: &str) -> serde_json::Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deposits_and_withdrawals_on_chain_reach_the_books_once_each_and_both_books_agree() {
     let node = gridshare_testbed::anvil::Anvil::start_own();
-    let mut backends = vec![Backend::Embedded];
-    if let Some(node) = &node {
-        backends.push(Backend::Anvil(node.url.clone()));
-    }
-    for backend in backends {
-        let dir = tempfile::tempdir().unwrap();
-        let db = databases(dir.path()).await.remove(0);
-        let crate::Fixture {
+    for backend in backends(node.as_ref()) {
+        let (url, confirmations) = match &backend {
+            Backend::Embedded => (None, 1),
+            Backend::Anvil(url) => (Some(url.as_str()), 2),
+        };
+        let what = if url.is_some() { "anvil" } else { "embedded" };
+        let Engine {
+            dir,
             store,
             market,
             keys,
-            ..
-        } = crate::Fixture::open(&db).await;
-        let (settlement, url, confirmations) = match &backend {
-            Backend::Embedded => (None, None, 1),
-            Backend::Anvil(url) => {
-                let (_, d, _) = crate::outbox::deploy(url).await;
-                (Some(d.settlement), Some(url.as_str()), 2)
-            }
-        };
-        let what = if url.is_some() { "anvil" } else { "embedded" };
-        let settler =
-            Arc::new(open_settler(&backend, dir.path(), &store, settlement, confirmations).await);
-        market.queue_batches(settler.custody().clone());
-        let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+            settler,
+            app,
+            settlement,
+        } = engine(&backend, confirmations).await;
         let name = unique("household");
         let session = login(&app, &name).await;
         let id = store.account_by_name(&name).await.unwrap().unwrap().id;
@@ -431,26 +468,16 @@ fn sign_challenge(wallet: &PrivateKeySigner, challenge: &serde_json::Value) -> s
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_household_links_its_own_wallet_by_signing_and_settles_to_it() {
     let node = gridshare_testbed::anvil::Anvil::start();
-    let mut backends = vec![Backend::Embedded];
-    if let Some(node) = &node {
-        backends.push(Backend::Anvil(node.url.clone()));
-    }
-    for backend in backends {
-        let dir = tempfile::tempdir().unwrap();
-        let db = databases(dir.path()).await.remove(0);
-        let crate::Fixture {
+    for backend in backends(node.as_ref()) {
+        let Engine {
+            dir,
             store,
             market,
-            keys,
-            ..
-        } = crate::Fixture::open(&db).await;
-        let settlement = match &backend {
-            Backend::Embedded => None,
-            Backend::Anvil(url) => Some(crate::outbox::deploy(url).await.1.settlement),
-        };
-        let settler = Arc::new(open_settler(&backend, dir.path(), &store, settlement, 1).await);
-        market.queue_batches(settler.custody().clone());
-        let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+            keys: _,
+            settler,
+            app,
+            settlement,
+        } = engine(&backend, 1).await;
         let (alice, mallory) = (unique("alice"), unique("mallory"));
         let alice_session = login(&app, &alice).await;
         let mallory_session = login(&app, &mallory).await;
@@ -785,19 +812,15 @@ async fn a_reorganisation_within_the_confirmations_never_reaches_the_books_and_a
         return;
     };
     let url = node.url.clone();
-    let dir = tempfile::tempdir().unwrap();
-    let db = databases(dir.path()).await.remove(0);
-    let crate::Fixture {
+    let backend = Backend::Anvil(url.clone());
+    let Engine {
         store,
         market,
-        keys,
+        settler,
+        app,
+        settlement,
         ..
-    } = crate::Fixture::open(&db).await;
-    let (_, d, _) = crate::outbox::deploy(&url).await;
-    let backend = Backend::Anvil(url.clone());
-    let settler = Arc::new(open_settler(&backend, dir.path(), &store, Some(d.settlement), 3).await);
-    market.queue_batches(settler.custody().clone());
-    let app = api_with_settler(&store, &market, &keys, Some(settler.clone()));
+    } = engine(&backend, 3).await;
     let name = unique("household");
     let session = login(&app, &name).await;
     let id = store.account_by_name(&name).await.unwrap().unwrap().id;
@@ -828,7 +851,7 @@ async fn a_reorganisation_within_the_confirmations_never_reaches_the_books_and_a
         .unwrap();
     let wallet = SettlementClient::new(
         RpcChain::connect(&url, Some(key.clone())).unwrap(),
-        d.settlement,
+        settlement.unwrap(),
     );
     for _ in 0..3 {
         advance(&settler, 1).await;
