@@ -780,6 +780,8 @@ fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule)
         };
         pairing.run();
     }
+    let open = bid_left.iter().chain(&ask_left).filter(|&&l| l > 0).count();
+    result.unmatched.reserve_exact(open);
     let sides = bids
         .iter()
         .zip(&bid_left)
@@ -888,8 +890,28 @@ impl Pairing<'_> {
         }
         let distinct = |it: &mut dyn Iterator<Item = AreaId>| {
             let mut v: Vec<AreaId> = it.collect();
-            v.sort_unstable();
-            v.dedup();
+            let max = v.iter().map(|a| usize::from(a.0)).max().unwrap_or(0);
+            // Design: area ids are small and dense (a community numbers its areas from 0),
+            // so a bitmap over them gives the sorted distinct list in linear time; this runs
+            // every slot over every order of a large community. Sparse ids are sorted.
+            if max <= 4 * v.len() + 256 {
+                let mut seen = vec![0u64; max / 64 + 1];
+                for a in &v {
+                    seen[usize::from(a.0) / 64] |= 1 << (a.0 % 64);
+                }
+                v.clear();
+                for (w, &bits) in seen.iter().enumerate() {
+                    let mut bits = bits;
+                    while bits != 0 {
+                        let b = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        v.push(AreaId(u16::try_from(w * 64 + b).unwrap_or(u16::MAX)));
+                    }
+                }
+            } else {
+                v.sort_unstable();
+                v.dedup();
+            }
             v
         };
         let bid_areas = distinct(&mut bids.iter().map(|&i| self.bids[i].area));

@@ -115,6 +115,15 @@ impl HouseholdKpis {
         self.actual_cost += other.actual_cost;
     }
 
+    /// Undoes [`Self::add`] of the same figures.
+    fn take_back(&mut self, other: &Self) {
+        self.consumed_wh -= other.consumed_wh;
+        self.produced_wh -= other.produced_wh;
+        self.self_consumed_wh -= other.self_consumed_wh;
+        self.utility_only_cost -= other.utility_only_cost;
+        self.actual_cost -= other.actual_cost;
+    }
+
     /// Self-consumed / consumed.
     #[must_use]
     pub fn self_sufficiency(&self) -> Ratio {
@@ -335,18 +344,29 @@ impl PeriodKpis {
         c.utility_only_cost += slot.community.utility_only_cost;
         c.actual_cost += slot.community.actual_cost;
         // Design: a period adds the same households in the same order every slot, so the
-        // common case walks the map alongside the slot instead of looking up each household.
-        let same_households = self.households.len() == slot.households.len()
-            && self
-                .households
-                .keys()
-                .zip(&slot.households)
-                .all(|(&a, h)| a == h.account);
-        if same_households {
-            for (acc, h) in self.households.values_mut().zip(&slot.households) {
+        // common case walks the map alongside the slot, once, instead of looking up each
+        // household; a slot that turns out to list others has what was added taken back
+        // (exact: integer sums) and is added by account.
+        if self.households.len() == slot.households.len() {
+            let mut added = 0;
+            for ((&account, acc), h) in self.households.iter_mut().zip(&slot.households) {
+                if account != h.account {
+                    break;
+                }
                 acc.add(h);
+                added += 1;
             }
-            return;
+            if added == slot.households.len() {
+                return;
+            }
+            for (acc, h) in self
+                .households
+                .values_mut()
+                .zip(&slot.households)
+                .take(added)
+            {
+                acc.take_back(h);
+            }
         }
         for h in &slot.households {
             let acc = self.households.entry(h.account).or_insert(HouseholdKpis {
