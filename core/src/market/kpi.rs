@@ -399,6 +399,50 @@ mod tests {
         assert_eq!(Ratio::new(1, 4).as_f64(), Some(0.25));
     }
 
+    fn household(account: u32, consumed_wh: u128, actual_cost: i128) -> HouseholdKpis {
+        HouseholdKpis {
+            account: AccountId(account),
+            consumed_wh,
+            produced_wh: 0,
+            self_consumed_wh: 0,
+            utility_only_cost: 0,
+            actual_cost,
+        }
+    }
+
+    fn slot_of(households: Vec<HouseholdKpis>) -> SlotKpis {
+        SlotKpis {
+            slot: 0,
+            traded_wh: 0,
+            clearing_price: None,
+            buyers_paid: 0,
+            average_buyer_price: Ratio::default(),
+            fees_collected: 0,
+            households,
+            community: CommunityKpis::default(),
+        }
+    }
+
+    #[test]
+    fn a_slot_listing_other_households_of_the_same_count_adds_by_account() {
+        let mut period = PeriodKpis::default();
+        period.add(&slot_of(vec![household(2, 10, 5), household(3, 20, -1)]));
+        period.add(&slot_of(vec![household(2, 1, 1), household(3, 2, 2)]));
+        // Same count, the first account the same, the second another: what the single walk
+        // added for account 2 before it met account 4 is taken back and added by account.
+        period.add(&slot_of(vec![household(2, 100, 100), household(4, 7, 7)]));
+        let got: Vec<_> = period.households.values().copied().collect();
+        assert_eq!(
+            got,
+            [
+                household(2, 111, 106),
+                household(3, 22, 1),
+                household(4, 7, 7)
+            ]
+        );
+        assert_eq!(period.slots, 3);
+    }
+
     #[test]
     fn utility_bill_floors_like_every_amount() {
         assert_eq!(bill(1_500, 33, 5), 49);
