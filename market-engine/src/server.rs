@@ -349,6 +349,13 @@ impl Engine {
             broker_auth: broker_auth.clone(),
             auth: auth.clone(),
         });
+        // "Should I join?" simulates households in a shipped neighbourhood: parse those once
+        // now, off the request path, so that the first answer does not wait for it.
+        drop(tokio::task::spawn_blocking(|| {
+            if let Err(e) = gridshare_simulations::roi::Neighbourhood::parse_shipped() {
+                tracing::error!(target: "api", "roi: shipped neighbourhoods: {e}");
+            }
+        }));
         let mut http_stop = stopped;
         tasks.push(tokio::spawn(async move {
             // The peer's address feeds the per-address login limit.

@@ -17,10 +17,11 @@ use crate::scenario::{
 };
 use crate::solar;
 use gridshare_core::market::{
-    AccountId, AllocationKey, AreaId, AreaTree, Community, FeeProfile, HouseholdEnergy,
-    ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters, MeterDelivery, MeterId, Order,
-    OrderId, PeriodKpis, SettlementError, SharingRule, Side, SlotCalendar, SlotMarket, Tariff,
-    TermsError, TimeProfile, Trade, settle_slot, share_slot, slot_kpis,
+    AccountId, AllocationKey, AreaId, AreaTree, AuctionEntry, ClearingError, Community, FeeProfile,
+    HouseholdEnergy, ImbalancePrices, KpiError, Mechanism, MemberFlow, MeterCounters,
+    MeterDelivery, MeterId, Order, OrderId, PeriodKpis, SettlementError, SharingRule, Side,
+    SlotCalendar, SlotMarket, Tariff, TermsError, TimeProfile, Trade, clear_call_auction,
+    settle_slot, share_slot, slot_kpis,
 };
 use std::collections::BTreeMap;
 
@@ -181,9 +182,21 @@ pub struct Household {
     share_weight: f64,
     rule: TradingRule,
     counters: MeterCounters,
-    last_net_wh: i64,
     /// What it did over the run.
     pub totals: HouseholdTotals,
+}
+
+/// What a household's agent reads when it places its order.
+///
+/// Design: agents place orders in a shuffled order each slot; reading these few fields from a
+/// small table instead of the (much larger) households at random keeps that walk in cache.
+#[derive(Debug, Clone, Copy)]
+struct Trader {
+    agent: AgentName,
+    ramp_steps: u32,
+    rule: TradingRule,
+    account: AccountId,
+    area: AreaId,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -619,7 +632,6 @@ pub fn run_with(
                     }),
                 },
                 counters: MeterCounters::default(),
-                last_net_wh: 0,
                 totals: HouseholdTotals::default(),
             });
         }
@@ -678,6 +690,20 @@ pub fn run_with(
         (MechanismName::Call | MechanismName::Sharing, _) => Mechanism::CallAuction(s.price_rule()),
     };
     let mut members: Vec<MemberFlow> = Vec::with_capacity(households.len());
+    let call_rule = match &mechanism {
+        Mechanism::CallAuction(rule) => Some(*rule),
+        _ => None,
+    };
+    let traders: Vec<Trader> = households
+        .iter()
+        .map(|h| Trader {
+            agent: h.agent,
+            ramp_steps: h.ramp_steps,
+            rule: h.rule,
+            account: h.account,
+            area: h.area,
+        })
+        .collect();
     // The order window opens one slot before delivery and closes at delivery start.
     let calendar = SlotCalendar::new(epoch, slot_s, slot_s, 0, 0).map_err(TermsError::from)?;
     let community = Community {
@@ -711,6 +737,13 @@ pub fn run_with(
     let mut open: Vec<Option<OrderId>> = vec![None; households.len()];
     let mut remaining: Vec<u64> = vec![0; households.len()];
     let mut deliveries = Vec::with_capacity(households.len());
+    // Each household's net energy in the last slot, and its battery's charge now, which the
+    // forecast agents order by.
+    let mut last_net_wh = vec![0i64; households.len()];
+    let mut soc_now: Vec<Option<u16>> = vec![None; households.len()];
+    // A call auction's orders of the slot, and the slot's trades (both reused).
+    let mut book: Vec<AuctionEntry> = Vec::with_capacity(households.len());
+    let mut trades: Vec<Trade> = Vec::new();
     let progress_every = (slots / 100).max(1);
 
     for slot in 0..slots {
@@ -725,11 +758,12 @@ pub fn run_with(
         };
 
         // Physics of each home: load, PV, battery (self-consumption first).
-        for (((h, net), pv_slot), load_slot) in households
+        for ((((h, net), pv_slot), load_slot), soc) in households
             .iter_mut()
             .zip(net_wh.iter_mut())
             .zip(pv_now.iter_mut())
             .zip(load_now.iter_mut())
+            .zip(soc_now.iter_mut())
         {
             let load_col = profiles_column(profiles, h.load);
             let pv_col = profiles_column(profiles, h.pv);
@@ -771,6 +805,7 @@ pub fn run_with(
                 }
             }
             *net = n;
+            *soc = h.battery.as_ref().map(Battery::soc_bp);
             *pv_slot = pv_wh;
             *load_slot = load_wh;
             h.totals.load_wh += load_wh;
@@ -780,12 +815,19 @@ pub fn run_with(
         }
 
         // The market: agents trade in the slot's order window, in a seeded random order.
-        let mut market: SlotMarket = community.open_slot(slot)?;
-        market.reserve(households.len());
-        let call = matches!(market, SlotMarket::Call(_));
+        // Design: a call auction only looks at its orders at gate closure, so they are
+        // gathered here, in submission order, into a book kept across slots and cleared by
+        // the core's `clear_call_auction` — what `CallAuction` clears, without its per-slot
+        // order index (the simulator never amends or cancels a call auction's order).
+        let mut market: Option<SlotMarket> = match call_rule {
+            Some(_) => None,
+            None => Some(community.open_slot(slot)?),
+        };
+        let call = call_rule.is_some();
         let opens = terms.slot.order_window_opens;
         let mut next_id = 0u64;
-        let mut trades: Vec<Trade> = Vec::new();
+        book.clear();
+        trades.clear();
         // A call auction only sees the book at gate closure, so ramp agents go straight to
         // the ramp's end there; continuous books see every update.
         let max_steps = if sharing.is_some() {
@@ -806,13 +848,12 @@ pub fn run_with(
             let now = opens + i64::from(step) * i64::from(slot_s) / i64::from(max_steps);
             rng.shuffle(&mut order_of);
             for &i in &order_of {
-                let h = &households[i];
+                let h = &traders[i];
                 let wanted: Option<(Side, u64, u64)> = match h.agent {
                     AgentName::None => None,
                     AgentName::Forecast if step == 0 => {
-                        let avg_w = h.last_net_wh * 3600 / i64::from(slot_s);
-                        let soc = h.battery.as_ref().map(Battery::soc_bp);
-                        forecast_order(&h.rule, avg_w, soc, slot_s).map(|(side, p, e)| {
+                        let avg_w = last_net_wh[i] * 3600 / i64::from(slot_s);
+                        forecast_order(&h.rule, avg_w, soc_now[i], slot_s).map(|(side, p, e)| {
                             (side, p.clamp(band.feed_in_per_kwh, band.retail_per_kwh), e)
                         })
                     }
@@ -837,10 +878,13 @@ pub fn run_with(
                 if step == 0 {
                     remaining[i] = energy;
                 }
-                let resting = open[i].and_then(|id| market.open_order(id).map(|o| (id, o.2)));
-                let made = match resting {
-                    Some((id, left)) => market.amend(id, price, left, now),
-                    None if remaining[i] > 0 => {
+                let resting = match (&market, open[i]) {
+                    (Some(m), Some(id)) => m.open_order(id).map(|o| (id, o.2)),
+                    _ => None,
+                };
+                let made = match (market.as_mut(), resting) {
+                    (Some(m), Some((id, left))) => m.amend(id, price, left, now),
+                    (m, _) if remaining[i] > 0 => {
                         next_id += 1;
                         let id = OrderId(next_id);
                         open[i] = Some(id);
@@ -848,9 +892,16 @@ pub fn run_with(
                             Side::Buy => Order::bid(id, h.account, h.area, price, remaining[i]),
                             Side::Sell => Order::ask(id, h.account, h.area, price, remaining[i]),
                         };
-                        market.submit(order, now)
+                        match m {
+                            Some(m) => m.submit(order, now),
+                            None => {
+                                let sequence = book.len() as u64;
+                                book.push(AuctionEntry { order, sequence });
+                                Ok(Vec::new())
+                            }
+                        }
                     }
-                    None => continue,
+                    _ => continue,
                 };
                 // Every order is inside the band, in the window and of positive energy, so
                 // the core accepts it; a refusal would be a simulator bug worth surfacing.
@@ -865,9 +916,23 @@ pub fn run_with(
                 }
             }
         }
-        let closure = market.close_gate();
-        rec.clearing_price = closure.clearing_price;
-        trades.extend(closure.trades);
+        let clearing_price = match (market, call_rule) {
+            (Some(m), _) => {
+                let closure = m.close_gate();
+                extend_moving(&mut trades, closure.trades);
+                closure.clearing_price
+            }
+            (None, Some(rule)) => {
+                let cleared = clear_call_auction(&book, &terms, rule).map_err(|e| {
+                    let ClearingError::Order(source) = e;
+                    SimulationError::Order { slot, source }
+                })?;
+                extend_moving(&mut trades, cleared.trades);
+                cleared.clearing_price
+            }
+            (None, None) => unreachable!("a market is opened for every mechanism but the call"),
+        };
+        rec.clearing_price = clearing_price;
         if let Some((key, price)) = &sharing {
             members.clear();
             members.extend(households.iter().zip(&net_wh).map(|(h, &n)| MemberFlow {
@@ -884,6 +949,7 @@ pub fn run_with(
         // Delivery: each household's meter counts its net energy.
         energies.clear();
         deliveries.clear();
+        let day_ends = (slot + 1) % slots_per_day == 0 || slot + 1 == slots;
         for (((h, &n), &pv_wh), &load_wh) in households
             .iter_mut()
             .zip(net_wh.iter())
@@ -909,14 +975,13 @@ pub fn run_with(
             h.totals.peak_slot_wh = h.totals.peak_slot_wh.max(imp.max(exp));
             h.totals.day_net_export_wh +=
                 i64::try_from(exp).unwrap_or(i64::MAX) - i64::try_from(imp).unwrap_or(i64::MAX);
-            if (slot + 1) % slots_per_day == 0 || slot + 1 == slots {
+            if day_ends {
                 h.totals.net_export_days_wh +=
                     u64::try_from(h.totals.day_net_export_wh.max(0)).unwrap_or(0);
                 h.totals.day_net_export_wh = 0;
             }
             rec.import_wh += imp;
             rec.export_wh += exp;
-            h.last_net_wh = n;
             deliveries.push(MeterDelivery {
                 meter: MeterId(h.account.0),
                 account: h.account,
@@ -930,16 +995,11 @@ pub fn run_with(
                 exported_wh: exp,
             });
         }
+        last_net_wh.copy_from_slice(&net_wh);
         let settlement = settle_slot(&trades, &deliveries, &terms)
             .map_err(|source| SimulationError::Settlement { slot, source })?;
-        let sk = slot_kpis(
-            &terms,
-            &trades,
-            closure.clearing_price,
-            &energies,
-            &settlement,
-        )
-        .map_err(|source| SimulationError::Kpi { slot, source })?;
+        let sk = slot_kpis(&terms, &trades, clearing_price, &energies, &settlement)
+            .map_err(|source| SimulationError::Kpi { slot, source })?;
         kpis.add(&sk);
         for b in &settlement.balances {
             let at = b.account.0 as usize;
@@ -1099,7 +1159,6 @@ fn grid_households(
                 keep_battery_above_bp: None,
             },
             counters: MeterCounters::default(),
-            last_net_wh: 0,
             totals: HouseholdTotals::default(),
         });
         Ok::<usize, SimulationError>(i)
@@ -1148,6 +1207,16 @@ fn grid_households(
     Ok(())
 }
 
+/// Appends `more` to `list`, taking `more`'s buffer when `list` is empty instead of copying
+/// every element (a slot's trades, hundreds of them in a large community).
+fn extend_moving<T>(list: &mut Vec<T>, mut more: Vec<T>) {
+    if list.is_empty() {
+        std::mem::swap(list, &mut more);
+    } else {
+        list.append(&mut more);
+    }
+}
+
 /// Households hold accounts 2, 3, ... in order (0 is the utility, 1 the grid operator).
 fn household_index(account: AccountId) -> usize {
     (account.0 as usize).wrapping_sub(2)
@@ -1157,16 +1226,26 @@ fn profiles_column(p: &ProfileSet, i: usize) -> &[f64] {
     p.column_at(i)
 }
 
-/// Rounds a non-negative energy to whole Wh.
+/// Rounds a non-negative energy to whole Wh: `x.round().clamp(0.0, 9.0e15)`, half away from
+/// zero, NaN to 0.
+///
+/// Design: `f64::round` is a libm call on the baseline x86-64 target (no SSE4.1), made for
+/// every household twice a slot; within `0..=9e15 < 2^53` the truncating cast and the
+/// fraction `x − trunc(x)` are exact, so this gives the same integer without the call.
 fn wh(x: f64) -> u64 {
-    // Profiles are checked finite and non-negative; the clamp keeps the cast total.
+    // Profiles are checked finite and non-negative; the clamp keeps the cast total (NaN: 0).
+    let x = x.clamp(0.0, 9.0e15);
     #[allow(
         clippy::cast_possible_truncation,
         clippy::cast_sign_loss,
-        reason = "clamped to 0..2^53"
+        clippy::cast_precision_loss,
+        reason = "clamped to 0..2^53, where the cast truncates exactly and back is exact"
     )]
-    let v = x.round().clamp(0.0, 9.0e15) as u64;
-    v
+    let (whole, back) = {
+        let t = x as u64;
+        (t, t as f64)
+    };
+    whole + u64::from(x - back >= 0.5)
 }
 
 /// `YYYY-MM-DD HH:MM` in CET (UTC+1, no daylight saving), the profiles' clock.
@@ -1196,6 +1275,45 @@ pub fn local_time(unix_s: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn whole_wh_round_like_f64_round() {
+        let reference = |x: f64| {
+            #[allow(
+                clippy::cast_possible_truncation,
+                clippy::cast_sign_loss,
+                reason = "the definition being checked"
+            )]
+            let v = x.round().clamp(0.0, 9.0e15) as u64;
+            v
+        };
+        let mut rng = SplitMix64::new(3);
+        let mut cases = vec![
+            0.0,
+            -0.0,
+            0.5,
+            1.5,
+            2.5,
+            0.499_999_999_999_999_94,
+            4_503_599_627_370_495.5,
+            9.0e15,
+            9.1e15,
+            1e300,
+            -0.4,
+            -3.0,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ];
+        for _ in 0..100_000 {
+            let magnitude = 10f64.powi(i32::try_from(rng.below(17)).unwrap_or(0));
+            cases.push(rng.next_f64() * magnitude);
+            cases.push(rng.below(1 << 20) as f64 + 0.5);
+        }
+        for x in cases {
+            assert_eq!(wh(x), reference(x), "{x:e}");
+        }
+    }
 
     #[test]
     fn local_time_is_cet() {

@@ -19,27 +19,60 @@ pub(crate) struct PerAccount<T> {
     dense: Vec<Option<T>>,
     /// Used instead of `dense` once an id reached `limit`.
     sparse: Option<BTreeMap<AccountId, T>>,
+    /// Accounts with an entry.
+    len: usize,
 }
 
 impl<T: Default> PerAccount<T> {
     /// A table for about `entries` additions.
     pub(crate) fn new(entries: usize) -> Self {
+        let limit = entries.saturating_mul(2).saturating_add(1024);
         Self {
-            limit: entries.saturating_mul(2).saturating_add(1024),
-            dense: Vec::new(),
+            limit,
+            // Dense ids reach about the number of entries: room for them from the start.
+            dense: Vec::with_capacity(entries.min(limit)),
             sparse: None,
+            len: 0,
         }
     }
 
+    /// Accounts with an entry.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
     /// `account`'s entry, created (at `T::default()`) if it has none.
+    #[inline]
     pub(crate) fn entry(&mut self, account: AccountId) -> &mut T {
+        let i = account.0 as usize;
+        if self.sparse.is_none() && i < self.dense.len() {
+            let at = &mut self.dense[i];
+            if at.is_none() {
+                self.len += 1;
+            }
+            return at.get_or_insert_with(T::default);
+        }
+        self.entry_beyond(account)
+    }
+
+    /// [`Self::entry`] for an id beyond the dense table so far, or once the table is sparse.
+    #[cold]
+    #[inline(never)]
+    fn entry_beyond(&mut self, account: AccountId) -> &mut T {
         let i = account.0 as usize;
         if self.sparse.is_none() {
             if i < self.limit {
                 if i >= self.dense.len() {
-                    self.dense.resize_with(i + 1, || None);
+                    // Grow by doubling, so that ids met in ascending order take this path
+                    // a logarithmic number of times, not once each.
+                    let to = (i + 1).max(self.dense.len() * 2).min(self.limit);
+                    self.dense.resize_with(to, || None);
                 }
-                return self.dense[i].get_or_insert_with(T::default);
+                let at = &mut self.dense[i];
+                if at.is_none() {
+                    self.len += 1;
+                }
+                return at.get_or_insert_with(T::default);
             }
             let moved = std::mem::take(&mut self.dense)
                 .into_iter()
@@ -48,10 +81,11 @@ impl<T: Default> PerAccount<T> {
                 .collect();
             self.sparse = Some(moved);
         }
-        self.sparse
-            .get_or_insert_with(BTreeMap::new)
-            .entry(account)
-            .or_default()
+        let sparse = self.sparse.get_or_insert_with(BTreeMap::new);
+        if !sparse.contains_key(&account) {
+            self.len += 1;
+        }
+        sparse.entry(account).or_default()
     }
 
     /// Every account with an entry and its sum, in ascending account order.
@@ -81,6 +115,7 @@ mod tests {
         for &(a, v) in &adds {
             *small.entry(AccountId(a)) += v;
         }
+        assert_eq!(small.len(), 4);
         let small: Vec<_> = small.into_sorted().collect();
         assert_eq!(
             small,
@@ -100,6 +135,7 @@ mod tests {
         for &(a, v) in adds.iter().skip(3) {
             *mixed.entry(AccountId(a)) += v;
         }
+        assert_eq!(mixed.len(), 5);
         let mixed: Vec<_> = mixed.into_sorted().collect();
         let mut expected = small.clone();
         expected.push((AccountId(u32::MAX), 7));

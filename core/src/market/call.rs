@@ -449,7 +449,14 @@ fn rank(entries: &[AuctionEntry]) -> (Vec<Ranked>, Vec<Ranked>) {
     for out in [&mut bids, &mut asks] {
         let id = |r: &Ranked| entries[r.at as usize].order.id;
         if packed {
-            radix_sort(out, price_bits + seq_bits);
+            // Design: the radix sort's byte tables cost more than a comparison sort of a
+            // small book (a street's slot); either gives the same key order, and equal keys
+            // are ordered by id below.
+            if out.len() > RADIX_SORT_FROM {
+                radix_sort(out, price_bits + seq_bits);
+            } else {
+                out.sort_unstable_by_key(|r| r.key);
+            }
             // Equal keys (same price and sequence) are ordered by id.
             let mut start = 0;
             while start < out.len() {
@@ -466,6 +473,9 @@ fn rank(entries: &[AuctionEntry]) -> (Vec<Ranked>, Vec<Ranked>) {
     }
     (bids, asks)
 }
+
+/// Orders on one side from which ranking radix-sorts instead of comparing.
+const RADIX_SORT_FROM: usize = 64;
 
 /// LSD radix sort on the low `bits` bits of the key, one byte per pass; passes in which every
 /// key has the same byte are skipped.
@@ -780,6 +790,8 @@ fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule)
         };
         pairing.run();
     }
+    let open = bid_left.iter().chain(&ask_left).filter(|&&l| l > 0).count();
+    result.unmatched.reserve_exact(open);
     let sides = bids
         .iter()
         .zip(&bid_left)
@@ -888,8 +900,28 @@ impl Pairing<'_> {
         }
         let distinct = |it: &mut dyn Iterator<Item = AreaId>| {
             let mut v: Vec<AreaId> = it.collect();
-            v.sort_unstable();
-            v.dedup();
+            let max = v.iter().map(|a| usize::from(a.0)).max().unwrap_or(0);
+            // Design: area ids are small and dense (a community numbers its areas from 0),
+            // so a bitmap over them gives the sorted distinct list in linear time; this runs
+            // every slot over every order of a large community. Sparse ids are sorted.
+            if max <= 4 * v.len() + 256 {
+                let mut seen = vec![0u64; max / 64 + 1];
+                for a in &v {
+                    seen[usize::from(a.0) / 64] |= 1 << (a.0 % 64);
+                }
+                v.clear();
+                for (w, &bits) in seen.iter().enumerate() {
+                    let mut bits = bits;
+                    while bits != 0 {
+                        let b = bits.trailing_zeros() as usize;
+                        bits &= bits - 1;
+                        v.push(AreaId(u16::try_from(w * 64 + b).unwrap_or(u16::MAX)));
+                    }
+                }
+            } else {
+                v.sort_unstable();
+                v.dedup();
+            }
             v
         };
         let bid_areas = distinct(&mut bids.iter().map(|&i| self.bids[i].area));
@@ -1325,6 +1357,53 @@ mod tests {
         };
         assert_eq!(ids(&bids), [3, 2, 1]);
         assert_eq!(ids(&asks), [6, 4, 5]);
+    }
+
+    #[test]
+    fn small_and_large_books_rank_by_price_sequence_id_alike() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        // Around the size from which ranking radix-sorts; few prices and repeated sequences,
+        // so that ties are ordered by sequence and then by id.
+        for n in [1u64, 5, 63, 64, 65, 66, 300] {
+            let entries: Vec<AuctionEntry> = (0..n)
+                .map(|k| {
+                    let (side, price) = if next(2) == 0 {
+                        (Side::Buy, 20 + next(4))
+                    } else {
+                        (Side::Sell, 10 + next(4))
+                    };
+                    AuctionEntry {
+                        order: Order {
+                            side,
+                            ..Order::bid(OrderId(1000 - k), AccountId(1), AreaId(0), price, 1)
+                        },
+                        sequence: next(n / 2 + 1),
+                    }
+                })
+                .collect();
+            let (bids, asks) = rank(&entries);
+            let ids = |v: &[Ranked]| -> Vec<OrderId> {
+                v.iter().map(|r| entries[r.at as usize].order.id).collect()
+            };
+            let expected = |side: Side| -> Vec<OrderId> {
+                let mut v: Vec<&AuctionEntry> =
+                    entries.iter().filter(|e| e.order.side == side).collect();
+                v.sort_by_key(|e| {
+                    let p = e.order.price_per_kwh;
+                    let price = if side == Side::Buy { u64::MAX - p } else { p };
+                    (price, e.sequence, e.order.id)
+                });
+                v.iter().map(|e| e.order.id).collect()
+            };
+            assert_eq!(ids(&bids), expected(Side::Buy), "{n} orders");
+            assert_eq!(ids(&asks), expected(Side::Sell), "{n} orders");
+        }
     }
 
     #[test]

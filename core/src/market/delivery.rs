@@ -134,19 +134,21 @@ pub fn positions(
         }
         sums.entry(d.account).1 += i128::from(d.net_import_wh()?);
     }
-    sums.into_sorted()
-        .map(|(account, (traded, delivered))| {
-            // Sums of bounded per-order and per-meter flows; beyond i64 only with corrupt data.
-            let fit = |v: i128| {
-                i64::try_from(v).map_err(|_| DeliveryError::Implausible {
-                    meter: MeterId(account.0),
-                })
-            };
-            Ok(Position {
-                account,
-                traded_wh: fit(traded)?,
-                delivered_wh: fit(delivered)?,
+    // Collected into a vector of the right size at once (a collected `Result` would grow it
+    // step by step: this runs for every account in every slot).
+    let mut out = Vec::with_capacity(sums.len());
+    for (account, (traded, delivered)) in sums.into_sorted() {
+        // Sums of bounded per-order and per-meter flows; beyond i64 only with corrupt data.
+        let fit = |v: i128| {
+            i64::try_from(v).map_err(|_| DeliveryError::Implausible {
+                meter: MeterId(account.0),
             })
-        })
-        .collect()
+        };
+        out.push(Position {
+            account,
+            traded_wh: fit(traded)?,
+            delivered_wh: fit(delivered)?,
+        });
+    }
+    Ok(out)
 }

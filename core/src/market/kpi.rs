@@ -115,6 +115,15 @@ impl HouseholdKpis {
         self.actual_cost += other.actual_cost;
     }
 
+    /// Undoes [`Self::add`] of the same figures.
+    fn take_back(&mut self, other: &Self) {
+        self.consumed_wh -= other.consumed_wh;
+        self.produced_wh -= other.produced_wh;
+        self.self_consumed_wh -= other.self_consumed_wh;
+        self.utility_only_cost -= other.utility_only_cost;
+        self.actual_cost -= other.actual_cost;
+    }
+
     /// Self-consumed / consumed.
     #[must_use]
     pub fn self_sufficiency(&self) -> Ratio {
@@ -335,18 +344,29 @@ impl PeriodKpis {
         c.utility_only_cost += slot.community.utility_only_cost;
         c.actual_cost += slot.community.actual_cost;
         // Design: a period adds the same households in the same order every slot, so the
-        // common case walks the map alongside the slot instead of looking up each household.
-        let same_households = self.households.len() == slot.households.len()
-            && self
-                .households
-                .keys()
-                .zip(&slot.households)
-                .all(|(&a, h)| a == h.account);
-        if same_households {
-            for (acc, h) in self.households.values_mut().zip(&slot.households) {
+        // common case walks the map alongside the slot, once, instead of looking up each
+        // household; a slot that turns out to list others has what was added taken back
+        // (exact: integer sums) and is added by account.
+        if self.households.len() == slot.households.len() {
+            let mut added = 0;
+            for ((&account, acc), h) in self.households.iter_mut().zip(&slot.households) {
+                if account != h.account {
+                    break;
+                }
                 acc.add(h);
+                added += 1;
             }
-            return;
+            if added == slot.households.len() {
+                return;
+            }
+            for (acc, h) in self
+                .households
+                .values_mut()
+                .zip(&slot.households)
+                .take(added)
+            {
+                acc.take_back(h);
+            }
         }
         for h in &slot.households {
             let acc = self.households.entry(h.account).or_insert(HouseholdKpis {
@@ -377,6 +397,50 @@ mod tests {
         assert_eq!(Ratio::new(1, 3).basis_points(), Some(3_333));
         assert_eq!(Ratio::new(1, 0).basis_points(), None);
         assert_eq!(Ratio::new(1, 4).as_f64(), Some(0.25));
+    }
+
+    fn household(account: u32, consumed_wh: u128, actual_cost: i128) -> HouseholdKpis {
+        HouseholdKpis {
+            account: AccountId(account),
+            consumed_wh,
+            produced_wh: 0,
+            self_consumed_wh: 0,
+            utility_only_cost: 0,
+            actual_cost,
+        }
+    }
+
+    fn slot_of(households: Vec<HouseholdKpis>) -> SlotKpis {
+        SlotKpis {
+            slot: 0,
+            traded_wh: 0,
+            clearing_price: None,
+            buyers_paid: 0,
+            average_buyer_price: Ratio::default(),
+            fees_collected: 0,
+            households,
+            community: CommunityKpis::default(),
+        }
+    }
+
+    #[test]
+    fn a_slot_listing_other_households_of_the_same_count_adds_by_account() {
+        let mut period = PeriodKpis::default();
+        period.add(&slot_of(vec![household(2, 10, 5), household(3, 20, -1)]));
+        period.add(&slot_of(vec![household(2, 1, 1), household(3, 2, 2)]));
+        // Same count, the first account the same, the second another: what the single walk
+        // added for account 2 before it met account 4 is taken back and added by account.
+        period.add(&slot_of(vec![household(2, 100, 100), household(4, 7, 7)]));
+        let got: Vec<_> = period.households.values().copied().collect();
+        assert_eq!(
+            got,
+            [
+                household(2, 111, 106),
+                household(3, 22, 1),
+                household(4, 7, 7)
+            ]
+        );
+        assert_eq!(period.slots, 3);
     }
 
     #[test]

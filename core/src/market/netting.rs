@@ -119,6 +119,10 @@ pub fn settle_slot_disputed(
     // Buyer, seller and fee recipients per trade; each account's deviation and the utility.
     let mut net: PerAccount<i128> = PerAccount::new(3 * trades.len() + deliveries.len() + 1);
     let mut fees_by: BTreeMap<AccountId, u64> = BTreeMap::new();
+    // Design: a community's fees mostly go to one or two operators, so legs are summed per
+    // run of the same recipient before they reach the map (saturating sums of non-negative
+    // amounts: the grouping does not change them).
+    let mut pending: Option<(AccountId, u64)> = None;
     let (mut paid, mut received, mut fees) = (0u128, 0u128, 0u128);
     for t in trades {
         let (amounts, legs) = terms
@@ -139,15 +143,28 @@ pub fn settle_slot_disputed(
         *net.entry(t.seller) += i128::from(amounts.seller_receives);
         for leg in legs.as_slice().iter().filter(|l| l.amount > 0) {
             *net.entry(leg.recipient) += i128::from(leg.amount);
-            let f = fees_by.entry(leg.recipient).or_default();
-            *f = f.saturating_add(leg.amount);
+            match &mut pending {
+                Some((recipient, sum)) if *recipient == leg.recipient => {
+                    *sum = sum.saturating_add(leg.amount);
+                }
+                _ => {
+                    if let Some((recipient, sum)) = pending.replace((leg.recipient, leg.amount)) {
+                        let f = fees_by.entry(recipient).or_default();
+                        *f = f.saturating_add(sum);
+                    }
+                }
+            }
         }
         paid += u128::from(amounts.buyer_pays);
         received += u128::from(amounts.seller_receives);
         fees += u128::from(amounts.fees);
     }
+    if let Some((recipient, sum)) = pending {
+        let f = fees_by.entry(recipient).or_default();
+        *f = f.saturating_add(sum);
+    }
     let positions = positions(trades, deliveries)?;
-    let mut imbalances = Vec::new();
+    let mut imbalances = Vec::with_capacity(positions.len());
     for p in &positions {
         let dev = p.deviation_wh();
         if dev == 0 || disputed.contains(&p.account) {
@@ -170,12 +187,14 @@ pub fn settle_slot_disputed(
             amount,
         });
     }
+    let mut balances = Vec::with_capacity(net.len());
+    balances.extend(
+        net.into_sorted()
+            .map(|(account, amount)| NetBalance { account, amount }),
+    );
     Ok(SlotSettlement {
         slot: terms.slot.index,
-        balances: net
-            .into_sorted()
-            .map(|(account, amount)| NetBalance { account, amount })
-            .collect(),
+        balances,
         fees_by_recipient: fees_by.into_iter().collect(),
         positions,
         imbalances,

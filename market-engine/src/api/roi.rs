@@ -3,10 +3,11 @@
 //! `gridshare_simulations::roi::RoiResult` — the same library as the CLI, so the page and the
 //! terminal show the same numbers.
 //!
-//! Design: simulating the household's year (three runs of the neighbourhood, about a second
-//! of CPU) happens once per neighbourhood and energy inputs and is cached; a request that only
-//! moves the token price, its volatility, a cost or the discount rate reprojects the cached year
-//! (tens of milliseconds for 10 000 paths). Both run on the blocking pool, at most
+//! Design: the shipped neighbourhoods are parsed once, at the engine's start
+//! (`Neighbourhood::parse_shipped`), never per request. Simulating the household's year
+//! (three runs of the neighbourhood) happens once per neighbourhood and energy inputs and is
+//! cached; a request that only moves the token price, its volatility, a cost or the discount
+//! rate reprojects the cached year (tens of milliseconds for 10 000 paths). Both run on the blocking pool, at most
 //! [`CONCURRENT`] at a time; further requests are answered 503 with `Retry-After`. Requests are
 //! bounded: the body by the API's limit, the paths by [`MAX_PATHS`].
 
@@ -125,8 +126,8 @@ async fn calculate(
         let year = match cached {
             Some(year) => year,
             None => {
-                // Only shipped neighbourhoods: a request never names a file.
-                let n = Neighbourhood::for_input(&input, None)?;
+                // Only shipped neighbourhoods (a request never names a file), parsed once.
+                let n = Neighbourhood::shared_for_input(&input)?;
                 let year = Arc::new(roi::energy::simulate(&n, &input)?);
                 calc.years
                     .lock()

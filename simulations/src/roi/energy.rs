@@ -15,6 +15,7 @@ use crate::scenario::{AgentName, BatteryStrategy, HouseholdGroup, Scenario};
 use crate::sim::{self, HouseholdTotals, RunResult, SimulationError};
 use serde::Serialize;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 /// The neighbourhoods shipped inside the binary (`community.neighbourhood`).
 pub const SHIPPED: &[&str] = &["our-street"];
@@ -61,6 +62,48 @@ impl Neighbourhood {
             grid,
             profiles,
         })
+    }
+
+    /// A shipped neighbourhood, parsed once per process and shared from then on.
+    ///
+    /// Design: the shipped neighbourhoods are compiled into the binary, so their parse (a year
+    /// of profiles decompressed and read, the grid, the scenario) never changes; a server
+    /// answering many households pays it once instead of per request.
+    pub fn shipped_shared(name: &str) -> Result<Arc<Self>, RoiError> {
+        static PARSED: [OnceLock<Arc<Neighbourhood>>; SHIPPED.len()] =
+            [const { OnceLock::new() }; SHIPPED.len()];
+        let Some(cell) = SHIPPED
+            .iter()
+            .position(|s| *s == name)
+            .and_then(|i| PARSED.get(i))
+        else {
+            // Not shipped: `shipped` names what is.
+            return Self::shipped(name).map(Arc::new);
+        };
+        if let Some(n) = cell.get() {
+            return Ok(Arc::clone(n));
+        }
+        let parsed = Arc::new(Self::shipped(name)?);
+        Ok(Arc::clone(cell.get_or_init(|| parsed)))
+    }
+
+    /// The neighbourhood of a request that may not name files (the engine's): a shipped one,
+    /// parsed once per process ([`Self::shipped_shared`]); an input naming a scenario file is
+    /// refused as by [`Self::for_input`] without a base directory.
+    pub fn shared_for_input(input: &RoiInput) -> Result<Arc<Self>, RoiError> {
+        if input.community.scenario.is_some() {
+            return Self::for_input(input, None).map(Arc::new);
+        }
+        Self::shipped_shared(&input.community.neighbourhood)
+    }
+
+    /// Parses every shipped neighbourhood now (e.g. at a server's start, off the request
+    /// path), so that the first request finds them parsed.
+    pub fn parse_shipped() -> Result<(), RoiError> {
+        for name in SHIPPED {
+            Self::shipped_shared(name)?;
+        }
+        Ok(())
     }
 
     /// A scenario file of the user's, with its grid and profiles.
@@ -344,4 +387,37 @@ pub fn simulate(n: &Neighbourhood, input: &RoiInput) -> Result<EnergyYear, RoiEr
         ));
     }
     Ok(energy)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_shipped_neighbourhood_is_parsed_once_and_shared() {
+        let first = Neighbourhood::shipped_shared("our-street").unwrap();
+        Neighbourhood::parse_shipped().unwrap();
+        let again = Neighbourhood::shared_for_input(&RoiInput::default()).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "parsed a second time");
+        assert_eq!(first.name, "our-street");
+        assert_eq!(first.profiles.len(), 35_040);
+    }
+
+    #[test]
+    fn the_shared_lookup_refuses_what_the_parse_refuses() {
+        let e = Neighbourhood::shipped_shared("elm-street")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("community.neighbourhood") && e.contains("our-street"),
+            "{e}"
+        );
+        let mut input = RoiInput::default();
+        input.community.scenario = Some(PathBuf::from("street.toml"));
+        let e = Neighbourhood::shared_for_input(&input)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("community.scenario"), "{e}");
+    }
 }

@@ -29,6 +29,9 @@ function setPath(obj, path, value) {
 }
 
 export async function render(main) {
+  // The chart library loads while the household types, not after the answer arrived (a
+  // failure shows when the chart is drawn).
+  loadUplot().catch(() => {});
   const inputs = new Map();
   const number = (name, value, step) => {
     const el = h('input', { type: 'number', inputmode: 'decimal', step, value });
