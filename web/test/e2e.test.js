@@ -491,7 +491,11 @@ test('wallet: a withdrawal on chain is asked of the Settlement contract, shows a
   await page.locator('#toast').filter({ hasText: /Withdrawal of 1,200 units asked of the Settlement contract: paid to 0x[0-9a-f]{40} from / }).waitFor();
   // Once the chain confirms the request the engine holds the amount back: shown as pending,
   // the balance unchanged until the contract pays it out after its delay.
+  // The engine follows the chain's events every 2 s; the page asks every second after the
+  // request.
+  const asked = Date.now();
   await page.locator('#f-withdrawing', { hasText: '1,200 units' }).waitFor({ timeout: 15_000 });
+  console.log(`wallet: withdrawal request to "Withdrawal pending" shown ${Date.now() - asked} ms`);
   assert.equal(await page.locator('#f-withdrawing').evaluate((dd) => dd.previousElementSibling.textContent), 'Withdrawal pending');
   assert.equal(await unitsOf(page, 'f-balance'), 5000);
   assert.equal(await unitsOf(page, 'f-available'), 3800);
