@@ -472,6 +472,9 @@ test('wallet: a withdrawal on chain is asked of the Settlement contract, shows a
   const chainLine = await page.locator('#chain-money').innerText();
   assert.ok(me.chain && me.chain.address, `a chain address: ${JSON.stringify(me.chain)}`);
   assert.ok(chainLine.includes(me.chain.address) && chainLine.includes(me.chain.settlement_contract), chainLine);
+  // The engine holds the key (the app exports none): the line says how to link a wallet instead.
+  assert.equal(me.chain.custodial, true);
+  assert.match(chainLine, /POST \/api\/v1\/me\/wallet makes it your address/);
 
   // The deposit reaches the contract from the engine's operator key; until it is there the
   // contract refuses the request, which the page shows by the amount.
