@@ -47,6 +47,23 @@ async function signIn(page, name, password) {
   await page.locator('#signin-form').getByRole('button', { name: 'Sign in' }).click();
 }
 
+/**
+ * Signs a demo home in, once it exists: the demo creates its homes one after the other after
+ * printing its address (a debug build hashes each password for a while), so a test run alone
+ * may come before the later ones.
+ */
+async function signInHome(page, name) {
+  for (let i = 0; ; i += 1) {
+    await signIn(page, name, 'demo-password');
+    const out = page.locator('#sign-out');
+    const wrong = page.locator('#signin-form [data-error-for="password"]').filter({ hasText: /./ });
+    await out.or(wrong).waitFor();
+    if (await out.isVisible()) return;
+    assert.ok(i < 60, `${name} could not sign in for a minute`);
+    await page.waitForTimeout(1000);
+  }
+}
+
 /** The error line of field `name` in `form` (a locator). */
 const errorOf = (form, name) => form.locator(`[data-error-for="${name}"]`);
 
@@ -403,4 +420,208 @@ test('the string catalogue: English and German have the same keys, and every key
   }
   assert.ok(used.size > 100, `found the keys in use (${used.size})`);
   assert.deepEqual([...used].filter((k) => !(k in catalogues.en)), [], 'keys used but missing from the catalogue');
+});
+
+/** A context that lets axe-core's inline script in (the engine's CSP forbids inline scripts). */
+async function freshForAxe() {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 900 }, locale: 'en-GB', bypassCSP: true });
+  const page = await context.newPage();
+  page.on('pageerror', (e) => pageErrors.push(`${page.url()}: ${e.message}`));
+  return page;
+}
+
+/** A figure of the wallet's funds (`#f-…`) in token units. */
+async function unitsOf(page, id) {
+  const text = await page.locator(`#${id}`).innerText();
+  const m = /^(-?[\d,]+) units$/.exec(text.trim());
+  assert.ok(m, `#${id}: ${text}`);
+  return Number(m[1].replace(/,/g, ''));
+}
+
+test('wallet: a withdrawal on chain is asked of the Settlement contract, shows as pending within seconds with the balance unchanged and less available; the page passes axe-core', async () => {
+  // A new member whose money moves only by what this test does (the demo's homes trade and
+  // settle every slot, so their balance moves under any assertion).
+  const name = `saver-${process.pid}`;
+  const page = await freshForAxe();
+  await page.goto(`${demo.url}#/signup`);
+  const signup = page.locator('#signup-form');
+  await signup.getByLabel('Name').fill(name);
+  await signup.getByLabel('Password').fill('a long enough passphrase');
+  await signup.getByRole('button', { name: 'Create account' }).click();
+  await page.locator('#link-meter').waitFor();
+
+  // The operator records the member's bank transfer; the engine deposits it on chain for them.
+  const op = await fresh();
+  await signIn(op, 'operator', demo.operatorPassword);
+  await op.locator('#sign-out').waitFor();
+  await op.goto(`${demo.url}#/operator`);
+  const dep = op.locator('#deposit-form');
+  await dep.getByLabel('Account').fill(name);
+  await dep.getByLabel('Amount (units)').fill('5000');
+  await dep.getByLabel('Reference').fill(`transfer-${process.pid}`);
+  await dep.getByRole('button', { name: 'Record a deposit' }).click();
+  await op.locator('#toast').filter({ hasText: name }).waitFor();
+  await op.context().close();
+
+  await page.goto(`${demo.url}#/wallet`);
+  await page.locator('#f-balance', { hasText: '5,000 units' }).waitFor({ timeout: 30_000 });
+  assert.equal(await unitsOf(page, 'f-available'), 5000);
+  assert.equal(await page.locator('#f-withdrawing').count(), 0, 'nothing pending yet');
+  // Where the money is: the Settlement contract, under the member's (custodial) address.
+  const me = await page.evaluate(async () => (await fetch('/api/v1/me')).json());
+  const chainLine = await page.locator('#chain-money').innerText();
+  assert.ok(me.chain && me.chain.address, `a chain address: ${JSON.stringify(me.chain)}`);
+  assert.ok(chainLine.includes(me.chain.address) && chainLine.includes(me.chain.settlement_contract), chainLine);
+  // The engine holds the key (the app exports none): the line says how to link a wallet instead.
+  assert.equal(me.chain.custodial, true);
+  assert.match(chainLine, /POST \/api\/v1\/me\/wallet makes it your address/);
+
+  // The deposit reaches the contract from the engine's operator key; until it is there the
+  // contract refuses the request, which the page shows by the amount.
+  const wf = page.locator('#withdraw-form');
+  let answer = null;
+  for (let i = 0; i < 30 && !answer; i += 1) {
+    await wf.getByLabel('Amount (units)').fill('1200');
+    const responded = page.waitForResponse((r) => r.url().endsWith('/api/v1/withdrawals'));
+    await wf.getByRole('button', { name: 'Withdraw' }).click();
+    const r = await responded;
+    if (r.status() === 202) answer = await r.json();
+    else await page.waitForTimeout(1000);
+  }
+  assert.ok(answer, 'the contract took the withdrawal request');
+  assert.equal(answer.requested, 1200);
+  assert.equal(answer.paid_to.toLowerCase(), me.chain.address.toLowerCase());
+  await page.locator('#toast').filter({ hasText: /Withdrawal of 1,200 units asked of the Settlement contract: paid to 0x[0-9a-f]{40} from / }).waitFor();
+  // Once the chain confirms the request the engine holds the amount back: shown as pending,
+  // the balance unchanged until the contract pays it out after its delay.
+  // The engine follows the chain's events every 2 s; the page asks every second after the
+  // request.
+  const asked = Date.now();
+  await page.locator('#f-withdrawing', { hasText: '1,200 units' }).waitFor({ timeout: 15_000 });
+  console.log(`wallet: withdrawal request to "Withdrawal pending" shown ${Date.now() - asked} ms`);
+  assert.equal(await page.locator('#f-withdrawing').evaluate((dd) => dd.previousElementSibling.textContent), 'Withdrawal pending');
+  assert.equal(await unitsOf(page, 'f-balance'), 5000);
+  assert.equal(await unitsOf(page, 'f-available'), 3800);
+  const balance = await page.evaluate(async () => (await fetch('/api/v1/balance')).json());
+  assert.deepEqual([balance.balance, balance.withdrawal_pending, balance.available], [5000, 1200, 3800]);
+  // More than is available now is refused by the field.
+  await wf.getByLabel('Amount (units)').fill('3801');
+  await wf.getByRole('button', { name: 'Withdraw' }).click();
+  await errorOf(wf, 'amount').filter({ hasText: /3800 token units available/ }).waitFor();
+
+  const violations = await checkA11y(page);
+  assert.deepEqual(violations, [], JSON.stringify(violations, null, 1));
+  mkdirSync(join(web, 'screenshots'), { recursive: true });
+  await shoot(page, join(web, 'screenshots', 'wallet-withdrawal-desktop.png'));
+  await page.context().close();
+});
+
+/** The open slot whose gate closes at least `s` seconds from now, as the engine lists it. */
+function openSlot(page, s) {
+  return page.evaluate(async (ahead) => {
+    const current = await (await fetch('/api/v1/slots/current')).json();
+    const res = await (await fetch(`/api/v1/slots?from=${current.delivering}&to=${current.delivering + 40}`)).json();
+    return res.slots.find((x) => x.status === 'open' && x.window_opens_s <= res.now_s && x.gate_closure_s - res.now_s >= ahead);
+  }, s);
+}
+
+test('market: my open orders — an amend being typed survives the list changing, the amend and a cancel show in the list and the API agrees', async () => {
+  const page = await fresh();
+  await signInHome(page, 'home-09');
+  await page.goto(`${demo.url}#/market`);
+  const form = page.locator('#order-form');
+  await form.getByLabel('Delivery slot').locator('option').first().waitFor({ state: 'attached' });
+  // A slot well ahead: the gate stays open for the whole test (the home's rule orders only
+  // in the next few slots).
+  const slot = await openSlot(page, 90);
+  assert.ok(slot, 'an open slot a minute and a half ahead');
+  const place = async (energy) => {
+    await form.getByLabel('Delivery slot').selectOption(String(slot.slot));
+    await form.getByLabel('Sell').check();
+    await form.getByLabel('Energy (Wh)').fill(String(energy));
+    await form.getByLabel(/Limit price/).fill(String(slot.feed_in_per_kwh + 10));
+    const placed = page.waitForResponse((r) => r.url().endsWith('/api/v1/orders') && r.request().method() === 'POST');
+    await form.getByRole('button', { name: 'Place a bid or an offer' }).click();
+    const { order_id: id } = await (await placed).json();
+    await page.locator(`#my-orders tr[data-order="${id}"]`).waitFor({ timeout: 10_000 });
+    return id;
+  };
+  const first = await place(300);
+  const row = page.locator(`#my-orders tr[data-order="${first}"]`);
+  await row.getByText('Amend or cancel').click();
+  await row.getByLabel(`New energy (Wh) for order ${first}`).fill('250');
+  await row.getByLabel(`New price for order ${first}`).fill(String(slot.feed_in_per_kwh + 12));
+  // Another order changes the list while the amend is being typed: what is typed stays.
+  const second = await place(400);
+  assert.equal(await row.locator('details').evaluate((d) => d.open), true, 'the amend form stays open');
+  assert.equal(await row.getByLabel(`New energy (Wh) for order ${first}`).inputValue(), '250');
+  await row.getByRole('button', { name: 'Amend' }).click();
+  await page.locator('#toast').filter({ hasText: `Order ${first} amended.` }).waitFor();
+  await row.locator('td').nth(3).filter({ hasText: /^250 Wh$/ }).waitFor();
+  assert.match(await row.locator('td').nth(4).innerText(), new RegExp(`^${(slot.feed_in_per_kwh + 12).toLocaleString('en-GB')} units/kWh$`));
+
+  const other = page.locator(`#my-orders tr[data-order="${second}"]`);
+  await other.getByText('Amend or cancel').click();
+  await other.getByRole('button', { name: `Cancel order ${second}` }).click();
+  await page.locator('#toast').filter({ hasText: `Order ${second} cancelled.` }).waitFor();
+  await other.waitFor({ state: 'detached' });
+  // The engine agrees: the first order amended, the second gone.
+  const { orders } = await page.evaluate(async () => (await fetch('/api/v1/my/orders')).json());
+  const amended = orders.find((o) => o.order_id === first);
+  assert.deepEqual([amended.energy_wh, amended.price_per_kwh, amended.slot], [250, slot.feed_in_per_kwh + 12, slot.slot]);
+  assert.ok(!orders.some((o) => o.order_id === second), 'the cancelled order is no longer open');
+  await page.context().close();
+});
+
+test('market: a household sets its automatic trading rule, sees its preview, sees the orders the rule places among its open orders, and removes it', async () => {
+  const page = await fresh();
+  await signInHome(page, 'home-08');
+  await page.goto(`${demo.url}#/market`);
+  const rf = page.locator('#rule-form');
+  await rf.waitFor();
+  const band = await page.evaluate(async () => {
+    const current = await (await fetch('/api/v1/slots/current')).json();
+    return (await (await fetch(`/api/v1/slots?from=${current.delivering}&to=${current.delivering}`)).json()).slots[0];
+  });
+  // Prices no demo rule uses, so an order at them is this rule's.
+  const sellAt = band.feed_in_per_kwh + 7;
+  const buyAt = band.retail_per_kwh - 3;
+  await rf.getByLabel('Sell surplus at no less than (per kWh)').fill(String(sellAt));
+  await rf.getByLabel('Buy need at no more than (per kWh)').fill(String(buyAt));
+  await rf.getByLabel('Keep the battery above (%)').fill('10');
+  // The preview: what the rule would have done over the previous day of my own slots.
+  await page.locator('#rule-preview').filter({ hasText: /^Offered surplus in \d+ slots .*Bid for the need in \d+ slots/ }).waitFor();
+  await rf.getByRole('button', { name: 'Save rule' }).click();
+  await page.locator('#toast').filter({ hasText: 'Rule saved.' }).waitFor();
+  const rule = await page.evaluate(async () => (await fetch('/api/v1/meters/home-08/rule')).json());
+  assert.deepEqual(rule, { meter_id: 'home-08', sell_at_least_per_kwh: sellAt, buy_at_most_per_kwh: buyAt, keep_battery_above_bp: 1000 });
+  // The page shows the saved rule.
+  await rf.getByLabel('Sell surplus at no less than (per kWh)').and(page.locator(`[value="${sellAt}"]`)).waitFor();
+
+  // The engine places one order a slot from the meter's forecast, at the rule's price for
+  // the side it forecasts: it appears among my open orders without a reload.
+  const prices = [sellAt, buyAt].map((p) => `${p.toLocaleString('en-GB')} units/kWh`);
+  const handle = await page.waitForFunction((want) => [...document.querySelectorAll('#my-orders tr[data-order]')]
+    .find((tr) => want.includes(tr.children[4].textContent))?.dataset.order, prices, { timeout: 30_000 });
+  const orderId = Number(await handle.jsonValue());
+  const ruleRow = page.locator(`#my-orders tr[data-order="${orderId}"]`);
+  const side = await ruleRow.locator('td').nth(2).innerText();
+  const slot = Number(await ruleRow.locator('td').nth(1).innerText());
+  assert.equal(await ruleRow.locator('td').nth(4).innerText(), side === 'sell' ? prices[0] : prices[1]);
+  // The engine has it as home-08's order in that slot, open or already traded there.
+  const { orders } = await page.evaluate(async () => (await fetch('/api/v1/my/orders')).json());
+  const open = orders.find((o) => o.order_id === orderId);
+  if (open) {
+    assert.deepEqual([open.meter_id, open.slot, open.price_per_kwh], ['home-08', slot, side === 'sell' ? sellAt : buyAt]);
+  } else {
+    const trades = await page.evaluate(async (s) => (await (await fetch(`/api/v1/slots/${s}`)).json()).trades, slot);
+    assert.ok(trades.some((t) => t.ask === orderId || t.bid === orderId), `order ${orderId} traded in slot ${slot}`);
+  }
+
+  await rf.getByRole('button', { name: 'Remove rule' }).click();
+  await page.locator('#toast').filter({ hasText: 'Rule removed.' }).waitFor();
+  await page.locator('#rule-form').getByRole('button', { name: 'Remove rule' }).waitFor({ state: 'detached' });
+  assert.equal(await rf.getByLabel('Sell surplus at no less than (per kWh)').inputValue(), '');
+  assert.equal(await page.evaluate(async () => (await fetch('/api/v1/meters/home-08/rule')).status), 404);
+  await page.context().close();
 });

@@ -133,14 +133,26 @@ export async function render(main) {
   }
 
   let lastOrders = null;
+  // Each order's amend-or-cancel form, kept while the order is unchanged: the list changes
+  // every slot (a rule's orders come and go), and an amend being typed must survive that.
+  let actions = new Map();
   async function refreshOrders() {
     const { orders: list } = await get('/my/orders');
-    // Re-drawn only when the orders changed, so an amend being typed is not wiped.
     const key = JSON.stringify(list);
     if (key === lastOrders) return;
     lastOrders = key;
+    const kept = new Map();
+    for (const o of list) {
+      const version = `${o.energy_wh}:${o.price_per_kwh}`;
+      const old = actions.get(o.order_id);
+      kept.set(o.order_id, old && old.version === version ? old : { version, el: orderActions(o) });
+    }
+    actions = kept;
+    // Moving the kept forms takes the focus out of them; it is given back.
+    const focused = orders.contains(document.activeElement) ? document.activeElement : null;
     orders.replaceChildren(list.length === 0 ? h('p', { class: 'muted' }, t('no_open_orders')) : table(t('my_open_orders'), [t('order'), t('slot'), t('side'), t('energy'), t('price'), t('actions')],
-      list.map((o) => ({ attrs: { 'data-order': o.order_id }, cells: [String(o.order_id), String(o.slot), t(o.side), wh(o.energy_wh), perKwh(o.price_per_kwh), orderActions(o)] })), [3, 4]));
+      list.map((o) => ({ attrs: { 'data-order': o.order_id }, cells: [String(o.order_id), String(o.slot), t(o.side), wh(o.energy_wh), perKwh(o.price_per_kwh), kept.get(o.order_id).el] })), [3, 4]));
+    if (focused && focused.isConnected) focused.focus();
   }
 
   function orderActions(o) {

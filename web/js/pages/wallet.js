@@ -24,6 +24,7 @@ export async function render(main) {
       toast(r && r.paid_to ? t('withdrawal_requested', { amount: money(a), address: r.paid_to, when: dateTime(r.ready_at * 1000) }) : t('withdrawn', { amount: money(a) }));
       wf.reset();
       await refresh();
+      if (r && r.paid_to) awaitConfirmation(r.withdrawal_pending);
     }, (err) => (/amount|insufficient/i.test(err.message) ? 'amount' : null));
   });
   main.append(h('h1', {}, t('nav_wallet')), h('div', { class: 'grid' },
@@ -34,6 +35,17 @@ export async function render(main) {
     h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding),
     h('section', { class: 'card wide', 'aria-labelledby': 'csv-h' }, h('h2', { id: 'csv-h' }, t('export_csv')), csv)));
 
+  // A withdrawal asked on chain is held back once the chain confirms the request: asked
+  // every second (for a minute at most) until the pending amount moves, so it shows then.
+  let confirming = null;
+  function awaitConfirmation(before, tries = 60) {
+    clearTimeout(confirming);
+    confirming = setTimeout(async () => {
+      const b = await get('/balance').catch(() => null);
+      if (b && b.withdrawal_pending !== before) await refresh();
+      else if (tries > 1) awaitConfirmation(before, tries - 1);
+    }, 1000);
+  }
   async function refresh() {
     const c = await clock();
     const r = ranges(c);
@@ -110,5 +122,5 @@ export async function render(main) {
   let pending = null;
   const stop = subscribe((e) => { if ((e.type === 'trades' || e.type === 'settled') && !pending) pending = setTimeout(() => { pending = null; refresh(); }, 1000); });
   const tick = setInterval(refresh, 10000);
-  return () => { stop(); clearInterval(tick); clearTimeout(pending); };
+  return () => { stop(); clearInterval(tick); clearTimeout(pending); clearTimeout(confirming); };
 }
