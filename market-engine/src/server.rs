@@ -464,17 +464,15 @@ async fn settle_on_chain(
         metrics
             .deposit_mirror_failures
             .fetch_add(money.mirror_failures, Ordering::Relaxed);
-        match money.follow {
-            Some(f) => {
-                metrics.money_events.fetch_add(f.applied, Ordering::Relaxed);
-                metrics
-                    .followed_block
-                    .store(f.through_block, Ordering::Relaxed);
-                metrics.follow_behind.store(f.behind, Ordering::Relaxed);
-            }
-            None => {
-                metrics.follow_failures.fetch_add(1, Ordering::Relaxed);
-            }
+        if let Some(f) = money.follow {
+            metrics.money_events.fetch_add(f.applied, Ordering::Relaxed);
+            metrics
+                .followed_block
+                .store(f.through_block, Ordering::Relaxed);
+            metrics.follow_behind.store(f.behind, Ordering::Relaxed);
+        }
+        if money.follow_error.is_some() {
+            metrics.follow_failures.fetch_add(1, Ordering::Relaxed);
         }
         match settler.step(crate::pipeline::now_ms()).await {
             Ok(progress) => {

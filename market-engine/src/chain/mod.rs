@@ -121,6 +121,10 @@ impl Default for ChainConfig {
     }
 }
 
+/// Block ranges ([`follow::BLOCKS_PER_STEP`] each) the event follower reads in one money step
+/// while it is behind.
+const FOLLOW_RANGES_PER_STEP: usize = 25;
+
 /// The operator of the embedded chain (deployer, treasury and settlement operator).
 pub const EMBEDDED_OPERATOR: Address = Address::repeat_byte(0x0e);
 
@@ -512,21 +516,34 @@ impl ChainSettler {
                 tracing::warn!(target: "chain", "operator-recorded deposits not deposited on chain: {e}");
             }
         }
-        match follow::step(
-            market,
-            &self.store,
-            settlement,
-            &self.custody,
-            self.confirmations,
-            self.follow_from,
-            now_ms,
-        )
-        .await
-        {
-            Ok(f) => progress.follow = Some(f),
-            Err(e) => {
-                tracing::warn!(target: "chain", "deposits and withdrawals on chain not followed: {e}");
-                progress.follow_error = Some(e);
+        // Catching up (a first start on a long chain) reads up to this many ranges a step.
+        for _ in 0..FOLLOW_RANGES_PER_STEP {
+            match follow::step(
+                market,
+                &self.store,
+                settlement,
+                &self.custody,
+                self.confirmations,
+                self.follow_from,
+                now_ms,
+            )
+            .await
+            {
+                Ok(f) => {
+                    let applied = progress.follow.map_or(0, |p| p.applied);
+                    progress.follow = Some(follow::FollowProgress {
+                        applied: applied + f.applied,
+                        ..f
+                    });
+                    if f.behind == 0 {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: "chain", "deposits and withdrawals on chain not followed: {e}");
+                    progress.follow_error = Some(e);
+                    break;
+                }
             }
         }
         if let Err(e) = self.pay_out(settlement, market, now_ms, as_household).await {
@@ -868,9 +885,9 @@ pub struct MoneyProgress {
     pub mirrored: u64,
     /// Attempts to put one there that failed.
     pub mirror_failures: u64,
-    /// The event follower's step, if it succeeded.
+    /// What the event follower read and applied (`None` if its first range failed).
     pub follow: Option<follow::FollowProgress>,
-    /// Why it did not.
+    /// Why it stopped short, if it did.
     pub follow_error: Option<String>,
 }
 

@@ -270,19 +270,33 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     let _ = stop_agent.send(true);
     agent.await.unwrap().unwrap();
 
-    // The agent's outbox is empty: the broker has everything; give the engine time to store it.
+    // Nothing signed is lost: every reading the agent let go of (acknowledged, so gone from
+    // its outbox) is stored by the engine, once; what the agent had not yet had acknowledged
+    // when it was stopped — a second after the engine came back, so possibly the last few —
+    // is still in its outbox, to be sent at its next start. (This asserted an empty outbox,
+    // which depends on how fast the reconnect drained it: it failed under load.) Give the
+    // engine time to store what the broker has.
     let (outbox, state) = meter_agent::outbox::Outbox::open(
         &agent_config.outbox_path(),
         &agent_config.meter_id().unwrap(),
     )
     .await
     .unwrap();
-    assert_eq!(outbox.len().await.unwrap(), 0);
+    let waiting: BTreeSet<i64> = outbox
+        .pending(0, u32::MAX)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| i64::try_from(p.seq).unwrap())
+        .collect();
     let signed = state.next_seq - 1;
     let store = market_engine::store::Store::open(&format!("sqlite://{}", db.display()))
         .await
         .unwrap();
     let mut stored: Vec<i64> = Vec::new();
+    let covered = |stored: &[i64]| -> BTreeSet<i64> {
+        stored.iter().chain(waiting.iter()).copied().collect()
+    };
     for _ in 0..100 {
         stored =
             sqlx::query("SELECT seq FROM readings WHERE meter_id = 'crash-meter' ORDER BY seq")
@@ -292,15 +306,24 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
                 .into_iter()
                 .map(|r| r.get(0))
                 .collect();
-        if u64::try_from(stored.len()).unwrap() == signed {
+        if u64::try_from(covered(&stored).len()).unwrap() == signed {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let expected: Vec<i64> = (1..=i64::try_from(signed).unwrap()).collect();
     assert_eq!(
-        stored, expected,
-        "every signed reading stored once, gap-free"
+        covered(&stored).into_iter().collect::<Vec<_>>(),
+        expected,
+        "every signed reading stored or still waiting in the agent's outbox, gap-free (waiting: {waiting:?})"
+    );
+    let once: BTreeSet<i64> = stored.iter().copied().collect();
+    assert_eq!(once.len(), stored.len(), "each reading stored once");
+    assert!(
+        waiting.len() < stored.len(),
+        "most readings were delivered ({} stored, {} waiting)",
+        stored.len(),
+        waiting.len()
     );
 
     let logged: BTreeSet<u64> =
