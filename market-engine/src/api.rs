@@ -727,6 +727,14 @@ async fn withdraw(
             .await?
             .into_response());
     };
+    if let Some(wallet) = settler.custody().linked(account.id) {
+        return Err(ApiError::Conflict(format!(
+            "your account settles to your own wallet {wallet}: the engine holds no key for it, so \
+             withdraw from the wallet (requestWithdrawal, then withdraw after the delay, on the \
+             Settlement contract {:#x})",
+            settler.settlement_address()
+        )));
+    }
     let funds = state.market.funds(account.id).await;
     if amount > funds.available {
         return Err(ApiError::Invalid {

@@ -562,6 +562,23 @@ async fn a_household_links_its_own_wallet_by_signing_and_settles_to_it() {
         )
         .await;
         assert_eq!(status, StatusCode::NOT_FOUND, "no key to export any more");
+        // Nor does the engine withdraw for her: the wallet does, on chain.
+        let (status, body, _) = call(
+            &app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&alice_session),
+            Some(json!({"amount": 1})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("own wallet"),
+            "{body}"
+        );
         // The nonce was single use.
         let (status, body, _) = link(alice_session.clone(), signed).await;
         assert_eq!(
