@@ -165,12 +165,22 @@ impl Market {
         .execute(&mut *tx)
         .await?;
         // Checked before the commit, so memory can follow what is written.
-        let mut check = books.funds.clone();
+        // Net per account, each checked without changing memory (no copy of every account's
+        // funds on each step), then booked once the transaction is committed.
+        let mut net: std::collections::BTreeMap<i64, i64> = Default::default();
         for (account, amount) in &booked {
-            check.book(*account, *amount)?;
+            let sum = net.entry(*account).or_default();
+            *sum = sum.checked_add(*amount).ok_or_else(|| {
+                ExchangeError::OutOfRange(format!("account {account}'s chain money overflows"))
+            })?;
+        }
+        for (account, amount) in &net {
+            books.funds.booked(*account, *amount)?;
         }
         tx.commit().await?;
-        books.funds = check;
+        for (account, amount) in net {
+            books.funds.book(account, amount)?;
+        }
         for (account, amount) in withdrawing {
             books.funds.set_withdrawing(account, amount.unwrap_or(0));
         }
