@@ -836,6 +836,9 @@ async fn a_reorganisation_within_the_confirmations_never_reaches_the_books_and_a
         settler,
         app,
         settlement,
+        // Kept to the end: `..` would drop the directory, and the engine's SQLite file with
+        // it, at once (the pool's next new connection then failed: 503 in CI under load).
+        dir: _dir,
         ..
     } = engine(&backend, 3).await;
     let name = unique("household");
