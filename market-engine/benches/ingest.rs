@@ -40,7 +40,7 @@ async fn main() {
     };
     config.database.url = format!("sqlite://{}", dir.path().join("bench.sqlite").display());
     config.http.listen = ([127, 0, 0, 1], 0).into();
-    config.chain.backend = "none".into();
+    config.chain.backend = market_engine::chain::ChainBackend::None;
     match &external {
         Some(url) => {
             config.mqtt.embedded_listen = String::new();

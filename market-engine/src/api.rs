@@ -25,6 +25,7 @@ mod meters;
 
 use auth::Authenticated;
 
+use crate::chain::SettlerError;
 use crate::ingest::{IngestMetrics, KeyRegistry};
 use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
@@ -197,6 +198,33 @@ impl From<MarketError> for ApiError {
             MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),
             MarketError::OutOfRange(m) => Self::Unprocessable(m),
             MarketError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// Seconds a client is asked to wait while the chain's node does not answer.
+const CHAIN_RETRY_AFTER_S: u64 = 15;
+
+impl From<SettlerError> for ApiError {
+    fn from(e: SettlerError) -> Self {
+        match e {
+            SettlerError::Store(e) => e.into(),
+            SettlerError::Market(e) => e.into(),
+            SettlerError::NoKey { .. } => Self::Conflict(e.to_string()),
+            e if e.refused() => Self::Unprocessable(e.to_string()),
+            e if e.is_transient() => {
+                tracing::warn!(target: "api", "chain: {e}");
+                Self::Busy {
+                    message: "the chain's node is not answering; nothing was changed, try again \
+                              shortly"
+                        .into(),
+                    retry_after_s: CHAIN_RETRY_AFTER_S,
+                }
+            }
+            other => {
+                tracing::error!(target: "api", "chain: {other}");
+                Self::Internal("the chain settler failed".into())
+            }
         }
     }
 }
@@ -747,12 +775,7 @@ async fn withdraw(
     }
     let request = settler
         .request_withdrawal(account.id, amount.unsigned_abs())
-        .await
-        .map_err(|e| {
-            ApiError::Unprocessable(format!(
-                "the Settlement contract refused the withdrawal: {e}"
-            ))
-        })?;
+        .await?;
     let mut body = funds_json(&account.name, funds, None);
     body["requested"] = json!(amount);
     body["tx"] = json!(format!("{:#x}", request.tx));
@@ -810,10 +833,9 @@ impl From<crate::chain::link::LinkError> for ApiError {
                 message,
             },
             LinkError::Conflict(m) => ApiError::Conflict(m),
-            LinkError::Chain(m) => ApiError::Busy {
-                message: format!("the chain could not be asked: {m}"),
-                retry_after_s: 5,
-            },
+            LinkError::Chain(e) => SettlerError::Chain(e).into(),
+            LinkError::Store(e) => e.into(),
+            LinkError::NoRandomness => ApiError::Internal("no system randomness".into()),
         }
     }
 }

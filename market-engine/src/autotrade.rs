@@ -11,7 +11,7 @@ use std::time::Duration;
 use gridshare_core::market::Side;
 use tokio::sync::watch;
 
-use crate::market::{Market, NewOrder, OrderSide};
+use crate::market::{Market, MarketError, NewOrder, OrderSide};
 use crate::pipeline::now_ms;
 use crate::store::{Store, TradingRule};
 
@@ -103,25 +103,17 @@ async fn place(
     slot: u64,
     now: i64,
     slot_s: u32,
-) -> Result<bool, String> {
-    if store
-        .has_order(&rule.meter_id, slot)
-        .await
-        .map_err(|e| e.to_string())?
-    {
+) -> Result<bool, MarketError> {
+    if store.has_order(&rule.meter_id, slot).await? {
         return Ok(false);
     }
     let Some(avg_w) = store
         .recent_grid_power(&rule.meter_id, u64::from(slot_s) * 1000, FALLBACK_SAMPLES)
-        .await
-        .map_err(|e| e.to_string())?
+        .await?
     else {
         return Ok(false);
     };
-    let soc = store
-        .latest_soc(&rule.meter_id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let soc = store.latest_soc(&rule.meter_id).await?;
     let Some(mut order) = order_for(rule, avg_w, soc, slot, slot_s) else {
         return Ok(false);
     };
@@ -145,10 +137,7 @@ async fn place(
         }
         order.energy_wh = order.energy_wh.min(affordable);
     }
-    market
-        .submit(&order, now)
-        .await
-        .map_err(|e| e.to_string())?;
+    market.submit(&order, now).await?;
     Ok(true)
 }
 

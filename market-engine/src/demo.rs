@@ -339,10 +339,7 @@ async fn stake_on_chain<C: Chain>(
     home: usize,
 ) -> anyhow::Result<()> {
     let refused = |e: gridshare_contracts::chain::ChainError| anyhow::anyhow!(describe(&e));
-    let Some(staking) = market_engine::staking::staking_contract(chain, settlement)
-        .await
-        .map_err(anyhow::Error::msg)?
-    else {
+    let Some(staking) = market_engine::staking::staking_contract(chain, settlement).await? else {
         return Ok(());
     };
     let client = StakingClient::new(chain, staking);

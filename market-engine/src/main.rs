@@ -258,15 +258,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
                 }
                 SettlementAction::Balances { json } => {
                     let Some(settler) =
-                        market_engine::chain::ChainSettler::open(&c.chain, store.clone())
-                            .await
-                            .map_err(anyhow::Error::msg)?
+                        market_engine::chain::ChainSettler::open(&c.chain, store.clone()).await?
                     else {
                         anyhow::bail!(
                             "[chain] backend = \"none\": the books have no chain to agree with"
                         );
                     };
-                    let rows = settler.reconcile().await.map_err(anyhow::Error::msg)?;
+                    let rows = settler.reconcile().await?;
                     if !json {
                         println!(
                             "{:>8} {:<16} {:<42} {:>22} {:>22} {:>14} {:>14} {:>14} {:>10}",

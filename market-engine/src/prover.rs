@@ -30,7 +30,7 @@ use serde::Serialize;
 use sqlx::Row;
 use tokio::sync::watch;
 
-use crate::chain::{ChainHandle, ChainSettler};
+use crate::chain::{ChainHandle, ChainSettler, SettlerError};
 use crate::metrics::ChainMetrics;
 use crate::store::{Store, StoreError, checked_i64};
 
@@ -278,30 +278,32 @@ pub async fn round<C: Chain>(
     staking: Address,
     me: Address,
     settings: ProverSettings,
-) -> Result<Round, String> {
+) -> Result<Round, SettlerError> {
     let client = StakingClient::new(chain, staking);
-    let err = |what: &'static str| move |e: ChainError| format!("{what}: {e}");
-    let (genesis, epoch_duration, proof_window) =
-        client.schedule().await.map_err(err("schedule"))?;
+    let err = |what: &'static str| move |source: ChainError| SettlerError::Read { what, source };
+    let (genesis, epoch_duration, proof_window) = client
+        .schedule()
+        .await
+        .map_err(err("MeterStaking.schedule"))?;
     let schedule = Schedule {
         genesis,
         epoch_duration,
         proof_window,
     };
     let after_s = settings.after_s.min(proof_window / 2);
-    let now = chain_now(chain).await.map_err(err("chain time"))?;
+    let now = chain_now(chain).await.map_err(err("the chain's time"))?;
     let current = now.saturating_sub(genesis) / epoch_duration.max(1);
     let ends = |e: u64| genesis + (e + 1) * epoch_duration;
     let mut out = Round {
         next_due_s: ends(current) + after_s,
         ..Round::default()
     };
-    let meters = store.meters().await.map_err(|e| e.to_string())?;
+    let meters = store.meters().await?;
     for row in meters.iter().filter(|m| m.approval.is_some()) {
         let Ok(id) = text_id(&row.meter_id) else {
             continue;
         };
-        let m = client.meter(id).await.map_err(err("meter"))?;
+        let m = client.meter(id).await.map_err(err("MeterStaking.meters"))?;
         let operated = m.owner == me || (m.delegate == me && me != Address::ZERO);
         if m.owner == Address::ZERO || !operated || !m.active || !m.attested || m.slashed {
             continue;
@@ -321,9 +323,7 @@ pub async fn round<C: Chain>(
             import_wh: m.lastImportWh,
         });
         if let Some(l) = last {
-            settle_sending(store, &row.meter_id, l.seq)
-                .await
-                .map_err(|e| e.to_string())?;
+            settle_sending(store, &row.meter_id, l.seq).await?;
         }
         let proven_epoch = last.and_then(|l| schedule.epoch_of(l.timestamp_ms));
         let from = first_earning.max(open_from).max(proven_epoch.unwrap_or(0));
@@ -333,18 +333,14 @@ pub async fn round<C: Chain>(
                 epoch += 1;
                 continue;
             }
-            if let Some(at) = retry_at(store, &row.meter_id, epoch)
-                .await
-                .map_err(|e| e.to_string())?
+            if let Some(at) = retry_at(store, &row.meter_id, epoch).await?
                 && at > now
             {
                 out.failing += 1;
                 out.next_due_s = out.next_due_s.min(at);
                 break;
             }
-            let readings = readings_near(store, &row.meter_id, schedule, epoch, last)
-                .await
-                .map_err(|e| e.to_string())?;
+            let readings = readings_near(store, &row.meter_id, schedule, epoch, last).await?;
             let plan = match plan_epoch(&readings, last, schedule, epoch) {
                 Ok(plan) => plan,
                 Err(PlanError::NothingToProve | PlanError::NoStart) => {
@@ -391,8 +387,7 @@ async fn prove<C: Chain>(
     plan: &ProofPlan,
     settings: ProverSettings,
     now: u64,
-) -> Result<Result<(), u64>, String> {
-    let db = |e: StoreError| e.to_string();
+) -> Result<Result<(), u64>, SettlerError> {
     let end_seq = plan.end.reading.seq;
     let wall_ms = crate::pipeline::now_ms();
     record(
@@ -402,8 +397,7 @@ async fn prove<C: Chain>(
         Attempt::Sending { end_seq },
         wall_ms,
     )
-    .await
-    .map_err(db)?;
+    .await?;
     let arg = |r: &SignedReading| {
         (
             alloy::primitives::Bytes::copy_from_slice(&r.encoded()),
@@ -437,8 +431,7 @@ async fn prove<C: Chain>(
                 },
                 crate::pipeline::now_ms(),
             )
-            .await
-            .map_err(db)?;
+            .await?;
             Ok(Ok(()))
         }
         Err(e) => {
@@ -456,8 +449,7 @@ async fn prove<C: Chain>(
                 },
                 wall_ms,
             )
-            .await
-            .map_err(db)?;
+            .await?;
             Ok(Err(retry_s))
         }
     }
@@ -469,12 +461,12 @@ pub async fn step(
     settler: &ChainSettler,
     store: &Store,
     settings: ProverSettings,
-) -> Result<Option<Round>, String> {
+) -> Result<Option<Round>, SettlerError> {
     async fn on<C: Chain>(
         s: &gridshare_contracts::settlement::ChainSettlement<C>,
         store: &Store,
         settings: ProverSettings,
-    ) -> Result<Option<Round>, String> {
+    ) -> Result<Option<Round>, SettlerError> {
         match crate::staking::staking_contract(s.chain(), s.address()).await? {
             Some(staking) => round(store, s.chain(), staking, s.operator(), settings)
                 .await

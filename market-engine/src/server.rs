@@ -39,6 +39,9 @@ pub enum ServeError {
     /// The market settings or the order log.
     #[error("market: {0}")]
     Market(String),
+    /// The chain settler could not open (its settings, the node, the custody secret).
+    #[error("chain: {0}")]
+    Chain(#[from] crate::chain::SettlerError),
     /// The database opens but cannot be written (read-only, full disk): the engine stores
     /// every reading and order before it answers, so it does not start on it.
     #[error(
@@ -259,8 +262,7 @@ impl Engine {
             })
         });
         let settler = ChainSettler::open(&config.chain, store.clone())
-            .await
-            .map_err(ServeError::Market)?
+            .await?
             .map(Arc::new);
         if let Some(settler) = settler.clone() {
             market.queue_batches(settler.custody().clone());

@@ -20,7 +20,7 @@ use serde_json::json;
 
 use crate::api::auth::Authenticated;
 use crate::api::{ApiError, AppState};
-use crate::chain::ChainHandle;
+use crate::chain::{ChainHandle, SettlerError};
 
 /// How many of the engine's latest proofs of the meter the answer lists.
 pub const PROOFS_SHOWN: u32 = 7;
@@ -39,11 +39,14 @@ pub fn routes() -> Router<AppState> {
 pub async fn staking_contract<C: Chain>(
     chain: &C,
     settlement: Address,
-) -> Result<Option<Address>, String> {
+) -> Result<Option<Address>, SettlerError> {
     let recorder = chain
         .view(settlement, Settlement::salesRecorderCall {})
         .await
-        .map_err(|e| format!("reading Settlement.salesRecorder: {e}"))?;
+        .map_err(|source| SettlerError::Read {
+            what: "Settlement.salesRecorder",
+            source,
+        })?;
     Ok((recorder != Address::ZERO).then_some(recorder))
 }
 
@@ -58,20 +61,27 @@ pub async fn meter_stake<C: Chain>(
     chain: &C,
     settlement: Address,
     meter: &str,
-) -> Result<serde_json::Value, String> {
+) -> Result<serde_json::Value, SettlerError> {
     let Some(staking) = staking_contract(chain, settlement).await? else {
         return Ok(json!({
             "meter_id": meter, "staking_contract": null, "registered": false,
         }));
     };
     let client = StakingClient::new(chain, staking);
-    let id = text_id(meter)?;
-    let err = |what: &str| {
-        let what = what.to_owned();
-        move |e: gridshare_contracts::chain::ChainError| format!("reading MeterStaking.{what}: {e}")
+    // A meter id longer than the contract's 32-byte ids cannot stake (the prover skips it too).
+    let Ok(id) = text_id(meter) else {
+        return Ok(json!({
+            "meter_id": meter, "staking_contract": staking.to_string(), "registered": false,
+        }));
     };
-    let m = client.meter(id).await.map_err(err("meter"))?;
-    let current = client.current_epoch().await.map_err(err("epoch"))?;
+    let err = |what: &'static str| {
+        move |source: gridshare_contracts::chain::ChainError| SettlerError::Read { what, source }
+    };
+    let m = client.meter(id).await.map_err(err("MeterStaking.meters"))?;
+    let current = client
+        .current_epoch()
+        .await
+        .map_err(err("MeterStaking.currentEpoch"))?;
     let base = json!({
         "meter_id": meter,
         "meter_id_bytes32": id.to_string(),
@@ -87,14 +97,17 @@ pub async fn meter_stake<C: Chain>(
     let claimable = client
         .claimable(id, current)
         .await
-        .map_err(err("claimable"))?;
+        .map_err(err("MeterStaking.claimable"))?;
     let mut epochs = Vec::new();
     for epoch in (current.saturating_sub(EPOCHS_SHOWN - 1)..=current).rev() {
-        let credit = client.credit(id, epoch).await.map_err(err("credit"))?;
+        let credit = client
+            .credit(id, epoch)
+            .await
+            .map_err(err("MeterStaking.credit"))?;
         let reward = chain
             .view(staking, MeterStaking::rewardOfCall { meterId: id, epoch })
             .await
-            .map_err(err("rewardOf"))?;
+            .map_err(err("MeterStaking.rewardOf"))?;
         epochs.push(json!({
             "epoch": epoch,
             "sold_wh": credit.soldWh,
@@ -164,7 +177,7 @@ async fn stake(
             s.operator(),
         ),
     };
-    let mut answer = answer.map_err(ApiError::Internal)?;
+    let mut answer = answer?;
     // The engine's own proofs of the meter's epochs ([`crate::prover`]): what it tried, and
     // why a proof failed.
     let proofs = crate::prover::records(&state.store, &meter_id, PROOFS_SHOWN).await?;

@@ -7,8 +7,9 @@
 // by `cargo build --workspace`).
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { generateKeyPairSync } from 'node:crypto';
-import { mkdirSync } from 'node:fs';
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { startDemo, launch, checkA11y, shoot, web } from './harness.js';
 
@@ -472,9 +473,11 @@ test('wallet: a withdrawal on chain is asked of the Settlement contract, shows a
   const chainLine = await page.locator('#chain-money').innerText();
   assert.ok(me.chain && me.chain.address, `a chain address: ${JSON.stringify(me.chain)}`);
   assert.ok(chainLine.includes(me.chain.address) && chainLine.includes(me.chain.settlement_contract), chainLine);
-  // The engine holds the key (the app exports none): the line says how to link a wallet instead.
+  // The engine holds the key: the address card says so and offers to link a wallet instead.
   assert.equal(me.chain.custodial, true);
-  assert.match(chainLine, /POST \/api\/v1\/me\/wallet makes it your address/);
+  const card = page.locator('#chain-address');
+  await card.filter({ hasText: me.chain.address }).filter({ hasText: 'held by the engine' }).waitFor();
+  await card.getByRole('button', { name: 'Link my browser wallet' }).waitFor();
 
   // The deposit reaches the contract from the engine's operator key; until it is there the
   // contract refuses the request, which the page shows by the amount.
@@ -623,5 +626,91 @@ test('market: a household sets its automatic trading rule, sees its preview, see
   await page.locator('#rule-form').getByRole('button', { name: 'Remove rule' }).waitFor({ state: 'detached' });
   assert.equal(await rf.getByLabel('Sell surplus at no less than (per kWh)').inputValue(), '');
   assert.equal(await page.evaluate(async () => (await fetch('/api/v1/meters/home-08/rule')).status), 404);
+  await page.context().close();
+});
+
+/** Foundry's `cast` from contracts/node_modules (`npm ci` there installs it), which signs as a wallet would. */
+function cast(...args) {
+  const bin = join(web, '..', 'contracts', 'node_modules', '@foundry-rs', 'cast-linux-amd64', 'bin', 'cast');
+  assert.ok(existsSync(bin), `${bin} is missing: run npm ci in contracts/`);
+  return execFileSync(bin, args, { encoding: 'utf8' }).trim();
+}
+
+test('wallet: a household exports its custodial key (with its password), declines in its browser wallet (nothing changes), then links the wallet (EIP-1193, the engine\'s EIP-712 challenge) and settles to it from then on', async () => {
+  const name = `owner-${process.pid}`;
+  const page = await freshForAxe();
+  // A browser wallet (EIP-1193) whose key lives in the test: it signs typed data with cast,
+  // as a wallet extension signs eth_signTypedData_v4, and declines (code 4001) when told to.
+  const key = `0x${randomBytes(32).toString('hex')}`;
+  const wallet = cast('wallet', 'address', '--private-key', key);
+  const signed = [];
+  await page.exposeFunction('testWalletAddress', () => wallet);
+  await page.exposeFunction('testWalletSign', (from, json) => {
+    assert.equal(from.toLowerCase(), wallet.toLowerCase());
+    signed.push(JSON.parse(json).primaryType);
+    return cast('wallet', 'sign', '--private-key', key, '--data', json);
+  });
+  await page.addInitScript(() => {
+    window.testWalletDeclines = false;
+    window.ethereum = {
+      async request({ method, params }) {
+        if (method === 'eth_requestAccounts') return [await window.testWalletAddress()];
+        if (method === 'eth_signTypedData_v4') {
+          if (window.testWalletDeclines) throw Object.assign(new Error('User rejected the request.'), { code: 4001 });
+          return window.testWalletSign(params[0], params[1]);
+        }
+        throw Object.assign(new Error(`unsupported method ${method}`), { code: 4200 });
+      },
+    };
+  });
+  await page.goto(`${demo.url}#/signup`);
+  const signup = page.locator('#signup-form');
+  await signup.getByLabel('Name').fill(name);
+  await signup.getByLabel('Password').fill('a long enough passphrase');
+  await signup.getByRole('button', { name: 'Create account' }).click();
+  await page.locator('#link-meter').waitFor();
+  await page.goto(`${demo.url}#/wallet`);
+  const card = page.locator('#chain-address');
+  await card.filter({ hasText: 'held by the engine' }).waitFor({ timeout: 30_000 });
+  const custodial = (await page.evaluate(async () => (await fetch('/api/v1/me')).json())).chain.address;
+
+  // The custodial key is shown only for the account's password, and it is the key of the
+  // address the engine settles to.
+  await card.locator('summary', { hasText: 'Export my key' }).click();
+  const ef = page.locator('#export-key-form');
+  await ef.getByLabel('Your password').fill('not the passphrase');
+  await ef.getByRole('button', { name: 'Export my key' }).click();
+  await errorOf(ef, 'password').filter({ hasText: /./ }).waitFor();
+  assert.equal(await page.locator('#private-key').count(), 0);
+  await ef.getByLabel('Your password').fill('a long enough passphrase');
+  await ef.getByRole('button', { name: 'Export my key' }).click();
+  const exported = (await page.locator('#private-key').innerText()).trim();
+  assert.equal(cast('wallet', 'address', '--private-key', exported).toLowerCase(), custodial.toLowerCase());
+
+  // Declined in the wallet: said so, and the account keeps its address.
+  await page.evaluate(() => { window.testWalletDeclines = true; });
+  await card.getByRole('button', { name: 'Link my browser wallet' }).click();
+  await page.locator('#address-status', { hasText: 'You declined in your wallet: nothing was changed.' }).waitFor();
+  let me = await page.evaluate(async () => (await fetch('/api/v1/me')).json());
+  assert.deepEqual([me.chain.address, me.chain.custodial], [custodial, true]);
+
+  // Signed: the wallet is the account's address from now on, and the engine holds no key.
+  await page.evaluate(() => { window.testWalletDeclines = false; });
+  await card.getByRole('button', { name: 'Link my browser wallet' }).click();
+  await page.locator('#toast').filter({ hasText: `Your wallet ${wallet}` }).waitFor();
+  await card.filter({ hasText: 'your own wallet' }).waitFor();
+  assert.deepEqual(signed, ['LinkWallet', 'OpenAccount'], 'the link, then the Settlement account opened for the wallet');
+  me = await page.evaluate(async () => (await fetch('/api/v1/me')).json());
+  assert.equal(me.chain.address.toLowerCase(), wallet.toLowerCase());
+  assert.equal(me.chain.custodial, false);
+  assert.equal(await card.getByRole('button', { name: 'Link my browser wallet' }).count(), 0);
+  // A withdrawal is the wallet's to make now, not the engine's.
+  const refused = await page.evaluate(async () => (await fetch('/api/v1/withdrawals', { method: 'POST', headers: { 'content-type': 'application/json' }, body: '{"amount":1}' })).status);
+  assert.equal(refused, 409);
+  assert.ok(await page.locator('#withdraw-form').isHidden(), 'no withdrawal form for a wallet of its own');
+  await page.locator('#withdraw-own', { hasText: 'from your wallet' }).waitFor();
+
+  const violations = await checkA11y(page);
+  assert.deepEqual(violations, [], JSON.stringify(violations, null, 1));
   await page.context().close();
 });

@@ -1089,7 +1089,11 @@ pub(super) async fn export_custodial_key(
         .await?;
     if !right {
         attempt.failed();
-        return Err(ApiError::LoginFailed);
+        // The session is valid (not 401, which would sign the app out): the password
+        // re-entered is what is wrong, said by its field.
+        return Err(ApiError::Forbidden(
+            "password: not this account's password".into(),
+        ));
     }
     attempt.succeeded();
     let key = custody

@@ -49,7 +49,7 @@ async fn proof(
             "no chain is configured: settlements stay in the ledger and have no batch root".into(),
         )
     })?;
-    let batch = batch_of(&settled, custody).map_err(ApiError::Internal)?;
+    let batch = batch_of(&settled, custody).map_err(|e| ApiError::Internal(e.to_string()))?;
     let mut leaves = Vec::new();
     let mut mine = Vec::new();
     for t in &settled.trades {
@@ -85,8 +85,7 @@ async fn proof(
     let chain_root = match &state.settler {
         Some(settler) => settler
             .settled_root(slot)
-            .await
-            .map_err(ApiError::Internal)?
+            .await?
             .map(|root| root.to_string()),
         None => None,
     };

@@ -31,7 +31,7 @@ use std::sync::Mutex;
 use alloy::primitives::{Address, B256, keccak256};
 use alloy::signers::local::PrivateKeySigner;
 
-use super::ChainConfig;
+use super::{ChainConfig, SettlerError};
 
 /// The engine-held master secret and the addresses configured for the utility and the grid
 /// operator: every account's address.
@@ -72,30 +72,38 @@ impl Custody {
     }
 
     /// A fresh random master secret (tests, and the first start).
-    pub fn generate() -> Result<Self, String> {
-        Ok(Self::from_master(random_master()?))
+    pub fn generate() -> Result<Self, SettlerError> {
+        Ok(Self::from_master(
+            random_master().map_err(SettlerError::Custody)?,
+        ))
     }
 
     /// The configured custody: the master secret from `custody_key_env`, else from
     /// `custody_key_file` (created on first start), and the utility's and grid operator's
     /// configured addresses.
-    pub fn load(config: &ChainConfig) -> Result<Self, String> {
+    pub fn load(config: &ChainConfig) -> Result<Self, SettlerError> {
         let master = match std::env::var(&config.custody_key_env) {
-            Ok(text) => {
-                parse_master(&text).map_err(|e| format!("${}: {e}", config.custody_key_env))?
-            }
-            Err(_) => load_or_create(&custody_file(config))?,
+            Ok(text) => parse_master(&text).map_err(|e| SettlerError::Config {
+                key: "custody_key_env",
+                expected: format!("${}: {e}", config.custody_key_env),
+            })?,
+            Err(_) => load_or_create(&custody_file(config)).map_err(SettlerError::Custody)?,
         };
-        let party = |text: &str, key: &str| -> Result<Option<Address>, String> {
+        let party = |text: &str, key: &'static str| -> Result<Option<Address>, SettlerError> {
             if text.trim().is_empty() {
                 return Ok(None);
             }
-            let address: Address = text
-                .trim()
-                .parse()
-                .map_err(|e| format!("chain.{key}: {e}"))?;
+            let address: Address = text.trim().parse().map_err(|e: alloy::hex::FromHexError| {
+                SettlerError::Config {
+                    key,
+                    expected: e.to_string(),
+                }
+            })?;
             if address.is_zero() {
-                return Err(format!("chain.{key}: the zero address cannot settle"));
+                return Err(SettlerError::Config {
+                    key,
+                    expected: "an address of its own: the zero address cannot settle".into(),
+                });
             }
             Ok(Some(address))
         };
@@ -361,6 +369,7 @@ mod tests {
             assert!(
                 Custody::load(&config(&dir))
                     .unwrap_err()
+                    .to_string()
                     .contains("chmod 600")
             );
         }

@@ -22,6 +22,7 @@ use gridshare_contracts::bindings::Settlement;
 use gridshare_contracts::chain::{Chain, ChainLog};
 use gridshare_contracts::settlement::ChainSettlement;
 
+use super::SettlerError;
 use super::custody::Custody;
 use crate::market::{ChainMoney, FollowCursor, Market};
 use crate::store::Store;
@@ -50,28 +51,23 @@ pub async fn step<C: Chain>(
     confirmations: u64,
     start_block: u64,
     now_ms: u64,
-) -> Result<FollowProgress, String> {
+) -> Result<FollowProgress, SettlerError> {
     let chain = settlement.chain();
     let contract = format!("{:#x}", settlement.address());
-    let head = chain.head().await.map_err(|e| e.to_string())?;
+    let head = chain.head().await?;
     // A block is confirmed when it and `confirmations - 1` blocks on top of it exist.
     let Some(safe) = (head + 1).checked_sub(confirmations.max(1)) else {
         return Ok(FollowProgress::default());
     };
-    let cursor = market
-        .follow_cursor(&contract)
-        .await
-        .map_err(|e| e.to_string())?;
+    let cursor = market.follow_cursor(&contract).await?;
     let from = match &cursor {
         Some(c) => {
-            let now = chain.block_hash(c.block).await.map_err(|e| e.to_string())?;
+            let now = chain.block_hash(c.block).await?;
             if now.map(|h| format!("{h:#x}")).as_deref() != Some(c.block_hash.as_str()) {
-                return Err(format!(
-                    "the chain reorganised below the confirmed depth: block {} is no longer {} \
-                     (raise [chain] confirmations); deposits and withdrawals are not followed \
-                     until this is resolved",
-                    c.block, c.block_hash
-                ));
+                return Err(SettlerError::Reorganised {
+                    block: c.block,
+                    hash: c.block_hash.clone(),
+                });
             }
             c.block + 1
         }
@@ -84,15 +80,12 @@ pub async fn step<C: Chain>(
         });
     }
     let to = safe.min(from + BLOCKS_PER_STEP - 1);
-    let logs = chain
-        .logs(settlement.address(), from, to)
-        .await
-        .map_err(|e| e.to_string())?;
+    let logs = chain.logs(settlement.address(), from, to).await?;
     // The engine's accounts, for addresses no one derived yet (asked only when there are logs).
     let ids = if logs.is_empty() {
         Vec::new()
     } else {
-        store.account_ids().await.map_err(|e| e.to_string())?
+        store.account_ids().await?
     };
     let mut events = Vec::new();
     for log in &logs {
@@ -102,9 +95,8 @@ pub async fn step<C: Chain>(
     }
     let hash = chain
         .block_hash(to)
-        .await
-        .map_err(|e| e.to_string())?
-        .ok_or_else(|| format!("the node does not know block {to} below its head {head}"))?;
+        .await?
+        .ok_or(SettlerError::MissingBlock { block: to, head })?;
     let applied = market
         .apply_chain_money(
             &contract,
@@ -115,8 +107,7 @@ pub async fn step<C: Chain>(
             },
             now_ms,
         )
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     Ok(FollowProgress {
         applied,
         through_block: to,
@@ -132,24 +123,20 @@ fn money_event(
     operator: Address,
     custody: &Custody,
     ids: &[i64],
-) -> Result<Option<ChainMoney>, String> {
+) -> Result<Option<ChainMoney>, SettlerError> {
     let Some(topic) = log.log.topics().first() else {
         return Ok(None);
     };
     let reference = format!("chain:{:#x}:{}", log.tx_hash, log.log_index);
     let account = |address: Address| custody.account_of(address, ids.iter().copied());
-    let bad = |e: alloy::sol_types::Error| {
-        format!(
-            "block {}: a Settlement log that does not decode: {e}",
-            log.block_number
-        )
+    let bad = |e: alloy::sol_types::Error| SettlerError::Log {
+        block: log.block_number,
+        reason: format!("a Settlement log that does not decode: {e}"),
     };
     let amount = |v: alloy::primitives::U256, what: &str| {
-        i64::try_from(v).map_err(|_| {
-            format!(
-                "block {}: a {what} of {v} token units is beyond what the engine books",
-                log.block_number
-            )
+        i64::try_from(v).map_err(|_| SettlerError::Log {
+            block: log.block_number,
+            reason: format!("a {what} of {v} token units is beyond what the engine books"),
         })
     };
     Ok(match *topic {

@@ -43,14 +43,23 @@ alloy::sol! {
 pub const CHALLENGE_TTL_MS: u64 = 5 * 60 * 1000;
 
 /// Why a wallet was not linked.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, thiserror::Error)]
 pub enum LinkError {
     /// A field of the request is wrong (the field, the message starting with its name).
+    #[error("{1}")]
     Invalid(&'static str, String),
     /// The account or the wallet cannot be linked now.
+    #[error("{0}")]
     Conflict(String),
-    /// The chain could not be asked.
-    Chain(String),
+    /// The chain could not be asked (the node is away), or failed otherwise.
+    #[error("{}", gridshare_contracts::household::describe(.0))]
+    Chain(#[from] gridshare_contracts::chain::ChainError),
+    /// The engine's database failed.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    /// The system gave no randomness for a challenge's nonce.
+    #[error("no system randomness for a challenge")]
+    NoRandomness,
 }
 
 /// A wallet's answer to its challenge.
@@ -199,11 +208,7 @@ impl ChainSettler {
             ));
         }
         let custody = self.custody();
-        let ids = self
-            .store
-            .account_ids()
-            .await
-            .map_err(|e| LinkError::Chain(e.to_string()))?;
+        let ids = self.store.account_ids().await?;
         if let Some(other) = custody.account_of(wallet, ids)
             && other != account
         {
@@ -234,7 +239,7 @@ impl ChainSettler {
             .await
             .map_err(|e| match e {
                 crate::store::StoreError::Conflict(m) => LinkError::Conflict(m),
-                other => LinkError::Chain(other.to_string()),
+                other => LinkError::Store(other),
             })?;
         custody.link(account, wallet);
         self.challenges
@@ -252,14 +257,8 @@ async fn domain_and_open<C: Chain>(
     wallet: Address,
 ) -> Result<(Eip712Domain, bool), LinkError> {
     let client = SettlementClient::new(s.chain(), s.address());
-    let domain = client
-        .eip712_domain()
-        .await
-        .map_err(|e| LinkError::Chain(e.to_string()))?;
-    let open = client
-        .is_open(wallet)
-        .await
-        .map_err(|e| LinkError::Chain(e.to_string()))?;
+    let domain = client.eip712_domain().await?;
+    let open = client.is_open(wallet).await?;
     Ok((domain, open))
 }
 
@@ -271,11 +270,7 @@ async fn open_wallet<C: Chain>(
     signature: Option<Bytes>,
 ) -> Result<(), LinkError> {
     let client = SettlementClient::new(s.chain(), s.address());
-    if client
-        .is_open(wallet)
-        .await
-        .map_err(|e| LinkError::Chain(e.to_string()))?
-    {
+    if client.is_open(wallet).await? {
         return Ok(());
     }
     let signature = signature.ok_or_else(|| {
@@ -287,14 +282,16 @@ async fn open_wallet<C: Chain>(
     client
         .open_for(s.operator(), wallet, signature)
         .await
-        .map_err(|e| {
-            LinkError::Invalid(
+        .map_err(|e| match e {
+            // A refusal is the signature's fault; a node that does not answer is not.
+            gridshare_contracts::chain::ChainError::Reverted { .. } => LinkError::Invalid(
                 "open_signature",
                 format!(
                     "open_signature: the Settlement contract refused it: {}",
                     gridshare_contracts::household::describe(&e)
                 ),
-            )
+            ),
+            other => LinkError::Chain(other),
         })?;
     Ok(())
 }
@@ -304,6 +301,6 @@ fn rand_bytes() -> Result<[u8; 32], LinkError> {
     let mut nonce = [0u8; 32];
     SystemRandom::new()
         .fill(&mut nonce)
-        .map_err(|_| LinkError::Chain("no system randomness for a challenge".into()))?;
+        .map_err(|_| LinkError::NoRandomness)?;
     Ok(nonce)
 }

@@ -17,6 +17,7 @@
 //! batch debit its balance would not cover, so the demo settles without wallets.
 
 pub mod custody;
+mod error;
 pub mod follow;
 pub mod link;
 pub mod outbox;
@@ -34,14 +35,30 @@ use gridshare_contracts::deploy::{Deployment, SettlementParams, StakingParams};
 use gridshare_contracts::settlement::{ChainSettlement, SettlementBackend};
 use serde::{Deserialize, Serialize};
 
+pub use error::SettlerError;
+
 use crate::market::{Market, SettledSlot};
 use crate::store::Store;
+/// Where the engine settles (`[chain] backend`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ChainBackend {
+    /// The contracts executed in-process by revm, their state in a file: the zero-setup
+    /// default, for development and demos.
+    #[default]
+    Embedded,
+    /// Any EVM node over JSON-RPC (anvil, a testnet, a chain in production).
+    Rpc,
+    /// No chain: settlement stays in the engine's ledger.
+    None,
+}
+
 /// The `[chain]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ChainConfig {
     /// `embedded`, `rpc` or `none` (settle in the ledger only).
-    pub backend: String,
+    pub backend: ChainBackend,
     /// Embedded: the chain's state file.
     pub state_file: PathBuf,
     /// RPC: the node.
@@ -98,7 +115,7 @@ pub struct ChainConfig {
 impl Default for ChainConfig {
     fn default() -> Self {
         Self {
-            backend: "embedded".into(),
+            backend: ChainBackend::Embedded,
             state_file: "gridshare-chain.json".into(),
             rpc_url: String::new(),
             settlement_address: String::new(),
@@ -193,7 +210,7 @@ impl ChainSettler {
     /// Opens the configured backend; `None` for `backend = "none"`. The embedded chain is
     /// deployed on first use and its addresses kept next to its state file. The RPC backend's
     /// operator key comes from the environment variable the config names.
-    pub async fn open(config: &ChainConfig, store: Store) -> Result<Option<Self>, String> {
+    pub async fn open(config: &ChainConfig, store: Store) -> Result<Option<Self>, SettlerError> {
         Self::open_with_key(config, store, std::env::var(&config.operator_key_env).ok()).await
     }
 
@@ -202,7 +219,7 @@ impl ChainSettler {
         config: &ChainConfig,
         store: Store,
         operator_key: Option<String>,
-    ) -> Result<Option<Self>, String> {
+    ) -> Result<Option<Self>, SettlerError> {
         if config.demo_deposit.is_some() {
             tracing::warn!(target: "chain", "chain.demo_deposit is no longer used: deposits the operator records are deposited on chain for their household");
         }
@@ -210,48 +227,68 @@ impl ChainSettler {
             tracing::warn!(target: "chain", file = %file.display(), "chain.outbox_file is no longer used: the settlement outbox lives in the engine's database (batches already on chain are recognised by their root)");
         }
         if config.embedded_epoch_s == 0 || config.embedded_epoch_s > u64::from(u32::MAX) {
-            return Err("chain.embedded_epoch_s: between 1 and 4294967295 seconds".into());
+            return Err(SettlerError::Config {
+                key: "embedded_epoch_s",
+                expected: "between 1 and 4294967295 seconds".into(),
+            });
         }
         if config.prove_retry_s == 0 {
-            return Err("chain.prove_retry_s: at least 1 second".into());
+            return Err(SettlerError::Config {
+                key: "prove_retry_s",
+                expected: "at least 1 second".into(),
+            });
         }
         if config.confirmations == 0 {
-            return Err("chain.confirmations: must be at least 1 (1 = in a block)".into());
+            return Err(SettlerError::Config {
+                key: "confirmations",
+                expected: "at least 1 (1 = in a block)".into(),
+            });
         }
-        match config.backend.as_str() {
-            "none" => return Ok(None),
-            "embedded" | "rpc" => {}
-            other => {
-                return Err(format!(
-                    "chain.backend {other:?}: expected embedded, rpc or none"
-                ));
-            }
+        if config.backend == ChainBackend::None {
+            return Ok(None);
         }
         // Read (or created) only once the configuration is known to settle on a chain.
         let custody = custody::Custody::load(config)?;
-        for (account, address) in store.linked_wallets().await.map_err(|e| e.to_string())? {
-            let wallet: Address = address
-                .parse()
-                .map_err(|e| format!("linked wallet {address:?} of account {account}: {e}"))?;
+        for (account, address) in store.linked_wallets().await? {
+            let wallet: Address =
+                address
+                    .parse()
+                    .map_err(
+                        |e: <Address as std::str::FromStr>::Err| SettlerError::Stored {
+                            what: "linked wallet",
+                            value: format!("{address} (account {account})"),
+                            reason: e.to_string(),
+                        },
+                    )?;
             custody.link(account, wallet);
         }
         let custody = std::sync::Arc::new(custody);
         let mut confirmations = config.confirmations;
         let mut watch = None;
-        let backend = match config.backend.as_str() {
-            "embedded" => {
-                let chain = EmbeddedChain::open(&config.state_file)
-                    .map_err(|e| format!("chain.state_file: {e}"))?;
+        let backend = match config.backend {
+            ChainBackend::None => return Ok(None),
+            ChainBackend::Embedded => {
+                let chain =
+                    EmbeddedChain::open(&config.state_file).map_err(|e| SettlerError::Config {
+                        key: "state_file",
+                        expected: e.to_string(),
+                    })?;
                 // v2: the Settlement of issue 14 (opened accounts, allowances, debt). A state
                 // file from before names a contract this engine cannot drive; the contracts are
                 // deployed again beside it on the same chain (a demo chain: its old balances
                 // stay in the old contract).
                 let record_path = config.state_file.with_extension("deployment-v2.json");
                 let record = match std::fs::read(&record_path) {
-                    Ok(bytes) => serde_json::from_slice::<DeploymentRecord>(&bytes)
-                        .map_err(|e| format!("{}: {e}", record_path.display()))?,
+                    Ok(bytes) => {
+                        serde_json::from_slice::<DeploymentRecord>(&bytes).map_err(|e| {
+                            SettlerError::File {
+                                path: record_path.display().to_string(),
+                                reason: e.to_string(),
+                            }
+                        })?
+                    }
                     Err(_) => {
-                        let now = chain.timestamp().await.map_err(|e| e.to_string())?;
+                        let now = chain.timestamp().await?;
                         let supply = U256::from(10u64).pow(U256::from(30u64));
                         // A development chain: no allowance limit by default, so the demo's
                         // utility and grid-operator accounts settle any volume.
@@ -268,8 +305,7 @@ impl ChainSettler {
                             &StakingParams::with_epoch(now, config.embedded_epoch_s),
                             &settlement_params,
                         )
-                        .await
-                        .map_err(|e| format!("deploying to the embedded chain: {e}"))?;
+                        .await?;
                         chain
                             .transact(
                                 EMBEDDED_OPERATOR,
@@ -279,17 +315,22 @@ impl ChainSettler {
                                     value: U256::MAX,
                                 },
                             )
-                            .await
-                            .map_err(|e| e.to_string())?;
+                            .await?;
                         let record = DeploymentRecord {
                             network_token: d.network_token,
                             payment_token: d.payment_token,
                             settlement: d.settlement,
                             staking: d.staking,
                         };
-                        let json = serde_json::to_vec_pretty(&record).map_err(|e| e.to_string())?;
-                        std::fs::write(&record_path, json)
-                            .map_err(|e| format!("{}: {e}", record_path.display()))?;
+                        let json =
+                            serde_json::to_vec_pretty(&record).map_err(|e| SettlerError::File {
+                                path: record_path.display().to_string(),
+                                reason: e.to_string(),
+                            })?;
+                        std::fs::write(&record_path, json).map_err(|e| SettlerError::File {
+                            path: record_path.display().to_string(),
+                            reason: e.to_string(),
+                        })?;
                         tracing::info!(target: "chain", settlement = %d.settlement, "contracts deployed to the embedded chain");
                         record
                     }
@@ -305,29 +346,39 @@ impl ChainSettler {
                 fund_embedded_treasury(&settlement).await?;
                 Backend::Embedded(settlement)
             }
-            "rpc" => {
-                let key = operator_key.ok_or_else(|| {
-                    format!(
-                        "chain.backend = \"rpc\" needs the operator's private key in ${}",
+            ChainBackend::Rpc => {
+                let key = operator_key.ok_or_else(|| SettlerError::Config {
+                    key: "operator_key_env",
+                    expected: format!(
+                        "backend = \"rpc\" needs the operator's private key in ${}",
                         config.operator_key_env
-                    )
+                    ),
                 })?;
-                let signer: alloy::signers::local::PrivateKeySigner = key
-                    .trim()
-                    .parse()
-                    .map_err(|e| format!("${}: not a private key: {e}", config.operator_key_env))?;
+                let signer: alloy::signers::local::PrivateKeySigner =
+                    key.trim().parse().map_err(|e| SettlerError::Config {
+                        key: "operator_key_env",
+                        expected: format!("${} holds no private key: {e}", config.operator_key_env),
+                    })?;
                 let operator = signer.address();
-                let chain = RpcChain::connect(&config.rpc_url, Some(signer))
-                    .map_err(|e| format!("chain.rpc_url: {e}"))?;
-                let settlement: Address = config
-                    .settlement_address
-                    .parse()
-                    .map_err(|e| format!("chain.settlement_address: {e}"))?;
+                let chain = RpcChain::connect(&config.rpc_url, Some(signer)).map_err(|e| {
+                    SettlerError::Config {
+                        key: "rpc_url",
+                        expected: e.to_string(),
+                    }
+                })?;
+                let settlement: Address = config.settlement_address.parse().map_err(
+                    |e: <Address as std::str::FromStr>::Err| SettlerError::Config {
+                        key: "settlement_address",
+                        expected: e.to_string(),
+                    },
+                )?;
                 if config.watch && !config.staking_address.is_empty() {
-                    let staking: Address = config
-                        .staking_address
-                        .parse()
-                        .map_err(|e| format!("chain.staking_address: {e}"))?;
+                    let staking: Address = config.staking_address.parse().map_err(
+                        |e: <Address as std::str::FromStr>::Err| SettlerError::Config {
+                            key: "staking_address",
+                            expected: e.to_string(),
+                        },
+                    )?;
                     watch = Some(WatchTarget {
                         chain: WatchedChain::Rpc(chain.clone()),
                         staking,
@@ -341,7 +392,6 @@ impl ChainSettler {
                     url: config.rpc_url.clone(),
                 }
             }
-            _ => unreachable!("the backend was checked above"),
         };
         let follow_from = match &backend {
             Backend::Embedded(_) => 0,
@@ -375,7 +425,7 @@ impl ChainSettler {
     /// Drives the outbox one step (see [`outbox`]): opens the custodial accounts of the next
     /// batch to send, checks every open batch against the chain, in slot order, and sends the
     /// next one once those before it are confirmed.
-    pub async fn step(&self, now_ms: u64) -> Result<outbox::Progress, String> {
+    pub async fn step(&self, now_ms: u64) -> Result<outbox::Progress, SettlerError> {
         match &self.backend {
             Backend::Embedded(settlement) => {
                 let opened = self.open_accounts(settlement).await?;
@@ -395,7 +445,7 @@ impl ChainSettler {
         settlement: &ChainSettlement<C>,
         (opened, failures): (u64, u64),
         now_ms: u64,
-    ) -> Result<outbox::Progress, String> {
+    ) -> Result<outbox::Progress, SettlerError> {
         let progress = outbox::step(&self.store, settlement, self.confirmations, now_ms).await?;
         Ok(outbox::Progress {
             accounts_opened: opened,
@@ -413,13 +463,8 @@ impl ChainSettler {
     async fn open_accounts<C: Chain>(
         &self,
         settlement: &ChainSettlement<C>,
-    ) -> Result<(u64, u64), String> {
-        let Some(record) = outbox::open_batches(&self.store)
-            .await
-            .map_err(|e| e.to_string())?
-            .into_iter()
-            .next()
-        else {
+    ) -> Result<(u64, u64), SettlerError> {
+        let Some(record) = outbox::open_batches(&self.store).await?.into_iter().next() else {
             return Ok((0, 0));
         };
         let (mut opened_count, mut failed) = (0, 0);
@@ -427,19 +472,14 @@ impl ChainSettler {
             gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
         let mut candidates: Option<Vec<i64>> = None;
         for delta in &record.batch.deltas {
-            if client
-                .is_open(delta.account)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            if client.is_open(delta.account).await? {
                 continue;
             }
             if candidates.is_none() {
                 candidates = Some(
                     self.store
                         .account_ids()
-                        .await
-                        .map_err(|e| e.to_string())?
+                        .await?
                         .into_iter()
                         .chain([custody::UTILITY, custody::GRID_OPERATOR])
                         .collect(),
@@ -562,7 +602,7 @@ impl ChainSettler {
         &self,
         settlement: &ChainSettlement<C>,
         market: &Market,
-    ) -> Result<(u64, u64), String> {
+    ) -> Result<(u64, u64), SettlerError> {
         use alloy::sol_types::SolCall;
         use gridshare_contracts::chain::TxStatus;
         let rows = unmirrored(&self.store).await?;
@@ -574,28 +614,23 @@ impl ChainSettler {
             .filter_map(|r| r.chain_tx.as_deref().map(|tx| (tx, r.account)))
             .collect();
         for (tx, account) in sent {
-            let hash: B256 = tx.parse().map_err(|e| format!("funding tx {tx}: {e}"))?;
-            match settlement
-                .chain()
-                .transaction(hash)
-                .await
-                .map_err(|e| e.to_string())?
-            {
+            let hash: B256 =
+                tx.parse()
+                    .map_err(|e: alloy::hex::FromHexError| SettlerError::Stored {
+                        what: "deposit transaction",
+                        value: tx.to_owned(),
+                        reason: e.to_string(),
+                    })?;
+            match settlement.chain().transaction(hash).await? {
                 TxStatus::Included(i) if i.success => {
-                    market
-                        .mark_mirrored(tx, i.block_number)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    market.mark_mirrored(tx, i.block_number).await?;
                     mirrored += 1;
                 }
                 TxStatus::Pending => {
                     waiting.insert(account);
                 }
                 _ => {
-                    market
-                        .unmark_mirrored(tx)
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    market.unmark_mirrored(tx).await?;
                 }
             }
         }
@@ -644,21 +679,11 @@ impl ChainSettler {
             match sent {
                 Ok(hash) => {
                     let tx = format!("{hash:#x}");
-                    market
-                        .mark_sent(&ids, &tx)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    if let TxStatus::Included(i) = settlement
-                        .chain()
-                        .transaction(hash)
-                        .await
-                        .map_err(|e| e.to_string())?
+                    market.mark_sent(&ids, &tx).await?;
+                    if let TxStatus::Included(i) = settlement.chain().transaction(hash).await?
                         && i.success
                     {
-                        market
-                            .mark_mirrored(&tx, i.block_number)
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        market.mark_mirrored(&tx, i.block_number).await?;
                         mirrored += 1;
                     }
                     tracing::info!(target: "chain", account, amount, tx, "operator-recorded deposit deposited on chain");
@@ -680,16 +705,12 @@ impl ChainSettler {
         market: &Market,
         now_ms: u64,
         as_household: impl Fn(alloy::signers::local::PrivateKeySigner) -> Option<C>,
-    ) -> Result<(), String> {
-        let due = market.due_withdrawals().await.map_err(|e| e.to_string())?;
+    ) -> Result<(), SettlerError> {
+        let due = market.due_withdrawals().await?;
         if due.is_empty() {
             return Ok(());
         }
-        let chain_now = settlement
-            .chain()
-            .timestamp()
-            .await
-            .map_err(|e| e.to_string())?;
+        let chain_now = settlement.chain().timestamp().await?;
         for (account, ready_at) in due {
             if ready_at > chain_now || !self.payout_may_try(account, now_ms) {
                 continue;
@@ -736,11 +757,9 @@ impl ChainSettler {
         &self,
         account: i64,
         amount: u64,
-    ) -> Result<WithdrawalRequest, String> {
+    ) -> Result<WithdrawalRequest, SettlerError> {
         let Some(key) = self.custody.signer(account) else {
-            return Err(
-                "the engine holds no key for this account: withdraw with your own wallet".into(),
-            );
+            return Err(SettlerError::NoKey { account });
         };
         let from = key.address();
         let outcome = match &self.backend {
@@ -750,13 +769,12 @@ impl ChainSettler {
                     .await
             }
             Backend::Rpc { settlement, url } => {
-                let chain = RpcChain::connect(url, Some(key)).map_err(|e| e.to_string())?;
+                let chain = RpcChain::connect(url, Some(key))?;
                 gridshare_contracts::SettlementClient::new(chain, settlement.address())
                     .request_withdrawal(from, U256::from(amount))
                     .await
             }
-        }
-        .map_err(|e| gridshare_contracts::household::describe(&e))?;
+        }?;
         let ready_at = outcome
             .logs
             .iter()
@@ -781,7 +799,7 @@ impl ChainSettler {
     }
 
     /// Every account's books against the chain (see [`Reconciliation`]).
-    pub async fn reconcile(&self) -> Result<Vec<Reconciliation>, String> {
+    pub async fn reconcile(&self) -> Result<Vec<Reconciliation>, SettlerError> {
         match &self.backend {
             Backend::Embedded(settlement) => self.reconcile_on(settlement).await,
             Backend::Rpc { settlement, .. } => self.reconcile_on(settlement).await,
@@ -791,21 +809,13 @@ impl ChainSettler {
     async fn reconcile_on<C: Chain>(
         &self,
         settlement: &ChainSettlement<C>,
-    ) -> Result<Vec<Reconciliation>, String> {
+    ) -> Result<Vec<Reconciliation>, SettlerError> {
         let client =
             gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
         // Money on its way: batches not yet applied on chain, deposits not yet mirrored.
         let mut in_flight: std::collections::BTreeMap<Address, i128> = Default::default();
-        for record in outbox::open_batches(&self.store)
-            .await
-            .map_err(|e| e.to_string())?
-        {
-            if settlement
-                .batch_root(record.batch.id)
-                .await
-                .map_err(|e| e.to_string())?
-                .is_none()
-            {
+        for record in outbox::open_batches(&self.store).await? {
+            if settlement.batch_root(record.batch.id).await?.is_none() {
                 for d in &record.batch.deltas {
                     *in_flight.entry(d.account).or_default() += d.amount;
                 }
@@ -816,15 +826,11 @@ impl ChainSettler {
                 .entry(self.custody.address(r.account))
                 .or_default() += i128::from(r.amount);
         }
-        let names = self
-            .store
-            .account_names()
-            .await
-            .map_err(|e| e.to_string())?;
+        let names = self.store.account_names().await?;
         let mut out = Vec::new();
         for (account, engine) in booked_balances(&self.store).await? {
             let address = self.custody.address(account);
-            let a = client.account(address).await.map_err(|e| e.to_string())?;
+            let a = client.account(address).await?;
             let chain = i128::try_from(a.balance).unwrap_or(i128::MAX)
                 + i128::try_from(a.pending_withdrawal).unwrap_or(i128::MAX)
                 - i128::try_from(a.debt).unwrap_or(i128::MAX);
@@ -859,27 +865,27 @@ impl ChainSettler {
     }
 
     /// The batch root recorded on chain for a slot (latest block), once settled there.
-    pub async fn settled_root(&self, slot: u64) -> Result<Option<B256>, String> {
+    pub async fn settled_root(&self, slot: u64) -> Result<Option<B256>, SettlerError> {
         match &self.backend {
             Backend::Embedded(settlement) => settlement.batch_root(slot).await,
             Backend::Rpc { settlement, .. } => settlement.batch_root(slot).await,
         }
-        .map_err(|e| e.to_string())
+        .map_err(SettlerError::from)
     }
 
     /// An account's balance in the settlement contract.
-    pub async fn balance(&self, account: i64) -> Result<U256, String> {
+    pub async fn balance(&self, account: i64) -> Result<U256, SettlerError> {
         let address = self.custody.address(account);
         match &self.backend {
             Backend::Embedded(settlement) => settlement.balance(address).await,
             Backend::Rpc { settlement, .. } => settlement.balance(address).await,
         }
-        .map_err(|e| e.to_string())
+        .map_err(SettlerError::from)
     }
 }
 
 /// What one money step did ([`ChainSettler::money_step`]).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct MoneyProgress {
     /// Operator-recorded deposits now on chain.
     pub mirrored: u64,
@@ -888,7 +894,7 @@ pub struct MoneyProgress {
     /// What the event follower read and applied (`None` if its first range failed).
     pub follow: Option<follow::FollowProgress>,
     /// Why it stopped short, if it did.
-    pub follow_error: Option<String>,
+    pub follow_error: Option<SettlerError>,
 }
 
 /// A withdrawal requested on chain with a custodial key.
@@ -938,7 +944,7 @@ mod as_string {
 
 /// Every account's balance in the engine's books (deposits less withdrawals plus the settled
 /// ledger; the utility and grid operator included), by account id.
-async fn booked_balances(store: &Store) -> Result<Vec<(i64, i64)>, String> {
+async fn booked_balances(store: &Store) -> Result<Vec<(i64, i64)>, SettlerError> {
     use sqlx::Row;
     sqlx::query(
         "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM \
@@ -948,11 +954,11 @@ async fn booked_balances(store: &Store) -> Result<Vec<(i64, i64)>, String> {
     )
     .fetch_all(store.pool())
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(crate::store::StoreError::from)?
     .into_iter()
     .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
     .collect::<Result<_, sqlx::Error>>()
-    .map_err(|e| e.to_string())
+    .map_err(|e| SettlerError::Store(e.into()))
 }
 
 /// An operator-recorded funding row not yet in a block on chain.
@@ -965,7 +971,7 @@ struct Unmirrored {
 }
 
 /// Operator-recorded funding not yet in a block on chain, oldest first.
-async fn unmirrored(store: &Store) -> Result<Vec<Unmirrored>, String> {
+async fn unmirrored(store: &Store) -> Result<Vec<Unmirrored>, SettlerError> {
     use sqlx::Row;
     sqlx::query(
         "SELECT id, account_id, amount, chain_tx FROM funding \
@@ -973,7 +979,7 @@ async fn unmirrored(store: &Store) -> Result<Vec<Unmirrored>, String> {
     )
     .fetch_all(store.pool())
     .await
-    .map_err(|e| e.to_string())?
+    .map_err(crate::store::StoreError::from)?
     .into_iter()
     .map(|r| {
         Ok(Unmirrored {
@@ -984,17 +990,16 @@ async fn unmirrored(store: &Store) -> Result<Vec<Unmirrored>, String> {
         })
     })
     .collect::<Result<_, sqlx::Error>>()
-    .map_err(|e| e.to_string())
+    .map_err(|e| SettlerError::Store(e.into()))
 }
 
 /// The embedded chain's treasury (the operator) keeps a balance in Settlement, so it fronts
 /// what an account cannot pay (the utility buying surplus before its own credits came in)
 /// instead of the batch's credits being cut.
-async fn fund_embedded_treasury(settlement: &ChainSettlement<EmbeddedChain>) -> Result<(), String> {
-    let balance = settlement
-        .balance(EMBEDDED_OPERATOR)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn fund_embedded_treasury(
+    settlement: &ChainSettlement<EmbeddedChain>,
+) -> Result<(), SettlerError> {
+    let balance = settlement.balance(EMBEDDED_OPERATOR).await?;
     if balance.is_zero() {
         settlement
             .chain()
@@ -1005,8 +1010,7 @@ async fn fund_embedded_treasury(settlement: &ChainSettlement<EmbeddedChain>) -> 
                     amount: U256::from(10u64).pow(U256::from(27u64)),
                 },
             )
-            .await
-            .map_err(|e| format!("funding the embedded treasury: {e}"))?;
+            .await?;
     }
     Ok(())
 }
@@ -1050,7 +1054,7 @@ pub fn trade_leaf(
 pub fn batch_of(
     settled: &SettledSlot,
     custody: &custody::Custody,
-) -> Result<SettlementBatch, String> {
+) -> Result<SettlementBatch, SettlerError> {
     let slot = settled.slot;
     let mut leaves: Vec<B256> = settled
         .trades
@@ -1069,12 +1073,18 @@ pub fn batch_of(
     }
     let root = MerkleTree::new(leaves)
         .map(|t| t.root())
-        .ok_or_else(|| format!("slot {slot}: no trades and no readings to commit to"))?;
+        .ok_or_else(|| SettlerError::Batch {
+            slot,
+            reason: "no trades and no readings to commit to".into(),
+        })?;
     let transfers = settled.balances.iter().map(|(account, amount)| NetDelta {
         account: custody.address(*account),
         amount: i128::from(*amount),
     });
-    SettlementBatch::new(slot, root, transfers).map_err(|e| format!("slot {slot}: {e}"))
+    SettlementBatch::new(slot, root, transfers).map_err(|e| SettlerError::Batch {
+        slot,
+        reason: e.to_string(),
+    })
 }
 
 /// The local sales of a settled slot for `settleWithSales`: each trade between two meters whose
@@ -1111,8 +1121,12 @@ pub fn sales_of(
     }
 }
 
-fn hex_digest(text: &str) -> Result<[u8; 32], String> {
+fn hex_digest(text: &str) -> Result<[u8; 32], SettlerError> {
     let mut out = [0u8; 32];
-    hex::decode_to_slice(text, &mut out).map_err(|e| format!("reading digest {text:?}: {e}"))?;
+    hex::decode_to_slice(text, &mut out).map_err(|e| SettlerError::Stored {
+        what: "reading digest",
+        value: text.to_owned(),
+        reason: e.to_string(),
+    })?;
     Ok(out)
 }

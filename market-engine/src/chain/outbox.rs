@@ -310,13 +310,13 @@ pub async fn step<C: Chain>(
     chain: &ChainSettlement<C>,
     confirmations: u64,
     now_ms: u64,
-) -> Result<Progress, String> {
+) -> Result<Progress, super::SettlerError> {
     let mut progress = Progress::default();
-    let open = open_batches(store).await.map_err(|e| e.to_string())?;
+    let open = open_batches(store).await?;
     if open.is_empty() {
         return Ok(progress);
     }
-    let head = chain.chain().head().await.map_err(|e| e.to_string())?;
+    let head = chain.chain().head().await?;
     for mut r in open {
         advance(
             chain,
@@ -327,7 +327,7 @@ pub async fn step<C: Chain>(
             &mut progress,
         )
         .await;
-        save(store, &r, now_ms).await.map_err(|e| e.to_string())?;
+        save(store, &r, now_ms).await?;
         if r.status != BatchStatus::Confirmed {
             break;
         }

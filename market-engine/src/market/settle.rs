@@ -715,7 +715,8 @@ async fn queue_batch(
     custody: &crate::chain::custody::Custody,
 ) -> Result<(), MarketError> {
     let slot = settled.slot;
-    let batch = crate::chain::batch_of(settled, custody).map_err(MarketError::Settlement)?;
+    let batch = crate::chain::batch_of(settled, custody)
+        .map_err(|e| MarketError::Settlement(e.to_string()))?;
     let meters: HashMap<u64, String> = sqlx::query(
         "SELECT order_id, meter_id FROM order_events WHERE slot = $1 AND kind = 'submit'",
     )

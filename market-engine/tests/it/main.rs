@@ -84,7 +84,7 @@ pub(crate) fn engine_config(community: &str, database_url: &str) -> EngineConfig
     c.database.url = database_url.into();
     c.http.listen = ([127, 0, 0, 1], 0).into();
     // The chain is tested on its own (market.rs); these tests are about ingest.
-    c.chain.backend = "none".into();
+    c.chain.backend = market_engine::chain::ChainBackend::None;
     match std::env::var("GRIDSHARE_TEST_MQTT_URL") {
         Ok(url) => {
             c.mqtt.embedded_listen = String::new();

@@ -999,7 +999,7 @@ async fn settlers(
     };
     let custody_key_file = Some(dir.join(format!("custody-{tag}.key")));
     let embedded = ChainConfig {
-        backend: "embedded".into(),
+        backend: market_engine::chain::ChainBackend::Embedded,
         state_file: dir.join(format!("chain-{tag}.json")),
         custody_key_file: custody_key_file.clone(),
         ..ChainConfig::default()
@@ -1015,7 +1015,7 @@ async fn settlers(
         let (chain, d, treasury) = crate::outbox::deploy(&url).await;
         crate::outbox::deposit(&chain, &d, treasury, treasury, 1_000_000).await;
         let rpc = ChainConfig {
-            backend: "rpc".into(),
+            backend: market_engine::chain::ChainBackend::Rpc,
             rpc_url: url,
             settlement_address: d.settlement.to_string(),
             custody_key_file,

@@ -139,7 +139,7 @@ async fn record(store: &Store, slot: u64) -> BatchRecord {
 /// custody master secret, kept in a file of this test process).
 async fn settler(store: &Store, url: &str, d: &Deployment, confirmations: u64) -> ChainSettler {
     let config = ChainConfig {
-        backend: "rpc".into(),
+        backend: market_engine::chain::ChainBackend::Rpc,
         rpc_url: url.into(),
         settlement_address: d.settlement.to_string(),
         confirmations,
@@ -522,7 +522,7 @@ async fn custodial_accounts_are_opened_with_their_keys_and_the_batch_settles() {
         // for it, and the batch naming it waits (retryably) until its owner opens it.
         let supplier = PrivateKeySigner::random();
         let config = ChainConfig {
-            backend: "rpc".into(),
+            backend: market_engine::chain::ChainBackend::Rpc,
             rpc_url: url.into(),
             settlement_address: d.settlement.to_string(),
             custody_key_file: Some(custody_file()),
@@ -662,9 +662,15 @@ async fn me_shows_the_chain_address_and_the_household_exports_a_key_that_control
     // The session alone is not enough; a wrong password gets nothing.
     let (status, body, _) = call(&app, "POST", export, Some(&session), None).await;
     assert!(status.is_client_error(), "{status} {body}");
+    // Regression: a wrong password was 401, which the web app takes for an ended session and
+    // signs out; the session is fine, the password field is wrong.
     let wrong = json!({"password": "battery staple"});
     let (status, body, _) = call(&app, "POST", export, Some(&session), Some(wrong)).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("password: "),
+        "{body}"
+    );
     assert!(body.get("private_key").is_none(), "{body}");
     let (status, body, _) = call(&app, "POST", export, None, Some(right.clone())).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");

@@ -309,7 +309,7 @@ async fn the_engine_proves_each_epoch_once_from_its_readings_on_the_embedded_cha
     for (i, url) in crate::databases(dir.path()).await.into_iter().enumerate() {
         let store = Store::open(&url).await.unwrap();
         let embedded = ChainConfig {
-            backend: "embedded".into(),
+            backend: market_engine::chain::ChainBackend::Embedded,
             state_file: dir.path().join(format!("chain-{i}.json")),
             embedded_epoch_s: EPOCH_S,
             ..ChainConfig::default()
@@ -372,7 +372,7 @@ async fn the_engine_proves_each_epoch_once_from_its_readings_on_the_embedded_cha
     let owner = owner_signer.address();
     let owner_chain = RpcChain::connect(&node.url, Some(owner_signer)).unwrap();
     let rpc = ChainConfig {
-        backend: "rpc".into(),
+        backend: market_engine::chain::ChainBackend::Rpc,
         rpc_url: node.url.clone(),
         settlement_address: d.settlement.to_string(),
         // The custody secret beside it, in the test's directory (not the source tree).
@@ -497,7 +497,7 @@ async fn a_running_engine_proves_its_meters_epochs_and_a_restart_neither_repeats
     let community = unique("prove");
     let db = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
     let mut config = engine_config(&community, &db);
-    config.chain.backend = "embedded".into();
+    config.chain.backend = market_engine::chain::ChainBackend::Embedded;
     config.chain.state_file = dir.path().join("chain.json");
     config.chain.embedded_epoch_s = EPOCH_S;
     config.chain.prove_after_s = SETTINGS.after_s;

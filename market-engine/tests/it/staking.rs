@@ -85,7 +85,7 @@ async fn a_meters_stake_and_rewards_come_from_the_staking_contract() {
     let settler = Arc::new(
         ChainSettler::open(
             &ChainConfig {
-                backend: "embedded".into(),
+                backend: market_engine::chain::ChainBackend::Embedded,
                 state_file: dir.path().join("chain.json"),
                 ..ChainConfig::default()
             },

@@ -29,7 +29,7 @@ async fn the_engine_has_a_meter_that_signs_two_different_readings_slashed() {
         &community,
         &format!("sqlite://{}", dir.path().join("engine.sqlite").display()),
     );
-    config.chain.backend = "embedded".into();
+    config.chain.backend = market_engine::chain::ChainBackend::Embedded;
     config.chain.state_file = dir.path().join("chain.json");
     let engine = Engine::start(&config).await.unwrap();
     let target = engine

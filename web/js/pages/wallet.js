@@ -7,12 +7,46 @@ import { h, field, form, submitting, showError, table, toast, money, wh, dateTim
 import { subscribe } from '../live.js';
 import { clock, ranges } from './home.js';
 
+/**
+ * Links the browser's wallet (EIP-1193 `window.ethereum`) as this account's chain address:
+ * asks it for an account, has it sign the engine's challenge (EIP-712 typed data, the
+ * Settlement contract's domain), then sends the signatures. Returns the linked address, or
+ * null when the household declined in its wallet.
+ */
+async function linkBrowserWallet(status) {
+  const wallet = window.ethereum;
+  if (!wallet || typeof wallet.request !== 'function') throw new Error(t('no_browser_wallet'));
+  const declined = (err) => err && (err.code === 4001 || err.code === 'ACTION_REJECTED');
+  try {
+    status.textContent = t('wallet_asking');
+    const [address] = await wallet.request({ method: 'eth_requestAccounts' });
+    if (!address) throw new Error(t('no_browser_wallet'));
+    const challenge = await post('/me/wallet/challenge', { address });
+    status.textContent = t('wallet_signing');
+    const sign = (typed) => wallet.request({ method: 'eth_signTypedData_v4', params: [address, JSON.stringify(typed)] });
+    const linkSignature = await sign(challenge.link);
+    const openSignature = challenge.open ? await sign(challenge.open) : undefined;
+    await post('/me/wallet', { address, nonce: challenge.nonce, link_signature: linkSignature, ...(openSignature ? { open_signature: openSignature } : {}) });
+    status.textContent = '';
+    return address;
+  } catch (err) {
+    if (declined(err)) {
+      status.textContent = t('wallet_declined');
+      return null;
+    }
+    throw err;
+  }
+}
+
 export async function render(main) {
   const funds = h('div', { id: 'funds' });
   const funding = h('div', { id: 'funding' });
   const settled = h('div', { id: 'settlements' });
   const stakes = h('div', { id: 'stakes' });
   const csv = h('p', { id: 'csv' });
+  const address = h('div', { id: 'chain-address' });
+  // A household with a wallet of its own withdraws from it; the engine holds no key to ask with.
+  const ownWithdraw = h('p', { class: 'hint', id: 'withdraw-own', hidden: true });
   const amount = h('input', { type: 'number', min: 1, step: 1, inputmode: 'numeric', required: true });
   const wf = form({ id: 'withdraw-form' }, field('amount', t('amount'), amount, t('withdraw_hint')), h('div', {}, h('button', { type: 'submit' }, t('withdraw'))));
   wf.addEventListener('submit', (e) => {
@@ -29,7 +63,8 @@ export async function render(main) {
   });
   main.append(h('h1', {}, t('nav_wallet')), h('div', { class: 'grid' },
     h('section', { class: 'card', 'aria-labelledby': 'funds-h' }, h('h2', { id: 'funds-h' }, t('funds')), funds),
-    h('section', { class: 'card', 'aria-labelledby': 'wd-h' }, h('h2', { id: 'wd-h' }, t('withdraw')), wf),
+    h('section', { class: 'card', 'aria-labelledby': 'wd-h' }, h('h2', { id: 'wd-h' }, t('withdraw')), wf, ownWithdraw),
+    h('section', { class: 'card wide', 'aria-labelledby': 'addr-h', hidden: true }, h('h2', { id: 'addr-h' }, t('chain_address')), address),
     h('section', { class: 'card wide', 'aria-labelledby': 'set-h' }, h('h2', { id: 'set-h' }, t('settlements')), h('p', { class: 'hint' }, t('settlements_hint')), settled),
     h('section', { class: 'card wide', 'aria-labelledby': 'stake-h' }, h('h2', { id: 'stake-h' }, t('stake_rewards')), h('p', { class: 'hint' }, t('stake_hint')), stakes),
     h('section', { class: 'card wide', 'aria-labelledby': 'fund-h' }, h('h2', { id: 'fund-h' }, t('deposits_withdrawals')), funding),
@@ -60,7 +95,8 @@ export async function render(main) {
       ...(b.withdrawal_pending ? [[t('withdrawal_pending'), money(b.withdrawal_pending), 'f-withdrawing']] : []),
       [t('available'), money(b.available), 'f-available']]),
     h('p', { class: 'hint' }, t('funds_hint')),
-    ...(chain && chain.address ? [h('p', { class: 'hint', id: 'chain-money' }, t('chain_money', { contract: chain.settlement_contract || '', address: chain.address }), chain.custodial ? ' ' + t('custodial_note') : '')] : []));
+    ...(chain && chain.address ? [h('p', { class: 'hint', id: 'chain-money' }, t('chain_money', { contract: chain.settlement_contract || '', address: chain.address }))] : []));
+    showAddress(chain);
     funding.replaceChildren(f.funding.length === 0 ? h('p', { class: 'muted' }, t('none')) : table(t('deposits_withdrawals'), [t('when'), t('kind'), t('amount'), t('reference')],
       f.funding.map((x) => [dateTime(x.at_ms), x.amount > 0 ? t('deposit') : t('withdrawal'), money(Math.abs(x.amount)), x.reference]), [2]));
     const queued = new Map(batches.settlements.map((x) => [x.slot, x]));
@@ -73,6 +109,55 @@ export async function render(main) {
           x.bought_wh || x.sold_wh ? inclusionCell(x.slot) : t('no_trades_short')] };
       }), [1, 2, 3, 4, 5, 6]));
   }
+  /**
+   * The account's chain address: held by the engine (custodial) or the household's own wallet.
+   * A custodial household links a wallet of its own from the browser (EIP-1193: the wallet signs
+   * the engine's EIP-712 challenge, and the account's OpenAccount for the Settlement contract),
+   * or exports the custodial key to import it into a wallet.
+   */
+  function showAddress(chain) {
+    address.parentElement.hidden = !(chain && chain.address);
+    const own = Boolean(chain && chain.address && !chain.custodial);
+    wf.hidden = own;
+    ownWithdraw.hidden = !own;
+    if (own) ownWithdraw.textContent = t('withdraw_own', { contract: chain.settlement_contract || '' });
+    if (!chain || !chain.address) return;
+    const status = h('p', { id: 'address-status', 'aria-live': 'polite' });
+    const parts = [h('p', {}, h('code', { class: 'address' }, chain.address), ' ', h('span', { class: 'pill' }, chain.custodial ? t('custodial') : t('own_wallet'))),
+      h('p', { class: 'hint' }, chain.custodial ? t('custodial_hint') : t('own_wallet_hint'))];
+    if (chain.custodial) {
+      const linkButton = h('button', { type: 'button', id: 'link-wallet' }, t('link_wallet'));
+      linkButton.addEventListener('click', async () => {
+        linkButton.disabled = true;
+        status.textContent = '';
+        try {
+          const linked = await linkBrowserWallet(status);
+          if (linked) {
+            toast(t('wallet_linked', { address: linked }));
+            await refresh();
+          }
+        } catch (err) {
+          status.textContent = err.message || String(err);
+        } finally {
+          linkButton.disabled = false;
+        }
+      });
+      const password = h('input', { type: 'password', autocomplete: 'current-password', required: true });
+      const shown = h('div', { id: 'exported-key' });
+      const ef = form({ id: 'export-key-form' }, field('password', t('password_again'), password, t('export_key_hint')), h('div', {}, h('button', { type: 'submit', class: 'secondary' }, t('export_key'))), shown);
+      ef.addEventListener('submit', (e) => {
+        e.preventDefault();
+        submitting(ef, async () => {
+          const r = await post('/me/custodial-key/export', { password: password.value });
+          password.value = '';
+          shown.replaceChildren(h('p', { class: 'neg' }, t('exported_key_warning')), h('p', {}, h('code', { class: 'secret', id: 'private-key' }, r.private_key)));
+        }, () => 'password');
+      });
+      parts.push(h('div', { class: 'actions' }, linkButton), status, h('details', {}, h('summary', {}, t('export_key')), ef));
+    }
+    address.replaceChildren(...parts);
+  }
+
   /** Each of my meters' stake and rewards, read from the staking contract by the engine. */
   async function refreshStakes() {
     const { meters } = await get('/meters');
