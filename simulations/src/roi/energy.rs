@@ -291,6 +291,15 @@ fn variant(
         }
     }
     let battery_kwh = if battery { input.battery_kwh } else { 0.0 };
+    if !trading {
+        // Design: a household that trades with nobody settles only with the utility, slot by
+        // slot at the slot's own tariffs, and its self-consumption battery follows its own
+        // meter: nothing of its year depends on the neighbours, whose trading cost two thirds
+        // of the three years' work. It is simulated alone (the test below checks that alone
+        // and in the street give the same year).
+        s.groups.clear();
+        s.grid_households = None;
+    }
     s.groups.push(HouseholdGroup {
         name: NAME.into(),
         count: 1,
@@ -402,6 +411,29 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &again), "parsed a second time");
         assert_eq!(first.name, "our-street");
         assert_eq!(first.profiles.len(), 35_040);
+    }
+
+    /// The household that keeps everything with the utility is simulated alone: its year is
+    /// the one it has among its trading neighbours, to the Wh and the token unit.
+    #[test]
+    fn a_household_that_does_not_trade_has_the_same_year_alone_as_in_the_street() {
+        let n = Neighbourhood::shipped_shared("our-street").unwrap();
+        let input = RoiInput::default();
+        for battery in [true, false] {
+            let alone = variant(&n, &input, battery, false).unwrap();
+            assert_eq!(alone.groups.len(), 1);
+            let mut street = variant(&n, &input, battery, true).unwrap();
+            let household = street.groups.last_mut().unwrap();
+            household.agent = AgentName::None;
+            let run = |s: &Scenario| sim::run_with(s, n.grid.clone(), &n.profiles, |_| {}).unwrap();
+            let (a, b) = (run(&alone), run(&street));
+            assert!(b.households.len() > 1);
+            assert_eq!(
+                household_of(&a).totals,
+                household_of(&b).totals,
+                "battery {battery}"
+            );
+        }
     }
 
     #[test]
