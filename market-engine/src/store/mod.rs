@@ -81,7 +81,7 @@ impl StoreError {
 
 /// Whether `e` says storage failed rather than the statement: see
 /// [`StoreError::is_unavailable`].
-pub fn storage_failure(e: &sqlx::Error) -> bool {
+fn storage_failure(e: &sqlx::Error) -> bool {
     use sqlx::Error as E;
     match e {
         E::Io(_)
