@@ -1023,7 +1023,9 @@ async fn settlements(
     for (slot, accounts, debits, queued_ms) in
         state.market.settlements(page.after, page.limit).await?
     {
-        let chain = crate::chain::outbox::record(&state.store, slot)
+        let chain = state
+            .store
+            .settlement_batch(slot)
             .await?
             .map(|r| r.to_json());
         batches.push(json!({
@@ -1046,13 +1048,17 @@ async fn resend_settlement(
             "only the community operator re-sends settlement batches".into(),
         ));
     }
-    if !crate::chain::outbox::resend(&state.store, slot, crate::pipeline::now_ms()).await? {
+    if !state
+        .store
+        .resend_settlement_batch(slot, crate::pipeline::now_ms())
+        .await?
+    {
         return Err(ApiError::NotFound(format!(
             "slot {slot} has no settlement batch waiting to be sent (it is not in the outbox, \
              or it is already sent or confirmed)"
         )));
     }
-    let record = crate::chain::outbox::record(&state.store, slot).await?;
+    let record = state.store.settlement_batch(slot).await?;
     Ok(Json(
         json!({ "slot": slot, "chain": record.map(|r| r.to_json()) }),
     ))

@@ -5,7 +5,8 @@
 //! restarts without persistence while the engine is away loses what it had queued. The engine
 //! sees this as a gap in a meter's sequence numbers: the sequence numbers it has stored for the
 //! meter, from the lowest to the highest, miss some. Each gap is a row of `reading_gaps`,
-//! kept in the transaction that stores the readings ([`record`]), so the table is always
+//! kept in the transaction that stores the readings ([`plan`], applied by
+//! [`Store::store_readings`]), so the table is always
 //! exactly the missing sequence numbers. A background task ([`run`]) asks the meter's agent
 //! for them on the meter's `resend` topic ([`gridshare_core::mqtt::ResendRequest`]); the agent
 //! keeps acknowledged readings for its `resend_retention_s` and publishes the very same signed
@@ -26,7 +27,6 @@ use std::time::Duration;
 
 use gridshare_core::mqtt::{MAX_RESEND_RANGES, MAX_RESEND_READINGS, MeterTopics, ResendRequest};
 use rumqttc::{AsyncClient, QoS};
-use sqlx::Row;
 use tokio::sync::watch;
 
 use crate::store::{Store, StoreError};
@@ -92,91 +92,6 @@ pub fn plan(
     }
 }
 
-/// Records what storing reading `seq` of `meter` (received at `now_ms`) does to the meter's
-/// gaps, in the transaction that stores it. `before` and `after` are the meter's stored
-/// neighbours; `known_highest` says the caller knows `seq` is above every stored reading (then
-/// no stored gap can contain it and none is looked up). Returns whether it filled a gap.
-pub(crate) async fn record(
-    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
-    meter: &str,
-    seq: u64,
-    before: Option<u64>,
-    after: Option<u64>,
-    known_highest: bool,
-    now_ms: u64,
-) -> Result<bool, StoreError> {
-    let s = crate::store::checked_i64(seq, "seq")?;
-    let containing = if known_highest {
-        None
-    } else {
-        sqlx::query(
-            "SELECT first_seq, last_seq, detected_ms, requests, last_request_ms, \
-             next_request_ms, unfillable_ms FROM reading_gaps \
-             WHERE meter_id = $1 AND first_seq <= $2 AND last_seq >= $2",
-        )
-        .bind(meter)
-        .bind(s)
-        .fetch_optional(&mut **tx)
-        .await?
-    };
-    let range = containing
-        .as_ref()
-        .map(|r| -> Result<SeqRange, StoreError> {
-            Ok((u64_of(r.try_get(0)?)?, u64_of(r.try_get(1)?)?))
-        })
-        .transpose()?;
-    let update = plan(seq, range, before, after);
-    if update.add.is_empty() && update.fills.is_none() {
-        return Ok(false);
-    }
-    let now = crate::store::checked_i64(now_ms, "time")?;
-    // A new gap is asked for at once; the pieces of a gap keep its history, but the part above
-    // an answer that is still arriving waits for the rest of the answer first.
-    let (detected, requests, last_request, mut next_request, unfillable) = match &containing {
-        Some(r) => (
-            r.try_get::<i64, _>(2)?,
-            r.try_get::<i64, _>(3)?,
-            r.try_get::<Option<i64>, _>(4)?,
-            r.try_get::<i64, _>(5)?,
-            r.try_get::<Option<i64>, _>(6)?,
-        ),
-        None => (now, 0, None, now, None),
-    };
-    if let Some(first) = update.fills {
-        sqlx::query("DELETE FROM reading_gaps WHERE meter_id = $1 AND first_seq = $2")
-            .bind(meter)
-            .bind(crate::store::checked_i64(first, "seq")?)
-            .execute(&mut **tx)
-            .await?;
-    }
-    for (first, last) in &update.add {
-        if update.fills.is_some() && *first > seq {
-            next_request =
-                next_request.min(now.saturating_add(i64::try_from(ANSWER_SETTLE_MS).unwrap_or(0)));
-        }
-        sqlx::query(
-            "INSERT INTO reading_gaps (meter_id, first_seq, last_seq, detected_ms, requests, \
-             last_request_ms, next_request_ms, unfillable_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(meter)
-        .bind(crate::store::checked_i64(*first, "seq")?)
-        .bind(crate::store::checked_i64(*last, "seq")?)
-        .bind(detected)
-        .bind(requests)
-        .bind(last_request)
-        .bind(next_request)
-        .bind(unfillable)
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(update.fills.is_some())
-}
-
-fn u64_of(v: i64) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| StoreError::Corrupt(format!("reading gap bound {v}")))
-}
-
 /// One gap as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Gap {
@@ -201,40 +116,6 @@ pub struct Gap {
     pub unfillable_ms: Option<u64>,
 }
 
-/// The gaps of every meter, or of one, lowest first; at most `limit`.
-pub async fn list(store: &Store, meter: Option<&str>, limit: u32) -> Result<Vec<Gap>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT meter_id, first_seq, last_seq, detected_ms, requests, last_request_ms, \
-         unfillable_ms FROM reading_gaps WHERE ($1 = '' OR meter_id = $1) \
-         ORDER BY meter_id, first_seq LIMIT $2",
-    )
-    .bind(meter.unwrap_or(""))
-    .bind(i64::from(limit))
-    .fetch_all(store.pool())
-    .await?;
-    rows.iter()
-        .map(|r| {
-            let (first, last) = (u64_of(r.try_get(1)?)?, u64_of(r.try_get(2)?)?);
-            let unfillable_ms = r.try_get::<Option<i64>, _>(6)?.map(u64_of).transpose()?;
-            Ok(Gap {
-                meter_id: r.try_get(0)?,
-                first_seq: first,
-                last_seq: last,
-                missing: last.saturating_sub(first).saturating_add(1),
-                detected_ms: u64_of(r.try_get(3)?)?,
-                requests: u64_of(r.try_get(4)?)?,
-                last_request_ms: r.try_get::<Option<i64>, _>(5)?.map(u64_of).transpose()?,
-                status: if unfillable_ms.is_some() {
-                    "unfillable"
-                } else {
-                    "requesting"
-                },
-                unfillable_ms,
-            })
-        })
-        .collect()
-}
-
 /// Totals over every meter's gaps, for `/metrics`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct GapTotals {
@@ -250,39 +131,6 @@ pub struct GapTotals {
     pub unfillable_missing: u64,
     /// Meters with at least one gap given up.
     pub meters_with_unfillable_gaps: u64,
-}
-
-/// The totals.
-pub async fn totals(store: &Store) -> Result<GapTotals, StoreError> {
-    let rows = sqlx::query(
-        "SELECT unfillable_ms IS NULL, COUNT(*), \
-         CAST(COALESCE(SUM(last_seq - first_seq + 1), 0) AS BIGINT), COUNT(DISTINCT meter_id) \
-         FROM reading_gaps GROUP BY unfillable_ms IS NULL",
-    )
-    .fetch_all(store.pool())
-    .await?;
-    let mut t = GapTotals::default();
-    for r in rows {
-        // SQLite answers the boolean as an integer, PostgreSQL as a boolean.
-        let open = r
-            .try_get::<bool, _>(0)
-            .or_else(|_| r.try_get::<i64, _>(0).map(|v| v != 0))?;
-        let (gaps, missing, meters) = (
-            u64_of(r.try_get(1)?)?,
-            u64_of(r.try_get(2)?)?,
-            u64_of(r.try_get(3)?)?,
-        );
-        if open {
-            (t.open_gaps, t.open_missing, t.meters_with_open_gaps) = (gaps, missing, meters);
-        } else {
-            (
-                t.unfillable_gaps,
-                t.unfillable_missing,
-                t.meters_with_unfillable_gaps,
-            ) = (gaps, missing, meters);
-        }
-    }
-    Ok(t)
 }
 
 /// Counters of the requests, for `/metrics`.
@@ -409,15 +257,7 @@ impl Requester {
     pub async fn tick(&self, now_ms: u64) -> Result<usize, StoreError> {
         let now = crate::store::checked_i64(now_ms, "time")?;
         let cutoff = now.saturating_sub(i64::try_from(self.give_up_after_ms).unwrap_or(i64::MAX));
-        let given_up = sqlx::query(
-            "UPDATE reading_gaps SET unfillable_ms = $1 \
-             WHERE unfillable_ms IS NULL AND detected_ms < $2",
-        )
-        .bind(now)
-        .bind(cutoff)
-        .execute(self.store.pool())
-        .await?
-        .rows_affected();
+        let given_up = self.store.give_up_gaps(now, cutoff).await?;
         if given_up > 0 {
             self.metrics
                 .gaps
@@ -430,35 +270,13 @@ impl Requester {
         };
         // The meters whose gaps are due longest, then each one's lowest due gaps: a meter with
         // thousands of gaps takes one request a tick like any other.
-        let meters = sqlx::query(
-            "SELECT meter_id, MIN(next_request_ms) AS due FROM reading_gaps \
-             WHERE unfillable_ms IS NULL AND next_request_ms <= $1 \
-             GROUP BY meter_id ORDER BY due, meter_id LIMIT $2",
-        )
-        .bind(now)
-        .bind(i64::try_from(METERS_PER_TICK).unwrap_or(i64::MAX))
-        .fetch_all(self.store.pool())
-        .await?;
         let mut due = Vec::new();
-        for meter in &meters {
-            let meter: String = meter.try_get(0)?;
-            let rows = sqlx::query(
-                "SELECT first_seq, last_seq, requests FROM reading_gaps \
-                 WHERE meter_id = $1 AND unfillable_ms IS NULL AND next_request_ms <= $2 \
-                 ORDER BY first_seq LIMIT $3",
-            )
-            .bind(meter.as_str())
-            .bind(now)
-            .bind(i64::try_from(MAX_RESEND_RANGES).unwrap_or(i64::MAX))
-            .fetch_all(self.store.pool())
-            .await?;
-            for r in rows {
-                due.push(DueGap {
-                    meter_id: meter.clone(),
-                    range: (u64_of(r.try_get(0)?)?, u64_of(r.try_get(1)?)?),
-                    requests: u64_of(r.try_get(2)?)?,
-                });
-            }
+        for meter in self
+            .store
+            .meters_with_due_gaps(now, METERS_PER_TICK)
+            .await?
+        {
+            due.extend(self.store.due_gaps(&meter, now, MAX_RESEND_RANGES).await?);
         }
         let mut sent = 0;
         for planned in plan_requests(&due, METERS_PER_TICK) {
@@ -476,22 +294,9 @@ impl Requester {
                 planned.request.ranges.iter().map(|(a, b)| b - a + 1).sum(),
                 Ordering::Relaxed,
             );
-            let mut tx = self.store.begin().await?;
-            for (first, requests) in &planned.gaps {
-                let requests = requests.saturating_add(1);
-                sqlx::query(
-                    "UPDATE reading_gaps SET requests = $1, last_request_ms = $2, \
-                     next_request_ms = $3 WHERE meter_id = $4 AND first_seq = $5",
-                )
-                .bind(crate::store::checked_i64(requests, "requests")?)
-                .bind(now)
-                .bind(now.saturating_add(i64::try_from(pause_ms(requests)).unwrap_or(i64::MAX)))
-                .bind(planned.meter_id.as_str())
-                .bind(crate::store::checked_i64(*first, "seq")?)
-                .execute(&mut *tx)
+            self.store
+                .record_gap_requests(&planned.meter_id, &planned.gaps, now)
                 .await?;
-            }
-            tx.commit().await?;
             tracing::info!(target: "ingest", meter = %planned.meter_id, ranges = ?planned.request.ranges, "asked the agent to send missing readings again");
         }
         Ok(sent)

@@ -234,7 +234,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
             database_url,
             action,
         } => {
-            use market_engine::chain::outbox;
             let mut c = load(config.as_deref())?;
             if let Some(url) = database_url {
                 c.database.url = url;
@@ -242,7 +241,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let store = market_engine::store::Store::open_existing(&c.database.url).await?;
             match action {
                 SettlementAction::List => {
-                    let open = outbox::open_batches(&store).await?;
+                    let open = store.open_settlement_batches().await?;
                     if open.is_empty() {
                         println!("every settlement batch is confirmed on chain");
                     }
@@ -312,7 +311,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     }
                 }
                 SettlementAction::Resend { slot } => {
-                    if outbox::resend(&store, slot, market_engine::pipeline::now_ms()).await? {
+                    if store
+                        .resend_settlement_batch(slot, market_engine::pipeline::now_ms())
+                        .await?
+                    {
                         println!("slot {slot}: batch will be sent again at the next step");
                     } else {
                         anyhow::bail!(

@@ -115,7 +115,7 @@ impl Snapshot {
             ingest.gaps.given_up.load(Ordering::Relaxed),
         );
         // A scrape while storage fails reports no gap totals rather than zeros.
-        if let Ok(t) = crate::gaps::totals(&state.store).await {
+        if let Ok(t) = state.store.gap_totals().await {
             s.gauge(
                 "gridshare_reading_gaps_open",
                 "Gaps in meters' sequence numbers still asked for (GET /api/v1/operator/gaps).",

@@ -27,12 +27,12 @@ use gridshare_contracts::staking::{StakingClient, describe, text_id};
 use gridshare_core::reading::SignedReading;
 use gridshare_operator::proof::{LastProven, PlanError, ProofPlan, Schedule, plan_epoch};
 use serde::Serialize;
-use sqlx::Row;
 use tokio::sync::watch;
 
 use crate::chain::{ChainHandle, ChainSettler, SettlerError};
 use crate::metrics::ChainMetrics;
-use crate::store::{Store, StoreError, checked_i64};
+use crate::store::settlement::ProofAttempt;
+use crate::store::{Store, StoreError};
 
 /// Readings fetched on each side of an epoch boundary: enough to step over a few whose clock
 /// was not synchronised or whose counters were not readable.
@@ -88,39 +88,7 @@ pub struct ProofRecord {
     pub next_attempt_ms: Option<u64>,
 }
 
-/// The latest `limit` proof records of a meter, newest epoch first.
-pub async fn records(
-    store: &Store,
-    meter: &str,
-    limit: u32,
-) -> Result<Vec<ProofRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT epoch, status, attempts, end_seq, tx_hash, credited_wh, last_error, \
-         next_attempt_ms FROM epoch_proofs WHERE meter_id = $1 ORDER BY epoch DESC LIMIT $2",
-    )
-    .bind(meter)
-    .bind(i64::from(limit))
-    .fetch_all(store.pool())
-    .await?;
-    let u = |v: i64| u64::try_from(v).unwrap_or(0);
-    rows.iter()
-        .map(|r| {
-            let status: String = r.try_get(1)?;
-            let next: i64 = r.try_get(7)?;
-            Ok(ProofRecord {
-                epoch: u(r.try_get(0)?),
-                attempts: u(r.try_get(2)?),
-                end_seq: u(r.try_get(3)?),
-                tx_hash: r.try_get(4)?,
-                credited_wh: r.try_get::<Option<i64>, _>(5)?.map(u),
-                last_error: r.try_get(6)?,
-                next_attempt_ms: (status == "failed").then_some(u(next)),
-                status,
-            })
-        })
-        .collect()
-}
-
+/// Keeps an attempt at proving `meter`'s `epoch`.
 async fn record(
     store: &Store,
     meter: &str,
@@ -141,35 +109,15 @@ async fn record(
             retry_at_ms,
         } => ("failed", end_seq, None, None, Some(error), retry_at_ms),
     };
-    // A new attempt counts when a transaction is about to go out.
-    let counts = i64::from(status == "sending");
-    sqlx::query(
-        "INSERT INTO epoch_proofs (meter_id, epoch, status, attempts, end_seq, tx_hash, \
-         credited_wh, last_error, next_attempt_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
-         ON CONFLICT (meter_id, epoch) DO UPDATE SET status = excluded.status, \
-         attempts = epoch_proofs.attempts + excluded.attempts, end_seq = excluded.end_seq, \
-         tx_hash = excluded.tx_hash, credited_wh = excluded.credited_wh, \
-         last_error = COALESCE(excluded.last_error, epoch_proofs.last_error), \
-         next_attempt_ms = excluded.next_attempt_ms, updated_ms = excluded.updated_ms",
-    )
-    .bind(meter)
-    .bind(checked_i64(epoch, "epoch")?)
-    .bind(status)
-    .bind(counts)
-    .bind(checked_i64(end_seq, "seq")?)
-    .bind(tx)
-    .bind(
-        credited
-            .map(|c| checked_i64(c, "credited_wh"))
-            .transpose()?,
-    )
-    .bind(error)
-    .bind(checked_i64(next, "next_attempt_ms")?)
-    .bind(checked_i64(now_ms, "updated_ms")?)
-    .execute(store.pool())
-    .await?;
-    Ok(())
+    let attempt = ProofAttempt {
+        status,
+        end_seq,
+        tx_hash: tx,
+        credited_wh: credited,
+        error,
+        next_attempt_ms: next,
+    };
+    store.record_proof(meter, epoch, attempt, now_ms).await
 }
 
 enum Attempt<'a> {
@@ -190,32 +138,16 @@ enum Attempt<'a> {
 
 /// When a failed proof of `epoch` may be tried again (chain time, s), if it failed.
 async fn retry_at(store: &Store, meter: &str, epoch: u64) -> Result<Option<u64>, StoreError> {
-    let row = sqlx::query(
-        "SELECT next_attempt_ms FROM epoch_proofs WHERE meter_id = $1 AND epoch = $2 \
-         AND status = 'failed'",
-    )
-    .bind(meter)
-    .bind(checked_i64(epoch, "epoch")?)
-    .fetch_optional(store.pool())
-    .await?;
-    Ok(row
-        .map(|r| r.try_get::<i64, _>(0))
-        .transpose()?
-        .map(|v| u64::try_from(v).unwrap_or(0) / 1000))
+    Ok(store
+        .proof_retry_at_ms(meter, epoch)
+        .await?
+        .map(|ms| ms / 1000))
 }
 
 /// Marks a proof sent before a restart as proved when the chain has it: the meter's last
 /// proven reading is at or past the reading that proof ended at.
 async fn settle_sending(store: &Store, meter: &str, proven_seq: u64) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE epoch_proofs SET status = 'proved' WHERE meter_id = $1 AND status = 'sending' \
-         AND end_seq <= $2",
-    )
-    .bind(meter)
-    .bind(checked_i64(proven_seq, "seq")?)
-    .execute(store.pool())
-    .await?;
-    Ok(())
+    store.mark_sent_proofs_proved(meter, proven_seq).await
 }
 
 /// The stored readings of `meter` around `epoch`: the last ones inside it after
@@ -230,30 +162,13 @@ async fn readings_near(
     let starts_ms = (schedule.genesis + epoch * schedule.epoch_duration) * 1000;
     let ends_ms = starts_ms + schedule.epoch_duration * 1000;
     let from_ms = last.map_or(starts_ms, |l| l.timestamp_ms.max(starts_ms));
-    let query = |sql: &'static str, lo: u64, hi: u64| {
-        let (lo, hi) = (checked_i64(lo, "timestamp"), checked_i64(hi, "timestamp"));
-        async move {
-            let rows = sqlx::query(sql)
-                .bind(meter)
-                .bind(lo?)
-                .bind(hi?)
-                .bind(BOUNDARY_READINGS)
-                .fetch_all(store.pool())
-                .await?;
-            rows.iter()
-                .map(|r| r.try_get::<String, _>(0))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(StoreError::from)
-        }
+    let query = |lo: u64, hi: u64, newest: bool| {
+        store.readings_taken_between(meter, lo, hi, BOUNDARY_READINGS, newest)
     };
-    const NEWEST: &str = "SELECT envelope FROM readings WHERE meter_id = $1 AND timestamp_ms >= $2 \
-         AND timestamp_ms < $3 ORDER BY timestamp_ms DESC, seq DESC LIMIT $4";
-    const OLDEST: &str = "SELECT envelope FROM readings WHERE meter_id = $1 AND timestamp_ms >= $2 \
-         AND timestamp_ms < $3 ORDER BY timestamp_ms, seq LIMIT $4";
-    let mut envelopes = query(NEWEST, from_ms, ends_ms).await?;
+    let mut envelopes = query(from_ms, ends_ms, true).await?;
     if last.is_none() {
-        envelopes.extend(query(NEWEST, 0, starts_ms).await?);
-        envelopes.extend(query(OLDEST, starts_ms, ends_ms).await?);
+        envelopes.extend(query(0, starts_ms, true).await?);
+        envelopes.extend(query(starts_ms, ends_ms, false).await?);
     }
     // Stored readings passed the ingest's checks; one that no longer parses is skipped.
     Ok(envelopes

@@ -499,7 +499,7 @@ async fn settle_on_chain(
                 tracing::warn!(target: "chain", "settlement outbox: {e}");
             }
         }
-        match crate::chain::outbox::open_batches(&store).await {
+        match store.open_settlement_batches().await {
             Ok(open) => {
                 let count = |f: &dyn Fn(&crate::chain::outbox::BatchRecord) -> bool| {
                     u64::try_from(open.iter().filter(|r| f(r)).count()).unwrap_or(u64::MAX)

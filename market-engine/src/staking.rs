@@ -180,7 +180,7 @@ async fn stake(
     let mut answer = answer?;
     // The engine's own proofs of the meter's epochs ([`crate::prover`]): what it tried, and
     // why a proof failed.
-    let proofs = crate::prover::records(&state.store, &meter_id, PROOFS_SHOWN).await?;
+    let proofs = state.store.proof_records(&meter_id, PROOFS_SHOWN).await?;
     if let Some(out) = answer.as_object_mut()
         && out.get("registered") == Some(&json!(true))
     {

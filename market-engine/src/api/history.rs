@@ -18,12 +18,12 @@ use axum::{Json, Router};
 use gridshare_core::market::amount_for;
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::Row;
 
 use super::{ApiError, AppState, Authenticated, now_s};
 use crate::market::MarketConfig;
 use crate::pipeline::now_ms;
 use crate::store::AccountRow;
+use crate::store::history::CounterSet;
 
 /// Most slots one range request may cover: a year of 15-minute slots.
 pub const MAX_SLOTS: u64 = 35_136;
@@ -99,35 +99,6 @@ fn settings_for(versions: &[(u64, MarketConfig)], slot: u64) -> MarketConfig {
         .unwrap_or_default()
 }
 
-/// Status and clearing price of the slots in a range that closed (the rest are open).
-async fn slot_rows(
-    state: &AppState,
-    from: u64,
-    to: u64,
-) -> Result<HashMap<u64, (String, Option<u64>)>, ApiError> {
-    let rows = sqlx::query(
-        "SELECT slot, status, clearing_price FROM slots WHERE slot >= $1 AND slot <= $2",
-    )
-    .bind(i64_of(from))
-    .bind(i64_of(to))
-    .fetch_all(state.store.pool())
-    .await
-    .map_err(db)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| {
-            (
-                u64_of(r.get(0)),
-                (r.get(1), r.get::<Option<i64>, _>(2).map(u64_of)),
-            )
-        })
-        .collect())
-}
-
-fn db(e: sqlx::Error) -> ApiError {
-    ApiError::from(crate::store::StoreError::Database(e))
-}
-
 /// Per slot of a range: the timeline, status, clearing price, tariffs, grid fee and traded
 /// energy. Public: the market's terms and results are no one's secret.
 async fn slots(
@@ -136,19 +107,8 @@ async fn slots(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let q = RangeQuery::checked(q)?;
     let versions = state.market.settings();
-    let status = slot_rows(&state, q.from, q.to).await?;
-    let traded = sqlx::query(
-        "SELECT slot, CAST(SUM(energy_wh) AS BIGINT), CAST(COUNT(*) AS BIGINT) FROM trades \
-         WHERE slot >= $1 AND slot <= $2 GROUP BY slot",
-    )
-    .bind(i64_of(q.from))
-    .bind(i64_of(q.to))
-    .fetch_all(state.store.pool())
-    .await
-    .map_err(db)?
-    .into_iter()
-    .map(|r| (u64_of(r.get(0)), (u64_of(r.get(1)), u64_of(r.get(2)))))
-    .collect::<HashMap<_, _>>();
+    let status = state.store.closed_slots_between(q.from, q.to).await?;
+    let traded = state.store.traded_per_slot(q.from, q.to).await?;
     let mut out = Vec::new();
     for slot in q.from..=q.to {
         let config = settings_for(&versions, slot);
@@ -183,28 +143,6 @@ async fn slots(
 /// Lifetime import and export counters of one reading.
 type Counters = (u64, u64);
 
-/// Lifetime counters of a meter, by the column names of the readings table.
-#[derive(Clone, Copy)]
-enum CounterSet {
-    /// Grid import and export.
-    Grid,
-    /// Solar production.
-    Solar,
-    /// Battery charge and discharge.
-    Battery,
-}
-
-impl CounterSet {
-    fn columns(self) -> [&'static str; 2] {
-        match self {
-            // The solar set has one counter; the second column repeats it.
-            Self::Grid => ["import_wh", "export_wh"],
-            Self::Solar => ["pv_wh", "pv_wh"],
-            Self::Battery => ["battery_charge_wh", "battery_discharge_wh"],
-        }
-    }
-}
-
 /// Import and export of `meter` per slot of `from..=to` (slot boundaries every `length_s`
 /// seconds from slot 0 at the Unix epoch): the counters of the last reading at or before each
 /// boundary, as settlement takes them. A slot without a reading on both sides has none.
@@ -234,42 +172,23 @@ async fn meter_counters(
             .saturating_mul(length_s)
             .saturating_mul(1000),
     );
-    let [a, b] = set.columns();
-    let pool = state.store.pool();
-    // The column names come from `CounterSet`, never from a request.
-    let before = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT timestamp_ms, {a}, {b} FROM readings WHERE meter_id = $1 \
-         AND timestamp_ms <= $2 AND {a} IS NOT NULL AND {b} IS NOT NULL \
-         ORDER BY timestamp_ms DESC LIMIT 1"
-    )))
-    .bind(meter)
-    .bind(start_ms)
-    .fetch_optional(pool)
-    .await
-    .map_err(db)?;
-    // Only the last reading of each slot (a reading exactly at a boundary closes the slot
-    // before it): one row per slot leaves the database instead of every reading.
-    let inside = sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT r.timestamp_ms, r.{a}, r.{b} FROM readings r JOIN ( \
-           SELECT MAX(timestamp_ms) AS t FROM readings WHERE meter_id = $1 \
-           AND timestamp_ms > $2 AND timestamp_ms <= $3 \
-           AND {a} IS NOT NULL AND {b} IS NOT NULL \
-           GROUP BY (timestamp_ms - 1) / $4) last ON r.timestamp_ms = last.t \
-         WHERE r.meter_id = $1 AND r.{a} IS NOT NULL AND r.{b} IS NOT NULL \
-         ORDER BY r.timestamp_ms, r.seq"
-    )))
-    .bind(meter)
-    .bind(start_ms)
-    .bind(end_ms)
-    .bind(i64_of(length_s.saturating_mul(1000)))
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    let row = |r: &sqlx::any::AnyRow| (r.get::<i64, _>(0), (u64_of(r.get(1)), u64_of(r.get(2))));
+    let (before, inside) = state
+        .store
+        .counters_per_period(
+            meter,
+            set,
+            start_ms,
+            end_ms,
+            i64_of(length_s.saturating_mul(1000)),
+        )
+        .await?;
     // Counters at each boundary: walk the readings once.
     let mut out = BTreeMap::new();
-    let mut last: Option<Counters> = before.as_ref().map(|r| row(r).1);
-    let mut readings = inside.iter().map(row).peekable();
+    let mut last: Option<Counters> = before.map(|r| r.counters);
+    let mut readings = inside
+        .iter()
+        .map(|r| (r.timestamp_ms, r.counters))
+        .peekable();
     let mut at_start = last;
     for slot in from..=to {
         let boundary = i64_of(
@@ -408,46 +327,23 @@ async fn my_slots(
             }
         }
     }
-    let pool = state.store.pool();
-    let trades = sqlx::query(
-        "SELECT slot, buyer, seller, energy_wh, buyer_pays, seller_receives, fees FROM trades \
-         WHERE slot >= $1 AND slot <= $2 AND (buyer = $3 OR seller = $3)",
-    )
-    .bind(i64_of(q.from))
-    .bind(i64_of(q.to))
-    .bind(account.id)
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    for t in trades {
-        let Some(row) = rows.get_mut(&u64_of(t.get(0))) else {
+    for t in state.store.account_trades(account.id, q.from, q.to).await? {
+        let Some(row) = rows.get_mut(&t.slot) else {
             continue;
         };
-        let (buyer, seller): (i64, i64) = (t.get(1), t.get(2));
-        let energy = u64_of(t.get(3));
-        if buyer == account.id {
-            row.bought_wh += energy;
-            row.paid += u64_of(t.get(4));
-            row.fees += u64_of(t.get(6));
+        if t.buyer == account.id {
+            row.bought_wh += t.energy_wh;
+            row.paid += t.buyer_pays;
+            row.fees += t.fees;
         }
-        if seller == account.id {
-            row.sold_wh += energy;
-            row.received += u64_of(t.get(5));
+        if t.seller == account.id {
+            row.sold_wh += t.energy_wh;
+            row.received += t.seller_receives;
         }
     }
-    let ledger = sqlx::query(
-        "SELECT l.slot, CAST(SUM(l.amount) AS BIGINT) FROM ledger l \
-         WHERE l.account_id = $1 AND l.slot >= $2 AND l.slot <= $3 GROUP BY l.slot",
-    )
-    .bind(account.id)
-    .bind(i64_of(q.from))
-    .bind(i64_of(q.to))
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
-    for r in ledger {
-        if let Some(row) = rows.get_mut(&u64_of(r.get(0))) {
-            row.settled = Some(r.get(1));
+    for (slot, amount) in state.store.account_ledger(account.id, q.from, q.to).await? {
+        if let Some(row) = rows.get_mut(&slot) {
+            row.settled = Some(amount);
         }
     }
     for row in rows.values_mut() {
@@ -539,29 +435,18 @@ async fn my_orders(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let pool = state.store.pool();
-    let events = sqlx::query(
-        "SELECT e.order_id, e.kind, e.slot, e.meter_id, e.side, e.price_per_kwh, e.energy_wh, e.at_s \
-         FROM order_events e WHERE e.account_id = $1 \
-         AND e.slot NOT IN (SELECT slot FROM slots) ORDER BY e.seq",
-    )
-    .bind(account.id)
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
     let mut open: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
     let mut amended: HashMap<u64, bool> = HashMap::new();
-    for e in events {
-        let id = u64_of(e.get(0));
-        let kind: String = e.get(1);
-        match kind.as_str() {
+    for e in state.store.account_open_slot_events(account.id).await? {
+        let id = e.order_id;
+        match e.kind.as_str() {
             "submit" => {
                 open.insert(
                     id,
                     json!({
-                        "order_id": id, "slot": u64_of(e.get(2)), "meter_id": e.get::<String, _>(3),
-                        "side": e.get::<String, _>(4), "price_per_kwh": u64_of(e.get(5)),
-                        "energy_wh": u64_of(e.get(6)), "placed_s": e.get::<i64, _>(7),
+                        "order_id": id, "slot": e.slot, "meter_id": e.meter_id,
+                        "side": e.side, "price_per_kwh": e.price_per_kwh,
+                        "energy_wh": e.energy_wh, "placed_s": e.at_s,
                     }),
                 );
             }
@@ -570,8 +455,8 @@ async fn my_orders(
             }
             _ => {
                 if let Some(o) = open.get_mut(&id) {
-                    o["price_per_kwh"] = json!(u64_of(e.get(5)));
-                    o["energy_wh"] = json!(u64_of(e.get(6)));
+                    o["price_per_kwh"] = json!(e.price_per_kwh);
+                    o["energy_wh"] = json!(e.energy_wh);
                     amended.insert(id, true);
                 }
             }
@@ -584,21 +469,9 @@ async fn my_orders(
         if amended.contains_key(&id) {
             continue;
         }
-        let traded: i64 = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(energy_wh), 0) AS BIGINT) FROM trades \
-             WHERE (bid_order = $1 AND buyer = $2) OR (ask_order = $1 AND seller = $2)",
-        )
-        .bind(i64_of(id))
-        .bind(account.id)
-        .fetch_one(pool)
-        .await
-        .map_err(db)?
-        .get(0);
+        let traded = state.store.order_traded_wh(account.id, id).await?;
         if let Some(o) = open.get_mut(&id) {
-            let left = o["energy_wh"]
-                .as_u64()
-                .unwrap_or(0)
-                .saturating_sub(u64_of(traded));
+            let left = o["energy_wh"].as_u64().unwrap_or(0).saturating_sub(traded);
             if left == 0 {
                 open.remove(&id);
             } else {
@@ -623,50 +496,34 @@ async fn my_power(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let pool = state.store.pool();
     let mut meters = Vec::new();
     for meter in my_meter_ids(&state, &account).await? {
-        let latest = sqlx::query(
-            "SELECT seq, timestamp_ms, power_w, soc_bp, import_wh, export_wh, battery_charge_wh, \
-             battery_discharge_wh, pv_power_w, pv_wh, battery_power_w FROM readings \
-             WHERE meter_id = $1 ORDER BY seq DESC LIMIT 1",
-        )
-        .bind(&meter)
-        .fetch_optional(pool)
-        .await
-        .map_err(db)?;
+        let latest = state.store.latest_reading(&meter).await?;
         let Some(r) = latest else {
             meters.push(json!({ "meter_id": meter, "reading": null }));
             continue;
         };
-        let ts: i64 = r.get(1);
-        let (charge, discharge): (Option<i64>, Option<i64>) = (r.get(6), r.get(7));
+        let ts = r.timestamp_ms;
+        let (charge, discharge) = (r.battery_charge_wh, r.battery_discharge_wh);
         let mut battery_w = None;
         if let (Some(c1), Some(d1)) = (charge, discharge) {
-            let old = sqlx::query(
-                "SELECT timestamp_ms, battery_charge_wh, battery_discharge_wh FROM readings \
-                 WHERE meter_id = $1 AND timestamp_ms >= $2 AND battery_charge_wh IS NOT NULL \
-                 AND battery_discharge_wh IS NOT NULL ORDER BY timestamp_ms LIMIT 1",
-            )
-            .bind(&meter)
-            .bind(ts - BATTERY_WINDOW_MS)
-            .fetch_optional(pool)
-            .await
-            .map_err(db)?;
+            let old = state
+                .store
+                .battery_counters_since(&meter, ts - BATTERY_WINDOW_MS)
+                .await?;
             if let Some(o) = old {
-                let t0: i64 = o.get(0);
+                let t0 = o.timestamp_ms;
                 if ts > t0 {
-                    let net = (c1 - o.get::<i64, _>(1)) - (d1 - o.get::<i64, _>(2));
+                    let net = (c1 - o.battery_charge_wh) - (d1 - o.battery_discharge_wh);
                     // Wh over ms to W.
                     battery_w = Some(net.saturating_mul(3_600_000) / (ts - t0));
                 }
             }
         }
-        let grid: Option<i64> = r.get(2);
-        let (pv, battery_reported): (Option<i64>, Option<i64>) = (r.get(8), r.get(10));
+        let grid = r.power_w;
+        let (pv, battery_reported) = (r.pv_power_w, r.battery_power_w);
         // A meter without battery counters, power or state of charge has no battery.
-        let no_battery =
-            charge.is_none() && battery_reported.is_none() && r.get::<Option<i64>, _>(3).is_none();
+        let no_battery = charge.is_none() && battery_reported.is_none() && r.soc_bp.is_none();
         let battery = battery_reported.or(battery_w).or(no_battery.then_some(0));
         let house_w = match (grid, pv, battery) {
             (Some(g), Some(p), Some(b)) => Some((g + p - b).max(0)),
@@ -675,10 +532,10 @@ async fn my_power(
         meters.push(json!({
             "meter_id": meter,
             "reading": {
-                "seq": r.get::<i64, _>(0), "timestamp_ms": ts,
-                "power_w": grid, "soc_bp": r.get::<Option<i64>, _>(3),
-                "import_wh": r.get::<Option<i64>, _>(4), "export_wh": r.get::<Option<i64>, _>(5),
-                "pv_power_w": pv, "pv_wh": r.get::<Option<i64>, _>(9),
+                "seq": r.seq, "timestamp_ms": ts,
+                "power_w": grid, "soc_bp": r.soc_bp,
+                "import_wh": r.import_wh, "export_wh": r.export_wh,
+                "pv_power_w": pv, "pv_wh": r.pv_wh,
                 "battery_power_w": battery_reported,
             },
             "battery_w": battery,
@@ -698,27 +555,15 @@ const NOW_WINDOW_MS: u64 = 120_000;
 /// the imports its own exports could cover (`min(Σ export, Σ import)` per slot) and what it
 /// traded locally.
 async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let pool = state.store.pool();
     let now = now_ms();
     let since = i64_of(now.saturating_sub(NOW_WINDOW_MS));
-    let latest = sqlx::query(
-        "SELECT r.power_w FROM readings r JOIN (SELECT meter_id, MAX(seq) AS seq FROM readings \
-         WHERE timestamp_ms >= $1 GROUP BY meter_id) m ON m.meter_id = r.meter_id AND m.seq = r.seq \
-         WHERE r.power_w IS NOT NULL",
-    )
-    .bind(since)
-    .fetch_all(pool)
-    .await
-    .map_err(db)?;
+    let latest = state.store.latest_grid_powers(since).await?;
     // Anonymised as the live stream's aggregate is: nothing per meter unless enough meters
     // report that none stands out, each rounded to 100 W, sorted, without ids.
     let mut powers: Vec<i64> = latest
         .iter()
-        .map(|r| {
-            // Integer rounding to the nearest 100 W, halves away from zero.
-            let w: i64 = r.get(0);
-            (w + 50 * w.signum()) / 100 * 100
-        })
+        // Integer rounding to the nearest 100 W, halves away from zero.
+        .map(|&w| (w + 50 * w.signum()) / 100 * 100)
         .collect();
     if powers.len() < crate::pipeline::MIN_METERS_IN_AGGREGATE {
         powers.clear();
@@ -742,15 +587,7 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
             e.1 += export;
         }
     }
-    let traded = sqlx::query(
-        "SELECT CAST(COALESCE(SUM(energy_wh), 0) AS BIGINT) FROM trades WHERE slot >= $1 AND slot <= $2",
-    )
-    .bind(i64_of(from))
-    .bind(i64_of(to))
-    .fetch_one(pool)
-    .await
-    .map_err(db)?
-    .get::<i64, _>(0);
+    let traded = state.store.traded_between(from, to).await?;
     let import: u64 = per_slot.values().map(|v| v.0).sum();
     let export: u64 = per_slot.values().map(|v| v.1).sum();
     let covered: u64 = per_slot.values().map(|(i, e)| (*i).min(*e)).sum();
@@ -768,7 +605,7 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
             "import_wh": import, "export_wh": export,
             "covered_locally_wh": covered,
             "from_utility_wh": import - covered,
-            "traded_wh": u64_of(traded),
+            "traded_wh": traded,
             "self_sufficiency_bp": (covered * 10_000).checked_div(import),
             "slots": per_slot.iter().map(|(s, (i, e))| json!({"slot": s, "import_wh": i, "export_wh": e})).collect::<Vec<_>>(),
         },
@@ -793,20 +630,7 @@ async fn rejections(
         .into_iter()
         .map(|(reason, count)| json!({"reason": reason, "count": count}))
         .collect();
-    let latest: Vec<_> = sqlx::query(
-        "SELECT received_ms, meter_id, reason, detail FROM rejections ORDER BY id DESC LIMIT 50",
-    )
-    .fetch_all(state.store.pool())
-    .await
-    .map_err(db)?
-    .into_iter()
-    .map(|r| {
-        json!({
-            "received_ms": r.get::<i64, _>(0), "meter_id": r.get::<Option<String>, _>(1),
-            "reason": r.get::<String, _>(2), "detail": r.get::<String, _>(3),
-        })
-    })
-    .collect();
+    let latest = state.store.latest_rejections(50).await?;
     Ok(Json(json!({ "by_reason": by_reason, "latest": latest })))
 }
 
@@ -820,21 +644,6 @@ async fn disputes(
             "only the community operator sees disputed meters".into(),
         ));
     }
-    let rows: Vec<DisputeRow> = sqlx::query_as(
-        "SELECT slot, meter_id, account_id, reason FROM disputed_meters \
-         ORDER BY slot DESC, meter_id LIMIT 200",
-    )
-    .fetch_all(state.store.pool())
-    .await
-    .map_err(db)?;
+    let rows = state.store.disputes(200).await?;
     Ok(Json(json!({ "disputes": rows })))
-}
-
-/// A row of `disputed_meters`.
-#[derive(sqlx::FromRow, serde::Serialize)]
-struct DisputeRow {
-    slot: i64,
-    meter_id: String,
-    account_id: i64,
-    reason: String,
 }

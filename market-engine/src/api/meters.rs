@@ -190,8 +190,8 @@ async fn gaps(
             message: "limit: 1 to 10000".into(),
         });
     }
-    let gaps = crate::gaps::list(&state.store, q.meter.as_deref(), q.limit).await?;
-    let totals = crate::gaps::totals(&state.store).await?;
+    let gaps = state.store.gaps(q.meter.as_deref(), q.limit).await?;
+    let totals = state.store.gap_totals().await?;
     Ok(Json(serde_json::json!({
         "gaps": gaps,
         "requesting": { "gaps": totals.open_gaps, "readings": totals.open_missing, "meters": totals.meters_with_open_gaps },

@@ -6,19 +6,17 @@
 //! milliseconds of CPU on each reconnect of thousands of meters after an outage. The hash is
 //! stored as lowercase hex, which EMQX's built-in `sha256` (no salt) password check reads as is.
 
+use crate::pipeline::now_ms;
+use crate::store::{Store, StoreError};
 use ring::digest::{SHA256, digest};
 use ring::rand::{SecureRandom, SystemRandom};
-use sqlx::Row;
-
-use crate::pipeline::now_ms;
-use crate::store::Store;
 
 /// Why credentials could not be issued or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum CredentialError {
-    /// A query failed.
-    #[error("database: {0}")]
-    Database(#[from] sqlx::Error),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
     /// No meter has this id: credentials are issued only for registered meters.
     #[error("meter {0:?} is not registered")]
     UnknownMeter(String),
@@ -41,10 +39,6 @@ pub fn password_hash(password: &str) -> String {
     hex::encode(digest(&SHA256, password.as_bytes()))
 }
 
-fn ms(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
 /// Issues MQTT credentials for `meter_id` (user name = the meter id) and returns the password,
 /// which is not stored and cannot be shown again. Issuing again replaces the old password
 /// (and lifts a revocation); a broker session logged in with the old one is cut within
@@ -53,26 +47,13 @@ pub async fn issue_meter_credentials(
     store: &Store,
     meter_id: &str,
 ) -> Result<String, CredentialError> {
-    let known = sqlx::query("SELECT 1 FROM meters WHERE meter_id = $1")
-        .bind(meter_id)
-        .fetch_optional(store.pool())
-        .await?;
-    if known.is_none() {
+    if !store.meter_exists(meter_id).await? {
         return Err(CredentialError::UnknownMeter(meter_id.to_owned()));
     }
     let password = random_secret()?;
-    sqlx::query(
-        "INSERT INTO mqtt_credentials (username, password_hash, meter_id, created_ms, revoked_ms) \
-         VALUES ($1, $2, $3, $4, NULL) \
-         ON CONFLICT (username) DO UPDATE SET password_hash = excluded.password_hash, \
-         meter_id = excluded.meter_id, created_ms = excluded.created_ms, revoked_ms = NULL",
-    )
-    .bind(meter_id)
-    .bind(password_hash(&password))
-    .bind(meter_id)
-    .bind(ms(now_ms()))
-    .execute(store.pool())
-    .await?;
+    store
+        .issue_mqtt_credentials(meter_id, &password_hash(&password), now_ms())
+        .await?;
     Ok(password)
 }
 
@@ -82,42 +63,7 @@ pub async fn revoke_meter_credentials(
     store: &Store,
     meter_id: &str,
 ) -> Result<bool, CredentialError> {
-    let done = sqlx::query(
-        "UPDATE mqtt_credentials SET revoked_ms = $1 WHERE username = $2 AND revoked_ms IS NULL",
-    )
-    .bind(ms(now_ms()))
-    .bind(meter_id)
-    .execute(store.pool())
-    .await?;
-    Ok(done.rows_affected() > 0)
-}
-
-/// The stored password hash of a user with live (unrevoked) credentials.
-pub(crate) async fn live_hash(
-    store: &Store,
-    username: &str,
-) -> Result<Option<String>, CredentialError> {
-    let row = sqlx::query(
-        "SELECT password_hash FROM mqtt_credentials WHERE username = $1 AND revoked_ms IS NULL",
-    )
-    .bind(username)
-    .fetch_optional(store.pool())
-    .await?;
-    Ok(row.map(|r| r.get(0)))
-}
-
-/// User names whose credentials were issued or revoked at or after `since_ms`.
-pub(crate) async fn changed_since(
-    store: &Store,
-    since_ms: u64,
-) -> Result<Vec<String>, CredentialError> {
-    let rows = sqlx::query(
-        "SELECT username FROM mqtt_credentials WHERE created_ms >= $1 OR revoked_ms >= $1",
-    )
-    .bind(ms(since_ms))
-    .fetch_all(store.pool())
-    .await?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    Ok(store.revoke_mqtt_credentials(meter_id, now_ms()).await?)
 }
 
 #[cfg(test)]

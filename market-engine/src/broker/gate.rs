@@ -25,7 +25,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 
 use super::acl::Identity;
-use super::credentials::{self, password_hash};
+use super::credentials::password_hash;
 use super::{BrokerAuthMetrics, ENGINE_USER};
 use crate::store::Store;
 
@@ -155,20 +155,23 @@ pub(crate) async fn watch_revocations(gate: Arc<Gate>, mut stop: watch::Receiver
         }
         // Overlap the windows: a row written with a clock a little behind is still seen.
         let started = crate::pipeline::now_ms();
-        let changed =
-            match credentials::changed_since(&gate.store, since.saturating_sub(10_000)).await {
-                Ok(changed) => changed,
-                Err(e) => {
-                    tracing::warn!(target: "broker", "cannot check for revoked credentials: {e}");
-                    continue;
-                }
-            };
+        let changed = match gate
+            .store
+            .mqtt_credentials_changed_since(since.saturating_sub(10_000))
+            .await
+        {
+            Ok(changed) => changed,
+            Err(e) => {
+                tracing::warn!(target: "broker", "cannot check for revoked credentials: {e}");
+                continue;
+            }
+        };
         since = started;
         for user in changed {
             if !gate.sessions.is_open(&user) {
                 continue;
             }
-            match credentials::live_hash(&gate.store, &user).await {
+            match gate.store.live_mqtt_password_hash(&user).await {
                 Ok(live) => {
                     let cut = gate.sessions.cut_stale(&user, live.as_deref());
                     if cut > 0 {
@@ -283,7 +286,7 @@ async fn serve(
         Identity::Engine
     } else {
         let permit = gate.lookups.acquire().await.ok();
-        let stored = credentials::live_hash(&gate.store, &login.username).await;
+        let stored = gate.store.live_mqtt_password_hash(&login.username).await;
         drop(permit);
         let stored = stored.map_err(|e| {
             tracing::warn!(target: "broker", "credential lookup failed: {e}");

@@ -464,7 +464,13 @@ impl ChainSettler {
         &self,
         settlement: &ChainSettlement<C>,
     ) -> Result<(u64, u64), SettlerError> {
-        let Some(record) = outbox::open_batches(&self.store).await?.into_iter().next() else {
+        let Some(record) = self
+            .store
+            .open_settlement_batches()
+            .await?
+            .into_iter()
+            .next()
+        else {
             return Ok((0, 0));
         };
         let (mut opened_count, mut failed) = (0, 0);
@@ -605,7 +611,7 @@ impl ChainSettler {
     ) -> Result<(u64, u64), SettlerError> {
         use alloy::sol_types::SolCall;
         use gridshare_contracts::chain::TxStatus;
-        let rows = unmirrored(&self.store).await?;
+        let rows = self.store.unmirrored_funding().await?;
         let (mut mirrored, mut failed) = (0, 0);
         // First what was sent: in a block now, still waiting, or to be sent again.
         let mut waiting = std::collections::BTreeSet::new();
@@ -814,21 +820,21 @@ impl ChainSettler {
             gridshare_contracts::SettlementClient::new(settlement.chain(), settlement.address());
         // Money on its way: batches not yet applied on chain, deposits not yet mirrored.
         let mut in_flight: std::collections::BTreeMap<Address, i128> = Default::default();
-        for record in outbox::open_batches(&self.store).await? {
+        for record in self.store.open_settlement_batches().await? {
             if settlement.batch_root(record.batch.id).await?.is_none() {
                 for d in &record.batch.deltas {
                     *in_flight.entry(d.account).or_default() += d.amount;
                 }
             }
         }
-        for r in unmirrored(&self.store).await? {
+        for r in self.store.unmirrored_funding().await? {
             *in_flight
                 .entry(self.custody.address(r.account))
                 .or_default() += i128::from(r.amount);
         }
         let names = self.store.account_names().await?;
         let mut out = Vec::new();
-        for (account, engine) in booked_balances(&self.store).await? {
+        for (account, engine) in self.store.booked_balances().await? {
             let address = self.custody.address(account);
             let a = client.account(address).await?;
             let chain = i128::try_from(a.balance).unwrap_or(i128::MAX)
@@ -940,57 +946,6 @@ mod as_string {
     pub(super) fn serialize<S: serde::Serializer>(v: &i128, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(v)
     }
-}
-
-/// Every account's balance in the engine's books (deposits less withdrawals plus the settled
-/// ledger; the utility and grid operator included), by account id.
-async fn booked_balances(store: &Store) -> Result<Vec<(i64, i64)>, SettlerError> {
-    use sqlx::Row;
-    sqlx::query(
-        "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM \
-         (SELECT account_id, amount FROM funding \
-          UNION ALL SELECT account_id, amount FROM ledger) AS f \
-         GROUP BY account_id ORDER BY account_id",
-    )
-    .fetch_all(store.pool())
-    .await
-    .map_err(crate::store::StoreError::from)?
-    .into_iter()
-    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-    .collect::<Result<_, sqlx::Error>>()
-    .map_err(|e| SettlerError::Store(e.into()))
-}
-
-/// An operator-recorded funding row not yet in a block on chain.
-struct Unmirrored {
-    id: i64,
-    account: i64,
-    amount: i64,
-    /// The deposit it was sent in, if sent.
-    chain_tx: Option<String>,
-}
-
-/// Operator-recorded funding not yet in a block on chain, oldest first.
-async fn unmirrored(store: &Store) -> Result<Vec<Unmirrored>, SettlerError> {
-    use sqlx::Row;
-    sqlx::query(
-        "SELECT id, account_id, amount, chain_tx FROM funding \
-         WHERE source = 'operator' AND chain_block IS NULL ORDER BY id",
-    )
-    .fetch_all(store.pool())
-    .await
-    .map_err(crate::store::StoreError::from)?
-    .into_iter()
-    .map(|r| {
-        Ok(Unmirrored {
-            id: r.try_get(0)?,
-            account: r.try_get(1)?,
-            amount: r.try_get(2)?,
-            chain_tx: r.try_get(3)?,
-        })
-    })
-    .collect::<Result<_, sqlx::Error>>()
-    .map_err(|e| SettlerError::Store(e.into()))
 }
 
 /// The embedded chain's treasury (the operator) keeps a balance in Settlement, so it fronts

@@ -15,14 +15,13 @@
 
 use std::time::Duration;
 
-use alloy::primitives::{B256, hex};
-use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
+use alloy::primitives::B256;
+use gridshare_contracts::batch::{SettlementBatch, SlotSales};
 use gridshare_contracts::bindings::Settlement;
 use gridshare_contracts::chain::{Chain, ChainError, TxStatus};
 use gridshare_contracts::settlement::ChainSettlement;
-use sqlx::Row;
 
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 /// Where a batch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -52,7 +51,8 @@ impl BatchStatus {
         }
     }
 
-    fn parse(text: &str) -> Option<Self> {
+    /// The status a stored text names, if any.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         Some(match text {
             "pending" => Self::Pending,
             "sent" => Self::Sent,
@@ -113,158 +113,6 @@ impl BatchRecord {
     }
 }
 
-/// The columns [`record_of`] reads, as a literal for `concat!`.
-macro_rules! columns {
-    () => {
-        "slot, root, deltas, sales, status, attempts, last_error, retry, next_attempt_ms, \
-         tx_hash, block_number, block_hash, gas_used, queued_ms"
-    };
-}
-
-fn corrupt(slot: i64, what: impl std::fmt::Display) -> StoreError {
-    StoreError::Corrupt(format!("settlement batch {slot}: {what}"))
-}
-
-fn unsigned(slot: i64, v: i64, what: &str) -> Result<u64, StoreError> {
-    u64::try_from(v).map_err(|_| corrupt(slot, format!("negative {what}")))
-}
-
-fn hash(slot: i64, text: Option<String>) -> Result<Option<B256>, StoreError> {
-    text.map(|t| t.parse::<B256>().map_err(|e| corrupt(slot, e)))
-        .transpose()
-}
-
-fn record_of(r: &sqlx::any::AnyRow) -> Result<BatchRecord, StoreError> {
-    let slot: i64 = r.try_get("slot")?;
-    let root: String = r.try_get("root")?;
-    let deltas = hex::decode(r.try_get::<String, _>("deltas")?).map_err(|e| corrupt(slot, e))?;
-    if !deltas.len().is_multiple_of(32) {
-        return Err(corrupt(slot, "deltas are not whole 32-byte words"));
-    }
-    let status: String = r.try_get("status")?;
-    let optional = |column: &str| -> Result<Option<u64>, StoreError> {
-        r.try_get::<Option<i64>, _>(column)?
-            .map(|v| unsigned(slot, v, column))
-            .transpose()
-    };
-    Ok(BatchRecord {
-        batch: SettlementBatch {
-            id: unsigned(slot, slot, "slot")?,
-            root: root.parse().map_err(|e| corrupt(slot, e))?,
-            deltas: deltas
-                .chunks_exact(32)
-                .map(|w| NetDelta::from_packed(B256::from_slice(w)))
-                .collect(),
-        },
-        sales: serde_json::from_str(&r.try_get::<String, _>("sales")?)
-            .map_err(|e| corrupt(slot, e))?,
-        status: BatchStatus::parse(&status)
-            .ok_or_else(|| corrupt(slot, format!("unknown status {status:?}")))?,
-        attempts: u32::try_from(r.try_get::<i64, _>("attempts")?)
-            .map_err(|_| corrupt(slot, "attempts out of range"))?,
-        last_error: r.try_get("last_error")?,
-        retry: r.try_get::<i64, _>("retry")? != 0,
-        next_attempt_ms: unsigned(slot, r.try_get("next_attempt_ms")?, "next attempt")?,
-        tx_hash: hash(slot, r.try_get("tx_hash")?)?,
-        block_number: optional("block_number")?,
-        block_hash: hash(slot, r.try_get("block_hash")?)?,
-        gas_used: optional("gas_used")?,
-        queued_ms: unsigned(slot, r.try_get("queued_ms")?, "queue time")?,
-    })
-}
-
-fn sql(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// Writes a settled slot's batch (in the caller's transaction: the slot's settlement). A slot
-/// already in the outbox is left as it is.
-pub async fn insert(
-    conn: &mut sqlx::AnyConnection,
-    batch: &SettlementBatch,
-    sales: &SlotSales,
-    now_ms: u64,
-) -> Result<(), StoreError> {
-    let deltas: Vec<u8> = batch.packed_deltas().iter().flat_map(|w| w.0).collect();
-    let sales = serde_json::to_string(sales).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    sqlx::query(
-        "INSERT INTO settlement_batches (slot, root, deltas, sales, status, queued_ms, updated_ms) \
-         VALUES ($1, $2, $3, $4, 'pending', $5, $5) ON CONFLICT (slot) DO NOTHING",
-    )
-    .bind(crate::store::checked_i64(batch.id, "a batch id")?)
-    .bind(batch.root.to_string())
-    .bind(hex::encode_prefixed(deltas))
-    .bind(sales)
-    .bind(sql(now_ms))
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
-/// One slot's batch.
-pub async fn record(store: &Store, slot: u64) -> Result<Option<BatchRecord>, StoreError> {
-    sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM settlement_batches WHERE slot = $1"
-    ))
-    .bind(sql(slot))
-    .fetch_optional(store.pool())
-    .await?
-    .map(|r| record_of(&r))
-    .transpose()
-}
-
-/// The batches not yet confirmed, in sending order.
-pub async fn open_batches(store: &Store) -> Result<Vec<BatchRecord>, StoreError> {
-    sqlx::query(concat!(
-        "SELECT ",
-        columns!(),
-        " FROM settlement_batches WHERE status <> 'confirmed' ORDER BY slot"
-    ))
-    .fetch_all(store.pool())
-    .await?
-    .iter()
-    .map(record_of)
-    .collect()
-}
-
-/// The operator's re-send: a rejected (or waiting) batch is tried again at the next step,
-/// whatever refused it before. Whether there was such a batch.
-pub async fn resend(store: &Store, slot: u64, now_ms: u64) -> Result<bool, StoreError> {
-    let changed = sqlx::query(
-        "UPDATE settlement_batches SET status = 'pending', retry = 1, next_attempt_ms = 0, \
-         updated_ms = $2 WHERE slot = $1 AND status IN ('rejected', 'pending')",
-    )
-    .bind(sql(slot))
-    .bind(sql(now_ms))
-    .execute(store.pool())
-    .await?;
-    Ok(changed.rows_affected() == 1)
-}
-
-async fn save(store: &Store, r: &BatchRecord, now_ms: u64) -> Result<(), StoreError> {
-    sqlx::query(
-        "UPDATE settlement_batches SET status = $2, attempts = $3, last_error = $4, retry = $5, \
-         next_attempt_ms = $6, tx_hash = $7, block_number = $8, block_hash = $9, gas_used = $10, \
-         updated_ms = $11 WHERE slot = $1",
-    )
-    .bind(sql(r.batch.id))
-    .bind(r.status.as_str())
-    .bind(i64::from(r.attempts))
-    .bind(r.last_error.clone())
-    .bind(i64::from(r.retry))
-    .bind(sql(r.next_attempt_ms))
-    .bind(r.tx_hash.map(|h| h.to_string()))
-    .bind(r.block_number.map(sql))
-    .bind(r.block_hash.map(|h| h.to_string()))
-    .bind(r.gas_used.map(sql))
-    .bind(sql(now_ms))
-    .execute(store.pool())
-    .await?;
-    Ok(())
-}
-
 /// What one step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {
@@ -312,7 +160,7 @@ pub async fn step<C: Chain>(
     now_ms: u64,
 ) -> Result<Progress, super::SettlerError> {
     let mut progress = Progress::default();
-    let open = open_batches(store).await?;
+    let open = store.open_settlement_batches().await?;
     if open.is_empty() {
         return Ok(progress);
     }
@@ -327,7 +175,7 @@ pub async fn step<C: Chain>(
             &mut progress,
         )
         .await;
-        save(store, &r, now_ms).await?;
+        store.save_settlement_batch(&r, now_ms).await?;
         if r.status != BatchStatus::Confirmed {
             break;
         }

@@ -53,17 +53,7 @@ pub struct FollowCursor {
 impl Market {
     /// Where the engine stands in `contract`'s events, if it read any.
     pub async fn follow_cursor(&self, contract: &str) -> Result<Option<FollowCursor>, MarketError> {
-        let row = sqlx::query("SELECT block, block_hash FROM chain_follow WHERE contract = $1")
-            .bind(contract)
-            .fetch_optional(self.store.pool())
-            .await?;
-        Ok(match row {
-            Some(row) => Some(FollowCursor {
-                block: u64_of(row.try_get(0)?),
-                block_hash: row.try_get(1)?,
-            }),
-            None => None,
-        })
+        Ok(self.store.follow_cursor(contract).await?)
     }
 
     /// Applies the money events of `contract`'s blocks up to `cursor` (which must follow the
@@ -99,28 +89,15 @@ impl Market {
                     } else {
                         *amount
                     };
-                    if signed != 0 {
-                        let inserted = sqlx::query(
-                            "INSERT INTO funding (account_id, amount, reference, created_ms, source) \
-                             VALUES ($1, $2, $3, $4, 'chain') \
-                             ON CONFLICT (account_id, reference) DO NOTHING",
-                        )
-                        .bind(account)
-                        .bind(signed)
-                        .bind(reference)
-                        .bind(i64_of(now_ms))
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                        if inserted == 1 {
-                            booked.push((*account, signed));
-                        }
+                    if signed != 0
+                        && tx
+                            .record_chain_funding(*account, signed, reference, now_ms)
+                            .await?
+                    {
+                        booked.push((*account, signed));
                     }
                     if matches!(event, ChainMoney::Withdrawn { .. }) {
-                        sqlx::query("DELETE FROM chain_withdrawals WHERE account_id = $1")
-                            .bind(account)
-                            .execute(&mut *tx)
-                            .await?;
+                        tx.clear_chain_withdrawal(*account).await?;
                         withdrawing.push((*account, None));
                     }
                 }
@@ -129,41 +106,18 @@ impl Market {
                     amount,
                     ready_at,
                 } => {
-                    let total: i64 = sqlx::query(
-                        "INSERT INTO chain_withdrawals (account_id, amount, ready_at) \
-                         VALUES ($1, $2, $3) ON CONFLICT (account_id) DO UPDATE SET \
-                         amount = chain_withdrawals.amount + excluded.amount, \
-                         ready_at = excluded.ready_at RETURNING amount",
-                    )
-                    .bind(account)
-                    .bind(db(*amount, "withdrawal")?)
-                    .bind(i64_of(*ready_at))
-                    .fetch_one(&mut *tx)
-                    .await?
-                    .try_get(0)?;
-                    withdrawing.push((*account, Some(u64_of(total))));
+                    let total = tx
+                        .add_chain_withdrawal(*account, *amount, *ready_at)
+                        .await?;
+                    withdrawing.push((*account, Some(total)));
                 }
                 ChainMoney::WithdrawalCancelled { account } => {
-                    sqlx::query("DELETE FROM chain_withdrawals WHERE account_id = $1")
-                        .bind(account)
-                        .execute(&mut *tx)
-                        .await?;
+                    tx.clear_chain_withdrawal(*account).await?;
                     withdrawing.push((*account, None));
                 }
             }
         }
-        sqlx::query(
-            "INSERT INTO chain_follow (contract, block, block_hash, updated_ms) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (contract) DO UPDATE SET \
-             block = excluded.block, block_hash = excluded.block_hash, \
-             updated_ms = excluded.updated_ms",
-        )
-        .bind(contract)
-        .bind(db(cursor.block, "block")?)
-        .bind(&cursor.block_hash)
-        .bind(i64_of(now_ms))
-        .execute(&mut *tx)
-        .await?;
+        tx.set_follow_cursor(contract, cursor, now_ms).await?;
         // Checked before the commit, so memory can follow what is written.
         // Net per account, each checked without changing memory (no copy of every account's
         // funds on each step), then booked once the transaction is committed.
@@ -194,60 +148,27 @@ impl Market {
     /// Operator-recorded funding rows `ids` went on chain in the deposit `tx_hash` (sent, not
     /// yet in a block).
     pub async fn mark_sent(&self, ids: &[i64], tx_hash: &str) -> Result<(), MarketError> {
-        let mut tx = self.store.begin().await?;
-        for id in ids {
-            sqlx::query("UPDATE funding SET chain_tx = $1 WHERE id = $2")
-                .bind(tx_hash)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        Ok(self.store.mark_funding_sent(ids, tx_hash).await?)
     }
 
     /// The deposit `tx_hash` is in block `block`.
     pub async fn mark_mirrored(&self, tx_hash: &str, block: u64) -> Result<(), MarketError> {
-        sqlx::query("UPDATE funding SET chain_block = $1 WHERE chain_tx = $2")
-            .bind(i64_of(block))
-            .bind(tx_hash)
-            .execute(self.store.pool())
-            .await?;
-        Ok(())
+        Ok(self.store.mark_funding_mirrored(tx_hash, block).await?)
     }
 
     /// The deposit `tx_hash` was dropped or reverted: its rows are to be sent again.
     pub async fn unmark_mirrored(&self, tx_hash: &str) -> Result<(), MarketError> {
-        sqlx::query(
-            "UPDATE funding SET chain_tx = NULL WHERE chain_tx = $1 AND chain_block IS NULL",
-        )
-        .bind(tx_hash)
-        .execute(self.store.pool())
-        .await?;
-        Ok(())
+        Ok(self.store.unmark_funding_mirrored(tx_hash).await?)
     }
 
     /// Withdrawals requested on chain and not yet paid out: (account, ready at, unix s).
     pub async fn due_withdrawals(&self) -> Result<Vec<(i64, u64)>, MarketError> {
-        Ok(
-            sqlx::query("SELECT account_id, ready_at FROM chain_withdrawals ORDER BY ready_at")
-                .fetch_all(self.store.pool())
-                .await?
-                .into_iter()
-                .map(|r| Ok((r.try_get(0)?, u64_of(r.try_get(1)?))))
-                .collect::<Result<_, sqlx::Error>>()?,
-        )
+        Ok(self.store.due_withdrawals().await?)
     }
 
     /// Net balance of an account over all settled slots.
     pub async fn balance(&self, account: i64) -> Result<i64, MarketError> {
-        let row = sqlx::query(
-            "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM ledger WHERE account_id = $1",
-        )
-        .bind(account)
-        .fetch_one(self.store.pool())
-        .await?;
-        Ok(row.try_get::<i64, _>(0)?)
+        Ok(self.store.ledger_balance(account).await?)
     }
 
     /// An account's money as the market sees it.
@@ -286,15 +207,8 @@ impl Market {
         }
         {
             let mut books = self.books.lock().await;
-            let pool = self.store.pool();
-            let existing =
-                sqlx::query("SELECT amount FROM funding WHERE account_id = $1 AND reference = $2")
-                    .bind(account)
-                    .bind(reference)
-                    .fetch_optional(pool)
-                    .await?;
-            match existing {
-                Some(row) if row.get::<i64, _>(0) == amount => {}
+            match self.store.funding_amount(account, reference).await? {
+                Some(stored) if stored == amount => {}
                 Some(_) => return Err(MarketError::ReferenceReused(reference.to_owned())),
                 None => {
                     if amount < 0 {
@@ -302,16 +216,9 @@ impl Market {
                     }
                     // Refused before it is written if the balance would leave its range.
                     books.funds.credited(account, amount)?;
-                    sqlx::query(
-                        "INSERT INTO funding (account_id, amount, reference, created_ms) \
-                         VALUES ($1, $2, $3, $4)",
-                    )
-                    .bind(account)
-                    .bind(amount)
-                    .bind(reference)
-                    .bind(i64_of(now_ms))
-                    .execute(pool)
-                    .await?;
+                    self.store
+                        .record_funding(account, amount, reference, now_ms)
+                        .await?;
                     books.funds.credit(account, amount)?;
                     tracing::info!(target: "market", account, amount, reference, "funds moved");
                 }
@@ -326,27 +233,7 @@ impl Market {
         account: i64,
         limit: u32,
     ) -> Result<Vec<FundingEntry>, MarketError> {
-        Ok(sqlx::query(
-            "SELECT amount, reference, created_ms, source, chain_tx, chain_block FROM funding \
-             WHERE account_id = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(account)
-        .bind(i64::from(limit))
-        .fetch_all(self.store.pool())
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(FundingEntry {
-                amount: r.try_get(0)?,
-                reference: r.try_get(1)?,
-                at_ms: r.try_get(2)?,
-                source: r.try_get(3)?,
-                chain_tx: r.try_get(4)?,
-                on_chain: r.try_get::<Option<i64>, _>(5)?.is_some()
-                    || r.try_get::<String, _>(3)? == "chain",
-            })
-        })
-        .collect::<Result<_, sqlx::Error>>()?)
+        Ok(self.store.funding(account, limit).await?)
     }
 }
 

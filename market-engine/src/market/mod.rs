@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use gridshare_core::market::{
     AccountId, BookDepth, Community, MeterCounters, MeterDelivery, MeterId, OrderError, Trade,
 };
-use sqlx::{AnyPool, Row};
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 
 use crate::exchange::{Exchange, ExchangeError, Mode, OrderEvent, OrderEventKind, account_id};
@@ -30,10 +29,7 @@ pub use funding::{ChainMoney, FollowCursor, FundingEntry};
 mod log;
 mod settle;
 
-use log::{
-    GROUP_COMMIT, LogFailure, LogJob, LogWrite, OrderEventRow, load_trades, log_writer, slot_list,
-    store_trade,
-};
+use log::{GROUP_COMMIT, LogFailure, LogJob, LogWrite, log_writer};
 
 /// An order as a client places it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -215,12 +211,6 @@ impl From<ExchangeError> for MarketError {
     }
 }
 
-impl From<sqlx::Error> for MarketError {
-    fn from(e: sqlx::Error) -> Self {
-        Self::Store(StoreError::Database(e))
-    }
-}
-
 /// The market of one community.
 pub struct Market {
     /// The rules by the slot they take effect from, ascending; the first applies from slot 0.
@@ -240,25 +230,6 @@ pub struct Market {
     pub metrics: MarketMetrics,
 }
 
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-/// A u64 for a row the order log writes: money, energy and ids are refused, never clipped,
-/// when beyond the database's i64 (the write fails, so the order is refused and its book
-/// rebuilt from the log).
-fn db(v: u64, what: &'static str) -> Result<i64, sqlx::Error> {
-    i64::try_from(v).map_err(|_| {
-        sqlx::Error::Encode(
-            format!("{what} {v} is beyond the largest value the engine stores").into(),
-        )
-    })
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
-}
-
 impl Market {
     /// The market, with the books of open slots rebuilt from the order log.
     pub async fn open(community: Community, store: Store) -> Result<Self, MarketError> {
@@ -273,19 +244,14 @@ impl Market {
         store: Store,
     ) -> Result<Self, MarketError> {
         let mut versions = vec![(0, config, community)];
-        let rows =
-            sqlx::query("SELECT from_slot, settings FROM market_settings ORDER BY from_slot")
-                .fetch_all(store.pool())
-                .await?;
-        for row in rows {
-            let text: String = row.get(1);
+        for (from_slot, text) in store.market_settings().await? {
             let settings = StoredSettings::from_json(&text)
                 .map_err(|e| {
                     MarketError::Settings(format!("stored market settings unreadable: {e}"))
                 })?
                 .into_config();
             let community = settings.community().map_err(MarketError::Settings)?;
-            versions.push((u64_of(row.get(0)), settings, community));
+            versions.push((from_slot, settings, community));
         }
         let (log, log_rx) = mpsc::channel(4 * GROUP_COMMIT);
         tokio::spawn(log_writer(store.clone(), log_rx));
@@ -301,49 +267,21 @@ impl Market {
             books: Mutex::new(Exchange::default()),
         };
         {
-            let pool = market.store.pool();
-            let max: Option<i64> = sqlx::query("SELECT MAX(order_id) FROM order_events")
-                .fetch_one(pool)
-                .await?
-                .get(0);
+            let store = &market.store;
             let mut books = market.books.lock().await;
-            if let Some(max) = max {
-                books.resume_ids_after(u64_of(max));
+            if let Some(max) = store.last_order_id().await? {
+                books.resume_ids_after(max);
             }
-            let balances = sqlx::query(
-                "SELECT account_id, CAST(SUM(amount) AS BIGINT) FROM \
-                 (SELECT account_id, amount FROM funding \
-                  UNION ALL SELECT account_id, amount FROM ledger WHERE account_id >= 0) AS f \
-                 GROUP BY account_id",
-            )
-            .fetch_all(pool)
-            .await?;
-            for row in balances {
-                books.funds.book(row.try_get(0)?, row.try_get(1)?)?;
+            for (account, balance) in store.household_balances().await? {
+                books.funds.book(account, balance)?;
             }
-            for row in sqlx::query("SELECT account_id, amount FROM chain_withdrawals")
-                .fetch_all(pool)
-                .await?
-            {
-                books
-                    .funds
-                    .set_withdrawing(row.try_get(0)?, u64_of(row.try_get(1)?));
+            for (account, amount) in store.pending_withdrawals().await? {
+                books.funds.set_withdrawing(account, amount);
             }
-            for slot in slot_list(
-                pool,
-                "SELECT DISTINCT slot FROM trades WHERE slot NOT IN \
-                 (SELECT slot FROM slots WHERE status = 'settled')",
-            )
-            .await?
-            {
+            for slot in store.slots_with_unsettled_trades().await? {
                 market.reload_bought(&mut books, slot).await?;
             }
-            for slot in slot_list(
-                pool,
-                "SELECT DISTINCT slot FROM order_events WHERE slot NOT IN (SELECT slot FROM slots) ORDER BY slot",
-            )
-            .await?
-            {
+            for slot in store.slots_with_open_books().await? {
                 market.replay(&mut books, slot).await?;
             }
         }
@@ -413,15 +351,9 @@ impl Market {
         let horizon = now_s.saturating_add(i64::from(lead));
         let from = calendar.slot_delivering_at(horizon).map_or(0, |s| s + 1);
         let text = StoredSettings::from_config(&settings).to_json();
-        sqlx::query(
-            "INSERT INTO market_settings (from_slot, settings, created_ms) VALUES ($1, $2, $3) \
-             ON CONFLICT (from_slot) DO UPDATE SET settings = excluded.settings, created_ms = excluded.created_ms",
-        )
-        .bind(i64_of(from))
-        .bind(text)
-        .bind(now_s.saturating_mul(1000))
-        .execute(self.store.pool())
-        .await?;
+        self.store
+            .save_market_settings(from, &text, now_s.saturating_mul(1000))
+            .await?;
         let mut versions = self.versions.write().unwrap_or_else(|e| e.into_inner());
         versions.retain(|(f, _, _)| *f < from);
         versions.push((from, settings, community));
@@ -431,7 +363,7 @@ impl Market {
     /// Reloads what a slot's stored trades cost their buyers.
     async fn reload_bought(&self, books: &mut Exchange, slot: u64) -> Result<(), MarketError> {
         books.funds.release_bought(slot);
-        let trades = load_trades(self.store.pool(), slot).await?;
+        let trades = self.store.trades(slot).await?;
         books.funds.bought(slot, &trades);
         Ok(())
     }
@@ -441,14 +373,7 @@ impl Market {
     async fn replay(&self, books: &mut Exchange, slot: u64) -> Result<(), MarketError> {
         books.forget_slot(slot);
         let community = self.community_for(slot);
-        let rows: Vec<OrderEventRow> = sqlx::query_as(
-            "SELECT order_id, kind, account_id, meter_id, side, price_per_kwh, energy_wh, at_s \
-             FROM order_events WHERE slot = $1 ORDER BY seq",
-        )
-        .bind(i64_of(slot))
-        .fetch_all(self.store.pool())
-        .await?;
-        for row in rows {
+        for row in self.store.order_events(slot).await? {
             let order = row.order_id;
             let outcome = OrderEvent::try_from(row).map_err(|e| ExchangeError::NotTrading {
                 slot,
@@ -622,11 +547,7 @@ impl Market {
     }
 
     async fn slot_closed(&self, slot: u64) -> Result<bool, MarketError> {
-        Ok(sqlx::query("SELECT 1 FROM slots WHERE slot = $1")
-            .bind(i64_of(slot))
-            .fetch_optional(self.store.pool())
-            .await?
-            .is_some())
+        Ok(self.store.slot_closed(slot).await?)
     }
 
     /// Closes the gate of every open slot whose gate closure has passed: the call auction
@@ -678,18 +599,10 @@ impl Market {
     /// after a long stop catches up tick by tick. Returns the slots closed.
     pub async fn close_quiet_slots(&self, now_s: i64) -> Result<Vec<u64>, MarketError> {
         const MAX_QUIET_SLOTS_PER_CALL: u64 = 96;
-        let pool = self.store.pool();
-        let next: Option<i64> = sqlx::query_scalar("SELECT MAX(slot) FROM slots")
-            .fetch_one(pool)
-            .await?;
-        let first = match next {
-            Some(last) => u64_of(last) + 1,
+        let first = match self.store.last_closed_slot().await? {
+            Some(last) => last + 1,
             None => {
-                let earliest: Option<i64> =
-                    sqlx::query_scalar("SELECT MIN(timestamp_ms) FROM readings")
-                        .fetch_one(pool)
-                        .await?;
-                let Some(ms) = earliest else {
+                let Some(ms) = self.store.earliest_reading_ms().await? else {
                     return Ok(Vec::new());
                 };
                 let Some(slot) = self.community().calendar.slot_delivering_at(ms / 1000) else {
@@ -717,13 +630,7 @@ impl Market {
                 // Its gate closure (with its trades) is close_due_gates' work.
                 continue;
             }
-            sqlx::query(
-                "INSERT INTO slots (slot, status, clearing_price) VALUES ($1, 'closed', NULL) \
-                 ON CONFLICT (slot) DO NOTHING",
-            )
-            .bind(i64_of(slot))
-            .execute(pool)
-            .await?;
+            self.store.close_quiet_slot(slot).await?;
             closed.push(slot);
         }
         Ok(closed)
@@ -754,10 +661,7 @@ impl Market {
             return Ok(0);
         };
         let after = self.addresses_derived_to.load(Ordering::Relaxed);
-        let ids: Vec<i64> = sqlx::query_scalar("SELECT id FROM accounts WHERE id > $1 ORDER BY id")
-            .bind(after)
-            .fetch_all(self.store.pool())
-            .await?;
+        let ids = self.store.account_ids_after(after).await?;
         let Some(&last) = ids.last() else {
             return Ok(0);
         };
@@ -797,18 +701,15 @@ impl Market {
 
     /// Trades of a slot (as stored).
     pub async fn trades(&self, slot: u64) -> Result<Vec<Trade>, MarketError> {
-        load_trades(self.store.pool(), slot).await
+        Ok(self.store.trades(slot).await?)
     }
 
     /// Status and clearing price of a slot: `open`, `closed` or `settled`.
     pub async fn slot_status(&self, slot: u64) -> Result<(String, Option<u64>), MarketError> {
-        let row = sqlx::query("SELECT status, clearing_price FROM slots WHERE slot = $1")
-            .bind(i64_of(slot))
-            .fetch_optional(self.store.pool())
-            .await?;
-        Ok(match row {
-            Some(r) => (r.get(0), r.get::<Option<i64>, _>(1).map(u64_of)),
-            None => ("open".into(), None),
-        })
+        Ok(self
+            .store
+            .slot_status(slot)
+            .await?
+            .unwrap_or_else(|| ("open".into(), None)))
     }
 }

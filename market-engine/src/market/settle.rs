@@ -1,11 +1,12 @@
 //! Settlement of delivered slots: delivery from the meters' signed counters, the ledger, and
 //! the settled slots the chain outbox sends.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use gridshare_core::market::{AreaId, Mechanism, member_flows, settle_slot_disputed, share_slot};
 
 use super::*;
+use crate::store::{Position, SettledMeter, Transaction};
 
 /// What the meters say about one slot.
 #[derive(Default)]
@@ -15,23 +16,7 @@ struct Measured {
     digests: Vec<String>,
     disputes: Vec<Dispute>,
     /// Each settled meter's new position and what it was settled for.
-    moved: Vec<Moved>,
-}
-
-/// A signed reading's counters, as settlement uses them.
-struct Position {
-    import_wh: u64,
-    export_wh: u64,
-    timestamp_ms: i64,
-    digest: String,
-}
-
-/// One meter settled in a slot: from which reading to which, and its account.
-struct Moved {
-    meter_id: String,
-    account: AccountId,
-    from: Position,
-    to: Position,
+    moved: Vec<SettledMeter>,
 }
 
 /// A meter whose delivery in a slot cannot be established.
@@ -46,12 +31,7 @@ impl Market {
     /// signed counters, imbalances against the utility, one net amount per account in the
     /// ledger. Returns the slots settled.
     pub async fn settle_due(&self, now_s: i64) -> Result<Vec<u64>, MarketError> {
-        let pool = self.store.pool();
-        let closed = slot_list(
-            pool,
-            "SELECT slot FROM slots WHERE status = 'closed' ORDER BY slot",
-        )
-        .await?;
+        let closed = self.store.closed_slots().await?;
         let mut settled = Vec::new();
         for slot in closed {
             // Design: a slot that cannot be settled is counted and logged and the later slots
@@ -73,7 +53,6 @@ impl Market {
     /// Settles `slot` if its settlement time has passed and it is still `closed`; whether it
     /// was settled now.
     async fn settle_slot_due(&self, slot: u64, now_s: i64) -> Result<bool, MarketError> {
-        let pool = self.store.pool();
         let community = self.community_for(slot);
         let terms = community
             .terms(slot)
@@ -84,23 +63,19 @@ impl Market {
         let wait_s = i64::from(self.late_readings_wait_s.load(Ordering::Relaxed));
         if now_s < terms.slot.settlement.saturating_add(wait_s) {
             let late = self
-                .late_meters(pool, terms.slot.delivery_start, terms.slot.delivery_end)
+                .store
+                .late_meters(terms.slot.delivery_start, terms.slot.delivery_end)
                 .await?;
             if late > 0 {
                 tracing::debug!(target: "market", slot, meters = late, "settlement waits for late readings");
                 return Ok(false);
             }
         }
-        let mut trades = load_trades(pool, slot).await?;
+        let mut trades = self.store.trades(slot).await?;
         let traders: BTreeSet<AccountId> =
             trades.iter().flat_map(|t| [t.buyer, t.seller]).collect();
         let measured = self
-            .deliveries(
-                pool,
-                terms.slot.delivery_start,
-                terms.slot.delivery_end,
-                &traders,
-            )
+            .deliveries(terms.slot.delivery_start, terms.slot.delivery_end, &traders)
             .await?;
         let disputed: Vec<AccountId> = measured
             .disputes
@@ -157,31 +132,11 @@ impl Market {
             }
         }
         let mut tx = self.store.begin().await?;
-        let slot_id = Bind::Int(i64_of(slot));
-        insert_rows(
-            &mut tx,
-            "INSERT INTO ledger (slot, account_id, amount)",
-            "",
-            amounts
-                .iter()
-                .map(|&(account, amount)| [slot_id.clone(), Bind::Int(account), Bind::Int(amount)])
-                .collect(),
-        )
-        .await?;
+        tx.book_slot_ledger(slot, &amounts).await?;
         for t in &shared {
-            store_trade(&mut tx, slot, t).await?;
+            tx.store_trade(slot, t).await?;
         }
-        insert_rows(
-            &mut tx,
-            "INSERT INTO slot_readings (slot, digest)",
-            "",
-            measured
-                .digests
-                .iter()
-                .map(|d| [slot_id.clone(), Bind::Text(d.clone())])
-                .collect(),
-        )
-        .await?;
+        tx.record_slot_readings(slot, &measured.digests).await?;
         if let Some(custody) = self
             .custody()
             .filter(|_| amounts.iter().any(|&(_, a)| a != 0))
@@ -208,27 +163,21 @@ impl Market {
             )
             .await?;
         }
-        record_positions(&mut tx, slot, &measured.moved).await?;
-        for d in &measured.disputes {
-            sqlx::query(
-                "INSERT INTO disputed_meters (slot, meter_id, account_id, reason) \
-                 VALUES ($1, $2, $3, $4)",
-            )
-            .bind(i64_of(slot))
-            .bind(d.meter_id.as_str())
-            .bind(i64::from(d.account.0))
-            .bind(d.reason.as_str())
-            .execute(&mut *tx)
-            .await?;
-        }
+        tx.record_positions(slot, &measured.moved).await?;
+        let disputes: Vec<(&str, i64, &str)> = measured
+            .disputes
+            .iter()
+            .map(|d| {
+                (
+                    d.meter_id.as_str(),
+                    i64::from(d.account.0),
+                    d.reason.as_str(),
+                )
+            })
+            .collect();
+        tx.record_disputes(slot, &disputes).await?;
         // Only a slot still 'closed' is settled: a second settler changes nothing.
-        let done = sqlx::query(
-            "UPDATE slots SET status = 'settled' WHERE slot = $1 AND status = 'closed'",
-        )
-        .bind(i64_of(slot))
-        .execute(&mut *tx)
-        .await?;
-        let done = done.rows_affected() == 1;
+        let done = tx.mark_slot_settled(slot).await?;
         if done {
             tx.commit().await?;
             books.funds.release_bought(slot);
@@ -259,30 +208,6 @@ impl Market {
         Ok(done)
     }
 
-    /// Approved meters that sent a reading during `[start_s, end_s)` but none yet at or after
-    /// `end_s`: their readings across the slot's end are late, not missing.
-    async fn late_meters(
-        &self,
-        pool: &AnyPool,
-        start_s: i64,
-        end_s: i64,
-    ) -> Result<i64, MarketError> {
-        Ok(sqlx::query(
-            // Per meter through the (meter_id, timestamp_ms) index: two seeks each, however
-            // long the history of readings.
-            "SELECT CAST(COUNT(*) AS BIGINT) FROM meters m WHERE m.approved_ms IS NOT NULL \
-             AND EXISTS (SELECT 1 FROM readings r WHERE r.meter_id = m.meter_id \
-                         AND r.timestamp_ms >= $1 AND r.timestamp_ms < $2) \
-             AND NOT EXISTS (SELECT 1 FROM readings l WHERE l.meter_id = m.meter_id \
-                             AND l.timestamp_ms >= $2)",
-        )
-        .bind(start_s.saturating_mul(1000))
-        .bind(end_s.saturating_mul(1000))
-        .fetch_one(pool)
-        .await?
-        .get::<i64, _>(0))
-    }
-
     /// Each approved meter's delivery in the slot ending at `end_s`, from its signed counters:
     /// from where its previous settlement ended (its position; for its first settlement, its
     /// latest reading at or before `start_s`) to its latest reading at or before `end_s`. A
@@ -294,7 +219,6 @@ impl Market {
     /// sent nothing has nothing to settle.
     async fn deliveries(
         &self,
-        pool: &AnyPool,
         start_s: i64,
         end_s: i64,
         traders: &BTreeSet<AccountId>,
@@ -304,15 +228,9 @@ impl Market {
         // Design: three queries for the whole community (positions, and each meter's latest
         // reading at or before the slot's start and end), not three per meter: settlement of
         // 10 000 meters must finish within a second.
-        let mut positions = counters_by_meter(
-            sqlx::query(
-                "SELECT meter_id, import_wh, export_wh, timestamp_ms, digest FROM meter_positions",
-            )
-            .fetch_all(pool)
-            .await?,
-        );
-        let mut at_start = counters_by_meter(latest_readings(pool, start_s, true).await?);
-        let mut at_end = counters_by_meter(latest_readings(pool, end_s, false).await?);
+        let mut positions = self.store.settled_positions().await?;
+        let mut at_start = self.store.counters_at(start_s, true).await?;
+        let mut at_end = self.store.counters_at(end_s, false).await?;
         for (index, meter) in meters.iter().enumerate() {
             let Some(approval) = &meter.approval else {
                 continue;
@@ -433,9 +351,9 @@ impl Market {
             out.deliveries.push(delivery);
             out.digests.push(start.digest.clone());
             out.digests.push(end.digest.clone());
-            out.moved.push(Moved {
+            out.moved.push(SettledMeter {
                 meter_id: meter.meter_id.clone(),
-                account,
+                account_id: i64::from(account.0),
                 from: start,
                 to: end,
             });
@@ -452,24 +370,10 @@ impl Market {
         let Some(custody) = self.custody() else {
             return Ok(0);
         };
-        let pool = self.store.pool();
-        let slots = slot_list(
-            pool,
-            "SELECT slot FROM slots WHERE status = 'settled' \
-             AND slot NOT IN (SELECT slot FROM settlement_batches) \
-             AND slot IN (SELECT slot FROM ledger WHERE amount <> 0) ORDER BY slot",
-        )
-        .await?;
+        let slots = self.store.settled_slots_without_batch().await?;
         for &slot in &slots {
             let settled = self.settled_slot(slot).await?;
-            let excluded = texts_of_slot(
-                pool,
-                "SELECT meter_id FROM disputed_meters WHERE slot = $1",
-                slot,
-            )
-            .await?
-            .into_iter()
-            .collect();
+            let excluded = self.store.disputed_meters(slot).await?;
             let start = self
                 .community_for(slot)
                 .terms(slot)
@@ -487,26 +391,11 @@ impl Market {
     /// (households by id; −1 the utility, −2 the grid operator), its trades and the digests of
     /// the readings its delivery check used.
     pub async fn settled_slot(&self, slot: u64) -> Result<SettledSlot, MarketError> {
-        let pool = self.store.pool();
-        let balances =
-            sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1 ORDER BY id")
-                .bind(i64_of(slot))
-                .fetch_all(pool)
-                .await?
-                .into_iter()
-                .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
-                .collect();
-        let reading_digests = texts_of_slot(
-            pool,
-            "SELECT digest FROM slot_readings WHERE slot = $1 ORDER BY digest",
-            slot,
-        )
-        .await?;
         Ok(SettledSlot {
             slot,
-            balances,
-            trades: load_trades(pool, slot).await?,
-            reading_digests,
+            balances: self.store.slot_ledger(slot).await?,
+            trades: self.store.trades(slot).await?,
+            reading_digests: self.store.slot_reading_digests(slot).await?,
         })
     }
 
@@ -517,198 +406,15 @@ impl Market {
         after: u64,
         limit: u32,
     ) -> Result<Vec<(u64, i64, i64, Option<i64>)>, MarketError> {
-        let rows = sqlx::query(
-            "SELECT s.slot, CAST(COUNT(l.id) AS BIGINT), \
-             CAST(COALESCE(SUM(CASE WHEN l.amount < 0 THEN -l.amount ELSE 0 END), 0) AS BIGINT), \
-             MAX(c.queued_ms) \
-             FROM slots s LEFT JOIN ledger l ON l.slot = s.slot \
-             LEFT JOIN settlement_batches c ON c.slot = s.slot \
-             WHERE s.status = 'settled' AND s.slot > $1 GROUP BY s.slot ORDER BY s.slot LIMIT $2",
-        )
-        .bind(i64_of(after))
-        .bind(i64::from(limit))
-        .fetch_all(self.store.pool())
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (u64_of(r.get(0)), r.get(1), r.get(2), r.get(3)))
-            .collect())
+        Ok(self.store.settlements(after, limit).await?)
     }
-}
-
-/// The text column of a query over one slot's rows.
-async fn texts_of_slot(
-    pool: &AnyPool,
-    query: &'static str,
-    slot: u64,
-) -> Result<Vec<String>, MarketError> {
-    Ok(sqlx::query(query)
-        .bind(i64_of(slot))
-        .fetch_all(pool)
-        .await?
-        .into_iter()
-        .map(|r| r.get::<String, _>(0))
-        .collect())
-}
-
-/// A stored reading's counters (`meter_id, import_wh, export_wh, timestamp_ms, digest`).
-fn position(r: &sqlx::any::AnyRow) -> Result<Position, String> {
-    let unsigned = |i: usize| -> Result<u64, String> {
-        let v: i64 = r.try_get(i).map_err(|e| e.to_string())?;
-        u64::try_from(v).map_err(|_| format!("stored counter {v} is negative"))
-    };
-    Ok(Position {
-        import_wh: unsigned(1)?,
-        export_wh: unsigned(2)?,
-        timestamp_ms: r.try_get(3).map_err(|e| e.to_string())?,
-        digest: r.try_get(4).map_err(|e| e.to_string())?,
-    })
-}
-
-/// Rows of `meter_id, import_wh, export_wh, timestamp_ms, digest` by meter (the first row of
-/// a meter wins); a row that does not read as counters is kept as its error, for a dispute.
-fn counters_by_meter(rows: Vec<sqlx::any::AnyRow>) -> HashMap<String, Result<Position, String>> {
-    let mut out = HashMap::with_capacity(rows.len());
-    for r in &rows {
-        let Ok(meter) = r.try_get::<String, _>(0) else {
-            continue;
-        };
-        out.entry(meter).or_insert_with(|| position(r));
-    }
-    out
-}
-
-/// Each approved meter's latest reading with both counters at or before `at_s` (only meters
-/// without a settled position, when `unpositioned`). Ties on the timestamp come out in digest
-/// order, so the choice does not depend on the database.
-async fn latest_readings(
-    pool: &AnyPool,
-    at_s: i64,
-    unpositioned: bool,
-) -> Result<Vec<sqlx::any::AnyRow>, sqlx::Error> {
-    let only = if unpositioned {
-        "AND NOT EXISTS (SELECT 1 FROM meter_positions p WHERE p.meter_id = m.meter_id)"
-    } else {
-        ""
-    };
-    // The scalar subquery walks the (meter_id, timestamp_ms) index backwards from `at_s` and
-    // stops at the first reading with both counters: its cost does not grow with history.
-    // `CROSS JOIN` makes SQLite drive the join from the meters (one index seek each); with a
-    // plain join it scanned every stored reading and ran the subquery for each.
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "SELECT r.meter_id, r.import_wh, r.export_wh, r.timestamp_ms, r.digest \
-         FROM meters m CROSS JOIN readings r \
-         WHERE r.meter_id = m.meter_id AND r.timestamp_ms = \
-           (SELECT l.timestamp_ms FROM readings l WHERE l.meter_id = m.meter_id \
-            AND l.timestamp_ms <= $1 AND l.import_wh IS NOT NULL AND l.export_wh IS NOT NULL \
-            ORDER BY l.timestamp_ms DESC LIMIT 1) \
-         AND m.approved_ms IS NOT NULL AND r.import_wh IS NOT NULL AND r.export_wh IS NOT NULL {only} \
-         ORDER BY r.meter_id, r.digest"
-    )))
-    .bind(at_s.saturating_mul(1000))
-    .fetch_all(pool)
-    .await
-}
-
-/// Moves each settled meter's position to the reading its slot was settled to, and records
-/// what the slot settled for it, in the settlement's transaction.
-async fn record_positions(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    slot: u64,
-    moved: &[Moved],
-) -> Result<(), MarketError> {
-    let wh = |v: u64| {
-        i64::try_from(v)
-            .map(Bind::Int)
-            .map_err(|_| MarketError::OutOfRange(format!("counter {v} Wh")))
-    };
-    let slot = Bind::Int(i64_of(slot));
-    let mut positions = Vec::with_capacity(moved.len());
-    let mut deliveries = Vec::with_capacity(moved.len());
-    for m in moved {
-        positions.push([
-            Bind::Text(m.meter_id.clone()),
-            wh(m.to.import_wh)?,
-            wh(m.to.export_wh)?,
-            Bind::Int(m.to.timestamp_ms),
-            Bind::Text(m.to.digest.clone()),
-            slot.clone(),
-        ]);
-        deliveries.push([
-            slot.clone(),
-            Bind::Text(m.meter_id.clone()),
-            Bind::Int(i64::from(m.account.0)),
-            wh(m.to.import_wh.saturating_sub(m.from.import_wh))?,
-            wh(m.to.export_wh.saturating_sub(m.from.export_wh))?,
-            Bind::Int(m.from.timestamp_ms),
-            Bind::Int(m.to.timestamp_ms),
-        ]);
-    }
-    insert_rows(
-        tx,
-        "INSERT INTO meter_positions (meter_id, import_wh, export_wh, timestamp_ms, digest, slot)",
-        " ON CONFLICT (meter_id) DO UPDATE SET \
-         import_wh = excluded.import_wh, export_wh = excluded.export_wh, \
-         timestamp_ms = excluded.timestamp_ms, digest = excluded.digest, slot = excluded.slot",
-        positions,
-    )
-    .await?;
-    insert_rows(
-        tx,
-        "INSERT INTO slot_deliveries (slot, meter_id, account_id, import_wh, export_wh, from_ms, to_ms)",
-        "",
-        deliveries,
-    )
-    .await?;
-    Ok(())
-}
-
-/// Bound values per multi-row statement. Design: small on purpose. sqlx's SQLite driver finds
-/// each `$n` by name among the statement's parameters, a linear search, so binding costs grow
-/// with the square of the parameters per statement: 4 000 per statement made settling 10 000
-/// meters spend 60 % of its time in `sqlite3_bind_parameter_name` (perf); at about a hundred
-/// that cost vanishes and the round trips saved stay.
-const MAX_BINDS: usize = 120;
-
-/// A value bound into a multi-row statement.
-#[derive(Clone)]
-enum Bind {
-    Int(i64),
-    Text(String),
-}
-
-/// Runs `head VALUES (..), (..) tail` over `rows`, in statements of at most [`MAX_BINDS`]
-/// bound values: one round trip per chunk instead of one per row.
-async fn insert_rows<const WIDTH: usize>(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    head: &str,
-    tail: &str,
-    rows: Vec<[Bind; WIDTH]>,
-) -> Result<(), sqlx::Error> {
-    for chunk in rows.chunks((MAX_BINDS / WIDTH.max(1)).max(1)) {
-        let sql = format!(
-            "{head} VALUES {}{tail}",
-            crate::store::values_placeholders(chunk.len(), WIDTH)
-        );
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for row in chunk {
-            for v in row {
-                q = match v {
-                    Bind::Int(i) => q.bind(*i),
-                    Bind::Text(t) => q.bind(t.as_str()),
-                };
-            }
-        }
-        q.execute(&mut **tx).await?;
-    }
-    Ok(())
 }
 
 /// Writes a settled slot's batch — its net amounts, the Merkle root of its trades and readings,
 /// and its sales between meters (`excluded`: meters whose delivery is disputed earn no sale) —
 /// into the settlement outbox, in the caller's transaction.
 async fn queue_batch(
-    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    tx: &mut Transaction,
     settled: &SettledSlot,
     delivery_start_s: i64,
     excluded: &BTreeSet<String>,
@@ -717,19 +423,12 @@ async fn queue_batch(
     let slot = settled.slot;
     let batch = crate::chain::batch_of(settled, custody)
         .map_err(|e| MarketError::Settlement(e.to_string()))?;
-    let meters: HashMap<u64, String> = sqlx::query(
-        "SELECT order_id, meter_id FROM order_events WHERE slot = $1 AND kind = 'submit'",
-    )
-    .bind(i64_of(slot))
-    .fetch_all(&mut **tx)
-    .await?
-    .into_iter()
-    .map(|r| (u64_of(r.get(0)), r.get::<String, _>(1)))
-    .collect();
+    let meters = tx.submitted_order_meters(slot).await?;
     let delivered_at_ms = u64::try_from(delivery_start_s)
         .unwrap_or_default()
         .saturating_mul(1000);
     let sales = crate::chain::sales_of(settled, delivered_at_ms, &meters, excluded);
-    crate::chain::outbox::insert(tx, &batch, &sales, crate::pipeline::now_ms()).await?;
+    tx.queue_settlement_batch(&batch, &sales, crate::pipeline::now_ms())
+        .await?;
     Ok(())
 }

@@ -134,7 +134,7 @@ async fn readings_a_restarted_broker_lost_are_asked_for_again_and_arrive() {
             Duration::from_secs(60),
             || async move {
                 let seqs = stored_seqs(store, m).await;
-                let totals = gaps::totals(store).await.unwrap();
+                let totals = store.gap_totals().await.unwrap();
                 seqs.len() as u64 >= signed_by
                     && seqs.iter().copied().eq(1..=seqs.len() as u64)
                     && totals.open_gaps == 0
@@ -244,13 +244,13 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         // 1..3, then 10: 4..9 missing; 6 arrives (sent again): two gaps; 4, 5 close one.
         store(&[1, 2, 3, 10]).await;
         assert_eq!(
-            ranges(gaps::list(&f.store, Some(&meter), 100).await.unwrap()),
+            ranges(f.store.gaps(Some(&meter), 100).await.unwrap()),
             vec![(4, 9)],
             "{url}"
         );
         assert_eq!(store(&[6]).await, vec![Stored::Recovered], "{url}");
         assert_eq!(
-            ranges(gaps::list(&f.store, Some(&meter), 100).await.unwrap()),
+            ranges(f.store.gaps(Some(&meter), 100).await.unwrap()),
             vec![(4, 5), (7, 9)],
             "{url}"
         );
@@ -259,7 +259,7 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
             vec![Stored::Recovered, Stored::Recovered]
         );
         assert_eq!(
-            ranges(gaps::list(&f.store, Some(&meter), 100).await.unwrap()),
+            ranges(f.store.gaps(Some(&meter), 100).await.unwrap()),
             vec![(7, 9)],
             "{url}"
         );
@@ -322,11 +322,11 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         };
         let later = market_engine::pipeline::now_ms() + 61_000;
         requester.tick(later).await.unwrap();
-        let listed = gaps::list(&f.store, Some(&meter), 100).await.unwrap();
+        let listed = f.store.gaps(Some(&meter), 100).await.unwrap();
         assert_eq!(listed.len(), 1, "{url}");
         assert_eq!(listed[0].status, "unfillable", "{url}");
         assert_eq!(requester.metrics.gaps.given_up.load(Ordering::Relaxed), 1);
-        let totals = gaps::totals(&f.store).await.unwrap();
+        let totals = f.store.gap_totals().await.unwrap();
         assert_eq!(
             (
                 totals.open_gaps,
@@ -341,10 +341,7 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         // Should the readings turn up after all, the gap closes.
         store(&[7, 8, 9]).await;
         assert!(
-            gaps::list(&f.store, Some(&meter), 100)
-                .await
-                .unwrap()
-                .is_empty(),
+            f.store.gaps(Some(&meter), 100).await.unwrap().is_empty(),
             "{url}"
         );
         f.store.close().await;

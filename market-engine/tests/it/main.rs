@@ -29,6 +29,7 @@ mod roi;
 mod sharing;
 mod staking;
 mod storage;
+mod store;
 mod watcher;
 mod web;
 

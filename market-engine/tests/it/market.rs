@@ -611,11 +611,7 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             assert_eq!(market.queue_unqueued().await.unwrap(), 0, "queued once");
             // The trade between two meters is a local sale for the seller meter's rewards
             // (`settleWithSales`; the contract skips meters it does not know).
-            let sales = market_engine::chain::outbox::record(&store, slot)
-                .await
-                .unwrap()
-                .unwrap()
-                .sales;
+            let sales = store.settlement_batch(slot).await.unwrap().unwrap().sales;
             let id = |m: &str| gridshare_contracts::staking::text_id(m).unwrap();
             assert_eq!(
                 sales.sales,

@@ -13,7 +13,7 @@ use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
 use gridshare_contracts::deploy::{Deployment, StakingParams};
-use market_engine::chain::outbox::{self, BatchRecord, BatchStatus};
+use market_engine::chain::outbox::{BatchRecord, BatchStatus};
 use market_engine::chain::{ChainConfig, ChainSettler};
 use market_engine::pipeline::now_ms;
 use market_engine::store::Store;
@@ -125,14 +125,14 @@ fn batch(id: u64, credit: Address, debit: Address, amount: i128) -> SettlementBa
 }
 
 async fn queue(store: &Store, batch: &SettlementBatch) {
-    let mut conn = store.pool().acquire().await.unwrap();
-    outbox::insert(&mut conn, batch, &SlotSales::default(), now_ms())
+    store
+        .queue_settlement_batch(batch, &SlotSales::default(), now_ms())
         .await
         .unwrap();
 }
 
 async fn record(store: &Store, slot: u64) -> BatchRecord {
-    outbox::record(store, slot).await.unwrap().unwrap()
+    store.settlement_batch(slot).await.unwrap().unwrap()
 }
 
 /// The engine's settler on the node, as `serve` opens it (a new one is a restart: the same

@@ -1,0 +1,61 @@
+//! The storage layer checks what it reads back (issue 12): a value the engine never writes — a
+//! negative price or slot — is an error naming its column, never clipped to 0 or dropped
+//! without a word. On SQLite and PostgreSQL.
+
+use market_engine::store::{Store, StoreError, TradingRule};
+
+use crate::{databases, unique};
+
+/// What `result` holds if it is the `Corrupt` error the checked reads give.
+fn corrupt<T: std::fmt::Debug>(result: Result<T, StoreError>) -> String {
+    match result {
+        Err(StoreError::Corrupt(message)) => message,
+        other => panic!("expected a corrupt value, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_negative_value_read_back_is_an_error_naming_its_column() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let account = store
+            .create_account(&unique("household"), "x", "household", 0)
+            .await
+            .unwrap();
+        let meter = unique("m");
+        store
+            .register_meter(&meter, account, &unique("key"), "k", 0)
+            .await
+            .unwrap();
+        let rule = TradingRule {
+            meter_id: meter.clone(),
+            account_id: account,
+            sell_at_least: Some(5),
+            buy_at_most: None,
+            keep_battery_above_bp: None,
+        };
+        store.set_rule(&rule, 0).await.unwrap();
+        assert_eq!(store.rules().await.unwrap(), vec![rule], "{url}");
+
+        // Written behind the engine's back: it never stores a negative price or slot.
+        sqlx::query("UPDATE trading_rules SET sell_at_least = -5 WHERE meter_id = $1")
+            .bind(&meter)
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let message = corrupt(store.rules().await);
+        assert!(
+            message.contains("trading_rules.sell_at_least -5"),
+            "{url}: {message}"
+        );
+
+        sqlx::query("INSERT INTO slots (slot, status, clearing_price) VALUES (-3, 'closed', NULL)")
+            .execute(store.pool())
+            .await
+            .unwrap();
+        let message = corrupt(store.closed_slots().await);
+        assert!(message.contains("slot -3"), "{url}: {message}");
+        store.close().await;
+    }
+}
