@@ -58,7 +58,7 @@ async fn main() {
     let engine = Engine::start(&config).await.expect("engine");
     let account = engine
         .store
-        .create_account("bench", "x", "household", 0)
+        .create_account("bench", "x", market_engine::store::Role::Household, 0)
         .await
         .expect("account");
     let rng = SystemRandom::new();

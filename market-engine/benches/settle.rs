@@ -60,7 +60,12 @@ async fn main() {
     let mut batch = Vec::new();
     for m in 0..meters {
         let account = store
-            .create_account(&format!("home-{tag}-{m}"), "x", "household", 0)
+            .create_account(
+                &format!("home-{tag}-{m}"),
+                "x",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .expect("account");
         let id = format!("m{tag}-{m}");

@@ -137,7 +137,12 @@ pub(crate) async fn run(
                     .map_err(anyhow::Error::msg)?;
                 engine
                     .store
-                    .create_account(&name, &hash, "household", now_ms())
+                    .create_account(
+                        &name,
+                        &hash,
+                        market_engine::store::Role::Household,
+                        now_ms(),
+                    )
                     .await?
             }
         };

@@ -206,7 +206,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
             // The engine's own database, found as `serve` finds it; never a new one.
             let store = market_engine::store::Store::open_existing(&c.database.url).await?;
             println!("database {}", c.database.url);
-            if store.set_role(&name, "operator").await? {
+            if store
+                .set_role(&name, market_engine::store::Role::Operator)
+                .await?
+            {
                 println!("{name} is now the community operator");
             } else {
                 let password = match std::env::var("GRIDSHARE_OPERATOR_PASSWORD") {
@@ -223,7 +226,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     .await
                     .map_err(anyhow::Error::msg)?;
                 store
-                    .create_account(&name, &hash, "operator", market_engine::pipeline::now_ms())
+                    .create_account(
+                        &name,
+                        &hash,
+                        market_engine::store::Role::Operator,
+                        market_engine::pipeline::now_ms(),
+                    )
                     .await?;
                 println!("created the community operator {name}");
             }

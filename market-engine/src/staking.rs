@@ -154,7 +154,7 @@ async fn stake(
                 "meter {meter_id:?} is not registered"
             )));
         }
-        Some(owner) if owner != account.id && account.role != "operator" => {
+        Some(owner) if owner != account.id && account.role != crate::store::Role::Operator => {
             return Err(ApiError::Forbidden(format!(
                 "meter {meter_id:?} belongs to another account: you can only see the stake of your own meters"
             )));

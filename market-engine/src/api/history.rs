@@ -19,7 +19,8 @@ use gridshare_core::market::amount_for;
 use serde::Deserialize;
 use serde_json::json;
 
-use super::{ApiError, AppState, Authenticated, now_s};
+use super::extract::{Authenticated, Operator, operator_action};
+use super::{ApiError, AppState, now_s};
 use crate::market::MarketConfig;
 use crate::pipeline::now_ms;
 use crate::store::AccountRow;
@@ -612,17 +613,18 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
     })))
 }
 
+operator_action!(
+    /// The audit of rejected readings is the operator's.
+    SeesRejections,
+    "sees rejected readings"
+);
+
 /// The operator's audit of bad input: rejected readings counted by reason, and the latest 50
 /// with their meter and detail.
 async fn rejections(
     State(state): State<AppState>,
-    Authenticated(account): Authenticated,
+    _: Operator<SeesRejections>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if account.role != "operator" {
-        return Err(ApiError::Forbidden(
-            "only the community operator sees rejected readings".into(),
-        ));
-    }
     let by_reason: Vec<_> = state
         .store
         .rejection_reasons()
@@ -634,16 +636,17 @@ async fn rejections(
     Ok(Json(json!({ "by_reason": by_reason, "latest": latest })))
 }
 
+operator_action!(
+    /// Disputed meters are the operator's to resolve.
+    SeesDisputes,
+    "sees disputed meters"
+);
+
 /// Meters whose delivery could not be established in a settled slot, newest first (operator).
 async fn disputes(
     State(state): State<AppState>,
-    Authenticated(account): Authenticated,
+    _: Operator<SeesDisputes>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    if account.role != "operator" {
-        return Err(ApiError::Forbidden(
-            "only the community operator sees disputed meters".into(),
-        ));
-    }
     let rows = state.store.disputes(200).await?;
     Ok(Json(json!({ "disputes": rows })))
 }

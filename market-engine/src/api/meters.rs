@@ -1,6 +1,7 @@
 //! Meters over HTTP: a household registers its meter (pending) and lists its meters; the
 //! community operator lists every meter, approves one with its capacity and device identity,
-//! or refuses a pending one. The rules themselves live in [`crate::meters`].
+//! or refuses a pending one; a household reads its meter's readings. The rules themselves
+//! live in [`crate::meters`].
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -9,7 +10,8 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiError, AppState, Authenticated, json_body};
+use super::extract::{Authenticated, JsonBody, Operator, Page, operator_action};
+use super::{ApiError, AppState};
 use crate::meters::{self, ApprovalRequest, MeterError};
 use crate::pipeline::now_ms;
 use crate::store::{AccountRow, MeterRow};
@@ -22,6 +24,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/meters/{meter_id}", delete(refuse))
         .route("/api/v1/operator/meters", get(every))
         .route("/api/v1/operator/gaps", get(gaps))
+        .route("/api/v1/meters/{meter_id}/readings", get(meter_readings))
 }
 
 impl From<MeterError> for ApiError {
@@ -38,13 +41,43 @@ impl From<MeterError> for ApiError {
     }
 }
 
-fn operator_only(account: &AccountRow, what: &str) -> Result<(), ApiError> {
-    if account.role != "operator" {
-        return Err(ApiError::Forbidden(format!(
-            "only the community operator {what}"
-        )));
+operator_action!(
+    /// The community's list of meters is the operator's.
+    ListsEveryMeter,
+    "lists every meter"
+);
+operator_action!(
+    /// The gaps of every meter are the operator's to watch.
+    SeesGaps,
+    "sees the meters' missing readings"
+);
+operator_action!(
+    /// A meter counts only once the operator approved it.
+    ApprovesMeters,
+    "approves meters"
+);
+operator_action!(
+    /// Refusing a registration is the operator's.
+    RefusesMeters,
+    "refuses meter registrations"
+);
+
+/// Whether `meter_id` is `account`'s: 404 when no one registered it, 403 when another account
+/// did.
+pub(super) async fn own_meter(
+    state: &AppState,
+    account: &AccountRow,
+    meter_id: &str,
+) -> Result<(), ApiError> {
+    match state.store.meter_owner(meter_id).await? {
+        None => Err(ApiError::NotFound(format!(
+            "meter {meter_id:?} is not registered"
+        ))),
+        Some(owner) if owner != account.id => Err(ApiError::Forbidden(format!(
+            "meter {meter_id:?} belongs to another account: you can only read, trade and set rules for your own meters"
+        ))),
+        Some(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// A meter as the API shows it.
@@ -102,9 +135,8 @@ struct RegisterRequest {
 async fn register(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
-    body: Result<Json<RegisterRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(req): JsonBody<RegisterRequest>,
 ) -> Result<impl IntoResponse, ApiError> {
-    let req = json_body(body)?;
     let (meter, key) = meters::register(
         &state.store,
         &state.keys,
@@ -145,9 +177,8 @@ async fn mine(
 /// Every meter of the community with its owner (operator only).
 async fn every(
     State(state): State<AppState>,
-    Authenticated(account): Authenticated,
+    _: Operator<ListsEveryMeter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator_only(&account, "lists every meter")?;
     let names = state.store.account_names().await?;
     let meters: Vec<MeterView> = state
         .store
@@ -179,10 +210,9 @@ fn default_gap_limit() -> u32 {
 /// what it gave up as unfillable (operator only).
 async fn gaps(
     State(state): State<AppState>,
-    Authenticated(account): Authenticated,
+    _: Operator<SeesGaps>,
     query: Result<axum::extract::Query<GapQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator_only(&account, "sees the meters' missing readings")?;
     let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if !(1..=10_000).contains(&q.limit) {
         return Err(ApiError::Invalid {
@@ -202,12 +232,11 @@ async fn gaps(
 /// The operator approves a meter with its rated capacity and installed device identity.
 async fn approve(
     State(state): State<AppState>,
-    Authenticated(account): Authenticated,
+    Operator(account, _): Operator<ApprovesMeters>,
     Path(meter_id): Path<String>,
-    body: Result<Json<ApprovalRequest>, axum::extract::rejection::JsonRejection>,
+    JsonBody(approval): JsonBody<ApprovalRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    operator_only(&account, "approves meters")?;
-    let approval = json_body(body)?.checked()?;
+    let approval = approval.checked()?;
     // The ingest's registry knows every meter and whether it is approved: no query needed.
     let first_approval = state
         .keys
@@ -241,10 +270,29 @@ async fn approve(
 /// The operator refuses a pending meter registration: the id and key are free again.
 async fn refuse(
     State(state): State<AppState>,
-    Authenticated(account): Authenticated,
+    _: Operator<RefusesMeters>,
     Path(meter_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    operator_only(&account, "refuses meter registrations")?;
     meters::refuse(&state.store, &state.keys, &meter_id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// The meter's stored readings, oldest first, a page at a time (its owner only).
+async fn meter_readings(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+    Path(meter_id): Path<String>,
+    page: Page,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    own_meter(&state, &account, &meter_id).await?;
+    let readings: Vec<serde_json::Value> = state
+        .store
+        .readings(&meter_id, page.after, page.limit)
+        .await?
+        .iter()
+        .filter_map(|e| serde_json::from_str(e).ok())
+        .collect();
+    Ok(Json(
+        serde_json::json!({ "meter_id": meter_id, "readings": readings }),
+    ))
 }

@@ -15,7 +15,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::routing::post;
 use axum::{Json, Router};
 use gridshare_simulations::roi::{
@@ -23,7 +22,8 @@ use gridshare_simulations::roi::{
 };
 use tokio::sync::Semaphore;
 
-use super::{ApiError, AppState, json_body};
+use super::extract::JsonBody;
+use super::{ApiError, AppState};
 
 /// Most price paths one request may draw.
 const MAX_PATHS: u32 = 20_000;
@@ -97,9 +97,9 @@ fn refusal(e: &RoiError) -> ApiError {
 
 async fn calculate(
     State(calc): State<Arc<Calculator>>,
-    body: Result<Json<serde_json::Value>, JsonRejection>,
+    JsonBody(body): JsonBody<serde_json::Value>,
 ) -> Result<Json<RoiResult>, ApiError> {
-    let input = RoiInput::from_json_value(json_body(body)?).map_err(|e| refusal(&e))?;
+    let input = RoiInput::from_json_value(body).map_err(|e| refusal(&e))?;
     if input.token.paths > MAX_PATHS {
         return Err(ApiError::Invalid {
             field: "token.paths".into(),

@@ -5,8 +5,46 @@ use std::collections::HashMap;
 
 use super::{Store, StoreError, i64_of, unsigned, unsigned_opt};
 
+/// What an account may do, stored as its lower-case name in `accounts.role`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Trades and reads for its own meters only.
+    Household,
+    /// The community operator: approves meters, records deposits, sets the market's terms.
+    Operator,
+}
+
+impl Role {
+    /// The name stored in `accounts.role` and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Household => "household",
+            Self::Operator => "operator",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "household" => Ok(Self::Household),
+            "operator" => Ok(Self::Operator),
+            other => Err(format!("{other:?} is not a role (household or operator)")),
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// An account.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccountRow {
     /// Id.
     pub id: i64,
@@ -14,8 +52,35 @@ pub struct AccountRow {
     pub name: String,
     /// Argon2id PHC string.
     pub password_hash: String,
-    /// `household` or `operator`.
-    pub role: String,
+    /// What it may do.
+    pub role: Role,
+}
+
+/// A row of `accounts` as stored.
+#[derive(sqlx::FromRow)]
+struct StoredAccount {
+    id: i64,
+    name: String,
+    password_hash: String,
+    role: String,
+}
+
+impl TryFrom<StoredAccount> for AccountRow {
+    type Error = StoreError;
+
+    /// Design: an unknown role is corruption, not a household: reading it as the least
+    /// privileged role would hide a row written behind the engine's back.
+    fn try_from(r: StoredAccount) -> Result<Self, StoreError> {
+        Ok(Self {
+            role: r
+                .role
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("accounts.role {e}")))?,
+            id: r.id,
+            name: r.name,
+            password_hash: r.password_hash,
+        })
+    }
 }
 
 /// A session or an API token: only a SHA-256 of its secret is stored.
@@ -78,7 +143,7 @@ impl Store {
         &self,
         name: &str,
         password_hash: &str,
-        role: &str,
+        role: Role,
         now_ms: u64,
     ) -> Result<i64, StoreError> {
         let id: Option<i64> = sqlx::query_scalar(
@@ -87,7 +152,7 @@ impl Store {
         )
         .bind(name)
         .bind(password_hash)
-        .bind(role)
+        .bind(role.as_str())
         .bind(i64_of(now_ms))
         .fetch_optional(&self.pool)
         .await?;
@@ -138,10 +203,10 @@ impl Store {
         tx.commit().await
     }
 
-    /// Gives an existing account a role (`household` or `operator`); whether it exists.
-    pub async fn set_role(&self, name: &str, role: &str) -> Result<bool, StoreError> {
+    /// Gives an existing account a role; whether it exists.
+    pub async fn set_role(&self, name: &str, role: Role) -> Result<bool, StoreError> {
         let done = sqlx::query("UPDATE accounts SET role = $1 WHERE name = $2")
-            .bind(role)
+            .bind(role.as_str())
             .bind(name)
             .execute(&self.pool)
             .await?;
@@ -167,12 +232,12 @@ impl Store {
 
     /// An account by login name.
     pub async fn account_by_name(&self, name: &str) -> Result<Option<AccountRow>, StoreError> {
-        Ok(
+        let row: Option<StoredAccount> =
             sqlx::query_as("SELECT id, name, password_hash, role FROM accounts WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
-                .await?,
-        )
+                .await?;
+        row.map(AccountRow::try_from).transpose()
     }
 
     /// Every account's name by id.
@@ -288,7 +353,7 @@ impl Store {
         token_hash: &str,
         now_ms: u64,
     ) -> Result<Option<AccountRow>, StoreError> {
-        Ok(sqlx::query_as(
+        let row: Option<StoredAccount> = sqlx::query_as(
             "SELECT a.id, a.name, a.password_hash, a.role FROM credentials c \
              JOIN accounts a ON a.id = c.account_id \
              WHERE c.token_hash = $1 AND (c.expires_ms IS NULL OR c.expires_ms > $2)",
@@ -296,6 +361,39 @@ impl Store {
         .bind(token_hash)
         .bind(i64_of(now_ms))
         .fetch_optional(&self.pool)
-        .await?)
+        .await?;
+        row.map(AccountRow::try_from).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stored(role: &str) -> StoredAccount {
+        StoredAccount {
+            id: 1,
+            name: "home-01".into(),
+            password_hash: "x".into(),
+            role: role.into(),
+        }
+    }
+
+    #[test]
+    fn an_unknown_role_is_corruption_not_a_household() {
+        match AccountRow::try_from(stored("admin")) {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("accounts.role"), "{message}");
+                assert!(message.contains("admin"), "{message}");
+            }
+            other => panic!("expected a corrupt role, got {other:?}"),
+        }
+        for role in [Role::Household, Role::Operator] {
+            assert_eq!(
+                AccountRow::try_from(stored(role.as_str())).unwrap().role,
+                role
+            );
+            assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
+        }
     }
 }

@@ -29,7 +29,7 @@ pub mod orders;
 pub mod readings;
 pub mod settlement;
 
-pub use accounts::{AccountRow, CredentialRow};
+pub use accounts::{AccountRow, CredentialRow, Role};
 pub use meters::{MeterRow, TradingRule};
 pub use readings::{Position, SettledMeter, Stored};
 

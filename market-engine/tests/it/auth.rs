@@ -639,7 +639,7 @@ async fn look_alike_names_are_refused_and_login_normalises_the_name() {
             .unwrap();
         server
             .store
-            .create_account(&legacy, &hash, "household", 0)
+            .create_account(&legacy, &hash, market_engine::store::Role::Household, 0)
             .await
             .unwrap();
         let r = login(to, &legacy, PASSWORD).await;

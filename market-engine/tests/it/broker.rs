@@ -45,7 +45,12 @@ fn meter_id(prefix: &str) -> String {
 async fn approved_meter(engine: &Engine, meter: &str) -> String {
     let account = engine
         .store
-        .create_account(&unique("home"), "unused-hash", "household", 0)
+        .create_account(
+            &unique("home"),
+            "unused-hash",
+            market_engine::store::Role::Household,
+            0,
+        )
         .await
         .unwrap();
     engine
@@ -392,7 +397,12 @@ async fn an_authenticated_meter_agent_feeds_the_engine_and_revocation_cuts_it_of
     let (engine, config) = embedded_engine(&community, &url).await;
     let account = engine
         .store
-        .create_account(&unique("home"), "unused-hash", "household", 0)
+        .create_account(
+            &unique("home"),
+            "unused-hash",
+            market_engine::store::Role::Household,
+            0,
+        )
         .await
         .unwrap();
     let agent_dir = tempfile::tempdir().unwrap();
@@ -780,7 +790,12 @@ async fn the_engine_ingests_through_a_tls_broker() {
     let engine = Engine::start(&config).await.unwrap();
     let account = engine
         .store
-        .create_account(&unique("home"), "unused-hash", "household", 0)
+        .create_account(
+            &unique("home"),
+            "unused-hash",
+            market_engine::store::Role::Household,
+            0,
+        )
         .await
         .unwrap();
     let agent_dir = tempfile::tempdir().unwrap();

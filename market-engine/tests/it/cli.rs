@@ -46,5 +46,5 @@ async fn operator_refuses_a_database_that_does_not_exist() {
     );
     let store = market_engine::store::Store::open(&url).await.unwrap();
     let op = store.account_by_name("operator").await.unwrap().unwrap();
-    assert_eq!(op.role, "operator");
+    assert_eq!(op.role, market_engine::store::Role::Operator);
 }

@@ -119,11 +119,21 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
             .await
             .unwrap();
         let id = store
-            .create_account("crash-home", &hash, "household", 0)
+            .create_account(
+                "crash-home",
+                &hash,
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         store
-            .create_account("crash-operator", &hash, "operator", 0)
+            .create_account(
+                "crash-operator",
+                &hash,
+                market_engine::store::Role::Operator,
+                0,
+            )
             .await
             .unwrap();
         sqlx::query("INSERT INTO funding (account_id, amount, reference, created_ms) VALUES ($1, $2, 'opening', 0)")

@@ -76,7 +76,12 @@ async fn readings_a_restarted_broker_lost_are_asked_for_again_and_arrive() {
         let meter = meter[meter.len().saturating_sub(32)..].to_owned();
         let account = engine
             .store
-            .create_account(&unique("home"), "unused-hash", "household", 0)
+            .create_account(
+                &unique("home"),
+                "unused-hash",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         let device = crate::simulated_device("SIM-000001");
@@ -196,7 +201,12 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         let meter = meter[meter.len().saturating_sub(30)..].to_owned();
         let account = f
             .store
-            .create_account(&unique("gaps-home"), "unused-hash", "household", 0)
+            .create_account(
+                &unique("gaps-home"),
+                "unused-hash",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         market_engine::meters::register(
@@ -267,7 +277,10 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         // The operator sees it, households do not; /metrics counts it.
         let operator = unique("op");
         let token = login(&f.app, &operator).await;
-        f.store.set_role(&operator, "operator").await.unwrap();
+        f.store
+            .set_role(&operator, market_engine::store::Role::Operator)
+            .await
+            .unwrap();
         let (status, body, _) = call(
             &f.app,
             "GET",

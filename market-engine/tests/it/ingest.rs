@@ -60,7 +60,12 @@ async fn a_real_meter_agent_feeds_the_engine() {
         let meter = &meter[meter.len().saturating_sub(32)..];
         let account = engine
             .store
-            .create_account(&unique("home"), "unused-hash", "household", 0)
+            .create_account(
+                &unique("home"),
+                "unused-hash",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         register(&engine, meter, account, public).await;
@@ -183,7 +188,12 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
         let meter = meter[meter.len().saturating_sub(32)..].to_owned();
         let account = engine
             .store
-            .create_account(&unique("home"), "h", "household", 0)
+            .create_account(
+                &unique("home"),
+                "h",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         let key = registered_key(&engine, &meter, account).await;
@@ -452,7 +462,12 @@ async fn many_readings_in_flight_never_stall_the_engine() {
     let engine = Engine::start(&config).await.unwrap();
     let account = engine
         .store
-        .create_account("flood", "unused-hash", "household", 0)
+        .create_account(
+            "flood",
+            "unused-hash",
+            market_engine::store::Role::Household,
+            0,
+        )
         .await
         .unwrap();
     let rng = SystemRandom::new();
@@ -512,7 +527,12 @@ async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
         let engine = Engine::start(&config).await.unwrap();
         let account = engine
             .store
-            .create_account(&unique("home"), "h", "household", 0)
+            .create_account(
+                &unique("home"),
+                "h",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         let meter = "junk-target";

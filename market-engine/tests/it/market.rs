@@ -174,7 +174,12 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let bob = login(&app, &bob_name).await;
         let operator_name = unique("operator");
         let operator = login(&app, &operator_name).await;
-        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        assert!(
+            store
+                .set_role(&operator_name, market_engine::store::Role::Operator)
+                .await
+                .unwrap()
+        );
         let mut keys = HashMap::new();
         let mut meters = HashMap::new();
         for (who, token) in [("a", &alice), ("b", &bob)] {
@@ -856,7 +861,12 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
             .await
             .unwrap();
         store
-            .create_account(&operator_name, &hash, "operator", 0)
+            .create_account(
+                &operator_name,
+                &hash,
+                market_engine::store::Role::Operator,
+                0,
+            )
             .await
             .unwrap();
         let (_, _, cookie) = call(

@@ -306,7 +306,12 @@ async fn a_meter_without_readings_is_disputed_and_the_street_settles() {
         assert_eq!(metric(&market.metrics.meters_disputed), 1, "{url}");
         let operator_name = unique("operator");
         let operator = login(&app, &operator_name).await;
-        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        assert!(
+            store
+                .set_role(&operator_name, market_engine::store::Role::Operator)
+                .await
+                .unwrap()
+        );
         let listed = expect(
             &app,
             "GET",
@@ -435,7 +440,12 @@ async fn meter_registration_refuses_bad_keys_reuse_squatting_and_floods() {
         let bob = login(&app, &unique("bob")).await;
         let operator_name = unique("operator");
         let operator = login(&app, &operator_name).await;
-        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        assert!(
+            store
+                .set_role(&operator_name, market_engine::store::Role::Operator)
+                .await
+                .unwrap()
+        );
         let register = |token: String, meter: String, key: String| {
             let app = app.clone();
             async move {

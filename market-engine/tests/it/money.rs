@@ -22,7 +22,12 @@ async fn deposits_cannot_overflow_a_balance_and_the_engine_restarts() {
         let community = market.community();
         let operator_name = unique("op");
         let operator = login(&app, &operator_name).await;
-        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        assert!(
+            store
+                .set_role(&operator_name, market_engine::store::Role::Operator)
+                .await
+                .unwrap()
+        );
         let rich = unique("rich");
         login(&app, &rich).await;
         let path = format!("/api/v1/accounts/{rich}/deposits");

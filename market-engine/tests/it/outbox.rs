@@ -159,7 +159,12 @@ fn custody_file() -> std::path::PathBuf {
 /// A new household account in the engine and its custodial key.
 async fn household(store: &Store, s: &ChainSettler) -> (i64, PrivateKeySigner) {
     let id = store
-        .create_account(&unique("household"), "x", "household", now_ms())
+        .create_account(
+            &unique("household"),
+            "x",
+            market_engine::store::Role::Household,
+            now_ms(),
+        )
         .await
         .unwrap();
     (id, s.custody().signer(id).unwrap())
@@ -357,7 +362,12 @@ async fn a_refused_batch_holds_back_later_ones_is_retried_and_the_operator_can_r
         assert_eq!(status, StatusCode::FORBIDDEN, "{db}");
         let operator_name = unique("operator");
         let operator = login(&app, &operator_name).await;
-        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        assert!(
+            store
+                .set_role(&operator_name, market_engine::store::Role::Operator)
+                .await
+                .unwrap()
+        );
         let (status, body, _) = call(&app, "POST", resend, Some(&operator), None).await;
         assert_eq!(status, StatusCode::OK, "{db}: {body}");
         assert_eq!(body["chain"]["status"], "pending", "{body}");

@@ -200,7 +200,12 @@ async fn rounds<A: Chain, B: Chain>(
     let rng = SystemRandom::new();
     let keys = KeyRegistry::default();
     let account = store
-        .create_account(&unique("owner"), "x", "household", 0)
+        .create_account(
+            &unique("owner"),
+            "x",
+            market_engine::store::Role::Household,
+            0,
+        )
         .await
         .unwrap();
     let mut ids = Vec::new();
@@ -517,7 +522,12 @@ async fn a_running_engine_proves_its_meters_epochs_and_a_restart_neither_repeats
         .unwrap();
     let account = engine
         .store
-        .create_account("prove-owner", &hash, "household", 0)
+        .create_account(
+            "prove-owner",
+            &hash,
+            market_engine::store::Role::Household,
+            0,
+        )
         .await
         .unwrap();
     register_approved(

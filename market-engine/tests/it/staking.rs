@@ -191,7 +191,12 @@ async fn a_meters_stake_and_rewards_come_from_the_staking_contract() {
     // The community operator may look too.
     let operator_name = unique("op");
     let operator = login(&app, &operator_name).await;
-    assert!(store.set_role(&operator_name, "operator").await.unwrap());
+    assert!(
+        store
+            .set_role(&operator_name, market_engine::store::Role::Operator)
+            .await
+            .unwrap()
+    );
     let (s, body, _) = call(&app, "GET", &path, Some(&operator), None).await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["registered"], true);

@@ -300,7 +300,12 @@ async fn with_storage_failing_the_engine_reports_unhealthy_and_stops_on_sigterm(
     let key = {
         let store = market_engine::store::Store::open(&url).await.unwrap();
         let account = store
-            .create_account("ro-home", "unused-hash", "household", 0)
+            .create_account(
+                "ro-home",
+                "unused-hash",
+                market_engine::store::Role::Household,
+                0,
+            )
             .await
             .unwrap();
         let rng = ring::rand::SystemRandom::new();

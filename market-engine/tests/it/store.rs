@@ -2,7 +2,7 @@
 //! negative price or slot — is an error naming its column, never clipped to 0 or dropped
 //! without a word. On SQLite and PostgreSQL.
 
-use market_engine::store::{Store, StoreError, TradingRule};
+use market_engine::store::{Role, Store, StoreError, TradingRule};
 
 use crate::{databases, unique};
 
@@ -20,7 +20,7 @@ async fn a_negative_value_read_back_is_an_error_naming_its_column() {
     for url in databases(dir.path()).await {
         let store = Store::open(&url).await.unwrap();
         let account = store
-            .create_account(&unique("household"), "x", "household", 0)
+            .create_account(&unique("household"), "x", Role::Household, 0)
             .await
             .unwrap();
         let meter = unique("m");
@@ -56,6 +56,27 @@ async fn a_negative_value_read_back_is_an_error_naming_its_column() {
             .unwrap();
         let message = corrupt(store.closed_slots().await);
         assert!(message.contains("slot -3"), "{url}: {message}");
+        store.close().await;
+    }
+}
+
+/// An account's role reads back as it was written (the column also refuses any other value;
+/// the checked conversion of one that got in anyway is a unit test in `store/accounts.rs`).
+#[tokio::test]
+async fn a_role_reads_back_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let name = unique("role");
+        store
+            .create_account(&name, "x", Role::Household, 0)
+            .await
+            .unwrap();
+        let read = store.account_by_name(&name).await.unwrap().unwrap();
+        assert_eq!(read.role, Role::Household, "{url}");
+        assert!(store.set_role(&name, Role::Operator).await.unwrap());
+        let read = store.account_by_name(&name).await.unwrap().unwrap();
+        assert_eq!(read.role, Role::Operator, "{url}");
         store.close().await;
     }
 }

@@ -209,7 +209,12 @@ async fn history_follows_readings_orders_trades_and_settlement() {
         let bob = session(&app, &bob_name).await;
         let operator_name = unique("op");
         let operator = session(&app, &operator_name).await;
-        assert!(store.set_role(&operator_name, "operator").await.unwrap());
+        assert!(
+            store
+                .set_role(&operator_name, market_engine::store::Role::Operator)
+                .await
+                .unwrap()
+        );
         let rng = SystemRandom::new();
         let mut keys = HashMap::new();
         for (who, cookie) in [("a", &alice), ("b", &bob)] {
