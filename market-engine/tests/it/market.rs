@@ -9,8 +9,9 @@ use futures_util::StreamExt;
 use gridshare_core::reading::{ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, Reading};
 use market_engine::api::auth::{Auth, AuthConfig};
 use market_engine::api::{AppState, RateLimits, router};
+use market_engine::chain::custody::{GRID_OPERATOR, UTILITY};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
-use market_engine::market::{GRID_OPERATOR, Market, MarketConfig, UTILITY};
+use market_engine::market::{Market, MarketConfig};
 use market_engine::store::Store;
 use ring::rand::SystemRandom;
 use serde_json::json;
@@ -157,11 +158,29 @@ pub(crate) fn signed(
     key.sign(reading, &SystemRandom::new()).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_restart() {
-    let dir = tempfile::tempdir().unwrap();
-    for url in databases(dir.path()).await {
-        let store = Store::open(&url).await.unwrap();
+/// Alice (who sells) and Bob (who buys), each with an approved meter, and the community
+/// operator, on one database, with `slot` open for orders: the fixture of the tests that follow
+/// an order from the API through gate closure and settlement against signed readings to the
+/// chain. Its stages (`orders`, `amended`, `closed`, `settled`) each bring the street one step
+/// further, so every test starts from the state the one before it checks.
+struct Street {
+    url: String,
+    store: Store,
+    market: Arc<Market>,
+    app: axum::Router,
+    alice: String,
+    bob: String,
+    bob_name: String,
+    operator: String,
+    keys: HashMap<&'static str, MeterKey>,
+    meters: HashMap<&'static str, String>,
+    slot: u64,
+    terms: gridshare_core::market::SlotTerms,
+}
+
+impl Street {
+    async fn open(url: &str) -> Self {
+        let store = Store::open(url).await.unwrap();
         let config = MarketConfig::default();
         let market = Arc::new(
             Market::open(config.community().unwrap(), store.clone())
@@ -191,63 +210,352 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let community = market.community().clone();
         let slot = community.calendar.slot_delivering_at(now_s()).unwrap() + 2;
         let terms = community.terms(slot).unwrap();
-        let order = |meter: &str, side: &str, wh: i64, price: i64| json!({"meter_id": meter, "slot": slot, "side": side, "energy_wh": wh, "price_per_kwh": price});
+        Self {
+            url: url.to_owned(),
+            store,
+            market,
+            app,
+            alice,
+            bob,
+            bob_name,
+            operator,
+            keys,
+            meters,
+            slot,
+            terms,
+        }
+    }
 
-        // Bad orders are refused with their reason; nothing else changes.
-        let (s, body, _) = call(
-            &app,
+    /// An order of `who`'s meter for the street's slot.
+    fn order(&self, who: &str, side: &str, wh: i64, price: i64) -> serde_json::Value {
+        json!({"meter_id": self.meters[who], "slot": self.slot, "side": side, "energy_wh": wh, "price_per_kwh": price})
+    }
+
+    async fn post_order(
+        &self,
+        token: &str,
+        order: serde_json::Value,
+        status: StatusCode,
+    ) -> serde_json::Value {
+        expect(
+            &self.app,
             "POST",
             "/api/v1/orders",
-            Some(&alice),
-            Some(order(&meters["b"], "sell", 1000, 10_000)),
+            Some(token),
+            Some(order),
+            status,
         )
-        .await;
-        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
-        let (s, _, _) = call(
-            &app,
+        .await
+    }
+
+    /// The operator records money Bob paid in.
+    async fn deposit_for_bob(&self, amount: i64, reference: &str) -> serde_json::Value {
+        let path = format!("/api/v1/accounts/{}/deposits", self.bob_name);
+        let body = json!({"amount": amount, "reference": reference});
+        expect(
+            &self.app,
             "POST",
-            "/api/v1/orders",
-            Some(&alice),
-            Some(order(&meters["a"], "sell", -5, 10_000)),
+            &path,
+            Some(&self.operator),
+            Some(body),
+            StatusCode::CREATED,
+        )
+        .await
+    }
+
+    /// Stage: Alice sells 1 kWh at ≥ 10, Bob (40 000 paid in) buys 1.5 kWh at ≤ 25 (thousandths
+    /// of a token per kWh). Returns Bob's order id.
+    async fn orders(&self) -> u64 {
+        self.post_order(
+            &self.alice,
+            self.order("a", "sell", 1000, 10_000),
+            StatusCode::CREATED,
         )
         .await;
-        assert_eq!(s, StatusCode::BAD_REQUEST);
-        let (s, _, _) = call(&app, "POST", "/api/v1/orders", Some(&alice), Some(json!({"meter_id": meters["a"], "slot": slot, "side": "sell", "energy_wh": 1e30, "price_per_kwh": 10_000}))).await;
-        assert_eq!(s, StatusCode::BAD_REQUEST);
-        let (s, body, _) = call(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&alice),
-            Some(order(&meters["a"], "sell", 0, 10_000)),
+        self.deposit_for_bob(40_000, "bank-transfer-1").await;
+        let body = self
+            .post_order(
+                &self.bob,
+                self.order("b", "buy", 1500, 25_000),
+                StatusCode::CREATED,
+            )
+            .await;
+        body["order_id"].as_u64().unwrap()
+    }
+
+    /// Stage: the orders, then Bob lowers his limit to 24.
+    async fn amended(&self) -> u64 {
+        let bob_order = self.orders().await;
+        let path = format!("/api/v1/orders/{bob_order}");
+        let lower = json!({"energy_wh": 1500, "price_per_kwh": 24_000});
+        expect(
+            &self.app,
+            "PATCH",
+            &path,
+            Some(&self.bob),
+            Some(lower),
+            StatusCode::OK,
         )
         .await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
-        let (s, body, _) = call(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&alice),
-            Some(order(&meters["a"], "sell", 1000, 50_000)),
-        )
-        .await;
+        bob_order
+    }
+
+    /// The engine restarts: the market is opened again from the order log.
+    async fn restart(&mut self) {
+        let community = self.market.community().clone();
+        self.app = axum::Router::new();
+        self.market = Arc::new(Market::open(community, self.store.clone()).await.unwrap());
+        self.app = api(&self.store, &self.market);
+    }
+
+    /// Stage: amended, a restart, then the gate closes and the auction clears. The trade.
+    async fn closed(&mut self) -> gridshare_core::market::Trade {
+        self.amended().await;
+        self.restart().await;
+        let closed = self
+            .market
+            .close_due_gates(self.terms.slot.gate_closure)
+            .await
+            .unwrap();
+        assert_eq!(closed, vec![self.slot]);
+        let trades = self.market.trades(self.slot).await.unwrap();
+        assert_eq!(trades.len(), 1, "{}", self.url);
+        trades[0]
+    }
+
+    /// Stage: closed, then delivery — Alice exports 1.2 kWh, Bob imports 1.5 kWh in the slot
+    /// (signed readings) — and the slot settles. The trade and the slot's ledger rows
+    /// (account, amount).
+    async fn settled(&mut self) -> (gridshare_core::market::Trade, Vec<(i64, i64)>) {
+        let t = self.closed().await;
+        let (start, end) = (self.terms.slot.delivery_start, self.terms.slot.delivery_end);
+        let (a, b) = (&self.meters["a"], &self.meters["b"]);
+        let readings = vec![
+            signed(&self.keys["a"], a, 1, start - 1, 5_000, 20_000),
+            signed(&self.keys["a"], a, 2, end, 5_000, 21_200),
+            signed(&self.keys["b"], b, 1, start, 9_000, 100),
+            signed(&self.keys["b"], b, 2, end - 1, 10_500, 100),
+        ];
+        let mut last = HashMap::new();
+        self.store
+            .store_readings(&crate::accepted(&readings), 0, &mut last)
+            .await
+            .unwrap();
+        assert!(
+            self.market
+                .settle_due(self.terms.slot.settlement - 1)
+                .await
+                .unwrap()
+                .is_empty(),
+            "not before settlement time"
+        );
         assert_eq!(
-            s,
+            self.market
+                .settle_due(self.terms.slot.settlement)
+                .await
+                .unwrap(),
+            vec![self.slot]
+        );
+        let rows = sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1")
+            .bind(i64::try_from(self.slot).unwrap())
+            .fetch_all(self.store.pool())
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get::<i64, _>(0), r.get::<i64, _>(1)))
+            .collect();
+        (t, rows)
+    }
+
+    /// What settlement booked for `token`'s account (`settled` of `GET /api/v1/balance`).
+    async fn settled_amount(&self, token: &str) -> i64 {
+        let body = expect(
+            &self.app,
+            "GET",
+            "/api/v1/balance",
+            Some(token),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+        body["settled"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("{}: {body}", self.url))
+    }
+}
+
+/// An order for another account's meter, a negative, absurd or zero energy, a price above
+/// retail or an unknown meter: each refused with its status, and none is in the book.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_orders_are_refused_with_their_reason_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let s = Street::open(&url).await;
+        let alice = s.alice.as_str();
+        s.post_order(
+            alice,
+            s.order("b", "sell", 1000, 10_000),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+        s.post_order(
+            alice,
+            s.order("a", "sell", -5, 10_000),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+        let absurd = json!({"meter_id": s.meters["a"], "slot": s.slot, "side": "sell", "energy_wh": 1e30, "price_per_kwh": 10_000});
+        s.post_order(alice, absurd, StatusCode::BAD_REQUEST).await;
+        s.post_order(
+            alice,
+            s.order("a", "sell", 0, 10_000),
             StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        let body = s
+            .post_order(
+                alice,
+                s.order("a", "sell", 1000, 50_000),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
+        assert!(
+            body["error"].as_str().is_some(),
             "price above retail: {body}"
         );
-        let (s, _, _) = call(
-            &app,
+        let mut unknown = s.order("a", "sell", 1000, 10_000);
+        unknown["meter_id"] = json!("no-such-meter");
+        s.post_order(alice, unknown, StatusCode::NOT_FOUND).await;
+        let path = format!("/api/v1/slots/{}/book", s.slot);
+        let book = expect(&s.app, "GET", &path, None, None, StatusCode::OK).await;
+        assert_eq!(
+            (
+                book["bids"].as_array().map(Vec::len),
+                book["asks"].as_array().map(Vec::len)
+            ),
+            (Some(0), Some(0)),
+            "{url}: {book}"
+        );
+    }
+}
+
+/// A bid needs the money it could cost: refused while Bob has paid nothing in, with what it
+/// needs; only the operator records deposits, and a retried one (same reference) counts once;
+/// a second bid or a withdrawal beyond what is left is refused; the funding list shows both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bid_needs_funds_a_retried_deposit_counts_once_and_nothing_leaves_beyond_what_is_available()
+ {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let s = Street::open(&url).await;
+        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
+        let bid = s.order("b", "buy", 1500, 25_000);
+        let body = s.post_order(&s.bob, bid.clone(), unprocessable).await;
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("insufficient funds") && error.contains("37500"),
+            "{error}"
+        );
+        let deposits = format!("/api/v1/accounts/{}/deposits", s.bob_name);
+        let deposit =
+            |amount: i64, reference: &str| Some(json!({"amount": amount, "reference": reference}));
+        expect(
+            &s.app,
             "POST",
-            "/api/v1/orders",
-            Some(&alice),
-            Some(order("no-such-meter", "sell", 1000, 10_000)),
+            &deposits,
+            Some(&s.alice),
+            deposit(40_000, "bank-transfer-1"),
+            StatusCode::FORBIDDEN,
         )
         .await;
-        assert_eq!(s, StatusCode::NOT_FOUND);
+        for _ in 0..2 {
+            let body = s.deposit_for_bob(40_000, "bank-transfer-1").await;
+            assert_eq!(body["available"], 40_000, "{body}");
+        }
+        expect(
+            &s.app,
+            "POST",
+            &deposits,
+            Some(&s.operator),
+            deposit(50_000, "bank-transfer-1"),
+            StatusCode::CONFLICT,
+        )
+        .await;
+        for bad in [
+            json!({"amount": 0}),
+            json!({"amount": -5}),
+            json!({"amount": 10, "reference": ""}),
+        ] {
+            expect(
+                &s.app,
+                "POST",
+                &deposits,
+                Some(&s.operator),
+                Some(bad),
+                StatusCode::BAD_REQUEST,
+            )
+            .await;
+        }
+        let nobody = "/api/v1/accounts/nobody-here/deposits";
+        expect(
+            &s.app,
+            "POST",
+            nobody,
+            Some(&s.operator),
+            deposit(10, "x"),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        s.post_order(&s.bob, bid, StatusCode::CREATED).await;
+        assert_eq!(funds_of(&s.app, &s.bob).await, (40_000, 37_500, 0, 2_500));
+        s.post_order(&s.bob, s.order("b", "buy", 200, 25_000), unprocessable)
+            .await;
+        let out = |amount: i64| Some(json!({ "amount": amount }));
+        expect(
+            &s.app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&s.bob),
+            out(2_501),
+            unprocessable,
+        )
+        .await;
+        expect(
+            &s.app,
+            "POST",
+            "/api/v1/withdrawals",
+            Some(&s.bob),
+            out(1_000),
+            StatusCode::CREATED,
+        )
+        .await;
+        assert_eq!(funds_of(&s.app, &s.bob).await, (39_000, 37_500, 0, 1_500));
+        let listed = expect(
+            &s.app,
+            "GET",
+            "/api/v1/funding",
+            Some(&s.bob),
+            None,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(listed["funding"][0]["amount"], -1_000, "{listed}");
+        assert_eq!(
+            listed["funding"][1]["reference"], "bank-transfer-1",
+            "{listed}"
+        );
+    }
+}
 
-        // The live stream (Server-Sent Events) announces accepted orders.
-        let stream = app
+/// The live stream (Server-Sent Events) announces an accepted order; the public book shows
+/// both orders per price level, without their owners.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accepted_orders_reach_the_stream_and_the_public_book_without_their_owners() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let s = Street::open(&url).await;
+        let stream = s
+            .app
             .clone()
             .oneshot(
                 axum::http::Request::get("/api/v1/stream")
@@ -261,148 +569,7 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             "text/event-stream"
         );
         let mut events = stream.into_body().into_data_stream();
-
-        // Alice sells 1 kWh at ≥ 10, Bob buys 1.5 kWh at ≤ 25 (thousandths of a token per kWh).
-        let (s, body, _) = call(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&alice),
-            Some(order(&meters["a"], "sell", 1000, 10_000)),
-        )
-        .await;
-        assert_eq!(s, StatusCode::CREATED, "{body}");
-        // Bob has paid nothing in: his bid is refused, with what it needs.
-        let bid = order(&meters["b"], "buy", 1500, 25_000);
-        let unprocessable = StatusCode::UNPROCESSABLE_ENTITY;
-        let body = expect(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&bob),
-            Some(bid.clone()),
-            unprocessable,
-        )
-        .await;
-        let error = body["error"].as_str().unwrap();
-        assert!(
-            error.contains("insufficient funds") && error.contains("37500"),
-            "{error}"
-        );
-        // Only the operator records deposits; a retried deposit (same reference) counts once.
-        let deposits = format!("/api/v1/accounts/{bob_name}/deposits");
-        let deposit =
-            |amount: i64, reference: &str| Some(json!({"amount": amount, "reference": reference}));
-        expect(
-            &app,
-            "POST",
-            &deposits,
-            Some(&alice),
-            deposit(40_000, "bank-transfer-1"),
-            StatusCode::FORBIDDEN,
-        )
-        .await;
-        for _ in 0..2 {
-            let body = expect(
-                &app,
-                "POST",
-                &deposits,
-                Some(&operator),
-                deposit(40_000, "bank-transfer-1"),
-                StatusCode::CREATED,
-            )
-            .await;
-            assert_eq!(body["available"], 40_000, "{body}");
-        }
-        expect(
-            &app,
-            "POST",
-            &deposits,
-            Some(&operator),
-            deposit(50_000, "bank-transfer-1"),
-            StatusCode::CONFLICT,
-        )
-        .await;
-        for bad in [
-            json!({"amount": 0}),
-            json!({"amount": -5}),
-            json!({"amount": 10, "reference": ""}),
-        ] {
-            expect(
-                &app,
-                "POST",
-                &deposits,
-                Some(&operator),
-                Some(bad),
-                StatusCode::BAD_REQUEST,
-            )
-            .await;
-        }
-        let nobody = "/api/v1/accounts/nobody-here/deposits";
-        expect(
-            &app,
-            "POST",
-            nobody,
-            Some(&operator),
-            deposit(10, "x"),
-            StatusCode::NOT_FOUND,
-        )
-        .await;
-        let body = expect(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&bob),
-            Some(bid),
-            StatusCode::CREATED,
-        )
-        .await;
-        let bob_order = body["order_id"].as_u64().unwrap();
-        assert_eq!(funds_of(&app, &bob).await, (40_000, 37_500, 0, 2_500));
-        // A second bid beyond what is left is refused; a withdrawal beyond it too.
-        let small = order(&meters["b"], "buy", 200, 25_000);
-        expect(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&bob),
-            Some(small),
-            unprocessable,
-        )
-        .await;
-        let out = |amount: i64| Some(json!({ "amount": amount }));
-        expect(
-            &app,
-            "POST",
-            "/api/v1/withdrawals",
-            Some(&bob),
-            out(2_501),
-            unprocessable,
-        )
-        .await;
-        expect(
-            &app,
-            "POST",
-            "/api/v1/withdrawals",
-            Some(&bob),
-            out(1_000),
-            StatusCode::CREATED,
-        )
-        .await;
-        let listed = expect(
-            &app,
-            "GET",
-            "/api/v1/funding",
-            Some(&bob),
-            None,
-            StatusCode::OK,
-        )
-        .await;
-        assert_eq!(listed["funding"][0]["amount"], -1_000, "{listed}");
-        assert_eq!(
-            listed["funding"][1]["reference"], "bank-transfer-1",
-            "{listed}"
-        );
+        s.orders().await;
         let first = tokio::time::timeout(std::time::Duration::from_secs(5), events.next())
             .await
             .unwrap()
@@ -411,88 +578,102 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
         let first = String::from_utf8(first.to_vec()).unwrap();
         assert!(first.starts_with("data: {\"type\":\"order\""), "{first}");
         assert!(first.contains("\"energy_wh\":1000"), "{first}");
-        // The public book shows both orders per price level, without their owners.
-        let (s, book, _) = call(
-            &app,
-            "GET",
-            &format!("/api/v1/slots/{slot}/book"),
-            None,
-            None,
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK);
-        assert_eq!(book["bids"][0]["energy_wh"], 1500, "{book}");
+        let path = format!("/api/v1/slots/{}/book", s.slot);
+        let book = expect(&s.app, "GET", &path, None, None, StatusCode::OK).await;
+        assert_eq!(book["bids"][0]["energy_wh"], 1500, "{url}: {book}");
         assert_eq!(book["asks"][0]["price_per_kwh"], 10_000, "{book}");
         assert!(!book.to_string().contains("account"));
-        // Bob lowers his limit; the amend goes through the order log like the order did.
-        let (s, body, _) = call(
-            &app,
-            "PATCH",
-            &format!("/api/v1/orders/{bob_order}"),
-            Some(&bob),
-            Some(json!({"energy_wh": 1500, "price_per_kwh": 24_000})),
-        )
-        .await;
-        assert_eq!(s, StatusCode::OK, "{body}");
-        assert_eq!(funds_of(&app, &bob).await, (39_000, 36_000, 0, 3_000));
-        // Growing the bid needs the difference: 2 kWh at 25 needs 14 000 more, 3 000 are left.
-        let grown = json!({"energy_wh": 2000, "price_per_kwh": 25_000});
-        let path = format!("/api/v1/orders/{bob_order}");
-        expect(&app, "PATCH", &path, Some(&bob), Some(grown), unprocessable).await;
-        let (s, _, _) = call(
-            &app,
-            "PATCH",
-            &format!("/api/v1/orders/{bob_order}"),
-            Some(&alice),
-            Some(json!({"energy_wh": 1, "price_per_kwh": 24_000})),
-        )
-        .await;
-        assert_eq!(
-            s,
-            StatusCode::NOT_FOUND,
-            "nobody amends another account's order"
-        );
-        // Bob's order is not Alice's to cancel.
-        let (s, _, _) = call(
-            &app,
-            "DELETE",
-            &format!("/api/v1/orders/{bob_order}"),
-            Some(&alice),
-            None,
-        )
-        .await;
-        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+}
 
-        // A restart before gate closure: the book comes back from the order log.
-        drop(app);
-        drop(market);
-        let market = Arc::new(
-            Market::open(community.clone(), store.clone())
-                .await
-                .unwrap(),
+/// Bob lowers his limit (the amend goes through the order log like the order did) and his
+/// hold shrinks with it; growing the bid needs the difference; nobody amends or cancels
+/// another account's order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_owner_amends_or_cancels_and_a_growing_bid_needs_the_difference() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let s = Street::open(&url).await;
+        let bob_order = s.amended().await;
+        assert_eq!(
+            funds_of(&s.app, &s.bob).await,
+            (40_000, 36_000, 0, 4_000),
+            "{url}"
         );
-        let bob_id = store.account_by_name(&bob_name).await.unwrap().unwrap().id;
-        let held = market.funds(bob_id).await;
+        // 2 kWh at 25 needs 14 000 more; 4 000 are left.
+        let path = format!("/api/v1/orders/{bob_order}");
+        let grown = json!({"energy_wh": 2000, "price_per_kwh": 25_000});
+        expect(
+            &s.app,
+            "PATCH",
+            &path,
+            Some(&s.bob),
+            Some(grown),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        )
+        .await;
+        let theirs = json!({"energy_wh": 1, "price_per_kwh": 24_000});
+        expect(
+            &s.app,
+            "PATCH",
+            &path,
+            Some(&s.alice),
+            Some(theirs),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        expect(
+            &s.app,
+            "DELETE",
+            &path,
+            Some(&s.alice),
+            None,
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+        assert_eq!(funds_of(&s.app, &s.bob).await, (40_000, 36_000, 0, 4_000));
+    }
+}
+
+/// A restart before gate closure rebuilds the book, the funds and the holds from the order
+/// log; at gate closure the auction clears once, the bid's hold becomes what the trade costs,
+/// and the closed slot takes no more orders.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_before_gate_closure_rebuilds_the_book_and_the_gate_clears_it() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let mut s = Street::open(&url).await;
+        s.amended().await;
+        s.restart().await;
+        let bob_id = s
+            .store
+            .account_by_name(&s.bob_name)
+            .await
+            .unwrap()
+            .unwrap()
+            .id;
+        let held = s.market.funds(bob_id).await;
         assert_eq!(
             (held.balance, held.held_by_bids, held.available),
-            (39_000, 36_000, 3_000),
+            (40_000, 36_000, 4_000),
             "{url}: funds and holds are rebuilt after a restart"
         );
-        let closed = market
-            .close_due_gates(terms.slot.gate_closure)
+        let closed = s
+            .market
+            .close_due_gates(s.terms.slot.gate_closure)
             .await
             .unwrap();
-        assert_eq!(closed, vec![slot]);
-        let trades = market.trades(slot).await.unwrap();
+        assert_eq!(closed, vec![s.slot]);
+        let trades = s.market.trades(s.slot).await.unwrap();
         assert_eq!(trades.len(), 1);
         let counted =
             |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(counted(&market.metrics.gate_closures), 1);
-        assert_eq!(counted(&market.metrics.trades), 1);
+        assert_eq!(counted(&s.market.metrics.gate_closures), 1);
+        assert_eq!(counted(&s.market.metrics.trades), 1);
         let t = trades[0];
         assert_eq!(t.energy_wh, 1000);
         // The bid's hold became what the trade costs, until the slot settles.
-        let held = market.funds(bob_id).await;
+        let held = s.market.funds(bob_id).await;
         assert_eq!(
             (held.held_by_bids, held.held_by_purchases),
             (0, t.amounts.buyer_pays)
@@ -501,101 +682,99 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             t.amounts.buyer_pays,
             t.amounts.seller_receives + t.amounts.fees
         );
-        let (status, price) = market.slot_status(slot).await.unwrap();
+        let (status, price) = s.market.slot_status(s.slot).await.unwrap();
         assert_eq!(status, "closed");
-        // k = 0.5 between the marginal ask 10 000 and bid 25 000 (fees ride on top for the seller).
-        assert!(price.unwrap() >= 10_000 && price.unwrap() <= 25_000);
-        // The gate is closed: no more orders for this slot.
-        let app = api(&store, &market);
-        let (s, body, _) = call(
-            &app,
-            "POST",
-            "/api/v1/orders",
-            Some(&alice),
-            Some(order(&meters["a"], "sell", 1000, 10_000)),
-        )
-        .await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY);
+        // k = 0.5 between the marginal ask 10 000 and bid 24 000 (fees ride on top for the
+        // seller).
+        assert!(price.unwrap() >= 10_000 && price.unwrap() <= 24_000);
+        let body = s
+            .post_order(
+                &s.alice,
+                s.order("a", "sell", 1000, 10_000),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await;
         assert!(body["error"].as_str().unwrap().contains("gate"), "{body}");
+    }
+}
 
-        // Delivery: Alice exports 1.2 kWh, Bob imports 1.5 kWh in the slot (signed readings).
-        let (start, end) = (terms.slot.delivery_start, terms.slot.delivery_end);
-        let readings = vec![
-            signed(&keys["a"], &meters["a"], 1, start - 1, 5_000, 20_000),
-            signed(&keys["a"], &meters["a"], 2, end, 5_000, 21_200),
-            signed(&keys["b"], &meters["b"], 1, start, 9_000, 100),
-            signed(&keys["b"], &meters["b"], 2, end - 1, 10_500, 100),
-        ];
-        let mut last = HashMap::new();
-        store
-            .store_readings(&crate::accepted(&readings), 0, &mut last)
-            .await
-            .unwrap();
+/// Settlement against the signed readings, once, at settlement time: the ledger sums to zero;
+/// each household pays or gets its trade plus its imbalance with the utility (Alice's 200 Wh
+/// of surplus at feed-in, Bob's 500 Wh of shortfall at retail); the grid operator gets the
+/// fees; nothing is held any more; an engine without a chain queues nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settlement_against_signed_readings_conserves_money_and_charges_imbalances() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let mut s = Street::open(&url).await;
+        let (t, rows) = s.settled().await;
         assert!(
-            market
-                .settle_due(terms.slot.settlement - 1)
-                .await
-                .unwrap()
-                .is_empty(),
-            "not before settlement time"
-        );
-        assert_eq!(
-            market.settle_due(terms.slot.settlement).await.unwrap(),
-            vec![slot]
-        );
-        assert!(
-            market
-                .settle_due(terms.slot.settlement + 10)
+            s.market
+                .settle_due(s.terms.slot.settlement + 10)
                 .await
                 .unwrap()
                 .is_empty(),
             "settled once"
         );
-        let rows = sqlx::query("SELECT account_id, amount FROM ledger WHERE slot = $1")
-            .bind(i64::try_from(slot).unwrap())
-            .fetch_all(store.pool())
-            .await
-            .unwrap();
-        let total: i64 = rows.iter().map(|r| r.get::<i64, _>(1)).sum();
+        let total: i64 = rows.iter().map(|r| r.1).sum();
         assert_eq!(total, 0, "{url}: money is neither created nor destroyed");
-        let (_, a, _) = call(&app, "GET", "/api/v1/balance", Some(&alice), None).await;
-        let (_, b, _) = call(&app, "GET", "/api/v1/balance", Some(&bob), None).await;
-        let bob_funds = funds_of(&app, &bob).await;
         let (a, b) = (
-            a["settled"]
-                .as_i64()
-                .unwrap_or_else(|| panic!("{url}: {a}")),
-            b["settled"].as_i64().unwrap(),
+            s.settled_amount(&s.alice).await,
+            s.settled_amount(&s.bob).await,
         );
         // Settled: nothing held any more; the balance is what he paid in less what he owes,
         // below zero by the imbalance (energy he used without buying it is charged regardless).
-        assert_eq!(bob_funds, (39_000 + b, 0, 0, 39_000 + b), "{url}");
+        assert_eq!(
+            funds_of(&s.app, &s.bob).await,
+            (40_000 + b, 0, 0, 40_000 + b),
+            "{url}"
+        );
         // Alice: her trade plus 200 Wh of surplus sold to the utility at feed-in (8 000/kWh).
         assert_eq!(a, i64::try_from(t.amounts.seller_receives).unwrap() + 1_600);
         // Bob: his trade plus 500 Wh of shortfall bought from the utility at retail (30 000/kWh).
         assert_eq!(b, -(i64::try_from(t.amounts.buyer_pays).unwrap() + 15_000));
         let operator: i64 = rows
             .iter()
-            .filter(|r| r.get::<i64, _>(0) == -2)
-            .map(|r| r.get::<i64, _>(1))
+            .filter(|r| r.0 == GRID_OPERATOR)
+            .map(|r| r.1)
             .sum();
         assert_eq!(operator, i64::try_from(t.amounts.fees).unwrap());
-        let _ = (UTILITY, GRID_OPERATOR);
+        assert!(rows.iter().any(|r| r.0 == UTILITY), "{rows:?}");
 
-        // An engine without a chain queues nothing: the slot is settled in the ledger only.
-        let (s, listed, _) = call(&app, "GET", "/api/v1/settlements", None, None).await;
-        assert_eq!(s, StatusCode::OK);
+        let listed = expect(
+            &s.app,
+            "GET",
+            "/api/v1/settlements",
+            None,
+            None,
+            StatusCode::OK,
+        )
+        .await;
         let entry = &listed["settlements"][0];
-        assert_eq!(entry["slot"], slot, "{listed}");
+        assert_eq!(entry["slot"], s.slot, "{listed}");
         assert!(entry["queued_for_chain_ms"].is_null(), "{listed}");
         assert_eq!(
             entry["total_debits"], -b,
             "bob's debit is the slot's only one"
         );
         assert!(entry["chain"].is_null(), "an engine without a chain");
+    }
+}
 
-        // On chain: the settled slot becomes one batch in the settlement outbox (the engine's
-        // own database), sent to the embedded chain and (where this machine has one) to anvil.
+/// On chain: the settled slot becomes one batch in the settlement outbox (the engine's own
+/// database), with the trade as a local sale for the seller meter's rewards, sent to the
+/// embedded chain and (where this machine has one) to anvil, never twice; the books agree with
+/// the chain account by account; the settlements list shows where the batch stands; the
+/// inclusion proof names the root the contract holds, and `verify-trade`'s check passes on and
+/// off chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settled_slot_is_one_batch_on_chain_and_the_books_agree_with_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let mut s = Street::open(&url).await;
+        let (t, rows) = s.settled().await;
+        let a = s.settled_amount(&s.alice).await;
+        let (store, market, slot) = (s.store.clone(), s.market.clone(), s.slot);
         let settled = market.settled_slot(slot).await.unwrap();
         let (settlers, _anvil) = settlers(dir.path(), &url, &store).await;
         // Every settler of this database shares one custody (one master secret): the same
@@ -614,15 +793,13 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
                 .unwrap();
             assert_eq!(market.queue_unqueued().await.unwrap(), 1);
             assert_eq!(market.queue_unqueued().await.unwrap(), 0, "queued once");
-            // The trade between two meters is a local sale for the seller meter's rewards
-            // (`settleWithSales`; the contract skips meters it does not know).
             let sales = store.settlement_batch(slot).await.unwrap().unwrap().sales;
             let id = |m: &str| gridshare_contracts::staking::text_id(m).unwrap();
             assert_eq!(
                 sales.sales,
                 vec![gridshare_contracts::batch::SaleCredit {
-                    seller: id(&meters["a"]),
-                    buyer: id(&meters["b"]),
+                    seller: id(&s.meters["a"]),
+                    buyer: id(&s.meters["b"]),
                     energy_wh: t.energy_wh,
                 }],
                 "{url}"
@@ -652,7 +829,7 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             for r in &books {
                 assert_eq!((r.in_flight, r.difference), (0, 0), "{url}: {r:?}");
             }
-            let alice_id = ledger_account(&store, &rows, a).await;
+            let alice_id = rows.iter().find(|r| r.1 == a).unwrap().0;
             let on_chain = settler.balance(alice_id).await.unwrap();
             assert_eq!(
                 on_chain,
@@ -690,8 +867,8 @@ async fn orders_clear_at_gate_closure_settle_against_readings_and_survive_a_rest
             // The inclusion proof names the root the Settlement contract holds for the batch
             // (read from the chain), which the browser checks the trades against.
             let path = format!("/api/v1/my/settlements/{slot}/proof");
-            let (s, proof, _) = call(&app, "GET", &path, Some(&alice), None).await;
-            assert_eq!(s, StatusCode::OK, "{proof}");
+            let (status, proof, _) = call(&app, "GET", &path, Some(&s.alice), None).await;
+            assert_eq!(status, StatusCode::OK, "{proof}");
             assert_eq!(proof["on_chain"], true);
             assert_eq!(proof["chain_root"], batch.root.to_string(), "{proof}");
             assert_eq!(proof["root"], proof["chain_root"]);
@@ -976,13 +1153,6 @@ async fn the_operator_changes_tariffs_for_slots_whose_window_has_not_opened() {
 }
 
 /// The account whose ledger amount in this slot is `amount`.
-async fn ledger_account(_store: &Store, rows: &[sqlx::any::AnyRow], amount: i64) -> i64 {
-    rows.iter()
-        .find(|r| r.get::<i64, _>(1) == amount)
-        .map(|r| r.get::<i64, _>(0))
-        .unwrap()
-}
-
 /// The chain backends to settle on: the embedded chain always, anvil where this machine has it
 /// (see `gridshare_testbed::peers`; returned, to live as long as its settler). On anvil the
 /// contracts are deployed fresh; nobody opens the households' accounts but the engine, with
