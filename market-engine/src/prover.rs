@@ -195,18 +195,19 @@ pub async fn round<C: Chain>(
     settings: ProverSettings,
 ) -> Result<Round, SettlerError> {
     let client = StakingClient::new(chain, staking);
-    let err = |what: &'static str| move |source: ChainError| SettlerError::Read { what, source };
     let (genesis, epoch_duration, proof_window) = client
         .schedule()
         .await
-        .map_err(err("MeterStaking.schedule"))?;
+        .map_err(SettlerError::read("MeterStaking.schedule"))?;
     let schedule = Schedule {
         genesis,
         epoch_duration,
         proof_window,
     };
     let after_s = settings.after_s.min(proof_window / 2);
-    let now = chain_now(chain).await.map_err(err("the chain's time"))?;
+    let now = chain_now(chain)
+        .await
+        .map_err(SettlerError::read("the chain's time"))?;
     let current = now.saturating_sub(genesis) / epoch_duration.max(1);
     let ends = |e: u64| genesis + (e + 1) * epoch_duration;
     let mut out = Round {
@@ -218,7 +219,10 @@ pub async fn round<C: Chain>(
         let Ok(id) = text_id(&row.meter_id) else {
             continue;
         };
-        let m = client.meter(id).await.map_err(err("MeterStaking.meters"))?;
+        let m = client
+            .meter(id)
+            .await
+            .map_err(SettlerError::read("MeterStaking.meters"))?;
         let operated = m.owner == me || (m.delegate == me && me != Address::ZERO);
         if m.owner == Address::ZERO || !operated || !m.active || !m.attested || m.slashed {
             continue;

@@ -43,10 +43,7 @@ pub async fn staking_contract<C: Chain>(
     let recorder = chain
         .view(settlement, Settlement::salesRecorderCall {})
         .await
-        .map_err(|source| SettlerError::Read {
-            what: "Settlement.salesRecorder",
-            source,
-        })?;
+        .map_err(SettlerError::read("Settlement.salesRecorder"))?;
     Ok((recorder != Address::ZERO).then_some(recorder))
 }
 
@@ -74,14 +71,14 @@ pub async fn meter_stake<C: Chain>(
             "meter_id": meter, "staking_contract": staking.to_string(), "registered": false,
         }));
     };
-    let err = |what: &'static str| {
-        move |source: gridshare_contracts::chain::ChainError| SettlerError::Read { what, source }
-    };
-    let m = client.meter(id).await.map_err(err("MeterStaking.meters"))?;
+    let m = client
+        .meter(id)
+        .await
+        .map_err(SettlerError::read("MeterStaking.meters"))?;
     let current = client
         .current_epoch()
         .await
-        .map_err(err("MeterStaking.currentEpoch"))?;
+        .map_err(SettlerError::read("MeterStaking.currentEpoch"))?;
     let base = json!({
         "meter_id": meter,
         "meter_id_bytes32": id.to_string(),
@@ -97,17 +94,17 @@ pub async fn meter_stake<C: Chain>(
     let claimable = client
         .claimable(id, current)
         .await
-        .map_err(err("MeterStaking.claimable"))?;
+        .map_err(SettlerError::read("MeterStaking.claimable"))?;
     let mut epochs = Vec::new();
     for epoch in (current.saturating_sub(EPOCHS_SHOWN - 1)..=current).rev() {
         let credit = client
             .credit(id, epoch)
             .await
-            .map_err(err("MeterStaking.credit"))?;
+            .map_err(SettlerError::read("MeterStaking.credit"))?;
         let reward = chain
             .view(staking, MeterStaking::rewardOfCall { meterId: id, epoch })
             .await
-            .map_err(err("MeterStaking.rewardOf"))?;
+            .map_err(SettlerError::read("MeterStaking.rewardOf"))?;
         epochs.push(json!({
             "epoch": epoch,
             "sold_wh": credit.soldWh,

@@ -108,6 +108,12 @@ pub enum SettlerError {
 }
 
 impl SettlerError {
+    /// Wraps the chain's error of reading `what` (e.g. `MeterStaking.schedule`), for
+    /// `map_err`.
+    pub fn read(what: &'static str) -> impl Fn(ChainError) -> Self {
+        move |source| Self::Read { what, source }
+    }
+
     /// Whether a contract refused (reverted): the request itself was wrong, not the node.
     pub fn refused(&self) -> bool {
         matches!(

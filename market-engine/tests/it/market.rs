@@ -303,7 +303,6 @@ impl Street {
     /// The engine restarts: the market is opened again from the order log.
     async fn restart(&mut self) {
         let community = self.market.community().clone();
-        self.app = axum::Router::new();
         self.market = Arc::new(Market::open(community, self.store.clone()).await.unwrap());
         self.app = api(&self.store, &self.market);
     }
