@@ -110,6 +110,10 @@ impl From<MarketError> for ApiError {
                 retry_after_s: STORAGE_RETRY_AFTER_S,
             },
             MarketError::Settings(m) => Self::BadRequest(m),
+            MarketError::StoredSettings(e) => {
+                tracing::error!(target: "api", "{e}");
+                Self::Internal("stored market settings unreadable".into())
+            }
             MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
             MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),
             MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),

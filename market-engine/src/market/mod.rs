@@ -20,7 +20,7 @@ pub use crate::exchange::{GRID_OPERATOR, MAX_BALANCE, OrderSide, UTILITY};
 use crate::ingest::energy_bound_wh;
 use crate::pipeline::LiveEvent;
 pub use crate::settings::MarketConfig;
-use crate::settings::StoredSettings;
+use crate::settings::{StoredSettings, StoredSettingsError};
 
 use crate::store::{Store, StoreError};
 
@@ -152,6 +152,9 @@ pub enum MarketError {
     /// Market settings that cannot apply (the operator's request, or a stored row).
     #[error("{0}")]
     Settings(String),
+    /// A stored row of market settings cannot be read (a newer engine wrote it).
+    #[error(transparent)]
+    StoredSettings(#[from] StoredSettingsError),
     /// No such order, or not the caller's.
     #[error("order {0} not found among your open orders")]
     UnknownOrder(u64),
@@ -186,6 +189,7 @@ impl MarketError {
             Self::Settlement(_) => "settlement",
             Self::Stopped(_) => "stopped",
             Self::Settings(_) => "invalid_settings",
+            Self::StoredSettings(_) => "stored_settings",
             Self::UnknownOrder(_) => "unknown_order",
             Self::InsufficientFunds { .. } => "insufficient_funds",
             Self::OutOfRange(_) => "out_of_range",
@@ -245,11 +249,7 @@ impl Market {
     ) -> Result<Self, MarketError> {
         let mut versions = vec![(0, config, community)];
         for (from_slot, text) in store.market_settings().await? {
-            let settings = StoredSettings::from_json(&text)
-                .map_err(|e| {
-                    MarketError::Settings(format!("stored market settings unreadable: {e}"))
-                })?
-                .into_config();
+            let settings = StoredSettings::from_json(&text)?.into_config();
             let community = settings.community().map_err(MarketError::Settings)?;
             versions.push((from_slot, settings, community));
         }

@@ -80,3 +80,64 @@ async fn a_role_reads_back_as_written() {
         store.close().await;
     }
 }
+
+/// Market settings stored by the engine before and after the stored form had versions open
+/// the market with what they say; a row a newer engine wrote (a version this one does not
+/// know) stops it with an error naming the version, instead of reading it wrongly.
+#[tokio::test]
+async fn stored_market_settings_of_every_version_open_the_market() {
+    use market_engine::market::{Market, MarketConfig, MarketError};
+    use market_engine::settings::{MechanismName, StoredSettingsError};
+
+    let dir = tempfile::tempdir().unwrap();
+    for url in databases(dir.path()).await {
+        let store = Store::open(&url).await.unwrap();
+        let default = MarketConfig::default();
+        // As the engine wrote them: before versions (no seller-margin cap, no sharing keys),
+        // and versioned before the sharing keys existed.
+        let unversioned = r#"{"mechanism":"continuous","price_rule":"midpoint","k_basis_points":5000,"slot_length_s":900,"window_opens_before_s":86400,"gate_closure_before_s":300,"settlement_after_s":900,"retail_per_kwh":31000,"feed_in_per_kwh":8000,"grid_fee_per_kwh":1000}"#;
+        let versioned = r#"{"version":"1","mechanism":"pay-as-offer","price_rule":"k-factor","k_basis_points":5000,"seller_max_margin_basis_points":500,"slot_length_s":900,"window_opens_before_s":86400,"gate_closure_before_s":300,"settlement_after_s":900,"retail_per_kwh":32000,"feed_in_per_kwh":8000,"grid_fee_per_kwh":1000}"#;
+        store
+            .save_market_settings(10, unversioned, 0)
+            .await
+            .unwrap();
+        store.save_market_settings(20, versioned, 0).await.unwrap();
+        let market =
+            Market::open_with(default.clone(), default.community().unwrap(), store.clone())
+                .await
+                .unwrap();
+        let settings = market.settings();
+        assert_eq!(
+            settings
+                .iter()
+                .map(|(from, c)| (*from, c.mechanism, c.retail_per_kwh))
+                .collect::<Vec<_>>(),
+            vec![
+                (0, MechanismName::Call, 30_000),
+                (10, MechanismName::Continuous, 31_000),
+                (20, MechanismName::PayAsOffer, 32_000),
+            ],
+            "{url}"
+        );
+
+        let newer = versioned.replace(r#""version":"1""#, r#""version":"2""#);
+        store.save_market_settings(30, &newer, 0).await.unwrap();
+        let refused =
+            Market::open_with(default.clone(), default.community().unwrap(), store.clone())
+                .await
+                .err()
+                .expect("a row of an unknown version is refused");
+        assert!(
+            matches!(
+                &refused,
+                MarketError::StoredSettings(StoredSettingsError::UnknownVersion { version }) if version == "2"
+            ),
+            "{url}: {refused:?}"
+        );
+        assert!(
+            refused.to_string().contains("version 2"),
+            "{url}: {refused}"
+        );
+        store.close().await;
+    }
+}

@@ -1,11 +1,7 @@
 //! The community's market settings in their three forms: the `[market]` section of the config
 //! file ([`MarketConfig`], also what the API shows), the form stored in the database for every
-//! change the operator makes ([`StoredSettings`], versioned), and the `core` [`Community`] they
-//! describe.
-//!
-//! Design: the stored form is its own struct with a version, so that renaming or adding a key
-//! of the config file or the API never makes stored settings unreadable (the engine would not
-//! start). A new layout is a new `StoredSettings` variant whose reader converts the old one.
+//! change the operator makes ([`StoredSettings`], versioned, in [`stored`]), and the `core`
+//! [`Community`] they describe.
 
 use gridshare_core::market::{
     AccountId, AllocationKey, AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism,
@@ -14,6 +10,10 @@ use gridshare_core::market::{
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::{GRID_OPERATOR, UTILITY};
+
+pub mod stored;
+
+pub use stored::{StoredSettings, StoredSettingsError};
 
 /// How a slot trades.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,136 +227,9 @@ impl MarketConfig {
     }
 }
 
-/// Settings as the database keeps them, one row per change the operator made. Rows written
-/// before versions existed have no `version` key and are read as [`StoredSettings::V1`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "version")]
-pub enum StoredSettings {
-    /// The first layout.
-    #[serde(rename = "1")]
-    V1(SettingsV1),
-}
-
-/// The first stored layout. Its keys never change: a renamed config key is mapped in
-/// [`StoredSettings::from_config`] and [`StoredSettings::into_config`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SettingsV1 {
-    /// See [`MarketConfig::mechanism`].
-    pub mechanism: MechanismName,
-    /// See [`MarketConfig::price_rule`].
-    pub price_rule: PriceRuleName,
-    /// See [`MarketConfig::k_basis_points`].
-    pub k_basis_points: u16,
-    /// See [`MarketConfig::seller_max_margin_basis_points`] (rows from before it existed
-    /// read as the default).
-    #[serde(default = "default_seller_margin")]
-    pub seller_max_margin_basis_points: u16,
-    /// See [`MarketConfig::slot_length_s`].
-    pub slot_length_s: u32,
-    /// See [`MarketConfig::window_opens_before_s`].
-    pub window_opens_before_s: u32,
-    /// See [`MarketConfig::gate_closure_before_s`].
-    pub gate_closure_before_s: u32,
-    /// See [`MarketConfig::settlement_after_s`].
-    pub settlement_after_s: u32,
-    /// See [`MarketConfig::retail_per_kwh`].
-    pub retail_per_kwh: u64,
-    /// See [`MarketConfig::feed_in_per_kwh`].
-    pub feed_in_per_kwh: u64,
-    /// See [`MarketConfig::grid_fee_per_kwh`].
-    pub grid_fee_per_kwh: u64,
-    /// See [`MarketConfig::sharing_key`] (rows from before sharing read as the default).
-    #[serde(default)]
-    pub sharing_key: SharingKeyName,
-    /// See [`MarketConfig::sharing_price_per_kwh`].
-    #[serde(default)]
-    pub sharing_price_per_kwh: Option<u64>,
-    /// See [`MarketConfig::sharing_shares`].
-    #[serde(default)]
-    pub sharing_shares: Vec<ShareEntry>,
-}
-
-fn default_seller_margin() -> u16 {
-    MarketConfig::default().seller_max_margin_basis_points
-}
-
-impl StoredSettings {
-    /// The stored form of `config`, in the newest layout.
-    pub fn from_config(c: &MarketConfig) -> Self {
-        Self::V1(SettingsV1 {
-            mechanism: c.mechanism,
-            price_rule: c.price_rule,
-            k_basis_points: c.k_basis_points,
-            seller_max_margin_basis_points: c.seller_max_margin_basis_points,
-            slot_length_s: c.slot_length_s,
-            window_opens_before_s: c.window_opens_before_s,
-            gate_closure_before_s: c.gate_closure_before_s,
-            settlement_after_s: c.settlement_after_s,
-            retail_per_kwh: c.retail_per_kwh,
-            feed_in_per_kwh: c.feed_in_per_kwh,
-            grid_fee_per_kwh: c.grid_fee_per_kwh,
-            sharing_key: c.sharing_key,
-            sharing_price_per_kwh: c.sharing_price_per_kwh,
-            sharing_shares: c.sharing_shares.clone(),
-        })
-    }
-
-    /// The settings a stored row describes, whatever its layout.
-    pub fn into_config(self) -> MarketConfig {
-        match self {
-            Self::V1(v) => MarketConfig {
-                mechanism: v.mechanism,
-                price_rule: v.price_rule,
-                k_basis_points: v.k_basis_points,
-                seller_max_margin_basis_points: v.seller_max_margin_basis_points,
-                slot_length_s: v.slot_length_s,
-                window_opens_before_s: v.window_opens_before_s,
-                gate_closure_before_s: v.gate_closure_before_s,
-                settlement_after_s: v.settlement_after_s,
-                retail_per_kwh: v.retail_per_kwh,
-                feed_in_per_kwh: v.feed_in_per_kwh,
-                grid_fee_per_kwh: v.grid_fee_per_kwh,
-                sharing_key: v.sharing_key,
-                sharing_price_per_kwh: v.sharing_price_per_kwh,
-                sharing_shares: v.sharing_shares,
-            },
-        }
-    }
-
-    /// Writes the stored JSON.
-    pub fn to_json(&self) -> String {
-        // A struct of plain numbers and enums always serialises.
-        serde_json::to_string(self).unwrap_or_default()
-    }
-
-    /// Reads a stored row; a row without `version` is the first layout.
-    pub fn from_json(text: &str) -> Result<Self, serde_json::Error> {
-        let mut value: serde_json::Value = serde_json::from_str(text)?;
-        if let Some(map) = value.as_object_mut() {
-            map.entry("version").or_insert_with(|| "1".into());
-        }
-        serde_json::from_value(value)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Rows written before settings had versions (the config struct itself, serialised) are
-    /// still read.
-    #[test]
-    fn rows_without_a_version_are_the_first_layout() {
-        let old = r#"{"mechanism":"continuous","price_rule":"midpoint","k_basis_points":5000,
-            "slot_length_s":900,"window_opens_before_s":86400,"gate_closure_before_s":300,
-            "settlement_after_s":900,"retail_per_kwh":31000,"feed_in_per_kwh":8000,
-            "grid_fee_per_kwh":1000}"#;
-        let read = StoredSettings::from_json(old).unwrap().into_config();
-        assert_eq!(read.mechanism, MechanismName::Continuous);
-        assert_eq!(read.price_rule, PriceRuleName::Midpoint);
-        assert_eq!(read.retail_per_kwh, 31_000);
-        assert_eq!(read.seller_max_margin_basis_points, 500);
-    }
 
     #[test]
     fn the_seller_margin_cap_is_a_price_rule() {
@@ -384,22 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn stored_settings_round_trip_with_their_version() {
-        let config = MarketConfig {
-            mechanism: MechanismName::PayAsOffer,
-            grid_fee_per_kwh: 0,
-            ..MarketConfig::default()
-        };
-        let text = StoredSettings::from_config(&config).to_json();
-        assert!(text.contains(r#""version":"1""#), "{text}");
-        assert_eq!(
-            StoredSettings::from_json(&text).unwrap().into_config(),
-            config
-        );
-    }
-
-    #[test]
-    fn a_sharing_community_is_checked_and_stored() {
+    fn a_sharing_community_is_checked() {
         let config: MarketConfig = toml::from_str(
             "mechanism = \"sharing\"\nsharing_key = \"fixed\"\nsharing_price_per_kwh = 19000\n\
              sharing_shares = [{ account = 2, basis_points = 4000 }, { account = 1, basis_points = 6000 }]",
@@ -411,11 +269,6 @@ mod tests {
                 key: AllocationKey::Fixed(vec![(AccountId(1), 6000), (AccountId(2), 4000)]),
                 price_per_kwh: 19_000,
             })
-        );
-        let text = StoredSettings::from_config(&config).to_json();
-        assert_eq!(
-            StoredSettings::from_json(&text).unwrap().into_config(),
-            config
         );
         // Unset price: halfway between the tariffs.
         let halfway = MarketConfig {
@@ -488,6 +341,5 @@ mod tests {
             text.contains("call") && text.contains("pay-as-offer"),
             "{text}"
         );
-        assert!(StoredSettings::from_json(r#"{"version":"9"}"#).is_err());
     }
 }
