@@ -31,7 +31,7 @@ use market_engine::market::Market;
 use market_engine::meters;
 use market_engine::pipeline::now_ms;
 use market_engine::server::Engine;
-use market_engine::store::TradingRule;
+use market_engine::store::{SlotStatus, TradingRule};
 
 /// Demo settings.
 #[derive(Debug, Clone)]
@@ -506,7 +506,7 @@ async fn report_loop(market: Arc<Market>, ingest: Arc<IngestMetrics>) {
                 continue;
             };
             let volume: u64 = trades.iter().map(|t| t.energy_wh).sum();
-            if status == "closed" && slot > reported_closed {
+            if status == SlotStatus::Closed && slot > reported_closed {
                 reported_closed = slot;
                 println!(
                     "        gate closed for slot {slot}: {} trades, {volume} Wh, clearing price {}",
@@ -514,7 +514,7 @@ async fn report_loop(market: Arc<Market>, ingest: Arc<IngestMetrics>) {
                     price.map_or("none".into(), |p| format!("{p} per kWh"))
                 );
             }
-            if status == "settled" && slot > reported_settled {
+            if status == SlotStatus::Settled && slot > reported_settled {
                 reported_settled = slot;
                 let moved = market
                     .settlements(slot.saturating_sub(1), 1)

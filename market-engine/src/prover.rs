@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 use crate::chain::{ChainHandle, ChainSettler, SettlerError};
 use crate::metrics::ChainMetrics;
-use crate::store::settlement::ProofAttempt;
+use crate::store::settlement::{ProofAttempt, ProofStatus};
 use crate::store::{Store, StoreError};
 
 /// Readings fetched on each side of an epoch boundary: enough to step over a few whose clock
@@ -72,8 +72,8 @@ const ROUND_RETRY_S: u64 = 10;
 pub struct ProofRecord {
     /// The epoch.
     pub epoch: u64,
-    /// `sending`, `proved` or `failed`.
-    pub status: String,
+    /// Where the proof stands.
+    pub status: ProofStatus,
     /// Transactions tried.
     pub attempts: u64,
     /// Sequence number of the reading the proof ends at.
@@ -97,17 +97,31 @@ async fn record(
     now_ms: u64,
 ) -> Result<(), StoreError> {
     let (status, end_seq, tx, credited, error, next) = match outcome {
-        Attempt::Sending { end_seq } => ("sending", end_seq, None, None, None, now_ms),
+        Attempt::Sending { end_seq } => (ProofStatus::Sending, end_seq, None, None, None, now_ms),
         Attempt::Proved {
             end_seq,
             tx,
             credited_wh,
-        } => ("proved", end_seq, Some(tx), Some(credited_wh), None, now_ms),
+        } => (
+            ProofStatus::Proved,
+            end_seq,
+            Some(tx),
+            Some(credited_wh),
+            None,
+            now_ms,
+        ),
         Attempt::Failed {
             end_seq,
             error,
             retry_at_ms,
-        } => ("failed", end_seq, None, None, Some(error), retry_at_ms),
+        } => (
+            ProofStatus::Failed,
+            end_seq,
+            None,
+            None,
+            Some(error),
+            retry_at_ms,
+        ),
     };
     let attempt = ProofAttempt {
         status,

@@ -24,7 +24,7 @@ use super::extract::{JsonBody, bearer, cookie, token_hash};
 use super::guard::throttled;
 use super::{ApiError, AppState, random_token};
 use crate::pipeline::now_ms;
-use crate::store::{CredentialRow, Role};
+use crate::store::{CredentialKind, CredentialRow, Role};
 
 pub use super::extract::{Authenticated, ClientAddress};
 pub use super::guard::{Auth, AuthConfig, AuthMetrics};
@@ -185,7 +185,7 @@ async fn login(
         .insert_credential(
             &CredentialRow {
                 token_hash: token_hash(&token),
-                kind: "session".into(),
+                kind: CredentialKind::Session,
                 label: "login".into(),
                 created_ms: Some(now),
                 expires_ms,
@@ -270,7 +270,7 @@ async fn create_token(
     let now = now_ms();
     let credential = CredentialRow {
         token_hash: token_hash(&token),
-        kind: "api_token".into(),
+        kind: CredentialKind::ApiToken,
         label: req.label,
         created_ms: Some(now),
         expires_ms: now + u64::from(days) * DAY_MS,
@@ -293,7 +293,7 @@ async fn list_tokens(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let tokens: Vec<_> = state
         .store
-        .credentials(account.id, "api_token", now_ms())
+        .credentials(account.id, CredentialKind::ApiToken, now_ms())
         .await?
         .iter()
         .map(TokenView::from)
@@ -312,7 +312,7 @@ async fn revoke_token(
     if well_formed
         && state
             .store
-            .delete_credential(account.id, "api_token", &id)
+            .delete_credential(account.id, CredentialKind::ApiToken, &id)
             .await?
     {
         Ok(StatusCode::NO_CONTENT)

@@ -23,8 +23,8 @@ use super::extract::{Authenticated, Operator, operator_action};
 use super::{ApiError, AppState, now_s};
 use crate::market::MarketConfig;
 use crate::pipeline::now_ms;
-use crate::store::AccountRow;
 use crate::store::history::CounterSet;
+use crate::store::{AccountRow, SlotStatus};
 
 /// Most slots one range request may cover: a year of 15-minute slots.
 pub const MAX_SLOTS: u64 = 35_136;
@@ -119,7 +119,10 @@ async fn slots(
             .calendar
             .slot(slot)
             .map_err(|e| ApiError::BadRequest(format!("slot {slot}: {e}")))?;
-        let (status, price) = status.get(&slot).cloned().unwrap_or(("open".into(), None));
+        let (status, price) = status
+            .get(&slot)
+            .cloned()
+            .unwrap_or((SlotStatus::Open, None));
         let (traded_wh, trades) = traded.get(&slot).copied().unwrap_or((0, 0));
         out.push(json!({
             "slot": slot,

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::{ApiError, AppState, Authenticated};
 use crate::chain::{batch_of, trade_leaf};
 use crate::market::SettledSlot;
+use crate::store::SlotStatus;
 
 /// The routes of this module (merged into [`super::router`]).
 pub(super) fn routes() -> Router<AppState> {
@@ -27,7 +28,7 @@ pub(super) fn routes() -> Router<AppState> {
 /// check used; `None` while it is not settled.
 async fn settled_slot(state: &AppState, slot: u64) -> Result<Option<SettledSlot>, ApiError> {
     let (status, _) = state.market.slot_status(slot).await?;
-    if status != "settled" {
+    if status != SlotStatus::Settled {
         return Ok(None);
     }
     Ok(Some(state.market.settled_slot(slot).await?))

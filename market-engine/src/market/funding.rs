@@ -246,9 +246,8 @@ pub struct FundingEntry {
     pub reference: String,
     /// When the engine booked it, ms.
     pub at_ms: i64,
-    /// `operator`: recorded by the community operator (money that arrived off chain);
-    /// `chain`: read from the Settlement contract's events.
-    pub source: String,
+    /// Who booked it: the community operator, or the chain's events.
+    pub source: crate::store::money::FundingSource,
     /// For an operator-recorded deposit on a chain: the transaction that deposited it there.
     pub chain_tx: Option<String>,
     /// Whether that transaction is in a block (or the entry came from the chain).

@@ -22,7 +22,7 @@ use crate::pipeline::LiveEvent;
 pub use crate::settings::MarketConfig;
 use crate::settings::{StoredSettings, StoredSettingsError};
 
-use crate::store::{Store, StoreError};
+use crate::store::{SlotStatus, Store, StoreError};
 
 mod funding;
 pub use funding::{ChainMoney, FollowCursor, FundingEntry};
@@ -704,12 +704,12 @@ impl Market {
         Ok(self.store.trades(slot).await?)
     }
 
-    /// Status and clearing price of a slot: `open`, `closed` or `settled`.
-    pub async fn slot_status(&self, slot: u64) -> Result<(String, Option<u64>), MarketError> {
+    /// Status and clearing price of a slot: open, closed or settled.
+    pub async fn slot_status(&self, slot: u64) -> Result<(SlotStatus, Option<u64>), MarketError> {
         Ok(self
             .store
             .slot_status(slot)
             .await?
-            .unwrap_or_else(|| ("open".into(), None)))
+            .unwrap_or((SlotStatus::Open, None)))
     }
 }

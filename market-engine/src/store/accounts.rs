@@ -83,13 +83,46 @@ impl TryFrom<StoredAccount> for AccountRow {
     }
 }
 
+/// What a credential is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// Issued at login, for the web app.
+    Session,
+    /// Issued on request, labelled by its owner, for scripts.
+    ApiToken,
+}
+
+impl CredentialKind {
+    /// The name stored in `credentials.kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Session => "session",
+            Self::ApiToken => "api_token",
+        }
+    }
+}
+
+impl std::str::FromStr for CredentialKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "session" => Ok(Self::Session),
+            "api_token" => Ok(Self::ApiToken),
+            other => Err(format!(
+                "{other:?} is not a credential kind (session or api_token)"
+            )),
+        }
+    }
+}
+
 /// A session or an API token: only a SHA-256 of its secret is stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialRow {
     /// Hex SHA-256 of the secret.
     pub token_hash: String,
-    /// `session` or `api_token`.
-    pub kind: String,
+    /// Session or API token.
+    pub kind: CredentialKind,
     /// What it is for (`login` for sessions; the owner's label for tokens).
     pub label: String,
     /// When it was issued, ms since the epoch (unknown for credentials from before that was
@@ -116,8 +149,11 @@ impl TryFrom<StoredCredential> for CredentialRow {
         Ok(Self {
             created_ms: unsigned_opt(r.created_ms, "credentials.created_ms")?,
             expires_ms: unsigned(r.expires_ms, "credentials.expires_ms")?,
+            kind: r
+                .kind
+                .parse()
+                .map_err(|e| StoreError::Corrupt(format!("credentials.kind {e}")))?,
             token_hash: r.token_hash,
-            kind: r.kind,
             label: r.label,
         })
     }
@@ -273,7 +309,7 @@ impl Store {
     pub async fn credentials(
         &self,
         account_id: i64,
-        kind: &str,
+        kind: CredentialKind,
         now_ms: u64,
     ) -> Result<Vec<CredentialRow>, StoreError> {
         let rows: Vec<StoredCredential> = sqlx::query_as(
@@ -282,7 +318,7 @@ impl Store {
              ORDER BY created_ms DESC, token_hash",
         )
         .bind(account_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(i64_of(now_ms))
         .fetch_all(&self.pool)
         .await?;
@@ -294,7 +330,7 @@ impl Store {
     pub async fn delete_credential(
         &self,
         account_id: i64,
-        kind: &str,
+        kind: CredentialKind,
         hash_prefix: &str,
     ) -> Result<bool, StoreError> {
         // Hex only, so the prefix holds no LIKE wildcards.
@@ -305,7 +341,7 @@ impl Store {
             "DELETE FROM credentials WHERE account_id = $1 AND kind = $2 AND token_hash LIKE $3",
         )
         .bind(account_id)
-        .bind(kind)
+        .bind(kind.as_str())
         .bind(format!("{}%", hash_prefix.to_ascii_lowercase()))
         .execute(&self.pool)
         .await?;
@@ -314,11 +350,11 @@ impl Store {
 
     /// Deletes a session by the hash of its secret (logout); whether there was one.
     pub async fn delete_session(&self, token_hash: &str) -> Result<bool, StoreError> {
-        let done =
-            sqlx::query("DELETE FROM credentials WHERE token_hash = $1 AND kind = 'session'")
-                .bind(token_hash)
-                .execute(&self.pool)
-                .await?;
+        let done = sqlx::query("DELETE FROM credentials WHERE token_hash = $1 AND kind = $2")
+            .bind(token_hash)
+            .bind(CredentialKind::Session.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -394,6 +430,29 @@ mod tests {
                 role
             );
             assert_eq!(serde_json::to_value(role).unwrap(), role.as_str());
+        }
+    }
+
+    #[test]
+    fn an_unknown_credential_kind_is_corruption() {
+        let stored = |kind: &str| StoredCredential {
+            token_hash: "ab".into(),
+            kind: kind.into(),
+            label: "login".into(),
+            created_ms: None,
+            expires_ms: 1,
+        };
+        for kind in [CredentialKind::Session, CredentialKind::ApiToken] {
+            assert_eq!(
+                CredentialRow::try_from(stored(kind.as_str())).unwrap().kind,
+                kind
+            );
+        }
+        match CredentialRow::try_from(stored("cookie")) {
+            Err(StoreError::Corrupt(message)) => {
+                assert!(message.contains("credentials.kind"), "{message}")
+            }
+            other => panic!("expected a corrupt kind, got {other:?}"),
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use super::{Store, StoreError, i64_of, unsigned, unsigned_opt};
+use super::{SlotStatus, Store, StoreError, i64_of, unsigned, unsigned_opt};
 
 /// A pair of lifetime counters of a meter, by the column names of the readings table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,7 +214,7 @@ impl Store {
         &self,
         from: u64,
         to: u64,
-    ) -> Result<HashMap<u64, (String, Option<u64>)>, StoreError> {
+    ) -> Result<HashMap<u64, (SlotStatus, Option<u64>)>, StoreError> {
         let rows: Vec<StoredSlot> = sqlx::query_as(
             "SELECT slot, status, clearing_price FROM slots WHERE slot >= $1 AND slot <= $2",
         )
@@ -227,7 +227,7 @@ impl Store {
                 Ok((
                     unsigned(r.slot, "slots.slot")?,
                     (
-                        r.status,
+                        SlotStatus::stored(&r.status)?,
                         unsigned_opt(r.clearing_price, "slots.clearing_price")?,
                     ),
                 ))

@@ -29,8 +29,9 @@ pub mod orders;
 pub mod readings;
 pub mod settlement;
 
-pub use accounts::{AccountRow, CredentialRow, Role};
+pub use accounts::{AccountRow, CredentialKind, CredentialRow, Role};
 pub use meters::{MeterRow, TradingRule};
+pub use orders::SlotStatus;
 pub use readings::{Position, SettledMeter, Stored};
 
 /// Why the database failed.

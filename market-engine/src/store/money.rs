@@ -27,6 +27,29 @@ struct DueWithdrawal {
     ready_at: i64,
 }
 
+/// Who booked a deposit or withdrawal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FundingSource {
+    /// The community operator recorded it (money that arrived off chain).
+    Operator,
+    /// Read from the Settlement contract's events.
+    Chain,
+}
+
+impl FundingSource {
+    /// The source a stored `funding.source` names.
+    fn stored(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "operator" => Ok(Self::Operator),
+            "chain" => Ok(Self::Chain),
+            other => Err(StoreError::Corrupt(format!(
+                "funding.source {other:?} is not a funding source (operator or chain)"
+            ))),
+        }
+    }
+}
+
 /// A row of `funding` as an account's history shows it.
 #[derive(sqlx::FromRow)]
 struct StoredFunding {
@@ -195,17 +218,19 @@ impl Store {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| FundingEntry {
-                on_chain: r.chain_block.is_some() || r.source == "chain",
-                amount: r.amount,
-                reference: r.reference,
-                at_ms: r.created_ms,
-                source: r.source,
-                chain_tx: r.chain_tx,
+        rows.into_iter()
+            .map(|r| {
+                let source = FundingSource::stored(&r.source)?;
+                Ok(FundingEntry {
+                    on_chain: r.chain_block.is_some() || source == FundingSource::Chain,
+                    amount: r.amount,
+                    reference: r.reference,
+                    at_ms: r.created_ms,
+                    source,
+                    chain_tx: r.chain_tx,
+                })
             })
-            .collect())
+            .collect()
     }
 
     /// Operator-recorded funding not yet in a block on chain, oldest first.
@@ -350,5 +375,32 @@ impl Transaction {
                 .collect(),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A funding source the engine never writes is corruption naming the column (before, any
+    /// text was shown as it was and read as off chain).
+    #[test]
+    fn an_unknown_funding_source_is_corrupt() {
+        assert_eq!(
+            FundingSource::stored("operator").unwrap(),
+            FundingSource::Operator
+        );
+        assert_eq!(
+            FundingSource::stored("chain").unwrap(),
+            FundingSource::Chain
+        );
+        assert_eq!(
+            serde_json::to_value([FundingSource::Operator, FundingSource::Chain]).unwrap(),
+            serde_json::json!(["operator", "chain"])
+        );
+        match FundingSource::stored("bank") {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("funding.source"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

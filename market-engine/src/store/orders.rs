@@ -68,6 +68,48 @@ struct StoredSettings {
     settings: String,
 }
 
+/// Where a delivery slot is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlotStatus {
+    /// Its gate has not closed: orders are taken. Never stored — such a slot has no row in
+    /// `slots`.
+    Open,
+    /// Its gate closed and its trades are final; not settled yet.
+    Closed,
+    /// Settled against the meters' readings.
+    Settled,
+}
+
+impl SlotStatus {
+    /// The name stored in `slots.status` and shown by the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Open => "open",
+            Self::Closed => "closed",
+            Self::Settled => "settled",
+        }
+    }
+
+    /// The status a stored `slots.status` names: `closed` or `settled` (a row means the gate
+    /// closed, so `open` is as unknown as any other text).
+    pub(super) fn stored(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "closed" => Ok(Self::Closed),
+            "settled" => Ok(Self::Settled),
+            other => Err(StoreError::Corrupt(format!(
+                "slots.status {other:?} is not a slot status (closed or settled)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for SlotStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A slot's row: its status and clearing price.
 #[derive(sqlx::FromRow)]
 struct SlotRow {
@@ -81,6 +123,10 @@ struct OrderMeter {
     order_id: i64,
     meter_id: String,
 }
+
+// Design: the statements below spell `slots.status` inline (`'closed'`, `'settled'`), as the
+// outbox's statements spell theirs; the column's CHECK admits only those two, and every status
+// read back goes through `SlotStatus::stored`.
 
 impl Store {
     /// The operator's market settings as stored (JSON), by the slot each applies from,
@@ -187,12 +233,12 @@ impl Store {
         Ok(())
     }
 
-    /// Status (`closed` or `settled`) and clearing price of a slot whose gate closed; `None`
-    /// for a slot still open.
+    /// Status ([`SlotStatus::Closed`] or [`SlotStatus::Settled`]) and clearing price of a slot
+    /// whose gate closed; `None` for a slot still open.
     pub async fn slot_status(
         &self,
         slot: u64,
-    ) -> Result<Option<(String, Option<u64>)>, StoreError> {
+    ) -> Result<Option<(SlotStatus, Option<u64>)>, StoreError> {
         let row: Option<SlotRow> =
             sqlx::query_as("SELECT status, clearing_price FROM slots WHERE slot = $1")
                 .bind(i64_of(slot))
@@ -200,7 +246,7 @@ impl Store {
                 .await?;
         row.map(|r| {
             Ok((
-                r.status,
+                SlotStatus::stored(&r.status)?,
                 unsigned_opt(r.clearing_price, "slots.clearing_price")?,
             ))
         })
@@ -357,5 +403,29 @@ impl Transaction {
         rows.into_iter()
             .map(|r| Ok((unsigned(r.order_id, "order_events.order_id")?, r.meter_id)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A status the engine never writes reads as corruption naming the column, not as a slot
+    /// in some state (the column's CHECK keeps one out in the first place).
+    #[test]
+    fn an_unknown_slot_status_is_corrupt() {
+        assert_eq!(SlotStatus::stored("closed").unwrap(), SlotStatus::Closed);
+        assert_eq!(SlotStatus::stored("settled").unwrap(), SlotStatus::Settled);
+        for text in ["open", "Settled", ""] {
+            match SlotStatus::stored(text) {
+                Err(StoreError::Corrupt(m)) => assert!(m.contains("slots.status"), "{m}"),
+                other => panic!("{text:?}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            serde_json::to_string(&[SlotStatus::Open, SlotStatus::Closed, SlotStatus::Settled])
+                .unwrap(),
+            r#"["open","closed","settled"]"#
+        );
     }
 }

@@ -97,6 +97,41 @@ struct StoredSettlement {
     queued_ms: Option<i64>,
 }
 
+/// Where the engine's proof of a meter's epoch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProofStatus {
+    /// A transaction is about to go out, or went out before a restart: counts as an attempt.
+    Sending,
+    /// The staking contract accepted the proof.
+    Proved,
+    /// The latest attempt failed; it is tried again later.
+    Failed,
+}
+
+impl ProofStatus {
+    /// The name stored in `epoch_proofs.status` and shown by the stake API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Sending => "sending",
+            Self::Proved => "proved",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// The status a stored `epoch_proofs.status` names.
+    fn stored(text: &str) -> Result<Self, StoreError> {
+        match text {
+            "sending" => Ok(Self::Sending),
+            "proved" => Ok(Self::Proved),
+            "failed" => Ok(Self::Failed),
+            other => Err(StoreError::Corrupt(format!(
+                "epoch_proofs.status {other:?} is not a proof status (sending, proved or failed)"
+            ))),
+        }
+    }
+}
+
 /// A row of `epoch_proofs` as stored.
 #[derive(sqlx::FromRow)]
 struct StoredProof {
@@ -115,6 +150,7 @@ impl TryFrom<StoredProof> for ProofRecord {
 
     fn try_from(r: StoredProof) -> Result<Self, StoreError> {
         let next = unsigned(r.next_attempt_ms, "epoch_proofs.next_attempt_ms")?;
+        let status = ProofStatus::stored(&r.status)?;
         Ok(ProofRecord {
             epoch: unsigned(r.epoch, "epoch_proofs.epoch")?,
             attempts: unsigned(r.attempts, "epoch_proofs.attempts")?,
@@ -122,8 +158,8 @@ impl TryFrom<StoredProof> for ProofRecord {
             tx_hash: r.tx_hash,
             credited_wh: unsigned_opt(r.credited_wh, "epoch_proofs.credited_wh")?,
             last_error: r.last_error,
-            next_attempt_ms: (r.status == "failed").then_some(next),
-            status: r.status,
+            next_attempt_ms: (status == ProofStatus::Failed).then_some(next),
+            status,
         })
     }
 }
@@ -131,9 +167,9 @@ impl TryFrom<StoredProof> for ProofRecord {
 /// One attempt at proving a meter's epoch, as [`Store::record_proof`] keeps it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProofAttempt<'a> {
-    /// `sending` (a transaction is about to go out: counts as an attempt), `proved` or
-    /// `failed`.
-    pub status: &'static str,
+    /// Where the proof stands after this attempt ([`ProofStatus::Sending`] counts as an
+    /// attempt).
+    pub status: ProofStatus,
     /// Sequence number of the reading the proof ends at.
     pub end_seq: u64,
     /// The proof's transaction, once proven.
@@ -317,7 +353,7 @@ impl Store {
         now_ms: u64,
     ) -> Result<(), StoreError> {
         // A new attempt counts when a transaction is about to go out.
-        let counts = i64::from(attempt.status == "sending");
+        let counts = i64::from(attempt.status == ProofStatus::Sending);
         sqlx::query(
             "INSERT INTO epoch_proofs (meter_id, epoch, status, attempts, end_seq, tx_hash, \
              credited_wh, last_error, next_attempt_ms, updated_ms) \
@@ -330,7 +366,7 @@ impl Store {
         )
         .bind(meter)
         .bind(checked_i64(epoch, "epoch")?)
-        .bind(attempt.status)
+        .bind(attempt.status.as_str())
         .bind(counts)
         .bind(checked_i64(attempt.end_seq, "seq")?)
         .bind(attempt.tx_hash)
@@ -430,5 +466,31 @@ impl Transaction {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A proof status the engine never writes reads as corruption naming the column (before,
+    /// any text was shown as it was and counted as not failed).
+    #[test]
+    fn an_unknown_proof_status_is_corrupt() {
+        for status in [
+            ProofStatus::Sending,
+            ProofStatus::Proved,
+            ProofStatus::Failed,
+        ] {
+            assert_eq!(ProofStatus::stored(status.as_str()).unwrap(), status);
+            assert_eq!(
+                serde_json::to_value(status).unwrap(),
+                serde_json::json!(status.as_str())
+            );
+        }
+        match ProofStatus::stored("proven") {
+            Err(StoreError::Corrupt(m)) => assert!(m.contains("epoch_proofs.status"), "{m}"),
+            other => panic!("{other:?}"),
+        }
     }
 }

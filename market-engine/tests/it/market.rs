@@ -12,7 +12,7 @@ use market_engine::api::{AppState, RateLimits, router};
 use market_engine::chain::custody::{GRID_OPERATOR, UTILITY};
 use market_engine::ingest::{IngestMetrics, KeyRegistry};
 use market_engine::market::{Market, MarketConfig};
-use market_engine::store::Store;
+use market_engine::store::{SlotStatus, Store};
 use ring::rand::SystemRandom;
 use serde_json::json;
 use sqlx::Row;
@@ -682,7 +682,7 @@ async fn a_restart_before_gate_closure_rebuilds_the_book_and_the_gate_clears_it(
             t.amounts.seller_receives + t.amounts.fees
         );
         let (status, price) = s.market.slot_status(s.slot).await.unwrap();
-        assert_eq!(status, "closed");
+        assert_eq!(status, SlotStatus::Closed);
         // k = 0.5 between the marginal ask 10 000 and bid 24 000 (fees ride on top for the
         // seller).
         assert!(price.unwrap() >= 10_000 && price.unwrap() <= 24_000);

@@ -7,7 +7,7 @@ use gridshare_core::market::SlotTerms;
 use gridshare_core::reading::{MeterKey, SignedReading};
 use market_engine::ingest::{Checker, KeyRegistry, Rejection};
 use market_engine::market::Market;
-use market_engine::store::Stored;
+use market_engine::store::{SlotStatus, Stored};
 use proptest::prelude::*;
 use ring::rand::SystemRandom;
 use serde_json::json;
@@ -419,7 +419,10 @@ async fn slots_without_orders_are_settled_and_empty_ones_produce_nothing() {
             vec![i64::try_from(slot).unwrap()],
             "{url}: the empty slot sends no batch"
         );
-        assert_eq!(market.slot_status(slot + 1).await.unwrap().0, "settled");
+        assert_eq!(
+            market.slot_status(slot + 1).await.unwrap().0,
+            SlotStatus::Settled
+        );
     }
 }
 
@@ -715,7 +718,7 @@ async fn outage_run(case: Outage) {
     for (k, _) in terms.iter().enumerate() {
         assert_eq!(
             market.slot_status(first + k as u64).await.unwrap().0,
-            "settled",
+            SlotStatus::Settled,
             "slot {k} of {case:?}"
         );
     }
