@@ -16,11 +16,12 @@ use axum::{Json, Router};
 use gridshare_contracts::bindings::{MeterStaking, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt};
 use gridshare_contracts::staking::{StakingClient, text_id};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::api::auth::Authenticated;
 use crate::api::{ApiError, AppState};
 use crate::chain::{ChainHandle, SettlerError};
+use crate::prover::ProofRecord;
 
 /// How many of the engine's latest proofs of the meter the answer lists.
 pub const PROOFS_SHOWN: u32 = 7;
@@ -52,24 +53,98 @@ fn amount(v: U256) -> String {
     v.to_string()
 }
 
+/// A meter's stake as the API shows it. Which parts are there says how far the chain knows the
+/// meter: no staking contract, a meter id too long for it, not registered, or registered.
+#[derive(Debug, Serialize)]
+pub struct MeterStake {
+    meter_id: String,
+    /// The staking contract; `null` when the settlement contract credits none.
+    staking_contract: Option<String>,
+    registered: bool,
+    /// What the contract says of the id, once it is one the contract can hold.
+    #[serde(flatten)]
+    contract: Option<StakingIds>,
+    /// The meter's record, once registered.
+    #[serde(flatten)]
+    record: Option<StakeRecord>,
+    /// The engine's part, for a registered meter (added by the API, not read from the chain).
+    #[serde(flatten)]
+    engine: Option<EngineProofs>,
+}
+
+/// The meter's id as the contract holds it, and where the contract's clock stands.
+#[derive(Debug, Serialize)]
+struct StakingIds {
+    meter_id_bytes32: String,
+    token_decimals: u8,
+    current_epoch: u64,
+}
+
+/// A registered meter's record and its recent epochs.
+#[derive(Debug, Serialize)]
+struct StakeRecord {
+    owner: String,
+    active: bool,
+    attested: bool,
+    slashed: bool,
+    staked: String,
+    bonded_since_s: Option<u64>,
+    unbonding: String,
+    unbonding_ends_s: Option<u64>,
+    export_capacity_w: u32,
+    next_claim_epoch: u64,
+    delegate: Option<String>,
+    last_proven_seq: Option<u64>,
+    last_proven_ms: Option<u64>,
+    claimable: String,
+    epochs: Vec<EpochView>,
+    /// The owner and the delegate (if any): who may prove the meter's epochs.
+    #[serde(skip)]
+    provers: Vec<Address>,
+}
+
+/// What one epoch credited the meter and the reward it earned.
+#[derive(Debug, Serialize)]
+struct EpochView {
+    epoch: u64,
+    sold_wh: u64,
+    exported_wh: u64,
+    covered_s: u32,
+    credited_wh: u64,
+    reward: String,
+}
+
+/// Whether the engine proves the meter's epochs, and its latest attempts.
+#[derive(Debug, Serialize)]
+struct EngineProofs {
+    engine_address: String,
+    proved_by_engine: bool,
+    proofs: Vec<ProofRecord>,
+}
+
 /// What the chain holds for `meter`: the `meter` record, `claimable` through the current
 /// epoch, and `credit` and `rewardOf` for the last [`EPOCHS_SHOWN`] epochs.
 pub async fn meter_stake<C: Chain>(
     chain: &C,
     settlement: Address,
     meter: &str,
-) -> Result<serde_json::Value, SettlerError> {
-    let Some(staking) = staking_contract(chain, settlement).await? else {
-        return Ok(json!({
-            "meter_id": meter, "staking_contract": null, "registered": false,
-        }));
+) -> Result<MeterStake, SettlerError> {
+    let mut out = MeterStake {
+        meter_id: meter.to_owned(),
+        staking_contract: None,
+        registered: false,
+        contract: None,
+        record: None,
+        engine: None,
     };
+    let Some(staking) = staking_contract(chain, settlement).await? else {
+        return Ok(out);
+    };
+    out.staking_contract = Some(staking.to_string());
     let client = StakingClient::new(chain, staking);
     // A meter id longer than the contract's 32-byte ids cannot stake (the prover skips it too).
     let Ok(id) = text_id(meter) else {
-        return Ok(json!({
-            "meter_id": meter, "staking_contract": staking.to_string(), "registered": false,
-        }));
+        return Ok(out);
     };
     let m = client
         .meter(id)
@@ -79,16 +154,12 @@ pub async fn meter_stake<C: Chain>(
         .current_epoch()
         .await
         .map_err(SettlerError::read("MeterStaking.currentEpoch"))?;
-    let base = json!({
-        "meter_id": meter,
-        "meter_id_bytes32": id.to_string(),
-        "staking_contract": staking.to_string(),
-        "token_decimals": 18,
-        "current_epoch": current,
+    out.contract = Some(StakingIds {
+        meter_id_bytes32: id.to_string(),
+        token_decimals: 18,
+        current_epoch: current,
     });
     if m.owner == Address::ZERO {
-        let mut out = base;
-        out["registered"] = json!(false);
         return Ok(out);
     }
     let claimable = client
@@ -105,37 +176,35 @@ pub async fn meter_stake<C: Chain>(
             .view(staking, MeterStaking::rewardOfCall { meterId: id, epoch })
             .await
             .map_err(SettlerError::read("MeterStaking.rewardOf"))?;
-        epochs.push(json!({
-            "epoch": epoch,
-            "sold_wh": credit.soldWh,
-            "exported_wh": credit.exportedWh,
-            "covered_s": credit.coveredS,
-            "credited_wh": credit.creditedWh,
-            "reward": amount(reward),
-        }));
+        epochs.push(EpochView {
+            epoch,
+            sold_wh: credit.soldWh,
+            exported_wh: credit.exportedWh,
+            covered_s: credit.coveredS,
+            credited_wh: credit.creditedWh,
+            reward: amount(reward),
+        });
     }
-    let mut out = base;
-    let fields = json!({
-        "registered": true,
-        "owner": m.owner.to_string(),
-        "active": m.active,
-        "attested": m.attested,
-        "slashed": m.slashed,
-        "staked": amount(m.stake),
-        "bonded_since_s": (m.bondedSince > 0).then_some(m.bondedSince),
-        "unbonding": amount(m.unbonding),
-        "unbonding_ends_s": (m.unbondingEnds > 0).then_some(m.unbondingEnds),
-        "export_capacity_w": m.exportCapacityW,
-        "next_claim_epoch": m.nextClaimEpoch,
-        "delegate": (m.delegate != Address::ZERO).then(|| m.delegate.to_string()),
-        "last_proven_seq": (m.lastTimestampMs != 0).then_some(m.lastSeq),
-        "last_proven_ms": (m.lastTimestampMs != 0).then_some(m.lastTimestampMs),
-        "claimable": amount(claimable),
-        "epochs": epochs,
+    let delegate = (m.delegate != Address::ZERO).then_some(m.delegate);
+    out.registered = true;
+    out.record = Some(StakeRecord {
+        owner: m.owner.to_string(),
+        active: m.active,
+        attested: m.attested,
+        slashed: m.slashed,
+        staked: amount(m.stake),
+        bonded_since_s: (m.bondedSince > 0).then_some(m.bondedSince),
+        unbonding: amount(m.unbonding),
+        unbonding_ends_s: (m.unbondingEnds > 0).then_some(m.unbondingEnds),
+        export_capacity_w: m.exportCapacityW,
+        next_claim_epoch: m.nextClaimEpoch,
+        delegate: delegate.map(|d| d.to_string()),
+        last_proven_seq: (m.lastTimestampMs != 0).then_some(m.lastSeq),
+        last_proven_ms: (m.lastTimestampMs != 0).then_some(m.lastTimestampMs),
+        claimable: amount(claimable),
+        epochs,
+        provers: std::iter::once(m.owner).chain(delegate).collect(),
     });
-    if let (Some(out), Some(fields)) = (out.as_object_mut(), fields.as_object()) {
-        out.extend(fields.clone());
-    }
     Ok(out)
 }
 
@@ -144,7 +213,7 @@ async fn stake(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
     Path(meter_id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MeterStake>, ApiError> {
     match state.store.meter_owner(&meter_id).await? {
         None => {
             return Err(ApiError::NotFound(format!(
@@ -178,23 +247,12 @@ async fn stake(
     // The engine's own proofs of the meter's epochs ([`crate::prover`]): what it tried, and
     // why a proof failed.
     let proofs = state.store.proof_records(&meter_id, PROOFS_SHOWN).await?;
-    if let Some(out) = answer.as_object_mut()
-        && out.get("registered") == Some(&json!(true))
-    {
-        let delegate = out
-            .get("delegate")
-            .and_then(|d| d.as_str())
-            .and_then(|d| d.parse::<Address>().ok());
-        let owner = out
-            .get("owner")
-            .and_then(|d| d.as_str())
-            .and_then(|d| d.parse::<Address>().ok());
-        out.insert("engine_address".into(), json!(engine.to_string()));
-        out.insert(
-            "proved_by_engine".into(),
-            json!(delegate == Some(engine) || owner == Some(engine)),
-        );
-        out.insert("proofs".into(), json!(proofs));
+    if let Some(record) = &answer.record {
+        answer.engine = Some(EngineProofs {
+            engine_address: engine.to_string(),
+            proved_by_engine: record.provers.contains(&engine),
+            proofs,
+        });
     }
     Ok(Json(answer))
 }

@@ -18,7 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::extract::{JsonBody, bearer, cookie, token_hash};
 use super::guard::throttled;
@@ -102,6 +101,13 @@ struct Credentials {
     password: String,
 }
 
+/// `POST /api/v1/accounts`: the account created.
+#[derive(Serialize)]
+struct AccountCreated {
+    id: i64,
+    name: String,
+}
+
 /// `POST /api/v1/accounts`: a new household account.
 async fn create_account(
     State(state): State<AppState>,
@@ -125,7 +131,15 @@ async fn create_account(
         .create_account(&name, &hash, Role::Household, now_ms())
         .await?;
     attempt.succeeded();
-    Ok((StatusCode::CREATED, Json(json!({ "id": id, "name": name }))))
+    Ok((StatusCode::CREATED, Json(AccountCreated { id, name })))
+}
+
+/// `POST /api/v1/sessions`: who logged in and until when (the secret is in the cookie).
+#[derive(Serialize)]
+struct SessionView {
+    account: String,
+    role: Role,
+    expires_ms: u64,
 }
 
 /// `POST /api/v1/sessions`: log in. The session is in the cookie only.
@@ -196,7 +210,11 @@ async fn login(
     let cookie = session_cookie(&token, lifetime_ms / 1000, state.auth.secure(&headers));
     Ok((
         [(header::SET_COOKIE, cookie)],
-        Json(json!({ "account": account.name, "role": account.role, "expires_ms": expires_ms })),
+        Json(SessionView {
+            account: account.name,
+            role: account.role,
+            expires_ms,
+        }),
     )
         .into_response())
 }
@@ -286,19 +304,25 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(body)))
 }
 
+/// `GET /api/v1/tokens`.
+#[derive(Serialize)]
+struct TokenList {
+    tokens: Vec<TokenView>,
+}
+
 /// `GET /api/v1/tokens`: the account's unexpired API tokens (never their secrets).
 async fn list_tokens(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let tokens: Vec<_> = state
+) -> Result<Json<TokenList>, ApiError> {
+    let tokens = state
         .store
         .credentials(account.id, CredentialKind::ApiToken, now_ms())
         .await?
         .iter()
         .map(TokenView::from)
         .collect();
-    Ok(Json(json!({ "tokens": tokens })))
+    Ok(Json(TokenList { tokens }))
 }
 
 /// `DELETE /api/v1/tokens/{id}`: revokes one of the account's API tokens. Another account's
@@ -323,21 +347,45 @@ async fn revoke_token(
     }
 }
 
+/// `GET /api/v1/me`.
+#[derive(Serialize)]
+struct Me {
+    id: i64,
+    name: String,
+    role: Role,
+    /// `null` without a chain.
+    chain: Option<ChainAddress>,
+}
+
+/// An account's chain address, as `/me` and the wallet link show it.
+#[derive(Serialize)]
+pub(super) struct ChainAddress {
+    pub(super) address: String,
+    /// Whether the engine holds its key (derived from the custody secret), or it is the
+    /// household's own wallet.
+    pub(super) custodial: bool,
+    /// The Settlement contract the address deals with (`0x…`); `null` where the engine runs no
+    /// settler.
+    pub(super) settlement_contract: Option<String>,
+}
+
 /// `GET /api/v1/me`: the authenticated account.
-async fn me(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-) -> Json<serde_json::Value> {
-    // The account's chain address, from the one lookup batches and proofs use; null without a
-    // chain.
-    let chain = state.market.custody().map(|custody| {
-        json!({
-            "address": custody.address(account.id).to_string(),
-            "custodial": custody.is_custodial(account.id),
-            "settlement_contract": state.settler.as_ref().map(|s| format!("{:#x}", s.settlement_address())),
-        })
+async fn me(State(state): State<AppState>, Authenticated(account): Authenticated) -> Json<Me> {
+    // The account's chain address, from the one lookup batches and proofs use.
+    let chain = state.market.custody().map(|custody| ChainAddress {
+        address: custody.address(account.id).to_string(),
+        custodial: custody.is_custodial(account.id),
+        settlement_contract: state
+            .settler
+            .as_ref()
+            .map(|s| format!("{:#x}", s.settlement_address())),
     });
-    Json(json!({ "id": account.id, "name": account.name, "role": account.role, "chain": chain }))
+    Json(Me {
+        id: account.id,
+        name: account.name,
+        role: account.role,
+        chain,
+    })
 }
 
 /// The body of `POST /api/v1/me/custodial-key/export`: the account's password, re-entered.
@@ -345,6 +393,13 @@ async fn me(
 #[serde(deny_unknown_fields)]
 struct PasswordAgain {
     password: String,
+}
+
+/// `POST /api/v1/me/custodial-key/export`: the key and its address.
+#[derive(Serialize)]
+struct ExportedKey {
+    address: String,
+    private_key: String,
 }
 
 /// `POST /api/v1/me/custodial-key/export`: the household's custodial private key, to import
@@ -394,10 +449,10 @@ async fn export_custodial_key(
     tracing::warn!(target: "api", account = account.name, address = %key.address(), "custodial key exported by its household");
     Ok((
         [(header::CACHE_CONTROL, "no-store")],
-        Json(json!({
-            "address": key.address().to_string(),
-            "private_key": alloy::primitives::B256::from(key.to_bytes()).to_string(),
-        })),
+        Json(ExportedKey {
+            address: key.address().to_string(),
+            private_key: alloy::primitives::B256::from(key.to_bytes()).to_string(),
+        }),
     )
         .into_response())
 }

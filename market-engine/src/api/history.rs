@@ -15,15 +15,16 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-use gridshare_core::market::amount_for;
-use serde::Deserialize;
-use serde_json::json;
+use gridshare_core::market::{UnixSeconds, amount_for};
+use serde::{Deserialize, Serialize};
 
 use super::extract::{Authenticated, Operator, operator_action};
 use super::{ApiError, AppState, now_s};
+use crate::exchange::{OrderEventKind, OrderSide};
 use crate::market::MarketConfig;
 use crate::pipeline::now_ms;
-use crate::store::history::CounterSet;
+use crate::settings::MechanismName;
+use crate::store::history::{CounterSet, DisputeRow, RejectionRow};
 use crate::store::{AccountRow, SlotStatus};
 
 /// Most slots one range request may cover: a year of 15-minute slots.
@@ -100,12 +101,38 @@ fn settings_for(versions: &[(u64, MarketConfig)], slot: u64) -> MarketConfig {
         .unwrap_or_default()
 }
 
+/// `GET /api/v1/slots`.
+#[derive(Serialize)]
+struct SlotsBody {
+    now_s: i64,
+    slots: Vec<SlotSummary>,
+}
+
+/// One slot of the timeline: when its phases are, where it stands, its terms and what traded.
+#[derive(Serialize)]
+struct SlotSummary {
+    slot: u64,
+    window_opens_s: UnixSeconds,
+    gate_closure_s: UnixSeconds,
+    delivery_start_s: UnixSeconds,
+    delivery_end_s: UnixSeconds,
+    settlement_s: UnixSeconds,
+    status: SlotStatus,
+    clearing_price: Option<u64>,
+    retail_per_kwh: u64,
+    feed_in_per_kwh: u64,
+    grid_fee_per_kwh: u64,
+    mechanism: MechanismName,
+    traded_wh: u64,
+    trades: u64,
+}
+
 /// Per slot of a range: the timeline, status, clearing price, tariffs, grid fee and traded
 /// energy. Public: the market's terms and results are no one's secret.
 async fn slots(
     State(state): State<AppState>,
     q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SlotsBody>, ApiError> {
     let q = RangeQuery::checked(q)?;
     let versions = state.market.settings();
     let status = state.store.closed_slots_between(q.from, q.to).await?;
@@ -124,24 +151,27 @@ async fn slots(
             .cloned()
             .unwrap_or((SlotStatus::Open, None));
         let (traded_wh, trades) = traded.get(&slot).copied().unwrap_or((0, 0));
-        out.push(json!({
-            "slot": slot,
-            "window_opens_s": timeline.order_window_opens,
-            "gate_closure_s": timeline.gate_closure,
-            "delivery_start_s": timeline.delivery_start,
-            "delivery_end_s": timeline.delivery_end,
-            "settlement_s": timeline.settlement,
-            "status": status,
-            "clearing_price": price,
-            "retail_per_kwh": config.retail_per_kwh,
-            "feed_in_per_kwh": config.feed_in_per_kwh,
-            "grid_fee_per_kwh": config.grid_fee_per_kwh,
-            "mechanism": config.mechanism,
-            "traded_wh": traded_wh,
-            "trades": trades,
-        }));
+        out.push(SlotSummary {
+            slot,
+            window_opens_s: timeline.order_window_opens,
+            gate_closure_s: timeline.gate_closure,
+            delivery_start_s: timeline.delivery_start,
+            delivery_end_s: timeline.delivery_end,
+            settlement_s: timeline.settlement,
+            status,
+            clearing_price: price,
+            retail_per_kwh: config.retail_per_kwh,
+            feed_in_per_kwh: config.feed_in_per_kwh,
+            grid_fee_per_kwh: config.grid_fee_per_kwh,
+            mechanism: config.mechanism,
+            traded_wh,
+            trades,
+        });
     }
-    Ok(Json(json!({ "now_s": now_s(), "slots": out })))
+    Ok(Json(SlotsBody {
+        now_s: now_s(),
+        slots: out,
+    }))
 }
 
 /// Lifetime import and export counters of one reading.
@@ -216,7 +246,7 @@ async fn meter_counters(
 }
 
 /// One household slot, as the app and the CSV show it.
-#[derive(Debug, Default, Clone, serde::Serialize)]
+#[derive(Debug, Default, Clone, Serialize)]
 struct MySlot {
     slot: u64,
     start_s: i64,
@@ -271,6 +301,40 @@ fn shares<'a>(rows: impl Iterator<Item = &'a MySlot> + Clone) -> (Option<u64>, O
         bp(consumption.saturating_sub(from_utility), consumption),
         bp(pv.saturating_sub(to_utility), pv),
     )
+}
+
+/// `GET /api/v1/my/slots`.
+#[derive(Serialize)]
+struct MySlotsBody {
+    account: String,
+    slot_length_s: u64,
+    self_sufficiency_bp: Option<u64>,
+    self_consumption_bp: Option<u64>,
+    slots: Vec<MySlot>,
+}
+
+/// `GET /api/v1/my/slots?format=totals`: the sums over the range; money only over settled
+/// slots, so what was paid and what the utility alone would have cost compare like with like.
+#[derive(Serialize)]
+struct MyTotals {
+    account: String,
+    from: u64,
+    to: u64,
+    slot_length_s: u64,
+    import_wh: u64,
+    export_wh: u64,
+    bought_wh: u64,
+    sold_wh: u64,
+    paid: u64,
+    received: u64,
+    fees: u64,
+    settled_slots: usize,
+    settled: i64,
+    utility_only: i64,
+    pv_wh: u64,
+    consumption_wh: u64,
+    self_sufficiency_bp: Option<u64>,
+    self_consumption_bp: Option<u64>,
 }
 
 async fn my_meter_ids(state: &AppState, account: &AccountRow) -> Result<Vec<String>, ApiError> {
@@ -366,24 +430,28 @@ async fn my_slots(
     }
     let (self_sufficiency, self_consumption) = shares(rows.values());
     if q.format.as_deref() == Some("totals") {
-        // The sums over the range; money only over settled slots, so what was paid and what
-        // the utility alone would have cost compare like with like.
         let settled: Vec<&MySlot> = rows.values().filter(|r| r.settled.is_some()).collect();
         let sum = |f: fn(&MySlot) -> u64| rows.values().map(f).sum::<u64>();
-        return Ok(Json(json!({
-            "account": account.name, "from": q.from, "to": q.to, "slot_length_s": length_s,
-            "import_wh": sum(|r| r.import_wh.unwrap_or(0)),
-            "export_wh": sum(|r| r.export_wh.unwrap_or(0)),
-            "bought_wh": sum(|r| r.bought_wh), "sold_wh": sum(|r| r.sold_wh),
-            "paid": sum(|r| r.paid), "received": sum(|r| r.received), "fees": sum(|r| r.fees),
-            "settled_slots": settled.len(),
-            "settled": settled.iter().filter_map(|r| r.settled).sum::<i64>(),
-            "utility_only": settled.iter().filter_map(|r| r.utility_only).sum::<i64>(),
-            "pv_wh": sum(|r| r.pv_wh.unwrap_or(0)),
-            "consumption_wh": sum(|r| r.consumption_wh.unwrap_or(0)),
-            "self_sufficiency_bp": self_sufficiency,
-            "self_consumption_bp": self_consumption,
-        }))
+        return Ok(Json(MyTotals {
+            account: account.name,
+            from: q.from,
+            to: q.to,
+            slot_length_s: length_s,
+            import_wh: sum(|r| r.import_wh.unwrap_or(0)),
+            export_wh: sum(|r| r.export_wh.unwrap_or(0)),
+            bought_wh: sum(|r| r.bought_wh),
+            sold_wh: sum(|r| r.sold_wh),
+            paid: sum(|r| r.paid),
+            received: sum(|r| r.received),
+            fees: sum(|r| r.fees),
+            settled_slots: settled.len(),
+            settled: settled.iter().filter_map(|r| r.settled).sum(),
+            utility_only: settled.iter().filter_map(|r| r.utility_only).sum(),
+            pv_wh: sum(|r| r.pv_wh.unwrap_or(0)),
+            consumption_wh: sum(|r| r.consumption_wh.unwrap_or(0)),
+            self_sufficiency_bp: self_sufficiency,
+            self_consumption_bp: self_consumption,
+        })
         .into_response());
     }
     if q.format.as_deref() == Some("csv") {
@@ -422,14 +490,32 @@ async fn my_slots(
         )
             .into_response());
     }
-    Ok(Json(json!({
-        "account": account.name,
-        "slot_length_s": length_s,
-        "self_sufficiency_bp": self_sufficiency,
-        "self_consumption_bp": self_consumption,
-        "slots": rows.into_values().collect::<Vec<_>>(),
-    }))
+    Ok(Json(MySlotsBody {
+        account: account.name,
+        slot_length_s: length_s,
+        self_sufficiency_bp: self_sufficiency,
+        self_consumption_bp: self_consumption,
+        slots: rows.into_values().collect(),
+    })
     .into_response())
+}
+
+/// `GET /api/v1/my/orders`.
+#[derive(Serialize)]
+struct OpenOrdersBody {
+    orders: Vec<OpenOrder>,
+}
+
+/// An order still open, with the price and energy of its latest amend.
+#[derive(Serialize)]
+struct OpenOrder {
+    order_id: u64,
+    slot: u64,
+    meter_id: String,
+    side: OrderSide,
+    price_per_kwh: u64,
+    energy_wh: u64,
+    placed_s: i64,
 }
 
 /// The caller's orders that are still open: in slots whose gate has not closed, not
@@ -438,29 +524,35 @@ async fn my_slots(
 async fn my_orders(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let mut open: BTreeMap<u64, serde_json::Value> = BTreeMap::new();
+) -> Result<Json<OpenOrdersBody>, ApiError> {
+    let mut open: BTreeMap<u64, OpenOrder> = BTreeMap::new();
     let mut amended: HashMap<u64, bool> = HashMap::new();
     for e in state.store.account_open_slot_events(account.id).await? {
         let id = e.order_id;
-        match e.kind.as_str() {
-            "submit" => {
+        match (e.kind, e.side) {
+            (OrderEventKind::Submit, Some(side)) => {
                 open.insert(
                     id,
-                    json!({
-                        "order_id": id, "slot": e.slot, "meter_id": e.meter_id,
-                        "side": e.side, "price_per_kwh": e.price_per_kwh,
-                        "energy_wh": e.energy_wh, "placed_s": e.at_s,
-                    }),
+                    OpenOrder {
+                        order_id: id,
+                        slot: e.slot,
+                        meter_id: e.meter_id,
+                        side,
+                        price_per_kwh: e.price_per_kwh,
+                        energy_wh: e.energy_wh,
+                        placed_s: e.at_s,
+                    },
                 );
             }
-            "cancel" => {
+            // The store reads a side for every submit.
+            (OrderEventKind::Submit, None) => {}
+            (OrderEventKind::Cancel, _) => {
                 open.remove(&id);
             }
-            _ => {
+            (OrderEventKind::Amend, _) => {
                 if let Some(o) = open.get_mut(&id) {
-                    o["price_per_kwh"] = json!(e.price_per_kwh);
-                    o["energy_wh"] = json!(e.energy_wh);
+                    o.price_per_kwh = e.price_per_kwh;
+                    o.energy_wh = e.energy_wh;
                     amended.insert(id, true);
                 }
             }
@@ -475,21 +567,59 @@ async fn my_orders(
         }
         let traded = state.store.order_traded_wh(account.id, id).await?;
         if let Some(o) = open.get_mut(&id) {
-            let left = o["energy_wh"].as_u64().unwrap_or(0).saturating_sub(traded);
+            let left = o.energy_wh.saturating_sub(traded);
             if left == 0 {
                 open.remove(&id);
             } else {
-                o["energy_wh"] = json!(left);
+                o.energy_wh = left;
             }
         }
     }
-    Ok(Json(
-        json!({ "orders": open.into_values().collect::<Vec<_>>() }),
-    ))
+    Ok(Json(OpenOrdersBody {
+        orders: open.into_values().collect(),
+    }))
 }
 
 /// How far back the battery's power is averaged from its counters.
 const BATTERY_WINDOW_MS: i64 = 60_000;
+
+/// `GET /api/v1/my/power`.
+#[derive(Serialize)]
+struct MyPowerBody {
+    now_ms: u64,
+    meters: Vec<MeterPower>,
+}
+
+/// One meter now: its latest reading (`null` before its first) and, with one, the flows
+/// derived from it.
+#[derive(Serialize)]
+struct MeterPower {
+    meter_id: String,
+    reading: Option<PowerReading>,
+    #[serde(flatten)]
+    flows: Option<PowerFlows>,
+}
+
+/// What the live picture shows of a reading.
+#[derive(Serialize)]
+struct PowerReading {
+    seq: i64,
+    timestamp_ms: i64,
+    power_w: Option<i64>,
+    soc_bp: Option<i64>,
+    import_wh: Option<i64>,
+    export_wh: Option<i64>,
+    pv_power_w: Option<i64>,
+    pv_wh: Option<i64>,
+    battery_power_w: Option<i64>,
+}
+
+/// The battery's power (positive = charging) and the house's own power, W, where known.
+#[derive(Serialize)]
+struct PowerFlows {
+    battery_w: Option<i64>,
+    house_w: Option<i64>,
+}
 
 /// Each of the caller's meters now, for the live power-flow picture: its latest reading (grid
 /// power, solar power, battery power and state of charge, lifetime counters, when it was
@@ -499,12 +629,16 @@ const BATTERY_WINDOW_MS: i64 = 60_000;
 async fn my_power(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MyPowerBody>, ApiError> {
     let mut meters = Vec::new();
     for meter in my_meter_ids(&state, &account).await? {
         let latest = state.store.latest_reading(&meter).await?;
         let Some(r) = latest else {
-            meters.push(json!({ "meter_id": meter, "reading": null }));
+            meters.push(MeterPower {
+                meter_id: meter,
+                reading: None,
+                flows: None,
+            });
             continue;
         };
         let ts = r.timestamp_ms;
@@ -533,24 +667,74 @@ async fn my_power(
             (Some(g), Some(p), Some(b)) => Some((g + p - b).max(0)),
             _ => None,
         };
-        meters.push(json!({
-            "meter_id": meter,
-            "reading": {
-                "seq": r.seq, "timestamp_ms": ts,
-                "power_w": grid, "soc_bp": r.soc_bp,
-                "import_wh": r.import_wh, "export_wh": r.export_wh,
-                "pv_power_w": pv, "pv_wh": r.pv_wh,
-                "battery_power_w": battery_reported,
-            },
-            "battery_w": battery,
-            "house_w": house_w,
-        }));
+        meters.push(MeterPower {
+            meter_id: meter,
+            reading: Some(PowerReading {
+                seq: r.seq,
+                timestamp_ms: ts,
+                power_w: grid,
+                soc_bp: r.soc_bp,
+                import_wh: r.import_wh,
+                export_wh: r.export_wh,
+                pv_power_w: pv,
+                pv_wh: r.pv_wh,
+                battery_power_w: battery_reported,
+            }),
+            flows: Some(PowerFlows {
+                battery_w: battery,
+                house_w,
+            }),
+        });
     }
-    Ok(Json(json!({ "now_ms": now_ms(), "meters": meters })))
+    Ok(Json(MyPowerBody {
+        now_ms: now_ms(),
+        meters,
+    }))
 }
 
 /// Readings younger than this count as "now" on the neighbourhood page.
 const NOW_WINDOW_MS: u64 = 120_000;
+
+/// `GET /api/v1/neighbourhood`.
+#[derive(Serialize)]
+struct NeighbourhoodBody {
+    now: NeighbourhoodNow,
+    day: NeighbourhoodDay,
+}
+
+/// The meters reporting now, anonymised.
+#[derive(Serialize)]
+struct NeighbourhoodNow {
+    meters: usize,
+    producing: usize,
+    consuming: usize,
+    /// Each meter's grid power, rounded to 100 W, sorted, without ids.
+    power_w: Vec<i64>,
+    import_w: i64,
+    export_w: i64,
+}
+
+/// The community's energy over the last day of slots.
+#[derive(Serialize)]
+struct NeighbourhoodDay {
+    from_slot: u64,
+    to_slot: u64,
+    import_wh: u64,
+    export_wh: u64,
+    covered_locally_wh: u64,
+    from_utility_wh: u64,
+    traded_wh: u64,
+    self_sufficiency_bp: Option<u64>,
+    slots: Vec<SlotEnergy>,
+}
+
+/// The community's metered import and export in one slot.
+#[derive(Serialize)]
+struct SlotEnergy {
+    slot: u64,
+    import_wh: u64,
+    export_wh: u64,
+}
 
 /// The neighbourhood at a glance, anonymised: each meter's latest grid power (no ids, rounded
 /// to 100 W, sorted, and only when at least [`crate::pipeline::MIN_METERS_IN_AGGREGATE`] meters
@@ -558,7 +742,7 @@ const NOW_WINDOW_MS: u64 = 120_000;
 /// and per slot of the last day of slots the community's metered import and export, the part of
 /// the imports its own exports could cover (`min(Σ export, Σ import)` per slot) and what it
 /// traded locally.
-async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+async fn neighbourhood(State(state): State<AppState>) -> Result<Json<NeighbourhoodBody>, ApiError> {
     let now = now_ms();
     let since = i64_of(now.saturating_sub(NOW_WINDOW_MS));
     let latest = state.store.latest_grid_powers(since).await?;
@@ -595,25 +779,34 @@ async fn neighbourhood(State(state): State<AppState>) -> Result<Json<serde_json:
     let import: u64 = per_slot.values().map(|v| v.0).sum();
     let export: u64 = per_slot.values().map(|v| v.1).sum();
     let covered: u64 = per_slot.values().map(|(i, e)| (*i).min(*e)).sum();
-    Ok(Json(json!({
-        "now": {
-            "meters": powers.len(),
-            "producing": powers.iter().filter(|p| **p < 0).count(),
-            "consuming": powers.iter().filter(|p| **p > 0).count(),
-            "power_w": powers,
-            "import_w": powers.iter().filter(|p| **p > 0).sum::<i64>(),
-            "export_w": -powers.iter().filter(|p| **p < 0).sum::<i64>(),
+    Ok(Json(NeighbourhoodBody {
+        now: NeighbourhoodNow {
+            meters: powers.len(),
+            producing: powers.iter().filter(|p| **p < 0).count(),
+            consuming: powers.iter().filter(|p| **p > 0).count(),
+            import_w: powers.iter().filter(|p| **p > 0).sum(),
+            export_w: -powers.iter().filter(|p| **p < 0).sum::<i64>(),
+            power_w: powers,
         },
-        "day": {
-            "from_slot": from, "to_slot": to,
-            "import_wh": import, "export_wh": export,
-            "covered_locally_wh": covered,
-            "from_utility_wh": import - covered,
-            "traded_wh": traded,
-            "self_sufficiency_bp": (covered * 10_000).checked_div(import),
-            "slots": per_slot.iter().map(|(s, (i, e))| json!({"slot": s, "import_wh": i, "export_wh": e})).collect::<Vec<_>>(),
+        day: NeighbourhoodDay {
+            from_slot: from,
+            to_slot: to,
+            import_wh: import,
+            export_wh: export,
+            covered_locally_wh: covered,
+            from_utility_wh: import - covered,
+            traded_wh: traded,
+            self_sufficiency_bp: (covered * 10_000).checked_div(import),
+            slots: per_slot
+                .into_iter()
+                .map(|(slot, (import_wh, export_wh))| SlotEnergy {
+                    slot,
+                    import_wh,
+                    export_wh,
+                })
+                .collect(),
         },
-    })))
+    }))
 }
 
 operator_action!(
@@ -622,21 +815,35 @@ operator_action!(
     "sees rejected readings"
 );
 
+/// `GET /api/v1/operator/rejections`.
+#[derive(Serialize)]
+struct RejectionsBody {
+    by_reason: Vec<ReasonCount>,
+    latest: Vec<RejectionRow>,
+}
+
+/// How many readings were rejected for one reason.
+#[derive(Serialize)]
+struct ReasonCount {
+    reason: String,
+    count: i64,
+}
+
 /// The operator's audit of bad input: rejected readings counted by reason, and the latest 50
 /// with their meter and detail.
 async fn rejections(
     State(state): State<AppState>,
     _: Operator<SeesRejections>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let by_reason: Vec<_> = state
+) -> Result<Json<RejectionsBody>, ApiError> {
+    let by_reason = state
         .store
         .rejection_reasons()
         .await?
         .into_iter()
-        .map(|(reason, count)| json!({"reason": reason, "count": count}))
+        .map(|(reason, count)| ReasonCount { reason, count })
         .collect();
     let latest = state.store.latest_rejections(50).await?;
-    Ok(Json(json!({ "by_reason": by_reason, "latest": latest })))
+    Ok(Json(RejectionsBody { by_reason, latest }))
 }
 
 operator_action!(
@@ -645,11 +852,17 @@ operator_action!(
     "sees disputed meters"
 );
 
+/// `GET /api/v1/operator/disputes`.
+#[derive(Serialize)]
+struct DisputesBody {
+    disputes: Vec<DisputeRow>,
+}
+
 /// Meters whose delivery could not be established in a settled slot, newest first (operator).
 async fn disputes(
     State(state): State<AppState>,
     _: Operator<SeesDisputes>,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let rows = state.store.disputes(200).await?;
-    Ok(Json(json!({ "disputes": rows })))
+) -> Result<Json<DisputesBody>, ApiError> {
+    let disputes = state.store.disputes(200).await?;
+    Ok(Json(DisputesBody { disputes }))
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{Authenticated, JsonBody, Operator, Page, operator_action};
 use super::{ApiError, AppState};
+use crate::gaps::Gap;
 use crate::meters::{self, ApprovalRequest, MeterError};
 use crate::pipeline::now_ms;
 use crate::store::{AccountRow, MeterRow};
@@ -80,13 +81,22 @@ pub(super) async fn own_meter(
     }
 }
 
+/// Whether a meter's readings count yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum MeterStatus {
+    /// Registered by its household, not approved yet: its readings do not count.
+    Pending,
+    /// Approved by the operator with its capacity and device identity.
+    Approved,
+}
+
 /// A meter as the API shows it.
 #[derive(Debug, Serialize)]
 struct MeterView {
     meter_id: String,
     public_key: String,
-    /// `pending` until the operator approves it, then `approved`.
-    status: &'static str,
+    status: MeterStatus,
     registered_ms: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     approved_ms: Option<i64>,
@@ -111,7 +121,11 @@ impl MeterView {
         Self {
             meter_id: row.meter_id.clone(),
             public_key: row.public_key.clone(),
-            status: if a.is_some() { "approved" } else { "pending" },
+            status: if a.is_some() {
+                MeterStatus::Approved
+            } else {
+                MeterStatus::Pending
+            },
             registered_ms: row.created_ms,
             approved_ms: row.approved_ms,
             export_capacity_w: a.map(|a| a.export_capacity_w),
@@ -129,6 +143,21 @@ impl MeterView {
 struct RegisterRequest {
     meter_id: String,
     public_key: String,
+}
+
+/// `POST /api/v1/meters`: the meter registered, and what happens next.
+#[derive(Serialize)]
+struct MeterRegistered {
+    meter_id: String,
+    key_id: String,
+    status: MeterStatus,
+    next: &'static str,
+}
+
+/// `GET /api/v1/meters` and `GET /api/v1/operator/meters`.
+#[derive(Serialize)]
+struct MeterList {
+    meters: Vec<MeterView>,
 }
 
 /// A household registers a meter; it is `pending` until the operator approves it.
@@ -149,12 +178,12 @@ async fn register(
     .await?;
     Ok((
         StatusCode::CREATED,
-        Json(serde_json::json!({
-            "meter_id": meter.as_str(),
-            "key_id": key.key_id().to_string(),
-            "status": "pending",
-            "next": "the community operator approves the meter with its rated capacity and device identity; its readings count from then on",
-        })),
+        Json(MeterRegistered {
+            meter_id: meter.as_str().to_owned(),
+            key_id: key.key_id().to_string(),
+            status: MeterStatus::Pending,
+            next: "the community operator approves the meter with its rated capacity and device identity; its readings count from then on",
+        }),
     ))
 }
 
@@ -162,8 +191,8 @@ async fn register(
 async fn mine(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
-) -> Result<Json<serde_json::Value>, ApiError> {
-    let meters: Vec<MeterView> = state
+) -> Result<Json<MeterList>, ApiError> {
+    let meters = state
         .store
         .meters()
         .await?
@@ -171,16 +200,16 @@ async fn mine(
         .filter(|m| m.account_id == account.id)
         .map(MeterView::of)
         .collect();
-    Ok(Json(serde_json::json!({ "meters": meters })))
+    Ok(Json(MeterList { meters }))
 }
 
 /// Every meter of the community with its owner (operator only).
 async fn every(
     State(state): State<AppState>,
     _: Operator<ListsEveryMeter>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MeterList>, ApiError> {
     let names = state.store.account_names().await?;
-    let meters: Vec<MeterView> = state
+    let meters = state
         .store
         .meters()
         .await?
@@ -190,7 +219,7 @@ async fn every(
             ..MeterView::of(m)
         })
         .collect();
-    Ok(Json(serde_json::json!({ "meters": meters })))
+    Ok(Json(MeterList { meters }))
 }
 
 #[derive(Deserialize)]
@@ -206,13 +235,31 @@ fn default_gap_limit() -> u32 {
     1000
 }
 
+/// `GET /api/v1/operator/gaps`.
+#[derive(Serialize)]
+struct GapsBody {
+    gaps: Vec<Gap>,
+    /// The gaps still asked for.
+    requesting: GapCount,
+    /// The gaps given up.
+    unfillable: GapCount,
+}
+
+/// Gaps, the readings missing in them, and the meters that have any.
+#[derive(Serialize)]
+struct GapCount {
+    gaps: u64,
+    readings: u64,
+    meters: u64,
+}
+
 /// Readings missing from meters' sequences: what the engine still asks the agents for, and
 /// what it gave up as unfillable (operator only).
 async fn gaps(
     State(state): State<AppState>,
     _: Operator<SeesGaps>,
     query: Result<axum::extract::Query<GapQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<GapsBody>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if !(1..=10_000).contains(&q.limit) {
         return Err(ApiError::Invalid {
@@ -222,11 +269,36 @@ async fn gaps(
     }
     let gaps = state.store.gaps(q.meter.as_deref(), q.limit).await?;
     let totals = state.store.gap_totals().await?;
-    Ok(Json(serde_json::json!({
-        "gaps": gaps,
-        "requesting": { "gaps": totals.open_gaps, "readings": totals.open_missing, "meters": totals.meters_with_open_gaps },
-        "unfillable": { "gaps": totals.unfillable_gaps, "readings": totals.unfillable_missing, "meters": totals.meters_with_unfillable_gaps },
-    })))
+    Ok(Json(GapsBody {
+        gaps,
+        requesting: GapCount {
+            gaps: totals.open_gaps,
+            readings: totals.open_missing,
+            meters: totals.meters_with_open_gaps,
+        },
+        unfillable: GapCount {
+            gaps: totals.unfillable_gaps,
+            readings: totals.unfillable_missing,
+            meters: totals.meters_with_unfillable_gaps,
+        },
+    }))
+}
+
+/// `POST /api/v1/meters/{meter_id}/approval`: the meter as approved, with its broker login
+/// the first time.
+#[derive(Serialize)]
+struct MeterApproved {
+    meter: MeterView,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mqtt: Option<BrokerLogin>,
+}
+
+/// A meter's login to the embedded broker.
+#[derive(Serialize)]
+struct BrokerLogin {
+    username: String,
+    password: String,
+    note: &'static str,
 }
 
 /// The operator approves a meter with its rated capacity and installed device identity.
@@ -235,7 +307,7 @@ async fn approve(
     Operator(account, _): Operator<ApprovesMeters>,
     Path(meter_id): Path<String>,
     JsonBody(approval): JsonBody<ApprovalRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MeterApproved>, ApiError> {
     let approval = approval.checked()?;
     // The ingest's registry knows every meter and whether it is approved: no query needed.
     let first_approval = state
@@ -251,20 +323,24 @@ async fn approve(
         now_ms(),
     )
     .await?;
-    let mut body = serde_json::json!({ "meter": MeterView::of(&row) });
     // The meter's broker login is issued with its first approval and shown once: the
     // installer puts it in the agent's config. A later approval (new capacity) keeps it.
-    if first_approval {
+    let mqtt = if first_approval {
         let password = crate::broker::issue_meter_credentials(&state.store, &meter_id)
             .await
             .map_err(|e| ApiError::Internal(format!("issuing broker credentials: {e}")))?;
-        body["mqtt"] = serde_json::json!({
-            "username": meter_id,
-            "password": password,
-            "note": "shown once: put it in the meter agent's [mqtt] username and password",
-        });
-    }
-    Ok(Json(body))
+        Some(BrokerLogin {
+            username: meter_id,
+            password,
+            note: "shown once: put it in the meter agent's [mqtt] username and password",
+        })
+    } else {
+        None
+    };
+    Ok(Json(MeterApproved {
+        meter: MeterView::of(&row),
+        mqtt,
+    }))
 }
 
 /// The operator refuses a pending meter registration: the id and key are free again.
@@ -277,22 +353,28 @@ async fn refuse(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `GET /api/v1/meters/{meter_id}/readings`.
+#[derive(Serialize)]
+struct MeterReadings {
+    meter_id: String,
+    /// Each stored reading's JSON, as the ingest stored it.
+    readings: Vec<serde_json::Value>,
+}
+
 /// The meter's stored readings, oldest first, a page at a time (its owner only).
 async fn meter_readings(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
     Path(meter_id): Path<String>,
     page: Page,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<MeterReadings>, ApiError> {
     own_meter(&state, &account, &meter_id).await?;
-    let readings: Vec<serde_json::Value> = state
+    let readings = state
         .store
         .readings(&meter_id, page.after, page.limit)
         .await?
         .iter()
         .filter_map(|e| serde_json::from_str(e).ok())
         .collect();
-    Ok(Json(
-        serde_json::json!({ "meter_id": meter_id, "readings": readings }),
-    ))
+    Ok(Json(MeterReadings { meter_id, readings }))
 }

@@ -12,10 +12,11 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
 use gridshare_contracts::{MerkleTree, TradeLeaf};
-use serde_json::json;
+use serde::Serialize;
 
 use super::{ApiError, AppState, Authenticated};
 use crate::chain::{batch_of, trade_leaf};
+use crate::exchange::OrderSide;
 use crate::market::SettledSlot;
 use crate::store::SlotStatus;
 
@@ -34,12 +35,42 @@ async fn settled_slot(state: &AppState, slot: u64) -> Result<Option<SettledSlot>
     Ok(Some(state.market.settled_slot(slot).await?))
 }
 
+/// `GET /api/v1/my/settlements/{slot}/proof`.
+#[derive(Serialize)]
+struct SettlementProof {
+    slot: u64,
+    batch_id: u64,
+    /// The batch's Merkle root as the engine rebuilds it.
+    root: String,
+    /// The root the Settlement contract holds for the batch; `null` until it is there.
+    chain_root: Option<String>,
+    on_chain: bool,
+    /// Leaves in the batch's tree.
+    leaves: usize,
+    account_address: String,
+    trades: Vec<TradeProof>,
+}
+
+/// One of the caller's trades: the leaf's fields, its hash and the sibling path to the root.
+#[derive(Serialize)]
+struct TradeProof {
+    /// The caller's side of the trade.
+    side: OrderSide,
+    buyer: String,
+    seller: String,
+    energy_wh: u64,
+    /// What the buyer pays, token units, in decimal (as the leaf's uint256).
+    amount: String,
+    leaf: String,
+    proof: Vec<String>,
+}
+
 /// The caller's trades in a settled slot with their Merkle proofs against the batch root.
 async fn proof(
     State(state): State<AppState>,
     Authenticated(account): Authenticated,
     Path(slot): Path<u64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SettlementProof>, ApiError> {
     let settled = settled_slot(&state, slot).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "slot {slot} is not settled (yet): its batch has no root"
@@ -90,29 +121,35 @@ async fn proof(
             .map(|root| root.to_string()),
         None => None,
     };
-    let trades: Vec<_> = mine
+    let trades = mine
         .into_iter()
-        .map(|(index, t, leaf)| {
-            let proof = tree.proof(index).unwrap_or_default();
-            json!({
-                "side": if i64::from(t.buyer.0) == account.id { "buy" } else { "sell" },
-                "buyer": custody.address(i64::from(t.buyer.0)).to_string(),
-                "seller": custody.address(i64::from(t.seller.0)).to_string(),
-                "energy_wh": t.energy_wh,
-                "amount": t.amounts.buyer_pays.to_string(),
-                "leaf": leaf.to_string(),
-                "proof": proof.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            })
+        .map(|(index, t, leaf)| TradeProof {
+            side: if i64::from(t.buyer.0) == account.id {
+                OrderSide::Buy
+            } else {
+                OrderSide::Sell
+            },
+            buyer: custody.address(i64::from(t.buyer.0)).to_string(),
+            seller: custody.address(i64::from(t.seller.0)).to_string(),
+            energy_wh: t.energy_wh,
+            amount: t.amounts.buyer_pays.to_string(),
+            leaf: leaf.to_string(),
+            proof: tree
+                .proof(index)
+                .unwrap_or_default()
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         })
         .collect();
-    Ok(Json(json!({
-        "slot": slot,
-        "batch_id": batch.id,
-        "root": batch.root.to_string(),
-        "chain_root": chain_root,
-        "on_chain": state.settler.is_some(),
-        "leaves": count,
-        "account_address": custody.address(account.id).to_string(),
-        "trades": trades,
-    })))
+    Ok(Json(SettlementProof {
+        slot,
+        batch_id: batch.id,
+        root: batch.root.to_string(),
+        chain_root,
+        on_chain: state.settler.is_some(),
+        leaves: count,
+        account_address: custody.address(account.id).to_string(),
+        trades,
+    }))
 }

@@ -4,8 +4,7 @@
 use axum::extract::State;
 use axum::routing::get;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use super::extract::{JsonBody, Operator, operator_action};
 use super::{ApiError, AppState, now_s};
@@ -24,14 +23,36 @@ operator_action!(
     "changes market settings"
 );
 
-async fn get_settings(State(state): State<AppState>) -> Json<serde_json::Value> {
-    let versions: Vec<_> = state
+/// `GET /api/v1/market/settings`.
+#[derive(Serialize)]
+struct SettingsBody {
+    versions: Vec<SettingsVersion>,
+}
+
+/// The settings that apply from a slot on (the `[market]` section's keys).
+#[derive(Serialize)]
+struct SettingsVersion {
+    from_slot: u64,
+    settings: crate::market::MarketConfig,
+}
+
+/// `PUT /api/v1/market/settings`: the first slot the change applies to.
+#[derive(Serialize)]
+struct SettingsChanged {
+    from_slot: u64,
+}
+
+async fn get_settings(State(state): State<AppState>) -> Json<SettingsBody> {
+    let versions = state
         .market
         .settings()
         .into_iter()
-        .map(|(from_slot, settings)| json!({ "from_slot": from_slot, "settings": settings }))
+        .map(|(from_slot, settings)| SettingsVersion {
+            from_slot,
+            settings,
+        })
         .collect();
-    Json(json!({ "versions": versions }))
+    Json(SettingsBody { versions })
 }
 
 #[derive(Deserialize)]
@@ -64,7 +85,7 @@ async fn put_settings(
     State(state): State<AppState>,
     _: Operator<ChangesSettings>,
     JsonBody(req): JsonBody<SettingsRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SettingsChanged>, ApiError> {
     let current = state
         .market
         .settings()
@@ -94,5 +115,5 @@ async fn put_settings(
         sharing_shares: req.sharing_shares.unwrap_or(current.sharing_shares),
     };
     let from_slot = state.market.change_settings(settings, now_s()).await?;
-    Ok(Json(json!({ "from_slot": from_slot })))
+    Ok(Json(SettingsChanged { from_slot }))
 }

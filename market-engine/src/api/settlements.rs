@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::extract::{Operator, Page, operator_action};
 use super::{ApiError, AppState};
+use crate::chain::outbox::{BatchRecord, BatchStatus};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<AppState> {
@@ -36,7 +37,46 @@ struct SettlementEntry {
     /// When the batch entered the chain outbox; null without a chain.
     queued_for_chain_ms: Option<i64>,
     /// The outbox's record of the batch; null without a chain.
-    chain: Option<serde_json::Value>,
+    chain: Option<BatchView>,
+}
+
+/// The outbox's record of a batch, as the API shows it.
+#[derive(Debug, Serialize)]
+struct BatchView {
+    status: BatchStatus,
+    tx_hash: Option<String>,
+    block: Option<u64>,
+    block_hash: Option<String>,
+    root: String,
+    gas_used: Option<u64>,
+    attempts: u32,
+    last_error: Option<String>,
+    /// Whether the outbox tries it again without the operator (a rejected batch only after a
+    /// re-send).
+    retries_by_itself: bool,
+    /// When it is tried next, ms; null once confirmed or when due now.
+    next_attempt_ms: Option<u64>,
+    /// The local sales it credits to staked seller meters.
+    sales_credited: usize,
+}
+
+impl From<BatchRecord> for BatchView {
+    fn from(r: BatchRecord) -> Self {
+        Self {
+            tx_hash: r.tx_hash.map(|h| h.to_string()),
+            block: r.block_number,
+            block_hash: r.block_hash.map(|h| h.to_string()),
+            root: r.batch.root.to_string(),
+            gas_used: r.gas_used,
+            attempts: r.attempts,
+            retries_by_itself: r.status != BatchStatus::Rejected || r.retry,
+            next_attempt_ms: (r.status != BatchStatus::Confirmed && r.next_attempt_ms > 0)
+                .then_some(r.next_attempt_ms),
+            sales_credited: r.sales.sales.len(),
+            last_error: r.last_error,
+            status: r.status,
+        }
+    }
 }
 
 /// A page of settled slots.
@@ -49,7 +89,7 @@ struct Settlements {
 #[derive(Debug, Serialize)]
 struct Resent {
     slot: u64,
-    chain: Option<serde_json::Value>,
+    chain: Option<BatchView>,
 }
 
 async fn settlements(
@@ -64,7 +104,7 @@ async fn settlements(
             .store
             .settlement_batch(slot)
             .await?
-            .map(|r| r.to_json());
+            .map(BatchView::from);
         settlements.push(SettlementEntry {
             slot,
             batch_id: slot,
@@ -97,6 +137,6 @@ async fn resend_settlement(
     let record = state.store.settlement_batch(slot).await?;
     Ok(Json(Resent {
         slot,
-        chain: record.map(|r| r.to_json()),
+        chain: record.map(BatchView::from),
     }))
 }

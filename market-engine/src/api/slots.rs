@@ -4,10 +4,12 @@
 use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::{Json, Router};
-use serde_json::json;
+use gridshare_core::market::DeliverySlot;
+use serde::Serialize;
 
 use super::orders::TradeView;
 use super::{ApiError, AppState, now_s};
+use crate::store::SlotStatus;
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<AppState> {
@@ -17,7 +19,53 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/api/v1/slots/{slot}/book", get(slot_book))
 }
 
-async fn current_slot(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+/// `GET /api/v1/slots/current`: the slot delivering now and the next one's timeline.
+#[derive(Serialize)]
+struct CurrentSlot {
+    now_s: i64,
+    delivering: u64,
+    next: DeliverySlot,
+}
+
+/// `GET /api/v1/slots/{slot}`: a slot's timeline, where it stands, its tariffs and trades.
+#[derive(Serialize)]
+struct SlotInfo {
+    slot: DeliverySlot,
+    status: SlotStatus,
+    clearing_price: Option<u64>,
+    retail_per_kwh: u64,
+    feed_in_per_kwh: u64,
+    traded_wh: u64,
+    trades: Vec<TradeView>,
+}
+
+/// `GET /api/v1/slots/{slot}/book`: the open orders by price level, best first.
+#[derive(Serialize)]
+struct BookBody {
+    slot: u64,
+    bids: Vec<BookLevel>,
+    asks: Vec<BookLevel>,
+}
+
+/// The open orders at one price.
+#[derive(Serialize)]
+struct BookLevel {
+    price_per_kwh: u64,
+    energy_wh: u64,
+    orders: u32,
+}
+
+impl From<&(u64, u64, u32)> for BookLevel {
+    fn from(&(price_per_kwh, energy_wh, orders): &(u64, u64, u32)) -> Self {
+        Self {
+            price_per_kwh,
+            energy_wh,
+            orders,
+        }
+    }
+}
+
+async fn current_slot(State(state): State<AppState>) -> Result<Json<CurrentSlot>, ApiError> {
     let calendar = &state.market.community().calendar;
     let now = now_s();
     let slot = calendar
@@ -26,15 +74,17 @@ async fn current_slot(State(state): State<AppState>) -> Result<Json<serde_json::
     let next = calendar
         .slot(slot + 1)
         .map_err(|e| ApiError::Internal(e.to_string()))?;
-    Ok(Json(
-        json!({ "now_s": now, "delivering": slot, "next": next }),
-    ))
+    Ok(Json(CurrentSlot {
+        now_s: now,
+        delivering: slot,
+        next,
+    }))
 }
 
 async fn slot_info(
     State(state): State<AppState>,
     Path(slot): Path<u64>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<SlotInfo>, ApiError> {
     let terms = state
         .market
         .community()
@@ -42,23 +92,22 @@ async fn slot_info(
         .map_err(|e| ApiError::BadRequest(format!("slot {slot}: {e}")))?;
     let (status, clearing_price) = state.market.slot_status(slot).await?;
     let trades = state.market.trades(slot).await?;
-    Ok(Json(json!({
-        "slot": terms.slot, "status": status, "clearing_price": clearing_price,
-        "retail_per_kwh": terms.band.retail_per_kwh, "feed_in_per_kwh": terms.band.feed_in_per_kwh,
-        "traded_wh": trades.iter().map(|t| t.energy_wh).sum::<u64>(),
-        "trades": trades.iter().map(TradeView::from).collect::<Vec<_>>(),
-    })))
+    Ok(Json(SlotInfo {
+        slot: terms.slot,
+        status,
+        clearing_price,
+        retail_per_kwh: terms.band.retail_per_kwh,
+        feed_in_per_kwh: terms.band.feed_in_per_kwh,
+        traded_wh: trades.iter().map(|t| t.energy_wh).sum(),
+        trades: trades.iter().map(TradeView::from).collect(),
+    }))
 }
 
-async fn slot_book(
-    State(state): State<AppState>,
-    Path(slot): Path<u64>,
-) -> Json<serde_json::Value> {
+async fn slot_book(State(state): State<AppState>, Path(slot): Path<u64>) -> Json<BookBody> {
     let depth = state.market.depth(slot).await;
-    let level = |(price, wh, orders): &(u64, u64, u32)| json!({"price_per_kwh": price, "energy_wh": wh, "orders": orders});
-    Json(json!({
-        "slot": slot,
-        "bids": depth.bids.iter().map(level).collect::<Vec<_>>(),
-        "asks": depth.asks.iter().map(level).collect::<Vec<_>>(),
-    }))
+    Json(BookBody {
+        slot,
+        bids: depth.bids.iter().map(BookLevel::from).collect(),
+        asks: depth.asks.iter().map(BookLevel::from).collect(),
+    })
 }

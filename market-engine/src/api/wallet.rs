@@ -6,9 +6,9 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::routing::post;
 use axum::{Json, Router};
-use serde::Deserialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
+use super::auth::ChainAddress;
 use super::extract::{JsonBody, RateLimited};
 use super::{ApiError, AppState};
 use crate::pipeline::now_ms;
@@ -37,6 +37,13 @@ struct LinkWalletRequest {
     nonce: String,
     link_signature: String,
     open_signature: Option<String>,
+}
+
+/// `POST /api/v1/me/wallet`: the account's chain address is now the wallet.
+#[derive(Serialize)]
+struct WalletLinked {
+    account: String,
+    chain: ChainAddress,
 }
 
 fn settler_of(state: &AppState) -> Result<Arc<crate::chain::ChainSettler>, ApiError> {
@@ -79,7 +86,7 @@ async fn link_wallet(
     State(state): State<AppState>,
     RateLimited(account): RateLimited,
     JsonBody(body): JsonBody<LinkWalletRequest>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<WalletLinked>, ApiError> {
     let settler = settler_of(&state)?;
     let wallet: alloy::primitives::Address = parse_field(
         "address",
@@ -107,9 +114,12 @@ async fn link_wallet(
     settler
         .link_wallet(&state.market, account.id, signed, now_ms())
         .await?;
-    Ok(Json(json!({
-        "account": account.name,
-        "chain": {"address": wallet.to_string(), "custodial": false,
-                  "settlement_contract": format!("{:#x}", settler.settlement_address())},
-    })))
+    Ok(Json(WalletLinked {
+        account: account.name,
+        chain: ChainAddress {
+            address: wallet.to_string(),
+            custodial: false,
+            settlement_contract: Some(format!("{:#x}", settler.settlement_address())),
+        },
+    }))
 }

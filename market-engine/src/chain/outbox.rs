@@ -93,26 +93,6 @@ pub struct BatchRecord {
     pub queued_ms: u64,
 }
 
-impl BatchRecord {
-    /// The record as `GET /api/v1/settlements` shows it.
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::json!({
-            "status": self.status,
-            "tx_hash": self.tx_hash.map(|h| h.to_string()),
-            "block": self.block_number,
-            "block_hash": self.block_hash.map(|h| h.to_string()),
-            "root": self.batch.root.to_string(),
-            "gas_used": self.gas_used,
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-            "retries_by_itself": self.status != BatchStatus::Rejected || self.retry,
-            "next_attempt_ms": (self.status != BatchStatus::Confirmed && self.next_attempt_ms > 0)
-                .then_some(self.next_attempt_ms),
-            "sales_credited": self.sales.sales.len(),
-        })
-    }
-}
-
 /// What one step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Progress {

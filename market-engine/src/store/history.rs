@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use super::{SlotStatus, Store, StoreError, i64_of, unsigned, unsigned_opt};
+use crate::exchange::{OrderEventKind, OrderSide};
 
 /// A pair of lifetime counters of a meter, by the column names of the readings table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,14 +117,14 @@ struct SlotAmount {
 pub struct AccountOrderEvent {
     /// The order.
     pub order_id: u64,
-    /// `submit`, `cancel` or `amend`.
-    pub kind: String,
+    /// Submit, cancel or amend.
+    pub kind: OrderEventKind,
     /// Its slot.
     pub slot: u64,
     /// The meter (submits only).
     pub meter_id: String,
-    /// `buy` or `sell` (submits only).
-    pub side: String,
+    /// Buy or sell (submits only).
+    pub side: Option<OrderSide>,
     /// Limit price per kWh (submits and amends).
     pub price_per_kwh: u64,
     /// Energy, Wh (submits and amends).
@@ -389,14 +390,20 @@ impl Store {
         .await?;
         rows.into_iter()
             .map(|e| {
+                let corrupt = |m: String| StoreError::Corrupt(format!("order_events.{m}"));
+                let kind: OrderEventKind = e.kind.parse().map_err(corrupt)?;
+                let side = match kind {
+                    OrderEventKind::Submit => Some(e.side.parse().map_err(corrupt)?),
+                    OrderEventKind::Cancel | OrderEventKind::Amend => None,
+                };
                 Ok(AccountOrderEvent {
                     order_id: unsigned(e.order_id, "order_events.order_id")?,
                     slot: unsigned(e.slot, "order_events.slot")?,
                     price_per_kwh: unsigned(e.price_per_kwh, "order_events.price_per_kwh")?,
                     energy_wh: unsigned(e.energy_wh, "order_events.energy_wh")?,
-                    kind: e.kind,
+                    kind,
                     meter_id: e.meter_id,
-                    side: e.side,
+                    side,
                     at_s: e.at_s,
                 })
             })
