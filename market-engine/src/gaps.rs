@@ -29,6 +29,7 @@ use gridshare_core::mqtt::{MAX_RESEND_RANGES, MAX_RESEND_READINGS, MeterTopics, 
 use rumqttc::{AsyncClient, QoS};
 use tokio::sync::watch;
 
+use crate::store::gaps::DueGap;
 use crate::store::{Store, StoreError};
 
 /// How often the task looks for gaps to ask for.
@@ -92,47 +93,6 @@ pub fn plan(
     }
 }
 
-/// One gap as the operator sees it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Gap {
-    /// The meter.
-    pub meter_id: String,
-    /// First missing sequence number.
-    pub first_seq: u64,
-    /// Last missing sequence number.
-    pub last_seq: u64,
-    /// Readings missing (`last_seq - first_seq + 1`).
-    pub missing: u64,
-    /// When the engine found it, ms since the epoch.
-    pub detected_ms: u64,
-    /// Requests sent to the meter's agent for it so far.
-    pub requests: u64,
-    /// When it was last asked for, ms since the epoch.
-    pub last_request_ms: Option<u64>,
-    /// `requesting` (the engine asks the agent again with growing pauses) or `unfillable` (the
-    /// agent keeps readings no longer than that; they are lost).
-    pub status: &'static str,
-    /// When it was given up, ms since the epoch.
-    pub unfillable_ms: Option<u64>,
-}
-
-/// Totals over every meter's gaps, for `/metrics`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GapTotals {
-    /// Gaps still asked for.
-    pub open_gaps: u64,
-    /// Readings missing in them.
-    pub open_missing: u64,
-    /// Meters with at least one gap still asked for.
-    pub meters_with_open_gaps: u64,
-    /// Gaps given up.
-    pub unfillable_gaps: u64,
-    /// Readings lost in them.
-    pub unfillable_missing: u64,
-    /// Meters with at least one gap given up.
-    pub meters_with_unfillable_gaps: u64,
-}
-
 /// Counters of the requests, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct GapMetrics {
@@ -158,17 +118,6 @@ impl ResendLink {
     fn client(&self) -> Option<AsyncClient> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
-}
-
-/// A due gap as the request planner sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DueGap {
-    /// The meter.
-    pub meter_id: String,
-    /// The gap's range.
-    pub range: SeqRange,
-    /// Requests sent for it so far.
-    pub requests: u64,
 }
 
 /// One request to send: the meter, what it asks for, and the gaps it covers (by first

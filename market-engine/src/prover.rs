@@ -26,7 +26,6 @@ use gridshare_contracts::chain::{Chain, ChainError};
 use gridshare_contracts::staking::{StakingClient, describe, text_id};
 use gridshare_core::reading::SignedReading;
 use gridshare_operator::proof::{LastProven, PlanError, ProofPlan, Schedule, plan_epoch};
-use serde::Serialize;
 use tokio::sync::watch;
 
 use crate::chain::{ChainHandle, ChainSettler, SettlerError};
@@ -66,27 +65,6 @@ const IDLE_S: u64 = 600;
 
 /// Seconds before a round that could not read the database or the chain runs again.
 const ROUND_RETRY_S: u64 = 10;
-
-/// One row of `epoch_proofs`, as the stake API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct ProofRecord {
-    /// The epoch.
-    pub epoch: u64,
-    /// Where the proof stands.
-    pub status: ProofStatus,
-    /// Transactions tried.
-    pub attempts: u64,
-    /// Sequence number of the reading the proof ends at.
-    pub end_seq: u64,
-    /// The proof's transaction, once proven.
-    pub tx_hash: Option<String>,
-    /// Wh the contract credited the epoch after the proof.
-    pub credited_wh: Option<u64>,
-    /// Why the latest attempt failed.
-    pub last_error: Option<String>,
-    /// When it is tried again (chain time, ms since the Unix epoch), if failed.
-    pub next_attempt_ms: Option<u64>,
-}
 
 /// Keeps an attempt at proving `meter`'s `epoch`.
 async fn record(

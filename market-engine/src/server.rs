@@ -501,14 +501,14 @@ async fn settle_on_chain(
         }
         match store.open_settlement_batches().await {
             Ok(open) => {
-                let count = |f: &dyn Fn(&crate::chain::outbox::BatchRecord) -> bool| {
+                let count = |f: &dyn Fn(&crate::store::settlement::BatchRecord) -> bool| {
                     u64::try_from(open.iter().filter(|r| f(r)).count()).unwrap_or(u64::MAX)
                 };
                 metrics
                     .outbox_depth
                     .store(count(&|_| true), Ordering::Relaxed);
                 metrics.rejected.store(
-                    count(&|r| r.status == crate::chain::outbox::BatchStatus::Rejected),
+                    count(&|r| r.status == crate::store::settlement::BatchStatus::Rejected),
                     Ordering::Relaxed,
                 );
             }

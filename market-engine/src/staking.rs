@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::api::auth::Authenticated;
 use crate::api::{ApiError, AppState};
 use crate::chain::{ChainHandle, SettlerError};
-use crate::prover::ProofRecord;
+use crate::store::settlement::ProofRecord;
 
 /// How many of the engine's latest proofs of the meter the answer lists.
 pub const PROOFS_SHOWN: u32 = 7;

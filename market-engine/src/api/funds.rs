@@ -11,9 +11,10 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{Authenticated, JsonBody, Operator, RateLimited, operator_action};
 use super::{ApiError, AppState, auth, random_token};
-use crate::market::{FundingEntry, FundsView};
+use crate::market::FundsView;
 use crate::pipeline::now_ms;
 use crate::store::AccountRow;
+use crate::store::money::FundingEntry;
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<AppState> {

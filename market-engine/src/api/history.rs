@@ -1,14 +1,14 @@
-//! What the web app (and any dashboard) reads beyond single resources: the slot timeline with
-//! tariffs and clearing prices over a range, a household's energy and money per slot (with what
-//! the utility alone would have cost, also as CSV), its open orders, the neighbourhood's power
-//! now and energy today (anonymised), and the operator's view of rejected readings.
+//! History over a range of slots: the slot timeline with tariffs and clearing prices, and a
+//! household's energy and money per slot (with what the utility alone would have cost, also as
+//! CSV or as totals). The power picture now is [`super::power`], open orders are
+//! [`super::orders`], the operator's audit is [`super::audit`].
 //!
 //! Design: every figure is computed from what the engine already records — signed counters at
 //! slot boundaries (the same rule settlement uses: the last reading at or before the boundary),
 //! the trades table, the ledger and the order log — so the app shows nothing the settlement
 //! would not agree with.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -18,13 +18,11 @@ use axum::{Json, Router};
 use gridshare_core::market::{UnixSeconds, amount_for};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{Authenticated, Operator, operator_action};
+use super::extract::Authenticated;
 use super::{ApiError, AppState, now_s};
-use crate::exchange::{OrderEventKind, OrderSide};
 use crate::market::MarketConfig;
-use crate::pipeline::now_ms;
 use crate::settings::MechanismName;
-use crate::store::history::{CounterSet, DisputeRow, RejectionRow};
+use crate::store::history::CounterSet;
 use crate::store::{AccountRow, SlotStatus};
 
 /// Most slots one range request may cover: a year of 15-minute slots.
@@ -35,19 +33,10 @@ pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/api/v1/slots", get(slots))
         .route("/api/v1/my/slots", get(my_slots))
-        .route("/api/v1/my/orders", get(my_orders))
-        .route("/api/v1/my/power", get(my_power))
-        .route("/api/v1/neighbourhood", get(neighbourhood))
-        .route("/api/v1/operator/rejections", get(rejections))
-        .route("/api/v1/operator/disputes", get(disputes))
 }
 
-fn i64_of(v: u64) -> i64 {
+pub(super) fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
-}
-
-fn u64_of(v: i64) -> u64 {
-    u64::try_from(v).unwrap_or(0)
 }
 
 /// A range of slots, `from..=to`.
@@ -91,7 +80,7 @@ impl RangeQuery {
 }
 
 /// The settings that govern `slot`, from the versions `(from slot, settings)` oldest first.
-fn settings_for(versions: &[(u64, MarketConfig)], slot: u64) -> MarketConfig {
+pub(super) fn settings_for(versions: &[(u64, MarketConfig)], slot: u64) -> MarketConfig {
     versions
         .iter()
         .rev()
@@ -180,7 +169,7 @@ type Counters = (u64, u64);
 /// Import and export of `meter` per slot of `from..=to` (slot boundaries every `length_s`
 /// seconds from slot 0 at the Unix epoch): the counters of the last reading at or before each
 /// boundary, as settlement takes them. A slot without a reading on both sides has none.
-async fn meter_energy(
+pub(super) async fn meter_energy(
     state: &AppState,
     meter: &str,
     from: u64,
@@ -337,7 +326,10 @@ struct MyTotals {
     self_consumption_bp: Option<u64>,
 }
 
-async fn my_meter_ids(state: &AppState, account: &AccountRow) -> Result<Vec<String>, ApiError> {
+pub(super) async fn my_meter_ids(
+    state: &AppState,
+    account: &AccountRow,
+) -> Result<Vec<String>, ApiError> {
     Ok(state
         .store
         .meters()
@@ -498,371 +490,4 @@ async fn my_slots(
         slots: rows.into_values().collect(),
     })
     .into_response())
-}
-
-/// `GET /api/v1/my/orders`.
-#[derive(Serialize)]
-struct OpenOrdersBody {
-    orders: Vec<OpenOrder>,
-}
-
-/// An order still open, with the price and energy of its latest amend.
-#[derive(Serialize)]
-struct OpenOrder {
-    order_id: u64,
-    slot: u64,
-    meter_id: String,
-    side: OrderSide,
-    price_per_kwh: u64,
-    energy_wh: u64,
-    placed_s: i64,
-}
-
-/// The caller's orders that are still open: in slots whose gate has not closed, not
-/// cancelled, with the price and energy of their latest amend, less what they traded since
-/// (continuous mechanisms trade before gate closure).
-async fn my_orders(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-) -> Result<Json<OpenOrdersBody>, ApiError> {
-    let mut open: BTreeMap<u64, OpenOrder> = BTreeMap::new();
-    let mut amended: HashMap<u64, bool> = HashMap::new();
-    for e in state.store.account_open_slot_events(account.id).await? {
-        let id = e.order_id;
-        match (e.kind, e.side) {
-            (OrderEventKind::Submit, Some(side)) => {
-                open.insert(
-                    id,
-                    OpenOrder {
-                        order_id: id,
-                        slot: e.slot,
-                        meter_id: e.meter_id,
-                        side,
-                        price_per_kwh: e.price_per_kwh,
-                        energy_wh: e.energy_wh,
-                        placed_s: e.at_s,
-                    },
-                );
-            }
-            // The store reads a side for every submit.
-            (OrderEventKind::Submit, None) => {}
-            (OrderEventKind::Cancel, _) => {
-                open.remove(&id);
-            }
-            (OrderEventKind::Amend, _) => {
-                if let Some(o) = open.get_mut(&id) {
-                    o.price_per_kwh = e.price_per_kwh;
-                    o.energy_wh = e.energy_wh;
-                    amended.insert(id, true);
-                }
-            }
-        }
-    }
-    // Energy already traded (continuous mechanisms) is no longer open. An amend restates the
-    // open energy, so only orders never amended subtract their trades.
-    let ids: Vec<u64> = open.keys().copied().collect();
-    for id in ids {
-        if amended.contains_key(&id) {
-            continue;
-        }
-        let traded = state.store.order_traded_wh(account.id, id).await?;
-        if let Some(o) = open.get_mut(&id) {
-            let left = o.energy_wh.saturating_sub(traded);
-            if left == 0 {
-                open.remove(&id);
-            } else {
-                o.energy_wh = left;
-            }
-        }
-    }
-    Ok(Json(OpenOrdersBody {
-        orders: open.into_values().collect(),
-    }))
-}
-
-/// How far back the battery's power is averaged from its counters.
-const BATTERY_WINDOW_MS: i64 = 60_000;
-
-/// `GET /api/v1/my/power`.
-#[derive(Serialize)]
-struct MyPowerBody {
-    now_ms: u64,
-    meters: Vec<MeterPower>,
-}
-
-/// One meter now: its latest reading (`null` before its first) and, with one, the flows
-/// derived from it.
-#[derive(Serialize)]
-struct MeterPower {
-    meter_id: String,
-    reading: Option<PowerReading>,
-    #[serde(flatten)]
-    flows: Option<PowerFlows>,
-}
-
-/// What the live picture shows of a reading.
-#[derive(Serialize)]
-struct PowerReading {
-    seq: i64,
-    timestamp_ms: i64,
-    power_w: Option<i64>,
-    soc_bp: Option<i64>,
-    import_wh: Option<i64>,
-    export_wh: Option<i64>,
-    pv_power_w: Option<i64>,
-    pv_wh: Option<i64>,
-    battery_power_w: Option<i64>,
-}
-
-/// The battery's power (positive = charging) and the house's own power, W, where known.
-#[derive(Serialize)]
-struct PowerFlows {
-    battery_w: Option<i64>,
-    house_w: Option<i64>,
-}
-
-/// Each of the caller's meters now, for the live power-flow picture: its latest reading (grid
-/// power, solar power, battery power and state of charge, lifetime counters, when it was
-/// taken); the battery's power (positive = charging) as the reading reports it, or else its
-/// average over the last minute of signed counters; and the house's own power,
-/// `grid + solar − battery`, when the reading carries solar power.
-async fn my_power(
-    State(state): State<AppState>,
-    Authenticated(account): Authenticated,
-) -> Result<Json<MyPowerBody>, ApiError> {
-    let mut meters = Vec::new();
-    for meter in my_meter_ids(&state, &account).await? {
-        let latest = state.store.latest_reading(&meter).await?;
-        let Some(r) = latest else {
-            meters.push(MeterPower {
-                meter_id: meter,
-                reading: None,
-                flows: None,
-            });
-            continue;
-        };
-        let ts = r.timestamp_ms;
-        let (charge, discharge) = (r.battery_charge_wh, r.battery_discharge_wh);
-        let mut battery_w = None;
-        if let (Some(c1), Some(d1)) = (charge, discharge) {
-            let old = state
-                .store
-                .battery_counters_since(&meter, ts - BATTERY_WINDOW_MS)
-                .await?;
-            if let Some(o) = old {
-                let t0 = o.timestamp_ms;
-                if ts > t0 {
-                    let net = (c1 - o.battery_charge_wh) - (d1 - o.battery_discharge_wh);
-                    // Wh over ms to W.
-                    battery_w = Some(net.saturating_mul(3_600_000) / (ts - t0));
-                }
-            }
-        }
-        let grid = r.power_w;
-        let (pv, battery_reported) = (r.pv_power_w, r.battery_power_w);
-        // A meter without battery counters, power or state of charge has no battery.
-        let no_battery = charge.is_none() && battery_reported.is_none() && r.soc_bp.is_none();
-        let battery = battery_reported.or(battery_w).or(no_battery.then_some(0));
-        let house_w = match (grid, pv, battery) {
-            (Some(g), Some(p), Some(b)) => Some((g + p - b).max(0)),
-            _ => None,
-        };
-        meters.push(MeterPower {
-            meter_id: meter,
-            reading: Some(PowerReading {
-                seq: r.seq,
-                timestamp_ms: ts,
-                power_w: grid,
-                soc_bp: r.soc_bp,
-                import_wh: r.import_wh,
-                export_wh: r.export_wh,
-                pv_power_w: pv,
-                pv_wh: r.pv_wh,
-                battery_power_w: battery_reported,
-            }),
-            flows: Some(PowerFlows {
-                battery_w: battery,
-                house_w,
-            }),
-        });
-    }
-    Ok(Json(MyPowerBody {
-        now_ms: now_ms(),
-        meters,
-    }))
-}
-
-/// Readings younger than this count as "now" on the neighbourhood page.
-const NOW_WINDOW_MS: u64 = 120_000;
-
-/// `GET /api/v1/neighbourhood`.
-#[derive(Serialize)]
-struct NeighbourhoodBody {
-    now: NeighbourhoodNow,
-    day: NeighbourhoodDay,
-}
-
-/// The meters reporting now, anonymised.
-#[derive(Serialize)]
-struct NeighbourhoodNow {
-    meters: usize,
-    producing: usize,
-    consuming: usize,
-    /// Each meter's grid power, rounded to 100 W, sorted, without ids.
-    power_w: Vec<i64>,
-    import_w: i64,
-    export_w: i64,
-}
-
-/// The community's energy over the last day of slots.
-#[derive(Serialize)]
-struct NeighbourhoodDay {
-    from_slot: u64,
-    to_slot: u64,
-    import_wh: u64,
-    export_wh: u64,
-    covered_locally_wh: u64,
-    from_utility_wh: u64,
-    traded_wh: u64,
-    self_sufficiency_bp: Option<u64>,
-    slots: Vec<SlotEnergy>,
-}
-
-/// The community's metered import and export in one slot.
-#[derive(Serialize)]
-struct SlotEnergy {
-    slot: u64,
-    import_wh: u64,
-    export_wh: u64,
-}
-
-/// The neighbourhood at a glance, anonymised: each meter's latest grid power (no ids, rounded
-/// to 100 W, sorted, and only when at least [`crate::pipeline::MIN_METERS_IN_AGGREGATE`] meters
-/// report),
-/// and per slot of the last day of slots the community's metered import and export, the part of
-/// the imports its own exports could cover (`min(Σ export, Σ import)` per slot) and what it
-/// traded locally.
-async fn neighbourhood(State(state): State<AppState>) -> Result<Json<NeighbourhoodBody>, ApiError> {
-    let now = now_ms();
-    let since = i64_of(now.saturating_sub(NOW_WINDOW_MS));
-    let latest = state.store.latest_grid_powers(since).await?;
-    // Anonymised as the live stream's aggregate is: nothing per meter unless enough meters
-    // report that none stands out, each rounded to 100 W, sorted, without ids.
-    let mut powers: Vec<i64> = latest
-        .iter()
-        // Integer rounding to the nearest 100 W, halves away from zero.
-        .map(|&w| (w + 50 * w.signum()) / 100 * 100)
-        .collect();
-    if powers.len() < crate::pipeline::MIN_METERS_IN_AGGREGATE {
-        powers.clear();
-    }
-    powers.sort_unstable();
-    let versions = state.market.settings();
-    let now_s = now_s();
-    let length = u64::from(settings_for(&versions, u64::MAX).slot_length_s.max(1));
-    let current = u64_of(now_s) / length;
-    // A day of slots, at most 96 (a day of quarter hours; fewer, longer slots for longer ones).
-    let count = (86_400 / length).clamp(1, 96);
-    let from = current.saturating_sub(count);
-    let to = current.saturating_sub(1);
-    let mut per_slot: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
-    for meter in state.store.meters().await? {
-        for (slot, (import, export)) in
-            meter_energy(&state, &meter.meter_id, from, to, length).await?
-        {
-            let e = per_slot.entry(slot).or_default();
-            e.0 += import;
-            e.1 += export;
-        }
-    }
-    let traded = state.store.traded_between(from, to).await?;
-    let import: u64 = per_slot.values().map(|v| v.0).sum();
-    let export: u64 = per_slot.values().map(|v| v.1).sum();
-    let covered: u64 = per_slot.values().map(|(i, e)| (*i).min(*e)).sum();
-    Ok(Json(NeighbourhoodBody {
-        now: NeighbourhoodNow {
-            meters: powers.len(),
-            producing: powers.iter().filter(|p| **p < 0).count(),
-            consuming: powers.iter().filter(|p| **p > 0).count(),
-            import_w: powers.iter().filter(|p| **p > 0).sum(),
-            export_w: -powers.iter().filter(|p| **p < 0).sum::<i64>(),
-            power_w: powers,
-        },
-        day: NeighbourhoodDay {
-            from_slot: from,
-            to_slot: to,
-            import_wh: import,
-            export_wh: export,
-            covered_locally_wh: covered,
-            from_utility_wh: import - covered,
-            traded_wh: traded,
-            self_sufficiency_bp: (covered * 10_000).checked_div(import),
-            slots: per_slot
-                .into_iter()
-                .map(|(slot, (import_wh, export_wh))| SlotEnergy {
-                    slot,
-                    import_wh,
-                    export_wh,
-                })
-                .collect(),
-        },
-    }))
-}
-
-operator_action!(
-    /// The audit of rejected readings is the operator's.
-    SeesRejections,
-    "sees rejected readings"
-);
-
-/// `GET /api/v1/operator/rejections`.
-#[derive(Serialize)]
-struct RejectionsBody {
-    by_reason: Vec<ReasonCount>,
-    latest: Vec<RejectionRow>,
-}
-
-/// How many readings were rejected for one reason.
-#[derive(Serialize)]
-struct ReasonCount {
-    reason: String,
-    count: i64,
-}
-
-/// The operator's audit of bad input: rejected readings counted by reason, and the latest 50
-/// with their meter and detail.
-async fn rejections(
-    State(state): State<AppState>,
-    _: Operator<SeesRejections>,
-) -> Result<Json<RejectionsBody>, ApiError> {
-    let by_reason = state
-        .store
-        .rejection_reasons()
-        .await?
-        .into_iter()
-        .map(|(reason, count)| ReasonCount { reason, count })
-        .collect();
-    let latest = state.store.latest_rejections(50).await?;
-    Ok(Json(RejectionsBody { by_reason, latest }))
-}
-
-operator_action!(
-    /// Disputed meters are the operator's to resolve.
-    SeesDisputes,
-    "sees disputed meters"
-);
-
-/// `GET /api/v1/operator/disputes`.
-#[derive(Serialize)]
-struct DisputesBody {
-    disputes: Vec<DisputeRow>,
-}
-
-/// Meters whose delivery could not be established in a settled slot, newest first (operator).
-async fn disputes(
-    State(state): State<AppState>,
-    _: Operator<SeesDisputes>,
-) -> Result<Json<DisputesBody>, ApiError> {
-    let disputes = state.store.disputes(200).await?;
-    Ok(Json(DisputesBody { disputes }))
 }

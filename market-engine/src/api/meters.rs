@@ -12,9 +12,9 @@ use serde::{Deserialize, Serialize};
 
 use super::extract::{Authenticated, JsonBody, Operator, Page, operator_action};
 use super::{ApiError, AppState};
-use crate::gaps::Gap;
 use crate::meters::{self, ApprovalRequest, MeterError};
 use crate::pipeline::now_ms;
+use crate::store::gaps::Gap;
 use crate::store::{AccountRow, MeterRow};
 
 /// The routes of this resource.

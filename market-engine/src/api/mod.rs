@@ -10,8 +10,9 @@
 //! - [`auth`] (accounts, sessions, tokens) over [`guard`] (login limits, hashing capacity)
 //!   and [`passwords`] (Argon2id, the password policy).
 //! - Resources: [`orders`], [`slots`], [`funds`], [`wallet`], [`rules`], [`settlements`],
-//!   [`settings`], [`meters`], [`history`], [`proof`], [`roi`], and [`ops`] (metrics, health,
-//!   the OpenAPI document and the event stream).
+//!   [`settings`], [`meters`], [`history`] (slots over a range), [`power`] (the picture now),
+//!   [`audit`] (the operator's view of rejected readings and disputes), [`proof`], [`roi`], and
+//!   [`ops`] (metrics, health, the OpenAPI document and the event stream).
 
 use std::sync::Arc;
 
@@ -24,6 +25,7 @@ use crate::market::Market;
 use crate::pipeline::now_ms;
 use crate::store::Store;
 
+pub mod audit;
 pub mod auth;
 pub mod error;
 pub mod extract;
@@ -34,6 +36,7 @@ pub mod meters;
 pub mod ops;
 pub mod orders;
 pub mod passwords;
+pub mod power;
 pub mod proof;
 pub mod roi;
 pub mod rules;
@@ -124,6 +127,8 @@ pub fn router(state: AppState) -> Router {
         .merge(settings::routes())
         .merge(ops::routes())
         .merge(history::routes())
+        .merge(power::routes())
+        .merge(audit::routes())
         .merge(proof::routes())
         .merge(roi::routes())
         .merge(crate::staking::routes())

@@ -1,15 +1,19 @@
 //! Orders: a household places a bid or an ask for one of its meters in a delivery slot,
 //! cancels it, or amends its price and energy; each answer lists the trades it made at once.
+//! It lists its orders still open, rebuilt from the order log.
+
+use std::collections::{BTreeMap, HashMap};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use super::extract::{JsonBody, RateLimited};
+use super::extract::{Authenticated, JsonBody, RateLimited};
 use super::meters::own_meter;
 use super::{ApiError, AppState, now_s};
+use crate::exchange::OrderEventKind;
 use crate::market::{NewOrder, OrderSide};
 
 /// The routes of this resource.
@@ -20,6 +24,7 @@ pub(super) fn routes() -> Router<AppState> {
             "/api/v1/orders/{order_id}",
             delete(cancel_order).patch(amend_order),
         )
+        .route("/api/v1/my/orders", get(my_orders))
 }
 
 #[derive(Deserialize)]
@@ -136,5 +141,85 @@ async fn amend_order(
     Ok(Json(AmendedOrder {
         order_id,
         trades: trades.iter().map(TradeView::from).collect(),
+    }))
+}
+
+/// `GET /api/v1/my/orders`.
+#[derive(Serialize)]
+struct OpenOrdersBody {
+    orders: Vec<OpenOrder>,
+}
+
+/// An order still open, with the price and energy of its latest amend.
+#[derive(Serialize)]
+struct OpenOrder {
+    order_id: u64,
+    slot: u64,
+    meter_id: String,
+    side: OrderSide,
+    price_per_kwh: u64,
+    energy_wh: u64,
+    placed_s: i64,
+}
+
+/// The caller's orders that are still open: in slots whose gate has not closed, not
+/// cancelled, with the price and energy of their latest amend, less what they traded since
+/// (continuous mechanisms trade before gate closure).
+async fn my_orders(
+    State(state): State<AppState>,
+    Authenticated(account): Authenticated,
+) -> Result<Json<OpenOrdersBody>, ApiError> {
+    let mut open: BTreeMap<u64, OpenOrder> = BTreeMap::new();
+    let mut amended: HashMap<u64, bool> = HashMap::new();
+    for e in state.store.account_open_slot_events(account.id).await? {
+        let id = e.order_id;
+        match (e.kind, e.side) {
+            (OrderEventKind::Submit, Some(side)) => {
+                open.insert(
+                    id,
+                    OpenOrder {
+                        order_id: id,
+                        slot: e.slot,
+                        meter_id: e.meter_id,
+                        side,
+                        price_per_kwh: e.price_per_kwh,
+                        energy_wh: e.energy_wh,
+                        placed_s: e.at_s,
+                    },
+                );
+            }
+            // The store reads a side for every submit.
+            (OrderEventKind::Submit, None) => {}
+            (OrderEventKind::Cancel, _) => {
+                open.remove(&id);
+            }
+            (OrderEventKind::Amend, _) => {
+                if let Some(o) = open.get_mut(&id) {
+                    o.price_per_kwh = e.price_per_kwh;
+                    o.energy_wh = e.energy_wh;
+                    amended.insert(id, true);
+                }
+            }
+        }
+    }
+    // Energy already traded (continuous mechanisms) is no longer open. An amend restates the
+    // open energy, so only orders never amended subtract their trades.
+    let ids: Vec<u64> = open.keys().copied().collect();
+    for id in ids {
+        if amended.contains_key(&id) {
+            continue;
+        }
+        let traded = state.store.order_traded_wh(account.id, id).await?;
+        if let Some(o) = open.get_mut(&id) {
+            let left = o.energy_wh.saturating_sub(traded);
+            if left == 0 {
+                open.remove(&id);
+            } else {
+                o.energy_wh = left;
+            }
+        }
+    }
+    Ok(Json(OpenOrdersBody {
+        orders: open.into_values().collect(),
     }))
 }

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::extract::{Operator, Page, operator_action};
 use super::{ApiError, AppState};
-use crate::chain::outbox::{BatchRecord, BatchStatus};
+use crate::store::settlement::{BatchRecord, BatchStatus};
 
 /// The routes of this resource.
 pub(super) fn routes() -> Router<AppState> {

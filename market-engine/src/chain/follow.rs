@@ -24,8 +24,9 @@ use gridshare_contracts::settlement::ChainSettlement;
 
 use super::SettlerError;
 use super::custody::Custody;
-use crate::market::{ChainMoney, FollowCursor, Market};
+use crate::market::{ChainMoney, Market};
 use crate::store::Store;
+use crate::store::money::FollowCursor;
 
 /// Blocks read per step at most (nodes cap `eth_getLogs` ranges).
 pub const BLOCKS_PER_STEP: u64 = 2_000;

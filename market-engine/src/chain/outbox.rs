@@ -15,83 +15,12 @@
 
 use std::time::Duration;
 
-use alloy::primitives::B256;
-use gridshare_contracts::batch::{SettlementBatch, SlotSales};
 use gridshare_contracts::bindings::Settlement;
 use gridshare_contracts::chain::{Chain, ChainError, TxStatus};
 use gridshare_contracts::settlement::ChainSettlement;
 
 use crate::store::Store;
-
-/// Where a batch stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BatchStatus {
-    /// Written, not (or no longer) in the chain's pool or blocks.
-    Pending,
-    /// Accepted by the node; waiting for a block.
-    Sent,
-    /// In a block, not yet `confirmations` deep.
-    Included,
-    /// In a block `confirmations` deep.
-    Confirmed,
-    /// Refused by the contract.
-    Rejected,
-}
-
-impl BatchStatus {
-    /// The status as stored and shown (`pending`, `sent`, ...).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Sent => "sent",
-            Self::Included => "included",
-            Self::Confirmed => "confirmed",
-            Self::Rejected => "rejected",
-        }
-    }
-
-    /// The status a stored text names, if any.
-    pub(crate) fn parse(text: &str) -> Option<Self> {
-        Some(match text {
-            "pending" => Self::Pending,
-            "sent" => Self::Sent,
-            "included" => Self::Included,
-            "confirmed" => Self::Confirmed,
-            "rejected" => Self::Rejected,
-            _ => return None,
-        })
-    }
-}
-
-/// One batch as the outbox records it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BatchRecord {
-    /// The batch (its id is the slot).
-    pub batch: SettlementBatch,
-    /// The local sales it credits to staked seller meters.
-    pub sales: SlotSales,
-    /// Where it stands.
-    pub status: BatchStatus,
-    /// Transactions sent (or refused) for it so far.
-    pub attempts: u32,
-    /// The latest error, if any.
-    pub last_error: Option<String>,
-    /// For a rejected batch: whether it is tried again by itself.
-    pub retry: bool,
-    /// Not tried again before this time, ms since the epoch.
-    pub next_attempt_ms: u64,
-    /// The latest transaction sent for it (or, found on chain, none).
-    pub tx_hash: Option<B256>,
-    /// The block that includes it.
-    pub block_number: Option<u64>,
-    /// That block's hash.
-    pub block_hash: Option<B256>,
-    /// Gas its transaction used.
-    pub gas_used: Option<u64>,
-    /// When it was written, ms since the epoch.
-    pub queued_ms: u64,
-}
+use crate::store::settlement::{BatchRecord, BatchStatus};
 
 /// What one step did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

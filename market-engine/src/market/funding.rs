@@ -1,6 +1,7 @@
 //! Deposits, withdrawals and what each account may spend.
 
 use super::*;
+use crate::store::money::{FollowCursor, FundingEntry};
 
 /// Money the Settlement contract's events moved for an account (see
 /// [`crate::chain::follow`]).
@@ -39,15 +40,6 @@ pub enum ChainMoney {
         /// `chain:<tx hash>:<log index>`.
         reference: String,
     },
-}
-
-/// How far the engine has applied the contract's events.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FollowCursor {
-    /// The last block applied.
-    pub block: u64,
-    /// Its hash, `0x…`.
-    pub block_hash: String,
 }
 
 impl Market {
@@ -235,21 +227,4 @@ impl Market {
     ) -> Result<Vec<FundingEntry>, MarketError> {
         Ok(self.store.funding(account, limit).await?)
     }
-}
-
-/// One deposit or withdrawal of an account.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FundingEntry {
-    /// Token units, positive in, negative out.
-    pub amount: i64,
-    /// Its reference (`chain:<tx>:<log>` for one read from the chain).
-    pub reference: String,
-    /// When the engine booked it, ms.
-    pub at_ms: i64,
-    /// Who booked it: the community operator, or the chain's events.
-    pub source: crate::store::money::FundingSource,
-    /// For an operator-recorded deposit on a chain: the transaction that deposited it there.
-    pub chain_tx: Option<String>,
-    /// Whether that transaction is in a block (or the entry came from the chain).
-    pub on_chain: bool,
 }

@@ -11,8 +11,8 @@
 //!
 //! - [`accounts`]: accounts, their credentials and linked wallets;
 //! - [`meters`]: meters, their trading rules and MQTT credentials;
-//! - [`readings`]: readings, rejected input, gaps in a meter's sequence numbers, and the
-//!   counter positions settlement moves;
+//! - [`readings`]: readings, rejected input and the counter positions settlement moves;
+//! - [`gaps`]: gaps in a meter's sequence numbers, recorded as readings are stored;
 //! - [`orders`]: the order log, trades, slots and market settings;
 //! - [`money`]: the ledger, funding, withdrawals on chain and the chain follower's cursor;
 //! - [`settlement`]: the settlement outbox, disputed meters and staking proofs;
@@ -22,6 +22,7 @@ use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{AnyPool, Executor};
 
 pub mod accounts;
+pub mod gaps;
 pub mod history;
 pub mod meters;
 pub mod money;

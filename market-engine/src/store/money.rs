@@ -4,7 +4,6 @@
 //! the Settlement contract's events.
 
 use super::{Bind, Store, StoreError, Transaction, checked_i64, i64_of, unsigned};
-use crate::market::{FollowCursor, FundingEntry};
 
 /// An amount per account.
 #[derive(sqlx::FromRow)]
@@ -25,6 +24,32 @@ struct StoredCursor {
 struct DueWithdrawal {
     account_id: i64,
     ready_at: i64,
+}
+
+/// How far the engine has applied the contract's events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FollowCursor {
+    /// The last block applied.
+    pub block: u64,
+    /// Its hash, `0x…`.
+    pub block_hash: String,
+}
+
+/// One deposit or withdrawal of an account.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FundingEntry {
+    /// Token units, positive in, negative out.
+    pub amount: i64,
+    /// Its reference (`chain:<tx>:<log>` for one read from the chain).
+    pub reference: String,
+    /// When the engine booked it, ms.
+    pub at_ms: i64,
+    /// Who booked it: the community operator, or the chain's events.
+    pub source: FundingSource,
+    /// For an operator-recorded deposit on a chain: the transaction that deposited it there.
+    pub chain_tx: Option<String>,
+    /// Whether that transaction is in a block (or the entry came from the chain).
+    pub on_chain: bool,
 }
 
 /// Who booked a deposit or withdrawal.

@@ -9,8 +9,76 @@ use alloy::primitives::{B256, hex};
 use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
 
 use super::{Store, StoreError, Transaction, checked_i64, i64_of, unsigned, unsigned_opt};
-use crate::chain::outbox::{BatchRecord, BatchStatus};
-use crate::prover::ProofRecord;
+
+/// Where a batch stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchStatus {
+    /// Written, not (or no longer) in the chain's pool or blocks.
+    Pending,
+    /// Accepted by the node; waiting for a block.
+    Sent,
+    /// In a block, not yet `confirmations` deep.
+    Included,
+    /// In a block `confirmations` deep.
+    Confirmed,
+    /// Refused by the contract.
+    Rejected,
+}
+
+impl BatchStatus {
+    /// The status as stored and shown (`pending`, `sent`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Sent => "sent",
+            Self::Included => "included",
+            Self::Confirmed => "confirmed",
+            Self::Rejected => "rejected",
+        }
+    }
+
+    /// The status a stored text names, if any.
+    pub(crate) fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "pending" => Self::Pending,
+            "sent" => Self::Sent,
+            "included" => Self::Included,
+            "confirmed" => Self::Confirmed,
+            "rejected" => Self::Rejected,
+            _ => return None,
+        })
+    }
+}
+
+/// One batch as the outbox records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchRecord {
+    /// The batch (its id is the slot).
+    pub batch: SettlementBatch,
+    /// The local sales it credits to staked seller meters.
+    pub sales: SlotSales,
+    /// Where it stands.
+    pub status: BatchStatus,
+    /// Transactions sent (or refused) for it so far.
+    pub attempts: u32,
+    /// The latest error, if any.
+    pub last_error: Option<String>,
+    /// For a rejected batch: whether it is tried again by itself.
+    pub retry: bool,
+    /// Not tried again before this time, ms since the epoch.
+    pub next_attempt_ms: u64,
+    /// The latest transaction sent for it (or, found on chain, none).
+    pub tx_hash: Option<B256>,
+    /// The block that includes it.
+    pub block_number: Option<u64>,
+    /// That block's hash.
+    pub block_hash: Option<B256>,
+    /// Gas its transaction used.
+    pub gas_used: Option<u64>,
+    /// When it was written, ms since the epoch.
+    pub queued_ms: u64,
+}
 
 /// The columns [`StoredBatch`] reads, as a literal for `concat!`.
 macro_rules! batch_columns {
@@ -130,6 +198,27 @@ impl ProofStatus {
             ))),
         }
     }
+}
+
+/// One row of `epoch_proofs`, as the stake API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProofRecord {
+    /// The epoch.
+    pub epoch: u64,
+    /// Where the proof stands.
+    pub status: ProofStatus,
+    /// Transactions tried.
+    pub attempts: u64,
+    /// Sequence number of the reading the proof ends at.
+    pub end_seq: u64,
+    /// The proof's transaction, once proven.
+    pub tx_hash: Option<String>,
+    /// Wh the contract credited the epoch after the proof.
+    pub credited_wh: Option<u64>,
+    /// Why the latest attempt failed.
+    pub last_error: Option<String>,
+    /// When it is tried again (chain time, ms since the Unix epoch), if failed.
+    pub next_attempt_ms: Option<u64>,
 }
 
 /// A row of `epoch_proofs` as stored.

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use gridshare_testbed::register_server::Framing;
 use gridshare_testbed::simulator::Household;
-use market_engine::gaps::{self, Requester, ResendLink};
+use market_engine::gaps::{Requester, ResendLink};
 use market_engine::server::Engine;
+use market_engine::store::gaps::{Gap, GapStatus};
 use market_engine::store::{Store, Stored};
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
@@ -245,7 +246,7 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
                     .unwrap()
             }
         };
-        let ranges = |gaps: Vec<gaps::Gap>| -> Vec<(u64, u64)> {
+        let ranges = |gaps: Vec<Gap>| -> Vec<(u64, u64)> {
             gaps.iter()
                 .filter(|g| g.meter_id == meter)
                 .map(|g| (g.first_seq, g.last_seq))
@@ -337,7 +338,7 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         requester.tick(later).await.unwrap();
         let listed = f.store.gaps(Some(&meter), 100).await.unwrap();
         assert_eq!(listed.len(), 1, "{url}");
-        assert_eq!(listed[0].status, "unfillable", "{url}");
+        assert_eq!(listed[0].status, GapStatus::Unfillable, "{url}");
         assert_eq!(requester.metrics.gaps.given_up.load(Ordering::Relaxed), 1);
         let totals = f.store.gap_totals().await.unwrap();
         assert_eq!(

@@ -13,10 +13,10 @@ use gridshare_contracts::batch::{NetDelta, SettlementBatch, SlotSales};
 use gridshare_contracts::bindings::{GridToken, Settlement};
 use gridshare_contracts::chain::{Chain, ChainExt, RpcChain};
 use gridshare_contracts::deploy::{Deployment, StakingParams};
-use market_engine::chain::outbox::{BatchRecord, BatchStatus};
 use market_engine::chain::{ChainConfig, ChainSettler};
 use market_engine::pipeline::now_ms;
 use market_engine::store::Store;
+use market_engine::store::settlement::{BatchRecord, BatchStatus};
 use serde_json::json;
 
 use crate::api::call;
