@@ -480,8 +480,8 @@ pub fn run_with(
         .unwrap_or(PROFILE_YEAR_START);
     let epoch = year_start + i64::from(s.period.start_day) * 86_400;
 
-    // The community: one street market (root area, charging the grid fee) with each household
-    // as an area under it.
+    // The community: one street market (root area, charging the grid fee), with a market per
+    // feeder under it when feeders charge a fee of their own.
     let fee = if s.market.grid_fee_basis_points > 0 {
         FeeProfile::Percent(TimeProfile::constant(s.market.grid_fee_basis_points))
     } else if s.market.grid_fee_per_kwh > 0 {
@@ -516,11 +516,15 @@ pub fn run_with(
     let mut pf = PowerFlow::new(grid.clone())?;
     let mut feeder_areas: Vec<Option<AreaId>> = Vec::new();
     let feeder_fee = FeeProfile::PerKwh(TimeProfile::constant(s.market.feeder_fee_per_kwh));
+    // Design: a household trades in its feeder's market (or the street's), as the engine's
+    // meters trade in the community's one market: an area of its own per household would charge
+    // nothing (houses carry no fee) but lengthen every trade's fee path and, beyond 256 areas,
+    // send clearing from the volume pass to the greedy one — a market the engine never runs.
     let mut house_area = |areas: &mut AreaTree, bus: usize| -> Result<AreaId, SimulationError> {
         let fee_err = |e: gridshare_core::market::AreaError| SimulationError::Fee(e.to_string());
-        // Houses sit under their feeder's market, feeders under the street (root) market, so
-        // a trade within a feeder pays the feeder's fee and one across feeders both levels.
-        let parent = match pf.feeder_of_bus(bus) {
+        // Feeders sit under the street (root) market, so a trade within a feeder pays the
+        // feeder's fee and one across feeders both levels.
+        Ok(match pf.feeder_of_bus(bus) {
             Some(f) if s.market.feeder_fee_per_kwh > 0 => {
                 if feeder_areas.len() <= f {
                     feeder_areas.resize(f + 1, None);
@@ -537,10 +541,7 @@ pub fn run_with(
                 }
             }
             _ => areas.root(),
-        };
-        areas
-            .add_area(parent, FeeProfile::Free, GRID_OPERATOR)
-            .map_err(fee_err)
+        })
     };
     let mut rng = SplitMix64::new(s.seed);
     let mut households = Vec::with_capacity(s.household_count());
@@ -1241,9 +1242,11 @@ fn wh(x: f64) -> u64 {
         clippy::cast_precision_loss,
         reason = "clamped to 0..2^53, where the cast truncates exactly and back is exact"
     )]
+    // Design: through i64, which x86-64 converts in one instruction each way (u64 needs a
+    // branch and a fix-up per conversion); the clamped value fits either.
     let (whole, back) = {
-        let t = x as u64;
-        (t, t as f64)
+        let t = x as i64;
+        (t as u64, t as f64)
     };
     whole + u64::from(x - back >= 0.5)
 }

@@ -29,8 +29,10 @@ impl<T: Default> PerAccount<T> {
         let limit = entries.saturating_mul(2).saturating_add(1024);
         Self {
             limit,
-            // Dense ids reach about the number of entries: room for them from the start.
-            dense: Vec::with_capacity(entries.min(limit)),
+            // Dense ids reach about the number of entries (a little beyond it where ids
+            // start above zero or some accounts are absent): room for them from the start,
+            // so the table is not copied while it grows.
+            dense: Vec::with_capacity(entries.saturating_add(entries / 8 + 64).min(limit)),
             sparse: None,
             len: 0,
         }
@@ -64,8 +66,10 @@ impl<T: Default> PerAccount<T> {
             if i < self.limit {
                 if i >= self.dense.len() {
                     // Grow by doubling, so that ids met in ascending order take this path
-                    // a logarithmic number of times, not once each.
-                    let to = (i + 1).max(self.dense.len() * 2).min(self.limit);
+                    // a logarithmic number of times, not once each; within the room reserved
+                    // at the start, so that doubling never copies a table that had room.
+                    let doubled = (self.dense.len() * 2).min(self.dense.capacity().max(i + 1));
+                    let to = (i + 1).max(doubled).min(self.limit);
                     self.dense.resize_with(to, || None);
                 }
                 let at = &mut self.dense[i];

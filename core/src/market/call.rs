@@ -2,7 +2,7 @@
 //! price (pay-as-clear). The rules, the closed form they rest on and the guarantees are on
 //! [`CallAuction`].
 
-use super::fees::PriceAnchor;
+use super::fees::{PathPricer, PriceAnchor};
 use super::order::{AccountId, AreaId, MAX_BOOK_ORDERS, Order, OrderError, OrderId, Side};
 use super::slot::UnixSeconds;
 use super::terms::SlotTerms;
@@ -429,7 +429,11 @@ fn rank(entries: &[AuctionEntry]) -> (Vec<Ranked>, Vec<Ranked>) {
     // a radix sort over the key's significant bytes replaces comparison sorting; otherwise the
     // triple is compared.
     let packed = price_bits + seq_bits <= 64;
-    let (mut bids, mut asks) = (Vec::new(), Vec::new());
+    let n_bids = entries.iter().filter(|e| e.order.side == Side::Buy).count();
+    let (mut bids, mut asks) = (
+        Vec::with_capacity(n_bids),
+        Vec::with_capacity(entries.len() - n_bids),
+    );
     for (i, e) in entries.iter().enumerate() {
         // Bids flip the price so that ascending keys mean descending prices.
         let (p, list) = match e.order.side {
@@ -452,7 +456,12 @@ fn rank(entries: &[AuctionEntry]) -> (Vec<Ranked>, Vec<Ranked>) {
             // Design: the radix sort's byte tables cost more than a comparison sort of a
             // small book (a street's slot); either gives the same key order, and equal keys
             // are ordered by id below.
-            if out.len() > RADIX_SORT_FROM {
+            // Books gathered in submission order at equal prices (a simulated street's
+            // agents, one rule each) are ranked already: one pass finds out.
+            let ranked = out.windows(2).all(|w| w[0].key <= w[1].key);
+            if ranked {
+                // Nothing to sort.
+            } else if out.len() > RADIX_SORT_FROM {
                 radix_sort(out, price_bits + seq_bits);
             } else {
                 out.sort_unstable_by_key(|r| r.key);
@@ -787,6 +796,7 @@ fn clear_validated(entries: &[AuctionEntry], terms: &SlotTerms, rule: PriceRule)
             bid_left: &mut bid_left[..eligible_bids],
             ask_left: &mut ask_left[..eligible_asks],
             trades: &mut result.trades,
+            pricer: PathPricer::new(&terms.fees),
         };
         pairing.run();
     }
@@ -828,6 +838,8 @@ struct Pairing<'a> {
     bid_left: &'a mut [u64],
     ask_left: &'a mut [u64],
     trades: &'a mut Vec<Trade>,
+    /// Prices the pairs (one path walk per run of pairs between the same areas).
+    pricer: PathPricer<'a>,
 }
 
 impl Pairing<'_> {
@@ -1078,7 +1090,7 @@ impl Pairing<'_> {
             if careful.is_none() && remaining - u128::from(q) < bound {
                 let open_bids = (fb..n).map(|k| (bid_owner(k), x[k]));
                 let open_asks = (fa..m).map(|k| (ask_owner(k), y[k]));
-                careful = Some(Holdings::new(open_bids.chain(open_asks)));
+                careful = Some(Holdings::new(self.owners, open_bids.chain(open_asks)));
             }
             if let Some(h) = careful.as_mut() {
                 let (other, held) = h.largest_except(u, ask_owner(j));
@@ -1167,7 +1179,7 @@ impl Pairing<'_> {
         }
         let energy = self.bid_left[i].min(self.ask_left[j]).min(most);
         let anchor = PriceAnchor::Buyer(self.price);
-        let Ok(amounts) = self.terms.fees.price(bid.area, ask.area, energy, anchor) else {
+        let Ok(amounts) = self.pricer.price(bid.area, ask.area, energy, anchor, None) else {
             return false;
         };
         if amounts.seller_rate_per_kwh < ask.price || amounts.buyer_rate_per_kwh > bid.price {
@@ -1246,25 +1258,32 @@ fn refill(list: &[usize], slims: &[Slim], left: &[u64], fill: &mut [u64], over: 
 /// `o`'s) with an ask of `o` keeps it too. An owner that holds exactly what remains keeps
 /// doing so to the end, so at most two owners ever do.
 struct Holdings {
-    held: HashMap<u32, u64>,
+    /// Energy each owner (by dense owner index) still holds.
+    held: Vec<u64>,
     order: std::collections::BTreeSet<(u64, u32)>,
     /// Where the search for an owner's first ask resumes (its asks go in priority order).
-    cursor: HashMap<u32, usize>,
+    cursor: Vec<usize>,
 }
 
 impl Holdings {
-    fn new(open: impl Iterator<Item = (u32, u64)>) -> Self {
-        let mut held: HashMap<u32, u64> = HashMap::new();
+    /// Design: owners are dense indices below `owners` ([`Owners`]), so their holdings and
+    /// cursors are slots of a vector rather than entries of a hash map built every clearing.
+    fn new(owners: usize, open: impl Iterator<Item = (u32, u64)>) -> Self {
+        let mut held = vec![0u64; owners];
         for (who, e) in open {
-            if e > 0 {
-                *held.entry(who).or_default() += e;
+            if let Some(h) = held.get_mut(who as usize) {
+                *h += e;
             }
         }
-        let order = held.iter().map(|(&w, &h)| (h, w)).collect();
+        let order = (0u32..)
+            .zip(&held)
+            .filter(|&(_, &h)| h > 0)
+            .map(|(w, &h)| (h, w))
+            .collect();
         Self {
             held,
             order,
-            cursor: HashMap::new(),
+            cursor: vec![0; owners],
         }
     }
 
@@ -1279,7 +1298,9 @@ impl Holdings {
     }
 
     fn take(&mut self, who: u32, q: u64) {
-        if let Some(h) = self.held.get_mut(&who) {
+        if let Some(h) = self.held.get_mut(who as usize)
+            && *h > 0
+        {
             self.order.remove(&(*h, who));
             *h -= q;
             if *h > 0 {
@@ -1297,10 +1318,15 @@ impl Holdings {
         is_open: impl Fn(usize) -> bool,
         end: usize,
     ) -> Option<usize> {
-        let start = self.cursor.get(&who).copied().unwrap_or(0).max(from);
+        let start = self
+            .cursor
+            .get(who as usize)
+            .copied()
+            .unwrap_or(0)
+            .max(from);
         let found = (start..end).find(|&k| is_open(k));
-        if let Some(k) = found {
-            self.cursor.insert(who, k);
+        if let (Some(k), Some(c)) = (found, self.cursor.get_mut(who as usize)) {
+            *c = k;
         }
         found
     }

@@ -338,6 +338,12 @@ pub struct FeeLegs {
 }
 
 impl FeeLegs {
+    /// No legs (a buffer that pricing fills).
+    pub const EMPTY: Self = Self {
+        len: 0,
+        legs: [EMPTY_LEG; MAX_PATH_MARKETS],
+    };
+
     /// The legs, buyer side first.
     #[must_use]
     pub fn as_slice(&self) -> &[FeeLeg] {
@@ -608,13 +614,36 @@ impl SlotFees {
         energy_wh: u64,
         anchor: PriceAnchor,
     ) -> Result<(TradeAmounts, FeeLegs), FeeError> {
-        let path = self.path(buyer_area, seller_area)?;
-        let mut legs = FeeLegs {
-            len: path.len,
-            legs: [EMPTY_LEG; MAX_PATH_MARKETS],
-        };
-        let amounts = self.price_on(&path, energy_wh, anchor, Some(&mut legs))?;
+        let mut legs = FeeLegs::EMPTY;
+        let amounts = self
+            .priced_path(buyer_area, seller_area, anchor)?
+            .amounts(energy_wh, Some(&mut legs))?;
         Ok((amounts, legs))
+    }
+
+    /// The path between two areas with its rates for `anchor`: what pricing a trade needs
+    /// apart from its energy, so that trades on the same path at the same anchor (most of a
+    /// call auction's) are priced without walking the tree again ([`PathPricer`]).
+    pub(crate) fn priced_path(
+        &self,
+        buyer_area: AreaId,
+        seller_area: AreaId,
+        anchor: PriceAnchor,
+    ) -> Result<PricedPath, FeeError> {
+        let path = self.path(buyer_area, seller_area)?;
+        let (buyer_rate, seller_rate, fee_rates) = self.rates(&path, anchor)?;
+        let mut recipients = [AccountId(0); MAX_PATH_MARKETS];
+        for (r, a) in recipients.iter_mut().zip(path.areas()) {
+            *r = self.node(a.0)?.recipient;
+        }
+        Ok(PricedPath {
+            path,
+            anchor,
+            buyer_rate,
+            seller_rate,
+            fee_rates,
+            recipients,
+        })
     }
 
     /// The trade rate in each market on the path, buyer side first: the buyer's rate less the
@@ -640,43 +669,127 @@ impl SlotFees {
         path: &MarketPath,
         energy_wh: u64,
         anchor: PriceAnchor,
-        mut legs: Option<&mut FeeLegs>,
+        legs: Option<&mut FeeLegs>,
     ) -> Result<TradeAmounts, FeeError> {
         let (buyer_rate, seller_rate, fee_rates) = self.rates(path, anchor)?;
+        let mut recipients = [AccountId(0); MAX_PATH_MARKETS];
+        if legs.is_some() {
+            for (r, a) in recipients.iter_mut().zip(path.areas()) {
+                *r = self.node(a.0)?.recipient;
+            }
+        }
+        PricedPath {
+            path: *path,
+            anchor,
+            buyer_rate,
+            seller_rate,
+            fee_rates,
+            recipients,
+        }
+        .amounts(energy_wh, legs)
+    }
+}
+
+/// A path with its rates for one price anchor (see [`SlotFees::priced_path`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PricedPath {
+    path: MarketPath,
+    anchor: PriceAnchor,
+    buyer_rate: u64,
+    seller_rate: u64,
+    fee_rates: [u64; MAX_PATH_MARKETS],
+    recipients: [AccountId; MAX_PATH_MARKETS],
+}
+
+impl PricedPath {
+    /// The amounts of `energy_wh` on this path, and each market's leg into `legs` if given.
+    pub(crate) fn amounts(
+        &self,
+        energy_wh: u64,
+        mut legs: Option<&mut FeeLegs>,
+    ) -> Result<TradeAmounts, FeeError> {
         let mut fees = 0u64;
-        for ((i, a), &rate) in path.areas().enumerate().zip(&fee_rates) {
+        let n = usize::from(self.path.len);
+        for (i, (&area, &rate)) in self.path.areas[..n]
+            .iter()
+            .zip(&self.fee_rates[..n])
+            .enumerate()
+        {
             let amount = amount_for(energy_wh, rate)?;
             fees = fees.checked_add(amount).ok_or(FeeError::Overflow)?;
             if let Some(l) = legs.as_deref_mut()
                 && let Some(slot) = l.legs.get_mut(i)
             {
                 *slot = FeeLeg {
-                    area: a,
-                    recipient: self.node(a.0)?.recipient,
+                    area: AreaId(area),
+                    recipient: self.recipients[i],
                     rate_per_kwh: rate,
                     amount,
                 };
             }
         }
+        if let Some(l) = legs {
+            l.len = self.path.len;
+        }
         // Σ floor(e·fᵢ/1000) ≤ floor(e·Σfᵢ/1000): the fees never exceed the anchored amount's
         // share, so neither subtraction nor the bounds on the limits can fail.
-        let (buyer_pays, seller_receives) = match anchor {
+        let (buyer_pays, seller_receives) = match self.anchor {
             PriceAnchor::Buyer(_) => {
-                let b = amount_for(energy_wh, buyer_rate)?;
+                let b = amount_for(energy_wh, self.buyer_rate)?;
                 (b, b.checked_sub(fees).ok_or(FeeError::Overflow)?)
             }
             PriceAnchor::Seller(_) => {
-                let s = amount_for(energy_wh, seller_rate)?;
+                let s = amount_for(energy_wh, self.seller_rate)?;
                 (s.checked_add(fees).ok_or(FeeError::Overflow)?, s)
             }
         };
         Ok(TradeAmounts {
-            buyer_rate_per_kwh: buyer_rate,
-            seller_rate_per_kwh: seller_rate,
+            buyer_rate_per_kwh: self.buyer_rate,
+            seller_rate_per_kwh: self.seller_rate,
             buyer_pays,
             seller_receives,
             fees,
         })
+    }
+}
+
+/// Prices trades one after another, walking the area tree only when a trade's areas or price
+/// anchor differ from the previous trade's.
+///
+/// Design: a slot's trades mostly share their areas and, in a call auction, the uniform price;
+/// the path and its rates are then computed once per slot instead of once per trade. The
+/// amounts are exactly [`SlotFees::price`]'s.
+pub(crate) struct PathPricer<'a> {
+    fees: &'a SlotFees,
+    last: Option<(AreaId, AreaId, PricedPath)>,
+}
+
+impl<'a> PathPricer<'a> {
+    /// A pricer for one slot's fees.
+    pub(crate) fn new(fees: &'a SlotFees) -> Self {
+        Self { fees, last: None }
+    }
+
+    /// [`SlotFees::price`] of a trade, with its fee legs into `legs` if given.
+    pub(crate) fn price(
+        &mut self,
+        buyer_area: AreaId,
+        seller_area: AreaId,
+        energy_wh: u64,
+        anchor: PriceAnchor,
+        legs: Option<&mut FeeLegs>,
+    ) -> Result<TradeAmounts, FeeError> {
+        match &self.last {
+            Some((b, s, p)) if *b == buyer_area && *s == seller_area && p.anchor == anchor => {
+                p.amounts(energy_wh, legs)
+            }
+            _ => {
+                let p = self.fees.priced_path(buyer_area, seller_area, anchor)?;
+                let amounts = p.amounts(energy_wh, legs);
+                self.last = Some((buyer_area, seller_area, p));
+                amounts
+            }
+        }
     }
 }
 
@@ -706,6 +819,52 @@ mod tests {
         let p: Vec<AreaId> = f.path(h2, h2).unwrap().areas().collect();
         assert_eq!(p, [h2]);
         assert!(f.path(h1, AreaId(99)).is_err());
+    }
+
+    #[test]
+    fn the_path_pricer_prices_every_trade_as_price_and_fee_legs_do() {
+        // Percentage and constant fees on different levels, so rates depend on the anchor.
+        let mut t = AreaTree::new(
+            FeeProfile::Percent(TimeProfile::constant(300)),
+            AccountId(0),
+        )
+        .unwrap();
+        let n1 = t
+            .add_area(
+                t.root(),
+                FeeProfile::PerKwh(TimeProfile::constant(7)),
+                AccountId(1),
+            )
+            .unwrap();
+        let h1 = t.add_area(n1, FeeProfile::Free, AccountId(3)).unwrap();
+        let h2 = t
+            .add_area(t.root(), FeeProfile::Free, AccountId(4))
+            .unwrap();
+        let areas = [t.root(), n1, h1, h2];
+        let fees = t.slot_fees(0);
+        let mut pricer = PathPricer::new(&fees);
+        let mut legs = FeeLegs::EMPTY;
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..2_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Runs of equal areas and anchors (the pricer's reuse) and changes between them.
+            let (b, s) = (areas[(x % 4) as usize], areas[((x >> 2) % 4) as usize]);
+            let rate = 50 + (x >> 8) % 3;
+            let anchor = if x & (1 << 20) == 0 {
+                PriceAnchor::Buyer(rate)
+            } else {
+                PriceAnchor::Seller(rate)
+            };
+            let energy = (x >> 24) % 5_000;
+            let got = pricer.price(b, s, energy, anchor, Some(&mut legs));
+            assert_eq!(got, fees.price(b, s, energy, anchor));
+            if let Ok((amounts, expected)) = fees.fee_legs(b, s, energy, anchor) {
+                assert_eq!(got, Ok(amounts));
+                assert_eq!(legs.as_slice(), expected.as_slice());
+            }
+        }
     }
 
     #[test]

@@ -8,7 +8,7 @@
 
 use super::accounts::PerAccount;
 use super::delivery::{DeliveryError, MeterDelivery, Position, positions};
-use super::fees::{FeeError, wide_amount_for};
+use super::fees::{FeeError, FeeLegs, PathPricer, wide_amount_for};
 use super::order::{AccountId, OrderId};
 use super::terms::SlotTerms;
 use super::trade::Trade;
@@ -124,10 +124,17 @@ pub fn settle_slot_disputed(
     // amounts: the grouping does not change them).
     let mut pending: Option<(AccountId, u64)> = None;
     let (mut paid, mut received, mut fees) = (0u128, 0u128, 0u128);
+    let mut pricer = PathPricer::new(&terms.fees);
+    let mut legs = FeeLegs::EMPTY;
     for t in trades {
-        let (amounts, legs) = terms
-            .fees
-            .fee_legs(t.buyer_area, t.seller_area, t.energy_wh, t.anchor)
+        let amounts = pricer
+            .price(
+                t.buyer_area,
+                t.seller_area,
+                t.energy_wh,
+                t.anchor,
+                Some(&mut legs),
+            )
             .map_err(|source| SettlementError::Fees {
                 bid: t.bid,
                 ask: t.ask,

@@ -187,6 +187,14 @@ struct Sweep {
     d: C64,
 }
 
+/// One branch of the sweep: the child node, its parent and the branch's coefficients.
+#[derive(Debug, Clone, Copy)]
+struct SweepStep {
+    node: usize,
+    parent: usize,
+    s: Sweep,
+}
+
 /// MATPOWER branch admittances `[Yff Yft; Ytf Ytt]`.
 #[derive(Debug, Clone, Copy)]
 struct TwoPort {
@@ -265,10 +273,13 @@ pub struct PowerFlow {
     node_name: Vec<String>,
     root: usize,
     slack_v: C64,
-    /// Nodes in breadth-first order from the root.
-    order: Vec<usize>,
-    /// For each node but the root: its parent and the sweep coefficients of the branch to it.
-    parent: Vec<Option<(usize, Sweep)>>,
+    /// Every node but the root in breadth-first order from the root, each with its parent and
+    /// the sweep coefficients of the branch to it.
+    ///
+    /// Design: one flat list the sweeps walk front to back and back to front, instead of an
+    /// order of node indices looked up in a per-node table of optional parents — the sweeps
+    /// are most of a year's power-flow time.
+    steps: Vec<SweepStep>,
     branches: Vec<Branch>,
     /// Branch of each line / transformer, if in service.
     line_branch: Vec<Option<usize>>,
@@ -665,8 +676,10 @@ impl PowerFlow {
             node_name,
             root,
             slack_v,
-            order,
-            parent,
+            steps: order
+                .iter()
+                .filter_map(|&node| parent[node].map(|(parent, s)| SweepStep { node, parent, s }))
+                .collect(),
             branches,
             feeder,
             line_branch,
@@ -787,25 +800,26 @@ impl PowerFlow {
                 } else {
                     self.load_p[n]
                 };
-                self.j[n] = (s / v).conj();
+                // A node without load (most junctions of a feeder) draws nothing: no division.
+                self.j[n] = if s == C64::default() {
+                    s
+                } else {
+                    (s / v).conj()
+                };
             }
-            for &n in self.order.iter().rev() {
-                if let Some((p, s)) = self.parent[n] {
-                    let up = s.a * self.v[p] + s.b * self.j[n];
-                    self.j[p] += up;
-                }
+            for st in self.steps.iter().rev() {
+                let up = st.s.a * self.v[st.parent] + st.s.b * self.j[st.node];
+                self.j[st.parent] += up;
             }
             // Forward: each child's voltage from its parent's.
             let mut worst = (0.0f64, self.root);
-            for &n in &self.order {
-                if let Some((p, s)) = self.parent[n] {
-                    let new = s.c * self.j[n] + s.d * self.v[p];
-                    let dv = (new - self.v[n]).norm_sqr();
-                    if dv > worst.0 || dv.is_nan() {
-                        worst = (dv, n);
-                    }
-                    self.v[n] = new;
+            for st in &self.steps {
+                let new = st.s.c * self.j[st.node] + st.s.d * self.v[st.parent];
+                let dv = (new - self.v[st.node]).norm_sqr();
+                if dv > worst.0 || dv.is_nan() {
+                    worst = (dv, st.node);
                 }
+                self.v[st.node] = new;
             }
             if worst.0 < TOLERANCE_PU * TOLERANCE_PU {
                 self.iterations = it;
@@ -829,11 +843,8 @@ impl PowerFlow {
     /// Forgets the last solution: the next solve starts flat.
     pub fn reset(&mut self) {
         self.v[self.root] = self.slack_v;
-        for i in 1..self.order.len() {
-            let n = self.order[i];
-            if let Some((p, s)) = self.parent[n] {
-                self.v[n] = s.d * self.v[p];
-            }
+        for st in &self.steps {
+            self.v[st.node] = st.s.d * self.v[st.parent];
         }
     }
 
