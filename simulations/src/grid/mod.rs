@@ -792,34 +792,37 @@ impl PowerFlow {
         self.v[self.root] = self.slack_v;
         for it in 1..=MAX_ITERATIONS {
             // Backward: each node's own load current, then its children's subtree currents.
-            for n in 0..self.j.len() {
-                let v = self.v[n];
-                let s = if self.zip_loads {
-                    let m = v.abs();
-                    self.load_p[n] + self.load_i[n].scale(m) + self.load_z[n].scale(m * m)
-                } else {
-                    self.load_p[n]
-                };
-                // A node without load (most junctions of a feeder) draws nothing: no division.
-                self.j[n] = if s == C64::default() {
-                    s
-                } else {
-                    (s / v).conj()
-                };
+            // Design: the sweeps work on local slices, so the loops index plain memory rather
+            // than re-reading the vectors behind `self` after every store.
+            let (v, j) = (&mut self.v[..], &mut self.j[..]);
+            if self.zip_loads {
+                for (((jn, &vn), &p), (&i, &z)) in j
+                    .iter_mut()
+                    .zip(v.iter())
+                    .zip(&self.load_p)
+                    .zip(self.load_i.iter().zip(&self.load_z))
+                {
+                    let m = vn.abs();
+                    *jn = load_current(p + i.scale(m) + z.scale(m * m), vn);
+                }
+            } else {
+                for ((jn, &vn), &p) in j.iter_mut().zip(v.iter()).zip(&self.load_p) {
+                    *jn = load_current(p, vn);
+                }
             }
             for st in self.steps.iter().rev() {
-                let up = st.s.a * self.v[st.parent] + st.s.b * self.j[st.node];
-                self.j[st.parent] += up;
+                let up = st.s.a * v[st.parent] + st.s.b * j[st.node];
+                j[st.parent] += up;
             }
             // Forward: each child's voltage from its parent's.
             let mut worst = (0.0f64, self.root);
             for st in &self.steps {
-                let new = st.s.c * self.j[st.node] + st.s.d * self.v[st.parent];
-                let dv = (new - self.v[st.node]).norm_sqr();
+                let new = st.s.c * j[st.node] + st.s.d * v[st.parent];
+                let dv = (new - v[st.node]).norm_sqr();
                 if dv > worst.0 || dv.is_nan() {
                     worst = (dv, st.node);
                 }
-                self.v[st.node] = new;
+                v[st.node] = new;
             }
             if worst.0 < TOLERANCE_PU * TOLERANCE_PU {
                 self.iterations = it;
@@ -979,6 +982,17 @@ impl PowerFlow {
         (0..self.grid.trafos.len())
             .filter_map(|t| self.trafo_loading_percent(t))
             .fold(0.0, f64::max)
+    }
+}
+
+/// The current a load of power `s` (p.u.) draws at voltage `v`: `conj(s / v)`; none without
+/// load (most junctions of a feeder), without a division.
+#[inline]
+fn load_current(s: C64, v: C64) -> C64 {
+    if s == C64::default() {
+        s
+    } else {
+        (s / v).conj()
     }
 }
 
