@@ -115,7 +115,10 @@ pub async fn run(
         retention: Duration::from_secs(config.resend_retention_s),
     };
     publisher.validate()?;
-    let publisher_task = tokio::spawn(publisher.run(shutdown.clone()));
+    // The publisher stops after the poller, so that the last reading the poller stored is
+    // sent (and acknowledged) before the agent leaves.
+    let (stop_publisher, publisher_stop) = watch::channel(false);
+    let publisher_task = tokio::spawn(publisher.run(publisher_stop));
     let (ha, ha_task) = if config.home_assistant.enabled {
         let (tx, rx) = watch::channel(MeterState::Starting);
         let task = tokio::spawn(home_assistant::run(
@@ -153,6 +156,7 @@ pub async fn run(
     };
     poller.run(shutdown).await;
     poller.link.disconnect().await;
+    let _ = stop_publisher.send(true);
     match publisher_task.await {
         Ok(result) => result?,
         Err(e) => tracing::error!(target: "agent", "publisher task failed: {e}"),

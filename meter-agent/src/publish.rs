@@ -251,7 +251,15 @@ impl Publisher {
                 _ = prune.tick() => self.prune().await,
                 _ = shutdown.changed() => {
                     if connected {
-                        self.goodbye(client, &mut eventloop, &mut queued, &mut in_flight).await;
+                        self.goodbye(
+                            client,
+                            &mut eventloop,
+                            &mut queued,
+                            &mut in_flight,
+                            &mut cursor,
+                            &mut resend,
+                        )
+                        .await;
                     }
                     return SessionEnd::Shutdown;
                 }
@@ -403,9 +411,34 @@ impl Publisher {
         eventloop: &mut EventLoop,
         queued: &mut VecDeque<Option<u64>>,
         in_flight: &mut HashMap<u16, Option<u64>>,
+        cursor: &mut u64,
+        resend: &mut ResendQueue,
     ) {
-        // Announce a clean exit (the last will covers crashes) and give in-flight readings a
-        // moment to be acknowledged, so they are not sent twice after the restart.
+        // Send what the outbox still holds and wait for the broker's acknowledgements before
+        // leaving (bounded), so that a clean stop leaves nothing to be sent twice after the
+        // restart. Disconnecting first would drop acknowledgements already on their way.
+        let flush = async {
+            loop {
+                self.fill(client, queued, in_flight, cursor, resend).await;
+                if queued.is_empty() && in_flight.is_empty() {
+                    return true;
+                }
+                match eventloop.poll().await {
+                    Ok(event) => {
+                        self.track(&event, queued, in_flight).await;
+                    }
+                    Err(_) => return false,
+                }
+            }
+        };
+        if !tokio::time::timeout(FLUSH_ON_STOP, flush)
+            .await
+            .unwrap_or(false)
+        {
+            // The broker is gone or too slow: what is unacknowledged stays in the outbox.
+            return;
+        }
+        // Announce a clean exit (the last will covers crashes).
         let _ = client.try_publish(&self.topics.status, QoS::AtLeastOnce, true, OFFLINE);
         queued.push_back(None);
         let _ = client.try_disconnect();
@@ -417,6 +450,10 @@ impl Publisher {
         let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
     }
 }
+
+/// How long a stopping agent keeps sending what its outbox holds and waiting for the
+/// broker's acknowledgements before it leaves the rest for the next run.
+const FLUSH_ON_STOP: Duration = Duration::from_secs(5);
 
 /// Milliseconds since the Unix epoch.
 fn now_ms() -> u64 {
