@@ -601,8 +601,8 @@ impl SlotFees {
                 fees: 0,
             });
         }
-        let path = self.path(buyer_area, seller_area)?;
-        self.price_on(&path, energy_wh, anchor, None)
+        self.priced_path(buyer_area, seller_area, anchor)?
+            .amounts(energy_wh, None)
     }
 
     /// The per-market fee legs of a trade, buyer side first, with its amounts (the same
@@ -662,31 +662,6 @@ impl SlotFees {
             rate = rate.saturating_sub(leg.rate_per_kwh);
         }
         Ok(out)
-    }
-
-    fn price_on(
-        &self,
-        path: &MarketPath,
-        energy_wh: u64,
-        anchor: PriceAnchor,
-        legs: Option<&mut FeeLegs>,
-    ) -> Result<TradeAmounts, FeeError> {
-        let (buyer_rate, seller_rate, fee_rates) = self.rates(path, anchor)?;
-        let mut recipients = [AccountId(0); MAX_PATH_MARKETS];
-        if legs.is_some() {
-            for (r, a) in recipients.iter_mut().zip(path.areas()) {
-                *r = self.node(a.0)?.recipient;
-            }
-        }
-        PricedPath {
-            path: *path,
-            anchor,
-            buyer_rate,
-            seller_rate,
-            fee_rates,
-            recipients,
-        }
-        .amounts(energy_wh, legs)
     }
 }
 

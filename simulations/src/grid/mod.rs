@@ -662,14 +662,7 @@ impl PowerFlow {
             }
         }
         let slack_v = C64::polar(grid.ext_grid.vm_pu, grid.ext_grid.va_degree.to_radians());
-        // Flat start: the slack voltage everywhere, turned by each transformer's shift.
-        let mut v = vec![slack_v; nodes];
-        for &n in order.iter().skip(1) {
-            if let Some((p, s)) = parent[n] {
-                v[n] = s.d * v[p];
-            }
-        }
-        Ok(Self {
+        let mut pf = Self {
             grid,
             bus_node,
             node_kv,
@@ -684,14 +677,17 @@ impl PowerFlow {
             feeder,
             line_branch,
             trafo_branch,
-            v,
+            v: vec![slack_v; nodes],
             j: vec![C64::default(); nodes],
             load_p: vec![C64::default(); nodes],
             load_i: vec![C64::default(); nodes],
             load_z: vec![C64::default(); nodes],
             zip_loads: false,
             iterations: 0,
-        })
+        };
+        // Flat start: the slack voltage everywhere, turned by each transformer's shift.
+        pf.reset();
+        Ok(pf)
     }
 
     /// The feeder (numbered from 0 in breadth-first order) that supplies the bus at position
