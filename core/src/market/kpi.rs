@@ -245,6 +245,136 @@ impl<'a> BalanceCursor<'a> {
     }
 }
 
+impl HouseholdKpis {
+    /// One household's figures for a slot: its energy, the slot's tariff and its settled
+    /// balance (`actual_cost` is what it paid, the negated balance).
+    fn of(h: &HouseholdEnergy, terms: &SlotTerms, balance: i128) -> Result<Self, KpiError> {
+        let consumed = consumed_wh(h)?;
+        let net = i128::from(h.imported_wh) - i128::from(h.exported_wh);
+        Ok(Self {
+            account: h.account,
+            consumed_wh: consumed,
+            produced_wh: u128::from(h.produced_wh),
+            self_consumed_wh: u128::from(h.produced_wh.saturating_sub(h.exported_wh)),
+            utility_only_cost: bill(net, terms.band.retail_per_kwh, terms.band.feed_in_per_kwh),
+            actual_cost: -balance,
+        })
+    }
+
+    /// No energy, no cost.
+    fn zero(account: AccountId) -> Self {
+        Self {
+            account,
+            consumed_wh: 0,
+            produced_wh: 0,
+            self_consumed_wh: 0,
+            utility_only_cost: 0,
+            actual_cost: 0,
+        }
+    }
+}
+
+/// Consumed on site, `produced + imported − exported`; an error if the household exported
+/// more than that.
+fn consumed_wh(h: &HouseholdEnergy) -> Result<u128, KpiError> {
+    let supply = u128::from(h.produced_wh) + u128::from(h.imported_wh);
+    supply
+        .checked_sub(u128::from(h.exported_wh))
+        .ok_or(KpiError::ExportExceedsSupply {
+            account: h.account,
+            produced_wh: h.produced_wh,
+            imported_wh: h.imported_wh,
+            exported_wh: h.exported_wh,
+        })
+}
+
+/// Slot items listed by household account.
+trait HasAccount {
+    fn account(&self) -> AccountId;
+}
+
+impl HasAccount for HouseholdKpis {
+    fn account(&self) -> AccountId {
+        self.account
+    }
+}
+
+impl HasAccount for HouseholdEnergy {
+    fn account(&self) -> AccountId {
+        self.account
+    }
+}
+
+/// A slot's community figures, summed household by household.
+#[derive(Default)]
+struct CommunitySums {
+    community: CommunityKpis,
+    imported: u128,
+    exported: u128,
+}
+
+impl CommunitySums {
+    fn add(&mut self, h: &HouseholdEnergy, k: &HouseholdKpis) {
+        let c = &mut self.community;
+        c.consumed_wh += k.consumed_wh;
+        c.produced_wh += k.produced_wh;
+        c.self_consumed_wh += k.self_consumed_wh;
+        c.utility_only_cost += k.utility_only_cost;
+        c.actual_cost += k.actual_cost;
+        self.imported += u128::from(h.imported_wh);
+        self.exported += u128::from(h.exported_wh);
+    }
+
+    /// The community totals: exports that other households imported in the same slot count
+    /// as self-consumed.
+    fn finish(self) -> CommunityKpis {
+        let mut c = self.community;
+        c.self_consumed_wh += self.imported.min(self.exported);
+        c
+    }
+}
+
+/// One slot's figures without the per-household table: what [`PeriodKpis::add_slot`] returns
+/// once it has added every household's figures to the period.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotTotals {
+    /// Slot index.
+    pub slot: u64,
+    /// Energy traded locally, Wh.
+    pub traded_wh: u128,
+    /// The call auction's uniform price, if any.
+    pub clearing_price: Option<u64>,
+    /// Σ what buyers paid for local trades, tokens.
+    pub buyers_paid: u128,
+    /// Volume-weighted price buyers paid per kWh: Σ buyer amounts × 1000 / Σ Wh.
+    pub average_buyer_price: Ratio,
+    /// Grid fees collected, tokens.
+    pub fees_collected: u128,
+    /// Community totals.
+    pub community: CommunityKpis,
+}
+
+impl SlotTotals {
+    /// The trade figures of a slot, with the community totals still to be filled in.
+    fn of_trades(terms: &SlotTerms, trades: &[Trade], clearing_price: Option<u64>) -> Self {
+        let (mut traded_wh, mut paid, mut fees) = (0u128, 0u128, 0u128);
+        for t in trades {
+            traded_wh += u128::from(t.energy_wh);
+            paid += u128::from(t.amounts.buyer_pays);
+            fees += u128::from(t.amounts.fees);
+        }
+        Self {
+            slot: terms.slot.index,
+            traded_wh,
+            clearing_price,
+            buyers_paid: paid,
+            average_buyer_price: Ratio::new(paid.saturating_mul(1000), traded_wh),
+            fees_collected: fees,
+            community: CommunityKpis::default(),
+        }
+    }
+}
+
 /// Computes one slot's figures from its trades, the households' energy and the settlement.
 pub fn slot_kpis(
     terms: &SlotTerms,
@@ -253,55 +383,24 @@ pub fn slot_kpis(
     households: &[HouseholdEnergy],
     settlement: &SlotSettlement,
 ) -> Result<SlotKpis, KpiError> {
-    let mut community = CommunityKpis::default();
-    let (mut imported, mut exported) = (0u128, 0u128);
+    let mut sums = CommunitySums::default();
     let mut out = Vec::with_capacity(households.len());
     let mut balances = BalanceCursor::new(settlement);
     for h in households {
-        let supply = u128::from(h.produced_wh) + u128::from(h.imported_wh);
-        let consumed =
-            supply
-                .checked_sub(u128::from(h.exported_wh))
-                .ok_or(KpiError::ExportExceedsSupply {
-                    account: h.account,
-                    produced_wh: h.produced_wh,
-                    imported_wh: h.imported_wh,
-                    exported_wh: h.exported_wh,
-                })?;
-        let net = i128::from(h.imported_wh) - i128::from(h.exported_wh);
-        let k = HouseholdKpis {
-            account: h.account,
-            consumed_wh: consumed,
-            produced_wh: u128::from(h.produced_wh),
-            self_consumed_wh: u128::from(h.produced_wh.saturating_sub(h.exported_wh)),
-            utility_only_cost: bill(net, terms.band.retail_per_kwh, terms.band.feed_in_per_kwh),
-            actual_cost: -balances.balance(h.account),
-        };
-        community.consumed_wh += k.consumed_wh;
-        community.produced_wh += k.produced_wh;
-        community.self_consumed_wh += k.self_consumed_wh;
-        community.utility_only_cost += k.utility_only_cost;
-        community.actual_cost += k.actual_cost;
-        imported += u128::from(h.imported_wh);
-        exported += u128::from(h.exported_wh);
+        let k = HouseholdKpis::of(h, terms, balances.balance(h.account))?;
+        sums.add(h, &k);
         out.push(k);
     }
-    community.self_consumed_wh += imported.min(exported);
-    let traded_wh: u128 = trades.iter().map(|t| u128::from(t.energy_wh)).sum();
-    let paid: u128 = trades
-        .iter()
-        .map(|t| u128::from(t.amounts.buyer_pays))
-        .sum();
-    let fees: u128 = trades.iter().map(|t| u128::from(t.amounts.fees)).sum();
+    let totals = SlotTotals::of_trades(terms, trades, clearing_price);
     Ok(SlotKpis {
-        slot: terms.slot.index,
-        traded_wh,
+        slot: totals.slot,
+        traded_wh: totals.traded_wh,
         clearing_price,
-        buyers_paid: paid,
-        average_buyer_price: Ratio::new(paid.saturating_mul(1000), traded_wh),
-        fees_collected: fees,
+        buyers_paid: totals.buyers_paid,
+        average_buyer_price: totals.average_buyer_price,
+        fees_collected: totals.fees_collected,
         households: out,
-        community,
+        community: sums.finish(),
     })
 }
 
@@ -327,38 +426,19 @@ pub struct PeriodKpis {
 impl PeriodKpis {
     /// Adds one slot.
     pub fn add(&mut self, slot: &SlotKpis) {
-        self.slots += 1;
-        self.traded_wh += slot.traded_wh;
-        self.buyers_paid += slot.buyers_paid;
-        self.fees_collected += slot.fees_collected;
-        if let Some(p) = slot.clearing_price {
-            self.clearing_price_range = Some(match self.clearing_price_range {
-                None => (p, p),
-                Some((lo, hi)) => (lo.min(p), hi.max(p)),
-            });
-        }
-        let c = &mut self.community;
-        c.consumed_wh += slot.community.consumed_wh;
-        c.produced_wh += slot.community.produced_wh;
-        c.self_consumed_wh += slot.community.self_consumed_wh;
-        c.utility_only_cost += slot.community.utility_only_cost;
-        c.actual_cost += slot.community.actual_cost;
+        self.add_totals(
+            slot.traded_wh,
+            slot.buyers_paid,
+            slot.fees_collected,
+            slot.clearing_price,
+            &slot.community,
+        );
         // Design: a period adds the same households in the same order every slot, so the
         // common case walks the map alongside the slot, once, instead of looking up each
         // household; a slot that turns out to list others has what was added taken back
         // (exact: integer sums) and is added by account.
-        if self.households.len() == slot.households.len() {
-            let mut added = 0;
-            for ((&account, acc), h) in self.households.iter_mut().zip(&slot.households) {
-                if account != h.account {
-                    break;
-                }
-                acc.add(h);
-                added += 1;
-            }
-            if added == slot.households.len() {
-                return;
-            }
+        let added = self.add_in_order(&slot.households, |k| *k);
+        if added < slot.households.len() {
             for (acc, h) in self
                 .households
                 .values_mut()
@@ -367,18 +447,113 @@ impl PeriodKpis {
             {
                 acc.take_back(h);
             }
+            for h in &slot.households {
+                self.entry(h.account).add(h);
+            }
         }
-        for h in &slot.households {
-            let acc = self.households.entry(h.account).or_insert(HouseholdKpis {
-                account: h.account,
-                consumed_wh: 0,
-                produced_wh: 0,
-                self_consumed_wh: 0,
-                utility_only_cost: 0,
-                actual_cost: 0,
+    }
+
+    /// Computes one slot's figures, as [`slot_kpis`] does, and adds them: each household's
+    /// straight into its total, without a per-household table for the slot. Returns the
+    /// slot's community figures. A slot refused (a household exported more than it produced
+    /// and imported) adds nothing.
+    pub fn add_slot(
+        &mut self,
+        terms: &SlotTerms,
+        trades: &[Trade],
+        clearing_price: Option<u64>,
+        households: &[HouseholdEnergy],
+        settlement: &SlotSettlement,
+    ) -> Result<SlotTotals, KpiError> {
+        // Checked first, so that nothing is added for a refused slot.
+        for h in households {
+            consumed_wh(h)?;
+        }
+        let kpis = |h: &HouseholdEnergy, balance: i128| {
+            // Every household passed the check above, so this is never the zero fallback.
+            HouseholdKpis::of(h, terms, balance).unwrap_or(HouseholdKpis::zero(h.account))
+        };
+        let mut sums = CommunitySums::default();
+        let mut balances = BalanceCursor::new(settlement);
+        let added = self.add_in_order(households, |h| {
+            let k = kpis(h, balances.balance(h.account));
+            sums.add(h, &k);
+            k
+        });
+        if added < households.len() {
+            for (acc, h) in self.households.values_mut().zip(households).take(added) {
+                acc.take_back(&kpis(h, settlement.balance(h.account)));
+            }
+            sums = CommunitySums::default();
+            for h in households {
+                let k = kpis(h, settlement.balance(h.account));
+                sums.add(h, &k);
+                self.entry(h.account).add(&k);
+            }
+        }
+        let mut totals = SlotTotals::of_trades(terms, trades, clearing_price);
+        totals.community = sums.finish();
+        self.add_totals(
+            totals.traded_wh,
+            totals.buyers_paid,
+            totals.fees_collected,
+            clearing_price,
+            &totals.community,
+        );
+        Ok(totals)
+    }
+
+    fn add_totals(
+        &mut self,
+        traded_wh: u128,
+        buyers_paid: u128,
+        fees_collected: u128,
+        clearing_price: Option<u64>,
+        community: &CommunityKpis,
+    ) {
+        self.slots += 1;
+        self.traded_wh += traded_wh;
+        self.buyers_paid += buyers_paid;
+        self.fees_collected += fees_collected;
+        if let Some(p) = clearing_price {
+            self.clearing_price_range = Some(match self.clearing_price_range {
+                None => (p, p),
+                Some((lo, hi)) => (lo.min(p), hi.max(p)),
             });
-            acc.add(h);
         }
+        let c = &mut self.community;
+        c.consumed_wh += community.consumed_wh;
+        c.produced_wh += community.produced_wh;
+        c.self_consumed_wh += community.self_consumed_wh;
+        c.utility_only_cost += community.utility_only_cost;
+        c.actual_cost += community.actual_cost;
+    }
+
+    /// Walks the households' totals alongside `slot` (items with an `account`), adding
+    /// `kpis(item)` to each while the accounts agree; returns how many were added (all of
+    /// them, or fewer when the period holds other households than the slot lists).
+    fn add_in_order<T: HasAccount>(
+        &mut self,
+        slot: &[T],
+        mut kpis: impl FnMut(&T) -> HouseholdKpis,
+    ) -> usize {
+        let mut added = 0;
+        if self.households.len() == slot.len() {
+            for ((&account, acc), h) in self.households.iter_mut().zip(slot) {
+                if account != h.account() {
+                    break;
+                }
+                acc.add(&kpis(h));
+                added += 1;
+            }
+        }
+        added
+    }
+
+    fn entry(&mut self, account: AccountId) -> &mut HouseholdKpis {
+        self.households
+            .entry(account)
+            .or_insert(HouseholdKpis::zero(account))
     }
 
     /// Volume-weighted average price buyers paid per kWh over the period.

@@ -258,7 +258,8 @@ pub use fees::{
     amount_for,
 };
 pub use kpi::{
-    CommunityKpis, HouseholdEnergy, HouseholdKpis, KpiError, PeriodKpis, Ratio, SlotKpis, slot_kpis,
+    CommunityKpis, HouseholdEnergy, HouseholdKpis, KpiError, PeriodKpis, Ratio, SlotKpis,
+    SlotTotals, slot_kpis,
 };
 pub use netting::{
     ImbalanceCharge, NetBalance, SettlementError, SlotSettlement, settle_slot, settle_slot_disputed,

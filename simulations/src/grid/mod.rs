@@ -176,6 +176,9 @@ pub const MAX_ITERATIONS: u32 = 100;
 /// the 1e-6 p.u. the validation against pandapower asks for.
 pub const TOLERANCE_PU: f64 = 1e-10;
 
+/// The slack's node: nodes are numbered breadth first from it.
+const ROOT: usize = 0;
+
 /// The two-port of a branch, oriented parent → child, reduced to the four coefficients the sweep
 /// needs: `I_parent = a·V_parent + b·J_child` and `V_child = c·J_child + d·V_parent`, where
 /// `J_child` is the current the child's subtree draws.
@@ -185,14 +188,6 @@ struct Sweep {
     b: C64,
     c: C64,
     d: C64,
-}
-
-/// One branch of the sweep: the child node, its parent and the branch's coefficients.
-#[derive(Debug, Clone, Copy)]
-struct SweepStep {
-    node: usize,
-    parent: usize,
-    s: Sweep,
 }
 
 /// MATPOWER branch admittances `[Yff Yft; Ytf Ytt]`.
@@ -271,15 +266,22 @@ pub struct PowerFlow {
     node_kv: Vec<f64>,
     /// A display name per node.
     node_name: Vec<String>,
-    root: usize,
     slack_v: C64,
-    /// Every node but the root in breadth-first order from the root, each with its parent and
-    /// the sweep coefficients of the branch to it.
+    /// The parent of each node (the root, node 0, is its own).
     ///
-    /// Design: one flat list the sweeps walk front to back and back to front, instead of an
-    /// order of node indices looked up in a per-node table of optional parents — the sweeps
-    /// are most of a year's power-flow time.
-    steps: Vec<SweepStep>,
+    /// Design: nodes are numbered breadth first from the root (node 0), so a parent's number
+    /// is below its children's and the sweeps walk every per-node table front to back
+    /// (forward) or back to front (backward) — plain sequential memory, with only the parent
+    /// looked up — instead of a list of (node, parent) steps indexing the tables at random.
+    /// The sweeps are most of a year's power-flow time.
+    parent: Vec<usize>,
+    /// Per node, the backward sweep's coefficients of the branch from its parent: `[a, b]`
+    /// (see [`Sweep`]); the root's are unused.
+    up: Vec<[C64; 2]>,
+    /// Per node, the forward sweep's coefficients: `[c, d]`.
+    down: Vec<[C64; 2]>,
+    /// Per node, the squared voltage change of the last forward sweep (p.u.²).
+    dv: Vec<f64>,
     branches: Vec<Branch>,
     /// Branch of each line / transformer, if in service.
     line_branch: Vec<Option<usize>>,
@@ -662,17 +664,44 @@ impl PowerFlow {
             }
         }
         let slack_v = C64::polar(grid.ext_grid.vm_pu, grid.ext_grid.va_degree.to_radians());
+        // Renumber the nodes in breadth-first order: `order[k]` becomes node `k`.
+        let mut number = vec![0usize; nodes];
+        for (k, &n) in order.iter().enumerate() {
+            number[n] = k;
+        }
+        let renumbered = |n: usize| number[n];
+        for b in &mut branches {
+            b.from = renumbered(b.from);
+            b.to = renumbered(b.to);
+        }
+        for n in bus_node.iter_mut().flatten() {
+            *n = renumbered(*n);
+        }
+        let node_name: Vec<String> = order.iter().map(|&n| node_name[n].clone()).collect();
+        let node_kv: Vec<f64> = order.iter().map(|&n| node_kv[n]).collect();
+        let feeder: Vec<Option<usize>> = order.iter().map(|&n| feeder[n]).collect();
+        let flat = C64::new(1.0, 0.0);
+        let (mut parents, mut up, mut down) = (
+            Vec::with_capacity(nodes),
+            Vec::with_capacity(nodes),
+            Vec::with_capacity(nodes),
+        );
+        for &n in &order {
+            let (p, s) = parent[n].map_or((0, None), |(p, s)| (renumbered(p), Some(s)));
+            parents.push(p);
+            up.push(s.map_or([flat, flat], |s| [s.a, s.b]));
+            down.push(s.map_or([flat, flat], |s| [s.c, s.d]));
+        }
         let mut pf = Self {
             grid,
             bus_node,
             node_kv,
             node_name,
-            root,
             slack_v,
-            steps: order
-                .iter()
-                .filter_map(|&node| parent[node].map(|(parent, s)| SweepStep { node, parent, s }))
-                .collect(),
+            parent: parents,
+            up,
+            down,
+            dv: vec![0.0; nodes],
             branches,
             feeder,
             line_branch,
@@ -785,7 +814,7 @@ impl PowerFlow {
                 });
             }
         }
-        self.v[self.root] = self.slack_v;
+        self.v[ROOT] = self.slack_v;
         for it in 1..=MAX_ITERATIONS {
             // Backward: each node's own load current, then its children's subtree currents.
             // Design: the sweeps work on local slices, so the loops index plain memory rather
@@ -806,27 +835,41 @@ impl PowerFlow {
                     *jn = load_current(p, vn);
                 }
             }
-            for st in self.steps.iter().rev() {
-                let up = st.s.a * v[st.parent] + st.s.b * j[st.node];
-                j[st.parent] += up;
+            // Children come after their parents, so walking back from the last node adds
+            // every subtree's current before its root's is passed on.
+            for k in (1..j.len()).rev() {
+                let (p, [a, b]) = (self.parent[k], self.up[k]);
+                let up = a * v[p] + b * j[k];
+                j[p] += up;
             }
-            // Forward: each child's voltage from its parent's.
-            let mut worst = (0.0f64, self.root);
-            for st in &self.steps {
-                let new = st.s.c * j[st.node] + st.s.d * v[st.parent];
-                let dv = (new - v[st.node]).norm_sqr();
-                if dv > worst.0 || dv.is_nan() {
-                    worst = (dv, st.node);
-                }
-                v[st.node] = new;
+            // Forward: each child's voltage from its parent's (already updated).
+            let mut worst = 0.0f64;
+            let mut total = 0.0f64;
+            for k in 1..v.len() {
+                let (p, [c, d]) = (self.parent[k], self.down[k]);
+                let new = c * j[k] + d * v[p];
+                let dv = (new - v[k]).norm_sqr();
+                self.dv[k] = dv;
+                worst = worst.max(dv);
+                // NaN and infinity reach the total (every term is ≥ 0).
+                total += dv;
+                v[k] = new;
             }
-            if worst.0 < TOLERANCE_PU * TOLERANCE_PU {
+            let finite = total.is_finite() || self.dv.iter().all(|d| d.is_finite());
+            if finite && worst < TOLERANCE_PU * TOLERANCE_PU {
                 self.iterations = it;
                 return Ok(it);
             }
-            if it == MAX_ITERATIONS || !worst.0.is_finite() {
-                let mismatch = worst.0.sqrt();
-                let bus = self.node_name[worst.1].clone();
+            if it == MAX_ITERATIONS || !finite {
+                // The node that changed most (the last one that turned NaN, if any).
+                let (mut mismatch, mut at) = (0.0f64, ROOT);
+                for (k, &dv) in self.dv.iter().enumerate().skip(1) {
+                    if dv > mismatch || dv.is_nan() {
+                        (mismatch, at) = (dv, k);
+                    }
+                }
+                let mismatch = mismatch.sqrt();
+                let bus = self.node_name[at].clone();
                 // Start the next solve from flat rather than from a diverged state.
                 self.reset();
                 return Err(PowerFlowError::NotConverged {
@@ -841,9 +884,9 @@ impl PowerFlow {
 
     /// Forgets the last solution: the next solve starts flat.
     pub fn reset(&mut self) {
-        self.v[self.root] = self.slack_v;
-        for st in &self.steps {
-            self.v[st.node] = st.s.d * self.v[st.parent];
+        self.v[ROOT] = self.slack_v;
+        for k in 1..self.v.len() {
+            self.v[k] = self.down[k][1] * self.v[self.parent[k]];
         }
     }
 
@@ -916,7 +959,7 @@ impl PowerFlow {
     #[must_use]
     pub fn ext_grid_power(&self) -> (f64, f64) {
         // The root's subtree current is everything the slack supplies.
-        let s = self.v[self.root] * self.j[self.root].conj();
+        let s = self.v[ROOT] * self.j[ROOT].conj();
         (s.re * self.grid.sn_mva, s.im * self.grid.sn_mva)
     }
 

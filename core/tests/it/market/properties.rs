@@ -5,8 +5,9 @@
 use super::{OPERATOR, SLOT, community, open_time, per_kwh, percent};
 use gridshare_core::market::{
     AccountId, AreaId, AreaTree, AuctionEntry, ContinuousBook, ContinuousKind, FeeProfile,
-    MeterCounters, MeterDelivery, MeterId, Order, OrderId, PriceAnchor, PriceRule, Side, SlotTerms,
-    Trade, amount_for, clear_call_auction, settle_slot,
+    HouseholdEnergy, MeterCounters, MeterDelivery, MeterId, Order, OrderId, PeriodKpis,
+    PriceAnchor, PriceRule, Side, SlotTerms, Trade, amount_for, clear_call_auction, settle_slot,
+    slot_kpis,
 };
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
@@ -570,5 +571,90 @@ fn max_flow_at(specs: &[OrderSpec], p: u64) -> u128 {
             v = prev[v];
         }
         flow += push;
+    }
+}
+
+/// One household's slot energy: produced, imported, and exported up to what it produced and
+/// imported.
+fn arb_energy() -> impl Strategy<Value = (u64, u64, u64)> {
+    (0u64..4000, 0u64..4000, 0u64..=10_000).prop_map(|(produced, imported, share)| {
+        (produced, imported, (produced + imported) * share / 10_000)
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 500,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// `PeriodKpis::add_slot` (the simulator's path: each household straight into the period)
+    /// adds exactly what `slot_kpis` and `PeriodKpis::add` do, slot after slot — households
+    /// listed as before, a slot listing others, a refused slot that must add nothing — and
+    /// returns the slot's community figures.
+    #[test]
+    fn adding_a_slot_in_place_equals_computing_then_adding_it(
+        terms in arb_terms(),
+        slots in prop::collection::vec(
+            (
+                prop::collection::vec(arb_spec(), 0..30),
+                prop::collection::vec(arb_energy(), OWNERS as usize),
+                0u32..3,
+            ),
+            1..6,
+        ),
+    ) {
+        let (mut in_place, mut by_table) = (PeriodKpis::default(), PeriodKpis::default());
+        for (specs, energy, shape) in &slots {
+            let cleared = clear_call_auction(&to_entries(specs), &terms, PriceRule::Midpoint).unwrap();
+            // Shape 0: every owner in account order; 1: every other owner (another list);
+            // 2: the first household exports more than it produced and imported (refused).
+            let households: Vec<HouseholdEnergy> = (0..OWNERS)
+                .filter(|&o| *shape != 1 || o % 2 == 0)
+                .map(|o| {
+                    let (produced_wh, imported_wh, exported_wh) = energy[o as usize];
+                    let forged = *shape == 2 && o == 0;
+                    HouseholdEnergy {
+                        account: AccountId(o),
+                        produced_wh,
+                        imported_wh,
+                        exported_wh: if forged { produced_wh + imported_wh + 1 } else { exported_wh },
+                    }
+                })
+                .collect();
+            let meters: Vec<(u32, u64, u64)> =
+                households.iter().map(|h| (h.account.0, h.imported_wh, h.exported_wh)).collect();
+            let deliveries: Vec<MeterDelivery> = meters
+                .iter()
+                .map(|&(owner, imp, exp)| MeterDelivery {
+                    meter: MeterId(owner),
+                    account: AccountId(owner),
+                    start: MeterCounters::default(),
+                    end: MeterCounters { import_wh: imp, export_wh: exp },
+                })
+                .collect();
+            let settled = settle_slot(&cleared.trades, &deliveries, &terms).unwrap();
+            let price = cleared.clearing_price;
+            let computed = slot_kpis(&terms, &cleared.trades, price, &households, &settled);
+            let before = in_place.clone();
+            let added = in_place.add_slot(&terms, &cleared.trades, price, &households, &settled);
+            match computed {
+                Ok(k) => {
+                    by_table.add(&k);
+                    let totals = added.unwrap();
+                    prop_assert_eq!(totals.community, k.community);
+                    prop_assert_eq!(totals.traded_wh, k.traded_wh);
+                    prop_assert_eq!(totals.buyers_paid, k.buyers_paid);
+                    prop_assert_eq!(totals.fees_collected, k.fees_collected);
+                    prop_assert_eq!(totals.average_buyer_price, k.average_buyer_price);
+                }
+                Err(e) => {
+                    prop_assert_eq!(added.unwrap_err(), e);
+                    prop_assert_eq!(&in_place, &before, "a refused slot added something");
+                }
+            }
+            prop_assert_eq!(&in_place, &by_table);
+        }
     }
 }
