@@ -1102,16 +1102,14 @@ pub fn run_with(
                 source,
             })?;
             pf_iterations += u64::from(it);
-            let (lo, hi) = pf.voltage_range();
+            let (lo, hi, outside) = pf.voltage_summary(s.grid.v_min_pu, s.grid.v_max_pu);
             rec.v_min = lo;
             rec.v_max = hi;
+            rec.voltage_violations = u32::try_from(outside).unwrap_or(u32::MAX);
             let (max_line, lines_over) = pf.line_loading_summary();
             rec.max_line_loading = max_line;
             rec.trafo_loading = pf.max_trafo_loading_percent();
             rec.ext_grid_kw = pf.ext_grid_power().0 * 1000.0;
-            rec.voltage_violations =
-                u32::try_from(pf.buses_outside(s.grid.v_min_pu, s.grid.v_max_pu))
-                    .unwrap_or(u32::MAX);
             let trafo_over = (0..pf.grid().trafos.len())
                 .filter_map(|t| pf.trafo_loading_percent(t))
                 .filter(|&x| x > 100.0)

@@ -75,6 +75,43 @@ fn every_exported_grid_matches_pandapower() {
                 "{name}: trafo {i} loading {got} vs {want}"
             );
         }
+        // The one-pass summaries a simulated slot records (on squared magnitudes) agree with
+        // pandapower's own figures, element by element.
+        let wanted_max = reference
+            .line_loading_percent
+            .iter()
+            .flatten()
+            .fold(0.0f64, |m, &x| m.max(x));
+        let wanted_over = reference
+            .line_loading_percent
+            .iter()
+            .flatten()
+            .filter(|&&x| x > 100.0)
+            .count();
+        let (max_loading, over) = pf.line_loading_summary();
+        assert!(
+            (max_loading - wanted_max).abs() < LOADING_TOLERANCE_PCT && over == wanted_over,
+            "{name}: line loading summary ({max_loading}, {over}) vs ({wanted_max}, {wanted_over})"
+        );
+        let mut vms: Vec<f64> = reference.bus_vm_pu.iter().flatten().copied().collect();
+        vms.sort_by(f64::total_cmp);
+        // Band limits between two buses' voltages, far (for 1e-6 p.u.) from both, a third of
+        // the way in from each end, so that the count outside the band is the same for both.
+        let between = |from: usize| {
+            (from..vms.len().saturating_sub(1))
+                .find(|&i| vms[i + 1] - vms[i] > 1e-5)
+                .map(|i| (vms[i] + vms[i + 1]) / 2.0)
+        };
+        let lo = between(vms.len() / 3).unwrap_or(0.0);
+        let hi = between(2 * vms.len() / 3).unwrap_or(f64::INFINITY);
+        let wanted_outside = vms.iter().filter(|&&m| m < lo || m > hi).count();
+        let (v_min, v_max, outside) = pf.voltage_summary(lo, hi);
+        assert!(
+            (v_min - vms.iter().copied().fold(f64::INFINITY, f64::min)).abs() < VM_TOLERANCE_PU
+                && (v_max - vms.iter().copied().fold(0.0, f64::max)).abs() < VM_TOLERANCE_PU
+                && outside == wanted_outside,
+            "{name}: voltage summary ({v_min}, {v_max}, {outside} outside [{lo}, {hi}])"
+        );
         let (p, q) = pf.ext_grid_power();
         assert!(
             (p - reference.ext_grid_p_mw).abs() < 1e-7
@@ -99,6 +136,59 @@ fn every_exported_grid_matches_pandapower() {
 
 fn landnetz() -> GridFile {
     GridFile::load(&grids_dir().join("kerber_landnetz_kabel_2.json")).unwrap()
+}
+
+/// The sweep stops when the error it estimates from its rate of convergence is below the
+/// tolerance: sweeping on from there (a second solve starts from the first's voltages) moves
+/// no bus by as much as the tolerance, on every grid, loaded and fed back into.
+#[test]
+fn a_converged_sweep_is_within_the_tolerance_of_the_fixed_point() {
+    use gridshare_simulations::grid::TOLERANCE_PU;
+    for file in fixtures() {
+        let grid = GridFile::load(&file).unwrap();
+        let buses = grid.buses.len();
+        for scale in [1.0, -0.5, 2.0] {
+            let mut pf = PowerFlow::new(grid.clone()).unwrap();
+            pf.add_base_case();
+            if scale != 1.0 {
+                pf.clear_loads();
+                for l in grid.loads.iter().filter(|l| l.in_service) {
+                    let bus = grid.buses.iter().position(|b| b.id == l.bus).unwrap();
+                    pf.add_load(bus, l.p_mw * scale, l.q_mvar * scale.abs());
+                }
+            }
+            // The base case converges on every grid; a doubled load may not (the extreme
+            // rural grid), which is not what this test is about.
+            match pf.solve() {
+                Ok(_) => {}
+                Err(e) if scale == 2.0 => {
+                    eprintln!("{}: load × 2 does not converge: {e}", file.display());
+                    continue;
+                }
+                Err(e) => panic!("{}: load × {scale}: {e}", file.display()),
+            }
+            let first: Vec<Option<(f64, f64)>> = (0..buses)
+                .map(|b| pf.bus_vm_pu(b).zip(pf.bus_va_degree(b)))
+                .collect();
+            pf.solve().unwrap();
+            for (b, was) in first.iter().enumerate() {
+                let (Some((vm, va)), Some(now_vm), Some(now_va)) =
+                    (was, pf.bus_vm_pu(b), pf.bus_va_degree(b))
+                else {
+                    continue;
+                };
+                // The change in magnitude and along the circle, each at most |ΔV| (p.u.).
+                let dv = (vm - now_vm)
+                    .abs()
+                    .max((va - now_va).to_radians().abs() * vm);
+                assert!(
+                    dv < TOLERANCE_PU,
+                    "{}: bus {b} moved by {dv:e} p.u. after convergence (load × {scale})",
+                    file.display()
+                );
+            }
+        }
+    }
 }
 
 #[test]
