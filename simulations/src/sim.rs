@@ -154,6 +154,16 @@ pub enum SimulationError {
     },
 }
 
+/// A household's order for a call auction, worked out before it is placed in the book.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    price: u64,
+    energy: u64,
+    owner: AccountId,
+    area: AreaId,
+    side: Side,
+}
+
 /// A placeholder the call auction's book entries are written over.
 const EMPTY_ENTRY: AuctionEntry = AuctionEntry {
     order: Order {
@@ -752,6 +762,8 @@ pub fn run_with(
     let mut energies = Vec::with_capacity(households.len());
     let mut open: Vec<Option<OrderId>> = vec![None; households.len()];
     let mut remaining: Vec<u64> = vec![0; households.len()];
+    // Each household's call-auction order of the slot, if any.
+    let mut pending: Vec<Option<Pending>> = vec![None; households.len()];
     let mut deliveries = Vec::with_capacity(households.len());
     // Each household's net energy in the last slot, and its battery's charge now, which the
     // forecast agents order by.
@@ -928,83 +940,110 @@ pub fn run_with(
         };
         open.iter_mut().for_each(|o| *o = None);
         remaining.iter_mut().for_each(|r| *r = 0);
-        for step in 0..max_steps {
+        // What household `i`'s agent orders at `step`: side, price, energy.
+        let want = |i: usize, step: u32| -> Option<(Side, u64, u64)> {
+            let h = &traders[i];
+            match h.agent {
+                AgentName::None => None,
+                AgentName::Forecast if step == 0 => {
+                    let avg_w = avg_w_of(last_net_wh[i]);
+                    forecast_order(&h.rule, avg_w, soc_now[i], slot_s).map(|(side, p, e)| {
+                        (side, p.clamp(band.feed_in_per_kwh, band.retail_per_kwh), e)
+                    })
+                }
+                AgentName::Forecast => None,
+                AgentName::Ramp if step < h.ramp_steps => {
+                    let n = net_wh[i];
+                    let side = if n > 0 { Side::Buy } else { Side::Sell };
+                    let k = if call { h.ramp_steps - 1 } else { step };
+                    (n != 0).then(|| {
+                        (
+                            side,
+                            ramp_price(side, band, k, h.ramp_steps),
+                            n.unsigned_abs(),
+                        )
+                    })
+                }
+                AgentName::Ramp => None,
+            }
+        };
+        if call && max_steps > 0 {
+            // Design: a call auction's orders see nothing of each other before gate closure,
+            // so every household's order is worked out in household order (sequential
+            // memory), and only placed in the book in the slot's shuffled order, which gives
+            // them their time priority: the same book as ordering in the shuffled order.
+            rng.shuffle(&mut order_of);
+            for ((w, t), i) in pending.iter_mut().zip(&traders).zip(0..) {
+                *w =
+                    want(i, 0)
+                        .filter(|&(_, _, energy)| energy > 0)
+                        .map(|(side, price, energy)| Pending {
+                            price,
+                            energy,
+                            owner: t.account,
+                            area: t.area,
+                            side,
+                        });
+            }
+            for &i in &order_of {
+                let Some(p) = pending[i] else {
+                    continue;
+                };
+                next_id += 1;
+                // Design: the entry is written in place, field by field. Copied in whole
+                // from an order built on the stack, it was read back before the order's
+                // narrow fields had left the store buffer: a stall on every order (perf: 4 %
+                // of a 1 000-home year).
+                let sequence = book.len() as u64;
+                book.push(EMPTY_ENTRY);
+                if let Some(e) = book.last_mut() {
+                    e.sequence = sequence;
+                    let o = &mut e.order;
+                    o.id = OrderId(next_id);
+                    o.owner = p.owner;
+                    o.area = p.area;
+                    o.side = p.side;
+                    o.price_per_kwh = p.price;
+                    o.energy_wh = p.energy;
+                }
+            }
+        }
+        // Continuous markets: each order meets the book as it stands, in the shuffled order.
+        for step in (0..max_steps).filter(|_| !call) {
             let now = opens + i64::from(step) * i64::from(slot_s) / i64::from(max_steps);
             rng.shuffle(&mut order_of);
             for &i in &order_of {
                 let h = &traders[i];
-                let wanted: Option<(Side, u64, u64)> = match h.agent {
-                    AgentName::None => None,
-                    AgentName::Forecast if step == 0 => {
-                        let avg_w = avg_w_of(last_net_wh[i]);
-                        forecast_order(&h.rule, avg_w, soc_now[i], slot_s).map(|(side, p, e)| {
-                            (side, p.clamp(band.feed_in_per_kwh, band.retail_per_kwh), e)
-                        })
-                    }
-                    AgentName::Forecast => None,
-                    AgentName::Ramp if step < h.ramp_steps => {
-                        let n = net_wh[i];
-                        let side = if n > 0 { Side::Buy } else { Side::Sell };
-                        let k = if call { h.ramp_steps - 1 } else { step };
-                        (n != 0).then(|| {
-                            (
-                                side,
-                                ramp_price(side, band, k, h.ramp_steps),
-                                n.unsigned_abs(),
-                            )
-                        })
-                    }
-                    AgentName::Ramp => None,
-                };
-                let Some((side, price, energy)) = wanted else {
+                let Some((side, price, energy)) = want(i, step) else {
                     continue;
                 };
                 if step == 0 {
                     remaining[i] = energy;
                 }
-                let resting = match (&market, open[i]) {
-                    (Some(m), Some(id)) => m.open_order(id).map(|o| (id, o.2)),
-                    _ => None,
+                let Some(m) = market.as_mut() else {
+                    unreachable!("a market is opened for every mechanism but the call");
                 };
-                let made = match (market.as_mut(), resting) {
-                    (Some(m), Some((id, left))) => m.amend(id, price, left, now),
-                    (m, _) if remaining[i] > 0 => {
+                let resting = open[i].and_then(|id| m.open_order(id).map(|o| (id, o.2)));
+                let made = match resting {
+                    Some((id, left)) => m.amend(id, price, left, now),
+                    None if remaining[i] > 0 => {
                         next_id += 1;
                         let id = OrderId(next_id);
                         open[i] = Some(id);
-                        let order = Order {
-                            id,
-                            owner: h.account,
-                            area: h.area,
-                            side,
-                            price_per_kwh: price,
-                            energy_wh: remaining[i],
-                            preference: Preference::default(),
-                        };
-                        match m {
-                            Some(m) => m.submit(order, now),
-                            None => {
-                                // Design: the entry is written in place, field by field. Copied
-                                // in whole from an order built on the stack, it was read back
-                                // before the order's narrow fields had left the store buffer:
-                                // a stall on every order (perf: 4 % of a 1 000-home year).
-                                let sequence = book.len() as u64;
-                                book.push(EMPTY_ENTRY);
-                                if let Some(e) = book.last_mut() {
-                                    e.sequence = sequence;
-                                    let o = &mut e.order;
-                                    o.id = order.id;
-                                    o.owner = order.owner;
-                                    o.area = order.area;
-                                    o.side = order.side;
-                                    o.price_per_kwh = order.price_per_kwh;
-                                    o.energy_wh = order.energy_wh;
-                                }
-                                Ok(Vec::new())
-                            }
-                        }
+                        m.submit(
+                            Order {
+                                id,
+                                owner: h.account,
+                                area: h.area,
+                                side,
+                                price_per_kwh: price,
+                                energy_wh: remaining[i],
+                                preference: Preference::default(),
+                            },
+                            now,
+                        )
                     }
-                    _ => continue,
+                    None => continue,
                 };
                 // Every order is inside the band, in the window and of positive energy, so
                 // the core accepts it; a refusal would be a simulator bug worth surfacing.
