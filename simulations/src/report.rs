@@ -108,8 +108,7 @@ impl RunResult {
             .iter()
             .map(|h| {
                 self.kpis
-                    .households
-                    .get(&h.account)
+                    .household(h.account)
                     .map_or(0.0, |k| self.money(k.savings()))
             })
             .collect()
@@ -225,7 +224,7 @@ impl RunResult {
         );
         let u = self.units_per_currency as f64;
         for h in &self.households {
-            let Some(k) = self.kpis.households.get(&h.account) else {
+            let Some(k) = self.kpis.household(h.account) else {
                 continue;
             };
             let t = &h.totals;

@@ -18,7 +18,6 @@ use super::order::AccountId;
 use super::terms::SlotTerms;
 use super::trade::Trade;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 
 /// An exact ratio of two non-negative integers.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -419,8 +418,11 @@ pub struct PeriodKpis {
     pub clearing_price_range: Option<(u64, u64)>,
     /// Community totals.
     pub community: CommunityKpis,
-    /// Household totals by account.
-    pub households: BTreeMap<AccountId, HouseholdKpis>,
+    /// Household totals, in ascending account order (see [`Self::household`]).
+    ///
+    /// Design: a vector rather than a map: every slot adds to every household, walking this
+    /// alongside the slot's households, which the simulator lists in account order.
+    pub households: Vec<HouseholdKpis>,
 }
 
 impl PeriodKpis {
@@ -439,12 +441,7 @@ impl PeriodKpis {
         // (exact: integer sums) and is added by account.
         let added = self.add_in_order(&slot.households, |k| *k);
         if added < slot.households.len() {
-            for (acc, h) in self
-                .households
-                .values_mut()
-                .zip(&slot.households)
-                .take(added)
-            {
+            for (acc, h) in self.households.iter_mut().zip(&slot.households).take(added) {
                 acc.take_back(h);
             }
             for h in &slot.households {
@@ -481,7 +478,7 @@ impl PeriodKpis {
             k
         });
         if added < households.len() {
-            for (acc, h) in self.households.values_mut().zip(households).take(added) {
+            for (acc, h) in self.households.iter_mut().zip(households).take(added) {
                 acc.take_back(&kpis(h, settlement.balance(h.account)));
             }
             sums = CommunitySums::default();
@@ -539,8 +536,8 @@ impl PeriodKpis {
     ) -> usize {
         let mut added = 0;
         if self.households.len() == slot.len() {
-            for ((&account, acc), h) in self.households.iter_mut().zip(slot) {
-                if account != h.account() {
+            for (acc, h) in self.households.iter_mut().zip(slot) {
+                if acc.account != h.account() {
                     break;
                 }
                 acc.add(&kpis(h));
@@ -551,9 +548,26 @@ impl PeriodKpis {
     }
 
     fn entry(&mut self, account: AccountId) -> &mut HouseholdKpis {
+        let at = match self
+            .households
+            .binary_search_by_key(&account, |k| k.account)
+        {
+            Ok(at) => at,
+            Err(at) => {
+                self.households.insert(at, HouseholdKpis::zero(account));
+                at
+            }
+        };
+        &mut self.households[at]
+    }
+
+    /// The totals of `account`'s household, if any slot listed it.
+    #[must_use]
+    pub fn household(&self, account: AccountId) -> Option<&HouseholdKpis> {
         self.households
-            .entry(account)
-            .or_insert(HouseholdKpis::zero(account))
+            .binary_search_by_key(&account, |k| k.account)
+            .ok()
+            .map(|at| &self.households[at])
     }
 
     /// Volume-weighted average price buyers paid per kWh over the period.
@@ -606,7 +620,7 @@ mod tests {
         // Same count, the first account the same, the second another: what the single walk
         // added for account 2 before it met account 4 is taken back and added by account.
         period.add(&slot_of(vec![household(2, 100, 100), household(4, 7, 7)]));
-        let got: Vec<_> = period.households.values().copied().collect();
+        let got = period.households.clone();
         assert_eq!(
             got,
             [

@@ -243,7 +243,7 @@ fn check_conservation(r: &RunResult) {
             bal,
             i128::try_from(t.received).unwrap() - i128::try_from(t.paid).unwrap() - t.imbalance
         );
-        assert_eq!(-bal, r.kpis.households[&h.account].actual_cost);
+        assert_eq!(-bal, r.kpis.household(h.account).unwrap().actual_cost);
         // Energy at the meter: load + charge = PV + import − export + discharge.
         assert_eq!(
             t.load_wh + t.battery_in_wh + t.export_wh,
