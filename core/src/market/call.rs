@@ -1260,7 +1260,13 @@ fn refill(list: &[usize], slims: &[Slim], left: &[u64], fill: &mut [u64], over: 
 struct Holdings {
     /// Energy each owner (by dense owner index) still holds.
     held: Vec<u64>,
-    order: std::collections::BTreeSet<(u64, u32)>,
+    /// `(holding, owner)` pairs, largest first; a pair whose holding is no longer the owner's
+    /// is stale and skipped.
+    ///
+    /// Design: holdings only shrink, so a heap that gets each new holding pushed and drops
+    /// stale pairs when they reach the top finds the largest as an ordered set would (same
+    /// order, ties to the larger owner index) without a tree node moved per pair.
+    heap: std::collections::BinaryHeap<(u64, u32)>,
     /// Where the search for an owner's first ask resumes (its asks go in priority order).
     cursor: Vec<usize>,
 }
@@ -1275,36 +1281,57 @@ impl Holdings {
                 *h += e;
             }
         }
-        let order = (0u32..)
+        let heap = (0u32..)
             .zip(&held)
             .filter(|&(_, &h)| h > 0)
             .map(|(w, &h)| (h, w))
             .collect();
         Self {
             held,
-            order,
+            heap,
             cursor: vec![0; owners],
         }
     }
 
+    /// Whether `(h, w)` is `w`'s present holding.
+    fn current(&self, (h, w): (u64, u32)) -> bool {
+        h > 0 && self.held.get(w as usize) == Some(&h)
+    }
+
     /// The owner with the largest holding other than `a` and `b`, and that holding (0 if
     /// none).
-    fn largest_except(&self, a: u32, b: u32) -> (u32, u128) {
-        self.order
-            .iter()
-            .rev()
-            .find(|&&(_, w)| w != a && w != b)
-            .map_or((u32::MAX, 0), |&(h, w)| (w, u128::from(h)))
+    fn largest_except(&mut self, a: u32, b: u32) -> (u32, u128) {
+        // At most two current pairs (those of `a` and `b`) are set aside to look below them.
+        let mut aside = [None; 2];
+        let mut found = (u32::MAX, 0);
+        while let Some(&top) = self.heap.peek() {
+            if !self.current(top) {
+                self.heap.pop();
+            } else if top.1 == a || top.1 == b {
+                if let Some(free) = aside.iter_mut().find(|x| x.is_none()) {
+                    *free = self.heap.pop();
+                } else {
+                    break;
+                }
+            } else {
+                found = (top.1, u128::from(top.0));
+                break;
+            }
+        }
+        self.heap.extend(aside.into_iter().flatten());
+        found
     }
 
     fn take(&mut self, who: u32, q: u64) {
+        // A take of nothing leaves the holding (and its one current pair) as it is.
         if let Some(h) = self.held.get_mut(who as usize)
             && *h > 0
+            && q > 0
         {
-            self.order.remove(&(*h, who));
             *h -= q;
             if *h > 0 {
-                self.order.insert((*h, who));
+                let pair = (*h, who);
+                self.heap.push(pair);
             }
         }
     }
