@@ -119,28 +119,43 @@ impl ProfileSet {
             if line.trim().is_empty() {
                 continue;
             }
-            let fields: Vec<&str> = line.split(',').collect();
-            if fields.len() != names.len() {
-                return Err(ProfileError::FieldCount {
-                    path: origin.to_owned(),
-                    line: i + 1,
-                    found: fields.len(),
-                    expected: names.len(),
-                });
-            }
-            for (c, f) in fields.iter().enumerate() {
+            // Design: the fields go straight into their columns, without a list of them per
+            // line (a SimBench year is 35 000 lines); a line with too many or too few fields
+            // is an error, so values pushed before it is found do not matter.
+            let field_count = |found: usize| ProfileError::FieldCount {
+                path: origin.to_owned(),
+                line: i + 1,
+                found,
+                expected: names.len(),
+            };
+            let mut fields = line.split(',');
+            for (c, column) in columns.iter_mut().enumerate() {
+                let f = fields.next().ok_or_else(|| field_count(c))?;
                 let v: f64 = f
                     .trim()
                     .parse()
                     .ok()
                     .filter(|v: &f64| v.is_finite())
-                    .ok_or_else(|| ProfileError::Value {
-                        path: origin.to_owned(),
-                        line: i + 1,
-                        column: names[c].clone(),
-                        value: (*f).to_owned(),
+                    .ok_or_else(|| {
+                        // A line with a bad value and the wrong number of fields is told
+                        // by its field count.
+                        let found = line.split(',').count();
+                        if found == names.len() {
+                            ProfileError::Value {
+                                path: origin.to_owned(),
+                                line: i + 1,
+                                column: names[c].clone(),
+                                value: f.to_owned(),
+                            }
+                        } else {
+                            field_count(found)
+                        }
                     })?;
-                columns[c].push(v);
+                column.push(v);
+            }
+            let extra = fields.count();
+            if extra > 0 {
+                return Err(field_count(names.len() + extra));
             }
         }
         Ok(Self { names, columns })
@@ -222,6 +237,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("line 3") && e.contains("\"b\""), "{e}");
+        // Both wrong on one line: the field count is what it is told by; too many fields too.
+        let e = ProfileSet::parse("a,b\n1,2\nx\n", "x.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 3") && e.contains("1 fields"), "{e}");
+        let e = ProfileSet::parse("a,b\n1,2,3,4\n", "x.csv")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("line 2") && e.contains("4 fields"), "{e}");
         let e = ProfileSet::parse("a,b\n1,NaN\n", "x.csv")
             .unwrap_err()
             .to_string();
