@@ -158,7 +158,28 @@ pub struct CommunityKpis {
     pub actual_cost: i128,
 }
 
+impl From<&HouseholdKpis> for CommunityKpis {
+    fn from(k: &HouseholdKpis) -> Self {
+        Self {
+            consumed_wh: k.consumed_wh,
+            produced_wh: k.produced_wh,
+            self_consumed_wh: k.self_consumed_wh,
+            utility_only_cost: k.utility_only_cost,
+            actual_cost: k.actual_cost,
+        }
+    }
+}
+
 impl CommunityKpis {
+    /// Adds another's figures (households of a slot, or slots of a period).
+    fn add(&mut self, o: &Self) {
+        self.consumed_wh += o.consumed_wh;
+        self.produced_wh += o.produced_wh;
+        self.self_consumed_wh += o.self_consumed_wh;
+        self.utility_only_cost += o.utility_only_cost;
+        self.actual_cost += o.actual_cost;
+    }
+
     /// Self-consumed / consumed.
     #[must_use]
     pub fn self_sufficiency(&self) -> Ratio {
@@ -181,22 +202,11 @@ impl CommunityKpis {
 /// One slot's figures.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotKpis {
-    /// Slot index.
-    pub slot: u64,
-    /// Energy traded locally, Wh.
-    pub traded_wh: u128,
-    /// The call auction's uniform price, if any.
-    pub clearing_price: Option<u64>,
-    /// Σ what buyers paid for local trades, tokens.
-    pub buyers_paid: u128,
-    /// Volume-weighted price buyers paid per kWh: Σ buyer amounts × 1000 / Σ Wh.
-    pub average_buyer_price: Ratio,
-    /// Grid fees collected, tokens.
-    pub fees_collected: u128,
+    /// The slot's trade and community figures.
+    #[serde(flatten)]
+    pub totals: SlotTotals,
     /// Per household, in input order.
     pub households: Vec<HouseholdKpis>,
-    /// Community totals.
-    pub community: CommunityKpis,
 }
 
 fn bill(net_import_wh: i128, retail: u64, feed_in: u64) -> i128 {
@@ -314,12 +324,7 @@ struct CommunitySums {
 
 impl CommunitySums {
     fn add(&mut self, h: &HouseholdEnergy, k: &HouseholdKpis) {
-        let c = &mut self.community;
-        c.consumed_wh += k.consumed_wh;
-        c.produced_wh += k.produced_wh;
-        c.self_consumed_wh += k.self_consumed_wh;
-        c.utility_only_cost += k.utility_only_cost;
-        c.actual_cost += k.actual_cost;
+        self.community.add(&CommunityKpis::from(k));
         self.imported += u128::from(h.imported_wh);
         self.exported += u128::from(h.exported_wh);
     }
@@ -333,8 +338,8 @@ impl CommunitySums {
     }
 }
 
-/// One slot's figures without the per-household table: what [`PeriodKpis::add_slot`] returns
-/// once it has added every household's figures to the period.
+/// One slot's figures but the per-household ones: part of [`SlotKpis`], and what
+/// [`PeriodKpis::add_slot`] returns once it has added every household's figures to the period.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SlotTotals {
     /// Slot index.
@@ -390,16 +395,11 @@ pub fn slot_kpis(
         sums.add(h, &k);
         out.push(k);
     }
-    let totals = SlotTotals::of_trades(terms, trades, clearing_price);
+    let mut totals = SlotTotals::of_trades(terms, trades, clearing_price);
+    totals.community = sums.finish();
     Ok(SlotKpis {
-        slot: totals.slot,
-        traded_wh: totals.traded_wh,
-        clearing_price,
-        buyers_paid: totals.buyers_paid,
-        average_buyer_price: totals.average_buyer_price,
-        fees_collected: totals.fees_collected,
+        totals,
         households: out,
-        community: sums.finish(),
     })
 }
 
@@ -428,13 +428,7 @@ pub struct PeriodKpis {
 impl PeriodKpis {
     /// Adds one slot.
     pub fn add(&mut self, slot: &SlotKpis) {
-        self.add_totals(
-            slot.traded_wh,
-            slot.buyers_paid,
-            slot.fees_collected,
-            slot.clearing_price,
-            &slot.community,
-        );
+        self.add_totals(&slot.totals);
         // Design: a period adds the same households in the same order every slot, so the
         // common case walks the map alongside the slot, once, instead of looking up each
         // household; a slot that turns out to list others has what was added taken back
@@ -490,40 +484,22 @@ impl PeriodKpis {
         }
         let mut totals = SlotTotals::of_trades(terms, trades, clearing_price);
         totals.community = sums.finish();
-        self.add_totals(
-            totals.traded_wh,
-            totals.buyers_paid,
-            totals.fees_collected,
-            clearing_price,
-            &totals.community,
-        );
+        self.add_totals(&totals);
         Ok(totals)
     }
 
-    fn add_totals(
-        &mut self,
-        traded_wh: u128,
-        buyers_paid: u128,
-        fees_collected: u128,
-        clearing_price: Option<u64>,
-        community: &CommunityKpis,
-    ) {
+    fn add_totals(&mut self, slot: &SlotTotals) {
         self.slots += 1;
-        self.traded_wh += traded_wh;
-        self.buyers_paid += buyers_paid;
-        self.fees_collected += fees_collected;
-        if let Some(p) = clearing_price {
+        self.traded_wh += slot.traded_wh;
+        self.buyers_paid += slot.buyers_paid;
+        self.fees_collected += slot.fees_collected;
+        if let Some(p) = slot.clearing_price {
             self.clearing_price_range = Some(match self.clearing_price_range {
                 None => (p, p),
                 Some((lo, hi)) => (lo.min(p), hi.max(p)),
             });
         }
-        let c = &mut self.community;
-        c.consumed_wh += community.consumed_wh;
-        c.produced_wh += community.produced_wh;
-        c.self_consumed_wh += community.self_consumed_wh;
-        c.utility_only_cost += community.utility_only_cost;
-        c.actual_cost += community.actual_cost;
+        self.community.add(&slot.community);
     }
 
     /// Walks the households' totals alongside `slot` (items with an `account`), adding
@@ -601,14 +577,16 @@ mod tests {
 
     fn slot_of(households: Vec<HouseholdKpis>) -> SlotKpis {
         SlotKpis {
-            slot: 0,
-            traded_wh: 0,
-            clearing_price: None,
-            buyers_paid: 0,
-            average_buyer_price: Ratio::default(),
-            fees_collected: 0,
+            totals: SlotTotals {
+                slot: 0,
+                traded_wh: 0,
+                clearing_price: None,
+                buyers_paid: 0,
+                average_buyer_price: Ratio::default(),
+                fees_collected: 0,
+                community: CommunityKpis::default(),
+            },
             households,
-            community: CommunityKpis::default(),
         }
     }
 

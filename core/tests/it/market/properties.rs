@@ -643,11 +643,7 @@ proptest! {
                 Ok(k) => {
                     by_table.add(&k);
                     let totals = added.unwrap();
-                    prop_assert_eq!(totals.community, k.community);
-                    prop_assert_eq!(totals.traded_wh, k.traded_wh);
-                    prop_assert_eq!(totals.buyers_paid, k.buyers_paid);
-                    prop_assert_eq!(totals.fees_collected, k.fees_collected);
-                    prop_assert_eq!(totals.average_buyer_price, k.average_buyer_price);
+                    prop_assert_eq!(totals, k.totals);
                 }
                 Err(e) => {
                     prop_assert_eq!(added.unwrap_err(), e);

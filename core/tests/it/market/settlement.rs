@@ -70,17 +70,26 @@ fn imbalances_settle_with_the_utility_and_netting_sums_to_zero() {
         },
     ];
     let k = slot_kpis(&terms, &trades, None, &households, &s).unwrap();
-    assert_eq!(k.traded_wh, 1000);
-    assert_eq!(k.average_buyer_price.basis_points(), Some(20 * 10_000));
+    assert_eq!(k.totals.traded_wh, 1000);
+    assert_eq!(
+        k.totals.average_buyer_price.basis_points(),
+        Some(20 * 10_000)
+    );
     // Exports of B and C (1100 Wh) were all used by A inside the community.
-    assert_eq!(k.community.self_consumed_wh, 1100);
-    assert_eq!(k.community.self_sufficiency().basis_points(), Some(7_333));
-    assert_eq!(k.community.self_consumption().basis_points(), Some(10_000));
+    assert_eq!(k.totals.community.self_consumed_wh, 1100);
+    assert_eq!(
+        k.totals.community.self_sufficiency().basis_points(),
+        Some(7_333)
+    );
+    assert_eq!(
+        k.totals.community.self_consumption().basis_points(),
+        Some(10_000)
+    );
     // A: 60 with the utility alone, 40 here. B: paid 4 by the utility alone, 12 here.
     assert_eq!(k.households[0].savings(), 20);
     assert_eq!(k.households[1].savings(), 8);
     assert_eq!(k.households[2].savings(), 0);
-    assert_eq!(k.community.savings(), 28);
+    assert_eq!(k.totals.community.savings(), 28);
     assert_eq!(k.households[0].self_sufficiency().basis_points(), Some(0));
 
     let mut period = PeriodKpis::default();
