@@ -851,12 +851,8 @@ impl Pairing<'_> {
             .any(|o| o.partner.is_some() || o.green);
         if any_pref {
             self.partner_pass();
-            let green_bids: Vec<usize> = (0..self.bids.len())
-                .filter(|&i| self.bids[i].green)
-                .collect();
-            let green_asks: Vec<usize> = (0..self.asks.len())
-                .filter(|&j| self.asks[j].green)
-                .collect();
+            let green_bids = positions_where(self.bids.len(), |i| self.bids[i].green);
+            let green_asks = positions_where(self.asks.len(), |j| self.asks[j].green);
             self.pair_lists(&green_bids, &green_asks, MatchPass::Green);
         }
         if self.volume_pass() {
@@ -864,12 +860,10 @@ impl Pairing<'_> {
         }
         // Some asks may trade with some bids only (grid fees on their paths): pair what is
         // left in priority order, skipping infeasible pairs.
-        let std_bids: Vec<usize> = (0..self.bids.len())
-            .filter(|&i| self.bid_left[i] > 0 && !self.bids[i].green)
-            .collect();
-        let std_asks: Vec<usize> = (0..self.asks.len())
-            .filter(|&j| self.ask_left[j] > 0)
-            .collect();
+        let std_bids = positions_where(self.bids.len(), |i| {
+            self.bid_left[i] > 0 && !self.bids[i].green
+        });
+        let std_asks = positions_where(self.asks.len(), |j| self.ask_left[j] > 0);
         self.pair_lists(&std_bids, &std_asks, MatchPass::Standard);
     }
 
@@ -903,15 +897,14 @@ impl Pairing<'_> {
     /// The asks with energy left that every open bid of the volume pass may trade with at
     /// the price (grid fees), and whether they are all the asks with energy left.
     fn fee_free_asks(&self, bids: &[usize]) -> (Vec<usize>, bool) {
-        let open: Vec<usize> = (0..self.asks.len())
-            .filter(|&j| self.ask_left[j] > 0)
-            .collect();
+        let open = positions_where(self.asks.len(), |j| self.ask_left[j] > 0);
         let fees = &self.terms.fees;
         if !fees.any_fee() {
             return (open, true);
         }
-        let distinct = |it: &mut dyn Iterator<Item = AreaId>| {
-            let mut v: Vec<AreaId> = it.collect();
+        let distinct = |it: &mut dyn ExactSizeIterator<Item = AreaId>| {
+            let mut v = Vec::with_capacity(it.len());
+            v.extend(it);
             let max = v.iter().map(|a| usize::from(a.0)).max().unwrap_or(0);
             // Design: area ids are small and dense (a community numbers its areas from 0),
             // so a bitmap over them gives the sorted distinct list in linear time; this runs
@@ -961,11 +954,12 @@ impl Pairing<'_> {
                 .ok()
                 .and_then(|k| floors[k].1)
         };
-        let feasible: Vec<usize> = open
-            .iter()
-            .copied()
-            .filter(|&j| floor_of(self.asks[j].area).is_some_and(|f| self.asks[j].price <= f))
-            .collect();
+        let mut feasible = Vec::with_capacity(open.len());
+        feasible.extend(
+            open.iter()
+                .copied()
+                .filter(|&j| floor_of(self.asks[j].area).is_some_and(|f| self.asks[j].price <= f)),
+        );
         let all = feasible.len() == open.len();
         (feasible, all)
     }
@@ -976,9 +970,9 @@ impl Pairing<'_> {
     /// [`CallAuction`], step 4). Returns whether it saw every open ask, so that no other
     /// pass is needed.
     fn volume_pass(&mut self) -> bool {
-        let bl: Vec<usize> = (0..self.bids.len())
-            .filter(|&i| self.bid_left[i] > 0 && !self.bids[i].green)
-            .collect();
+        let bl = positions_where(self.bids.len(), |i| {
+            self.bid_left[i] > 0 && !self.bids[i].green
+        });
         let (al, all_asks) = self.fee_free_asks(&bl);
         let mut held = vec![0u128; self.owners];
         let (mut demand, mut supply) = (0u128, 0u128);
@@ -1201,6 +1195,16 @@ impl Pairing<'_> {
         });
         true
     }
+}
+
+/// The positions below `n` that `keep` accepts, in order.
+///
+/// Design: with room for all `n` from the start — a slot's lists hold most of its orders, and
+/// a list collected from a filter grows (and is copied) step by step.
+fn positions_where(n: usize, mut keep: impl FnMut(usize) -> bool) -> Vec<usize> {
+    let mut v = Vec::with_capacity(n);
+    v.extend((0..n).filter(|&i| keep(i)));
+    v
 }
 
 /// Fills `volume` from the top of one side: each order in priority order takes what is left
