@@ -1106,11 +1106,11 @@ pub fn run_with(
             settlement_batches += 1;
             settlement_gas += u128::from(crate::gas::batch_gas(moved));
         }
+        sellers_received += settlement.sellers_received;
+        rec.traded_wh = u64::try_from(sk.traded_wh).unwrap_or(u64::MAX);
+        rec.fees = u64::try_from(sk.fees_collected).unwrap_or(u64::MAX);
         for t in &trades {
             let amounts = t.amounts;
-            sellers_received += u128::from(amounts.seller_receives);
-            rec.traded_wh += t.energy_wh;
-            rec.fees += amounts.fees;
             if let Some(h) = households.get_mut(household_index(t.buyer)) {
                 h.totals.bought_wh += t.energy_wh;
                 h.totals.paid += u128::from(amounts.buyer_pays);

@@ -430,7 +430,7 @@ impl PeriodKpis {
     pub fn add(&mut self, slot: &SlotKpis) {
         self.add_totals(&slot.totals);
         // Design: a period adds the same households in the same order every slot, so the
-        // common case walks the map alongside the slot, once, instead of looking up each
+        // common case walks the totals alongside the slot, once, instead of looking up each
         // household; a slot that turns out to list others has what was added taken back
         // (exact: integer sums) and is added by account.
         let added = self.add_in_order(&slot.households, |k| *k);

@@ -121,6 +121,14 @@ pub struct LineSpec {
     pub in_service: bool,
 }
 
+impl LineSpec {
+    /// The current 100 % loading means, kA: `max_i_ka · df · parallel`.
+    #[must_use]
+    pub fn rated_i_ka(&self) -> f64 {
+        self.max_i_ka * self.df * f64::from(self.parallel)
+    }
+}
+
 /// A two-winding transformer with an optional tap changer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

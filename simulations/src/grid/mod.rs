@@ -715,8 +715,7 @@ impl PowerFlow {
             .enumerate()
             .filter_map(|(li, b)| {
                 let (branch, l) = ((*b)?, &grid.lines[li]);
-                let rating = l.max_i_ka * l.df * f64::from(l.parallel);
-                let end = |node: usize| (k / node_kv[node] / rating * 100.0).powi(2);
+                let end = |node: usize| (k / node_kv[node] / l.rated_i_ka() * 100.0).powi(2);
                 Some(LineRating {
                     branch,
                     from2: end(branches[branch].from),
@@ -965,11 +964,15 @@ impl PowerFlow {
             .map(|n| self.v[n].arg().to_degrees())
     }
 
+    /// Currents into a branch at both ends, p.u.
+    fn end_currents_pu(&self, b: &Branch) -> (C64, C64) {
+        let (vf, vt) = (self.v[b.from], self.v[b.to]);
+        (b.y.ff * vf + b.y.ft * vt, b.y.tf * vf + b.y.tt * vt)
+    }
+
     /// Currents at both ends of a branch, kA.
     fn end_currents_ka(&self, b: &Branch) -> (f64, f64) {
-        let (vf, vt) = (self.v[b.from], self.v[b.to]);
-        let i_f = b.y.ff * vf + b.y.ft * vt;
-        let i_t = b.y.tf * vf + b.y.tt * vt;
+        let (i_f, i_t) = self.end_currents_pu(b);
         let k = self.grid.sn_mva / 3f64.sqrt();
         (
             i_f.abs() * k / self.node_kv[b.from],
@@ -990,8 +993,7 @@ impl PowerFlow {
     #[must_use]
     pub fn line_loading_percent(&self, line: usize) -> Option<f64> {
         let l = &self.grid.lines[line];
-        self.line_i_ka(line)
-            .map(|i| i / (l.max_i_ka * l.df * f64::from(l.parallel)) * 100.0)
+        self.line_i_ka(line).map(|i| i / l.rated_i_ka() * 100.0)
     }
 
     /// Loading of transformer `trafo`, % (pandapower's current-based loading).
@@ -1053,10 +1055,7 @@ impl PowerFlow {
     pub fn line_loading_summary(&self) -> (f64, usize) {
         let (mut max2, mut over) = (0.0f64, 0);
         for r in &self.line_ratings {
-            let b = &self.branches[r.branch];
-            let (vf, vt) = (self.v[b.from], self.v[b.to]);
-            let i_f = b.y.ff * vf + b.y.ft * vt;
-            let i_t = b.y.tf * vf + b.y.tt * vt;
+            let (i_f, i_t) = self.end_currents_pu(&self.branches[r.branch]);
             let loading2 = (i_f.norm_sqr() * r.from2).max(i_t.norm_sqr() * r.to2);
             max2 = max2.max(loading2);
             over += usize::from(loading2 > 100.0 * 100.0);
