@@ -200,8 +200,8 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
 
         let mut options = crate::engine_client(&engine, &config, unique("publisher"));
         options.set_max_packet_size(1 << 20, 1 << 20);
-        let (client, mut events) = AsyncClient::new(options, 100);
-        tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let (client, events) = AsyncClient::new(options, 100);
+        crate::keep_polling(events);
         let topic = |m: &str| format!("gridshare/v1/{community}/meters/{m}/reading");
         let now = market_engine::pipeline::now_ms();
         let publish = |t: String, payload: Vec<u8>| {
@@ -396,11 +396,26 @@ async fn bad_input_is_rejected_with_its_reason_and_disturbs_nothing() {
                 ),
             ])
             .collect();
+        // Each case waits for its reason's running count. Two cases share a reason (malformed):
+        // waiting for a count of one again after the second was sent raced it, and timed out
+        // whenever the engine counted the second message before the test first looked.
+        let mut expected = std::collections::HashMap::<Rejection, u64>::new();
         for (t, payload, reason) in &cases {
             publish(t.clone(), payload.clone()).await;
             let ingest = engine.ingest.clone();
             let reason = *reason;
-            wait_until(reason.as_str(), move || ingest.rejected(reason) == 1).await;
+            let count = expected.entry(reason).or_default();
+            *count += 1;
+            let count = *count;
+            wait_until(reason.as_str(), move || {
+                let seen = ingest.rejected(reason);
+                assert!(
+                    seen <= count,
+                    "{reason:?} counted {seen} times, sent {count}"
+                );
+                seen == count
+            })
+            .await;
         }
         publish(topic(&meter), forged_flow.to_json().into_bytes()).await;
         let ingest = engine.ingest.clone();
@@ -484,8 +499,8 @@ async fn many_readings_in_flight_never_stall_the_engine() {
     messages.sort_by_key(|(seq, m, _, _)| (*seq, *m));
     let mut options = MqttOptions::new(unique("flooder"), "127.0.0.1", port);
     options.set_inflight(1000);
-    let (client, mut events) = AsyncClient::new(options, 10_000);
-    let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, events) = AsyncClient::new(options, 10_000);
+    let poller = crate::keep_polling(events);
     for (_, _, meter, json) in messages {
         let topic = format!("gridshare/v1/{community}/meters/{meter}/reading");
         client
@@ -548,8 +563,8 @@ async fn a_junk_flood_is_counted_exactly_and_recorded_within_bounds() {
             .set_credentials(meter, password)
             .set_max_packet_size(1 << 20, 1 << 20)
             .set_inflight(100);
-        let (client, mut events) = AsyncClient::new(options, 1000);
-        let poller = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let (client, events) = AsyncClient::new(options, 1000);
+        let poller = crate::keep_polling(events);
         const MALFORMED: u64 = 4_000;
         const OVERSIZE: u64 = 200;
         for _ in 0..MALFORMED {

@@ -164,6 +164,20 @@ pub(crate) fn accepted(
         .collect()
 }
 
+/// Polls a test client's connection for as long as the test runs. An error is printed and the
+/// next poll connects again, so one dropped connection cannot leave the publishes that follow
+/// queued in the client and unsent (a poller that stopped at its first error did).
+pub(crate) fn keep_polling(mut events: rumqttc::EventLoop) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Err(e) = events.poll().await {
+                eprintln!("test client connection: {e}; connecting again");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    })
+}
+
 /// Options for a test client that may publish anywhere: at the embedded broker it logs in with
 /// the engine's own credential; the external test broker lets anyone in.
 pub(crate) fn engine_client(engine: &Engine, config: &EngineConfig, id: String) -> MqttOptions {

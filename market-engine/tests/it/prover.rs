@@ -555,8 +555,8 @@ async fn a_running_engine_proves_its_meters_epochs_and_a_restart_neither_repeats
     .await;
 
     // The meter's readings, on the community's broker.
-    let (mqtt, mut events) = AsyncClient::new(engine_client(&engine, &config, unique("agent")), 64);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (mqtt, events) = AsyncClient::new(engine_client(&engine, &config, unique("agent")), 64);
+    crate::keep_polling(events);
     let topic =
         gridshare_core::mqtt::MeterTopics::new(&config.mqtt.topic_prefix, &community, meter)
             .reading;

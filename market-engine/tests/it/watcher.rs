@@ -88,9 +88,8 @@ async fn the_engine_has_a_meter_that_signs_two_different_readings_slashed() {
     staking.stake(owner, id, tokens(200)).await.unwrap();
 
     // The meter signs one instant twice with different counters, on the community's broker.
-    let (client, mut events) =
-        AsyncClient::new(engine_client(&engine, &config, unique("cheater")), 16);
-    tokio::spawn(async move { while events.poll().await.is_ok() {} });
+    let (client, events) = AsyncClient::new(engine_client(&engine, &config, unique("cheater")), 16);
+    crate::keep_polling(events);
     let topic =
         gridshare_core::mqtt::MeterTopics::new(&config.mqtt.topic_prefix, &community, name).reading;
     let now_ms = market_engine::pipeline::now_ms();
