@@ -1063,15 +1063,6 @@ impl PowerFlow {
         (max2.sqrt(), over)
     }
 
-    /// Lines loaded above 100 %.
-    #[must_use]
-    pub fn overloaded_lines(&self) -> usize {
-        (0..self.grid.lines.len())
-            .filter_map(|l| self.line_loading_percent(l))
-            .filter(|&x| x > 100.0)
-            .count()
-    }
-
     /// The highest transformer loading, % (0 without transformers).
     #[must_use]
     pub fn max_trafo_loading_percent(&self) -> f64 {
