@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::MAX_BODY_BYTES;
 use crate::chain::SettlerError;
-use crate::market::MarketError;
+use crate::market::{ExchangeError, MarketError};
 use crate::store::StoreError;
 
 /// An error turned into a response.
@@ -99,8 +99,8 @@ impl From<StoreError> for ApiError {
 impl From<MarketError> for ApiError {
     fn from(e: MarketError) -> Self {
         match e {
-            MarketError::Order(e) => Self::Unprocessable(e.to_string()),
-            MarketError::Slot(m) => Self::Unprocessable(m),
+            MarketError::Exchange(ExchangeError::UnknownOrder(_)) => Self::NotFound(e.to_string()),
+            MarketError::Exchange(e) => Self::Unprocessable(e.to_string()),
             MarketError::Settlement(m) => {
                 tracing::error!(target: "api", "{m}");
                 Self::Internal("settlement failed".into())
@@ -114,10 +114,7 @@ impl From<MarketError> for ApiError {
                 tracing::error!(target: "api", "{e}");
                 Self::Internal("stored market settings unreadable".into())
             }
-            MarketError::UnknownOrder(_) => Self::NotFound(e.to_string()),
-            MarketError::InsufficientFunds { .. } => Self::Unprocessable(e.to_string()),
             MarketError::ReferenceReused(_) => Self::Conflict(e.to_string()),
-            MarketError::OutOfRange(m) => Self::Unprocessable(m),
             MarketError::Store(e) => e.into(),
         }
     }

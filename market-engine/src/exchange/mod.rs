@@ -72,6 +72,20 @@ pub enum ExchangeError {
     Account(i64),
 }
 
+impl ExchangeError {
+    /// A stable name of the reason (a metrics label).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Order(e) => e.reason(),
+            // An account the exchange cannot name trades in no slot.
+            Self::NotTrading { .. } | Self::Account(_) => "slot_not_trading",
+            Self::UnknownOrder(_) => "unknown_order",
+            Self::InsufficientFunds { .. } => "insufficient_funds",
+            Self::OutOfRange(_) => "out_of_range",
+        }
+    }
+}
+
 struct OrderInfo {
     slot: u64,
     account: i64,

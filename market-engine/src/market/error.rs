@@ -6,12 +6,10 @@ use super::*;
 /// Why the market refused a request.
 #[derive(Debug, thiserror::Error)]
 pub enum MarketError {
-    /// The `core` rules refused the order (gate closed, price outside the band, ...).
+    /// The exchange refused the request: the `core` rules, a slot that does not trade, an
+    /// order that is not the caller's, funds, or an amount out of range.
     #[error(transparent)]
-    Order(#[from] OrderError),
-    /// The slot cannot be traded (outside the calendar, already closed).
-    #[error("{0}")]
-    Slot(String),
+    Exchange(#[from] ExchangeError),
     /// A slot could not be settled or put into a chain batch: the engine's failure, not the
     /// request's (the slot is tried again; `gridshare_settlement_failures`).
     #[error("{0}")]
@@ -25,23 +23,6 @@ pub enum MarketError {
     /// A stored row of market settings cannot be read (a newer engine wrote it).
     #[error(transparent)]
     StoredSettings(#[from] StoredSettingsError),
-    /// No such order, or not the caller's.
-    #[error("order {0} not found among your open orders")]
-    UnknownOrder(u64),
-    /// The account cannot pay for what it asks.
-    #[error(
-        "insufficient funds: this needs {need} token units, the account has {available} available \
-         (deposits and settled balance, less what open bids and unsettled purchases hold)"
-    )]
-    InsufficientFunds {
-        /// What the bid could cost at its limit price (or the withdrawal), token units.
-        need: u64,
-        /// What the account may still spend, token units.
-        available: i64,
-    },
-    /// An amount or quantity beyond what the engine can represent or allows.
-    #[error("{0}")]
-    OutOfRange(String),
     /// A deposit or withdrawal with a reference already used for a different amount.
     #[error("reference {0:?} was already used for a different amount")]
     ReferenceReused(String),
@@ -50,37 +31,28 @@ pub enum MarketError {
     Store(#[from] StoreError),
 }
 
+impl From<OrderError> for MarketError {
+    fn from(e: OrderError) -> Self {
+        Self::Exchange(ExchangeError::Order(e))
+    }
+}
+
 impl MarketError {
+    /// An amount or quantity beyond what the engine can represent or allows.
+    pub(crate) fn out_of_range(message: impl Into<String>) -> Self {
+        Self::Exchange(ExchangeError::OutOfRange(message.into()))
+    }
+
     /// A stable name of the reason (a metrics label).
     pub fn reason(&self) -> &'static str {
         match self {
-            Self::Order(e) => e.reason(),
-            Self::Slot(_) => "slot_not_trading",
+            Self::Exchange(e) => e.reason(),
             Self::Settlement(_) => "settlement",
             Self::Stopped(_) => "stopped",
             Self::Settings(_) => "invalid_settings",
             Self::StoredSettings(_) => "stored_settings",
-            Self::UnknownOrder(_) => "unknown_order",
-            Self::InsufficientFunds { .. } => "insufficient_funds",
-            Self::OutOfRange(_) => "out_of_range",
             Self::ReferenceReused(_) => "reference_reused",
             Self::Store(_) => "storage",
-        }
-    }
-}
-
-impl From<ExchangeError> for MarketError {
-    fn from(e: ExchangeError) -> Self {
-        match e {
-            ExchangeError::Order(e) => Self::Order(e),
-            ExchangeError::NotTrading { .. } | ExchangeError::Account(_) => {
-                Self::Slot(e.to_string())
-            }
-            ExchangeError::UnknownOrder(order) => Self::UnknownOrder(order),
-            ExchangeError::InsufficientFunds { need, available } => {
-                Self::InsufficientFunds { need, available }
-            }
-            ExchangeError::OutOfRange(m) => Self::OutOfRange(m),
         }
     }
 }

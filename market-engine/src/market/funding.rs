@@ -195,7 +195,7 @@ impl Market {
         now_ms: u64,
     ) -> Result<FundsView, MarketError> {
         if amount == 0 {
-            return Err(MarketError::OutOfRange("amount must not be zero".into()));
+            return Err(MarketError::out_of_range("amount must not be zero"));
         }
         {
             let mut books = self.books.lock().await;

@@ -60,7 +60,7 @@ impl LogFailure {
         if self.storage {
             MarketError::Store(StoreError::Unavailable(message))
         } else {
-            MarketError::OutOfRange(message)
+            MarketError::out_of_range(message)
         }
     }
 }

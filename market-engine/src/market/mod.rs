@@ -15,8 +15,8 @@ use gridshare_core::market::{
 };
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 
-use crate::exchange::{Exchange, ExchangeError, Mode, OrderEvent, OrderEventKind, account_id};
-pub use crate::exchange::{GRID_OPERATOR, MAX_BALANCE, OrderSide, UTILITY};
+use crate::exchange::{Exchange, Mode, OrderEvent, OrderEventKind, account_id};
+pub use crate::exchange::{ExchangeError, GRID_OPERATOR, MAX_BALANCE, OrderSide, UTILITY};
 use crate::ingest::energy_bound_wh;
 use crate::pipeline::LiveEvent;
 pub use crate::settings::MarketConfig;

@@ -36,9 +36,13 @@ impl Market {
             && !books.is_open(slot)
             && self.slot_closed(slot).await?
         {
-            return Err(self.refused(MarketError::Slot(format!(
-                "slot {slot}: gate already closed"
-            ))));
+            return Err(self.refused(
+                ExchangeError::NotTrading {
+                    slot,
+                    reason: "gate already closed".into(),
+                }
+                .into(),
+            ));
         }
         let trades = books
             .apply(slot, &event, &self.community_for(slot), Mode::Live)
@@ -131,7 +135,7 @@ impl Market {
     fn slot_of(&self, books: &Exchange, account: i64, order: u64) -> Result<u64, MarketError> {
         books
             .slot_of(account, order)
-            .ok_or_else(|| self.refused(MarketError::UnknownOrder(order)))
+            .ok_or_else(|| self.refused(ExchangeError::UnknownOrder(order).into()))
     }
 
     /// Queues a write (call with the book lock held, so the log keeps the book's order).

@@ -112,7 +112,7 @@ impl Market {
         let mut amounts = Vec::with_capacity(settlement.balances.len());
         for b in &settlement.balances {
             let amount = i64::try_from(b.amount).map_err(|_| {
-                MarketError::OutOfRange(format!(
+                MarketError::out_of_range(format!(
                     "slot {slot}: a net amount of {} does not fit in 64 bits",
                     b.amount
                 ))
@@ -338,7 +338,7 @@ impl Market {
             }
             let delivery = MeterDelivery {
                 meter: MeterId(u32::try_from(index).map_err(|_| {
-                    MarketError::OutOfRange("more meters than a slot can settle".into())
+                    MarketError::out_of_range("more meters than a slot can settle")
                 })?),
                 account,
                 start: start_counters,

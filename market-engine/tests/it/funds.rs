@@ -6,7 +6,9 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use market_engine::market::{FundsView, Market, MarketConfig, MarketError, NewOrder, OrderSide};
+use market_engine::market::{
+    ExchangeError, FundsView, Market, MarketConfig, MarketError, NewOrder, OrderSide,
+};
 use market_engine::store::Store;
 use proptest::prelude::*;
 
@@ -109,11 +111,11 @@ async fn run(opening: Vec<u32>, ops: Vec<Op>) {
         };
         match outcome {
             Ok(())
-            | Err(
-                MarketError::InsufficientFunds { .. }
-                | MarketError::UnknownOrder(_)
-                | MarketError::Order(_),
-            ) => {}
+            | Err(MarketError::Exchange(
+                ExchangeError::InsufficientFunds { .. }
+                | ExchangeError::UnknownOrder(_)
+                | ExchangeError::Order(_),
+            )) => {}
             Err(e) => panic!("op {n}: unexpected {e}"),
         }
         let trades = market.trades(slot).await.unwrap();
