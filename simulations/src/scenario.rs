@@ -3,6 +3,7 @@
 //! expected. `simulate example` prints a commented scenario.
 
 use gridshare_core::market::PriceRule;
+pub use gridshare_core::market::{MechanismName, PriceRuleName, SharingKeyName};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 
@@ -107,47 +108,6 @@ fn v_max() -> f64 {
     1.1
 }
 
-/// Which auction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MechanismName {
-    /// Call auction at gate closure, uniform price.
-    Call,
-    /// Continuous double auction.
-    Continuous,
-    /// One-sided pay-as-offer.
-    PayAsOffer,
-    /// No trading: collective self-consumption shares local generation by an allocation key.
-    Sharing,
-}
-
-/// How shared energy is allocated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SharingKeyName {
-    /// In proportion to each member's consumption in the slot (the French default).
-    Proportional,
-    /// Fixed shares by each household's `share_weight`.
-    Fixed,
-}
-
-/// How a call auction picks its price.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PriceRuleName {
-    /// Midpoint of the marginal pair.
-    Midpoint,
-    /// `ask + k·(bid − ask)`, k from `k_basis_points`.
-    KFactor,
-    /// The marginal bid.
-    MarginalBid,
-    /// The marginal ask.
-    MarginalAsk,
-    /// Power TAC's rule: `"k-factor"`, but sellers earn at most
-    /// `seller_max_margin_basis_points` above the marginal ask.
-    KFactorCapped,
-}
-
 /// The market rules.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -155,7 +115,7 @@ pub struct MarketSettings {
     /// `"call"`, `"continuous"`, `"pay-as-offer"` or `"sharing"`.
     pub mechanism: MechanismName,
     /// For `"sharing"`: `"proportional"` (to consumption, the French default) or `"fixed"`.
-    #[serde(default = "proportional")]
+    #[serde(default)]
     pub sharing_key: SharingKeyName,
     /// For `"sharing"`: what producers receive per kWh shared (default: midway between the
     /// tariffs); consumers pay it plus the grid fee.
@@ -196,9 +156,6 @@ pub struct MarketSettings {
     pub currency: String,
 }
 
-fn proportional() -> SharingKeyName {
-    SharingKeyName::Proportional
-}
 fn midpoint() -> PriceRuleName {
     PriceRuleName::Midpoint
 }
@@ -699,18 +656,10 @@ impl Scenario {
     /// The core's price rule for this scenario.
     #[must_use]
     pub fn price_rule(&self) -> PriceRule {
-        match self.market.price_rule {
-            PriceRuleName::Midpoint => PriceRule::Midpoint,
-            PriceRuleName::KFactor => PriceRule::KFactor {
-                basis_points: self.market.k_basis_points,
-            },
-            PriceRuleName::MarginalBid => PriceRule::MarginalBid,
-            PriceRuleName::MarginalAsk => PriceRule::MarginalAsk,
-            PriceRuleName::KFactorCapped => PriceRule::KFactorCapped {
-                basis_points: self.market.k_basis_points,
-                seller_max_margin_basis_points: self.market.seller_max_margin_basis_points,
-            },
-        }
+        self.market.price_rule.rule(
+            self.market.k_basis_points,
+            self.market.seller_max_margin_basis_points,
+        )
     }
 
     /// Total households.

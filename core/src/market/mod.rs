@@ -233,6 +233,7 @@ mod call;
 mod delivery;
 mod fees;
 mod kpi;
+mod names;
 mod netting;
 mod order;
 mod rule;
@@ -261,6 +262,7 @@ pub use kpi::{
     CommunityKpis, HouseholdEnergy, HouseholdKpis, KpiError, PeriodKpis, Ratio, SlotKpis,
     SlotTotals, slot_kpis,
 };
+pub use names::{MechanismName, PriceRuleName, SharingKeyName};
 pub use netting::{
     ImbalanceCharge, NetBalance, SettlementError, SlotSettlement, settle_slot, settle_slot_disputed,
 };

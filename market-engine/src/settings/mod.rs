@@ -5,8 +5,9 @@
 
 use gridshare_core::market::{
     AccountId, AllocationKey, AreaTree, Community, FeeProfile, ImbalancePrices, Mechanism,
-    PriceRule, SharingRule, SlotCalendar, Tariff, TimeProfile,
+    SharingRule, SlotCalendar, Tariff, TimeProfile,
 };
+pub use gridshare_core::market::{MechanismName, PriceRuleName, SharingKeyName};
 use serde::{Deserialize, Serialize};
 
 use crate::exchange::{GRID_OPERATOR, UTILITY};
@@ -14,32 +15,6 @@ use crate::exchange::{GRID_OPERATOR, UTILITY};
 pub mod stored;
 
 pub use stored::{StoredSettings, StoredSettingsError};
-
-/// How a slot trades.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum MechanismName {
-    /// Uniform-price call auction at gate closure.
-    Call,
-    /// Continuous double auction, pay-as-bid.
-    Continuous,
-    /// Sellers' offers fill buyers at the offer price.
-    PayAsOffer,
-    /// No orders: after delivery, local generation is shared among the members by an
-    /// allocation key at the community's price (EU collective self-consumption).
-    Sharing,
-}
-
-/// How a sharing community splits its local generation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SharingKeyName {
-    /// In proportion to each member's net consumption in the slot (the French default).
-    #[default]
-    Proportional,
-    /// Static shares per account (`sharing_shares`).
-    Fixed,
-}
 
 /// One member's static share of a sharing community's generation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,23 +24,6 @@ pub struct ShareEntry {
     pub account: u32,
     /// Its share of the injected energy, basis points (10 000 = all of it).
     pub basis_points: u32,
-}
-
-/// How a call auction sets its price within the crossing range.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum PriceRuleName {
-    /// Halfway between the marginal bid and ask.
-    Midpoint,
-    /// `k` of the way from the marginal ask to the marginal bid (`k_basis_points`).
-    KFactor,
-    /// The marginal bid.
-    MarginalBid,
-    /// The marginal ask.
-    MarginalAsk,
-    /// As `k-factor`, with sellers' margin over the marginal ask capped at
-    /// `seller_max_margin_basis_points` of the ask (Power TAC's seller-margin cap).
-    KFactorCapped,
 }
 
 /// Market settings of the community.
@@ -179,18 +137,10 @@ impl MarketConfig {
         let mechanism = match self.mechanism {
             MechanismName::Continuous => Mechanism::ContinuousDoubleAuction,
             MechanismName::PayAsOffer => Mechanism::PayAsOffer,
-            MechanismName::Call => Mechanism::CallAuction(match self.price_rule {
-                PriceRuleName::Midpoint => PriceRule::Midpoint,
-                PriceRuleName::KFactor => PriceRule::KFactor {
-                    basis_points: self.k_basis_points,
-                },
-                PriceRuleName::MarginalBid => PriceRule::MarginalBid,
-                PriceRuleName::MarginalAsk => PriceRule::MarginalAsk,
-                PriceRuleName::KFactorCapped => PriceRule::KFactorCapped {
-                    basis_points: self.k_basis_points,
-                    seller_max_margin_basis_points: self.seller_max_margin_basis_points,
-                },
-            }),
+            MechanismName::Call => Mechanism::CallAuction(
+                self.price_rule
+                    .rule(self.k_basis_points, self.seller_max_margin_basis_points),
+            ),
             MechanismName::Sharing => Mechanism::Sharing(self.sharing_rule()?),
         };
         if self.seller_max_margin_basis_points > 10_000 {
@@ -230,6 +180,7 @@ impl MarketConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gridshare_core::market::PriceRule;
 
     #[test]
     fn the_seller_margin_cap_is_a_price_rule() {
