@@ -9,8 +9,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use crate::{Mosquitto, Peer, mosquitto, peers};
-use gridshare_testbed::register_server::Framing;
-use gridshare_testbed::simulator::Household;
 use market_engine::broker::{issue_meter_credentials, revoke_meter_credentials};
 use market_engine::config::EngineConfig;
 use market_engine::server::Engine;
@@ -43,16 +41,7 @@ fn meter_id(prefix: &str) -> String {
 
 /// Registers a meter (any key: these tests are about the broker) and issues its credentials.
 async fn approved_meter(engine: &Engine, meter: &str) -> String {
-    let account = engine
-        .store
-        .create_account(
-            &unique("home"),
-            "unused-hash",
-            market_engine::store::Role::Household,
-            0,
-        )
-        .await
-        .unwrap();
+    let account = crate::household_account(&engine.store, "home").await;
     engine
         .store
         .register_meter(meter, account, &format!("04-{meter}"), "k", 0)
@@ -395,16 +384,7 @@ async fn an_authenticated_meter_agent_feeds_the_engine_and_revocation_cuts_it_of
     let url = format!("sqlite://{}", dir.path().join("engine.sqlite").display());
     let community = unique("agent");
     let (engine, config) = embedded_engine(&community, &url).await;
-    let account = engine
-        .store
-        .create_account(
-            &unique("home"),
-            "unused-hash",
-            market_engine::store::Role::Household,
-            0,
-        )
-        .await
-        .unwrap();
+    let account = crate::household_account(&engine.store, "home").await;
     let agent_dir = tempfile::tempdir().unwrap();
     let key_file = agent_dir.path().join("meter.key");
     let public = meter_agent::keys::generate(&key_file, false).unwrap();
@@ -423,16 +403,7 @@ async fn an_authenticated_meter_agent_feeds_the_engine_and_revocation_cuts_it_of
         .await
         .unwrap();
 
-    let server = gridshare_testbed::simulator::serve(
-        Household::default(),
-        12 * 3_600_000,
-        "127.0.0.1:0".parse().unwrap(),
-        Framing::Tcp,
-        50,
-        1200.0,
-    )
-    .await
-    .unwrap();
+    let server = crate::simulated_inverter().await;
     let mut agent_config = AgentConfig {
         meter_id: meter.clone(),
         community: community.clone(),
@@ -788,16 +759,7 @@ async fn the_engine_ingests_through_a_tls_broker() {
     let err = Engine::start(&missing).await.err().unwrap().to_string();
     assert!(err.contains("no-such-ca.pem"), "{err}");
     let engine = Engine::start(&config).await.unwrap();
-    let account = engine
-        .store
-        .create_account(
-            &unique("home"),
-            "unused-hash",
-            market_engine::store::Role::Household,
-            0,
-        )
-        .await
-        .unwrap();
+    let account = crate::household_account(&engine.store, "home").await;
     let agent_dir = tempfile::tempdir().unwrap();
     let key_file = agent_dir.path().join("meter.key");
     let public = meter_agent::keys::generate(&key_file, false).unwrap();
@@ -811,16 +773,7 @@ async fn the_engine_ingests_through_a_tls_broker() {
         &device,
     )
     .await;
-    let server = gridshare_testbed::simulator::serve(
-        Household::default(),
-        12 * 3_600_000,
-        "127.0.0.1:0".parse().unwrap(),
-        Framing::Tcp,
-        50,
-        1200.0,
-    )
-    .await
-    .unwrap();
+    let server = crate::simulated_inverter().await;
     let mut agent_config = AgentConfig {
         meter_id: "tls-meter".into(),
         community: community.clone(),

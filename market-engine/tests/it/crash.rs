@@ -8,8 +8,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use gridshare_testbed::register_server::Framing;
-use gridshare_testbed::simulator::Household;
 use meter_agent::agent::{self, AgentStats};
 use meter_agent::config::AgentConfig;
 use serde_json::{Value, json};
@@ -201,16 +199,7 @@ async fn kill_9_under_load_loses_no_acknowledged_order_or_reading() {
     assert_eq!(status, 200, "{body}");
 
     // Readings flow: a simulated inverter read by a real agent.
-    let server = gridshare_testbed::simulator::serve(
-        Household::default(),
-        12 * 3_600_000,
-        "127.0.0.1:0".parse().unwrap(),
-        Framing::Tcp,
-        50,
-        1200.0,
-    )
-    .await
-    .unwrap();
+    let server = crate::simulated_inverter().await;
     let mut agent_config = AgentConfig {
         meter_id: "crash-meter".into(),
         community: "crash".into(),

@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use gridshare_testbed::register_server::Framing;
-use gridshare_testbed::simulator::Household;
 use market_engine::gaps::{Requester, ResendLink};
 use market_engine::server::Engine;
 use market_engine::store::gaps::{Gap, GapStatus};
@@ -60,31 +58,13 @@ async fn readings_a_restarted_broker_lost_are_asked_for_again_and_arrive() {
         config.mqtt.url = broker.url();
         let engine = Engine::start(&config).await.unwrap();
 
-        let server = gridshare_testbed::simulator::serve(
-            Household::default(),
-            12 * 3_600_000,
-            "127.0.0.1:0".parse().unwrap(),
-            Framing::Tcp,
-            50,
-            1200.0,
-        )
-        .await
-        .unwrap();
+        let server = crate::simulated_inverter().await;
         let agent_dir = tempfile::tempdir().unwrap();
         let key_file = agent_dir.path().join("meter.key");
         let public = meter_agent::keys::generate(&key_file, false).unwrap();
         let meter = unique("m");
         let meter = meter[meter.len().saturating_sub(32)..].to_owned();
-        let account = engine
-            .store
-            .create_account(
-                &unique("home"),
-                "unused-hash",
-                market_engine::store::Role::Household,
-                0,
-            )
-            .await
-            .unwrap();
+        let account = crate::household_account(&engine.store, "home").await;
         let device = crate::simulated_device("SIM-000001");
         crate::register_approved(
             &engine.store,
@@ -200,16 +180,7 @@ async fn gaps_are_kept_with_the_readings_and_given_up_when_too_old() {
         .unwrap();
         let meter = unique("g");
         let meter = meter[meter.len().saturating_sub(30)..].to_owned();
-        let account = f
-            .store
-            .create_account(
-                &unique("gaps-home"),
-                "unused-hash",
-                market_engine::store::Role::Household,
-                0,
-            )
-            .await
-            .unwrap();
+        let account = crate::household_account(&f.store, "gaps-home").await;
         market_engine::meters::register(
             &f.store,
             &f.keys,

@@ -9,8 +9,6 @@ use crate::Mosquitto;
 use gridshare_core::reading::{
     ClockSync, DeviceIdentity, Measured, MeterId, MeterKey, PowerFlow, Reading, SignedReading,
 };
-use gridshare_testbed::register_server::Framing;
-use gridshare_testbed::simulator::Household;
 use market_engine::ingest::Rejection;
 use market_engine::server::Engine;
 use meter_agent::agent::{self, AgentStats};
@@ -43,31 +41,13 @@ async fn a_real_meter_agent_feeds_the_engine() {
         let engine = Engine::start(&config).await.unwrap();
 
         // The household: a simulated inverter and a real agent with its own key.
-        let server = gridshare_testbed::simulator::serve(
-            Household::default(),
-            12 * 3_600_000,
-            "127.0.0.1:0".parse().unwrap(),
-            Framing::Tcp,
-            50,
-            1200.0,
-        )
-        .await
-        .unwrap();
+        let server = crate::simulated_inverter().await;
         let agent_dir = tempfile::tempdir().unwrap();
         let key_file = agent_dir.path().join("meter.key");
         let public = meter_agent::keys::generate(&key_file, false).unwrap();
         let meter = unique("m");
         let meter = &meter[meter.len().saturating_sub(32)..];
-        let account = engine
-            .store
-            .create_account(
-                &unique("home"),
-                "unused-hash",
-                market_engine::store::Role::Household,
-                0,
-            )
-            .await
-            .unwrap();
+        let account = crate::household_account(&engine.store, "home").await;
         register(&engine, meter, account, public).await;
 
         let mut agent_config = AgentConfig {

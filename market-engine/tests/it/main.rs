@@ -34,10 +34,12 @@ mod watcher;
 mod web;
 
 use gridshare_core::reading::DeviceIdentity;
+use gridshare_testbed::register_server::{Framing, RegisterServer};
+use gridshare_testbed::simulator::Household;
 use market_engine::config::{EngineConfig, broker_host_port};
 use market_engine::ingest::{Approval, KeyRegistry};
 use market_engine::server::Engine;
-use market_engine::store::Store;
+use market_engine::store::{Role, Store};
 use rumqttc::MqttOptions;
 
 pub(crate) use gridshare_testbed::free_port;
@@ -98,6 +100,31 @@ pub(crate) fn engine_config(community: &str, database_url: &str) -> EngineConfig
         }
     }
     c
+}
+
+/// A simulated hybrid inverter (`Household::default()`) served over Modbus TCP on a free
+/// port, its day starting at noon and its clock running 1 200 times real time (a minute of
+/// its day every 50 ms tick).
+pub(crate) async fn simulated_inverter() -> RegisterServer {
+    gridshare_testbed::simulator::serve(
+        Household::default(),
+        12 * 3_600_000,
+        "127.0.0.1:0".parse().unwrap(),
+        Framing::Tcp,
+        50,
+        1200.0,
+    )
+    .await
+    .unwrap()
+}
+
+/// A new household account (a unique name from `name`; no password: these tests do not log
+/// it in).
+pub(crate) async fn household_account(store: &Store, name: &str) -> i64 {
+    store
+        .create_account(&unique(name), "unused-hash", Role::Household, 0)
+        .await
+        .unwrap()
 }
 
 /// The identity of the simulated inverter (`Household::default()` has serial `SIM-000001`).
