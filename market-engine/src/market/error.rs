@@ -31,12 +31,6 @@ pub enum MarketError {
     Store(#[from] StoreError),
 }
 
-impl From<OrderError> for MarketError {
-    fn from(e: OrderError) -> Self {
-        Self::Exchange(ExchangeError::Order(e))
-    }
-}
-
 impl MarketError {
     /// An amount or quantity beyond what the engine can represent or allows.
     pub(crate) fn out_of_range(message: impl Into<String>) -> Self {

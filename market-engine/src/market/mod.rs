@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use gridshare_core::market::{
-    AccountId, BookDepth, Community, MeterCounters, MeterDelivery, MeterId, OrderError, Trade,
+    AccountId, BookDepth, Community, MeterCounters, MeterDelivery, MeterId, Trade,
 };
 use tokio::sync::{Mutex, broadcast, mpsc, oneshot};
 
